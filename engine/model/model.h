@@ -1,0 +1,86 @@
+// A loaded Llama-family model: hyper-parameters, weight views and vocabulary.
+//
+// Weights are views into a memory-mapped file where the file's type is usable directly (F32, F16,
+// BF16); other types (Q8_0) are converted to F32 at load into buffers the model owns. A
+// LoadedModel is immutable after loading and safe to share between threads.
+#ifndef KVSERVE_ENGINE_MODEL_MODEL_H_
+#define KVSERVE_ENGINE_MODEL_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/tokenizer/vocabulary.h"
+#include "kernels/dtype.h"
+
+namespace kvserve::engine {
+
+struct ModelConfig {
+  std::string architecture = "llama";
+  std::string name;              // general.name, or the file's stem
+  int dim = 0;                   // embedding width
+  int hidden_dim = 0;            // feed-forward width
+  int num_layers = 0;
+  int num_heads = 0;             // query heads
+  int num_kv_heads = 0;          // key/value heads (GQA when < num_heads)
+  int head_dim = 0;              // dim / num_heads
+  int vocab_size = 0;
+  int context_length = 0;        // tokens the model was trained for (or the file declares)
+  float rms_norm_eps = 1e-5f;
+  float rope_freq_base = 10000.0f;
+  bool tied_classifier = false;  // output projection shares the token embedding
+
+  int kv_dim() const { return num_kv_heads * head_dim; }
+};
+
+struct LayerWeights {
+  const float* attn_norm = nullptr;                // [dim]
+  kernels::WeightView wq;                          // [num_heads * head_dim, dim]
+  kernels::WeightView wk;                          // [num_kv_heads * head_dim, dim]
+  kernels::WeightView wv;                          // [num_kv_heads * head_dim, dim]
+  kernels::WeightView wo;                          // [dim, num_heads * head_dim]
+  const float* ffn_norm = nullptr;                 // [dim]
+  kernels::WeightView w_gate;                      // [hidden_dim, dim]   (llama2.c w1)
+  kernels::WeightView w_down;                      // [dim, hidden_dim]   (llama2.c w2)
+  kernels::WeightView w_up;                        // [hidden_dim, dim]   (llama2.c w3)
+};
+
+struct ModelWeights {
+  kernels::WeightView token_embedding;  // [vocab_size, dim]
+  std::vector<LayerWeights> layers;     // [num_layers]
+  const float* final_norm = nullptr;    // [dim]
+  kernels::WeightView output;           // [vocab_size, dim] (== token_embedding when tied)
+};
+
+class LoadedModel {
+ public:
+  virtual ~LoadedModel() = default;
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  const Vocabulary& vocab() const { return vocab_; }
+  const std::string& path() const { return path_; }
+  // "gguf" or "llama2c".
+  const std::string& file_format() const { return file_format_; }
+
+ protected:
+  ModelConfig config_;
+  ModelWeights weights_;
+  Vocabulary vocab_;
+  std::string path_;
+  std::string file_format_;
+};
+
+// Loads a model file, detecting the format by its contents:
+//  * GGUF v3 (magic "GGUF"), architecture `llama`, tensors F32 / F16 / BF16 / Q8_0, vocabulary from
+//    tokenizer.ggml.* (model "llama"); `tokenizer_path` must be empty or is ignored with a warning.
+//  * llama2.c checkpoint (.bin, 7 int32 header); vocabulary from `tokenizer_path`, or when empty
+//    from tok<vocab_size>.bin or tokenizer.bin in the model's directory.
+// Errors are InvalidArgument / NotFound naming the file and the tensor, key or byte offset.
+absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& model_path,
+                                                       const std::string& tokenizer_path = "");
+
+}  // namespace kvserve::engine
+
+#endif  // KVSERVE_ENGINE_MODEL_MODEL_H_

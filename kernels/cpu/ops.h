@@ -1,0 +1,39 @@
+// Dense CPU operators of the Llama forward pass. Vectorized (AVX-512 / AVX2 with a portable
+// fallback), no allocation on the hot path. All matrices are row-major; shapes in comments.
+// `pool` may be null (runs on the calling thread).
+#ifndef KVSERVE_KERNELS_CPU_OPS_H_
+#define KVSERVE_KERNELS_CPU_OPS_H_
+
+#include <cstdint>
+
+#include "kernels/cpu/thread_pool.h"
+#include "kernels/dtype.h"
+
+namespace kvserve::kernels::cpu {
+
+// y[n, w.rows] = x[n, w.cols] * W^T, with W [w.rows, w.cols] in F32, F16 or BF16.
+void MatMul(const float* x, int64_t n, const WeightView& w, float* y, ThreadPool* pool);
+
+// out[n, dim] = x / sqrt(mean(x^2) + eps) * weight[dim]. out may alias x.
+void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out);
+
+// Rotary embedding in place on x [n, num_heads, head_dim], rotating adjacent pairs (2i, 2i+1)
+// by angle position[t] * freq_base^(-2i / head_dim) (llama2.c / GGUF "norm" RoPE).
+void RopeAdjacentPairs(float* x, const int32_t* positions, int64_t n, int num_heads, int head_dim,
+                       float freq_base);
+
+// out[i] = silu(gate[i]) * up[i] for i in [0, n). out may alias gate.
+void SwiGlu(const float* gate, const float* up, int64_t n, float* out);
+
+// x[i] += y[i].
+void AddInPlace(float* x, const float* y, int64_t n);
+
+// out[t, :] = table[ids[t], :] for a [vocab, dim] table of any DType.
+void EmbeddingGather(const WeightView& table, const int32_t* ids, int64_t n, float* out);
+
+// Numerically stable softmax in place over x[n].
+void SoftmaxInPlace(float* x, int64_t n);
+
+}  // namespace kvserve::kernels::cpu
+
+#endif  // KVSERVE_KERNELS_CPU_OPS_H_

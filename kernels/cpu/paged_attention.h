@@ -1,0 +1,42 @@
+// Paged attention over the block pool, reading each block in its own format (no gather into a
+// contiguous temporary). Grouped-query attention: query head h reads KV head h / (num_heads /
+// num_kv_heads); KV heads are never copied.
+#ifndef KVSERVE_KERNELS_CPU_PAGED_ATTENTION_H_
+#define KVSERVE_KERNELS_CPU_PAGED_ATTENTION_H_
+
+#include <cstdint>
+
+#include "kernels/cpu/thread_pool.h"
+#include "kernels/kv_format.h"
+
+namespace kvserve::kernels::cpu {
+
+// A batch of query tokens from several sequences (mixed prefill and decode).
+// Token t belongs to sequence token_seq[t] and attends to KV slots [0, token_kv_len[t]) of that
+// sequence, where slot s lives in block seq_block_tables[seq][s / block_size] at offset
+// s % block_size. Causality is expressed by token_kv_len alone (the engine sets it to the slot of
+// the token itself + 1), which also lets token eviction drop slots without changing the kernel.
+struct AttentionBatch {
+  int64_t num_tokens = 0;
+  int num_heads = 0;     // query heads
+  const float* q = nullptr;               // [num_tokens, num_heads, head_dim]
+  float* out = nullptr;                   // [num_tokens, num_heads, head_dim]
+  const int32_t* token_seq = nullptr;     // [num_tokens]
+  const int32_t* token_kv_len = nullptr;  // [num_tokens], >= 1
+  const int32_t* const* seq_block_tables = nullptr;  // [num_seqs][blocks of that sequence]
+  float scale = 1.0f;                     // usually 1 / sqrt(head_dim)
+};
+
+// Writes K and V of num_tokens tokens into their slots: token t goes to physical block
+// slot_block[t] at in-block offset slot_offset[t]. Converts to the block's format on the way
+// (quantize-on-write).
+void WriteKv(const float* k, const float* v,  // [num_tokens, num_kv_heads, head_dim] each
+             int64_t num_tokens, const int32_t* slot_block, const int32_t* slot_offset,
+             const PagedKvLayerView& cache);
+
+// out = softmax(q K^T * scale) V for every token and head of the batch.
+void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache, ThreadPool* pool);
+
+}  // namespace kvserve::kernels::cpu
+
+#endif  // KVSERVE_KERNELS_CPU_PAGED_ATTENTION_H_

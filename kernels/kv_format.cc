@@ -1,0 +1,25 @@
+#include "kernels/kv_format.h"
+
+namespace kvserve::kernels {
+
+std::string_view KvFormatName(KvFormat f) {
+  switch (f) {
+    case KvFormat::kFp32:
+      return "fp32";
+    case KvFormat::kFp16:
+      return "fp16";
+    case KvFormat::kBf16:
+      return "bf16";
+  }
+  return "?";
+}
+
+std::optional<KvFormat> ParseKvFormat(std::string_view name) {
+  for (int i = 0; i < kNumKvFormats; ++i) {
+    const auto f = static_cast<KvFormat>(i);
+    if (KvFormatName(f) == name) return f;
+  }
+  return std::nullopt;
+}
+
+}  // namespace kvserve::kernels
