@@ -1,0 +1,96 @@
+// Decode throughput of the CPU engine on a real model: single-sequence and batched greedy
+// generation. Prints medians over repetitions and the batched/single ratios.
+//
+//   decode_bench [--model PATH] [--tokens N] [--reps R] [--batches 1,8,32] [--kv-format F]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "engine/generation/local_model.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+using kvserve::engine::GenerationRequest;
+using kvserve::engine::LocalModel;
+using kvserve::engine::LocalModelOptions;
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  spdlog::set_level(spdlog::level::warn);
+  std::string model = std::string(KVSERVE_MODELS_DIR) + "/stories260K.gguf";
+  int tokens = 256, reps = 5;
+  std::vector<int> batches = {1, 8, 32};
+  std::string format = "fp32";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--model") {
+      model = value;
+    } else if (flag == "--tokens") {
+      tokens = std::stoi(value);
+    } else if (flag == "--reps") {
+      reps = std::stoi(value);
+    } else if (flag == "--kv-format") {
+      format = value;
+    } else if (flag == "--batches") {
+      batches.clear();
+      for (absl::string_view b : absl::StrSplit(value, ',')) {
+        int n = 0;
+        if (absl::SimpleAtoi(b, &n)) batches.push_back(n);
+      }
+    } else {
+      std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
+      return 2;
+    }
+  }
+  LocalModelOptions o;
+  o.model_path = model;
+  o.kv_format = *kvserve::kernels::ParseKvFormat(format);
+  auto lm = LocalModel::Open(o);
+  if (!lm.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(lm.status().message()).c_str());
+    return 1;
+  }
+  const char* prompts[] = {"Once upon a time", "The little dog", "Lily and Ben went",
+                           "One day, a big bird", "Tom had a red ball"};
+  std::printf("model %s, KV %s, %d generated tokens per sequence, median of %d runs\n",
+              model.c_str(), format.c_str(), tokens, reps);
+  std::printf("%-10s %14s %14s %10s\n", "sequences", "tokens/s", "ms per step", "vs 1 seq");
+  double single = 0;
+  for (int b : batches) {
+    std::vector<GenerationRequest> reqs(b);
+    for (int i = 0; i < b; ++i) {
+      reqs[i].prompt = (*lm)->tokenizer().Encode(prompts[i % 5], true);
+      reqs[i].max_tokens = tokens;
+      reqs[i].ignore_eos = true;
+      reqs[i].sampling.temperature = 0;
+    }
+    std::vector<double> tps, step_ms;
+    for (int r = 0; r < reps + 1; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      auto res = (*lm)->generator().Run(reqs);
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (!res.ok()) {
+        std::fprintf(stderr, "%s\n", std::string(res.status().message()).c_str());
+        return 1;
+      }
+      if (r == 0) continue;  // warm-up
+      tps.push_back(static_cast<double>(b) * tokens / s);
+      step_ms.push_back(1e3 * s / (*lm)->generator().steps());
+    }
+    const double m = Median(tps);
+    if (b == 1) single = m;
+    std::printf("%-10d %14.0f %14.3f %9.2fx\n", b, m, Median(step_ms), single > 0 ? m / single : 0);
+  }
+  return 0;
+}

@@ -1,0 +1,37 @@
+#include "engine/generation/local_model.h"
+
+#include "absl/strings/str_format.h"
+#include "engine/common/status_macros.h"
+
+namespace kvserve::engine {
+
+absl::StatusOr<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOptions& options) {
+  if (options.block_size < 1 || options.block_size > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("block_size must be in [1, 1024], got %d", options.block_size));
+  }
+  if (options.kv_budget_bytes <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("KV budget must be positive, got %d bytes", options.kv_budget_bytes));
+  }
+  if (options.max_batch_tokens < 1) {
+    return absl::InvalidArgumentError("max_batch_tokens must be >= 1");
+  }
+  auto lm = std::unique_ptr<LocalModel>(new LocalModel());
+  lm->options_ = options;
+  KVSERVE_ASSIGN_OR_RETURN(lm->loaded_, LoadModel(options.model_path, options.tokenizer_path));
+  KVSERVE_ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::Create(lm->loaded_->vocab()));
+  lm->tokenizer_ = std::make_unique<Tokenizer>(std::move(tokenizer));
+  lm->threads_ = std::make_unique<kernels::ThreadPool>(options.num_threads);
+  lm->model_ = std::make_unique<LlamaModel>(*lm->loaded_, lm->threads_.get());
+  lm->kv_pool_ = std::make_unique<BlockPool>(lm->model_->KvGeometryFor(options.block_size),
+                                             options.kv_budget_bytes);
+  KVSERVE_ASSIGN_OR_RETURN(lm->layout_, lm->kv_pool_->RegisterUniformLayout(options.kv_format));
+  BatchGenerator::Options gen_options;
+  gen_options.max_batch_tokens = options.max_batch_tokens;
+  lm->generator_ = std::make_unique<BatchGenerator>(lm->model_.get(), lm->kv_pool_.get(),
+                                                    lm->layout_, gen_options);
+  return lm;
+}
+
+}  // namespace kvserve::engine

@@ -1,0 +1,63 @@
+// Everything needed to run a model in this process: the loaded weights, the tokenizer, a thread
+// pool, the forward pass, a KV block pool and the batch generator. The offline commands
+// (generate, perplexity, benchmarks) and the server's engine are built from one of these.
+//
+// Thread-safety: the tokenizer and the loaded model are immutable and may be used from any
+// thread; the forward pass, block pool and generator belong to one thread at a time.
+#ifndef KVSERVE_ENGINE_GENERATION_LOCAL_MODEL_H_
+#define KVSERVE_ENGINE_GENERATION_LOCAL_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/generation/batch_generator.h"
+#include "engine/kv/block_pool.h"
+#include "engine/model/llama_model.h"
+#include "engine/model/model.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "kernels/cpu/thread_pool.h"
+#include "kernels/kv_format.h"
+
+namespace kvserve::engine {
+
+struct LocalModelOptions {
+  std::string model_path;
+  std::string tokenizer_path;  // llama2.c checkpoints only; empty = look beside the model
+  kernels::KvFormat kv_format = kernels::KvFormat::kFp32;
+  int64_t kv_budget_bytes = 256ll << 20;
+  int block_size = 16;              // tokens per KV block
+  int num_threads = 0;              // 0 = all online CPUs
+  int64_t max_batch_tokens = 512;   // per forward step
+};
+
+class LocalModel {
+ public:
+  // Loads the model and builds the rest. Errors name the file or the option at fault.
+  static absl::StatusOr<std::unique_ptr<LocalModel>> Open(const LocalModelOptions& options);
+
+  const LoadedModel& loaded() const { return *loaded_; }
+  const ModelConfig& config() const { return loaded_->config(); }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  LlamaModel& model() { return *model_; }
+  BlockPool& kv_pool() { return *kv_pool_; }
+  LayoutId kv_layout() const { return layout_; }
+  BatchGenerator& generator() { return *generator_; }
+  kernels::ThreadPool& threads() { return *threads_; }
+  const LocalModelOptions& options() const { return options_; }
+
+ private:
+  LocalModelOptions options_;
+  std::unique_ptr<LoadedModel> loaded_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<kernels::ThreadPool> threads_;
+  std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<BlockPool> kv_pool_;
+  LayoutId layout_ = 0;
+  std::unique_ptr<BatchGenerator> generator_;
+};
+
+}  // namespace kvserve::engine
+
+#endif  // KVSERVE_ENGINE_GENERATION_LOCAL_MODEL_H_

@@ -1,0 +1,124 @@
+// The paged KV block pool: a byte budget carved into blocks of `block_size` token slots.
+//
+// A block holds K and V of `block_size` tokens for every layer and KV head. Its *layout* says
+// which KvFormat each layer is stored in (today one format for all layers; per-layer overrides and
+// demotion use further layouts), hence its size in bytes. The pool is bounded by bytes, not
+// blocks, because formats differ in size.
+//
+// Metadata (ref count, layout) lives apart from the bytes; the bytes of block `id` are found
+// through the id, never through a pointer kept in metadata. Block ids are dense small integers so
+// that kernels can index plain arrays with them (see kernels::PagedKvLayerView).
+//
+// Memory: block bytes are allocated from the heap the first time they are needed and kept for
+// reuse when freed (role "free"); bytes of free blocks of one layout are returned to the heap when
+// another layout needs the budget. allocated_bytes() is therefore exactly the sum of live heap
+// allocations made for block bytes, and never exceeds budget_bytes().
+//
+// Thread-safety: not thread-safe; owned and driven by the engine thread. Views handed to kernels
+// stay valid until the next Allocate/Release call.
+#ifndef KVSERVE_ENGINE_KV_BLOCK_POOL_H_
+#define KVSERVE_ENGINE_KV_BLOCK_POOL_H_
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/kv_format.h"
+
+namespace kvserve::engine {
+
+using BlockId = int32_t;
+using LayoutId = uint16_t;
+
+// Shape of the KV cache a pool serves.
+struct KvGeometry {
+  int num_layers = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int block_size = 16;  // tokens per block
+};
+
+// Per-layer formats of one block layout, with the byte offsets that result.
+struct BlockLayout {
+  std::vector<kernels::KvFormat> layer_formats;   // [num_layers]
+  std::vector<kernels::KvLayerRegion> regions;    // [num_layers]
+  int64_t block_bytes = 0;                        // total bytes of one block, padding included
+  int64_t value_bytes = 0;                        // of which element payload
+  int64_t scale_bytes = 0;                        // of which scales / zero points
+};
+
+class BlockPool {
+ public:
+  // REQUIRES: geometry fields positive; budget_bytes > 0.
+  BlockPool(const KvGeometry& geometry, int64_t budget_bytes);
+  ~BlockPool();
+  BlockPool(const BlockPool&) = delete;
+  BlockPool& operator=(const BlockPool&) = delete;
+
+  // Registers (or finds) the layout storing layer l in formats[l]. InvalidArgument when the
+  // vector's length is not num_layers, or when one block of it alone exceeds the budget.
+  absl::StatusOr<LayoutId> RegisterLayout(const std::vector<kernels::KvFormat>& formats);
+  // Convenience: every layer in `format`.
+  absl::StatusOr<LayoutId> RegisterUniformLayout(kernels::KvFormat format);
+
+  // Allocates a block of the given layout with ref count 1. ResourceExhausted when the budget
+  // cannot hold another block of that layout.
+  absl::StatusOr<BlockId> Allocate(LayoutId layout);
+  // Adds a reference (a second sequence sharing the block).
+  void AddRef(BlockId id);
+  // Drops a reference; at zero the block becomes free.
+  void Release(BlockId id);
+
+  int ref_count(BlockId id) const { return meta_[id].ref_count; }
+  LayoutId layout_of(BlockId id) const { return meta_[id].layout; }
+  const BlockLayout& layout(LayoutId id) const { return layouts_[id]; }
+  int num_layouts() const { return static_cast<int>(layouts_.size()); }
+
+  // Blocks of `layout` that can still be allocated right now (free ones plus what the unused
+  // budget holds).
+  int64_t AvailableBlocks(LayoutId layout) const;
+
+  // The view of one layer that kernels read and write.
+  kernels::PagedKvLayerView LayerView(int layer) const;
+  // Raw bytes of a block (for copy-on-write and tests).
+  uint8_t* block_data(BlockId id) const { return data_[id]; }
+
+  const KvGeometry& geometry() const { return geometry_; }
+  int64_t budget_bytes() const { return budget_bytes_; }
+  int64_t allocated_bytes() const { return allocated_bytes_; }
+  int64_t used_blocks() const { return used_blocks_; }
+  int64_t used_bytes() const { return used_bytes_; }
+
+ private:
+  struct BlockMeta {
+    int32_t ref_count = 0;
+    LayoutId layout = 0;
+    bool has_bytes = false;
+  };
+
+  BlockId NewId();
+  bool ReclaimBytes(int64_t needed, LayoutId keep);
+
+  KvGeometry geometry_;
+  int64_t budget_bytes_;
+  std::vector<BlockLayout> layouts_;
+  // Per layer: the region of that layer in each layout (what LayerView exposes).
+  std::vector<std::vector<kernels::KvLayerRegion>> layer_regions_;
+
+  std::vector<BlockMeta> meta_;        // [id]
+  std::vector<uint8_t*> data_;         // [id] block bytes, or null
+  std::vector<uint16_t> data_layout_;  // [id] mirror of meta_.layout for kernels
+  std::vector<BlockId> spare_ids_;     // ids with no bytes, reusable
+  std::vector<std::vector<BlockId>> free_by_layout_;  // free ids that still hold bytes
+
+  int64_t allocated_bytes_ = 0;
+  int64_t used_blocks_ = 0;
+  int64_t used_bytes_ = 0;
+};
+
+}  // namespace kvserve::engine
+
+#endif  // KVSERVE_ENGINE_KV_BLOCK_POOL_H_

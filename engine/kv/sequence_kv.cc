@@ -1,0 +1,40 @@
+#include "engine/kv/sequence_kv.h"
+
+namespace kvserve::engine {
+
+int64_t SequenceKv::BlocksNeeded(int64_t num_slots) const {
+  const int64_t bs = pool_->geometry().block_size;
+  const int64_t want = (num_slots + bs - 1) / bs;
+  return want > static_cast<int64_t>(blocks_.size()) ? want - static_cast<int64_t>(blocks_.size())
+                                                     : 0;
+}
+
+absl::Status SequenceKv::Reserve(int64_t num_slots) {
+  const int64_t need = BlocksNeeded(num_slots);
+  const size_t before = blocks_.size();
+  for (int64_t i = 0; i < need; ++i) {
+    absl::StatusOr<BlockId> id = pool_->Allocate(layout_);
+    if (!id.ok()) {
+      while (blocks_.size() > before) {
+        pool_->Release(blocks_.back());
+        blocks_.pop_back();
+      }
+      return id.status();
+    }
+    blocks_.push_back(*id);
+  }
+  return absl::OkStatus();
+}
+
+void SequenceKv::Release() {
+  for (BlockId id : blocks_) pool_->Release(id);
+  blocks_.clear();
+}
+
+int64_t SequenceKv::bytes() const {
+  int64_t total = 0;
+  for (BlockId id : blocks_) total += pool_->layout(pool_->layout_of(id)).block_bytes;
+  return total;
+}
+
+}  // namespace kvserve::engine

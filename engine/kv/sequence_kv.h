@@ -1,0 +1,47 @@
+// The KV cache of one sequence: its block table and how many slots are filled.
+//
+// Grows block by block from a BlockPool; Release() hands every block back (dropping this
+// sequence's references). Not thread-safe; owned by whoever drives the sequence (the engine
+// thread).
+#ifndef KVSERVE_ENGINE_KV_SEQUENCE_KV_H_
+#define KVSERVE_ENGINE_KV_SEQUENCE_KV_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/kv/block_pool.h"
+
+namespace kvserve::engine {
+
+class SequenceKv {
+ public:
+  SequenceKv(BlockPool* pool, LayoutId layout) : pool_(pool), layout_(layout) {}
+  ~SequenceKv() { Release(); }
+  SequenceKv(const SequenceKv&) = delete;
+  SequenceKv& operator=(const SequenceKv&) = delete;
+
+  // Makes sure slots [0, num_slots) have blocks. ResourceExhausted (and nothing allocated by this
+  // call kept) when the pool cannot supply them.
+  absl::Status Reserve(int64_t num_slots);
+  // Blocks needed beyond the current ones to hold num_slots slots.
+  int64_t BlocksNeeded(int64_t num_slots) const;
+  // Returns every block to the pool.
+  void Release();
+
+  const std::vector<BlockId>& block_table() const { return blocks_; }
+  int64_t capacity_slots() const {
+    return static_cast<int64_t>(blocks_.size()) * pool_->geometry().block_size;
+  }
+  // Bytes of the blocks this sequence holds (shared blocks counted in full).
+  int64_t bytes() const;
+
+ private:
+  BlockPool* pool_;
+  LayoutId layout_;
+  std::vector<BlockId> blocks_;
+};
+
+}  // namespace kvserve::engine
+
+#endif  // KVSERVE_ENGINE_KV_SEQUENCE_KV_H_

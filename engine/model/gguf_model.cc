@@ -1,0 +1,332 @@
+#include "engine/model/gguf_model.h"
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "engine/common/status_macros.h"
+#include "engine/model/model_limits.h"
+#include "kernels/dtype.h"
+
+namespace kvserve::engine {
+namespace {
+
+// This Abseil build does not alias absl::string_view to std::string_view; StrCat needs the former.
+absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+using kernels::DType;
+using kernels::WeightView;
+
+// A missing required key is a malformed model file, not a missing file.
+absl::Status Required(absl::Status status) {
+  if (absl::IsNotFound(status)) return absl::InvalidArgumentError(status.message());
+  return status;
+}
+
+std::string NeString(const std::vector<int64_t>& ne) {
+  std::string out = "[";
+  for (size_t i = 0; i < ne.size(); ++i) absl::StrAppend(&out, i ? ", " : "", ne[i]);
+  return out + "]";
+}
+
+class GgufModel final : public LoadedModel {
+ public:
+  explicit GgufModel(GgufFile file) : file_(std::move(file)) {
+    path_ = file_.name();
+    file_format_ = "gguf";
+  }
+
+  absl::Status Build();
+
+ private:
+  absl::Status Error(std::string_view message) const {
+    return absl::InvalidArgumentError(absl::StrCat(file_.name(), ": ", Sv(message)));
+  }
+  absl::StatusOr<int> ReadDim(std::string_view key, int64_t max_value,
+                              std::optional<int64_t> default_value = std::nullopt) const;
+  absl::Status ReadConfig();
+  absl::StatusOr<const GgufTensorInfo*> Tensor(const std::string& name,
+                                               const std::vector<int64_t>& expected_ne) const;
+  absl::StatusOr<WeightView> Matrix(const std::string& name, int64_t rows, int64_t cols);
+  absl::StatusOr<const float*> Vector(const std::string& name, int64_t n);
+  absl::StatusOr<const float*> OwnedF32(const GgufTensorInfo& info);
+
+  GgufFile file_;
+  std::vector<std::vector<float>> owned_f32_;
+  std::vector<std::vector<uint16_t>> owned_u16_;
+};
+
+absl::StatusOr<int> GgufModel::ReadDim(std::string_view key, int64_t max_value,
+                                       std::optional<int64_t> default_value) const {
+  int64_t value = 0;
+  if (default_value.has_value() && !file_.HasKey(key)) {
+    value = *default_value;
+  } else {
+    auto read = file_.GetInteger(key);
+    if (!read.ok()) return Required(read.status());
+    value = *read;
+  }
+  if (value < 1 || value > max_value) {
+    return Error(absl::StrCat("metadata key '", Sv(key), "' = ", value, " is out of range [1, ",
+                              max_value, "]"));
+  }
+  return static_cast<int>(value);
+}
+
+absl::Status GgufModel::ReadConfig() {
+  auto arch = file_.GetString("general.architecture");
+  if (!arch.ok()) return Required(arch.status());
+  if (*arch != "llama") {
+    return absl::UnimplementedError(absl::StrCat(
+        file_.name(), ": architecture '", *arch, "' is not supported (only 'llama')"));
+  }
+  ModelConfig& c = config_;
+  c.architecture = *arch;
+  if (auto name = file_.GetString("general.name"); name.ok()) {
+    c.name = *name;
+  } else {
+    c.name = std::filesystem::path(file_.name()).stem().string();
+  }
+  KVSERVE_ASSIGN_OR_RETURN(c.dim, ReadDim("llama.embedding_length", kMaxModelDim));
+  KVSERVE_ASSIGN_OR_RETURN(c.hidden_dim, ReadDim("llama.feed_forward_length", kMaxHiddenDim));
+  KVSERVE_ASSIGN_OR_RETURN(c.num_layers, ReadDim("llama.block_count", kMaxLayers));
+  KVSERVE_ASSIGN_OR_RETURN(c.num_heads, ReadDim("llama.attention.head_count", kMaxHeads));
+  KVSERVE_ASSIGN_OR_RETURN(
+      c.num_kv_heads, ReadDim("llama.attention.head_count_kv", kMaxHeads, c.num_heads));
+  KVSERVE_ASSIGN_OR_RETURN(c.context_length, ReadDim("llama.context_length", kMaxContext));
+  if (c.dim % c.num_heads != 0) {
+    return Error(absl::StrCat("llama.embedding_length ", c.dim,
+                              " is not a multiple of llama.attention.head_count ", c.num_heads));
+  }
+  if (c.num_heads % c.num_kv_heads != 0) {
+    return Error(absl::StrCat("llama.attention.head_count ", c.num_heads,
+                              " is not a multiple of llama.attention.head_count_kv ",
+                              c.num_kv_heads));
+  }
+  c.head_dim = c.dim / c.num_heads;
+  if (c.head_dim % 2 != 0) {
+    return Error(absl::StrCat("head_dim ", c.head_dim, " is odd; RoPE needs pairs"));
+  }
+  if (file_.HasKey("llama.rope.dimension_count")) {
+    KVSERVE_ASSIGN_OR_RETURN(const int64_t rope_dims,
+                             file_.GetInteger("llama.rope.dimension_count"));
+    if (rope_dims != c.head_dim) {
+      return Error(absl::StrCat("llama.rope.dimension_count = ", rope_dims, " but head_dim = ",
+                                c.head_dim, " (partial rotary embeddings are not supported)"));
+    }
+  }
+  auto eps = file_.GetFloat("llama.attention.layer_norm_rms_epsilon");
+  if (!eps.ok()) return Required(eps.status());
+  if (!(*eps > 0.0 && *eps < 1.0)) {
+    return Error(absl::StrCat("llama.attention.layer_norm_rms_epsilon = ", *eps,
+                              " is out of range (0, 1)"));
+  }
+  c.rms_norm_eps = static_cast<float>(*eps);
+  if (file_.HasKey("llama.rope.freq_base")) {
+    KVSERVE_ASSIGN_OR_RETURN(const double base, file_.GetFloat("llama.rope.freq_base"));
+    if (!(base > 1.0 && std::isfinite(base))) {
+      return Error(absl::StrCat("llama.rope.freq_base = ", base, " must be finite and > 1"));
+    }
+    c.rope_freq_base = static_cast<float>(base);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<const GgufTensorInfo*> GgufModel::Tensor(
+    const std::string& name, const std::vector<int64_t>& expected_ne) const {
+  const GgufTensorInfo* info = file_.FindTensor(name);
+  if (info == nullptr) return Error(absl::StrCat("tensor '", name, "' is missing"));
+  if (info->ne != expected_ne) {
+    return Error(absl::StrCat("tensor '", name, "' has shape ", NeString(info->ne),
+                              ", expected ", NeString(expected_ne), " (ggml order, ne[0] = columns)"));
+  }
+  switch (info->type) {
+    case GgmlType::kF32:
+    case GgmlType::kF16:
+    case GgmlType::kBF16:
+    case GgmlType::kQ8_0:
+      return info;
+    default:
+      return Error(absl::StrCat("tensor '", name, "' has unsupported type ",
+                                GgmlTypeLabel(static_cast<uint32_t>(info->type)),
+                                " (supported: F32, F16, BF16, Q8_0)"));
+  }
+}
+
+absl::StatusOr<const float*> GgufModel::OwnedF32(const GgufTensorInfo& info) {
+  std::vector<float> values(static_cast<size_t>(info.num_elements));
+  KVSERVE_RETURN_IF_ERROR(DecodeToF32(info.type, info.data, info.num_elements, values.data()));
+  owned_f32_.push_back(std::move(values));
+  return owned_f32_.back().data();
+}
+
+absl::StatusOr<WeightView> GgufModel::Matrix(const std::string& name, int64_t rows,
+                                             int64_t cols) {
+  KVSERVE_ASSIGN_OR_RETURN(const GgufTensorInfo* info, Tensor(name, {cols, rows}));
+  WeightView view;
+  view.rows = rows;
+  view.cols = cols;
+  const auto address = reinterpret_cast<uintptr_t>(info->data);
+  switch (info->type) {
+    case GgmlType::kF32:
+      view.dtype = DType::kF32;
+      if (address % alignof(float) == 0) {
+        view.data = info->data;
+      } else {
+        KVSERVE_ASSIGN_OR_RETURN(view.data, OwnedF32(*info));
+      }
+      return view;
+    case GgmlType::kF16:
+    case GgmlType::kBF16:
+      view.dtype = info->type == GgmlType::kF16 ? DType::kF16 : DType::kBF16;
+      if (address % alignof(uint16_t) == 0) {
+        view.data = info->data;
+      } else {
+        std::vector<uint16_t> copy(static_cast<size_t>(info->num_elements));
+        std::memcpy(copy.data(), info->data, info->num_bytes);
+        owned_u16_.push_back(std::move(copy));
+        view.data = owned_u16_.back().data();
+      }
+      return view;
+    default:  // Q8_0
+      view.dtype = DType::kF32;
+      KVSERVE_ASSIGN_OR_RETURN(view.data, OwnedF32(*info));
+      return view;
+  }
+}
+
+absl::StatusOr<const float*> GgufModel::Vector(const std::string& name, int64_t n) {
+  KVSERVE_ASSIGN_OR_RETURN(const GgufTensorInfo* info, Tensor(name, {n}));
+  if (info->type == GgmlType::kF32 &&
+      reinterpret_cast<uintptr_t>(info->data) % alignof(float) == 0) {
+    return reinterpret_cast<const float*>(info->data);
+  }
+  return OwnedF32(*info);
+}
+
+absl::Status GgufModel::Build() {
+  KVSERVE_RETURN_IF_ERROR(ReadConfig());
+  KVSERVE_ASSIGN_OR_RETURN(vocab_, ReadGgufVocabulary(file_));
+  ModelConfig& c = config_;
+  c.vocab_size = vocab_.size();
+
+  const GgufTensorInfo* embd = file_.FindTensor("token_embd.weight");
+  if (embd != nullptr && embd->ne.size() == 2 && embd->ne[1] != c.vocab_size) {
+    return Error(absl::StrCat("tensor 'token_embd.weight' has ", embd->ne[1],
+                              " rows but the vocabulary (tokenizer.ggml.tokens) has ",
+                              c.vocab_size, " tokens"));
+  }
+  KVSERVE_ASSIGN_OR_RETURN(weights_.token_embedding,
+                           Matrix("token_embd.weight", c.vocab_size, c.dim));
+  const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
+  weights_.layers.resize(static_cast<size_t>(c.num_layers));
+  for (int l = 0; l < c.num_layers; ++l) {
+    LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
+    const std::string p = absl::StrCat("blk.", l, ".");
+    KVSERVE_ASSIGN_OR_RETURN(w.attn_norm, Vector(p + "attn_norm.weight", c.dim));
+    KVSERVE_ASSIGN_OR_RETURN(w.wq, Matrix(p + "attn_q.weight", q_dim, c.dim));
+    KVSERVE_ASSIGN_OR_RETURN(w.wk, Matrix(p + "attn_k.weight", c.kv_dim(), c.dim));
+    KVSERVE_ASSIGN_OR_RETURN(w.wv, Matrix(p + "attn_v.weight", c.kv_dim(), c.dim));
+    KVSERVE_ASSIGN_OR_RETURN(w.wo, Matrix(p + "attn_output.weight", c.dim, q_dim));
+    KVSERVE_ASSIGN_OR_RETURN(w.ffn_norm, Vector(p + "ffn_norm.weight", c.dim));
+    KVSERVE_ASSIGN_OR_RETURN(w.w_gate, Matrix(p + "ffn_gate.weight", c.hidden_dim, c.dim));
+    KVSERVE_ASSIGN_OR_RETURN(w.w_down, Matrix(p + "ffn_down.weight", c.dim, c.hidden_dim));
+    KVSERVE_ASSIGN_OR_RETURN(w.w_up, Matrix(p + "ffn_up.weight", c.hidden_dim, c.dim));
+  }
+  KVSERVE_ASSIGN_OR_RETURN(weights_.final_norm, Vector("output_norm.weight", c.dim));
+  if (file_.FindTensor("output.weight") != nullptr) {
+    KVSERVE_ASSIGN_OR_RETURN(weights_.output, Matrix("output.weight", c.vocab_size, c.dim));
+    c.tied_classifier = false;
+  } else {
+    weights_.output = weights_.token_embedding;
+    c.tied_classifier = true;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> OptionalBool(const GgufFile& file, std::string_view key, bool default_value) {
+  if (!file.HasKey(key)) return default_value;
+  return file.GetBool(key);
+}
+
+absl::StatusOr<int32_t> OptionalTokenId(const GgufFile& file, std::string_view key,
+                                        int32_t default_value, int32_t vocab_size) {
+  if (!file.HasKey(key)) return default_value;
+  KVSERVE_ASSIGN_OR_RETURN(const int64_t id, file.GetInteger(key));
+  if (id < 0 || id >= vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat(file.name(), ": metadata key '", Sv(key), "' = ",
+                                                   id, " is outside the vocabulary [0, ",
+                                                   vocab_size, ")"));
+  }
+  return static_cast<int32_t>(id);
+}
+
+}  // namespace
+
+absl::StatusOr<Vocabulary> ReadGgufVocabulary(const GgufFile& file) {
+  auto model = file.GetString("tokenizer.ggml.model");
+  if (!model.ok()) return Required(model.status());
+  if (*model != "llama") {
+    return absl::UnimplementedError(
+        absl::StrCat(file.name(), ": tokenizer model '", *model,
+                     "' is not supported (only 'llama', SentencePiece BPE)"));
+  }
+  auto tokens = file.GetArrayOf<std::string>("tokenizer.ggml.tokens");
+  if (!tokens.ok()) return Required(tokens.status());
+  auto scores = file.GetArrayOf<float>("tokenizer.ggml.scores");
+  if (!scores.ok()) return Required(scores.status());
+  auto types = file.GetArrayOf<int32_t>("tokenizer.ggml.token_type");
+  if (!types.ok()) return Required(types.status());
+  if (tokens->empty() || tokens->size() > static_cast<size_t>(kMaxVocab)) {
+    return absl::InvalidArgumentError(absl::StrCat(file.name(), ": tokenizer.ggml.tokens has ",
+                                                   tokens->size(), " tokens (1 to ", kMaxVocab,
+                                                   " allowed)"));
+  }
+  if (scores->size() != tokens->size() || types->size() != tokens->size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        file.name(), ": tokenizer.ggml.tokens has ", tokens->size(),
+        " entries but tokenizer.ggml.scores has ", scores->size(),
+        " and tokenizer.ggml.token_type has ", types->size()));
+  }
+  Vocabulary vocab;
+  const int32_t n = static_cast<int32_t>(tokens->size());
+  vocab.pieces.reserve(tokens->size());
+  vocab.types.reserve(tokens->size());
+  for (int32_t i = 0; i < n; ++i) {
+    vocab.pieces.push_back(absl::StrReplaceAll((*tokens)[i], {{"\xE2\x96\x81", " "}}));
+    const int32_t type = (*types)[i];
+    if (type < static_cast<int32_t>(TokenType::kNormal) ||
+        type > static_cast<int32_t>(TokenType::kByte)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file.name(), ": tokenizer.ggml.token_type[", i, "] = ", type, " is not a token type"));
+    }
+    vocab.types.push_back(static_cast<TokenType>(type));
+  }
+  vocab.scores.assign(scores->begin(), scores->end());
+  KVSERVE_ASSIGN_OR_RETURN(vocab.bos_id,
+                           OptionalTokenId(file, "tokenizer.ggml.bos_token_id", 1, n));
+  KVSERVE_ASSIGN_OR_RETURN(vocab.eos_id,
+                           OptionalTokenId(file, "tokenizer.ggml.eos_token_id", 2, n));
+  KVSERVE_ASSIGN_OR_RETURN(vocab.unk_id,
+                           OptionalTokenId(file, "tokenizer.ggml.unknown_token_id", 0, n));
+  KVSERVE_ASSIGN_OR_RETURN(vocab.add_bos, OptionalBool(file, "tokenizer.ggml.add_bos_token", true));
+  KVSERVE_ASSIGN_OR_RETURN(vocab.add_space_prefix,
+                           OptionalBool(file, "tokenizer.ggml.add_space_prefix", true));
+  return vocab;
+}
+
+absl::StatusOr<std::unique_ptr<LoadedModel>> LoadGgufModel(GgufFile file) {
+  auto model = std::make_unique<GgufModel>(std::move(file));
+  KVSERVE_RETURN_IF_ERROR(model->Build());
+  return std::unique_ptr<LoadedModel>(std::move(model));
+}
+
+}  // namespace kvserve::engine

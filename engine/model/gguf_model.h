@@ -1,0 +1,44 @@
+// Building a LoadedModel from a GGUF file of architecture `llama` (see LoadModel in model.h).
+//
+// Hyper-parameters come from llama.* keys (embedding_length, feed_forward_length, block_count,
+// attention.head_count, attention.head_count_kv (default head_count), context_length,
+// attention.layer_norm_rms_epsilon, rope.freq_base (default 10000), rope.dimension_count (must
+// equal head_dim when present)); the name from general.name (default: the file's stem).
+//
+// Tensors (ggml order ne = [cols, rows] maps to WeightView{rows, cols}): token_embd.weight,
+// blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_down,
+// ffn_up}.weight, output_norm.weight and output.weight (absent: the classifier is tied to the
+// embedding). Every shape is checked against the configuration.
+//   * Matrices stored as F32 / F16 / BF16 are viewed in place in the mapped file (copied into an
+//     owned buffer of the same type only when the data is misaligned for its type); Q8_0 matrices
+//     are dequantized at load into owned F32 buffers.
+//   * Norm vectors are always F32: other types are converted into owned buffers.
+//
+// Errors name the file and the key or tensor: InvalidArgument for a malformed or inconsistent
+// file (a missing key or tensor, a shape mismatch, a tensor type other than F32 / F16 / BF16 /
+// Q8_0); Unimplemented for an architecture other than `llama` or a tokenizer model other than
+// `llama`.
+#ifndef KVSERVE_ENGINE_MODEL_GGUF_MODEL_H_
+#define KVSERVE_ENGINE_MODEL_GGUF_MODEL_H_
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "engine/model/gguf.h"
+#include "engine/model/model.h"
+#include "engine/tokenizer/vocabulary.h"
+
+namespace kvserve::engine {
+
+// Takes ownership of the parsed file: the model's weight views point into its mapping.
+// REQUIRES: `file` was parsed from a MappedFile (GgufFile::Open or Parse(MappedFile)).
+absl::StatusOr<std::unique_ptr<LoadedModel>> LoadGgufModel(GgufFile file);
+
+// The vocabulary stored in tokenizer.ggml.*: model (must be "llama"), tokens (U+2581 replaced by
+// ' '), scores, token_type (all of the same length), bos/eos/unknown_token_id (defaults 1/2/0,
+// each inside the vocabulary), add_bos_token and add_space_prefix (default true).
+absl::StatusOr<Vocabulary> ReadGgufVocabulary(const GgufFile& file);
+
+}  // namespace kvserve::engine
+
+#endif  // KVSERVE_ENGINE_MODEL_GGUF_MODEL_H_

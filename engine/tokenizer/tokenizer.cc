@@ -1,0 +1,349 @@
+#include "engine/tokenizer/tokenizer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <queue>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "engine/common/status_macros.h"
+
+namespace kvserve::engine {
+namespace {
+
+constexpr std::string_view kReplacementCharacter = "\xEF\xBF\xBD";  // U+FFFD
+
+enum class Utf8Scan {
+  kValid,       // a complete, well-formed sequence of `length` bytes
+  kIncomplete,  // a well-formed prefix that the end of the data cuts short
+  kInvalid,     // an ill-formed maximal subpart of `length` (>= 1) bytes
+};
+
+// Classifies the UTF-8 sequence starting at data[0] (data non-empty), following the Unicode
+// definition of well-formed UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF).
+Utf8Scan ScanUtf8(std::string_view data, size_t* length) {
+  const auto b0 = static_cast<uint8_t>(data[0]);
+  size_t need = 0;
+  uint8_t lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+  if (b0 < 0x80) {
+    *length = 1;
+    return Utf8Scan::kValid;
+  } else if (b0 >= 0xC2 && b0 <= 0xDF) {
+    need = 2;
+  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+    need = 3;
+    if (b0 == 0xE0) lo = 0xA0;
+    if (b0 == 0xED) hi = 0x9F;
+  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+    need = 4;
+    if (b0 == 0xF0) lo = 0x90;
+    if (b0 == 0xF4) hi = 0x8F;
+  } else {
+    *length = 1;
+    return Utf8Scan::kInvalid;
+  }
+  for (size_t i = 1; i < need; ++i) {
+    if (i >= data.size()) {
+      *length = i;
+      return Utf8Scan::kIncomplete;
+    }
+    const auto b = static_cast<uint8_t>(data[i]);
+    const bool ok = i == 1 ? (b >= lo && b <= hi) : (b >= 0x80 && b <= 0xBF);
+    if (!ok) {
+      *length = i;
+      return Utf8Scan::kInvalid;
+    }
+  }
+  *length = need;
+  return Utf8Scan::kValid;
+}
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+// The byte a "<0xAB>" piece stands for, or -1.
+int BytePieceValue(std::string_view piece) {
+  if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') return -1;
+  const int hi = HexValue(piece[3]);
+  const int lo = HexValue(piece[4]);
+  return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+}
+
+// One token of the working sequence: text[begin, begin + length) of the (prefixed) input, linked
+// to its neighbours. Merged-away symbols have length 0.
+struct Symbol {
+  int32_t prev;
+  int32_t next;
+  uint32_t begin;
+  uint32_t length;
+  int32_t id;      // the token; -1 for dropped text (no unk token)
+  bool mergeable;  // false for byte-fallback and unk tokens
+};
+
+// A candidate merge of symbols[left] with its right neighbour into token `id`.
+struct Bigram {
+  float score;
+  int32_t left;
+  int32_t right;
+  uint32_t length;  // combined length when queued; stale if the symbols have changed since
+  int32_t id;
+};
+
+// Orders the queue so that top() is the highest score, then the leftmost pair.
+struct BigramLess {
+  bool operator()(const Bigram& a, const Bigram& b) const {
+    if (a.score != b.score) return a.score < b.score;
+    return a.left > b.left;
+  }
+};
+
+}  // namespace
+
+absl::Status ValidateVocabulary(const Vocabulary& vocab) {
+  const size_t n = vocab.pieces.size();
+  if (n == 0) return absl::InvalidArgumentError("vocabulary is empty");
+  if (n > static_cast<size_t>(INT32_MAX)) {
+    return absl::InvalidArgumentError(absl::StrCat("vocabulary has ", n, " pieces, too many"));
+  }
+  if (vocab.scores.size() != n || vocab.types.size() != n) {
+    return absl::InvalidArgumentError(absl::StrCat("vocabulary has ", n, " pieces but ",
+                                                   vocab.scores.size(), " scores and ",
+                                                   vocab.types.size(), " types"));
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(vocab.scores[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("token ", i, " has a non-finite score"));
+    }
+  }
+  const auto size = static_cast<int32_t>(n);
+  auto in_range = [size](int32_t id) { return id >= 0 && id < size; };
+  if (!in_range(vocab.bos_id) || !in_range(vocab.eos_id)) {
+    return absl::InvalidArgumentError(absl::StrCat("bos_id ", vocab.bos_id, " or eos_id ",
+                                                   vocab.eos_id, " outside the vocabulary of ",
+                                                   size, " tokens"));
+  }
+  if (vocab.unk_id != -1 && !in_range(vocab.unk_id)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unk_id ", vocab.unk_id, " outside the vocabulary of ", size, " tokens"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Tokenizer> Tokenizer::Create(Vocabulary vocab) {
+  KVSERVE_RETURN_IF_ERROR(ValidateVocabulary(vocab));
+  return Tokenizer(std::move(vocab));
+}
+
+Tokenizer::Tokenizer(Vocabulary vocab) : vocab_(std::move(vocab)) {
+  const absl::Status valid = ValidateVocabulary(vocab_);
+  KVSERVE_CHECK(valid.ok()) << valid.ToString();
+  byte_to_id_.fill(-1);
+  const int32_t n = vocab_.size();
+  bytes_.resize(static_cast<size_t>(n));
+  piece_to_id_.reserve(static_cast<size_t>(n));
+  for (int32_t id = 0; id < n; ++id) {
+    const std::string& piece = vocab_.pieces[static_cast<size_t>(id)];
+    switch (vocab_.types[static_cast<size_t>(id)]) {
+      case TokenType::kNormal:
+      case TokenType::kUserDefined:
+        bytes_[static_cast<size_t>(id)] = piece;
+        // The first of duplicate pieces wins.
+        if (!piece.empty() && piece_to_id_.emplace(piece, id).second) {
+          max_piece_bytes_ = std::max(max_piece_bytes_, piece.size());
+        }
+        break;
+      case TokenType::kByte: {
+        const int value = BytePieceValue(piece);
+        if (value >= 0) {
+          bytes_[static_cast<size_t>(id)] = std::string(1, static_cast<char>(value));
+          if (byte_to_id_[static_cast<size_t>(value)] < 0) {
+            byte_to_id_[static_cast<size_t>(value)] = id;
+          }
+          has_byte_fallback_ = true;
+        }
+        break;
+      }
+      case TokenType::kUnknown:
+      case TokenType::kControl:
+      case TokenType::kUnused:
+        break;
+    }
+  }
+}
+
+std::string_view Tokenizer::Bytes(int32_t id) const {
+  if (!IsValidId(id)) return {};
+  return bytes_[static_cast<size_t>(id)];
+}
+
+std::string Tokenizer::TokenBytes(int32_t id) const { return std::string(Bytes(id)); }
+
+int32_t Tokenizer::LookupPiece(std::string_view text) const {
+  if (text.size() > max_piece_bytes_) return -1;
+  const auto it = piece_to_id_.find(text);
+  return it == piece_to_id_.end() ? -1 : it->second;
+}
+
+void Tokenizer::AppendFallback(std::string_view bytes, std::vector<int32_t>* ids) const {
+  if (!has_byte_fallback_) {
+    ids->push_back(vocab_.unk_id);
+    return;
+  }
+  for (const char c : bytes) {
+    const int32_t id = byte_to_id_[static_cast<uint8_t>(c)];
+    ids->push_back(id >= 0 ? id : vocab_.unk_id);
+  }
+}
+
+std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) const {
+  std::vector<int32_t> out;
+  if (add_bos) out.push_back(vocab_.bos_id);
+  if (text.empty()) return out;
+
+  std::string prefixed;
+  if (vocab_.add_space_prefix) {
+    prefixed.reserve(text.size() + 1);
+    prefixed.push_back(' ');
+    prefixed.append(text);
+    text = prefixed;
+  }
+  KVSERVE_CHECK(text.size() < static_cast<size_t>(INT32_MAX))
+      << "text of " << text.size() << " bytes";
+
+  // Initial symbols: one per code point that is a piece, fallback tokens for the rest.
+  std::vector<Symbol> symbols;
+  symbols.reserve(text.size());
+  std::vector<int32_t> fallback;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t length = 0;
+    const Utf8Scan scan = ScanUtf8(text.substr(pos), &length);
+    if (scan != Utf8Scan::kValid) length = 1;  // each byte of ill-formed text on its own
+    const std::string_view unit = text.substr(pos, length);
+    const int32_t id = scan == Utf8Scan::kValid ? LookupPiece(unit) : -1;
+    if (id >= 0) {
+      symbols.push_back({0, 0, static_cast<uint32_t>(pos), static_cast<uint32_t>(length), id,
+                         /*mergeable=*/true});
+    } else {
+      fallback.clear();
+      AppendFallback(unit, &fallback);
+      // Split the unit's bytes among its fallback tokens (one per byte, or one for all).
+      for (size_t k = 0; k < fallback.size(); ++k) {
+        const size_t begin = pos + (fallback.size() == 1 ? 0 : k);
+        const size_t bytes = fallback.size() == 1 ? length : 1;
+        symbols.push_back({0, 0, static_cast<uint32_t>(begin), static_cast<uint32_t>(bytes),
+                           fallback[k], /*mergeable=*/false});
+      }
+    }
+    pos += length;
+  }
+  const auto count = static_cast<int32_t>(symbols.size());
+  for (int32_t i = 0; i < count; ++i) {
+    symbols[static_cast<size_t>(i)].prev = i - 1;
+    symbols[static_cast<size_t>(i)].next = i + 1 < count ? i + 1 : -1;
+  }
+
+  std::priority_queue<Bigram, std::vector<Bigram>, BigramLess> queue;
+  auto try_add = [&](int32_t left, int32_t right) {
+    if (left < 0 || right < 0) return;
+    const Symbol& l = symbols[static_cast<size_t>(left)];
+    const Symbol& r = symbols[static_cast<size_t>(right)];
+    if (!l.mergeable || !r.mergeable) return;
+    const uint32_t length = l.length + r.length;
+    const int32_t id = LookupPiece(text.substr(l.begin, length));
+    if (id < 0) return;
+    queue.push({vocab_.scores[static_cast<size_t>(id)], left, right, length, id});
+  };
+  for (int32_t i = 1; i < count; ++i) try_add(i - 1, i);
+
+  while (!queue.empty()) {
+    const Bigram bigram = queue.top();
+    queue.pop();
+    Symbol& l = symbols[static_cast<size_t>(bigram.left)];
+    Symbol& r = symbols[static_cast<size_t>(bigram.right)];
+    // Symbols only grow, so an unchanged combined length of two live neighbours means unchanged
+    // text.
+    if (l.length == 0 || r.length == 0 || l.next != bigram.right ||
+        l.length + r.length != bigram.length) {
+      continue;
+    }
+    l.length += r.length;
+    l.id = bigram.id;
+    l.next = r.next;
+    if (r.next >= 0) symbols[static_cast<size_t>(r.next)].prev = bigram.left;
+    r.length = 0;
+    try_add(l.prev, bigram.left);
+    try_add(bigram.left, l.next);
+  }
+
+  out.reserve(out.size() + symbols.size());
+  for (int32_t i = count > 0 ? 0 : -1; i >= 0; i = symbols[static_cast<size_t>(i)].next) {
+    const int32_t id = symbols[static_cast<size_t>(i)].id;
+    if (id >= 0) out.push_back(id);
+  }
+  return out;
+}
+
+void Tokenizer::AppendDecodedToken(int32_t id, bool* after_start, std::string* out) const {
+  std::string_view bytes = Bytes(id);
+  if (*after_start && vocab_.add_space_prefix && !bytes.empty() && bytes[0] == ' ') {
+    const TokenType type = vocab_.types[static_cast<size_t>(id)];
+    if (type == TokenType::kNormal || type == TokenType::kUserDefined || type == TokenType::kByte) {
+      bytes.remove_prefix(1);
+    }
+  }
+  out->append(bytes);
+  *after_start = id == vocab_.bos_id;
+}
+
+std::string Tokenizer::Decode(absl::Span<const int32_t> ids, bool at_sequence_start) const {
+  std::string out;
+  bool after_start = at_sequence_start;
+  for (const int32_t id : ids) AppendDecodedToken(id, &after_start, &out);
+  return out;
+}
+
+StreamingDetokenizer::StreamingDetokenizer(const Tokenizer& tokenizer, bool at_sequence_start)
+    : tokenizer_(tokenizer),
+      initial_at_start_(at_sequence_start),
+      after_start_(at_sequence_start) {}
+
+std::string StreamingDetokenizer::Feed(int32_t id) {
+  tokenizer_.AppendDecodedToken(id, &after_start_, &pending_);
+  return Drain(/*final=*/false);
+}
+
+std::string StreamingDetokenizer::Flush() {
+  std::string out = Drain(/*final=*/true);
+  after_start_ = initial_at_start_;
+  return out;
+}
+
+std::string StreamingDetokenizer::Drain(bool final) {
+  std::string out;
+  const std::string_view data = pending_;
+  size_t pos = 0;
+  while (pos < data.size()) {
+    size_t length = 0;
+    const Utf8Scan scan = ScanUtf8(data.substr(pos), &length);
+    if (scan == Utf8Scan::kValid) {
+      out.append(data.substr(pos, length));
+    } else if (scan == Utf8Scan::kIncomplete && !final) {
+      break;  // hold back until the rest of the sequence arrives
+    } else {
+      out.append(kReplacementCharacter);
+    }
+    pos += length;
+  }
+  pending_.erase(0, pos);
+  return out;
+}
+
+}  // namespace kvserve::engine

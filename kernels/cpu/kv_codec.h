@@ -1,0 +1,98 @@
+// How the CPU kernels read and write the values of each KvFormat, and the one switch that turns a
+// runtime KvFormat into a compile-time codec. Adding a format means adding a KvCodec
+// specialisation (its Rows reader and WriteRow) and a case in DispatchKvFormat; the attention and
+// write kernels are templates over the codec and need no other change.
+//
+// A codec provides:
+//   class Rows                   reads the [block_size][head_dim] rows of one KV head in one K or
+//                                V region: Load<V>(token, d0) returns dims [d0, d0 + V::kLanes) of
+//                                row `token` as floats; LoadN<V>(token, d0, n) the first n of them
+//                                (other lanes zero). Dequantization happens here, in registers.
+//   static void WriteRow(...)    converts one row of head_dim floats into its slot.
+//   static void Prefetch(...)    asks for the cache lines Rows of one KV head will read.
+// Region layout: kernels/kv_format.h.
+#ifndef KVSERVE_KERNELS_CPU_KV_CODEC_H_
+#define KVSERVE_KERNELS_CPU_KV_CODEC_H_
+
+#include <cstdint>
+
+#include "kernels/cpu/check.h"
+#include "kernels/cpu/simd.h"
+#include "kernels/kv_format.h"
+
+namespace kvserve::kernels::cpu {
+
+// Codec of the unscaled floating-point formats: values stored as Elem, row-major per head.
+template <class Elem>
+struct KvFloatCodec {
+  class Rows {
+   public:
+    // region: base of the K or V region of one layer in one block.
+    Rows(const uint8_t* region, const KvRegionShape& shape, int head)
+        : base_(reinterpret_cast<const Elem*>(region) +
+                static_cast<int64_t>(head) * shape.block_size * shape.head_dim),
+          head_dim_(shape.head_dim) {}
+
+    template <class V>
+    typename V::Reg Load(int token, int d0) const {
+      return V::Load(base_ + static_cast<int64_t>(token) * head_dim_ + d0);
+    }
+    template <class V>
+    typename V::Reg LoadN(int token, int d0, int n) const {
+      return V::LoadN(base_ + static_cast<int64_t>(token) * head_dim_ + d0, n);
+    }
+
+   private:
+    const Elem* base_;  // [block_size][head_dim] of this head
+    int head_dim_;
+  };
+
+  // src: [head_dim] floats; writes slot `token` of KV head `head` in `region`.
+  static void WriteRow(uint8_t* region, const KvRegionShape& shape, int head, int token,
+                       const float* src) {
+    Elem* dst = reinterpret_cast<Elem*>(region) +
+                (static_cast<int64_t>(head) * shape.block_size + token) * shape.head_dim;
+    if (shape.head_dim <= simd::VecNarrow::kLanes) {
+      simd::ConvertRow<simd::VecNarrow>(src, shape.head_dim, dst);
+    } else {
+      simd::ConvertRow<simd::VecWide>(src, shape.head_dim, dst);
+    }
+  }
+
+  // The first `tokens` rows of KV head `head` in `region`.
+  static void Prefetch(const uint8_t* region, const KvRegionShape& shape, int head, int tokens) {
+    const int64_t row_bytes = static_cast<int64_t>(shape.head_dim) * sizeof(Elem);
+    simd::PrefetchBytes(region + static_cast<int64_t>(head) * shape.block_size * row_bytes,
+                        tokens * row_bytes);
+  }
+};
+
+template <KvFormat F>
+struct KvCodec;
+template <>
+struct KvCodec<KvFormat::kFp32> : KvFloatCodec<float> {};
+template <>
+struct KvCodec<KvFormat::kFp16> : KvFloatCodec<simd::Fp16> {};
+template <>
+struct KvCodec<KvFormat::kBf16> : KvFloatCodec<simd::Bf16> {};
+
+// Calls fn(KvCodec<f>{}) for the runtime format f. Call it once per block, never per element.
+template <class Fn>
+inline void DispatchKvFormat(KvFormat f, Fn&& fn) {
+  switch (f) {
+    case KvFormat::kFp32:
+      fn(KvCodec<KvFormat::kFp32>{});
+      return;
+    case KvFormat::kFp16:
+      fn(KvCodec<KvFormat::kFp16>{});
+      return;
+    case KvFormat::kBf16:
+      fn(KvCodec<KvFormat::kBf16>{});
+      return;
+  }
+  KVSERVE_KERNEL_CHECK(false, "unknown KvFormat");
+}
+
+}  // namespace kvserve::kernels::cpu
+
+#endif  // KVSERVE_KERNELS_CPU_KV_CODEC_H_

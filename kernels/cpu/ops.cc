@@ -1,0 +1,168 @@
+// Element-wise and row-wise operators of the forward pass (MatMul is in matmul.cc).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "kernels/cpu/check.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/simd.h"
+
+namespace kvserve::kernels::cpu {
+namespace {
+
+using V = simd::VecWide;
+using Reg = V::Reg;
+constexpr int kL = V::kLanes;
+
+// Largest head_dim RoPE handles (its per-call angle table lives on the stack).
+constexpr int kMaxRopeHeadDim = 1024;
+
+template <class T>
+void GatherRows(const T* table, int64_t vocab, int64_t dim, const int32_t* ids, int64_t n,
+                float* out) {
+  for (int64_t t = 0; t < n; ++t) {
+    KVSERVE_KERNEL_CHECK(ids[t] >= 0 && ids[t] < vocab, "EmbeddingGather: id out of range");
+    simd::ConvertRow<V>(table + static_cast<int64_t>(ids[t]) * dim, dim, out + t * dim);
+  }
+}
+
+}  // namespace
+
+void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) {
+  for (int64_t t = 0; t < n; ++t) {
+    const float* xr = x + t * dim;
+    float* yr = out + t * dim;
+    Reg s0 = V::Zero();
+    Reg s1 = V::Zero();
+    int64_t i = 0;
+    for (; i + 2 * kL <= dim; i += 2 * kL) {
+      const Reg a = V::Load(xr + i);
+      const Reg b = V::Load(xr + i + kL);
+      s0 = V::Fma(a, a, s0);
+      s1 = V::Fma(b, b, s1);
+    }
+    for (; i < dim; i += kL) {
+      const Reg a = V::LoadN(xr + i, static_cast<int>(std::min<int64_t>(kL, dim - i)));
+      s0 = V::Fma(a, a, s0);
+    }
+    const float ss = V::ReduceAdd(V::Add(s0, s1));
+    const Reg inv = V::Set1(1.0f / std::sqrt(ss / static_cast<float>(dim) + eps));
+    i = 0;
+    for (; i + kL <= dim; i += kL) {
+      V::Store(yr + i, V::Mul(V::Mul(V::Load(xr + i), inv), V::Load(weight + i)));
+    }
+    if (i < dim) {
+      const int m = static_cast<int>(dim - i);
+      V::StoreN(yr + i, V::Mul(V::Mul(V::LoadN(xr + i, m), inv), V::LoadN(weight + i, m)), m);
+    }
+  }
+}
+
+void RopeAdjacentPairs(float* x, const int32_t* positions, int64_t n, int num_heads, int head_dim,
+                       float freq_base) {
+  KVSERVE_KERNEL_CHECK(head_dim <= kMaxRopeHeadDim, "RopeAdjacentPairs: head_dim too large");
+  const int pairs = head_dim / 2;
+  double inv_freq[kMaxRopeHeadDim / 2];
+  const double log_base = std::log(static_cast<double>(freq_base));
+  for (int i = 0; i < pairs; ++i) {
+    inv_freq[i] = std::exp(-log_base * (2.0 * i) / head_dim);
+  }
+  float cos_sin[kMaxRopeHeadDim];  // [pairs][2]
+  const int64_t row = static_cast<int64_t>(num_heads) * head_dim;
+  for (int64_t t = 0; t < n; ++t) {
+    const double pos = positions[t];
+    for (int i = 0; i < pairs; ++i) {
+      const double angle = pos * inv_freq[i];
+      cos_sin[2 * i] = static_cast<float>(std::cos(angle));
+      cos_sin[2 * i + 1] = static_cast<float>(std::sin(angle));
+    }
+    float* xt = x + t * row;
+    for (int h = 0; h < num_heads; ++h) {
+      float* xh = xt + static_cast<int64_t>(h) * head_dim;
+      for (int i = 0; i < pairs; ++i) {
+        const float c = cos_sin[2 * i];
+        const float s = cos_sin[2 * i + 1];
+        const float a = xh[2 * i];
+        const float b = xh[2 * i + 1];
+        xh[2 * i] = a * c - b * s;
+        xh[2 * i + 1] = a * s + b * c;
+      }
+    }
+  }
+}
+
+void SwiGlu(const float* gate, const float* up, int64_t n, float* out) {
+  const Reg one = V::Set1(1.0f);
+  const Reg zero = V::Zero();
+  int64_t i = 0;
+  for (; i < n; i += kL) {
+    const int m = static_cast<int>(std::min<int64_t>(kL, n - i));
+    const Reg g = m == kL ? V::Load(gate + i) : V::LoadN(gate + i, m);
+    const Reg u = m == kL ? V::Load(up + i) : V::LoadN(up + i, m);
+    const Reg silu = V::Div(g, V::Add(one, V::Exp(V::Sub(zero, g))));
+    const Reg r = V::Mul(silu, u);
+    if (m == kL) {
+      V::Store(out + i, r);
+    } else {
+      V::StoreN(out + i, r, m);
+    }
+  }
+}
+
+void AddInPlace(float* x, const float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + kL <= n; i += kL) V::Store(x + i, V::Add(V::Load(x + i), V::Load(y + i)));
+  if (i < n) {
+    const int m = static_cast<int>(n - i);
+    V::StoreN(x + i, V::Add(V::LoadN(x + i, m), V::LoadN(y + i, m)), m);
+  }
+}
+
+void EmbeddingGather(const WeightView& table, const int32_t* ids, int64_t n, float* out) {
+  switch (table.dtype) {
+    case DType::kF32:
+      GatherRows(static_cast<const float*>(table.data), table.rows, table.cols, ids, n, out);
+      return;
+    case DType::kF16:
+      GatherRows(static_cast<const simd::Fp16*>(table.data), table.rows, table.cols, ids, n, out);
+      return;
+    case DType::kBF16:
+      GatherRows(static_cast<const simd::Bf16*>(table.data), table.rows, table.cols, ids, n, out);
+      return;
+  }
+  KVSERVE_KERNEL_CHECK(false, "EmbeddingGather: unknown dtype");
+}
+
+void SoftmaxInPlace(float* x, int64_t n) {
+  if (n <= 0) return;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  Reg vmax = V::Set1(kNegInf);
+  int64_t i = 0;
+  for (; i + kL <= n; i += kL) vmax = V::Max(vmax, V::Load(x + i));
+  if (i < n) {
+    const int m = static_cast<int>(n - i);
+    vmax = V::Max(vmax, V::FillFrom(V::LoadN(x + i, m), m, kNegInf));
+  }
+  const Reg mx = V::Set1(V::ReduceMax(vmax));
+  Reg vsum = V::Zero();
+  for (i = 0; i + kL <= n; i += kL) {
+    const Reg e = V::Exp(V::Sub(V::Load(x + i), mx));
+    vsum = V::Add(vsum, e);
+    V::Store(x + i, e);
+  }
+  if (i < n) {
+    const int m = static_cast<int>(n - i);
+    const Reg e = V::ZeroFrom(V::Exp(V::Sub(V::LoadN(x + i, m), mx)), m);
+    vsum = V::Add(vsum, e);
+    V::StoreN(x + i, e, m);
+  }
+  const Reg inv = V::Set1(1.0f / V::ReduceAdd(vsum));
+  for (i = 0; i + kL <= n; i += kL) V::Store(x + i, V::Mul(V::Load(x + i), inv));
+  if (i < n) {
+    const int m = static_cast<int>(n - i);
+    V::StoreN(x + i, V::Mul(V::LoadN(x + i, m), inv), m);
+  }
+}
+
+}  // namespace kvserve::kernels::cpu

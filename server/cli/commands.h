@@ -1,0 +1,15 @@
+// Entry points of the kvserve subcommands. Each takes the arguments after the command word and
+// returns the process exit code (0 ok, 1 runtime failure, 2 bad usage).
+#ifndef KVSERVE_SERVER_CLI_COMMANDS_H_
+#define KVSERVE_SERVER_CLI_COMMANDS_H_
+
+#include <string>
+#include <vector>
+
+namespace kvserve::server {
+
+int RunGenerateCommand(const std::vector<std::string>& args);
+
+}  // namespace kvserve::server
+
+#endif  // KVSERVE_SERVER_CLI_COMMANDS_H_

@@ -1,0 +1,120 @@
+// `kvserve generate`: offline generation with the local engine. Writes the prompt followed by the
+// generated text to stdout and nothing else; logs go to stderr.
+#include <cstdio>
+#include <random>
+
+#include "absl/strings/str_format.h"
+#include "engine/generation/local_model.h"
+#include "kernels/kv_format.h"
+#include "server/cli/commands.h"
+#include "server/cli/flags.h"
+#include "spdlog/spdlog.h"
+
+namespace kvserve::server {
+
+int RunGenerateCommand(const std::vector<std::string>& args) {
+  FlagSet flags("generate");
+  flags.String("model", "", "model file: GGUF, or a llama2.c checkpoint (.bin)");
+  flags.String("tokenizer", "", "llama2.c tokenizer file (default: beside a .bin model)");
+  flags.String("prompt", "", "prompt text");
+  flags.Int("max-tokens", 256, "tokens to generate at most");
+  flags.Float("temperature", 1.0, "sampling temperature; 0 = greedy");
+  flags.Int("top-k", 0, "keep the k most probable tokens; 0 = off");
+  flags.Float("top-p", 0.9, "nucleus sampling mass in (0, 1]");
+  flags.Float("min-p", 0.0, "drop tokens below min-p times the top probability");
+  flags.Float("repetition-penalty", 1.0, "penalty on tokens already seen; 1 = off");
+  flags.Int("seed", -1, "random seed; -1 = a fresh one (logged)");
+  flags.String("kv-format", "fp32", "KV cache block format: fp32, fp16, bf16");
+  flags.Int("kv-budget-mb", 256, "KV cache budget in MiB");
+  flags.Int("block-size", 16, "tokens per KV block");
+  flags.Int("threads", 0, "worker threads; 0 = all CPUs");
+  flags.Required("model");
+  flags.Required("prompt");
+  if (absl::Status s = flags.Parse(args); !s.ok()) {
+    std::fprintf(stderr, "kvserve generate: %s\n\n%s", std::string(s.message()).c_str(),
+                 flags.Usage().c_str());
+    return 2;
+  }
+  if (flags.help_requested()) {
+    std::fputs(flags.Usage().c_str(), stdout);
+    return 0;
+  }
+  const std::string prompt = flags.GetString("prompt");
+  if (prompt.empty()) {
+    std::fprintf(stderr, "kvserve generate: --prompt must not be empty\n\n%s",
+                 flags.Usage().c_str());
+    return 2;
+  }
+  const auto format = kernels::ParseKvFormat(flags.GetString("kv-format"));
+  if (!format) {
+    std::fprintf(stderr, "kvserve generate: --kv-format: unknown format '%s'\n\n%s",
+                 flags.GetString("kv-format").c_str(), flags.Usage().c_str());
+    return 2;
+  }
+  engine::GenerationRequest request;
+  request.max_tokens = static_cast<int32_t>(flags.GetInt("max-tokens"));
+  request.sampling.temperature = static_cast<float>(flags.GetFloat("temperature"));
+  request.sampling.top_k = static_cast<int32_t>(flags.GetInt("top-k"));
+  request.sampling.top_p = static_cast<float>(flags.GetFloat("top-p"));
+  request.sampling.min_p = static_cast<float>(flags.GetFloat("min-p"));
+  request.sampling.repetition_penalty = static_cast<float>(flags.GetFloat("repetition-penalty"));
+  int64_t seed = flags.GetInt("seed");
+  if (seed < 0) seed = static_cast<int64_t>(std::random_device{}() & 0x7fffffff);
+  request.sampling.seed = static_cast<uint64_t>(seed);
+  if (absl::Status s = request.sampling.Validate(); !s.ok()) {
+    std::fprintf(stderr, "kvserve generate: %s\n\n%s", std::string(s.message()).c_str(),
+                 flags.Usage().c_str());
+    return 2;
+  }
+  if (request.max_tokens < 1) {
+    std::fprintf(stderr, "kvserve generate: --max-tokens must be >= 1\n\n%s",
+                 flags.Usage().c_str());
+    return 2;
+  }
+
+  engine::LocalModelOptions options;
+  options.model_path = flags.GetString("model");
+  options.tokenizer_path = flags.GetString("tokenizer");
+  options.kv_format = *format;
+  options.kv_budget_bytes = flags.GetInt("kv-budget-mb") << 20;
+  options.block_size = static_cast<int>(flags.GetInt("block-size"));
+  options.num_threads = static_cast<int>(flags.GetInt("threads"));
+  auto local = engine::LocalModel::Open(options);
+  if (!local.ok()) {
+    spdlog::error("{}", std::string(local.status().message()));
+    return 1;
+  }
+  engine::LocalModel& lm = **local;
+  request.prompt = lm.tokenizer().Encode(prompt, /*add_bos=*/true);
+  if (static_cast<int64_t>(request.prompt.size()) >= lm.config().context_length) {
+    spdlog::error("the prompt has {} tokens; the model's context holds {}", request.prompt.size(),
+                  lm.config().context_length);
+    return 1;
+  }
+  spdlog::info("prompt: {} tokens; seed {}; KV format {}", request.prompt.size(), seed,
+               kernels::KvFormatName(*format));
+
+  std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+  std::fflush(stdout);
+  engine::StreamingDetokenizer detok(lm.tokenizer());
+  for (int32_t t : request.prompt) detok.Feed(t);  // context for the leading-space rule
+  auto results = lm.generator().Run({request}, [&](int, int32_t token) {
+    const std::string text = detok.Feed(token);
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+  });
+  const std::string tail = detok.Flush();
+  std::fwrite(tail.data(), 1, tail.size(), stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  if (!results.ok()) {
+    spdlog::error("{}", std::string(results.status().message()));
+    return 1;
+  }
+  const auto& r = (*results)[0];
+  spdlog::info("generated {} tokens; finish reason {}", r.tokens.size(),
+               engine::FinishReasonName(r.finish_reason));
+  return 0;
+}
+
+}  // namespace kvserve::server

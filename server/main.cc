@@ -1,0 +1,39 @@
+// kvserve: the command-line entry point. Dispatches to the subcommands.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "server/cli/commands.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: kvserve <command> [flags]\n"
+    "\n"
+    "commands:\n"
+    "  generate   generate text offline with a local model\n"
+    "\n"
+    "Run 'kvserve <command> --help' for the flags of a command.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Logs go to stderr: stdout carries only what a command produces.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("kvserve"));
+  spdlog::set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] %v");
+  if (argc < 2) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string command = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  if (command == "generate") return kvserve::server::RunGenerateCommand(args);
+  if (command == "--help" || command == "-h" || command == "help") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  std::fprintf(stderr, "kvserve: unknown command '%s'\n\n%s", command.c_str(), kUsage);
+  return 2;
+}
