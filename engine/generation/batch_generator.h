@@ -1,10 +1,6 @@
-// Offline generation of a set of sequences together, with iteration-level batching: every step
-// runs one forward pass over the next prompt chunk of sequences still in prefill and the last
-// token of sequences in decode, under a per-step token budget (chunked prefill).
-//
-// This is the engine's plain generation loop, used by `kvserve generate`, the perplexity and
-// benchmark tools and the tests. The server's scheduler adds queues, priorities and preemption on
-// top of the same pieces (SequenceKv, LlamaModel, Sampler).
+// Offline generation of a set of requests together: a plain loop over the serving Scheduler
+// (continuous batching, chunked prefill, preemption when the KV budget runs out), without the
+// engine thread. Used by `kvserve generate`, the benchmarks and the tests.
 //
 // Thread-safety: none; one Run at a time.
 #ifndef KVSERVE_ENGINE_GENERATION_BATCH_GENERATOR_H_
@@ -12,31 +8,25 @@
 
 #include <cstdint>
 #include <functional>
-#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/kv/block_pool.h"
 #include "engine/model/llama_model.h"
-#include "engine/sampling/sampler.h"
+#include "engine/serving/request.h"
+#include "engine/tokenizer/tokenizer.h"
 
 namespace kvserve::engine {
 
-enum class FinishReason { kNone, kLength, kEos, kStop, kCancelled };
-std::string_view FinishReasonName(FinishReason r);
-
-struct GenerationRequest {
-  std::vector<int32_t> prompt;  // token ids, BOS included when wanted; not empty
-  SamplingParams sampling;
-  int32_t max_tokens = 256;     // generated tokens at most
-  bool stop_at_bos = true;      // llama2.c models end a story with BOS
-  bool ignore_eos = false;      // generate exactly max_tokens (benchmarks)
-};
+// Offline requests are engine requests (prompt, sampling, max_tokens, stop strings, ...).
+using GenerationRequest = EngineRequest;
 
 struct GenerationResult {
   std::vector<int32_t> tokens;  // generated tokens, the stop token excluded
+  std::string text;             // their text (stop strings removed)
   FinishReason finish_reason = FinishReason::kNone;
   int64_t peak_kv_blocks = 0;
+  int32_t preemptions = 0;
 };
 
 class BatchGenerator {
@@ -44,26 +34,31 @@ class BatchGenerator {
   struct Options {
     int64_t max_batch_tokens = 512;  // tokens per forward step (prefill chunks + decodes)
   };
-  // Called for every generated token (stop tokens excluded) as it is produced.
+  // Called for every generated token as it is produced.
   using TokenCallback = std::function<void(int sequence, int32_t token)>;
 
-  BatchGenerator(LlamaModel* model, BlockPool* pool, LayoutId layout, Options options);
+  BatchGenerator(LlamaModel* model, BlockPool* pool, LayoutId layout, const Tokenizer* tokenizer,
+                 Options options);
 
-  // Generates every request to completion. InvalidArgument for a bad request (empty prompt,
-  // prompt longer than the model's context, token outside the vocabulary); ResourceExhausted when
-  // the KV budget cannot hold the sequences together. All KV blocks are released on return.
+  // Generates every request to completion, all admitted together. InvalidArgument for a bad
+  // request (empty prompt, prompt not shorter than the model's context, token outside the
+  // vocabulary, max_tokens < 1, bad sampling parameter); ResourceExhausted when one sequence
+  // alone does not fit the KV budget. All KV blocks are released on return.
   absl::StatusOr<std::vector<GenerationResult>> Run(const std::vector<GenerationRequest>& requests,
                                                     const TokenCallback& on_token = nullptr);
 
-  // Forward steps and tokens processed by the last Run.
+  // Forward steps and preemptions of the last Run.
   int64_t steps() const { return steps_; }
+  int64_t preemptions() const { return preemptions_; }
 
  private:
   LlamaModel* model_;
   BlockPool* pool_;
   LayoutId layout_;
+  const Tokenizer* tokenizer_;
   Options options_;
   int64_t steps_ = 0;
+  int64_t preemptions_ = 0;
 };
 
 }  // namespace kvserve::engine

@@ -29,8 +29,8 @@ absl::StatusOr<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOpt
   KVSERVE_ASSIGN_OR_RETURN(lm->layout_, lm->kv_pool_->RegisterUniformLayout(options.kv_format));
   BatchGenerator::Options gen_options;
   gen_options.max_batch_tokens = options.max_batch_tokens;
-  lm->generator_ = std::make_unique<BatchGenerator>(lm->model_.get(), lm->kv_pool_.get(),
-                                                    lm->layout_, gen_options);
+  lm->generator_ = std::make_unique<BatchGenerator>(
+      lm->model_.get(), lm->kv_pool_.get(), lm->layout_, lm->tokenizer_.get(), gen_options);
   return lm;
 }
 

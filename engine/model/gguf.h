@@ -37,7 +37,7 @@
 namespace kvserve::engine {
 
 inline constexpr uint32_t kGgufMagic = 0x46554747;  // "GGUF" read as a little-endian u32
-inline constexpr uint32_t kGgufVersion = 3;           // what the writer produces
+inline constexpr uint32_t kGgufVersion = 3;         // what the writer produces
 inline constexpr uint32_t kGgufDefaultAlignment = 32;
 inline constexpr int kGgufMaxDims = 4;
 inline constexpr int kGgufMaxArrayNesting = 8;
@@ -108,6 +108,7 @@ struct GgmlTypeInfo {
 };
 // nullptr for ids that are unknown or retired.
 const GgmlTypeInfo* FindGgmlType(uint32_t id);
+// REQUIRES: `type` is one of the enumerators above.
 const GgmlTypeInfo& GgmlTypeInfoOf(GgmlType type);
 // "Q4_K (12)", or "unknown (77)".
 std::string GgmlTypeLabel(uint32_t id);
@@ -123,12 +124,11 @@ class GgufArray;
 // std::vector<std::string>; an array of arrays holds std::vector<GgufArray>.
 class GgufArray {
  public:
-  using Storage =
-      std::variant<std::vector<uint8_t>, std::vector<int8_t>, std::vector<uint16_t>,
-                   std::vector<int16_t>, std::vector<uint32_t>, std::vector<int32_t>,
-                   std::vector<float>, std::vector<bool>, std::vector<std::string>,
-                   std::vector<GgufArray>, std::vector<uint64_t>, std::vector<int64_t>,
-                   std::vector<double>>;
+  using Storage = std::variant<std::vector<uint8_t>, std::vector<int8_t>, std::vector<uint16_t>,
+                               std::vector<int16_t>, std::vector<uint32_t>, std::vector<int32_t>,
+                               std::vector<float>, std::vector<bool>, std::vector<std::string>,
+                               std::vector<GgufArray>, std::vector<uint64_t>, std::vector<int64_t>,
+                               std::vector<double>>;
 
   GgufArray() = default;  // an empty u8 array
   explicit GgufArray(Storage storage) : storage_(std::move(storage)) {}
@@ -160,8 +160,8 @@ class GgufValue {
                                std::string, GgufArray, uint64_t, int64_t, double>;
 
   GgufValue() = default;  // u8 0
-  // T must be exactly one of the Storage alternatives (write uint32_t{5}, not 5u on a platform
-  // where that could differ); a C string becomes a string value.
+  // T must be exactly one of the Storage alternatives, e.g. GgufValue(uint32_t{5}); a C string
+  // becomes a string value.
   template <typename T>
   explicit GgufValue(T value) : storage_(std::move(value)) {
     static_assert(std::is_constructible_v<Storage, std::in_place_type_t<T>, T>);
@@ -182,6 +182,14 @@ class GgufValue {
  private:
   Storage storage_;
 };
+
+// The variants' indices are the file's type codes.
+static_assert(std::is_same_v<std::variant_alternative_t<static_cast<size_t>(GgufValueType::kArray),
+                                                        GgufValue::Storage>,
+                             GgufArray>);
+static_assert(std::is_same_v<std::variant_alternative_t<
+                                 static_cast<size_t>(GgufValueType::kFloat64), GgufArray::Storage>,
+                             std::vector<double>>);
 
 struct GgufKeyValue {
   std::string key;
@@ -292,8 +300,8 @@ absl::StatusOr<absl::Span<const T>> GgufFile::GetArrayOf(std::string_view key) c
   if (elements == nullptr) {
     const auto element_type =
         static_cast<GgufValueType>(GgufArray::Storage(std::vector<T>()).index());
-    return TypeError(key, *value, std::string("array of ") +
-                                      std::string(GgufValueTypeName(element_type)));
+    return TypeError(key, *value,
+                     std::string("array of ") + std::string(GgufValueTypeName(element_type)));
   }
   return absl::Span<const T>(*elements);
 }

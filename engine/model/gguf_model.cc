@@ -85,8 +85,8 @@ absl::Status GgufModel::ReadConfig() {
   auto arch = file_.GetString("general.architecture");
   if (!arch.ok()) return Required(arch.status());
   if (*arch != "llama") {
-    return absl::UnimplementedError(absl::StrCat(
-        file_.name(), ": architecture '", *arch, "' is not supported (only 'llama')"));
+    return absl::UnimplementedError(
+        absl::StrCat(file_.name(), ": architecture '", *arch, "' is not supported (only 'llama')"));
   }
   ModelConfig& c = config_;
   c.architecture = *arch;
@@ -99,8 +99,8 @@ absl::Status GgufModel::ReadConfig() {
   KVSERVE_ASSIGN_OR_RETURN(c.hidden_dim, ReadDim("llama.feed_forward_length", kMaxHiddenDim));
   KVSERVE_ASSIGN_OR_RETURN(c.num_layers, ReadDim("llama.block_count", kMaxLayers));
   KVSERVE_ASSIGN_OR_RETURN(c.num_heads, ReadDim("llama.attention.head_count", kMaxHeads));
-  KVSERVE_ASSIGN_OR_RETURN(
-      c.num_kv_heads, ReadDim("llama.attention.head_count_kv", kMaxHeads, c.num_heads));
+  KVSERVE_ASSIGN_OR_RETURN(c.num_kv_heads,
+                           ReadDim("llama.attention.head_count_kv", kMaxHeads, c.num_heads));
   KVSERVE_ASSIGN_OR_RETURN(c.context_length, ReadDim("llama.context_length", kMaxContext));
   if (c.dim % c.num_heads != 0) {
     return Error(absl::StrCat("llama.embedding_length ", c.dim,
@@ -126,8 +126,8 @@ absl::Status GgufModel::ReadConfig() {
   auto eps = file_.GetFloat("llama.attention.layer_norm_rms_epsilon");
   if (!eps.ok()) return Required(eps.status());
   if (!(*eps > 0.0 && *eps < 1.0)) {
-    return Error(absl::StrCat("llama.attention.layer_norm_rms_epsilon = ", *eps,
-                              " is out of range (0, 1)"));
+    return Error(
+        absl::StrCat("llama.attention.layer_norm_rms_epsilon = ", *eps, " is out of range (0, 1)"));
   }
   c.rms_norm_eps = static_cast<float>(*eps);
   if (file_.HasKey("llama.rope.freq_base")) {
@@ -145,8 +145,8 @@ absl::StatusOr<const GgufTensorInfo*> GgufModel::Tensor(
   const GgufTensorInfo* info = file_.FindTensor(name);
   if (info == nullptr) return Error(absl::StrCat("tensor '", name, "' is missing"));
   if (info->ne != expected_ne) {
-    return Error(absl::StrCat("tensor '", name, "' has shape ", NeString(info->ne),
-                              ", expected ", NeString(expected_ne), " (ggml order, ne[0] = columns)"));
+    return Error(absl::StrCat("tensor '", name, "' has shape ", NeString(info->ne), ", expected ",
+                              NeString(expected_ne), " (ggml order, ne[0] = columns)"));
   }
   switch (info->type) {
     case GgmlType::kF32:
@@ -168,8 +168,7 @@ absl::StatusOr<const float*> GgufModel::OwnedF32(const GgufTensorInfo& info) {
   return owned_f32_.back().data();
 }
 
-absl::StatusOr<WeightView> GgufModel::Matrix(const std::string& name, int64_t rows,
-                                             int64_t cols) {
+absl::StatusOr<WeightView> GgufModel::Matrix(const std::string& name, int64_t rows, int64_t cols) {
   KVSERVE_ASSIGN_OR_RETURN(const GgufTensorInfo* info, Tensor(name, {cols, rows}));
   WeightView view;
   view.rows = rows;
@@ -221,8 +220,8 @@ absl::Status GgufModel::Build() {
   const GgufTensorInfo* embd = file_.FindTensor("token_embd.weight");
   if (embd != nullptr && embd->ne.size() == 2 && embd->ne[1] != c.vocab_size) {
     return Error(absl::StrCat("tensor 'token_embd.weight' has ", embd->ne[1],
-                              " rows but the vocabulary (tokenizer.ggml.tokens) has ",
-                              c.vocab_size, " tokens"));
+                              " rows but the vocabulary (tokenizer.ggml.tokens) has ", c.vocab_size,
+                              " tokens"));
   }
   KVSERVE_ASSIGN_OR_RETURN(weights_.token_embedding,
                            Matrix("token_embd.weight", c.vocab_size, c.dim));
@@ -262,8 +261,8 @@ absl::StatusOr<int32_t> OptionalTokenId(const GgufFile& file, std::string_view k
   if (!file.HasKey(key)) return default_value;
   KVSERVE_ASSIGN_OR_RETURN(const int64_t id, file.GetInteger(key));
   if (id < 0 || id >= vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(file.name(), ": metadata key '", Sv(key), "' = ",
-                                                   id, " is outside the vocabulary [0, ",
+    return absl::InvalidArgumentError(absl::StrCat(file.name(), ": metadata key '", Sv(key),
+                                                   "' = ", id, " is outside the vocabulary [0, ",
                                                    vocab_size, ")"));
   }
   return static_cast<int32_t>(id);
@@ -291,10 +290,10 @@ absl::StatusOr<Vocabulary> ReadGgufVocabulary(const GgufFile& file) {
                                                    " allowed)"));
   }
   if (scores->size() != tokens->size() || types->size() != tokens->size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        file.name(), ": tokenizer.ggml.tokens has ", tokens->size(),
-        " entries but tokenizer.ggml.scores has ", scores->size(),
-        " and tokenizer.ggml.token_type has ", types->size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(file.name(), ": tokenizer.ggml.tokens has ", tokens->size(),
+                     " entries but tokenizer.ggml.scores has ", scores->size(),
+                     " and tokenizer.ggml.token_type has ", types->size()));
   }
   Vocabulary vocab;
   const int32_t n = static_cast<int32_t>(tokens->size());
@@ -305,8 +304,8 @@ absl::StatusOr<Vocabulary> ReadGgufVocabulary(const GgufFile& file) {
     const int32_t type = (*types)[i];
     if (type < static_cast<int32_t>(TokenType::kNormal) ||
         type > static_cast<int32_t>(TokenType::kByte)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          file.name(), ": tokenizer.ggml.token_type[", i, "] = ", type, " is not a token type"));
+      return absl::InvalidArgumentError(absl::StrCat(file.name(), ": tokenizer.ggml.token_type[", i,
+                                                     "] = ", type, " is not a token type"));
     }
     vocab.types.push_back(static_cast<TokenType>(type));
   }

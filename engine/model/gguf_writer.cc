@@ -60,7 +60,9 @@ void AppendArray(std::string& out, const GgufArray& array) {
         } else if constexpr (std::is_same_v<T, bool>) {
           for (const bool b : elements) Append<uint8_t>(out, b ? 1 : 0);
         } else {
-          out.append(reinterpret_cast<const char*>(elements.data()), elements.size() * sizeof(T));
+          if (!elements.empty()) {
+            out.append(reinterpret_cast<const char*>(elements.data()), elements.size() * sizeof(T));
+          }
         }
       },
       array.storage());
@@ -84,9 +86,8 @@ absl::Status EncodeQ8_0(absl::Span<const float> values, uint8_t* out) {
     const uint16_t d_bits = kernels::FloatToFp16(amax / 127.0f);
     const float d = kernels::Fp16ToFloat(d_bits);
     if (!std::isfinite(d)) {
-      return absl::InvalidArgumentError(absl::StrCat("Q8_0 cannot encode block ", b,
-                                                     ": its scale ", amax / 127.0f,
-                                                     " exceeds FP16's range"));
+      return absl::InvalidArgumentError(absl::StrCat("Q8_0 cannot encode block ", b, ": its scale ",
+                                                     amax / 127.0f, " exceeds FP16's range"));
     }
     uint8_t* block = out + b * kQ8_0BlockBytes;
     std::memcpy(block, &d_bits, 2);
@@ -108,9 +109,8 @@ absl::Status ErrnoStatus(int err, const std::string& what) {
 absl::Status ValidateShape(const std::string& name, const std::vector<int64_t>& ne,
                            const GgmlTypeInfo& type, int64_t& num_elements) {
   if (ne.empty() || ne.size() > static_cast<size_t>(kGgufMaxDims)) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has ", ne.size(),
-                                                   " dimensions (1 to ", kGgufMaxDims,
-                                                   " allowed)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", name, "' has ", ne.size(), " dimensions (1 to ", kGgufMaxDims, " allowed)"));
   }
   num_elements = 1;
   for (const int64_t n : ne) {
@@ -129,8 +129,7 @@ absl::Status ValidateShape(const std::string& name, const std::vector<int64_t>& 
 
 }  // namespace
 
-absl::StatusOr<std::vector<uint8_t>> EncodeFromF32(GgmlType type,
-                                                   absl::Span<const float> values) {
+absl::StatusOr<std::vector<uint8_t>> EncodeFromF32(GgmlType type, absl::Span<const float> values) {
   const size_t n = values.size();
   std::vector<uint8_t> out;
   switch (type) {
@@ -156,8 +155,8 @@ absl::StatusOr<std::vector<uint8_t>> EncodeFromF32(GgmlType type,
       KVSERVE_RETURN_IF_ERROR(EncodeQ8_0(values, out.data()));
       return out;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cannot encode F32 values as ", GgmlTypeLabel(static_cast<uint32_t>(type))));
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot encode F32 values as ", GgmlTypeLabel(static_cast<uint32_t>(type))));
   }
 }
 
@@ -204,8 +203,8 @@ absl::Status GgufWriter::AddRawTensor(std::string name, std::vector<int64_t> ne,
                             static_cast<uint64_t>(info.block_bytes);
   if (bytes.size() != expected) {
     return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has ", bytes.size(),
-                                                   " bytes, ", Sv(info.name), " of its shape needs ",
-                                                   expected));
+                                                   " bytes, ", Sv(info.name),
+                                                   " of its shape needs ", expected));
   }
   for (const Tensor& t : tensors_) {
     if (t.name == name) {
@@ -237,7 +236,7 @@ absl::StatusOr<uint32_t> GgufWriter::Alignment() const {
   return kGgufDefaultAlignment;
 }
 
-absl::StatusOr<std::string> GgufWriter::SerializeHeader(uint32_t alignment) const {
+std::string GgufWriter::SerializeHeader(uint32_t alignment) const {
   std::string out;
   Append<uint32_t>(out, kGgufMagic);
   Append<uint32_t>(out, kGgufVersion);
@@ -263,7 +262,7 @@ absl::StatusOr<std::string> GgufWriter::SerializeHeader(uint32_t alignment) cons
 
 absl::StatusOr<std::string> GgufWriter::Serialize() const {
   KVSERVE_ASSIGN_OR_RETURN(const uint32_t alignment, Alignment());
-  KVSERVE_ASSIGN_OR_RETURN(std::string out, SerializeHeader(alignment));
+  std::string out = SerializeHeader(alignment);
   for (const Tensor& t : tensors_) {
     out.append(reinterpret_cast<const char*>(t.bytes.data()), t.bytes.size());
     out.resize(AlignUp(out.size(), alignment), '\0');
@@ -273,7 +272,7 @@ absl::StatusOr<std::string> GgufWriter::Serialize() const {
 
 absl::Status GgufWriter::WriteFile(const std::string& path) const {
   KVSERVE_ASSIGN_OR_RETURN(const uint32_t alignment, Alignment());
-  KVSERVE_ASSIGN_OR_RETURN(const std::string header, SerializeHeader(alignment));
+  const std::string header = SerializeHeader(alignment);
   const std::string partial = path + ".partial";
   std::FILE* f = std::fopen(partial.c_str(), "wb");
   if (f == nullptr) return ErrnoStatus(errno, absl::StrCat(path, ": cannot create file"));

@@ -83,7 +83,8 @@ class GgufWriter {
     std::vector<uint8_t> bytes;
   };
   absl::StatusOr<uint32_t> Alignment() const;
-  absl::StatusOr<std::string> SerializeHeader(uint32_t alignment) const;
+  // Everything before the data section, padding included.
+  std::string SerializeHeader(uint32_t alignment) const;
 
   std::vector<GgufKeyValue> metadata_;
   std::vector<Tensor> tensors_;

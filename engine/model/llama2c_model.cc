@@ -44,7 +44,8 @@ class Llama2cModel final : public LoadedModel {
 
  private:
   absl::Status Error(std::string_view message) const {
-    return absl::InvalidArgumentError(absl::StrCat(path_, ": ", absl::string_view(message.data(), message.size())));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ": ", absl::string_view(message.data(), message.size())));
   }
   absl::Status ReadHeader(int32_t header[7]);
   absl::Status LayOut(std::vector<ArraySpec>& arrays) const;
@@ -70,17 +71,17 @@ absl::Status Llama2cModel::ReadHeader(int32_t header[7]) {
     if (i == 5) value = value < 0 ? -value : value;  // the sign of vocab_size marks the classifier
     if (value < 1 || value > limits[i]) {
       return Error(absl::StrCat("llama2.c header field ", kHeaderFields[i], " (byte ", 4 * i,
-                                ") = ", header[i], " is out of range: ",
-                                i == 5 ? "its absolute value" : "it", " must be in [1, ",
-                                limits[i], "]"));
+                                ") = ", header[i],
+                                " is out of range: ", i == 5 ? "its absolute value" : "it",
+                                " must be in [1, ", limits[i], "]"));
     }
   }
   const int32_t dim = header[0];
   const int32_t n_heads = header[3];
   const int32_t n_kv_heads = header[4];
   if (dim % n_heads != 0) {
-    return Error(absl::StrCat("llama2.c header: dim ", dim, " is not a multiple of n_heads ",
-                              n_heads));
+    return Error(
+        absl::StrCat("llama2.c header: dim ", dim, " is not a multiple of n_heads ", n_heads));
   }
   if (n_kv_heads > n_heads || n_heads % n_kv_heads != 0) {
     return Error(absl::StrCat("llama2.c header: n_heads ", n_heads,
@@ -143,9 +144,9 @@ absl::Status Llama2cModel::LayOut(std::vector<ArraySpec>& arrays) const {
     for (const ArraySpec& a : arrays) {
       if (a.offset + a.bytes <= actual) continue;
       return Error(absl::StrCat(
-          "truncated: array '", a.name, "' [", absl::StrJoin(a.shape, ", "), "] at byte ",
-          a.offset, " needs ", a.bytes, " bytes but the file ends at byte ", actual,
-          " (the header implies ", expected, " bytes, the file has ", actual, ")"));
+          "truncated: array '", a.name, "' [", absl::StrJoin(a.shape, ", "), "] at byte ", a.offset,
+          " needs ", a.bytes, " bytes but the file ends at byte ", actual, " (the header implies ",
+          expected, " bytes, the file has ", actual, ")"));
     }
   }
   if (actual > expected) {
@@ -172,9 +173,9 @@ absl::Status Llama2cModel::LoadVocabulary(const std::string& tokenizer_path) {
       }
     }
     if (path.empty()) {
-      return absl::NotFoundError(absl::StrCat(
-          path_, ": no tokenizer file: tried ", candidates[0], " and ", candidates[1],
-          " (pass the tokenizer path explicitly)"));
+      return absl::NotFoundError(absl::StrCat(path_, ": no tokenizer file: tried ", candidates[0],
+                                              " and ", candidates[1],
+                                              " (pass the tokenizer path explicitly)"));
     }
   }
   auto vocab = ReadLlama2cTokenizer(path, config_.vocab_size);

@@ -11,9 +11,9 @@ namespace kvserve::engine {
 inline constexpr int64_t kMaxModelDim = int64_t{1} << 16;   // embedding width
 inline constexpr int64_t kMaxHiddenDim = int64_t{1} << 18;  // feed-forward width
 inline constexpr int64_t kMaxLayers = 1024;
-inline constexpr int64_t kMaxHeads = 1024;                  // query or key/value heads
-inline constexpr int64_t kMaxContext = int64_t{1} << 24;    // tokens
-inline constexpr int64_t kMaxVocab = int64_t{1} << 22;      // tokens
+inline constexpr int64_t kMaxHeads = 1024;                // query or key/value heads
+inline constexpr int64_t kMaxContext = int64_t{1} << 24;  // tokens
+inline constexpr int64_t kMaxVocab = int64_t{1} << 22;    // tokens
 
 }  // namespace kvserve::engine
 

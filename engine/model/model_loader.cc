@@ -21,9 +21,9 @@
 namespace kvserve::engine {
 namespace {
 
-// A llama2.c header is 7 small int32 values; anything beyond this magnitude is not one (the
-// loader then checks each field against its own, tighter limit).
-constexpr int64_t kLlama2cPlausibleMagnitude = int64_t{1} << 24;
+// A llama2.c header is 7 small int32 values; anything beyond this magnitude (above every field's
+// limit in model_limits.h) is not one. The loader then checks each field against its own limit.
+constexpr int64_t kLlama2cPlausibleMagnitude = int64_t{1} << 25;
 
 bool LooksLikeLlama2c(const MappedFile& file) {
   int32_t header[7];
@@ -42,7 +42,8 @@ std::string WeightTypes(const LoadedModel& model) {
   names.insert(std::string(kernels::DTypeName(w.token_embedding.dtype)));
   names.insert(std::string(kernels::DTypeName(w.output.dtype)));
   for (const LayerWeights& l : w.layers) {
-    for (const kernels::WeightView* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_down, &l.w_up}) {
+    for (const kernels::WeightView* v :
+         {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_down, &l.w_up}) {
       names.insert(std::string(kernels::DTypeName(v->dtype)));
     }
   }

@@ -25,8 +25,8 @@ using testing_util::GetLe;
 using testing_util::ModelPath;
 using testing_util::PutLe;
 
-constexpr uint64_t kFileSize = 1185376;    // stories260K.gguf
-constexpr uint64_t kDataOffset = 14176;    // its data section
+constexpr uint64_t kFileSize = 1185376;  // stories260K.gguf
+constexpr uint64_t kDataOffset = 14176;  // its data section
 
 absl::Span<const uint8_t> AsSpan(const std::string& bytes) {
   return absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
@@ -83,7 +83,8 @@ class GgufMalformedTest : public ::testing::Test {
   GgufWriter Copy(const std::function<bool(const std::string&)>& keep = nullptr) {
     auto src = GgufFile::Parse(AsSpan(bytes_), "stories260K.gguf");
     EXPECT_TRUE(src.ok()) << src.status();
-    return testing_util::CopyGguf(*src, [](const GgufTensorInfo& t) { return t.type; }, keep);
+    return testing_util::CopyGguf(
+        *src, [](const GgufTensorInfo& t) { return t.type; }, keep);
   }
 
   std::string bytes_;
@@ -148,9 +149,9 @@ TEST_F(GgufMalformedTest, TruncatedInsideTensorInfos) {
   ExpectParseError(bytes_.substr(0, name + 5),
                    {absl::StrCat("truncated at byte ", name - 8), "the name of tensor info #22"});
   // Inside ne[0], after the name and n_dims.
-  ExpectParseError(bytes_.substr(0, name + 19 + 4 + 2),
-                   {absl::StrCat("truncated at byte ", name + 19 + 4),
-                    "tensor info 'blk.2.attn_k.weight'"});
+  ExpectParseError(
+      bytes_.substr(0, name + 19 + 4 + 2),
+      {absl::StrCat("truncated at byte ", name + 19 + 4), "tensor info 'blk.2.attn_k.weight'"});
   ExpectLoadError(bytes_.substr(0, name + 5), absl::StatusCode::kInvalidArgument,
                   {"tensor info #22"});
 }
@@ -177,8 +178,7 @@ TEST_F(GgufMalformedTest, EveryTruncationIsRejected) {
     auto file = GgufFile::Parse(AsSpan(bytes_).subspan(0, n), "prefix.gguf");
     ASSERT_FALSE(file.ok()) << n;
     ASSERT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument) << n;
-    const std::string_view message(file.status().message().data(),
-                                   file.status().message().size());
+    const std::string_view message(file.status().message().data(), file.status().message().size());
     ASSERT_TRUE(message.find("prefix.gguf: truncated at byte ") == 0 ||
                 message.find("lies outside the file") != std::string_view::npos)
         << n << ": " << message;
@@ -193,15 +193,15 @@ TEST_F(GgufMalformedTest, TensorDataOutOfBounds) {
   std::string b = bytes_;
   PutLe<uint64_t>(b, offset_at, uint64_t{1} << 30);
   const uint64_t start = kDataOffset + (uint64_t{1} << 30);
-  ExpectParseError(b, {absl::StrCat("tensor 'blk.0.attn_q.weight' data [", start, ", ",
-                                    start + 64 * 64 * 4, ") lies outside the file (size ",
-                                    kFileSize, ")")});
+  ExpectParseError(
+      b, {absl::StrCat("tensor 'blk.0.attn_q.weight' data [", start, ", ", start + 64 * 64 * 4,
+                       ") lies outside the file (size ", kFileSize, ")")});
   ExpectLoadError(b, absl::StatusCode::kInvalidArgument, {"'blk.0.attn_q.weight'"});
   PutLe<uint64_t>(b, offset_at, ~uint64_t{31});  // start + size overflows 64 bits
   ExpectParseError(b, {"tensor 'blk.0.attn_q.weight' data", "lies outside the file"});
   PutLe<uint64_t>(b, offset_at, 262404);
-  ExpectParseError(b, {"tensor 'blk.0.attn_q.weight' data offset 262404",
-                       "not a multiple of the alignment 32"});
+  ExpectParseError(
+      b, {"tensor 'blk.0.attn_q.weight' data offset 262404", "not a multiple of the alignment 32"});
 }
 
 TEST_F(GgufMalformedTest, BadTensorInfoFields) {
@@ -209,11 +209,11 @@ TEST_F(GgufMalformedTest, BadTensorInfoFields) {
   const size_t type_at = name + 19 + 4 + 16;
   std::string b = bytes_;
   PutLe<uint32_t>(b, type_at, 77);
-  ExpectParseError(b, {"unknown tensor type id 77", absl::StrCat("at byte ", type_at),
-                       "'blk.0.attn_q.weight'"});
+  ExpectParseError(
+      b, {"unknown tensor type id 77", absl::StrCat("at byte ", type_at), "'blk.0.attn_q.weight'"});
   PutLe<uint32_t>(b, type_at, 12);  // Q4_K: 256-element blocks cannot hold 64-wide rows
-  ExpectParseError(b, {"ne[0] = 64 is not a multiple of Q4_K's block size 256",
-                       "'blk.0.attn_q.weight'"});
+  ExpectParseError(
+      b, {"ne[0] = 64 is not a multiple of Q4_K's block size 256", "'blk.0.attn_q.weight'"});
   b = bytes_;
   PutLe<uint32_t>(b, name + 19, 5);
   ExpectParseError(b, {"tensor has 5 dimensions", absl::StrCat("at byte ", name + 19)});
@@ -244,15 +244,14 @@ TEST_F(GgufMalformedTest, MissingTensor) {
 
 TEST_F(GgufMalformedTest, ShapeMismatch) {
   GgufWriter w = Copy([](const std::string& n) { return n != "blk.0.attn_k.weight"; });
-  ASSERT_TRUE(w.AddTensor("blk.0.attn_k.weight", {64, 64}, GgmlType::kF32,
-                          std::vector<float>(64 * 64))
-                  .ok());
+  ASSERT_TRUE(
+      w.AddTensor("blk.0.attn_k.weight", {64, 64}, GgmlType::kF32, std::vector<float>(64 * 64))
+          .ok());
   ExpectLoadError(w, absl::StatusCode::kInvalidArgument,
                   {"tensor 'blk.0.attn_k.weight' has shape [64, 64], expected [64, 32]"});
   GgufWriter v = Copy([](const std::string& n) { return n != "blk.2.ffn_norm.weight"; });
-  ASSERT_TRUE(v.AddTensor("blk.2.ffn_norm.weight", {32, 2}, GgmlType::kF32,
-                          std::vector<float>(64))
-                  .ok());
+  ASSERT_TRUE(
+      v.AddTensor("blk.2.ffn_norm.weight", {32, 2}, GgmlType::kF32, std::vector<float>(64)).ok());
   ExpectLoadError(v, absl::StatusCode::kInvalidArgument,
                   {"tensor 'blk.2.ffn_norm.weight' has shape [32, 2], expected [64]"});
 }
@@ -260,14 +259,14 @@ TEST_F(GgufMalformedTest, ShapeMismatch) {
 TEST_F(GgufMalformedTest, AbsurdCountsAndLengths) {
   std::string b = bytes_;
   PutLe<uint64_t>(b, 16, uint64_t{1} << 62);
-  ExpectParseError(b, {"4611686018427387904 metadata entries (count at byte 16",
-                       "the count is corrupt"});
+  ExpectParseError(
+      b, {"4611686018427387904 metadata entries (count at byte 16", "the count is corrupt"});
   ExpectLoadError(b, absl::StatusCode::kInvalidArgument,
                   {"4611686018427387904 metadata entries (count at byte 16"});
   b = bytes_;
   PutLe<uint64_t>(b, 8, ~uint64_t{0});
-  ExpectParseError(b, {"18446744073709551615 tensor infos (count at byte 8",
-                       "the count is corrupt"});
+  ExpectParseError(b,
+                   {"18446744073709551615 tensor infos (count at byte 8", "the count is corrupt"});
   // The tokens array's count: after the key (8 + 21 bytes), its type and element type.
   b = bytes_;
   const size_t count_at = 24 + 8 + 21 + 4 + 4;

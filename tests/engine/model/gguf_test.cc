@@ -122,19 +122,19 @@ TEST(GgufWriterTest, ByteExactSmallFile) {
   auto u32 = [&](uint32_t v) { put(&v, 4); };
   auto u64 = [&](uint64_t v) { put(&v, 8); };
   expected += "GGUF";
-  u32(3);             // version
-  u64(1);             // tensors
-  u64(1);             // metadata entries
-  u64(1);             // key length
+  u32(3);  // version
+  u64(1);  // tensors
+  u64(1);  // metadata entries
+  u64(1);  // key length
   expected += "a";
-  u32(0);             // u8
+  u32(0);  // u8
   expected += '\x07';
-  u64(1);             // name length
+  u64(1);  // name length
   expected += "t";
-  u32(1);             // n_dims
-  u64(2);             // ne[0]
-  u32(0);             // F32
-  u64(0);             // offset
+  u32(1);                     // n_dims
+  u64(2);                     // ne[0]
+  u32(0);                     // F32
+  u64(0);                     // offset
   expected.resize(96, '\0');  // the header ends at byte 71; padded to 32
   const float values[2] = {1.0f, -2.0f};
   put(values, 8);
@@ -240,7 +240,7 @@ TEST(GgufWriterTest, TensorsOfEveryTypeRoundTrip) {
     EXPECT_EQ(t.file_offset % 64, 0u) << t.name;
   }
   EXPECT_EQ(testing_util::TensorValues(*file->FindTensor("f32")), f32);
-  EXPECT_EQ(testing_util::TensorValues(*file->FindTensor("f16")), f16);  // all exact in FP16
+  EXPECT_EQ(testing_util::TensorValues(*file->FindTensor("f16")), f16);    // all exact in FP16
   EXPECT_EQ(testing_util::TensorValues(*file->FindTensor("bf16")), bf16);  // all exact in BF16
   const GgufTensorInfo* q4k = file->FindTensor("q4k");
   EXPECT_EQ(q4k->type, GgmlType::kQ4_K);

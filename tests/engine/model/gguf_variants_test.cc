@@ -109,14 +109,16 @@ Counts CheckVariant(const std::string& label, TypeRule rule, DType expected_matr
     if (stored == GgmlType::kF32) {
       EXPECT_EQ(v.dtype, DType::kF32) << name;
     }
-    ExpectWithinBound(name, stored, testing_util::TensorValues(*info),
-                      [&](int64_t i) { return ViewElement(v, i); }, counts);
+    ExpectWithinBound(
+        name, stored, testing_util::TensorValues(*info),
+        [&](int64_t i) { return ViewElement(v, i); }, counts);
   };
   auto check_vector = [&](const std::string& name, const float* data) {
     const GgufTensorInfo* info = src->FindTensor(name);
     ASSERT_NE(info, nullptr) << name;
-    ExpectWithinBound(name, rule(*info), testing_util::TensorValues(*info),
-                      [&](int64_t i) { return data[i]; }, counts);
+    ExpectWithinBound(
+        name, rule(*info), testing_util::TensorValues(*info), [&](int64_t i) { return data[i]; },
+        counts);
   };
   check_matrix("token_embd.weight", mw.token_embedding);
   check_matrix("output.weight", mw.output);
@@ -138,20 +140,20 @@ Counts CheckVariant(const std::string& label, TypeRule rule, DType expected_matr
 }
 
 // Total element count of stories260K's 48 tensors.
-constexpr int64_t kStories260KElements = 2 * 512 * 64 + 64 + 5 * (64 * 64 * 2 + 32 * 64 * 2 +
-                                                                  3 * 172 * 64 + 2 * 64);
+constexpr int64_t kStories260KElements =
+    2 * 512 * 64 + 64 + 5 * (64 * 64 * 2 + 32 * 64 * 2 + 3 * 172 * 64 + 2 * 64);
 
 TEST(GgufModelTest, F16CopyWithinRoundingBound) {
   // Everything F16, norms included (the loader converts norms to F32).
-  const Counts counts =
-      CheckVariant("f16", [](const GgufTensorInfo&) { return GgmlType::kF16; }, DType::kF16);
+  const Counts counts = CheckVariant(
+      "f16", [](const GgufTensorInfo&) { return GgmlType::kF16; }, DType::kF16);
   EXPECT_EQ(counts.checked, kStories260KElements);
   EXPECT_GT(counts.changed, counts.checked / 2);  // the copy really was rounded
 }
 
 TEST(GgufModelTest, Bf16CopyWithinRoundingBound) {
-  const Counts counts =
-      CheckVariant("bf16", [](const GgufTensorInfo&) { return GgmlType::kBF16; }, DType::kBF16);
+  const Counts counts = CheckVariant(
+      "bf16", [](const GgufTensorInfo&) { return GgmlType::kBF16; }, DType::kBF16);
   EXPECT_EQ(counts.checked, kStories260KElements);
   EXPECT_GT(counts.changed, counts.checked / 2);
 }
@@ -182,18 +184,17 @@ TEST(GgufModelTest, MisalignedTensorDataIsCopiedExactly) {
   ASSERT_TRUE(src.ok()) << src.status();
   for (const GgmlType type : {GgmlType::kF32, GgmlType::kF16}) {
     SCOPED_TRACE(static_cast<int>(type));
-    GgufWriter w = testing_util::CopyGguf(*src, [type](const GgufTensorInfo& t) {
-      return t.ne.size() == 1 ? GgmlType::kF32 : type;
-    });
+    GgufWriter w = testing_util::CopyGguf(
+        *src, [type](const GgufTensorInfo& t) { return t.ne.size() == 1 ? GgmlType::kF32 : type; });
     w.SetU32("general.alignment", 1);
     // With alignment 1 the data section starts right after the tensor infos: pick a padding
     // string that makes that offset odd.
     w.SetString("test.padding", "x");
     auto data_offset = [&w]() -> uint64_t {
       const std::string bytes = *w.Serialize();
-      auto parsed = GgufFile::Parse(absl::Span<const uint8_t>(
-                                        reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()),
-                                    "in memory");
+      auto parsed = GgufFile::Parse(
+          absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()),
+          "in memory");
       return parsed.ok() ? parsed->data_offset() : 0;
     };
     if (data_offset() % 2 == 0) w.SetString("test.padding", "xx");
@@ -221,12 +222,14 @@ TEST(GgufModelTest, MisalignedTensorDataIsCopiedExactly) {
          {std::pair<std::string, const WeightView*>{"token_embd.weight", &mw.token_embedding},
           {"blk.3.ffn_down.weight", &mw.layers[3].w_down},
           {"blk.0.attn_k.weight", &mw.layers[0].wk}}) {
-      ExpectWithinBound(name, type, testing_util::TensorValues(*src->FindTensor(name)),
-                        [&](int64_t i) { return ViewElement(*view, i); }, counts);
+      ExpectWithinBound(
+          name, type, testing_util::TensorValues(*src->FindTensor(name)),
+          [&](int64_t i) { return ViewElement(*view, i); }, counts);
     }
-    ExpectWithinBound("output_norm.weight", GgmlType::kF32,
-                      testing_util::TensorValues(*src->FindTensor("output_norm.weight")),
-                      [&](int64_t i) { return mw.final_norm[i]; }, counts);
+    ExpectWithinBound(
+        "output_norm.weight", GgmlType::kF32,
+        testing_util::TensorValues(*src->FindTensor("output_norm.weight")),
+        [&](int64_t i) { return mw.final_norm[i]; }, counts);
     if (type == GgmlType::kF32) {
       EXPECT_EQ(counts.changed, 0);
     }
@@ -246,10 +249,9 @@ TEST(GgufModelTest, GgufVersion2IsAccepted) {
 TEST(GgufModelTest, OptionalKeysTakeTheirDefaults) {
   auto src = GgufFile::Open(ModelPath("stories260K.gguf"));
   ASSERT_TRUE(src.ok()) << src.status();
-  GgufWriter w = testing_util::CopyGguf(*src, [](const GgufTensorInfo& t) { return t.type; },
-                                        [](const std::string& name) {
-                                          return name != "output.weight";
-                                        });
+  GgufWriter w = testing_util::CopyGguf(
+      *src, [](const GgufTensorInfo& t) { return t.type; },
+      [](const std::string& name) { return name != "output.weight"; });
   ASSERT_TRUE(w.Remove("llama.rope.dimension_count"));
   ASSERT_TRUE(w.Remove("general.name"));
   ASSERT_TRUE(w.Remove("tokenizer.ggml.bos_token_id"));

@@ -175,8 +175,13 @@ TEST(ModelLoaderTest, GgufAndBinHoldTheSameWeights) {
     const LayerWeights& y = b.layers[l];
     EXPECT_EQ(Elements(x.attn_norm, dim), Elements(y.attn_norm, dim));
     EXPECT_EQ(Elements(x.ffn_norm, dim), Elements(y.ffn_norm, dim));
-    for (auto [p, q] : {std::pair{&x.wq, &y.wq}, {&x.wk, &y.wk}, {&x.wv, &y.wv}, {&x.wo, &y.wo},
-                        {&x.w_gate, &y.w_gate}, {&x.w_down, &y.w_down}, {&x.w_up, &y.w_up}}) {
+    for (auto [p, q] : {std::pair{&x.wq, &y.wq},
+                        {&x.wk, &y.wk},
+                        {&x.wv, &y.wv},
+                        {&x.wo, &y.wo},
+                        {&x.w_gate, &y.w_gate},
+                        {&x.w_down, &y.w_down},
+                        {&x.w_up, &y.w_up}}) {
       EXPECT_EQ(p->rows, q->rows);
       EXPECT_EQ(p->cols, q->cols);
       EXPECT_EQ(Elements(*p), Elements(*q));
@@ -224,8 +229,7 @@ TEST(ModelLoaderTest, RejectsMissingTinyAndUnknownFiles) {
   EXPECT_THAT(tiny.status().message(), HasSubstr("tiny.bin: 27 bytes is too small"));
 
   testing_util::WriteBytes(dir.File("empty.bin"), "");
-  EXPECT_EQ(LoadModel(dir.File("empty.bin")).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(LoadModel(dir.File("empty.bin")).status().code(), absl::StatusCode::kInvalidArgument);
 
   testing_util::WriteBytes(dir.File("text.txt"),
                            "Once upon a time, there was a little girl named Lily.");

@@ -1,0 +1,105 @@
+// The serving engine: one engine thread running iteration-level (continuous) batching over the
+// requests submitted from any thread.
+//
+// Each step the engine thread: takes newly submitted requests into the waiting queue; drops
+// cancelled and expired ones (freeing their KV blocks at once); admits waiting requests by policy
+// while `max_running_requests` allows and the KV pool can hold their prompt's blocks; builds one
+// batch of decode tokens plus prefill chunks under `max_batch_tokens`; runs the forward pass;
+// samples; pushes text deltas to each request's RequestStream; finishes requests at EOS, a stop
+// string, max_tokens or the context limit. When a running request needs a block and none is left,
+// the lowest-priority, most recently admitted request is preempted: its blocks are freed and it
+// goes back to the waiting queue to be recomputed later (its output so far is kept, so a client
+// sees only delay, and greedy output is unchanged).
+//
+// Thread-safety: Submit, Stats, BeginShutdown, WaitIdle and the accessors are thread-safe.
+#ifndef KVSERVE_ENGINE_SERVING_ENGINE_H_
+#define KVSERVE_ENGINE_SERVING_ENGINE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/generation/local_model.h"
+#include "engine/serving/request.h"
+#include "engine/serving/request_stream.h"
+#include "engine/serving/scheduler.h"
+
+namespace kvserve::engine {
+
+struct EngineOptions {
+  LocalModelOptions model;               // model, KV format, budget, block size, threads
+  SchedulingPolicy policy = SchedulingPolicy::kFcfs;
+  int32_t max_running_requests = 64;     // sequences in one batch at most
+  int64_t max_batch_tokens = 512;        // tokens per forward step (decodes + prefill chunks)
+  int32_t max_waiting_requests = 256;    // queue bound; beyond it Submit is ResourceExhausted
+  int32_t max_prompt_tokens = 0;         // 0 = the model's context - 1
+  int32_t max_tokens_limit = 0;          // upper bound for a request's max_tokens; 0 = context
+  int64_t stream_buffer_tokens = 256;    // undelivered tokens per stream before it is paused
+  absl::Duration idle_poll = absl::Milliseconds(50);  // engine thread wake-up when idle
+};
+
+// A consistent snapshot of the engine's state (taken on the engine thread between steps).
+struct EngineStats {
+  // KV pool.
+  int64_t kv_budget_bytes = 0;
+  int64_t kv_allocated_bytes = 0;   // heap bytes held for block storage
+  int64_t kv_used_bytes = 0;        // bytes of blocks in use
+  int64_t kv_used_blocks = 0;
+  int64_t kv_free_blocks = 0;       // blocks of the default layout that can still be allocated
+  int64_t kv_block_bytes = 0;       // bytes of one block of the default layout
+  // Requests.
+  int32_t running_requests = 0;
+  int32_t waiting_requests = 0;
+  int64_t requests_finished = 0;
+  int64_t requests_cancelled = 0;
+  int64_t requests_failed = 0;
+  int64_t preemptions = 0;
+  int64_t prompt_tokens = 0;        // prompt tokens computed (recomputation included)
+  int64_t generated_tokens = 0;
+  int64_t steps = 0;
+  absl::Duration forward_time;      // total time inside the forward pass
+  absl::Duration step_time;         // total time of steps (scheduling + forward + sampling)
+};
+
+class Engine {
+ public:
+  // Loads the model and starts the engine thread. Errors name the option or file at fault.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options);
+  // Stops the engine thread; requests still running end with UNAVAILABLE.
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const ModelConfig& config() const;
+  const Tokenizer& tokenizer() const;
+  const EngineOptions& options() const;
+  // Largest prompt and max_tokens a request may ask for.
+  int32_t max_prompt_tokens() const;
+  int32_t max_tokens_limit() const;
+
+  // Validates and queues a request. InvalidArgument naming the field (empty prompt, token id
+  // outside the vocabulary, prompt too long, max_tokens out of range, bad sampling parameter);
+  // ResourceExhausted when the waiting queue is full (the message names the limit);
+  // Unavailable after BeginShutdown.
+  absl::StatusOr<std::shared_ptr<RequestStream>> Submit(EngineRequest request);
+
+  EngineStats Stats() const;
+
+  // Stops accepting new requests (Submit returns Unavailable); running ones continue.
+  void BeginShutdown();
+  // Waits until no request is running or waiting, or the timeout passes. True when idle.
+  bool WaitIdle(absl::Duration timeout);
+  // Ends every remaining request with `status` (e.g. Unavailable after a drain timeout).
+  void AbortAll(const absl::Status& status);
+
+ private:
+  class Impl;
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvserve::engine
+
+#endif  // KVSERVE_ENGINE_SERVING_ENGINE_H_

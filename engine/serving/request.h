@@ -1,0 +1,77 @@
+// What a client asks the serving engine for, and what it gets back, in engine terms (no gRPC).
+#ifndef KVSERVE_ENGINE_SERVING_REQUEST_H_
+#define KVSERVE_ENGINE_SERVING_REQUEST_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "engine/sampling/sampler.h"
+
+namespace kvserve::engine {
+
+enum class FinishReason { kNone, kLength, kEos, kStop, kCancelled };
+std::string_view FinishReasonName(FinishReason r);
+
+// Retention hint for the KV blocks of a token range of the prompt (used by the `priority` block
+// eviction policy): keep them at `priority` (0..100, higher is kept longer) for `duration`, after
+// which they fall back to the default priority. end_token < 0 means "to the end of the prompt".
+struct RetentionHint {
+  int32_t start_token = 0;
+  int32_t end_token = -1;
+  int32_t priority = 35;
+  absl::Duration duration = absl::InfiniteDuration();
+};
+
+struct EngineRequest {
+  std::string id;                   // unique per live request; generated when empty
+  std::vector<int32_t> prompt;      // token ids, BOS included when wanted
+  SamplingParams sampling;
+  int32_t max_tokens = 256;         // generated tokens at most
+  std::vector<std::string> stop;    // stop strings (not included in the output)
+  bool ignore_eos = false;
+  bool stop_at_bos = true;          // llama2.c models end a story with BOS
+  int32_t priority = 0;             // scheduling priority; higher runs first under `priority`
+  std::string cache_salt;           // requests with different salts never share KV blocks
+  std::vector<RetentionHint> retention;
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+struct RequestUsage {
+  int32_t prompt_tokens = 0;
+  int32_t cached_prompt_tokens = 0;  // prompt tokens served from the prefix cache
+  int32_t completion_tokens = 0;
+};
+
+struct RequestTimings {
+  absl::Duration queued;               // arrival -> first scheduled
+  absl::Duration time_to_first_token;  // arrival -> first generated token
+  absl::Duration total;                // arrival -> finished
+};
+
+struct RequestKvUsage {
+  int64_t peak_blocks = 0;
+  int64_t peak_bytes = 0;
+};
+
+// One message on a request's stream. Every stream ends with exactly one event with final = true,
+// which carries the finish reason (or a non-OK status: DEADLINE_EXCEEDED, CANCELLED,
+// UNAVAILABLE on shutdown, INTERNAL), usage, timings and KV usage.
+struct StreamEvent {
+  std::vector<int32_t> token_ids;  // tokens generated since the previous event
+  std::string text;                // their text: complete UTF-8 only, stop strings removed
+  bool final = false;
+  FinishReason finish_reason = FinishReason::kNone;
+  absl::Status status;
+  RequestUsage usage;
+  RequestTimings timings;
+  RequestKvUsage kv;
+  int32_t preemptions = 0;         // times this request was preempted and recomputed
+};
+
+}  // namespace kvserve::engine
+
+#endif  // KVSERVE_ENGINE_SERVING_REQUEST_H_

@@ -1,0 +1,333 @@
+#include "engine/serving/scheduler.h"
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "engine/kv/sequence_kv.h"
+#include "engine/sampling/sampler.h"
+
+namespace kvserve::engine {
+
+struct Scheduler::Sequence {
+  Sequence(EngineRequest r, std::shared_ptr<RequestStream> st, const Tokenizer& tok,
+           BlockPool* pool, LayoutId layout)
+      : req(std::move(r)),
+        stream(std::move(st)),
+        kv(pool, layout),
+        sampler(req.sampling),
+        detok(tok) {}
+
+  EngineRequest req;
+  std::shared_ptr<RequestStream> stream;
+  SequenceKv kv;
+  Sampler sampler;
+  StreamingDetokenizer detok;
+  std::vector<int32_t> tokens;     // prompt + generated
+  int64_t processed = 0;           // tokens whose K/V are in the cache
+  std::string unsent_text;         // decoded, held back while it may start a stop string
+  std::vector<int32_t> unsent_ids;
+  int32_t generated = 0;
+  int64_t order = 0;               // admission order (larger = admitted later)
+  int32_t preemptions = 0;
+  absl::Time arrival;
+  absl::Time first_scheduled = absl::InfiniteFuture();
+  absl::Time first_token = absl::InfiniteFuture();
+  int64_t peak_blocks = 0;
+  int64_t peak_bytes = 0;
+  bool done = false;
+  bool preempted = false;  // set during a step; moved back to waiting at its end
+
+  int64_t pending() const { return static_cast<int64_t>(tokens.size()) - processed; }
+  void TrackPeak() {
+    peak_blocks = std::max<int64_t>(peak_blocks, kv.block_table().size());
+    peak_bytes = std::max(peak_bytes, kv.bytes());
+  }
+};
+
+Scheduler::Scheduler(LlamaModel* model, BlockPool* pool, LayoutId layout,
+                     const Tokenizer* tokenizer, SchedulerOptions options)
+    : model_(model), pool_(pool), layout_(layout), tokenizer_(tokenizer), options_(options) {}
+
+Scheduler::~Scheduler() = default;
+
+void Scheduler::Add(EngineRequest request, std::shared_ptr<RequestStream> stream,
+                    absl::Time arrival) {
+  auto s = std::make_unique<Sequence>(std::move(request), std::move(stream), *tokenizer_, pool_,
+                                      layout_);
+  s->tokens = s->req.prompt;
+  s->arrival = arrival;
+  // The prompt gives the detokenizer its context (the leading-space rule after BOS).
+  for (int32_t t : s->tokens) s->detok.Feed(t);
+  waiting_.push_back(std::move(s));
+}
+
+void Scheduler::Finish(Sequence* s, FinishReason reason, absl::Status status, absl::Time now) {
+  if (s->done) return;
+  StreamEvent e;
+  e.final = true;
+  e.finish_reason = reason;
+  e.token_ids = std::move(s->unsent_ids);
+  if (status.ok()) {
+    e.text = std::move(s->unsent_text);
+    if (reason != FinishReason::kStop) e.text += s->detok.Flush();
+  }
+  e.status = std::move(status);
+  e.usage.prompt_tokens = static_cast<int32_t>(s->req.prompt.size());
+  e.usage.completion_tokens = s->generated;
+  e.timings.queued =
+      (s->first_scheduled == absl::InfiniteFuture() ? now : s->first_scheduled) - s->arrival;
+  e.timings.time_to_first_token =
+      s->first_token == absl::InfiniteFuture() ? absl::ZeroDuration() : s->first_token - s->arrival;
+  e.timings.total = now - s->arrival;
+  e.kv.peak_blocks = s->peak_blocks;
+  e.kv.peak_bytes = s->peak_bytes;
+  e.preemptions = s->preemptions;
+  if (e.status.ok()) {
+    ++counters_.finished;
+  } else if (e.status.code() == absl::StatusCode::kCancelled) {
+    ++counters_.cancelled;
+  } else {
+    ++counters_.failed;
+  }
+  s->kv.Release();
+  s->done = true;
+  s->stream->Push(std::move(e));
+}
+
+void Scheduler::EmitToken(Sequence* s, int32_t token, absl::Time now) {
+  const EngineRequest& r = s->req;
+  if (!r.ignore_eos &&
+      (token == model_->eos_id() || (r.stop_at_bos && token == model_->bos_id()))) {
+    Finish(s, FinishReason::kEos, absl::OkStatus(), now);
+    return;
+  }
+  s->tokens.push_back(token);
+  ++s->generated;
+  ++counters_.generated_tokens;
+  if (s->first_token == absl::InfiniteFuture()) s->first_token = now;
+  s->unsent_ids.push_back(token);
+  s->unsent_text += s->detok.Feed(token);
+
+  size_t hold = 0;
+  if (!r.stop.empty()) {
+    // A stop string anywhere in the unsent text ends the request there.
+    size_t cut = std::string::npos;
+    for (const std::string& stop : r.stop) {
+      if (stop.empty()) continue;
+      const size_t at = s->unsent_text.find(stop);
+      if (at != std::string::npos) cut = std::min(cut, at);
+    }
+    if (cut != std::string::npos) {
+      s->unsent_text.resize(cut);
+      Finish(s, FinishReason::kStop, absl::OkStatus(), now);
+      return;
+    }
+    // Hold back the longest tail that could still grow into a stop string.
+    for (const std::string& stop : r.stop) {
+      for (size_t n = std::min(stop.size() - 1, s->unsent_text.size()); n > hold; --n) {
+        if (s->unsent_text.compare(s->unsent_text.size() - n, n, stop, 0, n) == 0) {
+          hold = n;
+          break;
+        }
+      }
+    }
+  }
+  if (s->generated >= r.max_tokens ||
+      static_cast<int64_t>(s->tokens.size()) >= model_->config().context_length) {
+    Finish(s, FinishReason::kLength, absl::OkStatus(), now);
+    return;
+  }
+  StreamEvent e;
+  e.token_ids = std::move(s->unsent_ids);
+  s->unsent_ids.clear();
+  e.text = s->unsent_text.substr(0, s->unsent_text.size() - hold);
+  s->unsent_text.erase(0, s->unsent_text.size() - hold);
+  s->stream->Push(std::move(e));
+}
+
+void Scheduler::Admit(absl::Time now) {
+  if (waiting_.empty()) return;
+  if (options_.policy == SchedulingPolicy::kPriority) {
+    std::stable_sort(waiting_.begin(), waiting_.end(), [](const auto& a, const auto& b) {
+      if (a->req.priority != b->req.priority) return a->req.priority > b->req.priority;
+      return a->arrival < b->arrival;
+    });
+  } else {
+    std::stable_sort(waiting_.begin(), waiting_.end(),
+                     [](const auto& a, const auto& b) { return a->arrival < b->arrival; });
+  }
+  const int64_t block_bytes = pool_->layout(layout_).block_bytes;
+  const int64_t pool_blocks = pool_->budget_bytes() / block_bytes;
+  while (!waiting_.empty() && static_cast<int32_t>(running_.size()) < options_.max_running) {
+    Sequence* s = waiting_.front().get();
+    const int64_t slots = static_cast<int64_t>(s->tokens.size());
+    const int64_t need = s->kv.BlocksNeeded(slots);
+    if (need > pool_blocks) {
+      Finish(s, FinishReason::kNone,
+             absl::ResourceExhaustedError(absl::StrFormat(
+                 "the sequence needs %d KV blocks (%d tokens) but the KV budget of %d bytes "
+                 "holds %d",
+                 need, slots, pool_->budget_bytes(), pool_blocks)),
+             now);
+      waiting_.pop_front();
+      continue;
+    }
+    if (need > pool_->AvailableBlocks(layout_) || !s->kv.Reserve(slots).ok()) break;
+    s->TrackPeak();
+    s->order = next_order_++;
+    if (s->first_scheduled == absl::InfiniteFuture()) s->first_scheduled = now;
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+}
+
+bool Scheduler::Preempt(Sequence* requester) {
+  // Victim: lowest priority, then most recently admitted.
+  Sequence* victim = nullptr;
+  for (auto& p : running_) {
+    Sequence* s = p.get();
+    if (s->done || s->preempted) continue;
+    if (victim == nullptr || s->req.priority < victim->req.priority ||
+        (s->req.priority == victim->req.priority && s->order > victim->order)) {
+      victim = s;
+    }
+  }
+  if (victim == nullptr) return false;
+  victim->kv.Release();
+  victim->processed = 0;
+  victim->preempted = true;
+  ++victim->preemptions;
+  ++counters_.preemptions;
+  return victim != requester;
+}
+
+void Scheduler::RemoveFinished() {
+  std::vector<std::unique_ptr<Sequence>> keep;
+  keep.reserve(running_.size());
+  for (auto& p : running_) {
+    if (p->done) continue;
+    if (p->preempted) {
+      p->preempted = false;
+      waiting_.push_back(std::move(p));
+    } else {
+      keep.push_back(std::move(p));
+    }
+  }
+  running_.swap(keep);
+  waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(),
+                                [](const auto& p) { return p->done; }),
+                 waiting_.end());
+}
+
+void Scheduler::AbortAll(const absl::Status& status, absl::Time now) {
+  for (auto& p : running_) Finish(p.get(), FinishReason::kNone, status, now);
+  for (auto& p : waiting_) Finish(p.get(), FinishReason::kNone, status, now);
+  RemoveFinished();
+}
+
+bool Scheduler::Step(absl::Time now) {
+  const absl::Time step_start = absl::Now();
+  // 1. Cancellations and deadlines.
+  auto check = [&](Sequence* s) {
+    if (s->stream->cancelled()) {
+      Finish(s, FinishReason::kCancelled, absl::CancelledError("cancelled by the client"), now);
+    } else if (now >= s->req.deadline) {
+      Finish(s, FinishReason::kNone,
+             absl::DeadlineExceededError(absl::StrFormat(
+                 "deadline exceeded after %d generated tokens", s->generated)),
+             now);
+    }
+  };
+  for (auto& p : running_) check(p.get());
+  for (auto& p : waiting_) check(p.get());
+  RemoveFinished();
+
+  // 2. Admission.
+  Admit(now);
+
+  // 3a. Decode slots, preempting when blocks run out. Highest priority and oldest first, so
+  // that victims come from the other end.
+  std::vector<Sequence*> order;
+  for (auto& p : running_) order.push_back(p.get());
+  std::stable_sort(order.begin(), order.end(), [](Sequence* a, Sequence* b) {
+    if (a->req.priority != b->req.priority) return a->req.priority > b->req.priority;
+    return a->order < b->order;
+  });
+  const int64_t block_bytes = pool_->layout(layout_).block_bytes;
+  const int64_t pool_blocks = pool_->budget_bytes() / block_bytes;
+  for (Sequence* s : order) {
+    if (s->done || s->preempted || s->pending() != 1) continue;
+    while (!s->kv.Reserve(s->processed + 1).ok()) {
+      if (s->kv.BlocksNeeded(s->processed + 1) + static_cast<int64_t>(s->kv.block_table().size()) >
+          pool_blocks) {
+        Finish(s, FinishReason::kNone,
+               absl::ResourceExhaustedError(absl::StrFormat(
+                   "the KV budget of %d bytes cannot hold %d tokens of one sequence",
+                   pool_->budget_bytes(), s->processed + 1)),
+               now);
+        break;
+      }
+      if (!Preempt(s)) break;  // the requester itself was preempted
+    }
+    if (!s->done && !s->preempted) s->TrackPeak();
+  }
+  RemoveFinished();
+
+  // 3b. The batch: decodes first, then prefill chunks.
+  batch_.Clear();
+  row_seq_.clear();
+  int64_t budget = options_.max_batch_tokens;
+  for (int pass = 0; pass < 2 && budget > 0; ++pass) {
+    for (auto& p : running_) {
+      Sequence* s = p.get();
+      const bool decoding = s->pending() == 1;
+      if ((pass == 0) != decoding || budget == 0) continue;
+      if (decoding && !s->stream->HasRoom()) continue;  // slow reader: wait for it
+      const int64_t take = std::min(s->pending(), budget);
+      const int32_t seq_index = static_cast<int32_t>(batch_.block_tables.size());
+      batch_.block_tables.push_back(s->kv.block_table().data());
+      for (int64_t j = 0; j < take; ++j) {
+        const int64_t pos = s->processed + j;
+        const bool last = pos + 1 == static_cast<int64_t>(s->tokens.size());
+        batch_.Add(s->tokens[pos], static_cast<int32_t>(pos), seq_index,
+                   static_cast<int32_t>(pos), last);
+        if (last) row_seq_.push_back(s);
+      }
+      if (!decoding) counters_.prompt_tokens += take;
+      s->processed += take;
+      budget -= take;
+    }
+  }
+  if (batch_.num_tokens() == 0) {
+    counters_.step_time += absl::Now() - step_start;
+    return false;
+  }
+
+  // 4. Forward, sample, emit.
+  const int32_t vocab = model_->config().vocab_size;
+  logits_.resize(row_seq_.size() * static_cast<size_t>(vocab));
+  const absl::Time fwd_start = absl::Now();
+  const absl::Status st = model_->Forward(batch_, *pool_, logits_.data());
+  counters_.forward_time += absl::Now() - fwd_start;
+  ++counters_.steps;
+  const absl::Time emit_time = absl::Now();
+  if (!st.ok()) {
+    for (auto& p : running_) {
+      Finish(p.get(), FinishReason::kNone, absl::InternalError(st.message()), emit_time);
+    }
+  } else {
+    for (size_t r = 0; r < row_seq_.size(); ++r) {
+      Sequence* s = row_seq_[r];
+      const int32_t next =
+          s->sampler.Sample(absl::MakeSpan(logits_.data() + r * vocab, vocab), s->tokens);
+      EmitToken(s, next, emit_time);
+    }
+  }
+  RemoveFinished();
+  counters_.step_time += absl::Now() - step_start;
+  return true;
+}
+
+}  // namespace kvserve::engine

@@ -1,0 +1,105 @@
+// Iteration-level (continuous) batching over the paged KV cache, without threads: the engine
+// thread (serving) or a plain loop (offline generation) calls Step() repeatedly.
+//
+// Step():
+//  1. ends sequences whose stream was cancelled or whose deadline passed (their blocks are freed
+//     at once);
+//  2. admits waiting sequences by policy (fcfs: arrival order; priority: highest priority first,
+//     then arrival) while fewer than max_running run and the pool can hold the blocks of every
+//     token the sequence must (re)compute; admission stops at the first sequence that does not
+//     fit, so a large request is not starved by smaller ones behind it;
+//  3. builds one batch: one token for every decoding sequence whose stream has room, then prefill
+//     chunks under the token budget; when a decoding sequence needs a new block and none is free,
+//     the lowest-priority, most recently admitted running sequence is preempted (blocks freed,
+//     back to the waiting queue, recomputed later from its prompt plus what it generated);
+//  4. runs the forward pass, samples, and pushes tokens and text (stop strings applied) to each
+//     sequence's RequestStream; finished sequences release their blocks.
+//
+// Thread-safety: none; one thread drives a Scheduler.
+#ifndef KVSERVE_ENGINE_SERVING_SCHEDULER_H_
+#define KVSERVE_ENGINE_SERVING_SCHEDULER_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "engine/kv/block_pool.h"
+#include "engine/model/llama_model.h"
+#include "engine/serving/request.h"
+#include "engine/serving/request_stream.h"
+#include "engine/tokenizer/tokenizer.h"
+
+namespace kvserve::engine {
+
+enum class SchedulingPolicy { kFcfs, kPriority };
+
+struct SchedulerOptions {
+  SchedulingPolicy policy = SchedulingPolicy::kFcfs;
+  int32_t max_running = 64;        // sequences in one batch at most
+  int64_t max_batch_tokens = 512;  // tokens per forward step
+};
+
+// Counters since the scheduler was created.
+struct SchedulerCounters {
+  int64_t steps = 0;
+  int64_t preemptions = 0;
+  int64_t prompt_tokens = 0;     // tokens computed in prefill (recomputation included)
+  int64_t generated_tokens = 0;
+  int64_t finished = 0;          // ended normally (length, eos, stop)
+  int64_t cancelled = 0;
+  int64_t failed = 0;            // deadline, error, abort
+  absl::Duration forward_time;
+  absl::Duration step_time;
+};
+
+class Scheduler {
+ public:
+  Scheduler(LlamaModel* model, BlockPool* pool, LayoutId layout, const Tokenizer* tokenizer,
+            SchedulerOptions options);
+  ~Scheduler();
+
+  // Queues a validated request; its output goes to `stream`. `arrival` is when it was submitted.
+  void Add(EngineRequest request, std::shared_ptr<RequestStream> stream, absl::Time arrival);
+
+  // One iteration (see above). Returns false when there was nothing to do (no sequence could
+  // run: idle, or every running stream is full).
+  bool Step(absl::Time now);
+
+  // Ends every sequence with `status` (final event) and frees its blocks.
+  void AbortAll(const absl::Status& status, absl::Time now);
+
+  int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
+  int32_t num_waiting() const { return static_cast<int32_t>(waiting_.size()); }
+  bool idle() const { return running_.empty() && waiting_.empty(); }
+  const SchedulerCounters& counters() const { return counters_; }
+
+ private:
+  struct Sequence;
+
+  void Admit(absl::Time now);
+  bool Preempt(Sequence* requester);
+  void Finish(Sequence* s, FinishReason reason, absl::Status status, absl::Time now);
+  void EmitToken(Sequence* s, int32_t token, absl::Time now);
+  void RemoveFinished();
+
+  LlamaModel* model_;
+  BlockPool* pool_;
+  LayoutId layout_;
+  const Tokenizer* tokenizer_;
+  SchedulerOptions options_;
+  int64_t next_order_ = 0;
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  std::vector<std::unique_ptr<Sequence>> running_;
+  SchedulerCounters counters_;
+  // Scratch reused across steps.
+  ForwardBatch batch_;
+  std::vector<Sequence*> row_seq_;
+  std::vector<float> logits_;
+};
+
+}  // namespace kvserve::engine
+
+#endif  // KVSERVE_ENGINE_SERVING_SCHEDULER_H_
