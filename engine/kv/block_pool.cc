@@ -67,6 +67,7 @@ absl::StatusOr<LayoutId> BlockPool::RegisterLayout(const std::vector<kernels::Kv
   for (int l = 0; l < geometry_.num_layers; ++l) layer_regions_[l].push_back(layout.regions[l]);
   layouts_.push_back(std::move(layout));
   free_by_layout_.emplace_back();
+  used_by_layout_.push_back(0);
   return id;
 }
 
@@ -136,6 +137,7 @@ absl::StatusOr<BlockId> BlockPool::Allocate(LayoutId layout) {
   meta_[id].layout = layout;
   data_layout_[id] = layout;
   ++used_blocks_;
+  ++used_by_layout_[layout];
   used_bytes_ += layouts_[layout].block_bytes;
   return id;
 }
@@ -152,6 +154,7 @@ void BlockPool::Release(BlockId id) {
   if (--meta_[id].ref_count > 0) return;
   const LayoutId layout = meta_[id].layout;
   --used_blocks_;
+  --used_by_layout_[layout];
   used_bytes_ -= layouts_[layout].block_bytes;
   free_by_layout_[layout].push_back(id);
 }
@@ -165,6 +168,41 @@ int64_t BlockPool::AvailableBlocks(LayoutId layout) const {
     }
   }
   return static_cast<int64_t>(free_by_layout_[layout].size()) + reclaimable / bytes;
+}
+
+int64_t BlockPool::Fp16BlockBytes() const {
+  const kernels::KvRegionShape shape{geometry_.block_size, geometry_.num_kv_heads,
+                                     geometry_.head_dim};
+  return 2 * geometry_.num_layers * kernels::KvRegionValueBytes(kernels::KvFormat::kFp16, shape);
+}
+
+KvPoolStats BlockPool::Stats() const {
+  KvPoolStats s;
+  s.budget_bytes = budget_bytes_;
+  s.allocated_bytes = allocated_bytes_;
+  s.used_bytes = used_bytes_;
+  s.free_bytes = allocated_bytes_ - used_bytes_;
+  s.used_blocks = used_blocks_;
+  for (const auto& list : free_by_layout_) s.free_blocks += static_cast<int64_t>(list.size());
+  s.used_by_format.assign(kernels::kNumKvFormats, KvFormatUsage{});
+  const kernels::KvRegionShape shape{geometry_.block_size, geometry_.num_kv_heads,
+                                     geometry_.head_dim};
+  for (size_t l = 0; l < layouts_.size(); ++l) {
+    const int64_t n = used_by_layout_[l];
+    if (n == 0) continue;
+    for (kernels::KvFormat f : layouts_[l].layer_formats) {
+      KvFormatUsage& u = s.used_by_format[static_cast<int>(f)];
+      const int64_t value = kernels::KvRegionValueBytes(f, shape);
+      const int64_t scale = kernels::KvRegionScaleBytes(f, shape);
+      const int64_t total = kernels::KvRegionBytes(f, shape);
+      u.value_bytes += 2 * n * value;
+      u.scale_bytes += 2 * n * scale;
+      u.padding_bytes += 2 * n * (total - value - scale);
+      u.regions += 2 * n;
+    }
+  }
+  s.fp16_equivalent_bytes = used_blocks_ * Fp16BlockBytes();
+  return s;
 }
 
 kernels::PagedKvLayerView BlockPool::LayerView(int layer) const {

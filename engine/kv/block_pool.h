@@ -50,6 +50,33 @@ struct BlockLayout {
   int64_t scale_bytes = 0;                        // of which scales / zero points
 };
 
+// Exact byte accounting of the pool, by format and by role. Every figure is derived from the
+// blocks the pool holds, so the parts always add up to what was allocated:
+//   allocated_bytes = used_bytes + free_bytes
+//   used_bytes      = sum over formats of (value + scale + padding) bytes of used blocks
+struct KvFormatUsage {
+  int64_t value_bytes = 0;    // element payload
+  int64_t scale_bytes = 0;    // scales and zero points
+  int64_t padding_bytes = 0;  // region alignment
+  int64_t regions = 0;        // K or V regions of one layer of one block in this format
+  int64_t total() const { return value_bytes + scale_bytes + padding_bytes; }
+};
+
+struct KvPoolStats {
+  int64_t budget_bytes = 0;
+  int64_t allocated_bytes = 0;    // heap bytes held for blocks
+  int64_t used_bytes = 0;         // bytes of blocks with a reference
+  int64_t free_bytes = 0;         // allocated bytes of free blocks, kept for reuse
+  int64_t used_blocks = 0;
+  int64_t free_blocks = 0;        // free blocks that still hold bytes
+  std::vector<KvFormatUsage> used_by_format;  // [kernels::kNumKvFormats], used blocks only
+  int64_t fp16_equivalent_bytes = 0;          // what the used blocks would take in FP16
+  // fp16_equivalent_bytes / used_bytes (0 when nothing is used).
+  double compression_ratio() const {
+    return used_bytes > 0 ? static_cast<double>(fp16_equivalent_bytes) / used_bytes : 0.0;
+  }
+};
+
 class BlockPool {
  public:
   // REQUIRES: geometry fields positive; budget_bytes > 0.
@@ -91,6 +118,10 @@ class BlockPool {
   int64_t allocated_bytes() const { return allocated_bytes_; }
   int64_t used_blocks() const { return used_blocks_; }
   int64_t used_bytes() const { return used_bytes_; }
+  // Bytes one block would take with every layer in FP16 (the baseline of compression ratios).
+  int64_t Fp16BlockBytes() const;
+  // The accounting snapshot (O(layouts * layers)).
+  KvPoolStats Stats() const;
 
  private:
   struct BlockMeta {
@@ -113,6 +144,7 @@ class BlockPool {
   std::vector<uint16_t> data_layout_;  // [id] mirror of meta_.layout for kernels
   std::vector<BlockId> spare_ids_;     // ids with no bytes, reusable
   std::vector<std::vector<BlockId>> free_by_layout_;  // free ids that still hold bytes
+  std::vector<int64_t> used_by_layout_;               // blocks with a reference, per layout
 
   int64_t allocated_bytes_ = 0;
   int64_t used_blocks_ = 0;

@@ -125,3 +125,39 @@ TEST(SequenceKvTest, FailedReserveKeepsNothing) {
 
 }  // namespace
 }  // namespace kvserve::engine
+
+namespace kvserve::engine {
+namespace {
+
+TEST(BlockPoolStatsTest, ByFormatSumsEqualTheAllocations) {
+  BlockPool pool(kGeom, 1 << 20);
+  const LayoutId f32 = *pool.RegisterUniformLayout(KvFormat::kFp32);
+  const LayoutId mixed = *pool.RegisterLayout(
+      {KvFormat::kFp32, KvFormat::kFp16, KvFormat::kFp16, KvFormat::kBf16, KvFormat::kFp32});
+  std::vector<BlockId> ids;
+  for (int i = 0; i < 3; ++i) ids.push_back(*pool.Allocate(f32));
+  for (int i = 0; i < 2; ++i) ids.push_back(*pool.Allocate(mixed));
+  pool.Release(ids[0]);
+  const KvPoolStats s = pool.Stats();
+  // 2 FP32 blocks (20480 bytes) + 2 mixed blocks (2 FP32 layers * 4096 + 3 half layers * 2048).
+  const int64_t mixed_bytes = 2 * 4096 + 3 * 2048;
+  EXPECT_EQ(pool.layout(mixed).block_bytes, mixed_bytes);
+  EXPECT_EQ(s.used_bytes, 2 * 20480 + 2 * mixed_bytes);
+  EXPECT_EQ(s.allocated_bytes, 3 * 20480 + 2 * mixed_bytes);
+  EXPECT_EQ(s.free_bytes, 20480);
+  EXPECT_EQ(s.free_blocks, 1);
+  int64_t sum = 0;
+  for (const auto& u : s.used_by_format) sum += u.total();
+  EXPECT_EQ(sum, s.used_bytes);
+  // FP32 regions: 2 blocks * 5 layers * 2 + 2 blocks * 2 layers * 2 = 28 regions of 2048 bytes.
+  EXPECT_EQ(s.used_by_format[static_cast<int>(KvFormat::kFp32)].regions, 28);
+  EXPECT_EQ(s.used_by_format[static_cast<int>(KvFormat::kFp32)].value_bytes, 28 * 2048);
+  EXPECT_EQ(s.used_by_format[static_cast<int>(KvFormat::kFp16)].value_bytes, 2 * 2 * 2 * 1024);
+  EXPECT_EQ(s.used_by_format[static_cast<int>(KvFormat::kBf16)].value_bytes, 2 * 2 * 1024);
+  // FP16 equivalent of 4 used blocks: 4 * 10240; ratio against the real bytes.
+  EXPECT_EQ(s.fp16_equivalent_bytes, 4 * 10240);
+  EXPECT_DOUBLE_EQ(s.compression_ratio(), 40960.0 / (2 * 20480 + 2 * mixed_bytes));
+}
+
+}  // namespace
+}  // namespace kvserve::engine

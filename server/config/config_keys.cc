@@ -1,0 +1,175 @@
+// The rows of the configuration table. Keep them in the order of configs/server.yaml; a new key is
+// a new row here, a commented line in configs/server.yaml and a worked value in the tests.
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/kv_format.h"
+#include "server/config/config_schema.h"
+
+namespace kvserve::server {
+namespace {
+
+using engine::SchedulingPolicy;
+
+constexpr int64_t kMaxTokens = int64_t{1} << 24;  // bound for every token count
+constexpr double kBytesPerMiB = 1024.0 * 1024.0;
+
+absl::Status CheckAddress(const std::string& address) { return CheckHostPort(address); }
+
+absl::Status CheckOptionalAddress(const std::string& address) {
+  return address.empty() ? absl::OkStatus() : CheckHostPort(address);
+}
+
+std::vector<ConfigKey> BuildKeys() {
+  std::vector<ConfigKey> keys;
+  // model:
+  keys.push_back(PathKey(
+      "model.path", [](ServerConfig& c, std::string v) { c.model_path = std::move(v); },
+      [](const ServerConfig& c) { return c.model_path; },
+      "model file (GGUF or llama2.c checkpoint); required"));
+  keys.push_back(PathKey(
+      "model.tokenizer", [](ServerConfig& c, std::string v) { c.tokenizer_path = std::move(v); },
+      [](const ServerConfig& c) { return c.tokenizer_path; },
+      "tokenizer file for llama2.c checkpoints; empty = look beside the model"));
+
+  // server:
+  keys.push_back(StringKey(
+      "server.address", CheckAddress,
+      [](ServerConfig& c, std::string v) { c.address = std::move(v); },
+      [](const ServerConfig& c) { return c.address; }, "gRPC listen address, host:port"));
+  keys.push_back(IntKey(
+      "server.max_message_bytes", 1024, 2147483647,
+      [](ServerConfig& c, int64_t v) { c.max_message_bytes = v; },
+      [](const ServerConfig& c) { return c.max_message_bytes; },
+      "largest gRPC message received or sent, bytes"));
+  keys.push_back(FloatKey(
+      "server.drain_timeout_seconds", 0, 86400,
+      [](ServerConfig& c, double v) { c.drain_timeout_seconds = v; },
+      [](const ServerConfig& c) { return c.drain_timeout_seconds; },
+      "on shutdown, seconds running requests may take to finish"));
+  keys.push_back(PathKey(
+      "server.api_keys_file",
+      [](ServerConfig& c, std::string v) { c.api_keys_file = std::move(v); },
+      [](const ServerConfig& c) { return c.api_keys_file; },
+      "file of API keys, one per line; empty = no authentication"));
+  keys.push_back(BoolKey(
+      "server.auth_on_loopback", [](ServerConfig& c, bool v) { c.auth_on_loopback = v; },
+      [](const ServerConfig& c) { return c.auth_on_loopback; },
+      "require an API key from loopback clients too"));
+  keys.push_back(PathKey(
+      "server.tls.cert_file",
+      [](ServerConfig& c, std::string v) { c.tls.cert_file = std::move(v); },
+      [](const ServerConfig& c) { return c.tls.cert_file; },
+      "PEM certificate chain; TLS is on when both files are set"));
+  keys.push_back(PathKey(
+      "server.tls.key_file", [](ServerConfig& c, std::string v) { c.tls.key_file = std::move(v); },
+      [](const ServerConfig& c) { return c.tls.key_file; }, "PEM private key"));
+
+  // kv_cache:
+  keys.push_back(EnumKey(
+      "kv_cache.format", KvFormatNames(),
+      [](ServerConfig& c, const std::string& v) {
+        c.engine.model.kv_format = *kernels::ParseKvFormat(v);
+      },
+      [](const ServerConfig& c) {
+        return std::string(kernels::KvFormatName(c.engine.model.kv_format));
+      },
+      "storage format of KV blocks"));
+  keys.push_back(FloatKey(
+      "kv_cache.budget_mb", 0.001, 4194304,
+      [](ServerConfig& c, double v) {
+        c.engine.model.kv_budget_bytes = static_cast<int64_t>(std::llround(v * kBytesPerMiB));
+      },
+      [](const ServerConfig& c) {
+        return static_cast<double>(c.engine.model.kv_budget_bytes) / kBytesPerMiB;
+      },
+      "byte budget of the KV block pool, MiB (fractions allowed)"));
+  keys.push_back(IntKey(
+      "kv_cache.block_size", 1, 1024,
+      [](ServerConfig& c, int64_t v) { c.engine.model.block_size = static_cast<int>(v); },
+      [](const ServerConfig& c) { return c.engine.model.block_size; }, "tokens per KV block"));
+
+  // scheduler:
+  keys.push_back(EnumKey(
+      "scheduler.policy", {"fcfs", "priority"},
+      [](ServerConfig& c, const std::string& v) {
+        c.engine.policy = v == "priority" ? SchedulingPolicy::kPriority : SchedulingPolicy::kFcfs;
+      },
+      [](const ServerConfig& c) -> std::string {
+        return c.engine.policy == SchedulingPolicy::kPriority ? "priority" : "fcfs";
+      },
+      "admission order of waiting requests"));
+  keys.push_back(IntKey(
+      "scheduler.max_running_requests", 1, 65536,
+      [](ServerConfig& c, int64_t v) { c.engine.max_running_requests = static_cast<int32_t>(v); },
+      [](const ServerConfig& c) { return c.engine.max_running_requests; },
+      "sequences in one batch at most"));
+  keys.push_back(IntKey(
+      "scheduler.max_batch_tokens", 1, kMaxTokens,
+      [](ServerConfig& c, int64_t v) {
+        c.engine.max_batch_tokens = v;
+        c.engine.model.max_batch_tokens = v;
+      },
+      [](const ServerConfig& c) { return c.engine.max_batch_tokens; },
+      "tokens per forward step (decodes plus prefill chunks)"));
+  keys.push_back(IntKey(
+      "scheduler.max_waiting_requests", 1, 1 << 20,
+      [](ServerConfig& c, int64_t v) { c.engine.max_waiting_requests = static_cast<int32_t>(v); },
+      [](const ServerConfig& c) { return c.engine.max_waiting_requests; },
+      "waiting-queue bound; beyond it requests are refused (RESOURCE_EXHAUSTED)"));
+  keys.push_back(IntKey(
+      "scheduler.stream_buffer_tokens", 1, kMaxTokens,
+      [](ServerConfig& c, int64_t v) { c.engine.stream_buffer_tokens = v; },
+      [](const ServerConfig& c) { return c.engine.stream_buffer_tokens; },
+      "undelivered tokens per stream before its request is paused"));
+
+  // limits:
+  keys.push_back(IntKey(
+      "limits.max_prompt_tokens", 0, kMaxTokens,
+      [](ServerConfig& c, int64_t v) { c.engine.max_prompt_tokens = static_cast<int32_t>(v); },
+      [](const ServerConfig& c) { return c.engine.max_prompt_tokens; },
+      "longest prompt accepted, tokens; 0 = the model's context - 1"));
+  keys.push_back(IntKey(
+      "limits.max_tokens", 0, kMaxTokens,
+      [](ServerConfig& c, int64_t v) { c.engine.max_tokens_limit = static_cast<int32_t>(v); },
+      [](const ServerConfig& c) { return c.engine.max_tokens_limit; },
+      "largest max_tokens a request may ask for; 0 = the model's context"));
+  keys.push_back(IntKey(
+      "limits.default_max_tokens", 1, kMaxTokens,
+      [](ServerConfig& c, int64_t v) { c.default_max_tokens = static_cast<int32_t>(v); },
+      [](const ServerConfig& c) { return c.default_max_tokens; },
+      "max_tokens of a request that does not set it"));
+
+  // engine:
+  keys.push_back(IntKey(
+      "engine.threads", 0, 1024,
+      [](ServerConfig& c, int64_t v) { c.engine.model.num_threads = static_cast<int>(v); },
+      [](const ServerConfig& c) { return c.engine.model.num_threads; },
+      "compute threads of the forward pass; 0 = all online CPUs"));
+
+  // metrics:
+  keys.push_back(StringKey(
+      "metrics.address", CheckOptionalAddress,
+      [](ServerConfig& c, std::string v) { c.metrics_address = std::move(v); },
+      [](const ServerConfig& c) { return c.metrics_address; },
+      "Prometheus /metrics listen address, host:port; empty = off"));
+
+  // logging:
+  keys.push_back(EnumKey(
+      "logging.level", {"trace", "debug", "info", "warn", "error", "off"},
+      [](ServerConfig& c, const std::string& v) { c.log_level = v; },
+      [](const ServerConfig& c) { return c.log_level; }, "least severe level logged"));
+  return keys;
+}
+
+}  // namespace
+
+const std::vector<ConfigKey>& ServerConfigKeys() {
+  static const std::vector<ConfigKey>* const keys = new std::vector<ConfigKey>(BuildKeys());
+  return *keys;
+}
+
+}  // namespace kvserve::server

@@ -1,0 +1,71 @@
+// The server's configuration, read from YAML (configs/server.yaml is the default, commented key
+// by key) with `--set key.path=value` overrides from the command line.
+//
+// Validation is strict: an unknown key, a value of the wrong type or out of range is one error
+// that names the key, the file and the line ("configs/x.yaml:12: kv_cache.block_size: must be in
+// [1, 1024], got 0"). Defaults below are the ones a missing key takes.
+#ifndef KVSERVE_SERVER_CONFIG_SERVER_CONFIG_H_
+#define KVSERVE_SERVER_CONFIG_SERVER_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/serving/engine.h"
+
+namespace kvserve::server {
+
+struct TlsConfig {
+  std::string cert_file;  // PEM; TLS is on when both files are set
+  std::string key_file;
+  bool enabled() const { return !cert_file.empty() && !key_file.empty(); }
+};
+
+struct ServerConfig {
+  std::string source;  // the file it was read from ("" for defaults only)
+
+  // model:
+  std::string model_path;       // model.path (relative paths resolve against the config file)
+  std::string tokenizer_path;   // model.tokenizer
+
+  // server:
+  std::string address = "127.0.0.1:50051";   // server.address
+  int64_t max_message_bytes = 4 << 20;       // server.max_message_bytes
+  double drain_timeout_seconds = 30;         // server.drain_timeout_seconds
+  std::string api_keys_file;                 // server.api_keys_file: one key per line
+  bool auth_on_loopback = false;             // server.auth_on_loopback
+  TlsConfig tls;                             // server.tls.{cert_file,key_file}
+
+  // limits:
+  int32_t default_max_tokens = 256;          // limits.default_max_tokens
+
+  // metrics:
+  std::string metrics_address = "127.0.0.1:9464";  // metrics.address ("" = off)
+
+  // logging:
+  std::string log_level = "info";            // logging.level: trace|debug|info|warn|error|off
+
+  // kv_cache:, scheduler:, limits:, engine: map onto the engine options.
+  engine::EngineOptions engine;
+};
+
+// Reads and validates a config file, then applies overrides ("kv_cache.format=int8").
+//
+// `path` "" starts from the defaults alone. Relative paths in the file resolve against the file's
+// directory; relative paths in overrides stay relative to the working directory. An override's
+// value is read as a YAML scalar with the same checks as in the file (for string and path keys a
+// value that is not a YAML scalar, such as "[::1]:50051", is taken as written). Files named by
+// the config (model, tokenizer, API keys, TLS) must exist. Every error is InvalidArgument naming
+// the key and the place ("x.yaml:7: unknown key 'kv_cache.fromat'", "--set kv_cache.block_size=0:
+// must be in [1, 1024], got 0"), except a config file that cannot be read (NotFound).
+// Never throws.
+absl::StatusOr<ServerConfig> LoadServerConfig(const std::string& path,
+                                              const std::vector<std::string>& overrides = {});
+
+// The effective configuration as YAML, every key with its value (loadable by LoadServerConfig).
+std::string FormatServerConfig(const ServerConfig& config);
+
+}  // namespace kvserve::server
+
+#endif  // KVSERVE_SERVER_CONFIG_SERVER_CONFIG_H_
