@@ -30,8 +30,8 @@
 
 namespace kvserve::engine {
 
-// Takes ownership of the parsed file: the model's weight views point into its mapping.
-// REQUIRES: `file` was parsed from a MappedFile (GgufFile::Open or Parse(MappedFile)).
+// Takes ownership of the parsed file: the model's weight views point into its bytes. When `file`
+// was parsed from caller-owned bytes (GgufFile::Parse(span, name)), those must outlive the model.
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadGgufModel(GgufFile file);
 
 // The vocabulary stored in tokenizer.ggml.*: model (must be "llama"), tokens (U+2581 replaced by
