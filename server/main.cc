@@ -14,6 +14,10 @@ constexpr char kUsage[] =
     "\n"
     "commands:\n"
     "  generate   generate text offline with a local model\n"
+    "  perplexity score a text with a local model (KV formats and policies applied)\n"
+    "  profile    KV memory per format for a model shape; measures the real pool\n"
+    "  serve      run the gRPC server (kvserve serve --config configs/server.yaml)\n"
+    "  client     call a running server: generate, health, info, tokenize\n"
     "\n"
     "Run 'kvserve <command> --help' for the flags of a command.\n";
 
@@ -30,6 +34,10 @@ int main(int argc, char** argv) {
   const std::string command = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);
   if (command == "generate") return kvserve::server::RunGenerateCommand(args);
+  if (command == "perplexity") return kvserve::server::RunPerplexityCommand(args);
+  if (command == "profile") return kvserve::server::RunProfileCommand(args);
+  if (command == "serve") return kvserve::server::RunServeCommand(args);
+  if (command == "client") return kvserve::server::RunClientCommand(args);
   if (command == "--help" || command == "-h" || command == "help") {
     std::fputs(kUsage, stdout);
     return 0;

@@ -9,6 +9,12 @@
 namespace kvserve::server {
 
 int RunGenerateCommand(const std::vector<std::string>& args);
+int RunPerplexityCommand(const std::vector<std::string>& args);
+int RunProfileCommand(const std::vector<std::string>& args);
+// `kvserve serve --config FILE [--set key=value ...] [--check]`: the gRPC server.
+int RunServeCommand(const std::vector<std::string>& args);
+// `kvserve client <generate|health|info|tokenize> ...`: calls a running server.
+int RunClientCommand(const std::vector<std::string>& args);
 
 }  // namespace kvserve::server
 

@@ -248,11 +248,12 @@ absl::Status CheckHostPort(const std::string& address) {
   if (port.empty() || port.size() > 5 ||
       port.find_first_not_of("0123456789") != std::string::npos) {
     return absl::InvalidArgumentError(
-        absl::StrCat("port must be a number in [1, 65535], got '", port, "'"));
+        absl::StrCat("port must be a number in [0, 65535] (0 = any free port), got '", port, "'"));
   }
   const int number = std::stoi(port);
-  if (number < 1 || number > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("port must be in [1, 65535], got ", number));
+  if (number < 0 || number > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("port must be in [0, 65535] (0 = any free port), got ", number));
   }
   return absl::OkStatus();
 }

@@ -143,9 +143,10 @@ TEST_F(ServerConfigErrorTest, BadEnumNamesTheAcceptedValues) {
 
 TEST_F(ServerConfigErrorTest, BadAddresses) {
   EXPECT_THAT(Error("model: {path: m.gguf}\nserver:\n  address: 127.0.0.1:70000\n"),
-              HasSubstr(At(3) + " server.address: port must be in [1, 65535], got 70000"));
-  EXPECT_THAT(Error("model: {path: m.gguf}\nserver:\n  address: 127.0.0.1:0\n"),
-              HasSubstr(At(3) + " server.address: port must be in [1, 65535], got 0"));
+              HasSubstr(At(3) + " server.address: port must be in [0, 65535] (0 = any free port), "
+                                "got 70000"));
+  EXPECT_THAT(Error("model: {path: m.gguf}\nserver:\n  address: 127.0.0.1:-1\n"),
+              HasSubstr(At(3) + " server.address: port must be"));
   EXPECT_THAT(Error("model: {path: m.gguf}\nserver:\n  address: localhost\n"),
               HasSubstr(At(3) + " server.address: expected host:port"));
   EXPECT_THAT(Error("model: {path: m.gguf}\nserver:\n  address: \":50051\"\n"),
@@ -155,7 +156,7 @@ TEST_F(ServerConfigErrorTest, BadAddresses) {
   EXPECT_THAT(Error("model: {path: m.gguf}\nserver:\n  address: ::1:50051\n"),
               HasSubstr(At(3) + " server.address: expected host:port (or [ipv6]:port)"));
   EXPECT_THAT(Error("model: {path: m.gguf}\nmetrics:\n  address: 0.0.0.0:123456\n"),
-              HasSubstr(At(3) + " metrics.address: port must be a number in [1, 65535]"));
+              HasSubstr(At(3) + " metrics.address: port must be a number in [0, 65535]"));
   EXPECT_THAT(Error("model: {path: m.gguf}\nserver:\n  address: 127.0.0.1:7000\n"
                     "metrics:\n  address: 127.0.0.1:7000\n"),
               HasSubstr(At(5) + " metrics.address: must differ from server.address"));

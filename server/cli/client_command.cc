@@ -1,0 +1,200 @@
+// `kvserve client`: calls a running kvserve server.
+//
+//   generate   prints the prompt followed by the completion and a newline, like `kvserve
+//              generate` (--stream prints each piece as it arrives)
+//   health     prints the grpc.health.v1 status; exit 0 only when SERVING
+//   info       prints the model and KV-cache description
+//   tokenize   prints the token ids of --text
+//
+// A failed call prints "kvserve client: CODE: message" to stderr and exits 1; bad flags exit 2.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "grpcpp/grpcpp.h"
+#include "kvserve/v1/generation.grpc.pb.h"
+#include "server/cli/client_util.h"
+#include "server/cli/commands.h"
+#include "server/cli/flags.h"
+#include "spdlog/spdlog.h"
+
+namespace kvserve::server {
+namespace {
+
+constexpr char kClientUsage[] =
+    "usage: kvserve client <command> [flags]\n"
+    "\n"
+    "commands:\n"
+    "  generate   generate text on a server (--prompt TEXT [--stream])\n"
+    "  health     print the server's health: SERVING or NOT_SERVING\n"
+    "  info       print the served model and its KV cache\n"
+    "  tokenize   print the token ids of --text\n"
+    "\n"
+    "Run 'kvserve client <command> --help' for the flags of a command.\n";
+
+void Write(const std::string& s) {
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fflush(stdout);
+}
+
+// Parses flags; returns -1 to go on, or the exit code.
+int ParseFlags(FlagSet& flags, const std::vector<std::string>& args) {
+  if (absl::Status s = flags.Parse(args); !s.ok()) {
+    std::fprintf(stderr, "kvserve client: %s\n\n%s", std::string(s.message()).c_str(),
+                 flags.Usage().c_str());
+    return 2;
+  }
+  if (flags.help_requested()) {
+    std::fputs(flags.Usage().c_str(), stdout);
+    return 0;
+  }
+  return -1;
+}
+
+int Generate(const std::vector<std::string>& args) {
+  FlagSet flags("client generate");
+  AddConnectionFlags(flags);
+  flags.String("prompt", "", "prompt text");
+  flags.Int("max-tokens", 256, "tokens to generate at most");
+  flags.Float("temperature", 1.0, "sampling temperature; 0 = greedy");
+  flags.Int("top-k", 0, "keep the k most probable tokens; 0 = off");
+  flags.Float("top-p", 0.9, "nucleus sampling mass in (0, 1]");
+  flags.Float("min-p", 0.0, "drop tokens below min-p times the top probability");
+  flags.Float("repetition-penalty", 1.0, "penalty on tokens already seen; 1 = off");
+  flags.Int("seed", -1, "random seed; -1 = one chosen by the server");
+  flags.Repeated("stop", "stop string (repeatable)");
+  flags.String("request-id", "", "request id echoed in the server's log");
+  flags.Bool("stream", "print the completion as it is generated");
+  flags.Required("prompt");
+  if (int code = ParseFlags(flags, args); code >= 0) return code;
+
+  const std::string prompt = flags.GetString("prompt");
+  v1::GenerateRequest request;
+  request.set_text(prompt);
+  request.set_request_id(flags.GetString("request-id"));
+  request.set_max_tokens(static_cast<int32_t>(flags.GetInt("max-tokens")));
+  v1::SamplingParams* sampling = request.mutable_sampling();
+  sampling->set_temperature(static_cast<float>(flags.GetFloat("temperature")));
+  sampling->set_top_k(static_cast<int32_t>(flags.GetInt("top-k")));
+  sampling->set_top_p(static_cast<float>(flags.GetFloat("top-p")));
+  sampling->set_min_p(static_cast<float>(flags.GetFloat("min-p")));
+  sampling->set_repetition_penalty(static_cast<float>(flags.GetFloat("repetition-penalty")));
+  if (flags.GetInt("seed") >= 0) sampling->set_seed(static_cast<uint64_t>(flags.GetInt("seed")));
+  for (const std::string& stop : flags.GetRepeated("stop")) request.add_stop(stop);
+
+  auto channel = MakeChannel(flags);
+  if (!channel.ok()) return ReportError(channel.status());
+  auto stub = v1::Generation::NewStub(*channel);
+  grpc::ClientContext context;
+  if (absl::Status s = PrepareContext(flags, &context); !s.ok()) return ReportError(s);
+
+  if (!flags.GetBool("stream")) {
+    v1::CompleteResponse response;
+    grpc::Status status = stub->Complete(&context, request, &response);
+    if (!status.ok()) return ReportError(status);
+    Write(prompt + response.text() + "\n");
+    LogSummary(response.request_id(), response.usage(), response.timings(),
+               response.finish_reason());
+    return 0;
+  }
+  Write(prompt);
+  auto reader = stub->Generate(&context, request);
+  v1::GenerateResponse message;
+  v1::GenerateResponse last;
+  while (reader->Read(&message)) {
+    Write(message.text());
+    if (message.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) last = message;
+  }
+  Write("\n");
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) return ReportError(status);
+  LogSummary(last.request_id(), last.usage(), last.timings(), last.finish_reason());
+  return 0;
+}
+
+int Health(const std::vector<std::string>& args) {
+  FlagSet flags("client health");
+  AddConnectionFlags(flags);
+  flags.String("service", "", "service to ask about; empty = the whole server");
+  if (int code = ParseFlags(flags, args); code >= 0) return code;
+  auto channel = MakeChannel(flags);
+  if (!channel.ok()) return ReportError(channel.status());
+  grpc::ClientContext context;
+  if (absl::Status s = PrepareContext(flags, &context); !s.ok()) return ReportError(s);
+  auto status = CheckHealth(*channel, &context, flags.GetString("service"));
+  if (!status.ok()) return ReportError(status.status());
+  Write(*status + "\n");
+  return *status == "SERVING" ? 0 : 1;
+}
+
+int Info(const std::vector<std::string>& args) {
+  FlagSet flags("client info");
+  AddConnectionFlags(flags);
+  if (int code = ParseFlags(flags, args); code >= 0) return code;
+  auto channel = MakeChannel(flags);
+  if (!channel.ok()) return ReportError(channel.status());
+  grpc::ClientContext context;
+  if (absl::Status s = PrepareContext(flags, &context); !s.ok()) return ReportError(s);
+  v1::ModelInfo info;
+  grpc::Status status =
+      v1::Generation::NewStub(*channel)->GetModelInfo(&context, v1::GetModelInfoRequest(), &info);
+  if (!status.ok()) return ReportError(status);
+  Write(FormatModelInfo(info));
+  return 0;
+}
+
+int Tokenize(const std::vector<std::string>& args) {
+  FlagSet flags("client tokenize");
+  AddConnectionFlags(flags);
+  flags.String("text", "", "text to tokenize");
+  flags.Bool("no-bos", "do not put BOS first");
+  flags.Bool("pieces", "print each token's piece next to its id");
+  flags.Required("text");
+  if (int code = ParseFlags(flags, args); code >= 0) return code;
+  auto channel = MakeChannel(flags);
+  if (!channel.ok()) return ReportError(channel.status());
+  grpc::ClientContext context;
+  if (absl::Status s = PrepareContext(flags, &context); !s.ok()) return ReportError(s);
+  v1::TokenizeRequest request;
+  request.set_text(flags.GetString("text"));
+  if (flags.GetBool("no-bos")) request.set_add_bos(false);
+  v1::TokenizeResponse response;
+  grpc::Status status = v1::Generation::NewStub(*channel)->Tokenize(&context, request, &response);
+  if (!status.ok()) return ReportError(status);
+  if (flags.GetBool("pieces")) {
+    std::string out;
+    for (int i = 0; i < response.token_ids_size(); ++i) {
+      absl::StrAppend(&out, response.token_ids(i), "\t'", response.pieces(i), "'\n");
+    }
+    Write(out);
+  } else {
+    Write(absl::StrJoin(response.token_ids(), " ") + "\n");
+  }
+  return 0;
+}
+
+}  // namespace
+
+int RunClientCommand(const std::vector<std::string>& args) {
+  if (args.empty()) {
+    std::fputs(kClientUsage, stderr);
+    return 2;
+  }
+  const std::string& command = args[0];
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (command == "generate") return Generate(rest);
+  if (command == "health") return Health(rest);
+  if (command == "info") return Info(rest);
+  if (command == "tokenize") return Tokenize(rest);
+  if (command == "--help" || command == "-h" || command == "help") {
+    std::fputs(kClientUsage, stdout);
+    return 0;
+  }
+  std::fprintf(stderr, "kvserve client: unknown command '%s'\n\n%s", command.c_str(),
+               kClientUsage);
+  return 2;
+}
+
+}  // namespace kvserve::server

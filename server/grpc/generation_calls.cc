@@ -1,0 +1,304 @@
+#include "server/grpc/generation_calls.h"
+
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "kvserve/v1/generation.pb.h"
+#include "server/grpc/proto_codec.h"
+#include "spdlog/spdlog.h"
+
+namespace kvserve::server {
+namespace {
+
+double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
+
+// One info line per finished request. Never the prompt or the output text.
+void LogFinished(const CallInfo& info, const std::string& id,
+                 const std::optional<engine::StreamEvent>& final, int64_t streamed_tokens,
+                 bool client_cancelled) {
+  if (!final) {
+    spdlog::info(
+        "{} {} finished: status=CANCELLED (client) prompt_tokens={} completion_tokens={}",
+        info.method, id, info.prompt_tokens, streamed_tokens);
+    return;
+  }
+  const std::string status = final->status.ok()
+                                 ? std::string("OK")
+                                 : absl::StatusCodeToString(final->status.code());
+  spdlog::info(
+      "{} {} finished: status={} finish_reason={} prompt_tokens={} cached_tokens={} "
+      "completion_tokens={} ttft_ms={:.1f} duration_ms={:.1f} queued_ms={:.1f} preemptions={} "
+      "peak_kv_blocks={}{}",
+      info.method, id, status, std::string(engine::FinishReasonName(final->finish_reason)),
+      final->usage.prompt_tokens, final->usage.cached_prompt_tokens,
+      final->usage.completion_tokens, Ms(final->timings.time_to_first_token),
+      Ms(final->timings.total), Ms(final->timings.queued), final->preemptions, final->kv.peak_blocks,
+      client_cancelled ? " (client gone)" : "");
+}
+
+template <typename Response>
+void FillFinal(const engine::StreamEvent& e, Response* out) {
+  out->set_finish_reason(ToProtoFinishReason(e.finish_reason));
+  out->mutable_usage()->set_prompt_tokens(e.usage.prompt_tokens);
+  out->mutable_usage()->set_cached_prompt_tokens(e.usage.cached_prompt_tokens);
+  out->mutable_usage()->set_completion_tokens(e.usage.completion_tokens);
+  ToProtoDuration(e.timings.queued, out->mutable_timings()->mutable_queued());
+  ToProtoDuration(e.timings.time_to_first_token,
+                  out->mutable_timings()->mutable_time_to_first_token());
+  ToProtoDuration(e.timings.total, out->mutable_timings()->mutable_total());
+  out->mutable_kv_usage()->set_peak_blocks(e.kv.peak_blocks);
+  out->mutable_kv_usage()->set_peak_bytes(e.kv.peak_bytes);
+  out->set_preemptions(e.preemptions);
+}
+
+// The final event without its payload (tokens and text go into the messages).
+engine::StreamEvent FinalSummary(engine::StreamEvent& e) {
+  engine::StreamEvent summary;
+  summary.final = true;
+  summary.finish_reason = e.finish_reason;
+  summary.status = e.status;
+  summary.usage = e.usage;
+  summary.timings = e.timings;
+  summary.kv = e.kv;
+  summary.preemptions = e.preemptions;
+  return summary;
+}
+
+class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+ public:
+  GenerateCall(std::shared_ptr<engine::RequestStream> stream, CallInfo info)
+      : stream_(std::move(stream)), info_(std::move(info)) {}
+
+  void Start(std::shared_ptr<GenerateCall> self) {
+    self_ = self;
+    std::weak_ptr<GenerateCall> weak = self;
+    // May call Pump() at once (events already pending): no lock of ours is held here.
+    stream_->SetListener([weak] {
+      if (auto call = weak.lock()) call->Pump();
+    });
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) stream_->Cancel();  // the client is gone: free the KV now
+    {
+      absl::MutexLock lock(&mu_);
+      write_in_flight_ = false;
+      if (!ok) broken_ = true;
+    }
+    Pump();
+  }
+
+  void OnCancel() override {
+    stream_->Cancel();
+    {
+      absl::MutexLock lock(&mu_);
+      broken_ = true;
+    }
+    Pump();
+  }
+
+  void OnDone() override {
+    bool client_gone;
+    std::optional<engine::StreamEvent> final;
+    int64_t streamed;
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+      client_gone = broken_;
+      final = final_;
+      streamed = streamed_tokens_;
+    }
+    stream_->SetListener([] {});
+    stream_->Cancel();  // no effect once the request has finished
+    LogFinished(info_, stream_->id(), final, streamed, client_gone);
+    std::shared_ptr<GenerateCall> self = std::move(self_);  // may destroy *this on return
+  }
+
+ private:
+  // Starts the next write or the Finish, if the call is ready for one.
+  void Pump() {
+    enum class Action { kNone, kWrite, kFinish } action = Action::kNone;
+    grpc::Status finish_status;
+    {
+      absl::MutexLock lock(&mu_);
+      if (done_ || finishing_ || write_in_flight_) return;
+      if (broken_) {
+        finishing_ = true;
+        action = Action::kFinish;
+        finish_status = grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled");
+      } else if (final_) {
+        // Everything up to the final event has been written.
+        finishing_ = true;
+        action = Action::kFinish;
+        finish_status = ToGrpcStatus(final_->status);
+      } else {
+        action = TakeEvents() ? Action::kWrite : Action::kNone;
+        if (action == Action::kNone && final_) {
+          finishing_ = true;
+          action = Action::kFinish;
+          finish_status = ToGrpcStatus(final_->status);
+        }
+        if (action == Action::kWrite) write_in_flight_ = true;
+      }
+    }
+    if (action == Action::kWrite) {
+      StartWrite(&buffer_);
+    } else if (action == Action::kFinish) {
+      Finish(finish_status);
+    }
+  }
+
+  // Takes the pending events into buffer_. True when there is a message to write.
+  bool TakeEvents() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::vector<engine::StreamEvent> events;
+    stream_->Take(&events);
+    if (events.empty()) return false;
+    v1::GenerateResponse message;
+    for (engine::StreamEvent& e : events) {
+      for (int32_t t : e.token_ids) message.add_token_ids(t);
+      streamed_tokens_ += static_cast<int64_t>(e.token_ids.size());
+      message.mutable_text()->append(e.text);
+      if (e.final) final_ = FinalSummary(e);
+    }
+    bool write = message.token_ids_size() > 0 || !message.text().empty();
+    if (final_ && final_->status.ok()) {
+      FillFinal(*final_, &message);
+      write = true;
+    }
+    if (!write) return false;
+    message.set_request_id(stream_->id());
+    if (!SerializeResponse(message, &buffer_)) {
+      stream_->Cancel();
+      if (!final_) final_ = engine::StreamEvent{};
+      final_->status = absl::InternalError("cannot serialize the response");
+      return false;
+    }
+    return true;
+  }
+
+  const std::shared_ptr<engine::RequestStream> stream_;
+  const CallInfo info_;
+  std::shared_ptr<GenerateCall> self_;  // keeps the call alive until OnDone
+
+  absl::Mutex mu_;
+  bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;  // cancelled, or a write failed
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<engine::StreamEvent> final_ ABSL_GUARDED_BY(mu_);
+  int64_t streamed_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  // The message being written: filled under mu_, then owned by the write until OnWriteDone.
+  grpc::ByteBuffer buffer_;
+};
+
+class CompleteCall final : public grpc::ServerUnaryReactor {
+ public:
+  CompleteCall(std::shared_ptr<engine::RequestStream> stream, grpc::ByteBuffer* response,
+               CallInfo info)
+      : stream_(std::move(stream)), response_(response), info_(std::move(info)) {}
+
+  void Start(std::shared_ptr<CompleteCall> self) {
+    self_ = self;
+    std::weak_ptr<CompleteCall> weak = self;
+    stream_->SetListener([weak] {
+      if (auto call = weak.lock()) call->Pump();
+    });
+  }
+
+  void OnCancel() override {
+    stream_->Cancel();
+    {
+      absl::MutexLock lock(&mu_);
+      if (finishing_ || done_) return;
+      finishing_ = true;
+      cancelled_ = true;
+    }
+    Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled"));
+  }
+
+  void OnDone() override {
+    bool cancelled;
+    std::optional<engine::StreamEvent> final;
+    int64_t tokens;
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+      cancelled = cancelled_;
+      final = final_;
+      tokens = message_.token_ids_size();
+    }
+    stream_->SetListener([] {});
+    stream_->Cancel();
+    LogFinished(info_, stream_->id(), final, tokens, cancelled);
+    std::shared_ptr<CompleteCall> self = std::move(self_);  // may destroy *this on return
+  }
+
+ private:
+  void Pump() {
+    grpc::Status status;
+    {
+      absl::MutexLock lock(&mu_);
+      if (done_ || finishing_) return;
+      std::vector<engine::StreamEvent> events;
+      stream_->Take(&events);
+      for (engine::StreamEvent& e : events) {
+        for (int32_t t : e.token_ids) message_.add_token_ids(t);
+        message_.mutable_text()->append(e.text);
+        if (e.final) final_ = FinalSummary(e);
+      }
+      if (!final_) return;
+      finishing_ = true;
+      status = ToGrpcStatus(final_->status);
+      if (status.ok()) {
+        FillFinal(*final_, &message_);
+        message_.set_request_id(stream_->id());
+        if (!SerializeResponse(message_, response_)) {
+          status = grpc::Status(grpc::StatusCode::INTERNAL, "cannot serialize the response");
+        }
+      }
+    }
+    Finish(status);
+  }
+
+  const std::shared_ptr<engine::RequestStream> stream_;
+  grpc::ByteBuffer* const response_;
+  const CallInfo info_;
+  std::shared_ptr<CompleteCall> self_;
+
+  absl::Mutex mu_;
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  v1::CompleteResponse message_ ABSL_GUARDED_BY(mu_);
+  std::optional<engine::StreamEvent> final_ ABSL_GUARDED_BY(mu_);
+};
+
+class FailedWriteReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+ public:
+  explicit FailedWriteReactor(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* StartGenerateCall(
+    std::shared_ptr<engine::RequestStream> stream, CallInfo info) {
+  auto call = std::make_shared<GenerateCall>(std::move(stream), std::move(info));
+  call->Start(call);
+  return call.get();
+}
+
+grpc::ServerUnaryReactor* StartCompleteCall(std::shared_ptr<engine::RequestStream> stream,
+                                            grpc::ByteBuffer* response, CallInfo info) {
+  auto call = std::make_shared<CompleteCall>(std::move(stream), response, std::move(info));
+  call->Start(call);
+  return call.get();
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* FailedGenerateCall(const grpc::Status& status) {
+  return new FailedWriteReactor(status);
+}
+
+}  // namespace kvserve::server

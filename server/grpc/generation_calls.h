@@ -1,0 +1,44 @@
+// The reactors that carry one engine request to its gRPC client: GenerateCall streams it
+// (Generate), CompleteCall gathers it into one response (Complete).
+//
+// Neither ever blocks a gRPC or engine thread. The RequestStream's listener (engine thread) and
+// the write-completion callback (gRPC thread) both call Pump(), which takes events only when no
+// write is in flight: one write at a time, and a client that reads slowly leaves the events in the
+// RequestStream, whose bound pauses the request in the engine (flow control end to end). When the
+// client cancels, disconnects or its deadline passes (OnCancel), or a write fails, the request is
+// cancelled in the engine at once so that its KV blocks are freed on the next step.
+//
+// Ownership: each call owns itself (a self reference dropped in OnDone); the listener holds only a
+// weak reference, so the engine may push to a stream whose call is gone.
+#ifndef KVSERVE_SERVER_GRPC_GENERATION_CALLS_H_
+#define KVSERVE_SERVER_GRPC_GENERATION_CALLS_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "engine/serving/request_stream.h"
+#include "grpcpp/grpcpp.h"
+
+namespace kvserve::server {
+
+// What the log line of a finished request needs besides the stream's final event.
+struct CallInfo {
+  std::string method;         // "Generate" or "Complete"
+  int32_t prompt_tokens = 0;
+};
+
+// Streams `stream` to the client. The returned reactor belongs to gRPC until OnDone.
+grpc::ServerWriteReactor<grpc::ByteBuffer>* StartGenerateCall(
+    std::shared_ptr<engine::RequestStream> stream, CallInfo info);
+
+// Gathers `stream` into a CompleteResponse serialized into `*response` (owned by gRPC).
+grpc::ServerUnaryReactor* StartCompleteCall(std::shared_ptr<engine::RequestStream> stream,
+                                            grpc::ByteBuffer* response, CallInfo info);
+
+// A Generate reactor that ends the call at once with `status` (a rejected request).
+grpc::ServerWriteReactor<grpc::ByteBuffer>* FailedGenerateCall(const grpc::Status& status);
+
+}  // namespace kvserve::server
+
+#endif  // KVSERVE_SERVER_GRPC_GENERATION_CALLS_H_

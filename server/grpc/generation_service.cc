@@ -1,0 +1,185 @@
+#include "server/grpc/generation_service.h"
+
+#include <chrono>
+#include <random>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/grpc/generation_calls.h"
+#include "server/grpc/proto_codec.h"
+#include "spdlog/spdlog.h"
+
+namespace kvserve::server {
+namespace {
+
+absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
+  const auto deadline = context.deadline();
+  // No deadline reads as a time point centuries away.
+  if (deadline >= std::chrono::system_clock::now() + std::chrono::hours(24 * 365 * 100)) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
+}
+
+grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
+                                    const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+uint64_t RandomBase() {
+  std::random_device rd;
+  return (static_cast<uint64_t>(rd()) << 32) ^ rd();
+}
+
+void LogRejected(const char* method, const absl::Status& status) {
+  spdlog::info("{} rejected: {}: {}", method, absl::StatusCodeToString(status.code()),
+               std::string(status.message()));
+}
+
+}  // namespace
+
+GenerationService::GenerationService(engine::Engine* engine, GenerationServiceOptions options)
+    : engine_(engine),
+      options_(options),
+      limits_{engine->max_prompt_tokens(), engine->max_tokens_limit(),
+              options.default_max_tokens},
+      seed_base_(RandomBase()) {}
+
+uint64_t GenerationService::NextSeed() {
+  // Seeds are 63 bits so that they print the same in every client language.
+  return SplitMix64(seed_base_ + seed_counter_.fetch_add(1, std::memory_order_relaxed)) >> 1;
+}
+
+absl::Status GenerationService::Admit(const grpc::CallbackServerContext& context) const {
+  if (draining_.load(std::memory_order_acquire)) {
+    return absl::UnavailableError("the server is shutting down");
+  }
+  if (options_.authenticator != nullptr) return options_.authenticator->Check(context);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<engine::RequestStream>> GenerationService::Submit(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer& request,
+    int32_t* prompt_tokens) {
+  if (absl::Status s = Admit(*context); !s.ok()) return s;
+  v1::GenerateRequest message;
+  if (absl::Status s = ParseRequest(request, &message); !s.ok()) return s;
+  auto engine_request = BuildEngineRequest(message, engine_->tokenizer(), limits_, NextSeed(),
+                                           DeadlineOf(*context));
+  if (!engine_request.ok()) return engine_request.status();
+  *prompt_tokens = static_cast<int32_t>(engine_request->prompt.size());
+  if (spdlog::should_log(spdlog::level::debug)) {
+    spdlog::debug("request '{}' from {}: {} prompt tokens; text: {}", message.request_id(),
+                  context->peer(), *prompt_tokens, message.text());
+  }
+  return engine_->Submit(*std::move(engine_request));
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
+  int32_t prompt_tokens = 0;
+  auto stream = Submit(context, *request, &prompt_tokens);
+  if (!stream.ok()) {
+    LogRejected("Generate", stream.status());
+    return FailedGenerateCall(ToGrpcStatus(stream.status()));
+  }
+  return StartGenerateCall(*std::move(stream), CallInfo{"Generate", prompt_tokens});
+}
+
+grpc::ServerUnaryReactor* GenerationService::Complete(grpc::CallbackServerContext* context,
+                                                      const grpc::ByteBuffer* request,
+                                                      grpc::ByteBuffer* response) {
+  int32_t prompt_tokens = 0;
+  auto stream = Submit(context, *request, &prompt_tokens);
+  if (!stream.ok()) {
+    LogRejected("Complete", stream.status());
+    return FinishNow(context, stream.status());
+  }
+  return StartCompleteCall(*std::move(stream), response, CallInfo{"Complete", prompt_tokens});
+}
+
+grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,
+                                                      const grpc::ByteBuffer* request,
+                                                      grpc::ByteBuffer* response) {
+  if (absl::Status s = Admit(*context); !s.ok()) return FinishNow(context, s);
+  v1::TokenizeRequest message;
+  if (absl::Status s = ParseRequest(*request, &message); !s.ok()) return FinishNow(context, s);
+  const engine::Tokenizer& tokenizer = engine_->tokenizer();
+  const bool add_bos = message.has_add_bos() ? message.add_bos() : tokenizer.vocab().add_bos;
+  v1::TokenizeResponse out;
+  for (int32_t id : tokenizer.Encode(message.text(), add_bos)) {
+    out.add_token_ids(id);
+    out.add_pieces(ToValidUtf8(tokenizer.vocab().pieces[id]));
+  }
+  if (!SerializeResponse(out, response)) {
+    return FinishNow(context, absl::InternalError("cannot serialize the response"));
+  }
+  return FinishNow(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* GenerationService::Detokenize(grpc::CallbackServerContext* context,
+                                                        const v1::DetokenizeRequest* request,
+                                                        v1::DetokenizeResponse* response) {
+  if (absl::Status s = Admit(*context); !s.ok()) return FinishNow(context, s);
+  const engine::Tokenizer& tokenizer = engine_->tokenizer();
+  for (int i = 0; i < request->token_ids_size(); ++i) {
+    const int32_t id = request->token_ids(i);
+    if (!tokenizer.IsValidId(id)) {
+      return FinishNow(context, absl::InvalidArgumentError(absl::StrCat(
+                                    "token_ids[", i, "]: token id ", id,
+                                    " is outside the vocabulary [0, ", tokenizer.vocab_size(),
+                                    ")")));
+    }
+  }
+  engine::StreamingDetokenizer detokenizer(tokenizer);
+  std::string text;
+  for (int32_t id : request->token_ids()) text += detokenizer.Feed(id);
+  text += detokenizer.Flush();
+  response->set_text(std::move(text));
+  return FinishNow(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                          const v1::GetModelInfoRequest* request,
+                                                          v1::ModelInfo* response) {
+  if (absl::Status s = Admit(*context); !s.ok()) return FinishNow(context, s);
+  const engine::ModelConfig& c = engine_->config();
+  const engine::EngineOptions& o = engine_->options();
+  response->set_architecture(c.architecture);
+  response->set_name(ToValidUtf8(c.name));
+  response->set_dim(c.dim);
+  response->set_hidden_dim(c.hidden_dim);
+  response->set_num_layers(c.num_layers);
+  response->set_num_heads(c.num_heads);
+  response->set_num_kv_heads(c.num_kv_heads);
+  response->set_head_dim(c.head_dim);
+  response->set_vocab_size(c.vocab_size);
+  response->set_context_length(c.context_length);
+  response->set_bos_id(engine_->tokenizer().bos_id());
+  response->set_eos_id(engine_->tokenizer().eos_id());
+  for (int f = 0; f < kernels::kNumKvFormats; ++f) {
+    const v1::KvFormat format = ToProtoKvFormat(static_cast<kernels::KvFormat>(f));
+    if (format != v1::KV_FORMAT_UNSPECIFIED) response->add_kv_formats_available(format);
+  }
+  response->set_kv_format(ToProtoKvFormat(o.model.kv_format));
+  response->set_block_size(o.model.block_size);
+  response->set_kv_budget_bytes(o.model.kv_budget_bytes);
+  response->set_kv_block_bytes(options_.kv_block_bytes);
+  response->set_max_prompt_tokens(limits_.max_prompt_tokens);
+  response->set_max_tokens_limit(limits_.max_tokens_limit);
+  response->set_default_max_tokens(
+      std::min(limits_.default_max_tokens, limits_.max_tokens_limit));
+  return FinishNow(context, absl::OkStatus());
+}
+
+}  // namespace kvserve::server

@@ -1,0 +1,83 @@
+// kvserve.v1.Generation on the gRPC callback API.
+//
+// Every call is admitted in the same order: UNAVAILABLE while the server drains, then the API key
+// (see auth.h), then the request is parsed and validated (INVALID_ARGUMENT naming the field, see
+// request_validation.h), then Generate and Complete are submitted to the engine, whose status maps
+// one to one onto the gRPC code (RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE after
+// shutdown began). The call's deadline becomes the engine request's deadline.
+//
+// Generate, Complete and Tokenize are registered raw (their requests carry strings; see
+// proto_codec.h for why). No handler blocks: the generation calls are reactors driven by the
+// engine (generation_calls.h); the other methods finish inline.
+//
+// Thread-safety: handlers run on gRPC threads concurrently; BeginDrain() is thread-safe. The
+// engine and the authenticator must outlive the service; the service must outlive the server.
+#ifndef KVSERVE_SERVER_GRPC_GENERATION_SERVICE_H_
+#define KVSERVE_SERVER_GRPC_GENERATION_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "engine/serving/engine.h"
+#include "grpcpp/grpcpp.h"
+#include "kvserve/v1/generation.grpc.pb.h"
+#include "server/grpc/auth.h"
+#include "server/grpc/request_validation.h"
+
+namespace kvserve::server {
+
+struct GenerationServiceOptions {
+  int32_t default_max_tokens = 256;               // max_tokens of a request that leaves it unset
+  int64_t kv_block_bytes = 0;                     // for GetModelInfo
+  const ApiKeyAuthenticator* authenticator = nullptr;  // null: no key required
+};
+
+using GenerationServiceBase = v1::Generation::WithRawCallbackMethod_Generate<
+    v1::Generation::WithRawCallbackMethod_Complete<
+        v1::Generation::WithRawCallbackMethod_Tokenize<
+            v1::Generation::WithCallbackMethod_Detokenize<
+                v1::Generation::WithCallbackMethod_GetModelInfo<v1::Generation::Service>>>>>;
+
+class GenerationService final : public GenerationServiceBase {
+ public:
+  GenerationService(engine::Engine* engine, GenerationServiceOptions options);
+
+  // From now on every call fails with UNAVAILABLE ("the server is shutting down").
+  void BeginDrain() { draining_.store(true, std::memory_order_release); }
+
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
+                                                      const grpc::ByteBuffer* request) override;
+  grpc::ServerUnaryReactor* Complete(grpc::CallbackServerContext* context,
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* context,
+                                       const v1::DetokenizeRequest* request,
+                                       v1::DetokenizeResponse* response) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetModelInfoRequest* request,
+                                         v1::ModelInfo* response) override;
+
+ private:
+  // Draining and authentication.
+  absl::Status Admit(const grpc::CallbackServerContext& context) const;
+  // Admit, parse, validate and submit. Fills *prompt_tokens.
+  absl::StatusOr<std::shared_ptr<engine::RequestStream>> Submit(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer& request,
+      int32_t* prompt_tokens);
+  uint64_t NextSeed();
+
+  engine::Engine* const engine_;
+  const GenerationServiceOptions options_;
+  const RequestLimits limits_;
+  std::atomic<bool> draining_{false};
+  const uint64_t seed_base_;
+  std::atomic<uint64_t> seed_counter_{0};
+};
+
+}  // namespace kvserve::server
+
+#endif  // KVSERVE_SERVER_GRPC_GENERATION_SERVICE_H_

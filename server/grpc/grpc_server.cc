@@ -1,0 +1,138 @@
+#include "server/grpc/grpc_server.h"
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "spdlog/spdlog.h"
+
+namespace kvserve::server {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& key, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat(key, ": cannot read '", path, "'"));
+  std::stringstream contents;
+  contents << in.rdbuf();
+  if (contents.str().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(key, ": '", path, "' is empty"));
+  }
+  return contents.str();
+}
+
+absl::Status CheckTlsPair(const TlsConfig& tls) {
+  if (tls.cert_file.empty() != tls.key_file.empty()) {
+    return absl::InvalidArgumentError(
+        tls.cert_file.empty() ? "server.tls.cert_file: must be set when server.tls.key_file is"
+                              : "server.tls.key_file: must be set when server.tls.cert_file is");
+  }
+  return absl::OkStatus();
+}
+
+// config.address with its port replaced by `port`.
+std::string WithPort(const std::string& address, int port) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return address;
+  return absl::StrCat(address.substr(0, colon + 1), port);
+}
+
+}  // namespace
+
+absl::Status CheckServerFiles(const ServerConfig& config) {
+  if (absl::Status s = CheckTlsPair(config.tls); !s.ok()) return s;
+  if (config.tls.enabled()) {
+    if (auto r = ReadFile("server.tls.cert_file", config.tls.cert_file); !r.ok()) {
+      return r.status();
+    }
+    if (auto r = ReadFile("server.tls.key_file", config.tls.key_file); !r.ok()) {
+      return r.status();
+    }
+  }
+  if (!config.api_keys_file.empty()) {
+    if (auto r = ApiKeyAuthenticator::FromFile(config.api_keys_file); !r.ok()) return r.status();
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig& config,
+                                                              engine::Engine* engine) {
+  std::unique_ptr<GrpcServer> server(new GrpcServer());
+  if (absl::Status s = CheckTlsPair(config.tls); !s.ok()) return s;
+
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (config.tls.enabled()) {
+    auto cert = ReadFile("server.tls.cert_file", config.tls.cert_file);
+    if (!cert.ok()) return cert.status();
+    auto key = ReadFile("server.tls.key_file", config.tls.key_file);
+    if (!key.ok()) return key.status();
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({*std::move(key), *std::move(cert)});
+    credentials = grpc::SslServerCredentials(ssl);
+    server->tls_ = true;
+  }
+
+  if (ApiKeysRequired(config.address, !config.api_keys_file.empty(), config.auth_on_loopback)) {
+    auto auth = ApiKeyAuthenticator::FromFile(config.api_keys_file);
+    if (!auth.ok()) return auth.status();
+    server->authenticator_ = *std::move(auth);
+    spdlog::info("API keys required ({} keys)", server->authenticator_->num_keys());
+  } else if (!config.api_keys_file.empty()) {
+    spdlog::warn(
+        "server.api_keys_file is set but {} is a loopback address: keys are not required "
+        "(set server.auth_on_loopback: true to require them)",
+        config.address);
+  }
+
+  GenerationServiceOptions options;
+  options.default_max_tokens = config.default_max_tokens;
+  options.kv_block_bytes = engine->Stats().kv_block_bytes;
+  options.authenticator = server->authenticator_.get();
+  server->service_ = std::make_unique<GenerationService>(engine, options);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  // Without this a second server could bind the same port (gRPC sets SO_REUSEPORT by default).
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.AddListeningPort(config.address, credentials, &server->port_);
+  builder.RegisterService(server->service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", config.address,
+        " (server.address): the port is in use, or the address is not local",
+        server->tls_ ? ", or the TLS certificate and key (server.tls) are not a valid pair" : ""));
+  }
+  server->bound_address_ = WithPort(config.address, server->port_);
+  grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
+  if (health != nullptr) {
+    health->SetServingStatus(true);
+    health->SetServingStatus(v1::Generation::service_full_name(), true);
+  }
+  return server;
+}
+
+GrpcServer::~GrpcServer() { Shutdown(absl::ZeroDuration()); }
+
+void GrpcServer::BeginDrain() {
+  if (service_ != nullptr) service_->BeginDrain();
+  if (server_ != nullptr && server_->GetHealthCheckService() != nullptr) {
+    server_->GetHealthCheckService()->SetServingStatus(false);
+  }
+}
+
+void GrpcServer::Shutdown(absl::Duration grace) {
+  if (shut_down_ || server_ == nullptr) return;
+  shut_down_ = true;
+  BeginDrain();
+  server_->Shutdown(std::chrono::system_clock::now() +
+                    std::chrono::milliseconds(absl::ToInt64Milliseconds(grace)));
+  server_->Wait();
+}
+
+}  // namespace kvserve::server

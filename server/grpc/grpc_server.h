@@ -1,0 +1,64 @@
+// The gRPC server of `kvserve serve`: the Generation service, standard health checking
+// (grpc.health.v1.Health) and server reflection, over plaintext or TLS.
+//
+// Lifecycle: Start() binds and starts serving (health SERVING). BeginDrain() turns health to
+// NOT_SERVING and makes the services answer UNAVAILABLE to new calls while calls in flight go on.
+// Shutdown() stops the server, giving calls in flight up to `grace` to end before they are
+// cancelled, and waits for every handler to return.
+//
+// Thread-safety: BeginDrain() is thread-safe; Shutdown() and the destructor belong to the thread
+// that owns the server.
+// The engine must outlive the server.
+#ifndef KVSERVE_SERVER_GRPC_GRPC_SERVER_H_
+#define KVSERVE_SERVER_GRPC_GRPC_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/serving/engine.h"
+#include "grpcpp/grpcpp.h"
+#include "server/config/server_config.h"
+#include "server/grpc/auth.h"
+#include "server/grpc/generation_service.h"
+
+namespace kvserve::server {
+
+// Checks what Start() reads besides the config itself: the TLS files and the keys file.
+// InvalidArgument naming the config key.
+absl::Status CheckServerFiles(const ServerConfig& config);
+
+class GrpcServer {
+ public:
+  // Builds the services and listens on config.address. A port of 0 picks a free port (see
+  // bound_address()). Errors: InvalidArgument naming the key for unreadable TLS or keys files;
+  // Unavailable when the address cannot be bound (in use, not local, no permission).
+  static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(const ServerConfig& config,
+                                                           engine::Engine* engine);
+  ~GrpcServer();
+
+  // The address actually listened on: config.address with the chosen port.
+  const std::string& bound_address() const { return bound_address_; }
+  int port() const { return port_; }
+  bool tls() const { return tls_; }
+  bool api_keys_required() const { return authenticator_ != nullptr; }
+
+  void BeginDrain();
+  void Shutdown(absl::Duration grace);
+
+ private:
+  GrpcServer() = default;
+
+  std::unique_ptr<ApiKeyAuthenticator> authenticator_;
+  std::unique_ptr<GenerationService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string bound_address_;
+  int port_ = 0;
+  bool tls_ = false;
+  bool shut_down_ = false;
+};
+
+}  // namespace kvserve::server
+
+#endif  // KVSERVE_SERVER_GRPC_GRPC_SERVER_H_

@@ -1,0 +1,51 @@
+// Turns a kvserve.v1.GenerateRequest into an engine::EngineRequest, checking every field first.
+//
+// Each error is INVALID_ARGUMENT and starts with the proto field path at fault, e.g.
+// "sampling.top_p: must be in (0, 1], got 1.5" or "token_ids.ids[2]: token id 900 is outside the
+// vocabulary [0, 512)". The engine checks again on Submit; checking here gives the client the
+// proto names and keeps bad requests off the engine thread.
+//
+// Thread-safety: stateless; safe from any thread.
+#ifndef KVSERVE_SERVER_GRPC_REQUEST_VALIDATION_H_
+#define KVSERVE_SERVER_GRPC_REQUEST_VALIDATION_H_
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/serving/request.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "kvserve/v1/generation.pb.h"
+
+namespace kvserve::server {
+
+// Limits a request is checked against (from the engine and the server config).
+struct RequestLimits {
+  int32_t max_prompt_tokens = 0;   // longest prompt, tokens
+  int32_t max_tokens_limit = 0;    // largest max_tokens
+  int32_t default_max_tokens = 0;  // max_tokens when unset (capped at max_tokens_limit)
+};
+
+// Bounds on the sizes of a request's lists and strings.
+inline constexpr int kMaxStopStrings = 16;
+inline constexpr int kMaxStopBytes = 256;
+inline constexpr int kMaxRequestIdBytes = 128;
+inline constexpr int kMaxCacheSaltBytes = 256;
+inline constexpr int kMaxRetentionHints = 16;
+
+// Default retention priority of a hint that does not set one.
+inline constexpr int32_t kDefaultRetentionPriority = 35;
+
+// Validates `request` and builds the engine request: the text prompt is tokenized with
+// `tokenizer` (BOS first when the vocabulary asks for it); unset sampling fields take the defaults
+// documented in generation.proto (an unset seed becomes `random_seed`); `deadline` is the call's
+// deadline (InfiniteFuture() for none).
+absl::StatusOr<engine::EngineRequest> BuildEngineRequest(const v1::GenerateRequest& request,
+                                                         const engine::Tokenizer& tokenizer,
+                                                         const RequestLimits& limits,
+                                                         uint64_t random_seed,
+                                                         absl::Time deadline);
+
+}  // namespace kvserve::server
+
+#endif  // KVSERVE_SERVER_GRPC_REQUEST_VALIDATION_H_
