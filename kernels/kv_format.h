@@ -55,6 +55,16 @@ constexpr int64_t KvRegionBytes(KvFormat f, const KvRegionShape& s) {
 static_assert(KvRegionValueBytes(KvFormat::kFp16, KvRegionShape{16, 8, 128}) == 16 * 8 * 128 * 2);
 static_assert(KvRegionBytes(KvFormat::kFp32, KvRegionShape{16, 4, 8}) == 16 * 4 * 8 * 4);
 
+// True when blocks in `f` can be written one token at a time (quantize-on-write). False for
+// formats whose encoding needs every token of the block (e.g. keys scaled per channel across the
+// block); those are written in a token-writable format first and converted when the block is full.
+constexpr bool KvFormatTokenWritable(KvFormat f) { return true; }
+
+// True when `f` can store regions of this shape (some formats need, e.g., an even head_dim).
+constexpr bool KvFormatSupports(KvFormat f, const KvRegionShape& s) {
+  return s.block_size > 0 && s.num_kv_heads > 0 && s.head_dim > 0;
+}
+
 // Where one layer's K and V regions sit inside a block of some layout.
 struct KvLayerRegion {
   KvFormat format = KvFormat::kFp32;

@@ -58,6 +58,9 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(LocalModel& lm, std::string_
       }
       logits.resize(static_cast<size_t>(end - begin) * vocab);
       KVSERVE_RETURN_IF_ERROR(lm.model().Forward(batch, lm.kv_pool(), logits.data()));
+      // Decode-time KV policy: blocks that left the recent window are demoted before the next
+      // chunk attends to them.
+      KVSERVE_RETURN_IF_ERROR(lm.kv_policy().Demote(kv, end));
       for (int64_t p = begin; p < end; ++p) {
         const float* row = logits.data() + (p - begin) * vocab;
         const float mx = *std::max_element(row, row + vocab);

@@ -25,9 +25,14 @@ std::string_view FinishReasonName(FinishReason r) {
   return "?";
 }
 
-BatchGenerator::BatchGenerator(LlamaModel* model, BlockPool* pool, LayoutId layout,
-                               const Tokenizer* tokenizer, Options options)
-    : model_(model), pool_(pool), layout_(layout), tokenizer_(tokenizer), options_(options) {}
+BatchGenerator::BatchGenerator(LlamaModel* model, BlockPool* pool,
+                               const KvCachePolicy* kv_policy, const Tokenizer* tokenizer,
+                               Options options)
+    : model_(model),
+      pool_(pool),
+      kv_policy_(kv_policy),
+      tokenizer_(tokenizer),
+      options_(options) {}
 
 absl::StatusOr<std::vector<GenerationResult>> BatchGenerator::Run(
     const std::vector<GenerationRequest>& requests, const TokenCallback& on_token) {
@@ -59,7 +64,7 @@ absl::StatusOr<std::vector<GenerationResult>> BatchGenerator::Run(
   SchedulerOptions so;
   so.max_running = static_cast<int32_t>(std::max<size_t>(1, requests.size()));
   so.max_batch_tokens = options_.max_batch_tokens;
-  Scheduler scheduler(model_, pool_, layout_, tokenizer_, so);
+  Scheduler scheduler(model_, pool_, kv_policy_, tokenizer_, so);
   std::vector<std::shared_ptr<RequestStream>> streams;
   const absl::Time start = absl::Now();
   for (size_t i = 0; i < requests.size(); ++i) {

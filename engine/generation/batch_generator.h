@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/kv/block_pool.h"
+#include "engine/kv/kv_cache_policy.h"
 #include "engine/model/llama_model.h"
 #include "engine/serving/request.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -37,8 +38,8 @@ class BatchGenerator {
   // Called for every generated token as it is produced.
   using TokenCallback = std::function<void(int sequence, int32_t token)>;
 
-  BatchGenerator(LlamaModel* model, BlockPool* pool, LayoutId layout, const Tokenizer* tokenizer,
-                 Options options);
+  BatchGenerator(LlamaModel* model, BlockPool* pool, const KvCachePolicy* kv_policy,
+                 const Tokenizer* tokenizer, Options options);
 
   // Generates every request to completion, all admitted together. InvalidArgument for a bad
   // request (empty prompt, prompt not shorter than the model's context, token outside the
@@ -54,7 +55,7 @@ class BatchGenerator {
  private:
   LlamaModel* model_;
   BlockPool* pool_;
-  LayoutId layout_;
+  const KvCachePolicy* kv_policy_;
   const Tokenizer* tokenizer_;
   Options options_;
   int64_t steps_ = 0;

@@ -26,11 +26,17 @@ absl::StatusOr<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOpt
   lm->model_ = std::make_unique<LlamaModel>(*lm->loaded_, lm->threads_.get());
   lm->kv_pool_ = std::make_unique<BlockPool>(lm->model_->KvGeometryFor(options.block_size),
                                              options.kv_budget_bytes);
-  KVSERVE_ASSIGN_OR_RETURN(lm->layout_, lm->kv_pool_->RegisterUniformLayout(options.kv_format));
+  KvCachePolicyConfig policy;
+  policy.format = options.kv_format;
+  policy.layer_formats = options.kv_layer_formats;
+  policy.recent_window = options.kv_recent_window;
+  policy.sink_tokens = options.kv_sink_tokens;
+  policy.window_format = options.kv_window_format;
+  KVSERVE_ASSIGN_OR_RETURN(lm->kv_policy_, KvCachePolicy::Create(lm->kv_pool_.get(), policy));
   BatchGenerator::Options gen_options;
   gen_options.max_batch_tokens = options.max_batch_tokens;
   lm->generator_ = std::make_unique<BatchGenerator>(
-      lm->model_.get(), lm->kv_pool_.get(), lm->layout_, lm->tokenizer_.get(), gen_options);
+      lm->model_.get(), lm->kv_pool_.get(), &lm->kv_policy_, lm->tokenizer_.get(), gen_options);
   return lm;
 }
 

@@ -8,12 +8,14 @@
 #define KVSERVE_ENGINE_GENERATION_LOCAL_MODEL_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "engine/generation/batch_generator.h"
 #include "engine/kv/block_pool.h"
+#include "engine/kv/kv_cache_policy.h"
 #include "engine/model/llama_model.h"
 #include "engine/model/model.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -25,7 +27,11 @@ namespace kvserve::engine {
 struct LocalModelOptions {
   std::string model_path;
   std::string tokenizer_path;  // llama2.c checkpoints only; empty = look beside the model
-  kernels::KvFormat kv_format = kernels::KvFormat::kFp32;
+  kernels::KvFormat kv_format = kernels::KvFormat::kFp32;  // long-term format of every layer
+  std::map<int, kernels::KvFormat> kv_layer_formats;      // per-layer overrides
+  int32_t kv_recent_window = 0;                           // newest tokens kept in window format
+  int32_t kv_sink_tokens = 0;                             // first tokens kept in window format
+  kernels::KvFormat kv_window_format = kernels::KvFormat::kFp16;
   int64_t kv_budget_bytes = 256ll << 20;
   int block_size = 16;              // tokens per KV block
   int num_threads = 0;              // 0 = all online CPUs
@@ -42,7 +48,9 @@ class LocalModel {
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   LlamaModel& model() { return *model_; }
   BlockPool& kv_pool() { return *kv_pool_; }
-  LayoutId kv_layout() const { return layout_; }
+  // Layout new blocks are written in (see KvCachePolicy).
+  LayoutId kv_layout() const { return kv_policy_.write_layout(); }
+  const KvCachePolicy& kv_policy() const { return kv_policy_; }
   BatchGenerator& generator() { return *generator_; }
   kernels::ThreadPool& threads() { return *threads_; }
   const LocalModelOptions& options() const { return options_; }
@@ -54,7 +62,7 @@ class LocalModel {
   std::unique_ptr<kernels::ThreadPool> threads_;
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<BlockPool> kv_pool_;
-  LayoutId layout_ = 0;
+  KvCachePolicy kv_policy_;
   std::unique_ptr<BatchGenerator> generator_;
 };
 

@@ -1,5 +1,7 @@
 #include "engine/kv/sequence_kv.h"
 
+#include "engine/common/status_macros.h"
+
 namespace kvserve::engine {
 
 int64_t SequenceKv::BlocksNeeded(int64_t num_slots) const {
@@ -29,6 +31,25 @@ absl::Status SequenceKv::Reserve(int64_t num_slots) {
 void SequenceKv::Release() {
   for (BlockId id : blocks_) pool_->Release(id);
   blocks_.clear();
+  demoted_blocks_ = 0;
+}
+
+absl::StatusOr<BlockId> SequenceKv::ReplaceBlock(int64_t index, LayoutId layout) {
+  absl::StatusOr<BlockId> fresh = pool_->Allocate(layout);
+  if (!fresh.ok() && pool_->ref_count(blocks_[index]) == 1) {
+    // Free the old block first: its bytes can then be reused for the new one. The caller has
+    // already read what it needs from it.
+    pool_->Release(blocks_[index]);
+    fresh = pool_->Allocate(layout);
+    // The freed bytes are reclaimable, so a layout no larger than the old one always fits.
+    KVSERVE_CHECK(fresh.ok()) << "no room for a replacement block: " << fresh.status();
+    blocks_[index] = *fresh;
+    return fresh;
+  }
+  if (!fresh.ok()) return fresh.status();
+  pool_->Release(blocks_[index]);
+  blocks_[index] = *fresh;
+  return fresh;
 }
 
 int64_t SequenceKv::bytes() const {

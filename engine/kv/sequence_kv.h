@@ -28,6 +28,14 @@ class SequenceKv {
   int64_t BlocksNeeded(int64_t num_slots) const;
   // Returns every block to the pool.
   void Release();
+  // Swaps block `index` for a fresh block of `layout` (the old one is released) and returns the
+  // new id; the caller fills its bytes and must have read the old block already.
+  // REQUIRES: `layout` takes no more bytes than the old block's layout, or the old block is
+  // shared (then ResourceExhausted is possible and leaves the table unchanged).
+  absl::StatusOr<BlockId> ReplaceBlock(int64_t index, LayoutId layout);
+  // Blocks [0, demoted_blocks()) are in their final layout (see KvCachePolicy::Demote).
+  int64_t demoted_blocks() const { return demoted_blocks_; }
+  void set_demoted_blocks(int64_t n) { demoted_blocks_ = n; }
 
   const std::vector<BlockId>& block_table() const { return blocks_; }
   int64_t capacity_slots() const {
@@ -40,6 +48,7 @@ class SequenceKv {
   BlockPool* pool_;
   LayoutId layout_;
   std::vector<BlockId> blocks_;
+  int64_t demoted_blocks_ = 0;
 };
 
 }  // namespace kvserve::engine

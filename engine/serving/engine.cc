@@ -20,7 +20,7 @@ class Engine::Impl {
     so.max_running = options_.max_running_requests;
     so.max_batch_tokens = options_.max_batch_tokens;
     scheduler_ = std::make_unique<Scheduler>(&local_->model(), &local_->kv_pool(),
-                                             local_->kv_layout(), &local_->tokenizer(), so);
+                                             &local_->kv_policy(), &local_->tokenizer(), so);
     const int32_t context = local_->config().context_length;
     max_prompt_ = options_.max_prompt_tokens > 0
                       ? std::min(options_.max_prompt_tokens, context - 1)

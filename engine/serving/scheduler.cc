@@ -46,9 +46,14 @@ struct Scheduler::Sequence {
   }
 };
 
-Scheduler::Scheduler(LlamaModel* model, BlockPool* pool, LayoutId layout,
+Scheduler::Scheduler(LlamaModel* model, BlockPool* pool, const KvCachePolicy* kv_policy,
                      const Tokenizer* tokenizer, SchedulerOptions options)
-    : model_(model), pool_(pool), layout_(layout), tokenizer_(tokenizer), options_(options) {}
+    : model_(model),
+      pool_(pool),
+      kv_policy_(kv_policy),
+      layout_(kv_policy->write_layout()),
+      tokenizer_(tokenizer),
+      options_(options) {}
 
 Scheduler::~Scheduler() = default;
 
@@ -323,6 +328,17 @@ bool Scheduler::Step(absl::Time now) {
       const int32_t next =
           s->sampler.Sample(absl::MakeSpan(logits_.data() + r * vocab, vocab), s->tokens);
       EmitToken(s, next, emit_time);
+    }
+    // Blocks that left the recent window move to their long-term format.
+    if (kv_policy_->demotes()) {
+      for (auto& p : running_) {
+        Sequence* s = p.get();
+        if (s->done) continue;
+        const absl::Status demoted = kv_policy_->Demote(s->kv, s->processed);
+        if (!demoted.ok() && demoted.code() != absl::StatusCode::kResourceExhausted) {
+          Finish(s, FinishReason::kNone, demoted, emit_time);
+        }
+      }
     }
   }
   RemoveFinished();

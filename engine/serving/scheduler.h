@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "engine/kv/block_pool.h"
+#include "engine/kv/kv_cache_policy.h"
 #include "engine/model/llama_model.h"
 #include "engine/serving/request.h"
 #include "engine/serving/request_stream.h"
@@ -57,8 +58,9 @@ struct SchedulerCounters {
 
 class Scheduler {
  public:
-  Scheduler(LlamaModel* model, BlockPool* pool, LayoutId layout, const Tokenizer* tokenizer,
-            SchedulerOptions options);
+  // kv_policy: the layouts blocks are written in and demoted to; must outlive the scheduler.
+  Scheduler(LlamaModel* model, BlockPool* pool, const KvCachePolicy* kv_policy,
+            const Tokenizer* tokenizer, SchedulerOptions options);
   ~Scheduler();
 
   // Queues a validated request; its output goes to `stream`. `arrival` is when it was submitted.
@@ -87,7 +89,8 @@ class Scheduler {
 
   LlamaModel* model_;
   BlockPool* pool_;
-  LayoutId layout_;
+  const KvCachePolicy* kv_policy_;
+  LayoutId layout_;  // kv_policy_->write_layout()
   const Tokenizer* tokenizer_;
   SchedulerOptions options_;
   int64_t next_order_ = 0;

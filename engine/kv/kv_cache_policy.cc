@@ -1,0 +1,121 @@
+#include "engine/kv/kv_cache_policy.h"
+
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "engine/common/status_macros.h"
+#include "kernels/cpu/kv_quantize.h"
+
+namespace kvserve::engine {
+
+absl::StatusOr<KvCachePolicy> KvCachePolicy::Create(BlockPool* pool,
+                                                    const KvCachePolicyConfig& config) {
+  const KvGeometry& g = pool->geometry();
+  if (config.recent_window < 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "kv_cache.recent_window must be >= 0, got %d", config.recent_window));
+  }
+  if (config.sink_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("kv_cache.sink_tokens must be >= 0, got %d", config.sink_tokens));
+  }
+  std::vector<kernels::KvFormat> cold(g.num_layers, config.format);
+  for (const auto& [layer, format] : config.layer_formats) {
+    if (layer < 0 || layer >= g.num_layers) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "kv_cache.layers: layer %d does not exist (the model has layers 0..%d)", layer,
+          g.num_layers - 1));
+    }
+    cold[layer] = format;
+  }
+  const kernels::KvRegionShape shape{g.block_size, g.num_kv_heads, g.head_dim};
+  for (int l = 0; l < g.num_layers; ++l) {
+    if (!kernels::KvFormatSupports(cold[l], shape)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "kv_cache: format %s cannot store layer %d (head_dim %d, block_size %d)",
+          kernels::KvFormatName(cold[l]), l, g.head_dim, g.block_size));
+    }
+  }
+  bool needs_hot = config.recent_window > 0 || config.sink_tokens > 0;
+  for (kernels::KvFormat f : cold) needs_hot |= !kernels::KvFormatTokenWritable(f);
+  if (needs_hot && !kernels::KvFormatTokenWritable(config.window_format)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "kv_cache.window_format %s cannot be written token by token",
+        kernels::KvFormatName(config.window_format)));
+  }
+  KvCachePolicy p;
+  p.pool_ = pool;
+  p.config_ = config;
+  KVSERVE_ASSIGN_OR_RETURN(p.cold_layout_, pool->RegisterLayout(cold));
+  if (needs_hot) {
+    KVSERVE_ASSIGN_OR_RETURN(p.write_layout_, pool->RegisterUniformLayout(config.window_format));
+    if (pool->layout(p.write_layout_).block_bytes < pool->layout(p.cold_layout_).block_bytes) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "kv_cache.window_format %s takes less memory than the long-term formats; the window "
+          "must be at least as precise",
+          kernels::KvFormatName(config.window_format)));
+    }
+  } else {
+    p.write_layout_ = p.cold_layout_;
+  }
+  return p;
+}
+
+bool KvCachePolicy::ColdEligible(int64_t index, int64_t tokens) const {
+  const int64_t bs = pool_->geometry().block_size;
+  const int64_t begin = index * bs, end = begin + bs;
+  return end <= tokens && begin >= config_.sink_tokens && end <= tokens - config_.recent_window;
+}
+
+absl::Status KvCachePolicy::Demote(SequenceKv& seq, int64_t tokens) const {
+  if (!demotes()) return absl::OkStatus();
+  const KvGeometry& g = pool_->geometry();
+  const kernels::KvRegionShape shape{g.block_size, g.num_kv_heads, g.head_dim};
+  const BlockLayout& hot = pool_->layout(write_layout_);
+  const BlockLayout& cold = pool_->layout(cold_layout_);
+  std::vector<float> k, v;  // one layer's K and V of one block
+  const size_t region_floats = static_cast<size_t>(g.num_kv_heads) * g.block_size * g.head_dim;
+  std::vector<float> block;  // every layer's K and V of one block
+  const std::vector<BlockId>& table = seq.block_table();
+  for (int64_t b = seq.demoted_blocks(); b < static_cast<int64_t>(table.size()); ++b) {
+    if (pool_->layout_of(table[b]) != write_layout_) {
+      seq.set_demoted_blocks(b + 1);
+      continue;
+    }
+    if (!ColdEligible(b, tokens)) {
+      // Sink blocks stay hot for good; later blocks may become eligible as the sequence grows.
+      if (b * g.block_size < config_.sink_tokens) {
+        seq.set_demoted_blocks(b + 1);
+        continue;
+      }
+      break;
+    }
+    // Read the whole block, free it, then write the cold copy (so the budget needs no room for
+    // both at once).
+    block.resize(2 * g.num_layers * region_floats);
+    const uint8_t* src = pool_->block_data(table[b]);
+    for (int l = 0; l < g.num_layers; ++l) {
+      const kernels::KvLayerRegion& r = hot.regions[l];
+      kernels::cpu::DequantizeKvRegion(r.format, src + r.k_offset, shape, g.block_size,
+                                       block.data() + (2 * l) * region_floats);
+      kernels::cpu::DequantizeKvRegion(r.format, src + r.v_offset, shape, g.block_size,
+                                       block.data() + (2 * l + 1) * region_floats);
+    }
+    KVSERVE_ASSIGN_OR_RETURN(BlockId fresh, seq.ReplaceBlock(b, cold_layout_));
+    uint8_t* dst = pool_->block_data(fresh);
+    for (int l = 0; l < g.num_layers; ++l) {
+      const kernels::KvLayerRegion& r = cold.regions[l];
+      if (!kernels::cpu::QuantizeKvRegion(r.format, block.data() + (2 * l) * region_floats,
+                                          shape, g.block_size, dst + r.k_offset) ||
+          !kernels::cpu::QuantizeKvRegion(r.format, block.data() + (2 * l + 1) * region_floats,
+                                          shape, g.block_size, dst + r.v_offset)) {
+        return absl::InternalError(
+            absl::StrFormat("non-finite K/V values in layer %d of block %d", l, b));
+      }
+    }
+    seq.set_demoted_blocks(b + 1);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace kvserve::engine

@@ -1,0 +1,145 @@
+#include "engine/kv/token_eviction/token_eviction_policy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/common/status_macros.h"
+#include "engine/kv/token_eviction/heavy_hitter_policy.h"
+#include "engine/kv/token_eviction/sliding_window_policy.h"
+
+namespace kvserve::engine {
+namespace {
+
+// `none` (the default): never evicts; the sequence's KV grows with its length.
+class NoTokenEviction final : public TokenEvictionPolicy {
+ public:
+  using TokenEvictionPolicy::TokenEvictionPolicy;
+  absl::string_view name() const override { return "none"; }
+  bool needs_attention_scores() const override { return false; }
+
+ protected:
+  bool evicts() const override { return false; }
+  absl::Status SelectKept(int32_t, absl::Span<const float>, int32_t,
+                          std::vector<int32_t>*) const override {
+    return absl::InternalError("none never evicts");
+  }
+};
+
+template <typename Policy>
+TokenEvictionPolicyFactory FactoryOf() {
+  return [](const TokenEvictionOptions& o) { return std::make_unique<Policy>(o); };
+}
+
+struct Registry {
+  absl::Mutex mu;
+  std::map<std::string, TokenEvictionPolicyFactory> factories ABSL_GUARDED_BY(mu);
+};
+
+Registry& GetRegistry() {
+  static Registry* registry = [] {
+    auto* r = new Registry;
+    absl::MutexLock lock(&r->mu);
+    r->factories["none"] = FactoryOf<NoTokenEviction>();
+    r->factories["sliding_window"] = FactoryOf<SlidingWindowTokenPolicy>();
+    r->factories["h2o"] = FactoryOf<H2oTokenPolicy>();
+    r->factories["attention"] = FactoryOf<AttentionScoreTokenPolicy>();
+    return r;
+  }();
+  return *registry;
+}
+
+}  // namespace
+
+absl::StatusOr<TokenEvictionPlan> TokenEvictionPolicy::Plan(int32_t num_slots,
+                                                            absl::Span<const float> scores,
+                                                            int32_t budget_tokens) const {
+  if (budget_tokens < 1 || num_slots < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("token eviction: budget ", budget_tokens,
+                                                   " and slot count ", num_slots,
+                                                   " must be positive"));
+  }
+  TokenEvictionPlan plan;
+  if (!evicts() || num_slots <= budget_tokens) return plan;
+  const int32_t target = budget_tokens - options_.slack_tokens;
+  if (target < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("token eviction: slack_tokens (", options_.slack_tokens,
+                     ") must be below the budget (", budget_tokens, " tokens)"));
+  }
+  if (needs_attention_scores()) {
+    if (static_cast<int64_t>(scores.size()) != num_slots) {
+      return absl::InvalidArgumentError(absl::StrCat(name(), ": ", scores.size(),
+                                                     " attention scores for ", num_slots,
+                                                     " slots"));
+    }
+    for (float s : scores) {
+      if (!std::isfinite(s)) {
+        return absl::InvalidArgumentError(absl::StrCat(name(), ": non-finite attention score"));
+      }
+    }
+  }
+  plan.keep.reserve(target);
+  KVSERVE_RETURN_IF_ERROR(SelectKept(num_slots, scores, target, &plan.keep));
+  std::sort(plan.keep.begin(), plan.keep.end());
+  KVSERVE_CHECK(static_cast<int32_t>(plan.keep.size()) == target &&
+                std::adjacent_find(plan.keep.begin(), plan.keep.end()) == plan.keep.end() &&
+                plan.keep.front() >= 0 && plan.keep.back() < num_slots)
+      << name() << " kept " << plan.keep.size() << " slots, wanted " << target;
+  plan.evict = true;
+  return plan;
+}
+
+absl::StatusOr<std::unique_ptr<TokenEvictionPolicy>> CreateTokenEvictionPolicy(
+    absl::string_view name, const TokenEvictionOptions& options) {
+  TokenEvictionPolicyFactory factory;
+  {
+    Registry& r = GetRegistry();
+    absl::MutexLock lock(&r.mu);
+    auto it = r.factories.find(std::string(name));
+    if (it != r.factories.end()) factory = it->second;
+  }
+  if (!factory) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown token eviction policy '", name,
+                     "'; known: ", absl::StrJoin(TokenEvictionPolicyNames(), ", ")));
+  }
+  if (options.sink_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sink_tokens must be >= 0, got ", options.sink_tokens));
+  }
+  if (options.slack_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("slack_tokens must be >= 0, got ", options.slack_tokens));
+  }
+  if (options.recent_window < -1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "recent_window must be >= 0 (or -1: half the budget), got ", options.recent_window));
+  }
+  return factory(options);
+}
+
+std::vector<std::string> TokenEvictionPolicyNames() {
+  Registry& r = GetRegistry();
+  absl::MutexLock lock(&r.mu);
+  std::vector<std::string> names;
+  for (const auto& [name, factory] : r.factories) names.push_back(name);
+  return names;
+}
+
+absl::Status RegisterTokenEvictionPolicy(absl::string_view name,
+                                         TokenEvictionPolicyFactory factory) {
+  if (name.empty() || !factory) return absl::InvalidArgumentError("empty name or factory");
+  Registry& r = GetRegistry();
+  absl::MutexLock lock(&r.mu);
+  if (!r.factories.emplace(std::string(name), std::move(factory)).second) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("token eviction policy '", name, "' is already registered"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace kvserve::engine
