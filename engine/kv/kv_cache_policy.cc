@@ -1,5 +1,7 @@
 #include "engine/kv/kv_cache_policy.h"
 
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -7,6 +9,54 @@
 #include "kernels/cpu/kv_quantize.h"
 
 namespace kvserve::engine {
+namespace {
+
+std::string KvFormatList() {
+  std::string out;
+  for (int i = 0; i < kernels::kNumKvFormats; ++i) {
+    if (i) out += ", ";
+    out += std::string(kernels::KvFormatName(static_cast<kernels::KvFormat>(i)));
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::map<int, kernels::KvFormat>> ParseLayerFormats(std::string_view text) {
+  std::map<int, kernels::KvFormat> out;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find(',', start);
+    if (end == std::string_view::npos) end = text.size();
+    const std::string item(text.substr(start, end - start));
+    const size_t colon = item.find(':');
+    int layer = -1;
+    std::optional<kernels::KvFormat> format;
+    if (colon != std::string::npos && colon > 0 &&
+        item.find_first_not_of("0123456789") == colon && colon <= 6) {
+      layer = std::stoi(item.substr(0, colon));
+      format = kernels::ParseKvFormat(std::string_view(item).substr(colon + 1));
+    }
+    if (layer < 0 || !format) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "'%s' is not LAYER:FORMAT (e.g. 0:int8; formats: %s)", item, KvFormatList()));
+    }
+    if (!out.emplace(layer, *format).second) {
+      return absl::InvalidArgumentError(absl::StrFormat("layer %d is listed twice", layer));
+    }
+    start = end + 1;
+  }
+  return out;
+}
+
+std::string FormatLayerFormats(const std::map<int, kernels::KvFormat>& layers) {
+  std::string out;
+  for (const auto& [layer, format] : layers) {
+    if (!out.empty()) out += ",";
+    out += absl::StrFormat("%d:%s", layer, kernels::KvFormatName(format));
+  }
+  return out;
+}
 
 absl::StatusOr<KvCachePolicy> KvCachePolicy::Create(BlockPool* pool,
                                                     const KvCachePolicyConfig& config) {

@@ -18,6 +18,8 @@
 
 #include <cstdint>
 #include <map>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -34,6 +36,12 @@ struct KvCachePolicyConfig {
   int32_t sink_tokens = 0;                              // first tokens kept hot
   kernels::KvFormat window_format = kernels::KvFormat::kFp16;  // format of hot blocks
 };
+
+// Parses per-layer overrides written "LAYER:FORMAT[,LAYER:FORMAT...]" (e.g. "0:int8,4:fp16");
+// "" is no override. InvalidArgument naming the bad item.
+absl::StatusOr<std::map<int, kernels::KvFormat>> ParseLayerFormats(std::string_view text);
+// The inverse, in layer order.
+std::string FormatLayerFormats(const std::map<int, kernels::KvFormat>& layers);
 
 class KvCachePolicy {
  public:

@@ -25,8 +25,8 @@ absl::StatusOr<PrefixHashAlgorithm> ParsePrefixHashAlgorithm(absl::string_view n
                                 PrefixHashAlgorithm::kSha256}) {
     if (name == PrefixHashAlgorithmName(a)) return a;
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown prefix hash '", name,
-                                                 "'; known: xxh3_128, xxh64, sha256"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown prefix hash '", name, "'; known: xxh3_128, xxh64, sha256"));
 }
 
 PrefixHashFunction MakePrefixHashFunction(PrefixHashAlgorithm algorithm) {

@@ -60,7 +60,8 @@ PrefixIndex::PrefixIndex(PrefixIndexOptions options, std::unique_ptr<BlockEvicti
     : block_size_(options.block_size),
       hash_(options.hash_function ? std::move(options.hash_function)
                                   : MakePrefixHashFunction(options.hash)),
-      clock_(options.clock ? std::move(options.clock) : std::function<absl::Time()>([] { return absl::Now(); })),
+      clock_(options.clock ? std::move(options.clock)
+                           : std::function<absl::Time()>([] { return absl::Now(); })),
       policy_(std::move(policy)) {
   counters_.policy = std::string(policy_->name());
 }
@@ -198,8 +199,7 @@ absl::StatusOr<PrefixIndex::InsertResult> PrefixIndex::Insert(BlockId block, Blo
   BlockHash parent_hash;
   if (parent != kNoBlock) {
     if (!Contains(parent)) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("parent block ", parent, " is not cached"));
+      return absl::FailedPreconditionError(absl::StrCat("parent block ", parent, " is not cached"));
     }
     if (keys_[entries_[parent].keys_id].bytes != key_bytes) {
       return absl::InvalidArgumentError("a block's keys differ from its parent's");
@@ -349,8 +349,7 @@ std::optional<BlockId> PrefixIndex::EvictOne() {
   const std::optional<BlockId> victim = policy_->PickVictim(now);
   if (!victim) return std::nullopt;
   KVSERVE_CHECK(Contains(*victim) && entries_[*victim].evictable)
-      << "policy " << policy_->name() << " picked block " << *victim
-      << ", which is not evictable";
+      << "policy " << policy_->name() << " picked block " << *victim << ", which is not evictable";
   entries_[*victim].evictable = false;
   --evictable_blocks_;
   RemoveLeaf(*victim, /*update_parent=*/true, now);

@@ -22,6 +22,9 @@
 //     A pool ref count of exactly 1 on a cached block therefore means "cached, reusable".
 //   - Pool exhausted: call EvictOne() and release the returned block, repeat until the
 //     allocation fits or EvictOne returns nullopt (then preempt a sequence).
+//   - Cache a block only once its bytes are final: in the layout it will keep (after any
+//     hot-to-cold demotion; keys.layout names that layout), and never a block of a sequence
+//     whose tokens were evicted (its slots no longer hold a plain prefix).
 //
 // Units: token counts are tokens; block counts are blocks. Times come from the injected clock.
 // Thread-safety: not thread-safe; owned and driven by the engine thread.
@@ -60,7 +63,7 @@ struct PrefixKeys {
 struct PrefixIndexOptions {
   int32_t block_size = 16;  // tokens per block; must match the pool's geometry
   PrefixHashAlgorithm hash = PrefixHashAlgorithm::kXxh3_128;
-  PrefixHashFunction hash_function;  // when set, used instead of `hash` (tests inject weak ones)
+  PrefixHashFunction hash_function;   // when set, used instead of `hash` (tests inject weak ones)
   std::function<absl::Time()> clock;  // when unset, absl::Now; tests inject a manual one
 };
 
@@ -76,14 +79,14 @@ absl::string_view PrefixEvictionReasonName(PrefixEvictionReason reason);  // "ca
 
 // Counters since the index was created.
 struct PrefixIndexCounters {
-  std::string policy;            // name of the block eviction policy choosing capacity victims
-  int64_t queries = 0;           // Lookup calls
-  int64_t query_tokens = 0;      // tokens passed to Lookup
-  int64_t hit_tokens = 0;        // of which served from the cache
+  std::string policy;        // name of the block eviction policy choosing capacity victims
+  int64_t queries = 0;       // Lookup calls
+  int64_t query_tokens = 0;  // tokens passed to Lookup
+  int64_t hit_tokens = 0;    // of which served from the cache
   int64_t hit_blocks = 0;
-  int64_t insertions = 0;        // blocks newly cached
-  int64_t dedupes = 0;           // Inserts that found an identical cached block
-  int64_t hash_collisions = 0;   // equal hashes with different content (verification caught)
+  int64_t insertions = 0;       // blocks newly cached
+  int64_t dedupes = 0;          // Inserts that found an identical cached block
+  int64_t hash_collisions = 0;  // equal hashes with different content (verification caught)
   std::array<int64_t, kNumPrefixEvictionReasons> evictions{};  // blocks removed, by reason
 
   double hit_rate() const {
@@ -181,8 +184,8 @@ class PrefixIndex {
     std::vector<BlockId> children;
   };
   struct KeysRecord {
-    std::string bytes;   // serialized PrefixKeys
-    BlockHash digest;    // hash of `bytes`, fed into every block hash
+    std::string bytes;  // serialized PrefixKeys
+    BlockHash digest;   // hash of `bytes`, fed into every block hash
     int64_t entries = 0;
   };
 
@@ -210,10 +213,10 @@ class PrefixIndex {
   std::function<absl::Time()> clock_;
   std::unique_ptr<BlockEvictionPolicy> policy_;
 
-  std::vector<Entry> entries_;     // [BlockId]
-  std::vector<int32_t> tokens_;    // [BlockId * block_size + i]
+  std::vector<Entry> entries_;                                       // [BlockId]
+  std::vector<int32_t> tokens_;                                      // [BlockId * block_size + i]
   std::unordered_map<BlockHash, BlockId, BlockHashHasher> by_hash_;  // head of collision chain
-  std::vector<KeysRecord> keys_;   // [keys_id]
+  std::vector<KeysRecord> keys_;                                     // [keys_id]
   std::unordered_map<std::string, uint32_t> keys_by_bytes_;
   std::vector<uint32_t> free_keys_;
   mutable std::vector<uint8_t> scratch_;  // hash input

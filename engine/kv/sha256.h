@@ -36,8 +36,8 @@ class Sha256 {
 
   std::array<uint32_t, 8> state_;
   std::array<uint8_t, 64> buffer_;
-  size_t buffered_ = 0;    // bytes in buffer_
-  uint64_t length_ = 0;    // message bytes so far
+  size_t buffered_ = 0;  // bytes in buffer_
+  uint64_t length_ = 0;  // message bytes so far
 };
 
 // Lower-case hexadecimal of a digest (64 characters).

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_format.h"
 #include "engine/generation/local_model.h"
+#include "engine/kv/kv_cache_policy.h"
 #include "kernels/kv_format.h"
 #include "server/cli/commands.h"
 #include "server/cli/flags.h"
@@ -26,6 +27,10 @@ int RunGenerateCommand(const std::vector<std::string>& args) {
   flags.Int("seed", -1, "random seed; -1 = a fresh one (logged)");
   flags.String("kv-format", "fp32", "KV cache block format: fp32, fp16, bf16");
   flags.Int("kv-budget-mb", 256, "KV cache budget in MiB");
+  flags.String("layer-formats", "", "per-layer KV format overrides, LAYER:FORMAT[,...]");
+  flags.Int("recent-window", 0, "newest tokens kept in --window-format");
+  flags.Int("sink-tokens", 0, "first tokens kept in --window-format");
+  flags.String("window-format", "fp16", "KV format of the recent window and sink tokens");
   flags.Int("block-size", 16, "tokens per KV block");
   flags.Int("threads", 0, "worker threads; 0 = all CPUs");
   flags.Required("model");
@@ -78,6 +83,21 @@ int RunGenerateCommand(const std::vector<std::string>& args) {
   options.kv_format = *format;
   options.kv_budget_bytes = flags.GetInt("kv-budget-mb") << 20;
   options.block_size = static_cast<int>(flags.GetInt("block-size"));
+  options.kv_recent_window = static_cast<int32_t>(flags.GetInt("recent-window"));
+  options.kv_sink_tokens = static_cast<int32_t>(flags.GetInt("sink-tokens"));
+  {
+    const auto window = kernels::ParseKvFormat(flags.GetString("window-format"));
+    auto layers = engine::ParseLayerFormats(flags.GetString("layer-formats"));
+    if (!window || !layers.ok()) {
+      std::fprintf(stderr, "kvserve %s: %s\n\n%s", "generate",
+                   !window ? "--window-format: unknown format"
+                           : ("--layer-formats: " + std::string(layers.status().message())).c_str(),
+                   flags.Usage().c_str());
+      return 2;
+    }
+    options.kv_window_format = *window;
+    options.kv_layer_formats = *layers;
+  }
   options.num_threads = static_cast<int>(flags.GetInt("threads"));
   auto local = engine::LocalModel::Open(options);
   if (!local.ok()) {

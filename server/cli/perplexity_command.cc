@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "engine/eval/perplexity.h"
 #include "engine/generation/local_model.h"
+#include "engine/kv/kv_cache_policy.h"
 #include "kernels/kv_format.h"
 #include "server/cli/commands.h"
 #include "server/cli/flags.h"
@@ -22,6 +23,10 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
   flags.Int("context", 0, "tokens per document at most, BOS included; 0 = the model's context");
   flags.Int("max-documents", 0, "score only the first N documents; 0 = all");
   flags.String("kv-format", "fp32", "KV cache block format");
+  flags.String("layer-formats", "", "per-layer KV format overrides, LAYER:FORMAT[,...]");
+  flags.Int("recent-window", 0, "newest tokens kept in --window-format");
+  flags.Int("sink-tokens", 0, "first tokens kept in --window-format");
+  flags.String("window-format", "fp16", "KV format of the recent window and sink tokens");
   flags.Int("block-size", 16, "tokens per KV block");
   flags.Int("threads", 0, "worker threads; 0 = all CPUs");
   flags.Bool("json", "print the result as JSON");
@@ -57,6 +62,21 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
   options.tokenizer_path = flags.GetString("tokenizer");
   options.kv_format = *format;
   options.block_size = static_cast<int>(flags.GetInt("block-size"));
+  options.kv_recent_window = static_cast<int32_t>(flags.GetInt("recent-window"));
+  options.kv_sink_tokens = static_cast<int32_t>(flags.GetInt("sink-tokens"));
+  {
+    const auto window = kernels::ParseKvFormat(flags.GetString("window-format"));
+    auto layers = engine::ParseLayerFormats(flags.GetString("layer-formats"));
+    if (!window || !layers.ok()) {
+      std::fprintf(stderr, "kvserve %s: %s\n\n%s", "perplexity",
+                   !window ? "--window-format: unknown format"
+                           : ("--layer-formats: " + std::string(layers.status().message())).c_str(),
+                   flags.Usage().c_str());
+      return 2;
+    }
+    options.kv_window_format = *window;
+    options.kv_layer_formats = *layers;
+  }
   options.num_threads = static_cast<int>(flags.GetInt("threads"));
   auto local = engine::LocalModel::Open(options);
   if (!local.ok()) {

@@ -86,9 +86,10 @@ void RouteProtobufLogs() {
 }
 
 int Drain(GrpcServer& server, engine::Engine& engine, SignalWatcher& signals, double timeout_s) {
-  spdlog::info("draining: waiting up to {}s for running requests", timeout_s);
   server.BeginDrain();
   engine.BeginShutdown();
+  spdlog::info("draining: new calls are refused; waiting up to {}s for running requests",
+               timeout_s);
   const absl::Time deadline = absl::Now() + absl::Seconds(timeout_s);
   bool idle = false;
   while (!(idle = engine.WaitIdle(absl::Milliseconds(100)))) {

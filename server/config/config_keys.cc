@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/kv/kv_cache_policy.h"
 #include "kernels/kv_format.h"
 #include "server/config/config_schema.h"
 
@@ -78,6 +79,35 @@ std::vector<ConfigKey> BuildKeys() {
         return std::string(kernels::KvFormatName(c.engine.model.kv_format));
       },
       "storage format of KV blocks"));
+  keys.push_back(StringKey(
+      "kv_cache.layer_formats",
+      [](const std::string& v) { return engine::ParseLayerFormats(v).status(); },
+      [](ServerConfig& c, std::string v) {
+        c.engine.model.kv_layer_formats = *engine::ParseLayerFormats(v);
+      },
+      [](const ServerConfig& c) {
+        return engine::FormatLayerFormats(c.engine.model.kv_layer_formats);
+      },
+      "per-layer format overrides, LAYER:FORMAT[,LAYER:FORMAT...]; empty = none"));
+  keys.push_back(IntKey(
+      "kv_cache.recent_window", 0, kMaxTokens,
+      [](ServerConfig& c, int64_t v) { c.engine.model.kv_recent_window = static_cast<int32_t>(v); },
+      [](const ServerConfig& c) { return c.engine.model.kv_recent_window; },
+      "newest tokens of a sequence kept in window_format before their block is demoted"));
+  keys.push_back(IntKey(
+      "kv_cache.sink_tokens", 0, kMaxTokens,
+      [](ServerConfig& c, int64_t v) { c.engine.model.kv_sink_tokens = static_cast<int32_t>(v); },
+      [](const ServerConfig& c) { return c.engine.model.kv_sink_tokens; },
+      "first tokens of a sequence (attention sinks) kept in window_format"));
+  keys.push_back(EnumKey(
+      "kv_cache.window_format", KvFormatNames(),
+      [](ServerConfig& c, const std::string& v) {
+        c.engine.model.kv_window_format = *kernels::ParseKvFormat(v);
+      },
+      [](const ServerConfig& c) {
+        return std::string(kernels::KvFormatName(c.engine.model.kv_window_format));
+      },
+      "format of the recent window and sink tokens"));
   keys.push_back(FloatKey(
       "kv_cache.budget_mb", 0.001, 4194304,
       [](ServerConfig& c, double v) {

@@ -69,7 +69,9 @@ engine::StreamEvent FinalSummary(engine::StreamEvent& e) {
 class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   GenerateCall(std::shared_ptr<engine::RequestStream> stream, CallInfo info)
-      : stream_(std::move(stream)), info_(std::move(info)) {}
+      : stream_(std::move(stream)), info_(std::move(info)) {
+    if (info_.tracker != nullptr) info_.tracker->Begin();
+  }
 
   void Start(std::shared_ptr<GenerateCall> self) {
     self_ = self;
@@ -113,6 +115,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     stream_->SetListener([] {});
     stream_->Cancel();  // no effect once the request has finished
     LogFinished(info_, stream_->id(), final, streamed, client_gone);
+    if (info_.tracker != nullptr) info_.tracker->End();
     std::shared_ptr<GenerateCall> self = std::move(self_);  // may destroy *this on return
   }
 
@@ -197,7 +200,9 @@ class CompleteCall final : public grpc::ServerUnaryReactor {
  public:
   CompleteCall(std::shared_ptr<engine::RequestStream> stream, grpc::ByteBuffer* response,
                CallInfo info)
-      : stream_(std::move(stream)), response_(response), info_(std::move(info)) {}
+      : stream_(std::move(stream)), response_(response), info_(std::move(info)) {
+    if (info_.tracker != nullptr) info_.tracker->Begin();
+  }
 
   void Start(std::shared_ptr<CompleteCall> self) {
     self_ = self;
@@ -232,6 +237,7 @@ class CompleteCall final : public grpc::ServerUnaryReactor {
     stream_->SetListener([] {});
     stream_->Cancel();
     LogFinished(info_, stream_->id(), final, tokens, cancelled);
+    if (info_.tracker != nullptr) info_.tracker->End();
     std::shared_ptr<CompleteCall> self = std::move(self_);  // may destroy *this on return
   }
 
@@ -282,6 +288,22 @@ class FailedWriteReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffe
 };
 
 }  // namespace
+
+void CallTracker::Begin() {
+  absl::MutexLock lock(&mu_);
+  ++active_;
+}
+
+void CallTracker::End() {
+  absl::MutexLock lock(&mu_);
+  --active_;
+}
+
+bool CallTracker::WaitIdle(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return active_ == 0; };
+  return mu_.AwaitWithTimeout(absl::Condition(&idle), timeout);
+}
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* StartGenerateCall(
     std::shared_ptr<engine::RequestStream> stream, CallInfo info) {

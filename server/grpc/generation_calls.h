@@ -17,15 +17,32 @@
 #include <memory>
 #include <string>
 
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "engine/serving/request_stream.h"
 #include "grpcpp/grpcpp.h"
 
 namespace kvserve::server {
 
+// Counts the generation calls in flight, so that a shutdown can wait for the last messages to be
+// written before it closes the connections. Thread-safe.
+class CallTracker {
+ public:
+  void Begin();
+  void End();
+  // Waits until no call is in flight or the timeout passes. True when none is.
+  bool WaitIdle(absl::Duration timeout);
+
+ private:
+  absl::Mutex mu_;
+  int64_t active_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 // What the log line of a finished request needs besides the stream's final event.
 struct CallInfo {
-  std::string method;         // "Generate" or "Complete"
+  std::string method;                // "Generate" or "Complete"
   int32_t prompt_tokens = 0;
+  CallTracker* tracker = nullptr;    // told when the call begins and ends; may be null
 };
 
 // Streams `stream` to the client. The returned reactor belongs to gRPC until OnDone.

@@ -93,7 +93,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
     LogRejected("Generate", stream.status());
     return FailedGenerateCall(ToGrpcStatus(stream.status()));
   }
-  return StartGenerateCall(*std::move(stream), CallInfo{"Generate", prompt_tokens});
+  return StartGenerateCall(*std::move(stream), CallInfo{"Generate", prompt_tokens, &calls_});
 }
 
 grpc::ServerUnaryReactor* GenerationService::Complete(grpc::CallbackServerContext* context,
@@ -105,7 +105,7 @@ grpc::ServerUnaryReactor* GenerationService::Complete(grpc::CallbackServerContex
     LogRejected("Complete", stream.status());
     return FinishNow(context, stream.status());
   }
-  return StartCompleteCall(*std::move(stream), response, CallInfo{"Complete", prompt_tokens});
+  return StartCompleteCall(*std::move(stream), response, CallInfo{"Complete", prompt_tokens, &calls_});
 }
 
 grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,

@@ -23,6 +23,7 @@
 #include "grpcpp/grpcpp.h"
 #include "kvserve/v1/generation.grpc.pb.h"
 #include "server/grpc/auth.h"
+#include "server/grpc/generation_calls.h"
 #include "server/grpc/request_validation.h"
 
 namespace kvserve::server {
@@ -45,6 +46,9 @@ class GenerationService final : public GenerationServiceBase {
 
   // From now on every call fails with UNAVAILABLE ("the server is shutting down").
   void BeginDrain() { draining_.store(true, std::memory_order_release); }
+  // Waits until no Generate or Complete call is in flight (their last messages written), or the
+  // timeout passes. True when none is.
+  bool WaitForCalls(absl::Duration timeout) { return calls_.WaitIdle(timeout); }
 
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
                                                       const grpc::ByteBuffer* request) override;
@@ -76,6 +80,7 @@ class GenerationService final : public GenerationServiceBase {
   std::atomic<bool> draining_{false};
   const uint64_t seed_base_;
   std::atomic<uint64_t> seed_counter_{0};
+  CallTracker calls_;
 };
 
 }  // namespace kvserve::server

@@ -130,8 +130,12 @@ void GrpcServer::Shutdown(absl::Duration grace) {
   if (shut_down_ || server_ == nullptr) return;
   shut_down_ = true;
   BeginDrain();
-  server_->Shutdown(std::chrono::system_clock::now() +
-                    std::chrono::milliseconds(absl::ToInt64Milliseconds(grace)));
+  // gRPC's own Shutdown(deadline) waits for idle connections too (clients keep them open after
+  // GOAWAY), so it would always take the whole grace: wait for our calls instead, then close.
+  if (!service_->WaitForCalls(grace)) {
+    spdlog::warn("calls still in flight after {}s: cancelling them", absl::ToDoubleSeconds(grace));
+  }
+  server_->Shutdown(std::chrono::system_clock::now());
   server_->Wait();
 }
 

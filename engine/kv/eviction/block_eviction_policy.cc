@@ -22,20 +22,19 @@ Registry& GetRegistry() {
   static Registry* registry = [] {
     auto* r = new Registry;
     absl::MutexLock lock(&r->mu);
-    r->factories["lru"] = [](const BlockEvictionOptions&)
-        -> absl::StatusOr<std::unique_ptr<BlockEvictionPolicy>> {
+    r->factories["lru"] =
+        [](const BlockEvictionOptions&) -> absl::StatusOr<std::unique_ptr<BlockEvictionPolicy>> {
       return std::make_unique<LruEvictionPolicy>();
     };
-    r->factories["priority"] = [](const BlockEvictionOptions&)
-        -> absl::StatusOr<std::unique_ptr<BlockEvictionPolicy>> {
+    r->factories["priority"] =
+        [](const BlockEvictionOptions&) -> absl::StatusOr<std::unique_ptr<BlockEvictionPolicy>> {
       return std::make_unique<PriorityEvictionPolicy>();
     };
-    r->factories["slru"] = [](const BlockEvictionOptions& o)
-        -> absl::StatusOr<std::unique_ptr<BlockEvictionPolicy>> {
+    r->factories["slru"] =
+        [](const BlockEvictionOptions& o) -> absl::StatusOr<std::unique_ptr<BlockEvictionPolicy>> {
       if (!(o.slru_protected_fraction > 0.0 && o.slru_protected_fraction < 1.0)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("slru_protected_fraction must be in (0, 1), got ",
-                         o.slru_protected_fraction));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "slru_protected_fraction must be in (0, 1), got ", o.slru_protected_fraction));
       }
       return std::make_unique<SlruEvictionPolicy>(o.slru_protected_fraction);
     };

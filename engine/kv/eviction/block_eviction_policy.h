@@ -52,7 +52,7 @@ struct BlockRetention {
 // What a policy may know about an evictable block (a snapshot taken when it became evictable).
 struct EvictableBlockInfo {
   absl::Time last_use = absl::InfinitePast();  // last time a sequence released (or claimed) it
-  int64_t hit_count = 0;                        // times it was reused since it was cached
+  int64_t hit_count = 0;                       // times it was reused since it was cached
   int32_t priority = kDefaultRetentionPriority;
   // When `priority` decays to kDefaultRetentionPriority; InfiniteFuture when it never does.
   absl::Time priority_expiry = absl::InfiniteFuture();
@@ -85,8 +85,9 @@ struct BlockEvictionOptions {
 
 inline constexpr char kDefaultBlockEvictionPolicy[] = "lru";
 
-using BlockEvictionPolicyFactory = std::function<absl::StatusOr<std::unique_ptr<BlockEvictionPolicy>>(
-    const BlockEvictionOptions& options)>;
+using BlockEvictionPolicyFactory =
+    std::function<absl::StatusOr<std::unique_ptr<BlockEvictionPolicy>>(
+        const BlockEvictionOptions& options)>;
 
 // Creates the policy registered under `name`. InvalidArgument listing the known names when
 // `name` is unknown, or naming the option when `options` are invalid for that policy.

@@ -4,8 +4,7 @@
 
 namespace kvserve::engine {
 
-void LruEvictionPolicy::OnEvictable(BlockId block, const EvictableBlockInfo& info,
-                                    absl::Time now) {
+void LruEvictionPolicy::OnEvictable(BlockId block, const EvictableBlockInfo& info, absl::Time now) {
   const Key key{info.last_use, next_seq_++, block};
   KVSERVE_CHECK(keys_.emplace(block, key).second) << "block " << block << " already evictable";
   order_.insert(key);

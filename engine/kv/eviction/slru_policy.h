@@ -33,7 +33,8 @@ namespace kvserve::engine {
 class SlruEvictionPolicy final : public BlockEvictionPolicy {
  public:
   // REQUIRES: 0 < protected_fraction < 1 (the registry validates it).
-  explicit SlruEvictionPolicy(double protected_fraction) : protected_fraction_(protected_fraction) {}
+  explicit SlruEvictionPolicy(double protected_fraction)
+      : protected_fraction_(protected_fraction) {}
 
   absl::string_view name() const override { return "slru"; }
   void OnEvictable(BlockId block, const EvictableBlockInfo& info, absl::Time now) override;

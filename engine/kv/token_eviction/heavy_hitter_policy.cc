@@ -35,8 +35,7 @@ absl::Status H2oTokenPolicy::SelectKept(int32_t num_slots, absl::Span<const floa
 }
 
 absl::Status AttentionScoreTokenPolicy::SelectKept(int32_t num_slots,
-                                                   absl::Span<const float> scores,
-                                                   int32_t target,
+                                                   absl::Span<const float> scores, int32_t target,
                                                    std::vector<int32_t>* keep) const {
   AppendTopByScore(scores, num_slots, target, keep);
   return absl::OkStatus();

@@ -72,9 +72,8 @@ absl::StatusOr<TokenEvictionPlan> TokenEvictionPolicy::Plan(int32_t num_slots,
   }
   if (needs_attention_scores()) {
     if (static_cast<int64_t>(scores.size()) != num_slots) {
-      return absl::InvalidArgumentError(absl::StrCat(name(), ": ", scores.size(),
-                                                     " attention scores for ", num_slots,
-                                                     " slots"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(name(), ": ", scores.size(), " attention scores for ", num_slots, " slots"));
     }
     for (float s : scores) {
       if (!std::isfinite(s)) {

@@ -2,8 +2,10 @@
 // choosing which cached slots to keep when the sequence outgrows it.
 //
 // Contract of a plan, for the caller (the engine, which owns the sequence's blocks):
-//   1. After appending tokens, call Plan(num_slots, scores, budget_tokens). Nothing happens
-//      while num_slots <= budget_tokens (plan.evict == false).
+//   1. Call Plan(num_slots, scores, budget_tokens) with the slots now cached. Nothing happens
+//      while num_slots <= budget_tokens (plan.evict == false). To keep the cache within a hard
+//      bound B including the n tokens a step is about to append, call it before appending with
+//      budget_tokens = B - n (calling after appending lets the cache exceed B by n for a step).
 //   2. Over budget, plan.keep lists the slots to keep, ascending, exactly
 //      budget_tokens - slack_tokens of them. The caller compacts them to the front IN THIS
 //      ORDER (slot keep[i] moves to slot i, in every layer and head; keep[i] >= i, so a forward
@@ -12,6 +14,10 @@
 //      positions (keys are stored after RoPE, so kept keys keep their positions; the query of
 //      the next token uses the sequence's true position). CompactKept() below does it for a
 //      vector.
+//      Slots before the first dropped one do not move, so their blocks stay untouched. A block
+//      that changes and is shared (pool ref count > 1: another sequence, or the prefix index)
+//      must be copied first (copy-on-write). After an eviction the sequence's blocks no longer
+//      hold a plain token prefix: do not insert them into the prefix index.
 //   3. Accumulated scores: for policies with needs_attention_scores(), the attention kernel adds,
 //      for every query token, its softmax weights (summed over layers and heads, or averaged:
 //      any fixed non-negative reduction) to scores[slot]. A new slot starts at 0.
@@ -25,8 +31,8 @@
 #define KVSERVE_ENGINE_KV_TOKEN_EVICTION_TOKEN_EVICTION_POLICY_H_
 
 #include <cstdint>
-#include <memory>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -46,8 +52,8 @@ struct TokenEvictionOptions {
 };
 
 struct TokenEvictionPlan {
-  bool evict = false;          // false: the sequence is within budget; keep every slot
-  std::vector<int32_t> keep;   // slots to keep, strictly ascending (when evict)
+  bool evict = false;         // false: the sequence is within budget; keep every slot
+  std::vector<int32_t> keep;  // slots to keep, strictly ascending (when evict)
 };
 
 class TokenEvictionPolicy {
@@ -73,8 +79,8 @@ class TokenEvictionPolicy {
   virtual bool evicts() const { return true; }
   // Appends exactly `target` distinct slots in [0, num_slots) to *keep, in any order.
   // REQUIRES: 0 < target < num_slots; scores validated as above.
-  virtual absl::Status SelectKept(int32_t num_slots, absl::Span<const float> scores,
-                                  int32_t target, std::vector<int32_t>* keep) const = 0;
+  virtual absl::Status SelectKept(int32_t num_slots, absl::Span<const float> scores, int32_t target,
+                                  std::vector<int32_t>* keep) const = 0;
 
  private:
   TokenEvictionOptions options_;

@@ -141,6 +141,13 @@ TEST_F(ServerConfigErrorTest, BadEnumNamesTheAcceptedValues) {
                              HasSubstr("got 'FP16'")));
 }
 
+TEST_F(ServerConfigErrorTest, BadLayerFormats) {
+  EXPECT_THAT(Error("model: {path: m.gguf}\nkv_cache:\n  layer_formats: \"0:int9\"\n"),
+              HasSubstr(At(3) + " kv_cache.layer_formats: '0:int9' is not LAYER:FORMAT"));
+  EXPECT_THAT(Error("model: {path: m.gguf}\nkv_cache:\n  layer_formats: \"1:fp16,1:bf16\"\n"),
+              HasSubstr(At(3) + " kv_cache.layer_formats: layer 1 is listed twice"));
+}
+
 TEST_F(ServerConfigErrorTest, BadAddresses) {
   EXPECT_THAT(Error("model: {path: m.gguf}\nserver:\n  address: 127.0.0.1:70000\n"),
               HasSubstr(At(3) + " server.address: port must be in [0, 65535] (0 = any free port), "

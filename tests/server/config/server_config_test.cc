@@ -161,6 +161,10 @@ server:
     key_file: KEY_FILE
 kv_cache:
   format: bf16
+  layer_formats: "0:fp32,3:fp16"
+  recent_window: 24
+  sink_tokens: 4
+  window_format: fp32
   budget_mb: 0.5
   block_size: 8
 scheduler:
@@ -211,6 +215,12 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   EXPECT_EQ(c.tls.key_file, key_file);  // absolute paths are kept as written
   EXPECT_TRUE(c.tls.enabled());
   EXPECT_EQ(c.engine.model.kv_format, kernels::KvFormat::kBf16);
+  EXPECT_EQ(c.engine.model.kv_layer_formats,
+            (std::map<int, kernels::KvFormat>{{0, kernels::KvFormat::kFp32},
+                                              {3, kernels::KvFormat::kFp16}}));
+  EXPECT_EQ(c.engine.model.kv_recent_window, 24);
+  EXPECT_EQ(c.engine.model.kv_sink_tokens, 4);
+  EXPECT_EQ(c.engine.model.kv_window_format, kernels::KvFormat::kFp32);
   EXPECT_EQ(c.engine.model.kv_budget_bytes, 524288);  // 0.5 MiB
   EXPECT_EQ(c.engine.model.block_size, 8);
   EXPECT_EQ(c.engine.policy, engine::SchedulingPolicy::kPriority);
@@ -323,7 +333,8 @@ TEST(ServerConfigValuesTest, FormattedConfigLoadsBackUnchanged) {
   ASSERT_TRUE(first.ok()) << first.status();
 
   const std::string formatted = FormatServerConfig(*first);
-  EXPECT_THAT(formatted, HasSubstr("kv_cache:\n  format: bf16\n  budget_mb: 0.5\n"));
+  EXPECT_THAT(formatted, HasSubstr("kv_cache:\n  format: bf16\n  layer_formats: \"0:fp32,3:fp16\"\n"));
+  EXPECT_THAT(formatted, HasSubstr("  window_format: fp32\n  budget_mb: 0.5\n"));
   EXPECT_THAT(formatted, HasSubstr("  tls:\n    cert_file: \""));
   // Paths are absolute after the first load, so the copy may live anywhere.
   const std::string copy = dir.Write("b/c/formatted.yaml", formatted);
