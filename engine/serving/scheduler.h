@@ -52,8 +52,12 @@ struct SchedulerCounters {
   int64_t finished = 0;          // ended normally (length, eos, stop)
   int64_t cancelled = 0;
   int64_t failed = 0;            // deadline, error, abort
-  absl::Duration forward_time;
-  absl::Duration step_time;
+  absl::Duration forward_time;   // wall time inside the forward pass
+  absl::Duration step_time;      // wall time of whole steps
+  // CPU time of the engine thread in steps outside the forward pass: the scheduler's own cost
+  // (admission, batch building, sampling, detokenizing, stop strings, streaming), unaffected by
+  // other processes competing for the CPU.
+  absl::Duration scheduler_cpu_time;
 };
 
 class Scheduler {
