@@ -167,6 +167,8 @@ class Engine::Impl {
     const BlockPool& pool = local_->kv_pool();
     const SchedulerCounters& c = scheduler_->counters();
     EngineStats s;
+    s.kv = pool.Stats();
+    s.top_requests = scheduler_->TopRequestsByKv(options_.top_requests);
     s.kv_budget_bytes = pool.budget_bytes();
     s.kv_allocated_bytes = pool.allocated_bytes();
     s.kv_used_bytes = pool.used_bytes();

@@ -38,10 +38,15 @@ struct EngineOptions {
   int32_t max_tokens_limit = 0;          // upper bound for a request's max_tokens; 0 = context
   int64_t stream_buffer_tokens = 256;    // undelivered tokens per stream before it is paused
   absl::Duration idle_poll = absl::Milliseconds(50);  // engine thread wake-up when idle
+  int32_t top_requests = 10;             // requests listed in EngineStats::top_requests
 };
 
 // A consistent snapshot of the engine's state (taken on the engine thread between steps).
 struct EngineStats {
+  // The pool's exact accounting: bytes by format and role, FP16 equivalent.
+  KvPoolStats kv;
+  // Live requests holding the most KV bytes (at most EngineOptions::top_requests).
+  std::vector<RequestKvEntry> top_requests;
   // KV pool.
   int64_t kv_budget_bytes = 0;
   int64_t kv_allocated_bytes = 0;   // heap bytes held for block storage

@@ -210,6 +210,24 @@ bool Scheduler::Preempt(Sequence* requester) {
   return victim != requester;
 }
 
+std::vector<RequestKvEntry> Scheduler::TopRequestsByKv(int n) const {
+  std::vector<RequestKvEntry> all;
+  for (const auto& p : running_) {
+    all.push_back({p->stream->id(), p->kv.bytes(),
+                   static_cast<int64_t>(p->kv.block_table().size()), p->processed, true});
+  }
+  for (const auto& p : waiting_) {
+    if (!p->kv.block_table().empty()) {
+      all.push_back({p->stream->id(), p->kv.bytes(),
+                     static_cast<int64_t>(p->kv.block_table().size()), p->processed, false});
+    }
+  }
+  std::sort(all.begin(), all.end(),
+            [](const RequestKvEntry& a, const RequestKvEntry& b) { return a.bytes > b.bytes; });
+  if (static_cast<int>(all.size()) > n) all.resize(n);
+  return all;
+}
+
 void Scheduler::RemoveFinished() {
   std::vector<std::unique_ptr<Sequence>> keep;
   keep.reserve(running_.size());

@@ -60,6 +60,15 @@ struct SchedulerCounters {
   absl::Duration scheduler_cpu_time;
 };
 
+// KV held by one live request.
+struct RequestKvEntry {
+  std::string id;
+  int64_t bytes = 0;
+  int64_t blocks = 0;
+  int64_t tokens = 0;  // tokens whose K/V are cached
+  bool running = false;
+};
+
 class Scheduler {
  public:
   // kv_policy: the layouts blocks are written in and demoted to; must outlive the scheduler.
@@ -81,6 +90,8 @@ class Scheduler {
   int32_t num_waiting() const { return static_cast<int32_t>(waiting_.size()); }
   bool idle() const { return running_.empty() && waiting_.empty(); }
   const SchedulerCounters& counters() const { return counters_; }
+  // The `n` live requests holding the most KV bytes, largest first.
+  std::vector<RequestKvEntry> TopRequestsByKv(int n) const;
 
  private:
   struct Sequence;

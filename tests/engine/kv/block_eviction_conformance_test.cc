@@ -1,4 +1,5 @@
 // The conformance suite every block eviction policy passes (typed tests over the registry names).
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <random>
@@ -72,7 +73,8 @@ TYPED_TEST(BlockEvictionConformanceTest, NeverPicksABlockThatIsNotEvictable) {
       info.last_use = At(step - std::uniform_int_distribution<int>(0, 20)(rng));
       info.hit_count = std::uniform_int_distribution<int>(0, 2)(rng);
       info.priority = std::uniform_int_distribution<int>(0, 100)(rng);
-      info.priority_expiry = info.last_use + absl::Seconds(std::uniform_int_distribution<int>(0, 30)(rng));
+      info.priority_expiry =
+          info.last_use + absl::Seconds(std::uniform_int_distribution<int>(0, 30)(rng));
       policy->OnEvictable(b, info, now);
       evictable.insert(b);
     } else if (op == 1 && evictable.count(b)) {
@@ -107,9 +109,9 @@ TYPED_TEST(BlockEvictionConformanceTest, EvictsLeavesFirstThroughThePrefixIndex)
   const std::vector<int32_t> tokens = {1, 2, 3, 4, 5, 6, 7, 8};
   const int priorities[] = {0, 50, 80, 100};
   for (int i = 0; i < 4; ++i) {
-    auto r = index->Insert(i, i == 0 ? kNoBlock : i - 1,
-                           absl::MakeConstSpan(tokens).subspan(2 * i, 2), keys,
-                           BlockRetention{priorities[i], absl::InfiniteDuration()});
+    auto r =
+        index->Insert(i, i == 0 ? kNoBlock : i - 1, absl::MakeConstSpan(tokens).subspan(2 * i, 2),
+                      keys, BlockRetention{priorities[i], absl::InfiniteDuration()});
     ASSERT_TRUE(r.ok() && r->inserted);
   }
   ASSERT_TRUE(index->Insert(4, 0, std::vector<int32_t>{9, 9}, keys).ok());
@@ -127,7 +129,9 @@ TYPED_TEST(BlockEvictionConformanceTest, EvictsLeavesFirstThroughThePrefixIndex)
   std::vector<BlockId> order;
   while (auto victim = index->EvictOne()) order.push_back(*victim);
   ASSERT_EQ(order.size(), 5u);
-  auto pos = [&order](BlockId b) { return std::find(order.begin(), order.end(), b) - order.begin(); };
+  auto pos = [&order](BlockId b) {
+    return std::find(order.begin(), order.end(), b) - order.begin();
+  };
   EXPECT_LT(pos(3), pos(2));
   EXPECT_LT(pos(2), pos(1));
   EXPECT_LT(pos(1), pos(0));

@@ -1,9 +1,11 @@
 // Policy-specific behaviour of the block eviction policies, and their registry.
+#include "engine/kv/eviction/block_eviction_policy.h"
+
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "engine/kv/eviction/block_eviction_policy.h"
 #include "engine/kv/eviction/lru_policy.h"
 #include "engine/kv/eviction/priority_policy.h"
 #include "engine/kv/eviction/slru_policy.h"
@@ -41,8 +43,8 @@ TEST(BlockEvictionRegistryTest, ValidatesOptionsAndRegistersNewPolicies) {
   EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(p.status().message().find("slru_protected_fraction"), std::string::npos);
 
-  auto factory = [](const BlockEvictionOptions&)
-      -> absl::StatusOr<std::unique_ptr<BlockEvictionPolicy>> {
+  auto factory =
+      [](const BlockEvictionOptions&) -> absl::StatusOr<std::unique_ptr<BlockEvictionPolicy>> {
     return std::make_unique<LruEvictionPolicy>();
   };
   EXPECT_TRUE(RegisterBlockEvictionPolicy("test_lru_alias", factory).ok());

@@ -4,10 +4,12 @@
 #ifndef KVSERVE_TESTS_ENGINE_KV_EVICTION_TEST_UTIL_H_
 #define KVSERVE_TESTS_ENGINE_KV_EVICTION_TEST_UTIL_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -80,8 +82,8 @@ struct WorkloadResult {
 // PrefixIndex using the policy `policy_name`, on a pool of `capacity` blocks of `block_size`
 // tokens. Checks after every step that every victim was evictable by an independent model,
 // that the index agrees with that model, and that pool references add up.
-inline WorkloadResult RunRandomWorkload(const std::string& policy_name, uint32_t seed,
-                                        int steps, int capacity = 24, int block_size = 4) {
+inline WorkloadResult RunRandomWorkload(const std::string& policy_name, uint32_t seed, int steps,
+                                        int capacity = 16, int block_size = 4) {
   WorkloadResult result;
   ManualClock clock;
   PrefixIndexOptions options;
@@ -105,8 +107,9 @@ inline WorkloadResult RunRandomWorkload(const std::string& policy_name, uint32_t
   // The independent model: cached blocks and their parents, and the live sequences' tables.
   std::map<BlockId, BlockId> cached_parent;
   std::vector<std::vector<BlockId>> live;
+  std::vector<BlockId> pending;  // the table of the request being admitted
   auto users_of = [&](BlockId b) {
-    int n = 0;
+    int n = static_cast<int>(std::count(pending.begin(), pending.end(), b));
     for (const auto& table : live) n += static_cast<int>(std::count(table.begin(), table.end(), b));
     return n;
   };
@@ -124,8 +127,8 @@ inline WorkloadResult RunRandomWorkload(const std::string& policy_name, uint32_t
     }
     const std::optional<BlockId> victim = index.EvictOne();
     if (!victim) {
-      EXPECT_TRUE(expected.empty()) << "nothing evicted while " << expected.size()
-                                    << " blocks were evictable";
+      EXPECT_TRUE(expected.empty())
+          << "nothing evicted while " << expected.size() << " blocks were evictable";
       return false;
     }
     EXPECT_TRUE(expected.count(*victim)) << policy_name << " evicted non-evictable " << *victim;
@@ -142,9 +145,11 @@ inline WorkloadResult RunRandomWorkload(const std::string& policy_name, uint32_t
       const int suffix = uniform(0, 3 * block_size);
       for (int i = 0; i < suffix; ++i) prompt.push_back(uniform(1, 50));
       const PrefixKeys& k = keys[uniform(0, 1)];
-      const int64_t num_blocks = (static_cast<int64_t>(prompt.size()) + block_size - 1) / block_size;
+      const int64_t num_blocks =
+          (static_cast<int64_t>(prompt.size()) + block_size - 1) / block_size;
       PrefixMatch match = index.Lookup(prompt, k);
-      std::vector<BlockId> table = match.blocks;
+      std::vector<BlockId>& table = pending;
+      table = match.blocks;
       for (BlockId b : table) pool.AddRef(b);
       bool fits = true;
       while (static_cast<int64_t>(table.size()) < num_blocks) {
@@ -161,6 +166,7 @@ inline WorkloadResult RunRandomWorkload(const std::string& policy_name, uint32_t
           index.Release(b);
           pool.Release(b);
         }
+        table.clear();
         ++result.refused;
         continue;
       }
@@ -171,9 +177,9 @@ inline WorkloadResult RunRandomWorkload(const std::string& policy_name, uint32_t
         BlockRetention retention;
         retention.priority = uniform(0, 100);
         retention.duration = absl::Seconds(uniform(0, 10));
-        auto inserted = index.Insert(table[i], parent,
-                                     absl::MakeConstSpan(prompt).subspan(i * block_size, block_size),
-                                     k, retention);
+        auto inserted = index.Insert(
+            table[i], parent, absl::MakeConstSpan(prompt).subspan(i * block_size, block_size), k,
+            retention);
         EXPECT_TRUE(inserted.ok()) << inserted.status();
         if (!inserted.ok()) break;
         if (inserted->inserted) {
@@ -186,6 +192,7 @@ inline WorkloadResult RunRandomWorkload(const std::string& policy_name, uint32_t
         }
       }
       live.push_back(std::move(table));
+      table.clear();
       ++result.admitted;
     } else {
       const size_t which = static_cast<size_t>(uniform(0, static_cast<int>(live.size()) - 1));

@@ -4,6 +4,7 @@
 #include <memory>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/kv/eviction/block_eviction_policy.h"
@@ -245,7 +246,7 @@ TEST_F(PrefixIndexTest, EraseRemovesDescendantsAndUsersKeepTheirBlocks) {
 }
 
 TEST_F(PrefixIndexTest, ClearFlushesWhatIsNotInUse) {
-  ReleaseAll(CacheChain(Range(1, 8), 0));           // 0 -> 1, unused
+  ReleaseAll(CacheChain(Range(1, 8), 0));                         // 0 -> 1, unused
   const std::vector<BlockId> used = CacheChain(Range(50, 4), 2);  // in use
   EXPECT_EQ(index_->Clear(), (std::vector<BlockId>{1, 0}));
   EXPECT_TRUE(index_->Contains(2));
@@ -274,8 +275,7 @@ TEST_F(PrefixIndexTest, RejectsPartialBlocksUnknownParentsAndDoubleInserts) {
 }
 
 TEST_F(PrefixIndexTest, EveryHashAlgorithmGivesTheSameCacheBehaviour) {
-  for (PrefixHashAlgorithm algorithm : {PrefixHashAlgorithm::kXxh3_128,
-                                        PrefixHashAlgorithm::kXxh64,
+  for (PrefixHashAlgorithm algorithm : {PrefixHashAlgorithm::kXxh3_128, PrefixHashAlgorithm::kXxh64,
                                         PrefixHashAlgorithm::kSha256}) {
     SCOPED_TRACE(PrefixHashAlgorithmName(algorithm));
     Reset(PrefixHashFunction(), algorithm);

@@ -203,3 +203,45 @@ TEST(EngineTest, ShutdownRefusesNewWorkAndAbortEndsStreams) {
 
 }  // namespace
 }  // namespace kvserve::engine
+
+namespace kvserve::engine {
+namespace {
+
+TEST(EngineStatsTest, AccountingMatchesThePoolAndTopRequestsAreListed) {
+  EngineOptions o = StoriesOptions();
+  o.stream_buffer_tokens = 2;  // unread streams pause, so the requests stay live
+  auto engine = Engine::Create(o);
+  ASSERT_TRUE(engine.ok());
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int i = 0; i < 3; ++i) {
+    EngineRequest r = Greedy(**engine, i == 0 ? "Once upon a time, there was a big dog" : "Hi", 50);
+    r.id = "r" + std::to_string(i);
+    r.ignore_eos = true;
+    streams.push_back(*(*engine)->Submit(r));
+  }
+  EngineStats s;
+  for (int i = 0; i < 400; ++i) {
+    s = (*engine)->Stats();
+    if (s.top_requests.size() == 3 && s.running_requests == 3) break;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_EQ(s.top_requests.size(), 3u);
+  EXPECT_EQ(s.top_requests[0].id, "r0");  // the longest prompt holds the most blocks
+  int64_t listed = 0;
+  for (const auto& t : s.top_requests) listed += t.bytes;
+  EXPECT_EQ(listed, s.kv.used_bytes);
+  int64_t by_format = 0;
+  for (const auto& u : s.kv.used_by_format) by_format += u.total();
+  EXPECT_EQ(by_format, s.kv.used_bytes);
+  EXPECT_EQ(s.kv.allocated_bytes, s.kv.used_bytes + s.kv.free_bytes);
+  // FP32 KV: twice the FP16 bytes, so the "compression" ratio is 0.5.
+  EXPECT_DOUBLE_EQ(s.kv.compression_ratio(), 0.5);
+  for (auto& st : streams) st->Cancel();
+  ASSERT_TRUE((*engine)->WaitIdle(absl::Seconds(10)));
+  s = (*engine)->Stats();
+  EXPECT_EQ(s.kv.used_bytes, 0);
+  EXPECT_TRUE(s.top_requests.empty());
+}
+
+}  // namespace
+}  // namespace kvserve::engine
