@@ -27,12 +27,15 @@ std::string_view FinishReasonName(FinishReason r) {
 
 BatchGenerator::BatchGenerator(LlamaModel* model, BlockPool* pool,
                                const KvCachePolicy* kv_policy, const Tokenizer* tokenizer,
-                               Options options)
+                               Options options, PrefixIndex* prefix_index,
+                               std::string model_identity)
     : model_(model),
       pool_(pool),
       kv_policy_(kv_policy),
       tokenizer_(tokenizer),
-      options_(options) {}
+      options_(options),
+      prefix_index_(prefix_index),
+      model_identity_(std::move(model_identity)) {}
 
 absl::StatusOr<std::vector<GenerationResult>> BatchGenerator::Run(
     const std::vector<GenerationRequest>& requests, const TokenCallback& on_token) {
@@ -64,6 +67,8 @@ absl::StatusOr<std::vector<GenerationResult>> BatchGenerator::Run(
   SchedulerOptions so;
   so.max_running = static_cast<int32_t>(std::max<size_t>(1, requests.size()));
   so.max_batch_tokens = options_.max_batch_tokens;
+  so.prefix_index = prefix_index_;
+  so.model_identity = model_identity_;
   Scheduler scheduler(model_, pool_, kv_policy_, tokenizer_, so);
   std::vector<std::shared_ptr<RequestStream>> streams;
   const absl::Time start = absl::Now();
@@ -98,6 +103,7 @@ absl::StatusOr<std::vector<GenerationResult>> BatchGenerator::Run(
   }
   steps_ = scheduler.counters().steps;
   preemptions_ = scheduler.counters().preemptions;
+  cached_prompt_tokens_ = scheduler.counters().cached_prompt_tokens;
   if (!failure.ok()) return failure;
   return results;
 }

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "engine/kv/block_pool.h"
 #include "engine/kv/kv_cache_policy.h"
+#include "engine/kv/prefix_index.h"
 #include "engine/model/llama_model.h"
 #include "engine/serving/request.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -38,8 +39,10 @@ class BatchGenerator {
   // Called for every generated token as it is produced.
   using TokenCallback = std::function<void(int sequence, int32_t token)>;
 
+  // prefix_index (may be null) persists across Runs: later requests reuse earlier prompts.
   BatchGenerator(LlamaModel* model, BlockPool* pool, const KvCachePolicy* kv_policy,
-                 const Tokenizer* tokenizer, Options options);
+                 const Tokenizer* tokenizer, Options options, PrefixIndex* prefix_index = nullptr,
+                 std::string model_identity = "");
 
   // Generates every request to completion, all admitted together. InvalidArgument for a bad
   // request (empty prompt, prompt not shorter than the model's context, token outside the
@@ -51,6 +54,8 @@ class BatchGenerator {
   // Forward steps and preemptions of the last Run.
   int64_t steps() const { return steps_; }
   int64_t preemptions() const { return preemptions_; }
+  // Prompt tokens served from the prefix cache in the last Run.
+  int64_t cached_prompt_tokens() const { return cached_prompt_tokens_; }
 
  private:
   LlamaModel* model_;
@@ -58,8 +63,11 @@ class BatchGenerator {
   const KvCachePolicy* kv_policy_;
   const Tokenizer* tokenizer_;
   Options options_;
+  PrefixIndex* prefix_index_;
+  std::string model_identity_;
   int64_t steps_ = 0;
   int64_t preemptions_ = 0;
+  int64_t cached_prompt_tokens_ = 0;
 };
 
 }  // namespace kvserve::engine

@@ -33,10 +33,22 @@ absl::StatusOr<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOpt
   policy.sink_tokens = options.kv_sink_tokens;
   policy.window_format = options.kv_window_format;
   KVSERVE_ASSIGN_OR_RETURN(lm->kv_policy_, KvCachePolicy::Create(lm->kv_pool_.get(), policy));
+  lm->model_identity_ = options.model_path + "|" + lm->loaded_->config().name;
+  if (options.prefix_cache) {
+    KVSERVE_ASSIGN_OR_RETURN(PrefixHashAlgorithm hash,
+                             ParsePrefixHashAlgorithm(options.prefix_hash));
+    KVSERVE_ASSIGN_OR_RETURN(std::unique_ptr<BlockEvictionPolicy> eviction,
+                             CreateBlockEvictionPolicy(options.block_eviction));
+    PrefixIndexOptions po;
+    po.block_size = options.block_size;
+    po.hash = hash;
+    KVSERVE_ASSIGN_OR_RETURN(lm->prefix_index_, PrefixIndex::Create(po, std::move(eviction)));
+  }
   BatchGenerator::Options gen_options;
   gen_options.max_batch_tokens = options.max_batch_tokens;
   lm->generator_ = std::make_unique<BatchGenerator>(
-      lm->model_.get(), lm->kv_pool_.get(), &lm->kv_policy_, lm->tokenizer_.get(), gen_options);
+      lm->model_.get(), lm->kv_pool_.get(), &lm->kv_policy_, lm->tokenizer_.get(), gen_options,
+      lm->prefix_index_.get(), lm->model_identity_);
   return lm;
 }
 

@@ -16,6 +16,7 @@
 #include "engine/generation/batch_generator.h"
 #include "engine/kv/block_pool.h"
 #include "engine/kv/kv_cache_policy.h"
+#include "engine/kv/prefix_index.h"
 #include "engine/model/llama_model.h"
 #include "engine/model/model.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -36,6 +37,10 @@ struct LocalModelOptions {
   int block_size = 16;              // tokens per KV block
   int num_threads = 0;              // 0 = all online CPUs
   int64_t max_batch_tokens = 512;   // per forward step
+  // Prefix reuse across requests (full blocks, chained hashes, verified hits).
+  bool prefix_cache = true;
+  std::string prefix_hash = "xxh3_128";       // xxh3_128 | xxh64 | sha256
+  std::string block_eviction = "lru";         // lru | priority | slru
 };
 
 class LocalModel {
@@ -51,6 +56,10 @@ class LocalModel {
   // Layout new blocks are written in (see KvCachePolicy).
   LayoutId kv_layout() const { return kv_policy_.write_layout(); }
   const KvCachePolicy& kv_policy() const { return kv_policy_; }
+  // Null when the prefix cache is off. Holds one pool reference per cached block.
+  PrefixIndex* prefix_index() { return prefix_index_.get(); }
+  // What the prefix index keys blocks with besides their tokens (model identity).
+  const std::string& model_identity() const { return model_identity_; }
   BatchGenerator& generator() { return *generator_; }
   kernels::ThreadPool& threads() { return *threads_; }
   const LocalModelOptions& options() const { return options_; }
@@ -63,6 +72,8 @@ class LocalModel {
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<BlockPool> kv_pool_;
   KvCachePolicy kv_policy_;
+  std::unique_ptr<PrefixIndex> prefix_index_;
+  std::string model_identity_;
   std::unique_ptr<BatchGenerator> generator_;
 };
 

@@ -33,6 +33,14 @@ class SequenceKv {
   // REQUIRES: `layout` takes no more bytes than the old block's layout, or the old block is
   // shared (then ResourceExhausted is possible and leaves the table unchanged).
   absl::StatusOr<BlockId> ReplaceBlock(int64_t index, LayoutId layout);
+  // Appends a block the caller already holds a pool reference for (a cached prefix block); the
+  // reference becomes this sequence's.
+  void AppendShared(BlockId id) { blocks_.push_back(id); }
+  // Replaces block `index` by `id` (the caller holds a reference for it) and releases the old.
+  void SetBlock(int64_t index, BlockId id) {
+    pool_->Release(blocks_[index]);
+    blocks_[index] = id;
+  }
   // Blocks [0, demoted_blocks()) are in their final layout (see KvCachePolicy::Demote).
   int64_t demoted_blocks() const { return demoted_blocks_; }
   void set_demoted_blocks(int64_t n) { demoted_blocks_ = n; }

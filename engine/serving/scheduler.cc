@@ -38,6 +38,10 @@ struct Scheduler::Sequence {
   absl::Time first_token = absl::InfiniteFuture();
   int64_t peak_blocks = 0;
   int64_t peak_bytes = 0;
+  int64_t indexed_blocks = 0;       // leading blocks known to the prefix index
+  bool index_disabled = false;      // a block could not be cached: keep the rest private
+  int32_t cached_prompt_tokens = 0;  // served from the prefix cache at first admission
+  bool admitted_once = false;
   bool done = false;
   bool preempted = false;  // set during a step; moved back to waiting at its end
 
@@ -83,6 +87,7 @@ void Scheduler::Finish(Sequence* s, FinishReason reason, absl::Status status, ab
   e.status = std::move(status);
   e.usage.prompt_tokens = static_cast<int32_t>(s->req.prompt.size());
   e.usage.completion_tokens = s->generated;
+  e.usage.cached_prompt_tokens = s->cached_prompt_tokens;
   e.timings.queued =
       (s->first_scheduled == absl::InfiniteFuture() ? now : s->first_scheduled) - s->arrival;
   e.timings.time_to_first_token =
@@ -98,7 +103,7 @@ void Scheduler::Finish(Sequence* s, FinishReason reason, absl::Status status, ab
   } else {
     ++counters_.failed;
   }
-  s->kv.Release();
+  ReleaseKv(s);
   s->done = true;
   s->stream->Push(std::move(e));
 }
@@ -181,7 +186,28 @@ void Scheduler::Admit(absl::Time now) {
       waiting_.pop_front();
       continue;
     }
-    if (need > pool_->AvailableBlocks(layout_) || !s->kv.Reserve(slots).ok()) break;
+    int64_t matched_blocks = 0;
+    int64_t evictable = 0;
+    if (options_.prefix_index != nullptr && s->tokens.size() >= 2) {
+      matched_blocks = static_cast<int64_t>(
+          options_.prefix_index
+              ->Match(absl::MakeConstSpan(s->tokens.data(), s->tokens.size() - 1),
+                      KeysFor(s, kv_policy_->cold_layout()))
+              .blocks.size());
+      evictable = options_.prefix_index->evictable_blocks();
+    }
+    if (need - matched_blocks > pool_->AvailableBlocks(layout_) + evictable) break;
+    AttachCachedPrefix(s);
+    if (!ReserveEvicting(s, slots).ok()) {
+      ReleaseKv(s);
+      s->processed = 0;
+      break;
+    }
+    if (!s->admitted_once) {
+      s->admitted_once = true;
+      s->cached_prompt_tokens = static_cast<int32_t>(s->processed);
+    }
+    counters_.cached_prompt_tokens += s->processed;
     s->TrackPeak();
     s->order = next_order_++;
     if (s->first_scheduled == absl::InfiniteFuture()) s->first_scheduled = now;
@@ -202,12 +228,93 @@ bool Scheduler::Preempt(Sequence* requester) {
     }
   }
   if (victim == nullptr) return false;
-  victim->kv.Release();
+  ReleaseKv(victim);
   victim->processed = 0;
   victim->preempted = true;
   ++victim->preemptions;
   ++counters_.preemptions;
   return victim != requester;
+}
+
+PrefixKeys Scheduler::KeysFor(const Sequence* s, LayoutId layout) const {
+  PrefixKeys k;
+  k.cache_salt = s->req.cache_salt;
+  k.layout = layout;
+  k.model = options_.model_identity;
+  return k;
+}
+
+void Scheduler::ReleaseKv(Sequence* s) {
+  if (options_.prefix_index != nullptr) {
+    const auto& table = s->kv.block_table();
+    for (int64_t b = 0; b < s->indexed_blocks && b < static_cast<int64_t>(table.size()); ++b) {
+      options_.prefix_index->Release(table[b]);
+    }
+  }
+  s->indexed_blocks = 0;
+  s->index_disabled = false;
+  s->kv.Release();
+}
+
+absl::Status Scheduler::ReserveEvicting(Sequence* s, int64_t slots) {
+  while (true) {
+    absl::Status st = s->kv.Reserve(slots);
+    if (st.ok() || st.code() != absl::StatusCode::kResourceExhausted ||
+        options_.prefix_index == nullptr) {
+      return st;
+    }
+    std::optional<BlockId> victim = options_.prefix_index->EvictOne();
+    if (!victim) return st;
+    pool_->Release(*victim);
+    ++counters_.prefix_evictions;
+  }
+}
+
+void Scheduler::AttachCachedPrefix(Sequence* s) {
+  PrefixIndex* index = options_.prefix_index;
+  if (index == nullptr || !s->kv.block_table().empty() || s->tokens.size() < 2) return;
+  // The last token is always computed: its logits give the next token.
+  const PrefixMatch m =
+      index->Lookup(absl::MakeConstSpan(s->tokens.data(), s->tokens.size() - 1),
+                    KeysFor(s, kv_policy_->cold_layout()));
+  for (BlockId id : m.blocks) {
+    pool_->AddRef(id);
+    s->kv.AppendShared(id);
+  }
+  s->indexed_blocks = static_cast<int64_t>(m.blocks.size());
+  s->processed = m.matched_tokens;
+}
+
+void Scheduler::CacheFullBlocks(Sequence* s) {
+  PrefixIndex* index = options_.prefix_index;
+  if (index == nullptr || s->index_disabled) return;
+  const int64_t bs = pool_->geometry().block_size;
+  const int32_t sinks = kv_policy_->config().sink_tokens;
+  while (s->indexed_blocks < static_cast<int64_t>(s->kv.block_table().size())) {
+    const int64_t b = s->indexed_blocks;
+    if ((b + 1) * bs > s->processed) break;  // not every token of the block is computed
+    const BlockId id = s->kv.block_table()[b];
+    // Only blocks in their final layout are shared: cold ones, or sink blocks that stay hot.
+    const bool final = !kv_policy_->demotes() || pool_->layout_of(id) == kv_policy_->cold_layout() ||
+                       b * bs < sinks;
+    if (!final) break;
+    const BlockId parent = b > 0 ? s->kv.block_table()[b - 1] : kNoBlock;
+    absl::StatusOr<PrefixIndex::InsertResult> r = index->Insert(
+        id, parent, absl::MakeConstSpan(s->tokens.data() + b * bs, bs),
+        KeysFor(s, kv_policy_->cold_layout()),
+        RetentionForBlock(s->req.retention, b, static_cast<int32_t>(bs)));
+    if (!r.ok()) {
+      s->index_disabled = true;
+      break;
+    }
+    if (r->inserted) {
+      pool_->AddRef(id);  // the index's own reference
+    } else {
+      pool_->AddRef(r->block);  // share the identical cached block, free our copy
+      s->kv.SetBlock(b, r->block);
+    }
+    ++s->indexed_blocks;
+  }
 }
 
 std::vector<RequestKvEntry> Scheduler::TopRequestsByKv(int n) const {
@@ -293,7 +400,7 @@ bool Scheduler::Step(absl::Time now) {
   const int64_t pool_blocks = pool_->budget_bytes() / block_bytes;
   for (Sequence* s : order) {
     if (s->done || s->preempted || s->pending() != 1) continue;
-    while (!s->kv.Reserve(s->processed + 1).ok()) {
+    while (!ReserveEvicting(s, s->processed + 1).ok()) {
       if (s->kv.BlocksNeeded(s->processed + 1) + static_cast<int64_t>(s->kv.block_table().size()) >
           pool_blocks) {
         Finish(s, FinishReason::kNone,
@@ -361,16 +468,18 @@ bool Scheduler::Step(absl::Time now) {
           s->sampler.Sample(absl::MakeSpan(logits_.data() + r * vocab, vocab), s->tokens);
       EmitToken(s, next, emit_time);
     }
-    // Blocks that left the recent window move to their long-term format.
-    if (kv_policy_->demotes()) {
-      for (auto& p : running_) {
-        Sequence* s = p.get();
-        if (s->done) continue;
+    for (auto& p : running_) {
+      Sequence* s = p.get();
+      if (s->done) continue;
+      // Blocks that left the recent window move to their long-term format.
+      if (kv_policy_->demotes()) {
         const absl::Status demoted = kv_policy_->Demote(s->kv, s->processed);
         if (!demoted.ok() && demoted.code() != absl::StatusCode::kResourceExhausted) {
           Finish(s, FinishReason::kNone, demoted, emit_time);
+          continue;
         }
       }
+      CacheFullBlocks(s);
     }
   }
   RemoveFinished();

@@ -28,6 +28,7 @@
 #include "absl/time/time.h"
 #include "engine/kv/block_pool.h"
 #include "engine/kv/kv_cache_policy.h"
+#include "engine/kv/prefix_index.h"
 #include "engine/model/llama_model.h"
 #include "engine/serving/request.h"
 #include "engine/serving/request_stream.h"
@@ -41,6 +42,10 @@ struct SchedulerOptions {
   SchedulingPolicy policy = SchedulingPolicy::kFcfs;
   int32_t max_running = 64;        // sequences in one batch at most
   int64_t max_batch_tokens = 512;  // tokens per forward step
+  // Prefix reuse (null = off). The index holds its own pool reference on each cached block and
+  // must outlive the scheduler; blocks are cached once full and in their final layout.
+  PrefixIndex* prefix_index = nullptr;
+  std::string model_identity;      // part of every cached block's key
 };
 
 // Counters since the scheduler was created.
@@ -48,6 +53,8 @@ struct SchedulerCounters {
   int64_t steps = 0;
   int64_t preemptions = 0;
   int64_t prompt_tokens = 0;     // tokens computed in prefill (recomputation included)
+  int64_t cached_prompt_tokens = 0;  // prompt tokens served from the prefix cache
+  int64_t prefix_evictions = 0;  // cached blocks dropped to make room
   int64_t generated_tokens = 0;
   int64_t finished = 0;          // ended normally (length, eos, stop)
   int64_t cancelled = 0;
@@ -98,6 +105,15 @@ class Scheduler {
 
   void Admit(absl::Time now);
   bool Preempt(Sequence* requester);
+  // Frees the sequence's blocks (telling the prefix index first).
+  void ReleaseKv(Sequence* s);
+  // Reserve with prefix-cache eviction when the pool is full.
+  absl::Status ReserveEvicting(Sequence* s, int64_t slots);
+  // Attaches the longest cached prefix of the sequence's tokens.
+  void AttachCachedPrefix(Sequence* s);
+  // Caches the sequence's newly final full blocks.
+  void CacheFullBlocks(Sequence* s);
+  PrefixKeys KeysFor(const Sequence* s, LayoutId layout) const;
   void Finish(Sequence* s, FinishReason reason, absl::Status status, absl::Time now);
   void EmitToken(Sequence* s, int32_t token, absl::Time now);
   void RemoveFinished();

@@ -192,8 +192,7 @@ int RunClientCommand(const std::vector<std::string>& args) {
     std::fputs(kClientUsage, stdout);
     return 0;
   }
-  std::fprintf(stderr, "kvserve client: unknown command '%s'\n\n%s", command.c_str(),
-               kClientUsage);
+  std::fprintf(stderr, "kvserve client: unknown command '%s'\n\n%s", command.c_str(), kClientUsage);
   return 2;
 }
 

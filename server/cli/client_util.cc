@@ -63,12 +63,23 @@ absl::Status PrepareContext(const FlagSet& flags, grpc::ClientContext* context) 
 }
 
 std::string GrpcCodeName(grpc::StatusCode code) {
-  static const char* const kNames[] = {
-      "OK",           "CANCELLED",         "UNKNOWN",        "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND",    "ALREADY_EXISTS", "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL",         "UNAVAILABLE",    "DATA_LOSS",
-      "UNAUTHENTICATED"};
+  static const char* const kNames[] = {"OK",
+                                       "CANCELLED",
+                                       "UNKNOWN",
+                                       "INVALID_ARGUMENT",
+                                       "DEADLINE_EXCEEDED",
+                                       "NOT_FOUND",
+                                       "ALREADY_EXISTS",
+                                       "PERMISSION_DENIED",
+                                       "RESOURCE_EXHAUSTED",
+                                       "FAILED_PRECONDITION",
+                                       "ABORTED",
+                                       "OUT_OF_RANGE",
+                                       "UNIMPLEMENTED",
+                                       "INTERNAL",
+                                       "UNAVAILABLE",
+                                       "DATA_LOSS",
+                                       "UNAUTHENTICATED"};
   const int i = static_cast<int>(code);
   if (i >= 0 && i < static_cast<int>(sizeof(kNames) / sizeof(kNames[0]))) return kNames[i];
   return absl::StrCat("CODE_", i);
@@ -81,29 +92,27 @@ int ReportError(const grpc::Status& status) {
 }
 
 int ReportError(const absl::Status& status) {
-  return ReportError(grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                                  std::string(status.message())));
+  return ReportError(
+      grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message())));
 }
 
-void LogSummary(const std::string& request_id, const v1::Usage& usage,
-                const v1::Timings& timings, v1::FinishReason finish_reason) {
+void LogSummary(const std::string& request_id, const v1::Usage& usage, const v1::Timings& timings,
+                v1::FinishReason finish_reason) {
   spdlog::info(
       "request {}: {} prompt tokens ({} cached), {} generated; finish reason {}; "
       "first token after {:.1f} ms, total {:.1f} ms",
       request_id, usage.prompt_tokens(), usage.cached_prompt_tokens(), usage.completion_tokens(),
-      v1::FinishReason_Name(finish_reason), Ms(timings.time_to_first_token()),
-      Ms(timings.total()));
+      v1::FinishReason_Name(finish_reason), Ms(timings.time_to_first_token()), Ms(timings.total()));
 }
 
 absl::StatusOr<std::string> CheckHealth(const std::shared_ptr<grpc::Channel>& channel,
-                                        grpc::ClientContext* context,
-                                        const std::string& service) {
+                                        grpc::ClientContext* context, const std::string& service) {
   // grpc.health.v1.HealthCheckRequest { string service = 1; }, encoded by hand: gRPC ships the
   // health service but no C++ client for it.
   std::string request_bytes;
   if (!service.empty()) {
     request_bytes.push_back(0x0A);
-    for (uint64_t n = service.size(); ; n >>= 7) {
+    for (uint64_t n = service.size();; n >>= 7) {
       if (n < 0x80) {
         request_bytes.push_back(static_cast<char>(n));
         break;
@@ -118,22 +127,21 @@ absl::StatusOr<std::string> CheckHealth(const std::shared_ptr<grpc::Channel>& ch
   grpc::GenericStub stub(channel);
   absl::Notification done;
   grpc::Status status;
-  stub.UnaryCall(context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                 &response, [&](grpc::Status s) {
+  stub.UnaryCall(context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status s) {
                    status = std::move(s);
                    done.Notify();
                  });
   done.WaitForNotification();
   if (!status.ok()) {
-    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                        status.error_message());
+    return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
   }
   // HealthCheckResponse { ServingStatus status = 1; }
   std::vector<grpc::Slice> slices;
   std::string bytes;
   if (response.Dump(&slices).ok()) {
-    for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()),
-                                                     s.size());
+    for (const grpc::Slice& s : slices)
+      bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   }
   google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(bytes.data()),
                                             static_cast<int>(bytes.size()));

@@ -29,8 +29,8 @@ int ReportError(const grpc::Status& status);
 int ReportError(const absl::Status& status);
 
 // Logs usage and timings of a finished generation to stderr.
-void LogSummary(const std::string& request_id, const v1::Usage& usage,
-                const v1::Timings& timings, v1::FinishReason finish_reason);
+void LogSummary(const std::string& request_id, const v1::Usage& usage, const v1::Timings& timings,
+                v1::FinishReason finish_reason);
 
 // Calls grpc.health.v1.Health/Check for `service` ("" = the server) and returns the status name:
 // SERVING, NOT_SERVING, UNKNOWN or SERVICE_UNKNOWN. A failed call returns its status.

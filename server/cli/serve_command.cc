@@ -75,14 +75,14 @@ class SignalWatcher {
 
 // Protobuf's own log lines (a request that does not parse) are client errors, already answered.
 void RouteProtobufLogs() {
-  google::protobuf::SetLogHandler([](google::protobuf::LogLevel level, const char* file, int line,
-                                     const std::string& message) {
-    if (level >= google::protobuf::LOGLEVEL_FATAL) {
-      spdlog::critical("protobuf: {}", message);
-    } else {
-      spdlog::debug("protobuf: {}", message);
-    }
-  });
+  google::protobuf::SetLogHandler(
+      [](google::protobuf::LogLevel level, const char* file, int line, const std::string& message) {
+        if (level >= google::protobuf::LOGLEVEL_FATAL) {
+          spdlog::critical("protobuf: {}", message);
+        } else {
+          spdlog::debug("protobuf: {}", message);
+        }
+      });
 }
 
 int Drain(GrpcServer& server, engine::Engine& engine, SignalWatcher& signals, double timeout_s) {
@@ -144,12 +144,13 @@ int RunServeCommand(const std::vector<std::string>& args) {
     return 1;
   }
   const engine::ModelConfig& model = (*engine)->config();
-  spdlog::info("model {}: {} layers, dim {}, vocab {}, context {}; KV {} in blocks of {}, "
-               "budget {:.2f} MiB",
-               model.name, model.num_layers, model.dim, model.vocab_size, model.context_length,
-               std::string(kernels::KvFormatName(config->engine.model.kv_format)),
-               config->engine.model.block_size,
-               static_cast<double>(config->engine.model.kv_budget_bytes) / (1 << 20));
+  spdlog::info(
+      "model {}: {} layers, dim {}, vocab {}, context {}; KV {} in blocks of {}, "
+      "budget {:.2f} MiB",
+      model.name, model.num_layers, model.dim, model.vocab_size, model.context_length,
+      std::string(kernels::KvFormatName(config->engine.model.kv_format)),
+      config->engine.model.block_size,
+      static_cast<double>(config->engine.model.kv_budget_bytes) / (1 << 20));
   if (flags.GetBool("check")) {
     std::printf("%s: OK\n", config->source.c_str());
     return 0;
@@ -164,8 +165,7 @@ int RunServeCommand(const std::vector<std::string>& args) {
                (*server)->tls() ? "TLS" : "plaintext",
                (*server)->api_keys_required() ? ", API keys required" : "");
   signals->drain().WaitForNotification();
-  const int code = Drain(**server, **engine, *signals,
-                         config->drain_timeout_seconds);
+  const int code = Drain(**server, **engine, *signals, config->drain_timeout_seconds);
   server->reset();
   engine->reset();
   return code;

@@ -87,8 +87,7 @@ bool IsLoopbackAddress(std::string_view address) {
   std::vector<absl::string_view> parts = absl::StrSplit(host, '.');
   if (parts.size() != 4) return false;
   for (absl::string_view p : parts) {
-    if (p.empty() || p.size() > 3 ||
-        p.find_first_not_of("0123456789") != absl::string_view::npos) {
+    if (p.empty() || p.size() > 3 || p.find_first_not_of("0123456789") != absl::string_view::npos) {
       return false;
     }
   }

@@ -19,23 +19,20 @@ void LogFinished(const CallInfo& info, const std::string& id,
                  const std::optional<engine::StreamEvent>& final, int64_t streamed_tokens,
                  bool client_cancelled) {
   if (!final) {
-    spdlog::info(
-        "{} {} finished: status=CANCELLED (client) prompt_tokens={} completion_tokens={}",
-        info.method, id, info.prompt_tokens, streamed_tokens);
+    spdlog::info("{} {} finished: status=CANCELLED (client) prompt_tokens={} completion_tokens={}",
+                 info.method, id, info.prompt_tokens, streamed_tokens);
     return;
   }
-  const std::string status = final->status.ok()
-                                 ? std::string("OK")
-                                 : absl::StatusCodeToString(final->status.code());
+  const std::string status =
+      final->status.ok() ? std::string("OK") : absl::StatusCodeToString(final->status.code());
   spdlog::info(
       "{} {} finished: status={} finish_reason={} prompt_tokens={} cached_tokens={} "
       "completion_tokens={} ttft_ms={:.1f} duration_ms={:.1f} queued_ms={:.1f} preemptions={} "
       "peak_kv_blocks={}{}",
       info.method, id, status, std::string(engine::FinishReasonName(final->finish_reason)),
-      final->usage.prompt_tokens, final->usage.cached_prompt_tokens,
-      final->usage.completion_tokens, Ms(final->timings.time_to_first_token),
-      Ms(final->timings.total), Ms(final->timings.queued), final->preemptions, final->kv.peak_blocks,
-      client_cancelled ? " (client gone)" : "");
+      final->usage.prompt_tokens, final->usage.cached_prompt_tokens, final->usage.completion_tokens,
+      Ms(final->timings.time_to_first_token), Ms(final->timings.total), Ms(final->timings.queued),
+      final->preemptions, final->kv.peak_blocks, client_cancelled ? " (client gone)" : "");
 }
 
 template <typename Response>
@@ -111,6 +108,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       client_gone = broken_;
       final = final_;
       streamed = streamed_tokens_;
+      buffer_.Clear();  // no write is in flight any more
     }
     stream_->SetListener([] {});
     stream_->Cancel();  // no effect once the request has finished

@@ -40,9 +40,9 @@ class CallTracker {
 
 // What the log line of a finished request needs besides the stream's final event.
 struct CallInfo {
-  std::string method;                // "Generate" or "Complete"
+  std::string method;  // "Generate" or "Complete"
   int32_t prompt_tokens = 0;
-  CallTracker* tracker = nullptr;    // told when the call begins and ends; may be null
+  CallTracker* tracker = nullptr;  // told when the call begins and ends; may be null
 };
 
 // Streams `stream` to the client. The returned reactor belongs to gRPC until OnDone.

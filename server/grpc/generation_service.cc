@@ -51,8 +51,7 @@ void LogRejected(const char* method, const absl::Status& status) {
 GenerationService::GenerationService(engine::Engine* engine, GenerationServiceOptions options)
     : engine_(engine),
       options_(options),
-      limits_{engine->max_prompt_tokens(), engine->max_tokens_limit(),
-              options.default_max_tokens},
+      limits_{engine->max_prompt_tokens(), engine->max_tokens_limit(), options.default_max_tokens},
       seed_base_(RandomBase()) {}
 
 uint64_t GenerationService::NextSeed() {
@@ -69,13 +68,12 @@ absl::Status GenerationService::Admit(const grpc::CallbackServerContext& context
 }
 
 absl::StatusOr<std::shared_ptr<engine::RequestStream>> GenerationService::Submit(
-    grpc::CallbackServerContext* context, const grpc::ByteBuffer& request,
-    int32_t* prompt_tokens) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer& request, int32_t* prompt_tokens) {
   if (absl::Status s = Admit(*context); !s.ok()) return s;
   v1::GenerateRequest message;
   if (absl::Status s = ParseRequest(request, &message); !s.ok()) return s;
-  auto engine_request = BuildEngineRequest(message, engine_->tokenizer(), limits_, NextSeed(),
-                                           DeadlineOf(*context));
+  auto engine_request =
+      BuildEngineRequest(message, engine_->tokenizer(), limits_, NextSeed(), DeadlineOf(*context));
   if (!engine_request.ok()) return engine_request.status();
   *prompt_tokens = static_cast<int32_t>(engine_request->prompt.size());
   if (spdlog::should_log(spdlog::level::debug)) {
@@ -105,7 +103,8 @@ grpc::ServerUnaryReactor* GenerationService::Complete(grpc::CallbackServerContex
     LogRejected("Complete", stream.status());
     return FinishNow(context, stream.status());
   }
-  return StartCompleteCall(*std::move(stream), response, CallInfo{"Complete", prompt_tokens, &calls_});
+  return StartCompleteCall(*std::move(stream), response,
+                           CallInfo{"Complete", prompt_tokens, &calls_});
 }
 
 grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,
@@ -135,10 +134,10 @@ grpc::ServerUnaryReactor* GenerationService::Detokenize(grpc::CallbackServerCont
   for (int i = 0; i < request->token_ids_size(); ++i) {
     const int32_t id = request->token_ids(i);
     if (!tokenizer.IsValidId(id)) {
-      return FinishNow(context, absl::InvalidArgumentError(absl::StrCat(
-                                    "token_ids[", i, "]: token id ", id,
-                                    " is outside the vocabulary [0, ", tokenizer.vocab_size(),
-                                    ")")));
+      return FinishNow(context,
+                       absl::InvalidArgumentError(absl::StrCat("token_ids[", i, "]: token id ", id,
+                                                               " is outside the vocabulary [0, ",
+                                                               tokenizer.vocab_size(), ")")));
     }
   }
   engine::StreamingDetokenizer detokenizer(tokenizer);
@@ -177,8 +176,7 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   response->set_kv_block_bytes(options_.kv_block_bytes);
   response->set_max_prompt_tokens(limits_.max_prompt_tokens);
   response->set_max_tokens_limit(limits_.max_tokens_limit);
-  response->set_default_max_tokens(
-      std::min(limits_.default_max_tokens, limits_.max_tokens_limit));
+  response->set_default_max_tokens(std::min(limits_.default_max_tokens, limits_.max_tokens_limit));
   return FinishNow(context, absl::OkStatus());
 }
 

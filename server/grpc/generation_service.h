@@ -29,16 +29,15 @@
 namespace kvserve::server {
 
 struct GenerationServiceOptions {
-  int32_t default_max_tokens = 256;               // max_tokens of a request that leaves it unset
-  int64_t kv_block_bytes = 0;                     // for GetModelInfo
+  int32_t default_max_tokens = 256;  // max_tokens of a request that leaves it unset
+  int64_t kv_block_bytes = 0;        // for GetModelInfo
   const ApiKeyAuthenticator* authenticator = nullptr;  // null: no key required
 };
 
 using GenerationServiceBase = v1::Generation::WithRawCallbackMethod_Generate<
-    v1::Generation::WithRawCallbackMethod_Complete<
-        v1::Generation::WithRawCallbackMethod_Tokenize<
-            v1::Generation::WithCallbackMethod_Detokenize<
-                v1::Generation::WithCallbackMethod_GetModelInfo<v1::Generation::Service>>>>>;
+    v1::Generation::WithRawCallbackMethod_Complete<v1::Generation::WithRawCallbackMethod_Tokenize<
+        v1::Generation::WithCallbackMethod_Detokenize<
+            v1::Generation::WithCallbackMethod_GetModelInfo<v1::Generation::Service>>>>>;
 
 class GenerationService final : public GenerationServiceBase {
  public:
@@ -51,7 +50,7 @@ class GenerationService final : public GenerationServiceBase {
   bool WaitForCalls(absl::Duration timeout) { return calls_.WaitIdle(timeout); }
 
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
-                                                      const grpc::ByteBuffer* request) override;
+                                                       const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Complete(grpc::CallbackServerContext* context,
                                      const grpc::ByteBuffer* request,
                                      grpc::ByteBuffer* response) override;

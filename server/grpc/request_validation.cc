@@ -22,8 +22,8 @@ std::string Num(double v) {
 absl::Status CheckRequestId(const std::string& id) {
   if (id.empty()) return absl::OkStatus();
   if (id.size() > static_cast<size_t>(kMaxRequestIdBytes)) {
-    return Invalid("request_id", absl::StrCat("must be at most ", kMaxRequestIdBytes,
-                                              " bytes, got ", id.size()));
+    return Invalid("request_id",
+                   absl::StrCat("must be at most ", kMaxRequestIdBytes, " bytes, got ", id.size()));
   }
   for (char c : id) {
     if (c <= ' ' || c > '~') {
@@ -57,8 +57,7 @@ absl::Status FillSampling(const v1::SamplingParams& in, uint64_t random_seed,
   }
   if (!(out->repetition_penalty > 0.0f) || std::isinf(out->repetition_penalty)) {
     return Invalid("sampling.repetition_penalty",
-                   absl::StrCat("must be a finite number > 0, got ",
-                                Num(out->repetition_penalty)));
+                   absl::StrCat("must be a finite number > 0, got ", Num(out->repetition_penalty)));
   }
   // Anything the engine's own check adds is reported under the sampling message.
   if (absl::Status s = out->Validate(); !s.ok()) {
@@ -101,15 +100,13 @@ absl::Status FillPrompt(const v1::GenerateRequest& in, const engine::Tokenizer& 
       return Invalid("prompt", "set one of text or token_ids");
   }
   if (static_cast<int64_t>(prompt->size()) > limits.max_prompt_tokens) {
-    return Invalid(field, absl::StrCat("the prompt has ", prompt->size(),
-                                       " tokens; at most ", limits.max_prompt_tokens,
-                                       " are accepted"));
+    return Invalid(field, absl::StrCat("the prompt has ", prompt->size(), " tokens; at most ",
+                                       limits.max_prompt_tokens, " are accepted"));
   }
   return absl::OkStatus();
 }
 
-absl::Status FillRetention(const v1::GenerateRequest& in,
-                           std::vector<engine::RetentionHint>* out) {
+absl::Status FillRetention(const v1::GenerateRequest& in, std::vector<engine::RetentionHint>* out) {
   if (in.retention_size() > kMaxRetentionHints) {
     return Invalid("retention", absl::StrCat("at most ", kMaxRetentionHints,
                                              " hints are accepted, got ", in.retention_size()));
@@ -124,8 +121,8 @@ absl::Status FillRetention(const v1::GenerateRequest& in,
     hint.start_token = h.start_token();
     if (h.has_end_token()) {
       if (h.end_token() <= h.start_token()) {
-        return Invalid(at + "end_token", absl::StrCat("must be > start_token (",
-                                                      h.start_token(), "), got ", h.end_token()));
+        return Invalid(at + "end_token", absl::StrCat("must be > start_token (", h.start_token(),
+                                                      "), got ", h.end_token()));
       }
       hint.end_token = h.end_token();
     }

@@ -43,8 +43,7 @@ inline constexpr int32_t kDefaultRetentionPriority = 35;
 absl::StatusOr<engine::EngineRequest> BuildEngineRequest(const v1::GenerateRequest& request,
                                                          const engine::Tokenizer& tokenizer,
                                                          const RequestLimits& limits,
-                                                         uint64_t random_seed,
-                                                         absl::Time deadline);
+                                                         uint64_t random_seed, absl::Time deadline);
 
 }  // namespace kvserve::server
 

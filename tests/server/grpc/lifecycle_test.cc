@@ -16,8 +16,8 @@ namespace kvserve::server::testing {
 namespace {
 
 // 80 fp32 blocks of this model (20480 bytes each).
-const std::vector<std::string> kOneLongRequestBudget = {
-    "kv_cache.budget_mb=1.5625", "scheduler.stream_buffer_tokens=16"};
+const std::vector<std::string> kOneLongRequestBudget = {"kv_cache.budget_mb=1.5625",
+                                                        "scheduler.stream_buffer_tokens=16"};
 
 constexpr int kLongPrompt = 1000;
 
@@ -102,8 +102,8 @@ TEST(GrpcLifecycleTest, DeadlineExceededEndsTheCallAndFreesTheKvBlocks) {
 TEST(GrpcLifecycleTest, DeadlineExceededOnCompleteWhileQueued) {
   // One request at a time: the second waits behind a stalled first one until its deadline.
   ServerProcess server;
-  ASSERT_TRUE(server.Start({"scheduler.max_running_requests=1",
-                            "scheduler.stream_buffer_tokens=16"}));
+  ASSERT_TRUE(
+      server.Start({"scheduler.max_running_requests=1", "scheduler.stream_buffer_tokens=16"}));
   StalledCall first;
   StartStalled(server.Channel(nullptr, SlowReaderArguments()), TokenPrompt(100, 0, 1500), &first);
   auto stub = server.Stub();
@@ -121,8 +121,7 @@ TEST(GrpcLifecycleTest, DeadlineExceededOnCompleteWhileQueued) {
 
 TEST(GrpcLifecycleTest, FullQueueIsResourceExhaustedNamingTheLimit) {
   ServerProcess server;
-  ASSERT_TRUE(server.Start({"scheduler.max_running_requests=1",
-                            "scheduler.max_waiting_requests=1",
+  ASSERT_TRUE(server.Start({"scheduler.max_running_requests=1", "scheduler.max_waiting_requests=1",
                             "scheduler.stream_buffer_tokens=16"}));
   auto slow = server.Channel(nullptr, SlowReaderArguments());
   StalledCall running;

@@ -1,7 +1,7 @@
 // Test helpers for the gRPC front end: runs the real `kvserve` binary as a child process.
 //
 // ServerProcess writes a config into a scratch directory, starts `kvserve serve` on 127.0.0.1:0
-// (a free port), reads the chosen port from its stderr line "listening on 127.0.0.1:PORT", keeps
+// (any free port), reads the chosen port from its stderr line "listening on 127.0.0.1:PORT", keeps
 // collecting its stderr, and kills it when destroyed. RunProcess runs a command to completion
 // (e.g. `kvserve generate` for the expected output).
 #ifndef KVSERVE_TESTS_SERVER_GRPC_SERVER_PROCESS_H_

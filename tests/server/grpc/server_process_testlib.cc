@@ -1,5 +1,3 @@
-#include "tests/server/grpc/server_process.h"
-
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -18,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/cli/client_util.h"
+#include "tests/server/grpc/server_process.h"
 
 namespace kvserve::server::testing {
 namespace {
@@ -50,20 +49,6 @@ int WaitPid(pid_t pid, absl::Duration timeout) {
     absl::SleepFor(absl::Milliseconds(5));
   }
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-// A port nobody listens on right now (only used when the config refuses port 0).
-int PickFreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
 }
 
 }  // namespace
@@ -131,8 +116,8 @@ ProcessResult RunProcess(const std::vector<std::string>& argv, absl::Duration ti
 
 std::string OfflineGreedy(const std::string& prompt, int max_tokens) {
   ProcessResult r = RunProcess({KvserveBinary(), "generate", "--model", ModelPath(), "--prompt",
-                                prompt, "--max-tokens", std::to_string(max_tokens),
-                                "--temperature", "0", "--kv-format", "fp32", "--threads", "1"});
+                                prompt, "--max-tokens", std::to_string(max_tokens), "--temperature",
+                                "0", "--kv-format", "fp32", "--threads", "1"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   return r.out;
 }
@@ -195,60 +180,50 @@ void ServerProcess::Reap() {
 }
 
 ::testing::AssertionResult ServerProcess::Start(const std::vector<std::string>& sets) {
-  std::string address = "127.0.0.1:0";
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    const std::string config = dir_.Write(
-        "server.yaml", absl::StrCat("model:\n  path: ", ModelPath(),
-                                    "\n"
-                                    "server:\n"
-                                    "  address: ", address, "\n"
-                                    "  drain_timeout_seconds: 10\n"
-                                    "kv_cache:\n"
-                                    "  format: fp32\n"
-                                    "  budget_mb: 64\n"
-                                    "engine:\n"
-                                    "  threads: 1\n"
-                                    "metrics:\n"
-                                    "  address: \"\"\n"
-                                    "logging:\n"
-                                    "  level: info\n"));
-    std::vector<std::string> argv = {KvserveBinary(), "serve", "--config", config};
-    for (const std::string& s : sets) {
-      argv.push_back("--set");
-      argv.push_back(s);
-    }
-    if (reader_.joinable()) reader_.join();
-    if (!Spawn(argv)) return ::testing::AssertionFailure() << "cannot start " << argv[0];
-    const std::regex listening(R"(listening on ([0-9.]+):([0-9]+))");
-    const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    for (;;) {
-      std::smatch m;
-      std::string err = Stderr();
-      if (std::regex_search(err, m, listening)) {
-        port_ = std::stoi(m[2].str());
-        address_ = absl::StrCat(m[1].str(), ":", port_);
-        return ::testing::AssertionSuccess();
-      }
-      bool closed;
-      {
-        absl::MutexLock lock(&mu_);
-        closed = stderr_closed_;
-      }
-      if (closed || absl::Now() >= deadline) {
-        if (!closed) kill(pid_, SIGKILL);
-        Reap();
-        // A config loader that refuses port 0: pick a free port instead.
-        if (attempt == 0 && err.find("server.address: port must") != std::string::npos) {
-          address = absl::StrCat("127.0.0.1:", PickFreePort());
-          break;
-        }
-        return ::testing::AssertionFailure()
-               << "kvserve serve did not start (exit " << exit_code_ << "):\n" << err;
-      }
-      absl::SleepFor(absl::Milliseconds(5));
-    }
+  const std::string config = dir_.Write("server.yaml", absl::StrCat("model:\n  path: ", ModelPath(),
+                                                                    "\n"
+                                                                    "server:\n"
+                                                                    "  address: 127.0.0.1:0\n"
+                                                                    "  drain_timeout_seconds: 10\n"
+                                                                    "kv_cache:\n"
+                                                                    "  format: fp32\n"
+                                                                    "  budget_mb: 64\n"
+                                                                    "engine:\n"
+                                                                    "  threads: 1\n"
+                                                                    "metrics:\n"
+                                                                    "  address: \"\"\n"
+                                                                    "logging:\n"
+                                                                    "  level: info\n"));
+  std::vector<std::string> argv = {KvserveBinary(), "serve", "--config", config};
+  for (const std::string& s : sets) {
+    argv.push_back("--set");
+    argv.push_back(s);
   }
-  return ::testing::AssertionFailure() << "kvserve serve did not start";
+  if (!Spawn(argv)) return ::testing::AssertionFailure() << "cannot start " << argv[0];
+  const std::regex listening(R"(listening on ([0-9.]+):([0-9]+))");
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  for (;;) {
+    std::smatch m;
+    const std::string err = Stderr();
+    if (std::regex_search(err, m, listening)) {
+      port_ = std::stoi(m[2].str());
+      address_ = absl::StrCat(m[1].str(), ":", port_);
+      return ::testing::AssertionSuccess();
+    }
+    bool closed;
+    {
+      absl::MutexLock lock(&mu_);
+      closed = stderr_closed_;
+    }
+    if (closed || absl::Now() >= deadline) {
+      if (!closed) kill(pid_, SIGKILL);
+      Reap();
+      return ::testing::AssertionFailure()
+             << "kvserve serve did not start (exit " << exit_code_ << "):\n"
+             << err;
+    }
+    absl::SleepFor(absl::Milliseconds(5));
+  }
 }
 
 std::shared_ptr<grpc::Channel> ServerProcess::Channel(

@@ -70,8 +70,7 @@ std::vector<BadCase> BadCases() {
          for (int i = 0; i < 40; ++i) r.mutable_token_ids()->add_ids(100);
        },
        "token_ids.ids:"},
-      {"text not UTF-8", [](v1::GenerateRequest& r) { r.set_text("Once \xff\xfe upon"); },
-       "text:"},
+      {"text not UTF-8", [](v1::GenerateRequest& r) { r.set_text("Once \xff\xfe upon"); }, "text:"},
       {"stop string not UTF-8", [](v1::GenerateRequest& r) { r.add_stop("ab\xc3"); }, "stop[0]:"},
       {"empty stop string", [](v1::GenerateRequest& r) { r.add_stop(""); }, "stop[0]:"},
       {"retention priority above 100",
@@ -97,7 +96,8 @@ std::vector<BadCase> BadCases() {
 
 TEST(GrpcValidationTest, EveryBadFieldIsInvalidArgumentNamingIt) {
   ServerProcess server;
-  ASSERT_TRUE(server.Start({"limits.max_prompt_tokens=32", "limits.max_tokens=64"}));
+  ASSERT_TRUE(server.Start(
+      {"limits.max_prompt_tokens=32", "limits.max_tokens=64", "limits.default_max_tokens=16"}));
   auto stub = server.Stub();
   for (const BadCase& c : BadCases()) {
     v1::GenerateRequest request = GreedyRequest("Once upon a time", 8);
@@ -188,8 +188,7 @@ TEST(GrpcValidationTest, TokenizeDetokenizeAndModelInfo) {
   EXPECT_EQ(info.kv_budget_bytes(), 64 << 20);
   // One fp32 block: K and V, 5 layers, 4 KV heads x 8 dims x 32 tokens x 4 bytes.
   EXPECT_EQ(info.kv_block_bytes(), 2 * 5 * 4 * 8 * 32 * 4);
-  std::vector<int> formats(info.kv_formats_available().begin(),
-                           info.kv_formats_available().end());
+  std::vector<int> formats(info.kv_formats_available().begin(), info.kv_formats_available().end());
   EXPECT_NE(std::find(formats.begin(), formats.end(), v1::KV_FORMAT_FP32), formats.end());
   EXPECT_NE(std::find(formats.begin(), formats.end(), v1::KV_FORMAT_FP16), formats.end());
   EXPECT_NE(std::find(formats.begin(), formats.end(), v1::KV_FORMAT_BF16), formats.end());
@@ -206,9 +205,8 @@ TEST(GrpcValidationTest, ReflectionListsTheServices) {
   grpc::CompletionQueue cq;
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  auto call = stub.PrepareCall(&context,
-                               "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                               &cq);
+  auto call = stub.PrepareCall(
+      &context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
   void* tag;
   bool ok;
   auto next = [&](intptr_t expected) {
@@ -234,8 +232,8 @@ TEST(GrpcValidationTest, ReflectionListsTheServices) {
   std::vector<grpc::Slice> slices;
   ASSERT_TRUE(response.Dump(&slices).ok());
   std::string bytes;
-  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()),
-                                                   s.size());
+  for (const grpc::Slice& s : slices)
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   EXPECT_NE(bytes.find("kvserve.v1.Generation"), std::string::npos);
   EXPECT_NE(bytes.find("grpc.health.v1.Health"), std::string::npos);
 }
