@@ -60,6 +60,10 @@ class LocalModel {
   PrefixIndex* prefix_index() { return prefix_index_.get(); }
   // What the prefix index keys blocks with besides their tokens (model identity).
   const std::string& model_identity() const { return model_identity_; }
+  // Blocks held by live sequences: the pool's used blocks minus cached blocks nobody uses.
+  int64_t ActiveKvBlocks() const {
+    return kv_pool_->used_blocks() - (prefix_index_ ? prefix_index_->idle_blocks() : 0);
+  }
   BatchGenerator& generator() { return *generator_; }
   kernels::ThreadPool& threads() { return *threads_; }
   const LocalModelOptions& options() const { return options_; }

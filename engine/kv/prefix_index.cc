@@ -169,7 +169,7 @@ PrefixMatch PrefixIndex::Lookup(absl::Span<const int32_t> tokens, const PrefixKe
   for (BlockId b : match.blocks) {
     Entry& e = entries_[b];
     ++e.hit_count;
-    ++e.users;
+    if (e.users++ == 0) ++in_use_blocks_;
     e.last_use = now;
     UpdateEvictable(b, now);
   }
@@ -216,7 +216,7 @@ absl::StatusOr<PrefixIndex::InsertResult> PrefixIndex::Insert(BlockId block, Blo
     counters_.hash_collisions += collisions;
     if (existing != kNoBlock) {
       Entry& e = entries_[existing];
-      ++e.users;
+      if (e.users++ == 0) ++in_use_blocks_;
       ++e.hit_count;
       e.last_use = now;
       UpdateEvictable(existing, now);
@@ -235,6 +235,7 @@ absl::StatusOr<PrefixIndex::InsertResult> PrefixIndex::Insert(BlockId block, Blo
   e.parent = parent;
   e.keys_id = InternKeys(key_bytes);
   e.users = 1;
+  ++in_use_blocks_;
   e.last_use = now;
   e.retention = retention;
   e.hash = hash;
@@ -258,7 +259,7 @@ bool PrefixIndex::Acquire(BlockId block) {
   if (!Contains(block)) return false;
   const absl::Time now = Now();
   Entry& e = entries_[block];
-  ++e.users;
+  if (e.users++ == 0) ++in_use_blocks_;
   e.last_use = now;
   UpdateEvictable(block, now);
   return true;
@@ -269,7 +270,7 @@ bool PrefixIndex::Release(BlockId block) {
   const absl::Time now = Now();
   Entry& e = entries_[block];
   KVSERVE_CHECK(e.users > 0) << "release of cached block " << block << " that has no users";
-  --e.users;
+  if (--e.users == 0) --in_use_blocks_;
   e.last_use = now;
   UpdateEvictable(block, now);
   return true;
@@ -339,6 +340,7 @@ void PrefixIndex::RemoveLeaf(BlockId block, bool update_parent, absl::Time now) 
     siblings.erase(std::find(siblings.begin(), siblings.end(), block));
   }
   UnrefKeys(e.keys_id);
+  if (e.users > 0) --in_use_blocks_;
   e = Entry{};
   --cached_blocks_;
   if (update_parent && parent != kNoBlock) UpdateEvictable(parent, now);

@@ -165,6 +165,8 @@ class PrefixIndex {
   std::optional<PrefixEntryInfo> Find(BlockId block) const;
   int64_t cached_blocks() const { return cached_blocks_; }
   int64_t evictable_blocks() const { return evictable_blocks_; }
+  // Cached blocks no sequence uses: the "cached, reusable" role of the memory accounting.
+  int64_t idle_blocks() const { return cached_blocks_ - in_use_blocks_; }
   int32_t block_size() const { return block_size_; }
   const PrefixIndexCounters& counters() const { return counters_; }
   const BlockEvictionPolicy& policy() const { return *policy_; }
@@ -223,6 +225,7 @@ class PrefixIndex {
 
   int64_t cached_blocks_ = 0;
   int64_t evictable_blocks_ = 0;
+  int64_t in_use_blocks_ = 0;  // cached blocks with users > 0
   PrefixIndexCounters counters_;
 };
 

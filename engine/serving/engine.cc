@@ -173,6 +173,10 @@ class Engine::Impl {
     s.kv_allocated_bytes = pool.allocated_bytes();
     s.kv_used_bytes = pool.used_bytes();
     s.kv_used_blocks = pool.used_blocks();
+    if (PrefixIndex* index = local_->prefix_index()) {
+      s.kv_cached_blocks = index->idle_blocks();
+      s.prefix_cached_blocks = index->cached_blocks();
+    }
     s.kv_free_blocks = pool.AvailableBlocks(local_->kv_layout());
     s.kv_block_bytes = pool.layout(local_->kv_layout()).block_bytes;
     s.running_requests = scheduler_->num_running();

@@ -51,7 +51,9 @@ struct EngineStats {
   int64_t kv_budget_bytes = 0;
   int64_t kv_allocated_bytes = 0;   // heap bytes held for block storage
   int64_t kv_used_bytes = 0;        // bytes of blocks in use
-  int64_t kv_used_blocks = 0;
+  int64_t kv_used_blocks = 0;       // active + cached
+  int64_t kv_cached_blocks = 0;     // cached for prefix reuse, used by no request (reusable)
+  int64_t prefix_cached_blocks = 0;  // every block in the prefix index (in use or not)
   int64_t kv_free_blocks = 0;       // blocks of the default layout that can still be allocated
   int64_t kv_block_bytes = 0;       // bytes of one block of the default layout
   // Requests.

@@ -122,6 +122,22 @@ std::vector<ConfigKey> BuildKeys() {
       [](ServerConfig& c, int64_t v) { c.engine.model.block_size = static_cast<int>(v); },
       [](const ServerConfig& c) { return c.engine.model.block_size; }, "tokens per KV block"));
 
+  // prefix_cache:
+  keys.push_back(BoolKey(
+      "prefix_cache.enabled", [](ServerConfig& c, bool v) { c.engine.model.prefix_cache = v; },
+      [](const ServerConfig& c) { return c.engine.model.prefix_cache; },
+      "reuse the KV blocks of shared prompt prefixes across requests"));
+  keys.push_back(EnumKey(
+      "prefix_cache.hash", {"xxh3_128", "xxh64", "sha256"},
+      [](ServerConfig& c, const std::string& v) { c.engine.model.prefix_hash = v; },
+      [](const ServerConfig& c) { return c.engine.model.prefix_hash; },
+      "hash of the block chain (hits are verified against the stored tokens)"));
+  keys.push_back(EnumKey(
+      "prefix_cache.eviction_policy", {"lru", "priority", "slru"},
+      [](ServerConfig& c, const std::string& v) { c.engine.model.block_eviction = v; },
+      [](const ServerConfig& c) { return c.engine.model.block_eviction; },
+      "which reusable cached block is dropped when memory is needed"));
+
   // scheduler:
   keys.push_back(EnumKey(
       "scheduler.policy", {"fcfs", "priority"},

@@ -33,17 +33,17 @@ TEST(Fp16Test, WorkedValuesToHalf) {
   EXPECT_EQ(FloatToFp16(0.5f), 0x3800);
   EXPECT_EQ(FloatToFp16(0.0f), 0x0000);
   EXPECT_EQ(FloatToFp16(-0.0f), 0x8000);
-  EXPECT_EQ(FloatToFp16(65504.0f), 0x7BFF);     // largest finite half
-  EXPECT_EQ(FloatToFp16(65519.99f), 0x7BFF);    // below the overflow midpoint
-  EXPECT_EQ(FloatToFp16(65520.0f), 0x7C00);     // the midpoint rounds (to even) to inf
+  EXPECT_EQ(FloatToFp16(65504.0f), 0x7BFF);   // largest finite half
+  EXPECT_EQ(FloatToFp16(65519.99f), 0x7BFF);  // below the overflow midpoint
+  EXPECT_EQ(FloatToFp16(65520.0f), 0x7C00);   // the midpoint rounds (to even) to inf
   EXPECT_EQ(FloatToFp16(1e6f), 0x7C00);
   EXPECT_EQ(FloatToFp16(-1e6f), 0xFC00);
   EXPECT_EQ(FloatToFp16(0.1f), 0x2E66);
   EXPECT_EQ(FloatToFp16(1.0f / 3.0f), 0x3555);
-  EXPECT_EQ(FloatToFp16(std::ldexp(1.0f, -14)), 0x0400);  // smallest normal
-  EXPECT_EQ(FloatToFp16(std::ldexp(1.0f, -24)), 0x0001);  // smallest subnormal
+  EXPECT_EQ(FloatToFp16(std::ldexp(1.0f, -14)), 0x0400);     // smallest normal
+  EXPECT_EQ(FloatToFp16(std::ldexp(1.0f, -24)), 0x0001);     // smallest subnormal
   EXPECT_EQ(FloatToFp16(std::ldexp(1023.0f, -24)), 0x03FF);  // largest subnormal
-  EXPECT_EQ(FloatToFp16(std::ldexp(1.0f, -25)), 0x0000);  // tie between 0 and 2^-24: even
+  EXPECT_EQ(FloatToFp16(std::ldexp(1.0f, -25)), 0x0000);     // tie between 0 and 2^-24: even
   EXPECT_EQ(FloatToFp16(std::ldexp(1.5f, -25)), 0x0001);
   EXPECT_EQ(FloatToFp16(std::ldexp(3.0f, -25)), 0x0002);  // tie between 1 and 2 ulp: even
   EXPECT_EQ(FloatToFp16(std::ldexp(5.0f, -25)), 0x0002);  // tie between 2 and 3 ulp: even
@@ -51,8 +51,8 @@ TEST(Fp16Test, WorkedValuesToHalf) {
 }
 
 TEST(Fp16Test, RoundsTiesToEven) {
-  EXPECT_EQ(FloatToFp16(1.0f + std::ldexp(1.0f, -11)), 0x3C00);       // 1 + half ulp -> 1
-  EXPECT_EQ(FloatToFp16(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3C02);   // 1 + 1.5 ulp -> 1 + 2 ulp
+  EXPECT_EQ(FloatToFp16(1.0f + std::ldexp(1.0f, -11)), 0x3C00);      // 1 + half ulp -> 1
+  EXPECT_EQ(FloatToFp16(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3C02);  // 1 + 1.5 ulp -> 1 + 2 ulp
   EXPECT_EQ(FloatToFp16(1.0f + std::ldexp(1.0f, -11) + std::ldexp(1.0f, -20)), 0x3C01);
   EXPECT_EQ(FloatToFp16(2047.0f / 1024.0f + std::ldexp(1.0f, -11)), 0x4000);  // carries
 }

@@ -23,13 +23,14 @@ struct TestMatrix {
   DType dtype = DType::kF32;
   int64_t rows = 0;
   int64_t cols = 0;
-  std::vector<float> f32;         // storage when dtype == kF32
-  std::vector<uint16_t> u16;      // storage when dtype is 16-bit
-  std::vector<float> values;      // [rows * cols] what the stored elements mean
+  std::vector<float> f32;     // storage when dtype == kF32
+  std::vector<uint16_t> u16;  // storage when dtype is 16-bit
+  std::vector<float> values;  // [rows * cols] what the stored elements mean
 
   WeightView view() const {
-    return WeightView{dtype, dtype == DType::kF32 ? static_cast<const void*>(f32.data())
-                                                  : static_cast<const void*>(u16.data()),
+    return WeightView{dtype,
+                      dtype == DType::kF32 ? static_cast<const void*>(f32.data())
+                                           : static_cast<const void*>(u16.data()),
                       rows, cols};
   }
 };

@@ -39,9 +39,8 @@ void CheckMatMul(std::mt19937& rng, DType dtype, int64_t n, int64_t rows, int64_
         mag += std::fabs(p);
       }
       const double tol = (cols + 2) * kUnit * mag + 1e-30;
-      ASSERT_NEAR(y[i * rows + r], ref, tol)
-          << DTypeName(dtype) << " n=" << n << " rows=" << rows << " cols=" << cols << " i=" << i
-          << " r=" << r;
+      ASSERT_NEAR(y[i * rows + r], ref, tol) << DTypeName(dtype) << " n=" << n << " rows=" << rows
+                                             << " cols=" << cols << " i=" << i << " r=" << r;
     }
   }
   for (size_t g = n * rows; g < y.size(); ++g) ASSERT_EQ(y[g], kGuard) << "wrote past y";

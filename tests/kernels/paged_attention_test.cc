@@ -103,12 +103,14 @@ class TestCache {
   // Byte offset of element d of (head, slot) in the K (or V) region of `block`.
   int64_t ElementOffset(int block, bool is_v, int head, int slot, int d) const {
     const KvLayerRegion& r = regions_[layout_[block]];
-    const int64_t elem = (static_cast<int64_t>(head) * shape_.block_size + slot) * shape_.head_dim + d;
+    const int64_t elem =
+        (static_cast<int64_t>(head) * shape_.block_size + slot) * shape_.head_dim + d;
     return (is_v ? r.v_offset : r.k_offset) + elem * KvValueBytes(r.format);
   }
   KvFormat format(int block) const { return regions_[layout_[block]].format; }
   float Read(int block, bool is_v, int head, int slot, int d) const {
-    return Decode(format(block), storage_[block].data() + ElementOffset(block, is_v, head, slot, d));
+    return Decode(format(block),
+                  storage_[block].data() + ElementOffset(block, is_v, head, slot, d));
   }
 
  private:
@@ -164,7 +166,8 @@ void RunAndCheck(const Config& cfg, std::mt19937& rng, ThreadPool* pool) {
 
   TestCache cache(capacity, KvRegionShape{bs, hkv, hd});
   std::uniform_int_distribution<int> layout_dist(0, cache.num_layouts() - 1);
-  for (int b = 0; b < capacity; ++b) cache.set_layout(b, cfg.layout >= 0 ? cfg.layout : layout_dist(rng));
+  for (int b = 0; b < capacity; ++b)
+    cache.set_layout(b, cfg.layout >= 0 ? cfg.layout : layout_dist(rng));
 
   std::vector<std::vector<int32_t>> tables(cfg.num_seqs);
   size_t next_id = 0;
@@ -289,8 +292,7 @@ void RunAndCheck(const Config& cfg, std::mt19937& rng, ThreadPool* pool) {
       // Storing K and V in the format: K rounding moves scores by unit_f * mag, V rounding the
       // output by unit_f * vmax (plus FP16's subnormal floor).
       const double e_f = unit_f * mag;
-      const double tol_raw =
-          tol + vmax * (unit_f + 2.0 * std::expm1(2.0 * e_f)) * 1.01 + 1e-7;
+      const double tol_raw = tol + vmax * (unit_f + 2.0 * std::expm1(2.0 * e_f)) * 1.01 + 1e-7;
       for (int d = 0; d < hd; ++d) {
         double ref_deq = 0.0, ref_raw = 0.0;
         for (int j = 0; j < kv_len; ++j) {
@@ -302,8 +304,8 @@ void RunAndCheck(const Config& cfg, std::mt19937& rng, ThreadPool* pool) {
         ref_deq /= l_deq;
         ref_raw /= l_raw;
         const float got = out[(t * heads + h) * hd + d];
-        ASSERT_NEAR(got, ref_deq, tol) << "t=" << t << " h=" << h << " d=" << d
-                                       << " kv_len=" << kv_len;
+        ASSERT_NEAR(got, ref_deq, tol)
+            << "t=" << t << " h=" << h << " d=" << d << " kv_len=" << kv_len;
         ASSERT_NEAR(got, ref_raw, tol_raw) << "t=" << t << " h=" << h << " d=" << d;
       }
     }
@@ -413,15 +415,17 @@ TEST(WriteKvTest, WritesExactlyTheTargetSlots) {
         const std::vector<float> v = testing::RandomFloats(rng, n * hkv * hd, -3.0f, 3.0f);
         WriteKv(k.data(), v.data(), n, blk.data(), off.data(), cache.view());
 
-        std::vector<std::vector<uint8_t>> expected(capacity,
-                                                   std::vector<uint8_t>(cache.block_bytes(), kPoison));
+        std::vector<std::vector<uint8_t>> expected(
+            capacity, std::vector<uint8_t>(cache.block_bytes(), kPoison));
         for (int64_t i = 0; i < n; ++i) {
           for (int g = 0; g < hkv; ++g) {
             for (int d = 0; d < hd; ++d) {
               const int64_t src = (i * hkv + g) * hd + d;
               const KvFormat f = cache.format(blk[i]);
-              Encode(f, k[src], expected[blk[i]].data() + cache.ElementOffset(blk[i], false, g, off[i], d));
-              Encode(f, v[src], expected[blk[i]].data() + cache.ElementOffset(blk[i], true, g, off[i], d));
+              Encode(f, k[src],
+                     expected[blk[i]].data() + cache.ElementOffset(blk[i], false, g, off[i], d));
+              Encode(f, v[src],
+                     expected[blk[i]].data() + cache.ElementOffset(blk[i], true, g, off[i], d));
             }
           }
         }

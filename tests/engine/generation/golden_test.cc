@@ -47,7 +47,7 @@ TEST_P(GoldenTest, GreedyOnceUponATimeMatchesPublishedText) {
   ASSERT_GE(text.size(), std::string(kPublished).size()) << text;
   EXPECT_EQ(text.substr(0, std::string(kPublished).size()), kPublished);
   // Every KV block went back to the pool.
-  EXPECT_EQ((*lm)->kv_pool().used_blocks(), 0);
+  EXPECT_EQ((*lm)->ActiveKvBlocks(), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(

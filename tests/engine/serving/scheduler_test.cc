@@ -61,7 +61,7 @@ TEST(SchedulerTest, ThirtyTwoSequencesTogetherEqualEachAlone) {
     EXPECT_EQ((*res)[i].tokens, expected[i]) << "sequence " << i;
   }
   EXPECT_EQ(lm->generator().preemptions(), 0);
-  EXPECT_EQ(lm->kv_pool().used_blocks(), 0);
+  EXPECT_EQ(lm->ActiveKvBlocks(), 0);
 }
 
 TEST(SchedulerTest, PreemptionUnderATinyBudgetKeepsTheOutput) {
@@ -80,7 +80,7 @@ TEST(SchedulerTest, PreemptionUnderATinyBudgetKeepsTheOutput) {
     preempted += (*res)[i].preemptions > 0;
   }
   EXPECT_GT(preempted, 0);
-  EXPECT_EQ(lm->kv_pool().used_blocks(), 0);
+  EXPECT_EQ(lm->ActiveKvBlocks(), 0);
 }
 
 TEST(SchedulerTest, SequenceLargerThanTheWholeBudgetFailsClearly) {
@@ -94,7 +94,7 @@ TEST(SchedulerTest, SequenceLargerThanTheWholeBudgetFailsClearly) {
   ASSERT_FALSE(res.ok());
   EXPECT_EQ(res.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(res.status().message().find("KV budget"), std::string::npos) << res.status();
-  EXPECT_EQ(lm->kv_pool().used_blocks(), 0);
+  EXPECT_EQ(lm->ActiveKvBlocks(), 0);
 }
 
 TEST(SchedulerTest, StopStringEndsTheTextBeforeIt) {
@@ -134,6 +134,80 @@ TEST(SchedulerTest, FinishReasons) {
   ASSERT_TRUE(res.ok());
   EXPECT_EQ((*res)[0].finish_reason, FinishReason::kEos);
   EXPECT_LT((*res)[0].tokens.size(), 400u);
+}
+
+}  // namespace
+}  // namespace kvserve::engine
+
+namespace kvserve::engine {
+namespace {
+
+std::unique_ptr<LocalModel> OpenWithPrefixCache(bool enabled) {
+  LocalModelOptions o;
+  o.model_path = std::string(KVSERVE_MODELS_DIR) + "/stories260K.gguf";
+  o.prefix_cache = enabled;
+  auto lm = LocalModel::Open(o);
+  EXPECT_TRUE(lm.ok()) << lm.status();
+  return lm.ok() ? std::move(*lm) : nullptr;
+}
+
+GenerationRequest SystemPromptRequest(const Tokenizer& tok, const std::string& question,
+                                      const std::string& salt = "") {
+  GenerationRequest r;
+  r.prompt = tok.Encode(
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
+      "park with her friends. One day, " + question, true);
+  r.max_tokens = 30;
+  r.cache_salt = salt;
+  return r;
+}
+
+TEST(PrefixReuseTest, SecondRequestReusesTheSharedPrefixWithIdenticalOutput) {
+  auto cached = OpenWithPrefixCache(true);
+  auto plain = OpenWithPrefixCache(false);
+  const auto first = SystemPromptRequest(cached->tokenizer(), "she saw a cat.");
+  const auto second = SystemPromptRequest(cached->tokenizer(), "she found a ball.");
+  ASSERT_TRUE(cached->generator().Run({first}).ok());
+  EXPECT_EQ(cached->generator().cached_prompt_tokens(), 0);
+  auto with_cache = cached->generator().Run({second});
+  ASSERT_TRUE(with_cache.ok());
+  // The prompts share at least two full 16-token blocks.
+  EXPECT_GE(cached->generator().cached_prompt_tokens(), 32);
+  EXPECT_EQ(cached->generator().cached_prompt_tokens() % 16, 0);
+  auto without = plain->generator().Run({second});
+  ASSERT_TRUE(without.ok());
+  EXPECT_EQ((*with_cache)[0].tokens, (*without)[0].tokens);
+  EXPECT_EQ(cached->ActiveKvBlocks(), 0);
+  EXPECT_GT(cached->prefix_index()->cached_blocks(), 0);
+}
+
+TEST(PrefixReuseTest, DifferentSaltsNeverShareBlocks) {
+  auto lm = OpenWithPrefixCache(true);
+  ASSERT_TRUE(lm->generator().Run({SystemPromptRequest(lm->tokenizer(), "a", "tenant-a")}).ok());
+  ASSERT_TRUE(lm->generator().Run({SystemPromptRequest(lm->tokenizer(), "b", "tenant-b")}).ok());
+  EXPECT_EQ(lm->generator().cached_prompt_tokens(), 0);
+  ASSERT_TRUE(lm->generator().Run({SystemPromptRequest(lm->tokenizer(), "c", "tenant-a")}).ok());
+  EXPECT_GE(lm->generator().cached_prompt_tokens(), 32);
+}
+
+TEST(PrefixReuseTest, CachedBlocksAreEvictedWhenMemoryIsNeeded) {
+  LocalModelOptions o;
+  o.model_path = std::string(KVSERVE_MODELS_DIR) + "/stories260K.gguf";
+  o.kv_budget_bytes = 8 * 20480;  // 8 FP32 blocks: 128 tokens
+  auto lm = LocalModel::Open(o);
+  ASSERT_TRUE(lm.ok());
+  for (const char* q : {"she saw a cat.", "he ran home.", "they ate cake."}) {
+    auto r = (*lm)->generator().Run({SystemPromptRequest((*lm)->tokenizer(), q)});
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  GenerationRequest big;
+  big.prompt = (*lm)->tokenizer().Encode("The little dog", true);
+  big.max_tokens = 100;
+  big.ignore_eos = true;
+  auto r = (*lm)->generator().Run({big});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)[0].tokens.size(), 100u);
+  EXPECT_EQ((*lm)->ActiveKvBlocks(), 0);
 }
 
 }  // namespace

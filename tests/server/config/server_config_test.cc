@@ -167,6 +167,10 @@ kv_cache:
   window_format: fp32
   budget_mb: 0.5
   block_size: 8
+prefix_cache:
+  enabled: false
+  hash: sha256
+  eviction_policy: slru
 scheduler:
   policy: priority
   max_running_requests: 7
@@ -222,6 +226,9 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   EXPECT_EQ(c.engine.model.kv_sink_tokens, 4);
   EXPECT_EQ(c.engine.model.kv_window_format, kernels::KvFormat::kFp32);
   EXPECT_EQ(c.engine.model.kv_budget_bytes, 524288);  // 0.5 MiB
+  EXPECT_FALSE(c.engine.model.prefix_cache);
+  EXPECT_EQ(c.engine.model.prefix_hash, "sha256");
+  EXPECT_EQ(c.engine.model.block_eviction, "slru");
   EXPECT_EQ(c.engine.model.block_size, 8);
   EXPECT_EQ(c.engine.policy, engine::SchedulingPolicy::kPriority);
   EXPECT_EQ(c.engine.max_running_requests, 7);
