@@ -6,14 +6,13 @@
 #include <cstdio>
 #include <cstdlib>
 
-#define KVSERVE_KERNEL_CHECK(cond, msg)                                                  \
-  do {                                                                                   \
-    if (__builtin_expect(!(cond), 0)) {                                                  \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s: %s\n", __FILE__, __LINE__, #cond, \
-                   msg);                                                                 \
-      std::fflush(stderr);                                                               \
-      std::abort();                                                                      \
-    }                                                                                    \
+#define KVSERVE_KERNEL_CHECK(cond, msg)                                                      \
+  do {                                                                                       \
+    if (__builtin_expect(!(cond), 0)) {                                                      \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s: %s\n", __FILE__, __LINE__, #cond, msg); \
+      std::fflush(stderr);                                                                   \
+      std::abort();                                                                          \
+    }                                                                                        \
   } while (0)
 
 #endif  // KVSERVE_KERNELS_CPU_CHECK_H_

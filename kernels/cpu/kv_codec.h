@@ -8,6 +8,9 @@
 //                                V region: Load<V>(token, d0) returns dims [d0, d0 + V::kLanes) of
 //                                row `token` as floats; LoadN<V>(token, d0, n) the first n of them
 //                                (other lanes zero). Dequantization happens here, in registers.
+//                                LoadPacked<V>(token, n): the first n values of the V::kLanes
+//                                that start at row `token` when rows are read back to back
+//                                (head_dim < kLanes packs several rows in one register).
 //   static void WriteRow(...)    converts one row of head_dim floats into its slot.
 //   static void Prefetch(...)    asks for the cache lines Rows of one KV head will read.
 // Region layout: kernels/kv_format.h.
@@ -40,6 +43,12 @@ struct KvFloatCodec {
     template <class V>
     typename V::Reg LoadN(int token, int d0, int n) const {
       return V::LoadN(base_ + static_cast<int64_t>(token) * head_dim_ + d0, n);
+    }
+
+    template <class V>
+    typename V::Reg LoadPacked(int token, int n) const {
+      const Elem* p = base_ + static_cast<int64_t>(token) * head_dim_;
+      return n == V::kLanes ? V::Load(p) : V::LoadN(p, n);
     }
 
    private:

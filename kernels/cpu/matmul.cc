@@ -1,14 +1,20 @@
 // MatMul: y[n, rows] = x[n, cols] * W^T with W [rows, cols] row-major in F32, F16 or BF16.
 //
-// Every output is a dot product of an x row with a W row, both contiguous, so the kernels run
-// along cols with several independent accumulators and reduce them horizontally at the end:
-//  * n == 1 (GEMV): tiles of 8 W rows; 8 accumulators hide the FMA latency and share each x load.
-//  * n > 1: tiles of 4 x rows by 4 W rows (16 accumulators; 2 by 4 without AVX-512's 32
-//    registers), so each loaded W vector serves 4 x rows and each x vector 4 W rows; x is visited
-//    in blocks that stay in L2.
-// The column tail is handled with masked loads (no scalar tail); F16/BF16 weights are widened in
-// registers. Output rows are split across the pool only when the product is large enough.
+// Two formulations:
+//  * n < kPackMinN, dot products: every output is a dot product of an x row with a W row, both
+//    contiguous, run along cols with independent accumulators and reduced horizontally at the
+//    end. n == 1 (GEMV) uses tiles of 8 W rows (8 accumulators hide the FMA latency and share
+//    each x load); small n tiles of 4 x rows by 4 W rows, so each W vector serves 4 x rows.
+//    Column tails use masked loads (no scalar tail).
+//  * n >= kPackMinN, outer products: a block of 2 * kLanes W rows is packed transposed (and
+//    widened to F32) into a kKC-column stack tile with in-register transposes; then tiles of
+//    kOuterMR x rows by 2 * kLanes outputs accumulate x[i, c] * Wt[c, :] with no horizontal
+//    sums. Packing costs about one operation per weight and is shared by all n rows of x.
+// F16/BF16 weights are widened in registers (vcvtph2ps / shifts). The only F32 copy of weights
+// is that cache-sized tile of the packed path, reused by at least kPackMinN rows of x.
+// Output rows are split across the pool only when the product is large enough to pay for it.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "kernels/cpu/check.h"
@@ -24,7 +30,7 @@ using simd::Fp16;
 // Multiply-accumulates below which a MatMul stays on the calling thread (a parallel call costs
 // about a microsecond of hand-off).
 constexpr int64_t kMinParallelMacs = int64_t{1} << 16;
-// Rows of W handed to a thread at a time (a multiple of every tile height).
+// Rows of W handed to a thread at a time by the dot-product path (a multiple of its tiles).
 constexpr int64_t kRowUnit = 8;
 // Floats of x kept hot while a block of W rows streams past (half of a 1 MiB L2).
 constexpr int64_t kXBlockFloats = int64_t{1} << 17;
@@ -32,13 +38,20 @@ constexpr int64_t kXBlockFloats = int64_t{1} << 17;
 // AVX2-only targets do not (16).
 #if defined(KVSERVE_SIMD_AVX512)
 constexpr int kTileM = 4;
+constexpr int kOuterMR = 8;  // x rows of an outer-product tile (8 x 2 accumulators)
 #else
 constexpr int kTileM = 2;
+constexpr int kOuterMR = 4;
 #endif
+// Rows of x from which the packed outer-product kernel pays off.
+constexpr int64_t kPackMinN = 8;
+// Columns of W packed at a time: kKC x kNR floats stay in L1 while x streams past.
+constexpr int kKC = 256;
 
 // y[i * ldy + r] = dot(x[i * ldx, +cols), w[r * cols, +cols)) for i < kM, r < kN.
 template <class V, class T, int kM, int kN>
-inline void Tile(const float* x, int64_t ldx, const T* w, int64_t cols, float* y, int64_t ldy) {
+KVSERVE_ALWAYS_INLINE void Tile(const float* x, int64_t ldx, const T* w, int64_t cols, float* y,
+                                int64_t ldy) {
   using Reg = typename V::Reg;
   constexpr int kL = V::kLanes;
   Reg acc[kM][kN];
@@ -108,30 +121,136 @@ void MatMulRows(const float* x, int64_t n, const T* w, int64_t cols, float* y, i
   }
 }
 
+// ---- outer-product path -----------------------------------------------------------------------
+
+// wt[c][0, kNR) = W[r0 + j][c0 + c] for j < kNR (zero for rows >= rows), c < kc; kNR = 2 lanes.
+template <class V, class T>
+void PackTransposed(const T* w, int64_t rows, int64_t cols, int64_t r0, int64_t c0, int kc,
+                    float* wt) {
+  using Reg = typename V::Reg;
+  constexpr int kL = V::kLanes;
+  constexpr int kNR = 2 * kL;
+  for (int rr = 0; rr < kNR; rr += kL) {
+    for (int cc = 0; cc < kc; cc += kL) {
+      const int nc = std::min(kL, kc - cc);
+      Reg t[kL];
+      for (int i = 0; i < kL; ++i) {
+        const int64_t r = r0 + rr + i;
+        const T* src = w + r * cols + c0 + cc;
+        t[i] = r >= rows ? V::Zero() : (nc == kL ? V::Load(src) : V::LoadN(src, nc));
+      }
+      V::Transpose(t);
+      for (int j = 0; j < nc; ++j) V::Store(wt + (cc + j) * kNR + rr, t[j]);
+    }
+  }
+}
+
+// y[i, 0, nr) (+)= sum_c x[i, c] * wt[c, :] for i < kM; accumulates onto y unless `first`.
+template <class V, int kM>
+KVSERVE_ALWAYS_INLINE void OuterTile(const float* x, int64_t ldx, const float* wt, int kc, float* y,
+                                     int64_t ldy, int nr, bool first) {
+  using Reg = typename V::Reg;
+  constexpr int kL = V::kLanes;
+  constexpr int kNR = 2 * kL;
+  const int n0 = std::min(nr, kL);
+  const int n1 = std::max(0, nr - kL);
+  Reg acc[kM][2];
+  for (int i = 0; i < kM; ++i) {
+    if (first) {
+      acc[i][0] = V::Zero();
+      acc[i][1] = V::Zero();
+    } else {
+      acc[i][0] = V::LoadN(y + i * ldy, n0);
+      acc[i][1] = V::LoadN(y + i * ldy + kL, n1);
+    }
+  }
+  for (int c = 0; c < kc; ++c) {
+    const Reg w0 = V::Load(wt + c * kNR);
+    const Reg w1 = V::Load(wt + c * kNR + kL);
+    for (int i = 0; i < kM; ++i) {
+      const Reg xb = V::Set1(x[i * ldx + c]);
+      acc[i][0] = V::Fma(xb, w0, acc[i][0]);
+      acc[i][1] = V::Fma(xb, w1, acc[i][1]);
+    }
+  }
+  for (int i = 0; i < kM; ++i) {
+    if (nr == kNR) {
+      V::Store(y + i * ldy, acc[i][0]);
+      V::Store(y + i * ldy + kL, acc[i][1]);
+    } else {
+      V::StoreN(y + i * ldy, acc[i][0], n0);
+      V::StoreN(y + i * ldy + kL, acc[i][1], n1);
+    }
+  }
+}
+
+// Output rows [r0, r1) (r0 a multiple of kNR) for all n rows of x.
+template <class V, class T>
+void MatMulPacked(const float* x, int64_t n, const T* w, int64_t rows, int64_t cols, float* y,
+                  int64_t r0, int64_t r1) {
+  constexpr int kNR = 2 * V::kLanes;
+  alignas(64) float wt[kKC * kNR];
+  for (int64_t rb = r0; rb < r1; rb += kNR) {
+    const int nr = static_cast<int>(std::min<int64_t>(kNR, r1 - rb));
+    for (int64_t c0 = 0; c0 < cols; c0 += kKC) {
+      const int kc = static_cast<int>(std::min<int64_t>(kKC, cols - c0));
+      PackTransposed<V>(w, rows, cols, rb, c0, kc, wt);
+      int64_t i = 0;
+      for (; i + kOuterMR <= n; i += kOuterMR) {
+        OuterTile<V, kOuterMR>(x + i * cols + c0, cols, wt, kc, y + i * rows + rb, rows, nr,
+                               c0 == 0);
+      }
+      for (; i < n; ++i) {
+        OuterTile<V, 1>(x + i * cols + c0, cols, wt, kc, y + i * rows + rb, rows, nr, c0 == 0);
+      }
+    }
+  }
+}
+
+// ---- dispatch ----------------------------------------------------------------------------------
+
 template <class V, class T>
 void MatMulTyped(const float* x, int64_t n, const T* w, int64_t rows, int64_t cols, float* y,
                  ThreadPool* pool) {
+  const bool packed = n >= kPackMinN;
+  // Rows of W handed to a thread at a time: a multiple of every tile height.
+  const int64_t unit = packed ? 2 * V::kLanes : kRowUnit;
+  auto run = [x, n, w, rows, cols, y, packed](int64_t r0, int64_t r1) {
+    if (packed) {
+      MatMulPacked<V, T>(x, n, w, rows, cols, y, r0, r1);
+    } else {
+      MatMulRows<V, T>(x, n, w, cols, y, rows, r0, r1);
+    }
+  };
   const int64_t macs = n * rows * cols;
-  if (pool == nullptr || pool->num_threads() == 1 || macs < kMinParallelMacs) {
-    MatMulRows<V, T>(x, n, w, cols, y, rows, 0, rows);
+  const int64_t units = (rows + unit - 1) / unit;
+  if (pool == nullptr || pool->num_threads() == 1 || macs < kMinParallelMacs || units == 1) {
+    run(0, rows);
     return;
   }
-  struct Args {
-    const float* x;
-    int64_t n;
-    const T* w;
+  // Threads take grains of row units from a shared counter: a thread that is descheduled (the
+  // cores are shared) delays only the grain it holds, the others take the rest.
+  const int threads = pool->num_threads();
+  const int64_t min_grain = std::max<int64_t>(1, kMinParallelMacs / 2 / (n * cols * unit));
+  const int64_t grain = std::max(min_grain, units / (4 * threads));
+  // One pointer of capture: std::function stores it without allocating.
+  struct Job {
+    const decltype(run)* fn;
+    int64_t unit;
     int64_t rows;
-    int64_t cols;
-    float* y;
-  } args{x, n, w, rows, cols, y};
-  const int64_t units = (rows + kRowUnit - 1) / kRowUnit;
-  const int64_t unit_macs = n * cols * kRowUnit;
-  const int64_t min_units = std::max<int64_t>(1, kMinParallelMacs / 2 / unit_macs);
-  pool->ParallelFor(units, min_units, [a = &args](int64_t u0, int64_t u1) {
-    const int64_t r0 = u0 * kRowUnit;
-    const int64_t r1 = std::min(a->rows, u1 * kRowUnit);
-    MatMulRows<V, T>(a->x, a->n, a->w, a->cols, a->y, a->rows, r0, r1);
-  });
+    int64_t units;
+    int64_t grain;
+    std::atomic<int64_t> next{0};
+  } job{&run, unit, rows, units, grain};
+  pool->ParallelFor(std::min<int64_t>(threads, (units + grain - 1) / grain), 1,
+                    [j = &job](int64_t, int64_t) {
+                      for (;;) {
+                        const int64_t u0 = j->next.fetch_add(j->grain, std::memory_order_relaxed);
+                        if (u0 >= j->units) return;
+                        const int64_t u1 = std::min(j->units, u0 + j->grain);
+                        (*j->fn)(u0 * j->unit, std::min(j->rows, u1 * j->unit));
+                      }
+                    });
 }
 
 template <class V>

@@ -1,11 +1,12 @@
 // Element-wise and row-wise operators of the forward pass (MatMul is in matmul.cc).
+#include "kernels/cpu/ops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 
 #include "kernels/cpu/check.h"
-#include "kernels/cpu/ops.h"
 #include "kernels/cpu/simd.h"
 
 namespace kvserve::kernels::cpu {

@@ -5,6 +5,8 @@
 //   VecAvx512  16 lanes: AVX-512F/BW/VL/DQ with F16C and FMA.
 //   VecAvx2     8 lanes: AVX2 with FMA and F16C (uses AVX-512VL masked loads where available).
 //   VecScalar   8 lanes emulated in plain C++, for any other CPU.
+// Beyond loads, stores and arithmetic a backend offers horizontal reductions (ReduceAdd,
+// Reduce4Store, TransposeReduce), an in-register kLanes x kLanes Transpose and Exp.
 // VecWide is the widest backend available; VecNarrow has 8 lanes and is used for rows of <= 8
 // values, where a 16-lane register would be half empty.
 //
@@ -20,13 +22,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "kernels/dtype.h"
 
 #if !defined(KVSERVE_KERNELS_SCALAR) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define KVSERVE_SIMD_AVX2 1
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
-    defined(__AVX512DQ__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
 #define KVSERVE_SIMD_AVX512 1
 #endif
 #endif
@@ -43,6 +45,13 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
+#endif
+
+// For micro-kernels whose register tiles only work out once inlined into their loops.
+#if defined(__GNUC__)
+#define KVSERVE_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define KVSERVE_ALWAYS_INLINE inline
 #endif
 
 namespace kvserve::kernels::cpu::simd {
@@ -104,8 +113,8 @@ struct VecAvx512 {
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
     const __m512i bias = _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff));
     __m512i r = _mm512_srli_epi32(_mm512_add_epi32(x, bias), 16);
-    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(x, _mm512_set1_epi32(0x7fffffff)),
-                                                  _mm512_set1_epi32(0x7f800000));
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(x, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
     r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(x, 16), _mm512_set1_epi32(0x40));
     return _mm512_cvtepi32_epi16(r);
   }
@@ -117,12 +126,8 @@ struct VecAvx512 {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), NarrowBf16(v));
   }
   static void StoreN(float* p, Reg v, int n) { _mm512_mask_storeu_ps(p, Mask(n), v); }
-  static void StoreN(Fp16* p, Reg v, int n) {
-    _mm256_mask_storeu_epi16(p, Mask(n), NarrowFp16(v));
-  }
-  static void StoreN(Bf16* p, Reg v, int n) {
-    _mm256_mask_storeu_epi16(p, Mask(n), NarrowBf16(v));
-  }
+  static void StoreN(Fp16* p, Reg v, int n) { _mm256_mask_storeu_epi16(p, Mask(n), NarrowFp16(v)); }
+  static void StoreN(Bf16* p, Reg v, int n) { _mm256_mask_storeu_epi16(p, Mask(n), NarrowBf16(v)); }
 
   static Reg Add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
   static Reg Sub(Reg a, Reg b) { return _mm512_sub_ps(a, b); }
@@ -165,6 +170,33 @@ struct VecAvx512 {
     const Reg w1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x44),
                                  _mm512_shuffle_f32x4(u[2], u[3], 0xee));
     return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0xdd));
+  }
+
+  // In place: r[i] lane j <- r[j] lane i, for r[0..kLanes).
+  static void Transpose(Reg* r) {
+    Reg t[16];
+    for (int k = 0; k < 8; ++k) {
+      t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+      t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    for (int k = 0; k < 4; ++k) {
+      const __m512d a = _mm512_castps_pd(t[4 * k]), b = _mm512_castps_pd(t[4 * k + 1]);
+      const __m512d c = _mm512_castps_pd(t[4 * k + 2]), d = _mm512_castps_pd(t[4 * k + 3]);
+      r[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+      r[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+      r[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+      r[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int h = 0; h < 2; ++h) {
+      for (int k = 0; k < 4; ++k) {
+        t[8 * h + k] = _mm512_shuffle_f32x4(r[8 * h + k], r[8 * h + 4 + k], 0x88);
+        t[8 * h + 4 + k] = _mm512_shuffle_f32x4(r[8 * h + k], r[8 * h + 4 + k], 0xdd);
+      }
+    }
+    for (int k = 0; k < 8; ++k) {
+      r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+      r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xdd);
+    }
   }
 
   static Reg Exp(Reg x) {
@@ -304,11 +336,31 @@ struct VecAvx2 {
       t[k] = _mm256_add_ps(_mm256_unpacklo_ps(in[2 * k], in[2 * k + 1]),
                            _mm256_unpackhi_ps(in[2 * k], in[2 * k + 1]));
     }
-    const Reg u0 = _mm256_add_ps(_mm256_shuffle_ps(t[0], t[1], 0x44),
-                                 _mm256_shuffle_ps(t[0], t[1], 0xee));
-    const Reg u1 = _mm256_add_ps(_mm256_shuffle_ps(t[2], t[3], 0x44),
-                                 _mm256_shuffle_ps(t[2], t[3], 0xee));
-    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+    const Reg u0 =
+        _mm256_add_ps(_mm256_shuffle_ps(t[0], t[1], 0x44), _mm256_shuffle_ps(t[0], t[1], 0xee));
+    const Reg u1 =
+        _mm256_add_ps(_mm256_shuffle_ps(t[2], t[3], 0x44), _mm256_shuffle_ps(t[2], t[3], 0xee));
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                         _mm256_permute2f128_ps(u0, u1, 0x31));
+  }
+
+  static void Transpose(Reg* r) {
+    Reg t[8];
+    for (int k = 0; k < 4; ++k) {
+      t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+      t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    Reg u[8];
+    for (int h = 0; h < 2; ++h) {
+      u[4 * h] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0x44);
+      u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0xee);
+      u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+      u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xee);
+    }
+    for (int k = 0; k < 4; ++k) {
+      r[k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x20);
+      r[4 + k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
+    }
   }
 
   static Reg Exp(Reg x) {
@@ -324,8 +376,8 @@ struct VecAvx2 {
     p = Fma(p, r, Set1(kExpP4));
     p = Fma(p, r, Set1(kExpP5));
     const Reg y = _mm256_add_ps(Fma(p, _mm256_mul_ps(r, r), r), Set1(1.0f));
-    const __m256i e = _mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    const __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
   }
 };
@@ -380,10 +432,18 @@ struct VecScalar {
     for (int i = 0; i < kLanes; ++i) r.v[i] = f(a.v[i], b.v[i]);
     return r;
   }
-  static Reg Add(Reg a, Reg b) { return Map2(a, b, [](float x, float y) { return x + y; }); }
-  static Reg Sub(Reg a, Reg b) { return Map2(a, b, [](float x, float y) { return x - y; }); }
-  static Reg Mul(Reg a, Reg b) { return Map2(a, b, [](float x, float y) { return x * y; }); }
-  static Reg Div(Reg a, Reg b) { return Map2(a, b, [](float x, float y) { return x / y; }); }
+  static Reg Add(Reg a, Reg b) {
+    return Map2(a, b, [](float x, float y) { return x + y; });
+  }
+  static Reg Sub(Reg a, Reg b) {
+    return Map2(a, b, [](float x, float y) { return x - y; });
+  }
+  static Reg Mul(Reg a, Reg b) {
+    return Map2(a, b, [](float x, float y) { return x * y; });
+  }
+  static Reg Div(Reg a, Reg b) {
+    return Map2(a, b, [](float x, float y) { return x / y; });
+  }
   static Reg Max(Reg a, Reg b) {
     return Map2(a, b, [](float x, float y) { return x > y ? x : y; });
   }
@@ -418,6 +478,11 @@ struct VecScalar {
     for (int i = 0; i < kLanes; ++i) r.v[i] = ReduceAdd(in[i]);
     return r;
   }
+  static void Transpose(Reg* r) {
+    for (int i = 0; i < kLanes; ++i) {
+      for (int j = i + 1; j < kLanes; ++j) std::swap(r[i].v[j], r[j].v[i]);
+    }
+  }
   static Reg Exp(Reg x) {
     Reg r;
     for (int i = 0; i < kLanes; ++i) {
@@ -439,13 +504,20 @@ using VecWide = VecScalar;
 using VecNarrow = VecScalar;
 #endif
 
-// Asks for the cache lines of [p, p + bytes) to be brought into L1 (a hint; never faults).
+// Asks for the cache lines of [p, p + bytes) to be brought into L2 (a hint; never faults). L2
+// rather than L1: it has the miss buffers to keep a whole block's lines in flight. On x86 the
+// instruction is issued through asm volatile: GCC deletes loops of __builtin_prefetch once they
+// are inlined into some callers.
 inline void PrefetchBytes(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
   const char* end = c + bytes;
   for (c = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(c) & ~uintptr_t{63}); c < end;
        c += 64) {
-    __builtin_prefetch(c, 0, 3);
+#if defined(__x86_64__) && defined(__GNUC__)
+    asm volatile("prefetcht1 %0" : : "m"(*c));
+#else
+    __builtin_prefetch(c, 0, 2);
+#endif
   }
 }
 

@@ -42,9 +42,10 @@ TEST(NoAllocTest, KernelsDoNotAllocate) {
   // One KV block of 64 slots, 4 KV heads, head_dim 8 and 64 in turn.
   for (int hd : {8, 64}) {
     const KvRegionShape shape{64, 4, hd};
-    const KvLayerRegion region{KvFormat::kFp16, 0,
-                               static_cast<uint32_t>(KvRegionBytes(KvFormat::kFp16, shape))};
-    std::vector<uint8_t> block(2 * KvRegionBytes(KvFormat::kFp16, shape));
+    const KvLayerRegion region{
+        KvFormat::kFp16, 0,
+        static_cast<uint32_t>(KvRegionBytes(KvFormat::kFp16, KvRole::kKey, shape))};
+    std::vector<uint8_t> block(KvLayerBytes(KvFormat::kFp16, shape));
     uint8_t* block_ptr = block.data();
     const uint16_t layout = 0;
     PagedKvLayerView view;

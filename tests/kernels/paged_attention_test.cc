@@ -21,6 +21,11 @@ namespace {
 
 constexpr double kUnit = 1.0 / (1 << 24);
 constexpr uint8_t kPoison = 0xFF;  // all-ones bytes read as NaN in every float format
+// fp32, fp16, bf16: the formats stored element by element (the quantized formats are covered by
+// kv_quant_attention_test.cc).
+constexpr int kFloatFormats = 3;
+
+int ElementBytes(KvFormat f) { return f == KvFormat::kFp32 ? 4 : 2; }
 
 // Relative rounding error of storing a value of magnitude <= 1 in a format (half an ulp), and
 // the absolute floor below which FP16 goes subnormal.
@@ -32,6 +37,8 @@ double FormatUnit(KvFormat f) {
       return 1.0 / (1 << 11);
     case KvFormat::kBf16:
       return 1.0 / (1 << 8);
+    default:
+      break;
   }
   return 1.0;
 }
@@ -50,6 +57,8 @@ float Decode(KvFormat f, const uint8_t* p) {
       std::memcpy(&h, p, 2);
       return f == KvFormat::kFp16 ? Fp16ToFloat(h) : Bf16ToFloat(h);
     }
+    default:
+      break;
   }
   return 0.0f;
 }
@@ -63,21 +72,22 @@ void Encode(KvFormat f, float v, uint8_t* p) {
   }
 }
 
-// A pool of blocks for one layer with several layouts: layout i < kNumKvFormats stores format i;
+// A pool of blocks for one layer with several layouts: layout i < kFloatFormats stores format i;
 // the last layout is FP16 with the regions placed further into the block (as for a later layer).
 class TestCache {
  public:
   TestCache(int num_blocks, KvRegionShape shape) : shape_(shape) {
     int64_t bytes = 0;
-    for (int i = 0; i <= kNumKvFormats; ++i) {
-      const KvFormat f = i < kNumKvFormats ? static_cast<KvFormat>(i) : KvFormat::kFp16;
-      const int64_t start = i < kNumKvFormats ? kKvRegionAlign * i : 4096;
+    for (int i = 0; i <= kFloatFormats; ++i) {
+      const KvFormat f = i < kFloatFormats ? static_cast<KvFormat>(i) : KvFormat::kFp16;
+      const int64_t start = i < kFloatFormats ? kKvRegionAlign * i : 4096;
       KvLayerRegion r;
       r.format = f;
       r.k_offset = static_cast<uint32_t>(start);
-      r.v_offset = static_cast<uint32_t>(start + KvRegionBytes(f, shape) + kKvRegionAlign);
+      const int64_t region_bytes = KvRegionBytes(f, KvRole::kKey, shape);
+      r.v_offset = static_cast<uint32_t>(start + region_bytes + kKvRegionAlign);
       regions_.push_back(r);
-      bytes = std::max<int64_t>(bytes, r.v_offset + KvRegionBytes(f, shape) + kKvRegionAlign);
+      bytes = std::max<int64_t>(bytes, r.v_offset + region_bytes + kKvRegionAlign);
     }
     bytes_ = bytes;
     storage_.assign(num_blocks, std::vector<uint8_t>(bytes, kPoison));
@@ -105,7 +115,7 @@ class TestCache {
     const KvLayerRegion& r = regions_[layout_[block]];
     const int64_t elem =
         (static_cast<int64_t>(head) * shape_.block_size + slot) * shape_.head_dim + d;
-    return (is_v ? r.v_offset : r.k_offset) + elem * KvValueBytes(r.format);
+    return (is_v ? r.v_offset : r.k_offset) + elem * ElementBytes(r.format);
   }
   KvFormat format(int block) const { return regions_[layout_[block]].format; }
   float Read(int block, bool is_v, int head, int slot, int d) const {
@@ -314,7 +324,7 @@ void RunAndCheck(const Config& cfg, std::mt19937& rng, ThreadPool* pool) {
 
 TEST(PagedAttentionTest, HeadDimAndGroupSweepPerFormat) {
   std::mt19937 rng(100);
-  for (int layout = 0; layout < kNumKvFormats + 1; ++layout) {
+  for (int layout = 0; layout < kFloatFormats + 1; ++layout) {
     for (int hd : {1, 3, 8, 12, 17, 64, 128, 256}) {
       for (int group : {1, 2, 4, 8}) {
         Config cfg;
@@ -391,7 +401,7 @@ TEST(PagedAttentionTest, LargeScoresStayFinite) {
 // WriteKv must change exactly the target slots: every other byte keeps its poison.
 TEST(WriteKvTest, WritesExactlyTheTargetSlots) {
   std::mt19937 rng(105);
-  for (int layout = 0; layout < kNumKvFormats + 1; ++layout) {
+  for (int layout = 0; layout < kFloatFormats + 1; ++layout) {
     for (int hd : {1, 7, 8, 12, 64, 129}) {
       for (int bs : {1, 5, 16}) {
         const int hkv = 3;

@@ -1,0 +1,99 @@
+// Internals of the CPU paged attention shared by its translation units. Not a public contract.
+//
+// Work item = (query token t, KV heads [g0, g1)): attention of every query head of those KV
+// heads for token t over the token's KV slots. An item walks the token's blocks once and, inside
+// each block, reads the rows of its KV heads one after another: the heads of a region are
+// adjacent, so a wide item turns the scattered blocks into long sequential runs (and prefetching
+// them ahead works). Runners differ by head_dim:
+//   RunItemHeadDim8     AVX-512 only: head_dim == 8, two rows per register, tiles of 16 tokens
+//                       transposed once and shared by all query heads of a KV head.
+//   RunItemWide/Narrow  any head_dim: register-tiled dot products and V accumulation with the
+//                       16-lane (Wide) or 8-lane (Narrow, head_dim <= 8) backend.
+// A runner keeps the state of at most kMaxItemHeads query heads; an item with more (one KV head
+// of a very large group) is run in passes over its query heads.
+#ifndef KVSERVE_KERNELS_CPU_PAGED_ATTENTION_INTERNAL_H_
+#define KVSERVE_KERNELS_CPU_PAGED_ATTENTION_INTERNAL_H_
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/cpu/kv_codec.h"
+#include "kernels/cpu/paged_attention.h"
+
+namespace kvserve::kernels::cpu::attention {
+
+inline constexpr int kMaxHeadDim = 256;
+inline constexpr int kMaxItemHeads = 32;   // query heads whose state one runner pass keeps
+inline constexpr int kPrefetchBlocks = 2;  // blocks requested ahead of the one being read
+
+struct Problem {
+  const AttentionBatch* batch;
+  const PagedKvLayerView* cache;
+  int head_dim;
+  int num_kv_heads;
+  int group;  // query heads per KV head
+};
+
+// A block that will be read later: Prefetch(g) requests its K and V rows of KV head g into L2.
+// The pool scatters blocks beyond the reach of the hardware prefetcher; requesting one head at a
+// time spreads the requests over the work instead of flooding the miss buffers.
+class BlockAhead {
+ public:
+  BlockAhead() = default;
+  BlockAhead(const PagedKvLayerView* cache, int32_t phys, int tokens)
+      : cache_(cache), phys_(phys), tokens_(tokens) {}
+
+  void Prefetch(int g) const {
+    if (cache_ == nullptr) return;
+    const KvLayerRegion& region = cache_->regions[cache_->block_layout[phys_]];
+    const uint8_t* base = cache_->block_data[phys_];
+    DispatchKvFormat(region.format, [&](auto codec) {
+      using Codec = decltype(codec);
+      Codec::Prefetch(base + region.k_offset, cache_->shape, g, tokens_);
+      Codec::Prefetch(base + region.v_offset, cache_->shape, g, tokens_);
+    });
+  }
+
+ private:
+  const PagedKvLayerView* cache_ = nullptr;  // null: nothing ahead
+  int32_t phys_ = 0;
+  int tokens_ = 0;
+};
+
+// Calls fn(codec, k_region, v_region, nv, ahead) for each block of a token's KV slots in order:
+// codec is the block's KvCodec, the regions are this layer's K and V regions in the block, nv the
+// number of valid slots and `ahead` the block kPrefetchBlocks further on, whose rows fn requests
+// head by head as it goes. The first blocks are requested here.
+template <class Fn>
+inline void ForEachBlock(const PagedKvLayerView& cache, const int32_t* table, int kv_len, int g0,
+                         int g1, Fn&& fn) {
+  const int bs = cache.shape.block_size;
+  const int num_blocks = (kv_len + bs - 1) / bs;
+  for (int b = 0; b < kPrefetchBlocks && b < num_blocks; ++b) {
+    const BlockAhead first(&cache, table[b], std::min(bs, kv_len - b * bs));
+    for (int g = g0; g < g1; ++g) first.Prefetch(g);
+  }
+  for (int b = 0; b < num_blocks; ++b) {
+    const int a = b + kPrefetchBlocks;
+    const BlockAhead ahead =
+        a < num_blocks ? BlockAhead(&cache, table[a], std::min(bs, kv_len - a * bs)) : BlockAhead();
+    const int32_t phys = table[b];
+    const KvLayerRegion& region = cache.regions[cache.block_layout[phys]];
+    const uint8_t* base = cache.block_data[phys];
+    const int nv = std::min(bs, kv_len - b * bs);
+    DispatchKvFormat(region.format, [&](auto codec) {
+      fn(codec, base + region.k_offset, base + region.v_offset, nv, ahead);
+    });
+  }
+}
+
+// Runners of item (t, [g0, g1)). REQUIRES: (g1 - g0) * group <= kMaxItemHeads or g1 == g0 + 1.
+void RunItemWide(const Problem& pr, int64_t t, int g0, int g1);
+void RunItemNarrow(const Problem& pr, int64_t t, int g0, int g1);
+// True when this build has the head_dim 8 runner.
+bool HasHeadDim8Runner();
+void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1);
+
+}  // namespace kvserve::kernels::cpu::attention
+
+#endif  // KVSERVE_KERNELS_CPU_PAGED_ATTENTION_INTERNAL_H_
