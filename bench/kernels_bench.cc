@@ -121,7 +121,7 @@ struct BenchCache {
     shape = KvRegionShape{block_size, kv_heads, head_dim};
     region.format = format;
     region.k_offset = 0;
-    region.v_offset = static_cast<uint32_t>(KvRegionBytes(format, KvRole::kKey, shape));
+    region.v_offset = static_cast<uint32_t>(KvRegionBytes(format, shape));
     const int64_t block_bytes = KvLayerBytes(format, shape);
     const int blocks_per_seq = (ctx + block_size - 1) / block_size;
     const int64_t num_blocks = static_cast<int64_t>(blocks_per_seq) * seqs;
