@@ -122,7 +122,7 @@ struct BenchCache {
     region.format = format;
     region.k_offset = 0;
     region.v_offset = static_cast<uint32_t>(KvRegionBytes(format, shape));
-    const int64_t block_bytes = KvLayerBytes(format, shape);
+    const int64_t block_bytes = (2 * KvRegionBytes(format, shape));
     const int blocks_per_seq = (ctx + block_size - 1) / block_size;
     const int64_t num_blocks = static_cast<int64_t>(blocks_per_seq) * seqs;
     // A block pool would ask for huge pages the same way: 4 KiB pages put a TLB miss on nearly
@@ -141,7 +141,7 @@ struct BenchCache {
                        ids.begin() + static_cast<int64_t>(s + 1) * blocks_per_seq);
       table_ptrs.push_back(tables[s].data());
     }
-    kv_bytes_per_token = KvLayerBytes(format, shape) / block_size;  // scales included
+    kv_bytes_per_token = (2 * KvRegionBytes(format, shape)) / block_size;  // scales included
     // Fill through WriteKv, one block-sized batch of tokens at a time.
     const std::vector<float> k =
         RandomFloats(static_cast<int64_t>(block_size) * kv_heads * head_dim, 3);
