@@ -194,7 +194,9 @@ void Scheduler::Admit(absl::Time now) {
               ->Match(absl::MakeConstSpan(s->tokens.data(), s->tokens.size() - 1),
                       KeysFor(s, kv_policy_->cold_layout()))
               .blocks.size());
-      evictable = options_.prefix_index->evictable_blocks();
+      // Every idle cached block can be reclaimed (evicting a leaf makes its idle parent
+      // evictable), except the matched ones this sequence is about to use.
+      evictable = std::max<int64_t>(0, options_.prefix_index->idle_blocks() - matched_blocks);
     }
     if (need - matched_blocks > pool_->AvailableBlocks(layout_) + evictable) break;
     AttachCachedPrefix(s);
@@ -336,6 +338,10 @@ std::vector<RequestKvEntry> Scheduler::TopRequestsByKv(int n) const {
 }
 
 void Scheduler::RemoveFinished() {
+  bool any = false;
+  for (const auto& p : running_) any |= p->done || p->preempted;
+  for (const auto& p : waiting_) any |= p->done;
+  if (!any) return;
   std::vector<std::unique_ptr<Sequence>> keep;
   keep.reserve(running_.size());
   for (auto& p : running_) {
@@ -390,7 +396,8 @@ bool Scheduler::Step(absl::Time now) {
 
   // 3a. Decode slots, preempting when blocks run out. Highest priority and oldest first, so
   // that victims come from the other end.
-  std::vector<Sequence*> order;
+  std::vector<Sequence*>& order = order_;
+  order.clear();
   for (auto& p : running_) order.push_back(p.get());
   std::stable_sort(order.begin(), order.end(), [](Sequence* a, Sequence* b) {
     if (a->req.priority != b->req.priority) return a->req.priority > b->req.priority;

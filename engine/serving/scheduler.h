@@ -131,6 +131,7 @@ class Scheduler {
   // Scratch reused across steps.
   ForwardBatch batch_;
   std::vector<Sequence*> row_seq_;
+  std::vector<Sequence*> order_;
   std::vector<float> logits_;
 };
 
