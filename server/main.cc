@@ -17,7 +17,7 @@ constexpr char kUsage[] =
     "  perplexity score a text with a local model (KV formats and policies applied)\n"
     "  profile    KV memory per format for a model shape; measures the real pool\n"
     "  serve      run the gRPC server (kvserve serve --config configs/server.yaml)\n"
-    "  client     call a running server: generate, health, info, tokenize\n"
+    "  client     call a running server: generate, health, info, tokenize, stats\n"
     "\n"
     "Run 'kvserve <command> --help' for the flags of a command.\n";
 

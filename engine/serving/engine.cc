@@ -1,5 +1,6 @@
 #include "engine/serving/engine.h"
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 #include <utility>
@@ -19,6 +20,8 @@ class Engine::Impl {
     so.policy = options_.policy;
     so.max_running = options_.max_running_requests;
     so.max_batch_tokens = options_.max_batch_tokens;
+    so.prefix_index = local_->prefix_index();  // null when prefix_cache.enabled is false
+    so.model_identity = local_->model_identity();
     scheduler_ = std::make_unique<Scheduler>(&local_->model(), &local_->kv_pool(),
                                              &local_->kv_policy(), &local_->tokenizer(), so);
     const int32_t context = local_->config().context_length;
@@ -85,6 +88,18 @@ class Engine::Impl {
     return stats_;
   }
 
+  absl::StatusOr<PrefixFlushResult> FlushPrefixCache() {
+    absl::MutexLock lock(&mu_);
+    if (stop_) return absl::UnavailableError("the engine stopped");
+    const int64_t ticket = ++flush_requested_;
+    auto done = [this, ticket]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return flush_done_ >= ticket || stop_;
+    };
+    mu_.Await(absl::Condition(&done));
+    if (flush_done_ < ticket) return absl::UnavailableError("the engine stopped");
+    return flush_released_;
+  }
+
   void BeginShutdown() {
     absl::MutexLock lock(&mu_);
     accepting_ = false;
@@ -126,15 +141,22 @@ class Engine::Impl {
         absl::MutexLock lock(&mu_);
         // Sleep when the last step did nothing and nothing new arrived; short when sequences are
         // waiting on slow readers, long when idle.
-        if (!worked && incoming_.empty() && !stop_ && !abort_requested_) {
+        if (!worked && incoming_.empty() && !stop_ && !abort_requested_ &&
+            flush_requested_ == flush_done_) {
           auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-            return !incoming_.empty() || stop_ || abort_requested_;
+            return !incoming_.empty() || stop_ || abort_requested_ ||
+                   flush_requested_ > flush_done_;
           };
           mu_.AwaitWithTimeout(absl::Condition(&wake), scheduler_->idle()
                                                            ? options_.idle_poll
                                                            : absl::Milliseconds(1));
         }
         if (stop_) break;
+        if (flush_requested_ > flush_done_) {
+          flush_released_ = FlushPrefixCacheOnEngineThread();
+          PublishStats();
+          flush_done_ = flush_requested_;
+        }
         batch.swap(incoming_);
         if (!batch.empty()) engine_idle_ = false;
         if (abort_requested_) {
@@ -163,6 +185,20 @@ class Engine::Impl {
     scheduler_->AbortAll(absl::UnavailableError("the engine stopped"), absl::Now());
   }
 
+  // Engine thread, between steps.
+  PrefixFlushResult FlushPrefixCacheOnEngineThread() {
+    PrefixFlushResult result;
+    PrefixIndex* index = local_->prefix_index();
+    if (index == nullptr) return result;
+    BlockPool& pool = local_->kv_pool();
+    for (BlockId b : index->Clear()) {
+      ++result.blocks;
+      result.bytes += pool.layout(pool.layout_of(b)).block_bytes;
+      pool.Release(b);
+    }
+    return result;
+  }
+
   void PublishStats() {
     const BlockPool& pool = local_->kv_pool();
     const SchedulerCounters& c = scheduler_->counters();
@@ -176,7 +212,19 @@ class Engine::Impl {
     if (PrefixIndex* index = local_->prefix_index()) {
       s.kv_cached_blocks = index->idle_blocks();
       s.prefix_cached_blocks = index->cached_blocks();
+      s.kv_cached_bytes = std::min(
+          s.kv_cached_blocks * pool.layout(local_->kv_policy().cold_layout()).block_bytes,
+          s.kv_used_bytes);
+      const PrefixIndexCounters& pc = index->counters();
+      s.prefix_eviction_policy = pc.policy;
+      s.prefix_queries = pc.queries;
+      s.prefix_query_tokens = pc.query_tokens;
+      s.prefix_hit_tokens = pc.hit_tokens;
+      s.prefix_capacity_evictions = pc.evicted(PrefixEvictionReason::kCapacity);
+      s.prefix_erased_blocks = pc.evicted(PrefixEvictionReason::kErase);
+      s.prefix_flushed_blocks = pc.evicted(PrefixEvictionReason::kClear);
     }
+    s.scheduler_prefix_evictions = c.prefix_evictions;
     s.kv_free_blocks = pool.AvailableBlocks(local_->kv_layout());
     s.kv_block_bytes = pool.layout(local_->kv_layout()).block_bytes;
     s.running_requests = scheduler_->num_running();
@@ -210,6 +258,9 @@ class Engine::Impl {
   bool abort_requested_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status abort_status_ ABSL_GUARDED_BY(mu_);
   int64_t next_id_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t flush_requested_ ABSL_GUARDED_BY(mu_) = 0;  // FlushPrefixCache tickets issued
+  int64_t flush_done_ ABSL_GUARDED_BY(mu_) = 0;       // tickets served by the engine thread
+  PrefixFlushResult flush_released_ ABSL_GUARDED_BY(mu_);  // what the last flush released
 
   mutable absl::Mutex stats_mu_;
   EngineStats stats_ ABSL_GUARDED_BY(stats_mu_);
@@ -246,6 +297,9 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest requ
   return impl_->Submit(std::move(request));
 }
 EngineStats Engine::Stats() const { return impl_->Stats(); }
+absl::StatusOr<PrefixFlushResult> Engine::FlushPrefixCache() {
+  return impl_->FlushPrefixCache();
+}
 void Engine::BeginShutdown() { impl_->BeginShutdown(); }
 bool Engine::WaitIdle(absl::Duration timeout) { return impl_->WaitIdle(timeout); }
 void Engine::AbortAll(const absl::Status& status) { impl_->AbortAll(status); }

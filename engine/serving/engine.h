@@ -54,8 +54,20 @@ struct EngineStats {
   int64_t kv_used_blocks = 0;       // active + cached
   int64_t kv_cached_blocks = 0;     // cached for prefix reuse, used by no request (reusable)
   int64_t prefix_cached_blocks = 0;  // every block in the prefix index (in use or not)
+  // Bytes of the kv_cached_blocks: cached blocks are stored in the long-term (cold) layout
+  // (sink blocks kept in the window format are counted at that size too).
+  int64_t kv_cached_bytes = 0;
   int64_t kv_free_blocks = 0;       // blocks of the default layout that can still be allocated
   int64_t kv_block_bytes = 0;       // bytes of one block of the default layout
+  // Prefix cache (zero when it is disabled), counted since the engine started.
+  std::string prefix_eviction_policy;   // block eviction policy name ("" when disabled)
+  int64_t prefix_queries = 0;           // prefix lookups (one per admission)
+  int64_t prefix_query_tokens = 0;      // prompt tokens looked up
+  int64_t prefix_hit_tokens = 0;        // of which served from cached blocks
+  int64_t prefix_capacity_evictions = 0;  // cached blocks dropped by the policy for room
+  int64_t prefix_erased_blocks = 0;     // cached blocks erased (invalidated)
+  int64_t prefix_flushed_blocks = 0;    // cached blocks dropped by FlushPrefixCache
+  int64_t scheduler_prefix_evictions = 0;  // evictions the scheduler asked for (out of blocks)
   // Requests.
   int32_t running_requests = 0;
   int32_t waiting_requests = 0;
@@ -69,6 +81,12 @@ struct EngineStats {
   absl::Duration forward_time;      // total time inside the forward pass
   absl::Duration step_time;         // total time of steps (scheduling + forward + sampling)
   absl::Duration scheduler_cpu_time;  // engine-thread CPU time in steps outside the forward
+};
+
+// What Engine::FlushPrefixCache released.
+struct PrefixFlushResult {
+  int64_t blocks = 0;
+  int64_t bytes = 0;
 };
 
 class Engine {
@@ -94,6 +112,12 @@ class Engine {
   absl::StatusOr<std::shared_ptr<RequestStream>> Submit(EngineRequest request);
 
   EngineStats Stats() const;
+
+  // Asks the engine thread to flush the prefix cache: every cached block no request uses is
+  // dropped from the index and its bytes go back to the pool (blocks in use stay cached).
+  // Blocks until done; returns what was released (nothing when the prefix cache is off).
+  // Unavailable when the engine has stopped.
+  absl::StatusOr<PrefixFlushResult> FlushPrefixCache();
 
   // Stops accepting new requests (Submit returns Unavailable); running ones continue.
   void BeginShutdown();

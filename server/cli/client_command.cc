@@ -5,6 +5,7 @@
 //   health     prints the grpc.health.v1 status; exit 0 only when SERVING
 //   info       prints the model and KV-cache description
 //   tokenize   prints the token ids of --text
+//   stats      prints the KV memory stats as a table (stats_command.h)
 //
 // A failed call prints "kvserve client: CODE: message" to stderr and exits 1; bad flags exit 2.
 #include <cstdio>
@@ -18,6 +19,7 @@
 #include "server/cli/client_util.h"
 #include "server/cli/commands.h"
 #include "server/cli/flags.h"
+#include "server/cli/stats_command.h"
 #include "spdlog/spdlog.h"
 
 namespace kvserve::server {
@@ -31,6 +33,7 @@ constexpr char kClientUsage[] =
     "  health     print the server's health: SERVING or NOT_SERVING\n"
     "  info       print the served model and its KV cache\n"
     "  tokenize   print the token ids of --text\n"
+    "  stats      print the KV memory stats (--watch [--interval-ms N] to stream them)\n"
     "\n"
     "Run 'kvserve client <command> --help' for the flags of a command.\n";
 
@@ -188,6 +191,7 @@ int RunClientCommand(const std::vector<std::string>& args) {
   if (command == "health") return Health(rest);
   if (command == "info") return Info(rest);
   if (command == "tokenize") return Tokenize(rest);
+  if (command == "stats") return RunClientStats(rest);
   if (command == "--help" || command == "-h" || command == "help") {
     std::fputs(kClientUsage, stdout);
     return 0;

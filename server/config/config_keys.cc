@@ -202,6 +202,11 @@ std::vector<ConfigKey> BuildKeys() {
       [](ServerConfig& c, std::string v) { c.metrics_address = std::move(v); },
       [](const ServerConfig& c) { return c.metrics_address; },
       "Prometheus /metrics listen address, host:port; empty = off"));
+  keys.push_back(IntKey(
+      "metrics.min_watch_interval_ms", 10, 3600000,
+      [](ServerConfig& c, int64_t v) { c.min_watch_interval_ms = v; },
+      [](const ServerConfig& c) { return c.min_watch_interval_ms; },
+      "smallest interval a Memory.WatchStats call may ask for, milliseconds"));
 
   // logging:
   keys.push_back(EnumKey(

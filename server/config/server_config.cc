@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -287,7 +288,9 @@ absl::Status ConfigLoader::Validate() {
     return KeyError("server.auth_on_loopback",
                     "is true but server.api_keys_file is not set (no keys to check)");
   }
-  if (!c.metrics_address.empty() && c.metrics_address == c.address) {
+  // Port 0 picks a free port for each, so two ":0" addresses never collide.
+  if (!c.metrics_address.empty() && c.metrics_address == c.address &&
+      !absl::EndsWith(c.address, ":0")) {
     return KeyError("metrics.address",
                     absl::StrCat("must differ from server.address (both are ", c.address, ")"));
   }

@@ -42,6 +42,7 @@ struct ServerConfig {
 
   // metrics:
   std::string metrics_address = "127.0.0.1:9464";  // metrics.address ("" = off)
+  int64_t min_watch_interval_ms = 100;  // metrics.min_watch_interval_ms (Memory.WatchStats)
 
   // logging:
   std::string log_level = "info";            // logging.level: trace|debug|info|warn|error|off

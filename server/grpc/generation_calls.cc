@@ -7,6 +7,7 @@
 #include "absl/synchronization/mutex.h"
 #include "kvserve/v1/generation.pb.h"
 #include "server/grpc/proto_codec.h"
+#include "server/metrics/server_metrics.h"
 #include "spdlog/spdlog.h"
 
 namespace kvserve::server {
@@ -18,6 +19,7 @@ double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 void LogFinished(const CallInfo& info, const std::string& id,
                  const std::optional<engine::StreamEvent>& final, int64_t streamed_tokens,
                  bool client_cancelled) {
+  if (final && info.metrics != nullptr) info.metrics->ObserveRequest(*final);
   if (!final) {
     spdlog::info("{} {} finished: status=CANCELLED (client) prompt_tokens={} completion_tokens={}",
                  info.method, id, info.prompt_tokens, streamed_tokens);

@@ -24,6 +24,8 @@
 
 namespace kvserve::server {
 
+class ServerMetrics;
+
 // Counts the generation calls in flight, so that a shutdown can wait for the last messages to be
 // written before it closes the connections. Thread-safe.
 class CallTracker {
@@ -43,6 +45,7 @@ struct CallInfo {
   std::string method;  // "Generate" or "Complete"
   int32_t prompt_tokens = 0;
   CallTracker* tracker = nullptr;  // told when the call begins and ends; may be null
+  ServerMetrics* metrics = nullptr;  // records the finished request; may be null
 };
 
 // Streams `stream` to the client. The returned reactor belongs to gRPC until OnDone.

@@ -91,7 +91,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
     LogRejected("Generate", stream.status());
     return FailedGenerateCall(ToGrpcStatus(stream.status()));
   }
-  return StartGenerateCall(*std::move(stream), CallInfo{"Generate", prompt_tokens, &calls_});
+  return StartGenerateCall(*std::move(stream),
+                           CallInfo{"Generate", prompt_tokens, &calls_, options_.metrics});
 }
 
 grpc::ServerUnaryReactor* GenerationService::Complete(grpc::CallbackServerContext* context,
@@ -104,7 +105,7 @@ grpc::ServerUnaryReactor* GenerationService::Complete(grpc::CallbackServerContex
     return FinishNow(context, stream.status());
   }
   return StartCompleteCall(*std::move(stream), response,
-                           CallInfo{"Complete", prompt_tokens, &calls_});
+                           CallInfo{"Complete", prompt_tokens, &calls_, options_.metrics});
 }
 
 grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,

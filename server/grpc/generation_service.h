@@ -32,6 +32,7 @@ struct GenerationServiceOptions {
   int32_t default_max_tokens = 256;  // max_tokens of a request that leaves it unset
   int64_t kv_block_bytes = 0;        // for GetModelInfo
   const ApiKeyAuthenticator* authenticator = nullptr;  // null: no key required
+  ServerMetrics* metrics = nullptr;                    // request histograms; null: none
 };
 
 using GenerationServiceBase = v1::Generation::WithRawCallbackMethod_Generate<

@@ -86,11 +86,23 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
         config.address);
   }
 
+  if (!config.metrics_address.empty()) {
+    server->metrics_ = std::make_unique<ServerMetrics>(engine);
+    if (absl::Status s = server->metrics_->Serve(config.metrics_address); !s.ok()) return s;
+    spdlog::info("metrics on http://{}/metrics",
+                 WithPort(config.metrics_address, server->metrics_->port()));
+  }
+
   GenerationServiceOptions options;
   options.default_max_tokens = config.default_max_tokens;
   options.kv_block_bytes = engine->Stats().kv_block_bytes;
   options.authenticator = server->authenticator_.get();
+  options.metrics = server->metrics_.get();
   server->service_ = std::make_unique<GenerationService>(engine, options);
+  MemoryServiceOptions memory_options;
+  memory_options.min_watch_interval = absl::Milliseconds(config.min_watch_interval_ms);
+  memory_options.authenticator = server->authenticator_.get();
+  server->memory_service_ = std::make_unique<MemoryService>(engine, memory_options);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -101,6 +113,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
   builder.AddListeningPort(config.address, credentials, &server->port_);
   builder.RegisterService(server->service_.get());
+  builder.RegisterService(server->memory_service_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat(
@@ -113,6 +126,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
   if (health != nullptr) {
     health->SetServingStatus(true);
     health->SetServingStatus(v1::Generation::service_full_name(), true);
+    health->SetServingStatus(v1::Memory::service_full_name(), true);
   }
   return server;
 }
@@ -121,6 +135,7 @@ GrpcServer::~GrpcServer() { Shutdown(absl::ZeroDuration()); }
 
 void GrpcServer::BeginDrain() {
   if (service_ != nullptr) service_->BeginDrain();
+  if (memory_service_ != nullptr) memory_service_->BeginDrain();
   if (server_ != nullptr && server_->GetHealthCheckService() != nullptr) {
     server_->GetHealthCheckService()->SetServingStatus(false);
   }

@@ -1,5 +1,6 @@
-// The gRPC server of `kvserve serve`: the Generation service, standard health checking
-// (grpc.health.v1.Health) and server reflection, over plaintext or TLS.
+// The gRPC server of `kvserve serve`: the Generation and Memory services, standard health
+// checking (grpc.health.v1.Health) and server reflection, over plaintext or TLS; and, when
+// metrics.address is set, the Prometheus /metrics endpoint (server_metrics.h).
 //
 // Lifecycle: Start() binds and starts serving (health SERVING). BeginDrain() turns health to
 // NOT_SERVING and makes the services answer UNAVAILABLE to new calls while calls in flight go on.
@@ -22,6 +23,8 @@
 #include "server/config/server_config.h"
 #include "server/grpc/auth.h"
 #include "server/grpc/generation_service.h"
+#include "server/grpc/memory_service.h"
+#include "server/metrics/server_metrics.h"
 
 namespace kvserve::server {
 
@@ -43,6 +46,8 @@ class GrpcServer {
   int port() const { return port_; }
   bool tls() const { return tls_; }
   bool api_keys_required() const { return authenticator_ != nullptr; }
+  // The port /metrics is served on; 0 when metrics are off.
+  int metrics_port() const { return metrics_ != nullptr ? metrics_->port() : 0; }
 
   void BeginDrain();
   void Shutdown(absl::Duration grace);
@@ -51,7 +56,9 @@ class GrpcServer {
   GrpcServer() = default;
 
   std::unique_ptr<ApiKeyAuthenticator> authenticator_;
+  std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<GenerationService> service_;
+  std::unique_ptr<MemoryService> memory_service_;
   std::unique_ptr<grpc::Server> server_;
   std::string bound_address_;
   int port_ = 0;

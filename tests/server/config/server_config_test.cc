@@ -185,6 +185,7 @@ engine:
   threads: 3
 metrics:
   address: "[::1]:9100"
+  min_watch_interval_ms: 250
 logging:
   level: debug
 )";
@@ -241,6 +242,7 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   EXPECT_EQ(c.default_max_tokens, 50);
   EXPECT_EQ(c.engine.model.num_threads, 3);
   EXPECT_EQ(c.metrics_address, "[::1]:9100");
+  EXPECT_EQ(c.min_watch_interval_ms, 250);
   EXPECT_EQ(c.log_level, "debug");
 }
 

@@ -235,6 +235,7 @@ TEST(GrpcValidationTest, ReflectionListsTheServices) {
   for (const grpc::Slice& s : slices)
     bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   EXPECT_NE(bytes.find("kvserve.v1.Generation"), std::string::npos);
+  EXPECT_NE(bytes.find("kvserve.v1.Memory"), std::string::npos);
   EXPECT_NE(bytes.find("grpc.health.v1.Health"), std::string::npos);
 }
 

@@ -1,0 +1,252 @@
+#include "server/metrics/server_metrics.h"
+
+#include <algorithm>
+#include <exception>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "engine/kv/block_pool.h"
+#include "prometheus/collectable.h"
+#include "prometheus/exposer.h"
+#include "prometheus/histogram.h"
+#include "prometheus/metric_family.h"
+#include "prometheus/registry.h"
+#include "prometheus/text_serializer.h"
+
+namespace kvserve::server {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+namespace {
+
+constexpr char kVersion[] = "0.1.0";
+
+// Buckets in seconds.
+const prometheus::Histogram::BucketBoundaries& TtftBuckets() {
+  static const auto* b = new prometheus::Histogram::BucketBoundaries{
+      0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+  return *b;
+}
+const prometheus::Histogram::BucketBoundaries& InterTokenBuckets() {
+  static const auto* b = new prometheus::Histogram::BucketBoundaries{
+      0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1};
+  return *b;
+}
+const prometheus::Histogram::BucketBoundaries& DurationBuckets() {
+  static const auto* b = new prometheus::Histogram::BucketBoundaries{
+      0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
+  return *b;
+}
+
+class FamilyBuilder {
+ public:
+  explicit FamilyBuilder(std::vector<MetricFamily>* out) : out_(out) {}
+
+  FamilyBuilder& Family(std::string name, std::string help, MetricType type) {
+    out_->push_back(MetricFamily{std::move(name), std::move(help), type, {}});
+    return *this;
+  }
+  FamilyBuilder& Add(double value, std::vector<ClientMetric::Label> labels = {}) {
+    ClientMetric m;
+    m.label = std::move(labels);
+    if (out_->back().type == MetricType::Counter) {
+      m.counter.value = value;
+    } else {
+      m.gauge.value = value;
+    }
+    out_->back().metric.push_back(std::move(m));
+    return *this;
+  }
+
+ private:
+  std::vector<MetricFamily>* out_;
+};
+
+}  // namespace
+
+// Pulls one engine snapshot per scrape.
+class EngineCollector final : public prometheus::Collectable {
+ public:
+  explicit EngineCollector(engine::Engine* engine) : engine_(engine) {}
+
+  std::vector<MetricFamily> Collect() const override {
+    const engine::EngineStats s = engine_->Stats();
+    const engine::KvPoolStats& kv = s.kv;
+    const double cached_bytes = static_cast<double>(s.kv_cached_bytes);
+    const double used = static_cast<double>(kv.used_bytes);
+    const double budget = static_cast<double>(kv.budget_bytes);
+    std::vector<MetricFamily> out;
+    FamilyBuilder b(&out);
+    b.Family("kvserve_build_info", "Build of the running server (always 1).", MetricType::Gauge)
+        .Add(1, {{"version", kVersion}});
+    b.Family("kvserve_kv_capacity_bytes", "Byte budget of the KV block pool.", MetricType::Gauge)
+        .Add(budget);
+    b.Family("kvserve_kv_allocated_bytes", "Heap bytes held for KV block storage.",
+             MetricType::Gauge)
+        .Add(static_cast<double>(kv.allocated_bytes));
+    b.Family("kvserve_kv_bytes",
+             "KV pool bytes by state: active (used by a request), cached (reusable prefix "
+             "blocks nobody uses), free (rest of the budget).",
+             MetricType::Gauge)
+        .Add(used - cached_bytes, {{"state", "active"}})
+        .Add(cached_bytes, {{"state", "cached"}})
+        .Add(budget - used, {{"state", "free"}});
+    b.Family("kvserve_kv_used_bytes",
+             "Bytes of used KV blocks by storage format and role (value payload, scales and zero "
+             "points, alignment padding).",
+             MetricType::Gauge);
+    for (size_t f = 0; f < kv.used_by_format.size(); ++f) {
+      const engine::KvFormatUsage& u = kv.used_by_format[f];
+      const std::string format(kernels::KvFormatName(static_cast<kernels::KvFormat>(f)));
+      if (format.empty() || format == "unknown") continue;
+      b.Add(static_cast<double>(u.value_bytes), {{"format", format}, {"role", "value"}})
+          .Add(static_cast<double>(u.scale_bytes), {{"format", format}, {"role", "scale"}})
+          .Add(static_cast<double>(u.padding_bytes), {{"format", format}, {"role", "padding"}});
+    }
+    b.Family("kvserve_kv_blocks",
+             "KV blocks by state (free: blocks of the default layout that "
+             "can still be allocated).",
+             MetricType::Gauge)
+        .Add(static_cast<double>(kv.used_blocks - s.kv_cached_blocks), {{"state", "active"}})
+        .Add(static_cast<double>(s.kv_cached_blocks), {{"state", "cached"}})
+        .Add(static_cast<double>(s.kv_free_blocks), {{"state", "free"}});
+    b.Family("kvserve_kv_block_bytes", "Bytes of one KV block of the default layout.",
+             MetricType::Gauge)
+        .Add(static_cast<double>(s.kv_block_bytes));
+    b.Family("kvserve_kv_usage_ratio", "Used KV bytes (active + cached) / capacity.",
+             MetricType::Gauge)
+        .Add(budget > 0 ? used / budget : 0);
+    b.Family("kvserve_kv_fp16_equivalent_bytes",
+             "Bytes the used KV blocks would take stored in FP16.", MetricType::Gauge)
+        .Add(static_cast<double>(kv.fp16_equivalent_bytes));
+    b.Family("kvserve_kv_compression_ratio",
+             "FP16-equivalent bytes / used bytes of the KV pool (0 when nothing is used).",
+             MetricType::Gauge)
+        .Add(kv.compression_ratio());
+    b.Family("kvserve_prefix_cache_queries_total", "Prefix cache lookups (one per admission).",
+             MetricType::Counter)
+        .Add(static_cast<double>(s.prefix_queries));
+    b.Family("kvserve_prefix_cache_query_tokens_total",
+             "Prompt tokens looked up in the prefix "
+             "cache.",
+             MetricType::Counter)
+        .Add(static_cast<double>(s.prefix_query_tokens));
+    b.Family("kvserve_prefix_cache_hit_tokens_total",
+             "Prompt tokens served from cached prefix blocks.", MetricType::Counter)
+        .Add(static_cast<double>(s.prefix_hit_tokens));
+    b.Family("kvserve_prefix_cache_blocks", "Blocks in the prefix index, in use or not.",
+             MetricType::Gauge)
+        .Add(static_cast<double>(s.prefix_cached_blocks));
+    b.Family("kvserve_block_evictions_total",
+             "Cached prefix blocks dropped to make room, by block eviction policy.",
+             MetricType::Counter);
+    if (!s.prefix_eviction_policy.empty()) {
+      b.Add(static_cast<double>(s.prefix_capacity_evictions),
+            {{"policy", s.prefix_eviction_policy}});
+    }
+    b.Family("kvserve_prefix_cache_flushed_blocks_total",
+             "Cached prefix blocks dropped by FlushPrefixCache.", MetricType::Counter)
+        .Add(static_cast<double>(s.prefix_flushed_blocks));
+    b.Family("kvserve_preemptions_total",
+             "Running requests preempted (blocks freed, recomputed later).", MetricType::Counter)
+        .Add(static_cast<double>(s.preemptions));
+    b.Family("kvserve_requests_total",
+             "Requests ended, by final status (ok: finished normally; "
+             "cancelled: by the client or its deadline; failed: an error).",
+             MetricType::Counter)
+        .Add(static_cast<double>(s.requests_finished), {{"status", "ok"}})
+        .Add(static_cast<double>(s.requests_cancelled), {{"status", "cancelled"}})
+        .Add(static_cast<double>(s.requests_failed), {{"status", "failed"}});
+    b.Family("kvserve_running_requests", "Requests in the running batch.", MetricType::Gauge)
+        .Add(s.running_requests);
+    b.Family("kvserve_waiting_requests", "Requests waiting to be admitted (preempted included).",
+             MetricType::Gauge)
+        .Add(s.waiting_requests);
+    b.Family("kvserve_prompt_tokens_total",
+             "Prompt tokens computed (recomputation after preemption included).",
+             MetricType::Counter)
+        .Add(static_cast<double>(s.prompt_tokens));
+    b.Family("kvserve_generation_tokens_total", "Tokens generated.", MetricType::Counter)
+        .Add(static_cast<double>(s.generated_tokens));
+    b.Family("kvserve_engine_steps_total", "Engine steps run.", MetricType::Counter)
+        .Add(static_cast<double>(s.steps));
+    b.Family("kvserve_engine_forward_seconds_total", "Time spent in the forward pass.",
+             MetricType::Counter)
+        .Add(absl::ToDoubleSeconds(s.forward_time));
+    b.Family("kvserve_engine_step_seconds_total",
+             "Time spent in engine steps (scheduling, forward pass, sampling).",
+             MetricType::Counter)
+        .Add(absl::ToDoubleSeconds(s.step_time));
+    return out;
+  }
+
+ private:
+  engine::Engine* const engine_;
+};
+
+ServerMetrics::ServerMetrics(engine::Engine* engine)
+    : registry_(std::make_shared<prometheus::Registry>()),
+      collector_(std::make_shared<EngineCollector>(engine)) {
+  ttft_ = &prometheus::BuildHistogram()
+               .Name("kvserve_time_to_first_token_seconds")
+               .Help("Time from a request's arrival to its first generated token.")
+               .Register(*registry_)
+               .Add({}, TtftBuckets());
+  inter_token_ = &prometheus::BuildHistogram()
+                      .Name("kvserve_inter_token_latency_seconds")
+                      .Help(
+                          "Time between consecutive generated tokens of a request (its mean "
+                          "gap, counted once per gap).")
+                      .Register(*registry_)
+                      .Add({}, InterTokenBuckets());
+  duration_ = &prometheus::BuildHistogram()
+                   .Name("kvserve_request_duration_seconds")
+                   .Help("Time from a request's arrival to its end.")
+                   .Register(*registry_)
+                   .Add({}, DurationBuckets());
+}
+
+ServerMetrics::~ServerMetrics() = default;
+
+absl::Status ServerMetrics::Serve(const std::string& address) {
+  try {
+    auto exposer = std::make_unique<prometheus::Exposer>(address, 2);
+    exposer->RegisterCollectable(collector_);
+    exposer->RegisterCollectable(registry_);
+    const std::vector<int> ports = exposer->GetListeningPorts();
+    port_ = ports.empty() ? 0 : ports.front();
+    exposer_ = std::move(exposer);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on ", address, " (metrics.address): ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+void ServerMetrics::ObserveRequest(const engine::StreamEvent& final) {
+  const int64_t tokens = final.usage.completion_tokens;
+  if (tokens > 0) ttft_->Observe(absl::ToDoubleSeconds(final.timings.time_to_first_token));
+  duration_->Observe(absl::ToDoubleSeconds(final.timings.total));
+  if (tokens > 1) {
+    const double gaps = static_cast<double>(tokens - 1);
+    const double mean =
+        absl::ToDoubleSeconds(final.timings.total - final.timings.time_to_first_token) / gaps;
+    const auto& bounds = InterTokenBuckets();
+    std::vector<double> increments(bounds.size() + 1, 0.0);
+    const size_t bucket = std::lower_bound(bounds.begin(), bounds.end(), mean) - bounds.begin();
+    increments[bucket] = gaps;
+    inter_token_->ObserveMultiple(increments, mean * gaps);
+  }
+}
+
+std::string ServerMetrics::Render() const {
+  std::vector<MetricFamily> families = collector_->Collect();
+  for (MetricFamily& f : registry_->Collect()) families.push_back(std::move(f));
+  return prometheus::TextSerializer().Serialize(families);
+}
+
+}  // namespace kvserve::server
