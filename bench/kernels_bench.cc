@@ -4,13 +4,15 @@
 //
 // MatMul at the stories260K projection shapes and at 768 x 768; paged-attention decode at
 // head_dim 128 (8 KV heads, 32 query heads) over 4K and 32K tokens in each KV format, reporting
-// the K/V bytes read per second next to this machine's memory bandwidth (memcpy and a read-only
-// sweep); and the kernel work of one stories260K decode step.
+// the K/V bytes read per second (scales included) and the time relative to FP16 (x_fp16, FP16
+// timed in the same iterations) next to this machine's memory bandwidth (memcpy and a read-only
+// sweep); encoding a block into each format; and the kernel work of one stories260K decode step.
 #include <benchmark/benchmark.h>
 #include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -20,6 +22,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/cpu/kv_quantize.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/paged_attention.h"
 #include "kernels/cpu/thread_pool.h"
@@ -121,8 +124,8 @@ struct BenchCache {
     shape = KvRegionShape{block_size, kv_heads, head_dim};
     region.format = format;
     region.k_offset = 0;
-    region.v_offset = static_cast<uint32_t>(KvRegionBytes(format, shape));
-    const int64_t block_bytes = (2 * KvRegionBytes(format, shape));
+    region.v_offset = static_cast<uint32_t>(KvRegionBytes(format, KvRole::kKey, shape));
+    const int64_t block_bytes = KvLayerBytes(format, shape);
     const int blocks_per_seq = (ctx + block_size - 1) / block_size;
     const int64_t num_blocks = static_cast<int64_t>(blocks_per_seq) * seqs;
     // A block pool would ask for huge pages the same way: 4 KiB pages put a TLB miss on nearly
@@ -141,12 +144,18 @@ struct BenchCache {
                        ids.begin() + static_cast<int64_t>(s + 1) * blocks_per_seq);
       table_ptrs.push_back(tables[s].data());
     }
-    kv_bytes_per_token = (2 * KvRegionBytes(format, shape)) / block_size;  // scales included
-    // Fill through WriteKv, one block-sized batch of tokens at a time.
+    kv_bytes_per_token = KvLayerBytes(format, shape) / block_size;  // scales included
+    // Fill through WriteKv, one block-sized batch of tokens at a time (formats that encode
+    // whole blocks: through QuantizeKvRegion).
     const std::vector<float> k =
         RandomFloats(static_cast<int64_t>(block_size) * kv_heads * head_dim, 3);
     std::vector<int32_t> slot_block(block_size), slot_off(block_size);
-    for (int64_t b = 0; b < num_blocks; ++b) {
+    for (int64_t b = 0; !KvFormatTokenWritable(format) && b < num_blocks; ++b) {
+      QuantizeKvRegion(format, KvRole::kKey, k.data(), shape, block_size, block_ptrs[b]);
+      QuantizeKvRegion(format, KvRole::kValue, k.data(), shape, block_size,
+                       block_ptrs[b] + region.v_offset);
+    }
+    for (int64_t b = 0; KvFormatTokenWritable(format) && b < num_blocks; ++b) {
       for (int i = 0; i < block_size; ++i) {
         slot_block[i] = static_cast<int32_t>(b);
         slot_off[i] = i;
@@ -182,15 +191,35 @@ void RunDecode(benchmark::State& state, KvFormat format, int block_size, int kv_
   batch.seq_block_tables = cache.table_ptrs.data();
   batch.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   ThreadPool* pool = Pool(threads);
+  // FP16 at the same shape runs after each iteration, outside the measured time, so that the
+  // ratio x_fp16 compares the two under the same machine load (a shared machine drifts).
+  std::unique_ptr<BenchCache> fp16;
+  if (format != KvFormat::kFp16 && head_dim == 128) {
+    fp16 = std::make_unique<BenchCache>(KvFormat::kFp16, block_size, kv_heads, head_dim, seqs, ctx);
+  }
+  AttentionBatch fp16_batch = batch;
+  if (fp16) fp16_batch.seq_block_tables = fp16->table_ptrs.data();
+  double seconds = 0.0, fp16_seconds = 0.0;
+  auto timed = [&](const AttentionBatch& b, const BenchCache& c) {
+    const auto start = std::chrono::steady_clock::now();
+    PagedAttention(b, c.view(), pool);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
   for (auto _ : state) {
-    PagedAttention(batch, cache.view(), pool);
+    seconds += timed(batch, cache);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
+    if (fp16) {
+      state.PauseTiming();
+      fp16_seconds += timed(fp16_batch, *fp16);
+      state.ResumeTiming();
+    }
   }
   state.SetBytesProcessed(state.iterations() * seqs * static_cast<int64_t>(ctx) *
                           cache.kv_bytes_per_token);
   state.SetItemsProcessed(state.iterations() * seqs);  // decoded tokens
   state.SetLabel(std::string(KvFormatName(format)));
+  if (fp16) state.counters["x_fp16"] = seconds / fp16_seconds;
 }
 
 // Args: context, format, threads. head_dim 128, 8 KV heads, 32 query heads, one sequence.
@@ -200,11 +229,51 @@ void BM_AttentionDecode(benchmark::State& state) {
 }
 BENCHMARK(BM_AttentionDecode)
     ->ArgNames({"ctx", "fmt", "threads"})
-    ->ArgsProduct({{4096, 32768}, {0, 1, 2}, {2}})
+    ->ArgsProduct({{4096, 32768}, {0, 1, 2, 3, 4, 5, 6, 7}, {2}})
     ->ArgsProduct({{64, 512}, {0, 1, 2}, {1}})
     ->Args({32768, 0, 1})
     ->Args({32768, 1, 1})
     ->UseRealTime();
+
+// Encoding one block of K and V (16 tokens, 8 KV heads, head_dim 128) into each format: WriteKv
+// token by token for the token-writable formats, QuantizeKvRegion of the whole block (what
+// demotion does) for the others. Arg: format.
+void BM_KvEncodeBlock(benchmark::State& state) {
+  const auto format = static_cast<KvFormat>(state.range(0));
+  const KvRegionShape shape{16, 8, 128};
+  const int64_t floats = int64_t{16} * 8 * 128;
+  std::vector<float> k = RandomFloats(floats, 6), v = RandomFloats(floats, 7);
+  for (int64_t i = 0; i < floats; ++i) k[i] += static_cast<float>(i % 128) * 0.05f;
+  std::vector<uint8_t> block(KvLayerBytes(format, shape));
+  uint8_t* block_ptr = block.data();
+  const uint16_t layout = 0;
+  const KvLayerRegion region{format, 0,
+                             static_cast<uint32_t>(KvRegionBytes(format, KvRole::kKey, shape))};
+  PagedKvLayerView view;
+  view.block_data = &block_ptr;
+  view.block_layout = &layout;
+  view.regions = &region;
+  view.shape = shape;
+  std::vector<int32_t> slot_block(16, 0), slot_off(16);
+  std::iota(slot_off.begin(), slot_off.end(), 0);
+  for (auto _ : state) {
+    if (KvFormatTokenWritable(format)) {
+      for (int t = 0; t < 16; ++t) {
+        WriteKv(k.data() + t * 8 * 128, v.data() + t * 8 * 128, 1, &slot_block[t], &slot_off[t],
+                view);
+      }
+    } else {
+      QuantizeKvRegion(format, KvRole::kKey, k.data(), shape, 16, block.data());
+      QuantizeKvRegion(format, KvRole::kValue, v.data(), shape, 16, block.data() + region.v_offset);
+    }
+    benchmark::DoNotOptimize(block.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * 16);  // tokens
+  state.SetBytesProcessed(state.iterations() * 2 * floats * 4);  // float input
+  state.SetLabel(std::string(KvFormatName(format)));
+}
+BENCHMARK(BM_KvEncodeBlock)->ArgName("fmt")->DenseRange(0, kNumKvFormats - 1);
 
 // stories260K shape (head_dim 8, 4 KV heads, 8 query heads); Args: seqs, ctx, threads.
 void BM_AttentionDecodeStories(benchmark::State& state) {

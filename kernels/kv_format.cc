@@ -10,6 +10,16 @@ std::string_view KvFormatName(KvFormat f) {
       return "fp16";
     case KvFormat::kBf16:
       return "bf16";
+    case KvFormat::kFp8:
+      return "fp8";
+    case KvFormat::kInt8:
+      return "int8";
+    case KvFormat::kInt4:
+      return "int4";
+    case KvFormat::kNvfp4:
+      return "nvfp4";
+    case KvFormat::kInt2:
+      return "int2";
   }
   return "?";
 }

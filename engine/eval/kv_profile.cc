@@ -30,7 +30,7 @@ std::vector<std::string> NamedKvShapes() {
 
 int64_t KvBlockBytes(const KvShape& shape, kernels::KvFormat format, int block_size) {
   const kernels::KvRegionShape region{block_size, shape.num_kv_heads, shape.head_dim};
-  return 2 * static_cast<int64_t>(shape.num_layers) * kernels::KvRegionBytes(format, region);
+  return static_cast<int64_t>(shape.num_layers) * kernels::KvLayerBytes(format, region);
 }
 
 int64_t KvSequenceBytes(const KvShape& shape, kernels::KvFormat format, int block_size,

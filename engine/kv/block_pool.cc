@@ -44,14 +44,16 @@ absl::StatusOr<LayoutId> BlockPool::RegisterLayout(const std::vector<kernels::Kv
                                      geometry_.head_dim};
   int64_t offset = 0;
   for (kernels::KvFormat f : formats) {
-    const int64_t region = kernels::KvRegionBytes(f, shape);
+    const int64_t k_region = kernels::KvRegionBytes(f, kernels::KvRole::kKey, shape);
     kernels::KvLayerRegion r;
     r.format = f;
     r.k_offset = static_cast<uint32_t>(offset);
-    r.v_offset = static_cast<uint32_t>(offset + region);
-    offset += 2 * region;
-    layout.value_bytes += 2 * kernels::KvRegionValueBytes(f, shape);
-    layout.scale_bytes += 2 * kernels::KvRegionScaleBytes(f, shape);
+    r.v_offset = static_cast<uint32_t>(offset + k_region);
+    offset += kernels::KvLayerBytes(f, shape);
+    for (kernels::KvRole role : {kernels::KvRole::kKey, kernels::KvRole::kValue}) {
+      layout.value_bytes += kernels::KvRegionValueBytes(f, role, shape);
+      layout.scale_bytes += kernels::KvRegionScaleBytes(f, role, shape);
+    }
     layout.regions.push_back(r);
   }
   layout.block_bytes = offset;
@@ -173,7 +175,8 @@ int64_t BlockPool::AvailableBlocks(LayoutId layout) const {
 int64_t BlockPool::Fp16BlockBytes() const {
   const kernels::KvRegionShape shape{geometry_.block_size, geometry_.num_kv_heads,
                                      geometry_.head_dim};
-  return 2 * geometry_.num_layers * kernels::KvRegionValueBytes(kernels::KvFormat::kFp16, shape);
+  return 2 * geometry_.num_layers *
+         kernels::KvRegionValueBytes(kernels::KvFormat::kFp16, kernels::KvRole::kKey, shape);
 }
 
 KvPoolStats BlockPool::Stats() const {
@@ -192,13 +195,15 @@ KvPoolStats BlockPool::Stats() const {
     if (n == 0) continue;
     for (kernels::KvFormat f : layouts_[l].layer_formats) {
       KvFormatUsage& u = s.used_by_format[static_cast<int>(f)];
-      const int64_t value = kernels::KvRegionValueBytes(f, shape);
-      const int64_t scale = kernels::KvRegionScaleBytes(f, shape);
-      const int64_t total = kernels::KvRegionBytes(f, shape);
-      u.value_bytes += 2 * n * value;
-      u.scale_bytes += 2 * n * scale;
-      u.padding_bytes += 2 * n * (total - value - scale);
-      u.regions += 2 * n;
+      for (kernels::KvRole role : {kernels::KvRole::kKey, kernels::KvRole::kValue}) {
+        const int64_t value = kernels::KvRegionValueBytes(f, role, shape);
+        const int64_t scale = kernels::KvRegionScaleBytes(f, role, shape);
+        const int64_t total = kernels::KvRegionBytes(f, role, shape);
+        u.value_bytes += n * value;
+        u.scale_bytes += n * scale;
+        u.padding_bytes += n * (total - value - scale);
+        u.regions += n;
+      }
     }
   }
   s.fp16_equivalent_bytes = used_blocks_ * Fp16BlockBytes();

@@ -146,19 +146,21 @@ absl::Status KvCachePolicy::Demote(SequenceKv& seq, int64_t tokens) const {
     const uint8_t* src = pool_->block_data(table[b]);
     for (int l = 0; l < g.num_layers; ++l) {
       const kernels::KvLayerRegion& r = hot.regions[l];
-      kernels::cpu::DequantizeKvRegion(r.format, src + r.k_offset, shape, g.block_size,
-                                       block.data() + (2 * l) * region_floats);
-      kernels::cpu::DequantizeKvRegion(r.format, src + r.v_offset, shape, g.block_size,
-                                       block.data() + (2 * l + 1) * region_floats);
+      kernels::cpu::DequantizeKvRegion(r.format, kernels::KvRole::kKey, src + r.k_offset, shape,
+                                       g.block_size, block.data() + (2 * l) * region_floats);
+      kernels::cpu::DequantizeKvRegion(r.format, kernels::KvRole::kValue, src + r.v_offset, shape,
+                                       g.block_size, block.data() + (2 * l + 1) * region_floats);
     }
     KVSERVE_ASSIGN_OR_RETURN(BlockId fresh, seq.ReplaceBlock(b, cold_layout_));
     uint8_t* dst = pool_->block_data(fresh);
     for (int l = 0; l < g.num_layers; ++l) {
       const kernels::KvLayerRegion& r = cold.regions[l];
-      if (!kernels::cpu::QuantizeKvRegion(r.format, block.data() + (2 * l) * region_floats,
-                                          shape, g.block_size, dst + r.k_offset) ||
-          !kernels::cpu::QuantizeKvRegion(r.format, block.data() + (2 * l + 1) * region_floats,
-                                          shape, g.block_size, dst + r.v_offset)) {
+      if (!kernels::cpu::QuantizeKvRegion(r.format, kernels::KvRole::kKey,
+                                          block.data() + (2 * l) * region_floats, shape,
+                                          g.block_size, dst + r.k_offset) ||
+          !kernels::cpu::QuantizeKvRegion(r.format, kernels::KvRole::kValue,
+                                          block.data() + (2 * l + 1) * region_floats, shape,
+                                          g.block_size, dst + r.v_offset)) {
         return absl::InternalError(
             absl::StrFormat("non-finite K/V values in layer %d of block %d", l, b));
       }

@@ -1,25 +1,32 @@
 // How the CPU kernels read and write the values of each KvFormat, and the one switch that turns a
 // runtime KvFormat into a compile-time codec. Adding a format means adding a KvCodec
-// specialisation (its Rows reader and WriteRow) and a case in DispatchKvFormat; the attention and
-// write kernels are templates over the codec and need no other change.
+// specialisation (its readers, WriteRow and Prefetch) and a case in DispatchKvFormat; the
+// attention and write kernels are templates over the codec and need no other change.
 //
 // A codec provides:
-//   class Rows                   reads the [block_size][head_dim] rows of one KV head in one K or
-//                                V region: Load<V>(token, d0) returns dims [d0, d0 + V::kLanes) of
+//   class KeyRows, ValueRows     read the [block_size][head_dim] rows of one KV head in the K
+//                                (resp. V) region; keys and values may be encoded differently.
+//                                Constructed as Rows(region, shape, head); a reader decodes the
+//                                block's scales and zero points (if any) once, at construction.
+//                                Load<V>(token, d0) returns dims [d0, d0 + V::kLanes) of
 //                                row `token` as floats; LoadN<V>(token, d0, n) the first n of them
 //                                (other lanes zero). Dequantization happens here, in registers.
 //                                LoadPacked<V>(token, n): the first n values of the V::kLanes
 //                                that start at row `token` when rows are read back to back
 //                                (head_dim < kLanes packs several rows in one register).
-//   static void WriteRow(...)    converts one row of head_dim floats into its slot.
-//   static void Prefetch(...)    asks for the cache lines Rows of one KV head will read.
-// Region layout: kernels/kv_format.h.
+//   static void WriteRow(...)    converts one row of head_dim floats into its slot (formats that
+//                                are KvFormatTokenWritable only; the others encode whole blocks
+//                                through QuantizeKvRegion, kv_quantize.h).
+//   static void Prefetch(region, role, shape, head, tokens)
+//                                asks for the cache lines the readers of one KV head will read.
+// Region layout: kernels/kv_format.h. The quantized codecs: kernels/cpu/kv_codec_quant.h.
 #ifndef KVSERVE_KERNELS_CPU_KV_CODEC_H_
 #define KVSERVE_KERNELS_CPU_KV_CODEC_H_
 
 #include <cstdint>
 
 #include "kernels/cpu/check.h"
+#include "kernels/cpu/kv_codec_quant.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/kv_format.h"
 
@@ -55,6 +62,8 @@ struct KvFloatCodec {
     const Elem* base_;  // [block_size][head_dim] of this head
     int head_dim_;
   };
+  using KeyRows = Rows;
+  using ValueRows = Rows;
 
   // src: [head_dim] floats; writes slot `token` of KV head `head` in `region`.
   static void WriteRow(uint8_t* region, const KvRegionShape& shape, int head, int token,
@@ -69,15 +78,14 @@ struct KvFloatCodec {
   }
 
   // The first `tokens` rows of KV head `head` in `region`.
-  static void Prefetch(const uint8_t* region, const KvRegionShape& shape, int head, int tokens) {
+  static void Prefetch(const uint8_t* region, KvRole, const KvRegionShape& shape, int head,
+                       int tokens) {
     const int64_t row_bytes = static_cast<int64_t>(shape.head_dim) * sizeof(Elem);
     simd::PrefetchBytes(region + static_cast<int64_t>(head) * shape.block_size * row_bytes,
                         tokens * row_bytes);
   }
 };
 
-template <KvFormat F>
-struct KvCodec;
 template <>
 struct KvCodec<KvFormat::kFp32> : KvFloatCodec<float> {};
 template <>
@@ -97,6 +105,21 @@ inline void DispatchKvFormat(KvFormat f, Fn&& fn) {
       return;
     case KvFormat::kBf16:
       fn(KvCodec<KvFormat::kBf16>{});
+      return;
+    case KvFormat::kFp8:
+      fn(KvCodec<KvFormat::kFp8>{});
+      return;
+    case KvFormat::kInt8:
+      fn(KvCodec<KvFormat::kInt8>{});
+      return;
+    case KvFormat::kInt4:
+      fn(KvCodec<KvFormat::kInt4>{});
+      return;
+    case KvFormat::kNvfp4:
+      fn(KvCodec<KvFormat::kNvfp4>{});
+      return;
+    case KvFormat::kInt2:
+      fn(KvCodec<KvFormat::kInt2>{});
       return;
   }
   KVSERVE_KERNEL_CHECK(false, "unknown KvFormat");

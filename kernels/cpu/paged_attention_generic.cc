@@ -236,11 +236,11 @@ void RunPass(const Problem& pr, int64_t t, int g0, int g1, int h_lo, int h_hi, S
   ForEachBlock(cache, table, b.token_kv_len[t], g0, g1,
                [&](auto codec, const uint8_t* k_region, const uint8_t* v_region, int nv,
                    const BlockAhead& ahead) {
-                 using Rows = typename decltype(codec)::Rows;
+                 using Codec = decltype(codec);
                  for (int g = g0; g < g1; ++g) {
                    ahead.Prefetch(g);
-                   const Rows k(k_region, cache.shape, g);
-                   const Rows v(v_region, cache.shape, g);
+                   const typename Codec::KeyRows k(k_region, cache.shape, g);
+                   const typename Codec::ValueRows v(v_region, cache.shape, g);
                    const int hb = (g - g0) * gh;
                    for (int j0 = 0; j0 < nv; j0 += kSpan) {
                      const int ns = std::min(kSpan, nv - j0);

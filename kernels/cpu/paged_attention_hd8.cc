@@ -78,8 +78,8 @@ struct HeadState {
   float m;     // running max
 };
 
-template <class Rows>
-inline void ProcessTile(const Rows& k, const Rows& v, int j0, int nt, int gh,
+template <class KRows, class VRows>
+inline void ProcessTile(const KRows& k, const VRows& v, int j0, int nt, int gh,
                         const float (*q)[kHeadDim], const Consts& cs, HeadState* st) {
   __m512 kr[8], vr[8], kt[8];
   for (int p = 0; p < 8; ++p) {
@@ -148,11 +148,11 @@ void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1) {
     ForEachBlock(cache, table, b.token_kv_len[t], g0, g1,
                  [&](auto codec, const uint8_t* k_region, const uint8_t* v_region, int nv,
                      const BlockAhead& ahead) {
-                   using Rows = typename decltype(codec)::Rows;
+                   using Codec = decltype(codec);
                    for (int g = g0; g < g1; ++g) {
                      ahead.Prefetch(g);
-                     const Rows k(k_region, cache.shape, g);
-                     const Rows v(v_region, cache.shape, g);
+                     const typename Codec::KeyRows k(k_region, cache.shape, g);
+                     const typename Codec::ValueRows v(v_region, cache.shape, g);
                      const int hb = (g - g0) * gh;
                      for (int j0 = 0; j0 < nv; j0 += kTile) {
                        ProcessTile(k, v, j0, std::min(kTile, nv - j0), gh, q + hb, cs, st + hb);

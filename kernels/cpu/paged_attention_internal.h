@@ -49,8 +49,8 @@ class BlockAhead {
     const uint8_t* base = cache_->block_data[phys_];
     DispatchKvFormat(region.format, [&](auto codec) {
       using Codec = decltype(codec);
-      Codec::Prefetch(base + region.k_offset, cache_->shape, g, tokens_);
-      Codec::Prefetch(base + region.v_offset, cache_->shape, g, tokens_);
+      Codec::Prefetch(base + region.k_offset, KvRole::kKey, cache_->shape, g, tokens_);
+      Codec::Prefetch(base + region.v_offset, KvRole::kValue, cache_->shape, g, tokens_);
     });
   }
 

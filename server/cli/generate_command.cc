@@ -25,7 +25,8 @@ int RunGenerateCommand(const std::vector<std::string>& args) {
   flags.Float("min-p", 0.0, "drop tokens below min-p times the top probability");
   flags.Float("repetition-penalty", 1.0, "penalty on tokens already seen; 1 = off");
   flags.Int("seed", -1, "random seed; -1 = a fresh one (logged)");
-  flags.String("kv-format", "fp32", "KV cache block format: fp32, fp16, bf16");
+  flags.String("kv-format", "fp32",
+               "KV cache block format: fp32, fp16, bf16, fp8, int8, int4, nvfp4, int2");
   flags.Int("kv-budget-mb", 256, "KV cache budget in MiB");
   flags.String("layer-formats", "", "per-layer KV format overrides, LAYER:FORMAT[,...]");
   flags.Int("recent-window", 0, "newest tokens kept in --window-format");

@@ -188,10 +188,11 @@ TEST(KvFormatTest, NamesParseAndRegionBytes) {
   }
   EXPECT_EQ(ParseKvFormat("int3"), std::nullopt);
   const KvRegionShape s{16, 4, 8};
-  EXPECT_EQ(KvRegionValueBytes(KvFormat::kFp32, s), 16 * 4 * 8 * 4);
-  EXPECT_EQ(KvRegionValueBytes(KvFormat::kBf16, s), 16 * 4 * 8 * 2);
-  EXPECT_EQ(KvRegionBytes(KvFormat::kFp16, KvRegionShape{3, 1, 7}), 64);  // 42 bytes, padded
-  EXPECT_EQ(KvRegionBytes(KvFormat::kFp16, KvRegionShape{3, 1, 12}), 128);
+  EXPECT_EQ(KvRegionValueBytes(KvFormat::kFp32, KvRole::kKey, s), 16 * 4 * 8 * 4);
+  EXPECT_EQ(KvRegionValueBytes(KvFormat::kBf16, KvRole::kValue, s), 16 * 4 * 8 * 2);
+  // 42 bytes, padded
+  EXPECT_EQ(KvRegionBytes(KvFormat::kFp16, KvRole::kKey, KvRegionShape{3, 1, 7}), 64);
+  EXPECT_EQ(KvRegionBytes(KvFormat::kFp16, KvRole::kValue, KvRegionShape{3, 1, 12}), 128);
 }
 
 }  // namespace

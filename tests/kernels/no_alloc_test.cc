@@ -44,8 +44,8 @@ TEST(NoAllocTest, KernelsDoNotAllocate) {
     const KvRegionShape shape{64, 4, hd};
     const KvLayerRegion region{
         KvFormat::kFp16, 0,
-        static_cast<uint32_t>(KvRegionBytes(KvFormat::kFp16, shape))};
-    std::vector<uint8_t> block(2 * KvRegionBytes(KvFormat::kFp16, shape));
+        static_cast<uint32_t>(KvRegionBytes(KvFormat::kFp16, KvRole::kKey, shape))};
+    std::vector<uint8_t> block(KvLayerBytes(KvFormat::kFp16, shape));
     uint8_t* block_ptr = block.data();
     const uint16_t layout = 0;
     PagedKvLayerView view;

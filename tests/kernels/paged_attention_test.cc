@@ -84,7 +84,7 @@ class TestCache {
       KvLayerRegion r;
       r.format = f;
       r.k_offset = static_cast<uint32_t>(start);
-      const int64_t region_bytes = KvRegionBytes(f, shape);
+      const int64_t region_bytes = KvRegionBytes(f, KvRole::kKey, shape);
       r.v_offset = static_cast<uint32_t>(start + region_bytes + kKvRegionAlign);
       regions_.push_back(r);
       bytes = std::max<int64_t>(bytes, r.v_offset + region_bytes + kKvRegionAlign);

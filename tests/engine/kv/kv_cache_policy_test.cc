@@ -85,10 +85,12 @@ TEST(KvCachePolicyTest, DemotionConvertsExactlyTheEligibleBlocks) {
     uint8_t* base = pool.block_data(seq.block_table()[b]);
     for (int l = 0; l < 5; ++l) {
       const auto& r = pool.layout(p->write_layout()).regions[l];
-      ASSERT_TRUE(kernels::cpu::QuantizeKvRegion(KvFormat::kFp32, &values[b][(2 * l) * region],
-                                                 shape, 16, base + r.k_offset));
-      ASSERT_TRUE(kernels::cpu::QuantizeKvRegion(
-          KvFormat::kFp32, &values[b][(2 * l + 1) * region], shape, 16, base + r.v_offset));
+      ASSERT_TRUE(kernels::cpu::QuantizeKvRegion(KvFormat::kFp32, kernels::KvRole::kKey,
+                                                 &values[b][(2 * l) * region], shape, 16,
+                                                 base + r.k_offset));
+      ASSERT_TRUE(kernels::cpu::QuantizeKvRegion(KvFormat::kFp32, kernels::KvRole::kValue,
+                                                 &values[b][(2 * l + 1) * region], shape, 16,
+                                                 base + r.v_offset));
     }
   }
   const int64_t before = pool.used_bytes();
@@ -101,8 +103,8 @@ TEST(KvCachePolicyTest, DemotionConvertsExactlyTheEligibleBlocks) {
     const uint8_t* base = pool.block_data(seq.block_table()[b]);
     for (int l = 0; l < 5; ++l) {
       std::vector<float> out(region);
-      kernels::cpu::DequantizeKvRegion(layout.regions[l].format, base + layout.regions[l].k_offset,
-                                       shape, 16, out.data());
+      kernels::cpu::DequantizeKvRegion(layout.regions[l].format, kernels::KvRole::kKey,
+                                       base + layout.regions[l].k_offset, shape, 16, out.data());
       for (size_t i = 0; i < region; ++i) {
         const float want = values[b][(2 * l) * region + i];
         const float rounded = !cold ? want
