@@ -5,18 +5,17 @@
 
 #include "absl/strings/str_format.h"
 #include "engine/generation/local_model.h"
-#include "engine/kv/kv_cache_policy.h"
 #include "kernels/kv_format.h"
 #include "server/cli/commands.h"
 #include "server/cli/flags.h"
+#include "server/cli/model_flags.h"
 #include "spdlog/spdlog.h"
 
 namespace kvserve::server {
 
 int RunGenerateCommand(const std::vector<std::string>& args) {
   FlagSet flags("generate");
-  flags.String("model", "", "model file: GGUF, or a llama2.c checkpoint (.bin)");
-  flags.String("tokenizer", "", "llama2.c tokenizer file (default: beside a .bin model)");
+  AddLocalModelFlags(flags);
   flags.String("prompt", "", "prompt text");
   flags.Int("max-tokens", 256, "tokens to generate at most");
   flags.Float("temperature", 1.0, "sampling temperature; 0 = greedy");
@@ -25,16 +24,6 @@ int RunGenerateCommand(const std::vector<std::string>& args) {
   flags.Float("min-p", 0.0, "drop tokens below min-p times the top probability");
   flags.Float("repetition-penalty", 1.0, "penalty on tokens already seen; 1 = off");
   flags.Int("seed", -1, "random seed; -1 = a fresh one (logged)");
-  flags.String("kv-format", "fp32",
-               "KV cache block format: fp32, fp16, bf16, fp8, int8, int4, nvfp4, int2");
-  flags.Int("kv-budget-mb", 256, "KV cache budget in MiB");
-  flags.String("layer-formats", "", "per-layer KV format overrides, LAYER:FORMAT[,...]");
-  flags.Int("recent-window", 0, "newest tokens kept in --window-format");
-  flags.Int("sink-tokens", 0, "first tokens kept in --window-format");
-  flags.String("window-format", "fp16", "KV format of the recent window and sink tokens");
-  flags.Int("block-size", 16, "tokens per KV block");
-  flags.Int("threads", 0, "worker threads; 0 = all CPUs");
-  flags.Required("model");
   flags.Required("prompt");
   if (absl::Status s = flags.Parse(args); !s.ok()) {
     std::fprintf(stderr, "kvserve generate: %s\n\n%s", std::string(s.message()).c_str(),
@@ -51,10 +40,10 @@ int RunGenerateCommand(const std::vector<std::string>& args) {
                  flags.Usage().c_str());
     return 2;
   }
-  const auto format = kernels::ParseKvFormat(flags.GetString("kv-format"));
-  if (!format) {
-    std::fprintf(stderr, "kvserve generate: --kv-format: unknown format '%s'\n\n%s",
-                 flags.GetString("kv-format").c_str(), flags.Usage().c_str());
+  auto model_options = LocalModelOptionsFromFlags(flags);
+  if (!model_options.ok()) {
+    std::fprintf(stderr, "kvserve generate: %s\n\n%s",
+                 std::string(model_options.status().message()).c_str(), flags.Usage().c_str());
     return 2;
   }
   engine::GenerationRequest request;
@@ -78,28 +67,7 @@ int RunGenerateCommand(const std::vector<std::string>& args) {
     return 2;
   }
 
-  engine::LocalModelOptions options;
-  options.model_path = flags.GetString("model");
-  options.tokenizer_path = flags.GetString("tokenizer");
-  options.kv_format = *format;
-  options.kv_budget_bytes = flags.GetInt("kv-budget-mb") << 20;
-  options.block_size = static_cast<int>(flags.GetInt("block-size"));
-  options.kv_recent_window = static_cast<int32_t>(flags.GetInt("recent-window"));
-  options.kv_sink_tokens = static_cast<int32_t>(flags.GetInt("sink-tokens"));
-  {
-    const auto window = kernels::ParseKvFormat(flags.GetString("window-format"));
-    auto layers = engine::ParseLayerFormats(flags.GetString("layer-formats"));
-    if (!window || !layers.ok()) {
-      std::fprintf(stderr, "kvserve %s: %s\n\n%s", "generate",
-                   !window ? "--window-format: unknown format"
-                           : ("--layer-formats: " + std::string(layers.status().message())).c_str(),
-                   flags.Usage().c_str());
-      return 2;
-    }
-    options.kv_window_format = *window;
-    options.kv_layer_formats = *layers;
-  }
-  options.num_threads = static_cast<int>(flags.GetInt("threads"));
+  const engine::LocalModelOptions& options = *model_options;
   auto local = engine::LocalModel::Open(options);
   if (!local.ok()) {
     spdlog::error("{}", std::string(local.status().message()));
@@ -113,7 +81,7 @@ int RunGenerateCommand(const std::vector<std::string>& args) {
     return 1;
   }
   spdlog::info("prompt: {} tokens; seed {}; KV format {}", request.prompt.size(), seed,
-               kernels::KvFormatName(*format));
+               kernels::KvFormatName(options.kv_format));
 
   std::fwrite(prompt.data(), 1, prompt.size(), stdout);
   std::fflush(stdout);

@@ -1,0 +1,22 @@
+// The flags every offline command that runs a local model shares (model, tokenizer, KV cache
+// format and policy, block size, budget, threads), declared and parsed in one place.
+#ifndef KVSERVE_SERVER_CLI_MODEL_FLAGS_H_
+#define KVSERVE_SERVER_CLI_MODEL_FLAGS_H_
+
+#include "absl/status/statusor.h"
+#include "engine/generation/local_model.h"
+#include "server/cli/flags.h"
+
+namespace kvserve::server {
+
+// Declares --model (required), --tokenizer, --kv-format, --layer-formats, --recent-window,
+// --sink-tokens, --window-format, --kv-budget-mb, --block-size and --threads.
+void AddLocalModelFlags(FlagSet& flags);
+
+// Reads them back after a successful Parse. InvalidArgument naming the flag for an unknown
+// format or a malformed --layer-formats.
+absl::StatusOr<engine::LocalModelOptions> LocalModelOptionsFromFlags(const FlagSet& flags);
+
+}  // namespace kvserve::server
+
+#endif  // KVSERVE_SERVER_CLI_MODEL_FLAGS_H_
