@@ -1,7 +1,8 @@
 // `kvserve client`: calls a running kvserve server.
 //
 //   generate   prints the prompt followed by the completion and a newline, like `kvserve
-//              generate` (--stream prints each piece as it arrives)
+//              generate` (--stream prints each piece as it arrives); sends the prefix-affinity
+//              routing header x-kvserve-prefix-hash (server/routing/prefix_hash.h)
 //   health     prints the grpc.health.v1 status; exit 0 only when SERVING
 //   info       prints the model and KV-cache description
 //   tokenize   prints the token ids of --text
@@ -20,6 +21,7 @@
 #include "server/cli/commands.h"
 #include "server/cli/flags.h"
 #include "server/cli/stats_command.h"
+#include "server/routing/prefix_hash.h"
 #include "spdlog/spdlog.h"
 
 namespace kvserve::server {
@@ -70,6 +72,9 @@ int Generate(const std::vector<std::string>& args) {
   flags.Repeated("stop", "stop string (repeatable)");
   flags.String("request-id", "", "request id echoed in the server's log");
   flags.Bool("stream", "print the completion as it is generated");
+  flags.String("cache-salt", "", "requests with different salts never share cached KV blocks");
+  flags.Int("prefix-hash-bytes", static_cast<int64_t>(kDefaultPrefixHashBytes),
+            "prompt bytes hashed into the x-kvserve-prefix-hash routing header; 0 = no header");
   flags.Required("prompt");
   if (int code = ParseFlags(flags, args); code >= 0) return code;
 
@@ -86,12 +91,23 @@ int Generate(const std::vector<std::string>& args) {
   sampling->set_repetition_penalty(static_cast<float>(flags.GetFloat("repetition-penalty")));
   if (flags.GetInt("seed") >= 0) sampling->set_seed(static_cast<uint64_t>(flags.GetInt("seed")));
   for (const std::string& stop : flags.GetRepeated("stop")) request.add_stop(stop);
+  request.set_cache_salt(flags.GetString("cache-salt"));
+  const int64_t prefix_hash_bytes = flags.GetInt("prefix-hash-bytes");
+  if (prefix_hash_bytes < 0) {
+    return ReportError(absl::InvalidArgumentError("--prefix-hash-bytes: must be >= 0"));
+  }
 
   auto channel = MakeChannel(flags);
   if (!channel.ok()) return ReportError(channel.status());
   auto stub = v1::Generation::NewStub(*channel);
   grpc::ClientContext context;
   if (absl::Status s = PrepareContext(flags, &context); !s.ok()) return ReportError(s);
+  // Prefix-affinity routing key for a consistent-hash load balancer (docs/scaling.md).
+  if (prefix_hash_bytes > 0) {
+    context.AddMetadata(kPrefixHashHeader,
+                        PrefixHashHeaderValue(prompt, request.cache_salt(),
+                                              static_cast<size_t>(prefix_hash_bytes)));
+  }
 
   if (!flags.GetBool("stream")) {
     v1::CompleteResponse response;
