@@ -1,20 +1,85 @@
-# kvserve container image (first version: builds the CPU binary and runs offline generation).
-# Build stage: Debian 12 with the project's own dependency script.
-FROM debian:bookworm AS build
+# kvserve container image.
+#
+# Targets:
+#   runtime (default)  CPU server on debian:bookworm
+#   runtime-cuda       CUDA kernels too; the toolkit comes from an nvidia/cuda devel image
+#                      (build argument CUDA_DEVEL_IMAGE), the CUDA runtime is linked statically and
+#                      the driver is the host's (NVIDIA container toolkit)
+#
+#   deploy/scripts/build-image.sh                      # buildah, no Docker engine needed
+#   docker build -t kvserve:latest .                   # with Docker
+#   docker build --target runtime-cuda -t kvserve:cuda .
+#
+# The server reads /etc/kvserve/server.yaml (configs/server.yaml is baked in; mount your own over
+# it), finds models under /models (a volume) and API keys in /etc/kvserve/secrets/api-keys. It
+# listens on 0.0.0.0:50051 (gRPC) and 0.0.0.0:9464 (Prometheus /metrics); docs: deploy/README.md.
+
+ARG DEBIAN_IMAGE=debian:bookworm
+ARG CUDA_DEVEL_IMAGE=nvidia/cuda:12.4.1-devel-ubuntu22.04
+
+# ---- build: Debian 12 with the project's own dependency script, Release build -----------------
+FROM ${DEBIAN_IMAGE} AS build
 WORKDIR /src
 COPY scripts/install-deps.sh scripts/install-deps.sh
 RUN bash scripts/install-deps.sh && rm -rf /var/lib/apt/lists/*
-COPY . .
-# Portable x86-64 code (AVX2/FMA), not tuned to the build machine.
-RUN KVSERVE_BUILD_DIR=/build bash scripts/build.sh -DKVSERVE_NATIVE=OFF -DKVSERVE_CUDA=OFF \
-      -DKVSERVE_BUILD_TESTS=OFF -DKVSERVE_BUILD_BENCH=OFF
+COPY CMakeLists.txt ./
+COPY proto proto
+COPY kernels kernels
+COPY engine engine
+COPY server server
+COPY scripts scripts
+# Portable x86-64 code (AVX2/FMA), not tuned to the build machine. KVSERVE_JOBS caps the
+# parallel compile jobs (default: every CPU).
+ARG KVSERVE_JOBS=
+RUN KVSERVE_BUILD_DIR=/build KVSERVE_JOBS=${KVSERVE_JOBS:-$(nproc)} bash scripts/build.sh \
+      -DKVSERVE_NATIVE=OFF -DKVSERVE_CUDA=OFF -DKVSERVE_BUILD_TESTS=OFF -DKVSERVE_BUILD_BENCH=OFF \
+ && strip /build/kvserve
 
-# Runtime stage: only the shared libraries the binary needs.
-FROM debian:bookworm AS runtime
+# ---- runtime: only the shared libraries the binary needs --------------------------------------
+FROM ${DEBIAN_IMAGE} AS runtime
 COPY scripts/install-deps.sh /tmp/install-deps.sh
-RUN bash /tmp/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/install-deps.sh
-RUN useradd --system --uid 10001 --home /nonexistent kvserve
+RUN bash /tmp/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/install-deps.sh \
+ && useradd --system --uid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin kvserve \
+ && mkdir -p /etc/kvserve/secrets /models
 COPY --from=build /build/kvserve /usr/local/bin/kvserve
-USER kvserve
-ENTRYPOINT ["/usr/local/bin/kvserve"]
-CMD ["generate", "--model", "/models/stories260K.gguf", "--prompt", "Once upon a time"]
+COPY configs/server.yaml /etc/kvserve/server.yaml
+COPY configs/presets /etc/kvserve/presets
+USER 10001:10001
+VOLUME ["/models"]
+# gRPC (server.address) and Prometheus /metrics (metrics.address).
+EXPOSE 50051 9464
+# gRPC health service (grpc.health.v1): healthy only while SERVING (not while draining).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["/usr/local/bin/kvserve", "client", "health", "--addr", "127.0.0.1:50051", "--timeout", "4"]
+# SIGTERM drains: running requests get server.drain_timeout_seconds to finish.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/kvserve", "serve", "--config", "/etc/kvserve/server.yaml"]
+# Container defaults over the config file. Listening on every interface requires API keys: mount
+# a file of keys, one per line, readable by uid 10001, at /etc/kvserve/secrets/api-keys. Arguments
+# after `docker run IMAGE` replace this CMD as a whole (repeat these --set flags, then add yours).
+CMD ["--set", "model.path=/models/stories260K.gguf", \
+     "--set", "server.address=0.0.0.0:50051", \
+     "--set", "metrics.address=0.0.0.0:9464", \
+     "--set", "server.api_keys_file=/etc/kvserve/secrets/api-keys"]
+
+# ---- CUDA variant -----------------------------------------------------------------------------
+FROM ${CUDA_DEVEL_IMAGE} AS cuda-toolkit
+
+FROM build AS build-cuda
+COPY --from=cuda-toolkit /usr/local/cuda /usr/local/cuda
+ENV PATH=/usr/local/cuda/bin:${PATH}
+ARG CUDA_ARCHITECTURES=80;86;89;90
+RUN rm -rf /build && KVSERVE_BUILD_DIR=/build KVSERVE_JOBS=${KVSERVE_JOBS:-$(nproc)} \
+      bash scripts/build.sh -DKVSERVE_NATIVE=OFF -DKVSERVE_CUDA=ON \
+      "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES}" -DCMAKE_CUDA_RUNTIME_LIBRARY=Static \
+      -DKVSERVE_BUILD_TESTS=OFF -DKVSERVE_BUILD_BENCH=OFF \
+ && strip /build/kvserve
+
+FROM runtime AS runtime-cuda
+COPY --from=build-cuda /build/kvserve /usr/local/bin/kvserve
+# Read by the NVIDIA container toolkit: mount the driver's compute libraries.
+ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+# The last stage is the default target of `docker build`.
+FROM runtime AS default
