@@ -18,6 +18,8 @@ constexpr char kUsage[] =
     "  profile    KV memory per format for a model shape; measures the real pool\n"
     "  serve      run the gRPC server (kvserve serve --config configs/server.yaml)\n"
     "  client     call a running server: generate, health, info, tokenize, stats\n"
+    "  mkmodel    write a GGUF model with random weights at a named shape (tiny, 110m, 1b-gqa)\n"
+    "  bench      serving benchmark: load a running server and report latency and throughput\n"
     "\n"
     "Run 'kvserve <command> --help' for the flags of a command.\n";
 
@@ -38,6 +40,8 @@ int main(int argc, char** argv) {
   if (command == "profile") return kvserve::server::RunProfileCommand(args);
   if (command == "serve") return kvserve::server::RunServeCommand(args);
   if (command == "client") return kvserve::server::RunClientCommand(args);
+  if (command == "mkmodel") return kvserve::server::RunMkmodelCommand(args);
+  if (command == "bench") return kvserve::server::RunBenchCommand(args);
   if (command == "--help" || command == "-h" || command == "help") {
     std::fputs(kUsage, stdout);
     return 0;
