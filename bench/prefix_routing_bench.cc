@@ -14,11 +14,11 @@
 //
 //   build/bench/prefix_routing_bench [--replicas 1,2,4] [--groups 32] [--requests 256]
 //       [--budget-mb 1.5] [--seed 1]
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <netinet/in.h>
-#include <arpa/inet.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -96,14 +96,18 @@ Replica StartReplica(const std::string& binary, const std::string& config, const
                      double budget_mb, int index) {
   Replica r;
   r.grpc_port = FreePort();
-  do r.metrics_port = FreePort(); while (r.metrics_port == r.grpc_port);
+  do r.metrics_port = FreePort();
+  while (r.metrics_port == r.grpc_port);
   r.log = "/tmp/prefix_routing_bench." + std::to_string(getpid()) + "." + std::to_string(index);
   std::vector<std::string> args = {
-      binary, "serve", "--config", config, "--set", "model.path=" + model,
-      "--set", "server.address=127.0.0.1:" + std::to_string(r.grpc_port),
-      "--set", "metrics.address=127.0.0.1:" + std::to_string(r.metrics_port),
-      "--set", "kv_cache.budget_mb=" + std::to_string(budget_mb),
-      "--set", "engine.threads=1", "--set", "logging.level=warn"};
+      binary,     "serve",
+      "--config", config,
+      "--set",    "model.path=" + model,
+      "--set",    "server.address=127.0.0.1:" + std::to_string(r.grpc_port),
+      "--set",    "metrics.address=127.0.0.1:" + std::to_string(r.metrics_port),
+      "--set",    "kv_cache.budget_mb=" + std::to_string(budget_mb),
+      "--set",    "engine.threads=1",
+      "--set",    "logging.level=warn"};
   std::fflush(stdout);
   r.pid = fork();
   if (r.pid == 0) {
@@ -225,9 +229,10 @@ int main(int argc, char** argv) {
     group_of.push_back(g);
   }
 
-  std::printf("workload: %d requests, %d prefix groups (prefix ~400 bytes, question ~120 bytes), "
-              "max_tokens 2, KV budget %.2f MiB per replica, kv_cache.format from %s\n",
-              requests, groups, budget_mb, config.c_str());
+  std::printf(
+      "workload: %d requests, %d prefix groups (prefix ~400 bytes, question ~120 bytes), "
+      "max_tokens 2, KV budget %.2f MiB per replica, kv_cache.format from %s\n",
+      requests, groups, budget_mb, config.c_str());
   std::printf("%-8s %-12s %10s %12s %10s %9s  %s\n", "replicas", "routing", "hit_tokens",
               "query_tokens", "hit_rate", "wall_s", "requests per replica");
   for (int replicas : replica_counts) {
