@@ -484,5 +484,38 @@ TEST_F(DeployTest, EnvoyHashesThePrefixHeaderOntoTheReplicas) {
             c["ports"][0]["name"].as<std::string>());
 }
 
+// ---- Real tools, when installed --------------------------------------------------------------
+
+bool Have(const std::string& program) {
+  return RunProcess({"/bin/sh", "-c", "command -v " + program}).exit_code == 0;
+}
+
+TEST(DeployToolsTest, PromtoolAcceptsThePrometheusConfig) {
+  if (!Have("promtool")) GTEST_SKIP() << "promtool not installed (Debian package 'prometheus')";
+  const ProcessResult r = RunProcess({"/usr/bin/env", "promtool", "check", "config",
+                                      Root() + "/deploy/prometheus/prometheus.yml"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+}
+
+// `kubectl kustomize` builds every variant offline, with the objects the tests above read.
+TEST(DeployToolsTest, KustomizeBuildsEveryVariant) {
+  if (!Have("kubectl")) GTEST_SKIP() << "kubectl not installed";
+  for (const auto& [dir, kinds] : std::vector<std::pair<std::string, std::set<std::string>>>{
+           {"deploy/k8s/cpu",
+            {"ConfigMap", "Service", "ServiceMonitor", "HorizontalPodAutoscaler",
+             "PersistentVolumeClaim", "Deployment"}},
+           {"deploy/k8s/gpu",
+            {"ConfigMap", "Service", "ServiceMonitor", "HorizontalPodAutoscaler",
+             "PersistentVolumeClaim", "Deployment"}},
+           {"deploy/envoy", {"ConfigMap", "Service", "Deployment"}}}) {
+    const ProcessResult r =
+        RunProcess({"/usr/bin/env", "kubectl", "kustomize", Root() + "/" + dir});
+    ASSERT_EQ(r.exit_code, 0) << dir << ": " << r.err;
+    std::set<std::string> built;
+    for (const YAML::Node& doc : YAML::LoadAll(r.out)) built.insert(doc["kind"].as<std::string>());
+    EXPECT_EQ(built, kinds) << dir;
+  }
+}
+
 }  // namespace
 }  // namespace kvserve::server::testing
