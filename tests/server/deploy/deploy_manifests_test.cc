@@ -338,6 +338,11 @@ TEST_P(KubernetesTest, ReferencesResolveAndAgreeWithTheConfig) {
     ASSERT_TRUE(c[probe]["grpc"]) << probe;
     EXPECT_EQ(c[probe]["grpc"]["port"].as<int>(), grpc_port_) << probe;
   }
+  // Health is NOT_SERVING while draining: liveness must not restart the container before the
+  // drain is over.
+  EXPECT_GT(c["livenessProbe"]["periodSeconds"].as<double>() *
+                c["livenessProbe"]["failureThreshold"].as<double>(),
+            config_.drain_timeout_seconds);
   const std::vector<std::string> pre_stop = Strings(c["lifecycle"]["preStop"]["exec"]["command"]);
   ASSERT_EQ(pre_stop.size(), 2u);
   EXPECT_GE(spec["terminationGracePeriodSeconds"].as<double>(),
