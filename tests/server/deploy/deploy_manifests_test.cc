@@ -110,7 +110,8 @@ class DeployTest : public ::testing::Test {
     ASSERT_TRUE(c.ok()) << where << ": " << c.status();
     EXPECT_EQ(PortOf(c->address), grpc_port_) << where;
     EXPECT_EQ(PortOf(c->metrics_address), metrics_port_) << where;
-    EXPECT_TRUE(absl::StartsWith(c->address, "0.0.0.0:")) << where << ": not reachable from outside";
+    EXPECT_TRUE(absl::StartsWith(c->address, "0.0.0.0:"))
+        << where << ": not reachable from outside";
     EXPECT_FALSE(c->api_keys_file.empty()) << where << ": every interface needs API keys";
   }
 
@@ -136,7 +137,8 @@ std::vector<std::string> DockerfileArray(const std::string& text, const std::str
 
 TEST_F(DeployTest, DockerfileAgreesWithTheConfig) {
   const std::string text = ReadText(Root() + "/Dockerfile");
-  for (const char* stage : {" AS build\n", " AS runtime\n", " AS build-cuda\n", " AS runtime-cuda\n"}) {
+  for (const char* stage :
+       {" AS build\n", " AS runtime\n", " AS build-cuda\n", " AS runtime-cuda\n"}) {
     EXPECT_TRUE(absl::StrContains(text, stage)) << "no stage" << stage;
   }
   EXPECT_TRUE(absl::StrContains(text, "FROM ${DEBIAN_IMAGE} AS build"));
@@ -336,6 +338,11 @@ TEST_P(KubernetesTest, ReferencesResolveAndAgreeWithTheConfig) {
     ASSERT_TRUE(c[probe]["grpc"]) << probe;
     EXPECT_EQ(c[probe]["grpc"]["port"].as<int>(), grpc_port_) << probe;
   }
+  // Health is NOT_SERVING while draining: liveness must not restart the container before the
+  // drain is over.
+  EXPECT_GT(c["livenessProbe"]["periodSeconds"].as<double>() *
+                c["livenessProbe"]["failureThreshold"].as<double>(),
+            config_.drain_timeout_seconds);
   const std::vector<std::string> pre_stop = Strings(c["lifecycle"]["preStop"]["exec"]["command"]);
   ASSERT_EQ(pre_stop.size(), 2u);
   EXPECT_GE(spec["terminationGracePeriodSeconds"].as<double>(),
@@ -440,8 +447,7 @@ TEST_F(DeployTest, EnvoyHashesThePrefixHeaderOntoTheReplicas) {
   const YAML::Node hcm = listener["filter_chains"][0]["filters"][0]["typed_config"];
   const YAML::Node route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"];
   ASSERT_TRUE(route["hash_policy"]) << "no hash_policy";
-  EXPECT_EQ(route["hash_policy"][0]["header"]["header_name"].as<std::string>(),
-            kPrefixHashHeader);
+  EXPECT_EQ(route["hash_policy"][0]["header"]["header_name"].as<std::string>(), kPrefixHashHeader);
   const std::string cluster_name = route["cluster"].as<std::string>();
   YAML::Node cluster;
   for (const YAML::Node& cl : envoy["static_resources"]["clusters"]) {
@@ -453,9 +459,8 @@ TEST_F(DeployTest, EnvoyHashesThePrefixHeaderOntoTheReplicas) {
   EXPECT_TRUE(cluster["typed_extension_protocol_options"]
                      ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
                      ["explicit_http_config"]["http2_protocol_options"]);
-  const YAML::Node address =
-      cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
-             ["socket_address"];
+  const YAML::Node address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+                                    ["endpoint"]["address"]["socket_address"];
   EXPECT_EQ(address["port_value"].as<int>(), grpc_port_);
 
   // The backend host is the headless Service of the kvserve pods.
@@ -476,12 +481,45 @@ TEST_F(DeployTest, EnvoyHashesThePrefixHeaderOntoTheReplicas) {
   const std::string cm =
       dep["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"].as<std::string>();
   EXPECT_TRUE(router.Get("ConfigMap", cm)) << cm;
-  EXPECT_EQ(Strings(c["args"])[1], c["volumeMounts"][0]["mountPath"].as<std::string>() +
-                                       "/envoy.yaml");
+  EXPECT_EQ(Strings(c["args"])[1],
+            c["volumeMounts"][0]["mountPath"].as<std::string>() + "/envoy.yaml");
   const YAML::Node svc = router.Get("Service", "kvserve-router");
   EXPECT_TRUE(LabelsMatch(svc["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"]));
   EXPECT_EQ(svc["spec"]["ports"][0]["targetPort"].as<std::string>(),
             c["ports"][0]["name"].as<std::string>());
+}
+
+// ---- Real tools, when installed --------------------------------------------------------------
+
+bool Have(const std::string& program) {
+  return RunProcess({"/bin/sh", "-c", "command -v " + program}).exit_code == 0;
+}
+
+TEST(DeployToolsTest, PromtoolAcceptsThePrometheusConfig) {
+  if (!Have("promtool")) GTEST_SKIP() << "promtool not installed (Debian package 'prometheus')";
+  const ProcessResult r = RunProcess({"/usr/bin/env", "promtool", "check", "config",
+                                      Root() + "/deploy/prometheus/prometheus.yml"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+}
+
+// `kubectl kustomize` builds every variant offline, with the objects the tests above read.
+TEST(DeployToolsTest, KustomizeBuildsEveryVariant) {
+  if (!Have("kubectl")) GTEST_SKIP() << "kubectl not installed";
+  for (const auto& [dir, kinds] : std::vector<std::pair<std::string, std::set<std::string>>>{
+           {"deploy/k8s/cpu",
+            {"ConfigMap", "Service", "ServiceMonitor", "HorizontalPodAutoscaler",
+             "PersistentVolumeClaim", "Deployment"}},
+           {"deploy/k8s/gpu",
+            {"ConfigMap", "Service", "ServiceMonitor", "HorizontalPodAutoscaler",
+             "PersistentVolumeClaim", "Deployment"}},
+           {"deploy/envoy", {"ConfigMap", "Service", "Deployment"}}}) {
+    const ProcessResult r =
+        RunProcess({"/usr/bin/env", "kubectl", "kustomize", Root() + "/" + dir});
+    ASSERT_EQ(r.exit_code, 0) << dir << ": " << r.err;
+    std::set<std::string> built;
+    for (const YAML::Node& doc : YAML::LoadAll(r.out)) built.insert(doc["kind"].as<std::string>());
+    EXPECT_EQ(built, kinds) << dir;
+  }
 }
 
 }  // namespace

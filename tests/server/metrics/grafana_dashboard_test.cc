@@ -9,12 +9,12 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
-#include "absl/strings/ascii.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -86,14 +86,19 @@ void CollectTargets(const Value& v, const std::string& where, std::vector<Dashbo
 std::vector<DashboardQuery> DashboardQueries(const Struct& dashboard) {
   std::vector<DashboardQuery> queries;
   CollectTargets(dashboard.fields().at("panels"), "", queries);
-  for (const Value& var :
-       dashboard.fields().at("templating").struct_value().fields().at("list").list_value().values()) {
+  for (const Value& var : dashboard.fields()
+                              .at("templating")
+                              .struct_value()
+                              .fields()
+                              .at("list")
+                              .list_value()
+                              .values()) {
     const Struct& v = var.struct_value();
     if (Str(v, "type") != "query") continue;
     const Value& q = v.fields().at("query");
     queries.push_back({absl::StrCat("variable ", Str(v, "name")),
-                       q.has_struct_value() ? Str(q.struct_value(), "query") : q.string_value(),
-                       "", true});
+                       q.has_struct_value() ? Str(q.struct_value(), "query") : q.string_value(), "",
+                       true});
   }
   return queries;
 }
@@ -150,10 +155,8 @@ TEST(PromqlNamesTest, TellsMetricsLabelsAndFunctionsApart) {
       R"( max without(role) (kvserve_y_bytes offset 5m) > bool 2e3)");
   ASSERT_TRUE(n.ok()) << n.status();
   EXPECT_EQ(n->metrics, (std::set<std::string>{"kvserve_x_seconds_bucket", "kvserve_y_bytes"}));
-  EXPECT_EQ(n->labels,
-            (std::set<std::string>{"le", "job", "instance", "format", "role"}));
-  EXPECT_EQ(n->functions,
-            (std::set<std::string>{"histogram_quantile", "sum", "rate", "max"}));
+  EXPECT_EQ(n->labels, (std::set<std::string>{"le", "job", "instance", "format", "role"}));
+  EXPECT_EQ(n->functions, (std::set<std::string>{"histogram_quantile", "sum", "rate", "max"}));
 
   n = ScanGrafanaVariableQuery(R"(label_values(kvserve_build_info{job=~"$job"}, instance))");
   ASSERT_TRUE(n.ok()) << n.status();
@@ -163,12 +166,12 @@ TEST(PromqlNamesTest, TellsMetricsLabelsAndFunctionsApart) {
 }
 
 TEST(PromqlNamesTest, RejectsMalformedExpressions) {
-  EXPECT_FALSE(ScanPromql("sum(rate(kvserve_a[5m])").ok());             // '(' left open
-  EXPECT_FALSE(ScanPromql("kvserve_a{job=\"x}").ok());                  // string left open
-  EXPECT_FALSE(ScanPromql("kvserve_a{job}").ok());                      // no matcher
-  EXPECT_FALSE(ScanPromql("rates(kvserve_a[5m])").ok());                // unknown function
-  EXPECT_FALSE(ScanPromql("rate(kvserve_a[$__rate_interval)").ok());    // range left open
-  EXPECT_FALSE(ScanPromql("kvserve_a * $scale").ok());                  // bare variable
+  EXPECT_FALSE(ScanPromql("sum(rate(kvserve_a[5m])").ok());           // '(' left open
+  EXPECT_FALSE(ScanPromql("kvserve_a{job=\"x}").ok());                // string left open
+  EXPECT_FALSE(ScanPromql("kvserve_a{job}").ok());                    // no matcher
+  EXPECT_FALSE(ScanPromql("rates(kvserve_a[5m])").ok());              // unknown function
+  EXPECT_FALSE(ScanPromql("rate(kvserve_a[$__rate_interval)").ok());  // range left open
+  EXPECT_FALSE(ScanPromql("kvserve_a * $scale").ok());                // bare variable
 }
 
 TEST(PromqlNamesTest, ExpositionAndDocsParsers) {
@@ -189,8 +192,8 @@ TEST(PromqlNamesTest, ExpositionAndDocsParsers) {
 
 // The check itself finds a misspelt metric, an undocumented one and a label the series lack.
 TEST(PromqlNamesTest, CheckQueryReportsWrongNames) {
-  const std::map<std::string, std::set<std::string>> exported = {
-      {"kvserve_kv_bytes", {"state"}}, {"kvserve_extra", {}}};
+  const std::map<std::string, std::set<std::string>> exported = {{"kvserve_kv_bytes", {"state"}},
+                                                                 {"kvserve_extra", {}}};
   const std::map<std::string, std::string> docs = {{"kvserve_kv_bytes", "gauge"}};
   EXPECT_TRUE(CheckQuery({"t", R"(sum by (state) (kvserve_kv_bytes{job="x"}))", "{{state}}"},
                          exported, docs)
@@ -198,10 +201,10 @@ TEST(PromqlNamesTest, CheckQueryReportsWrongNames) {
   EXPECT_EQ(CheckQuery({"t", "kvserve_kv_byte", ""}, exported, docs).size(), 2u);
   EXPECT_EQ(CheckQuery({"t", "kvserve_extra", ""}, exported, docs),
             std::vector<std::string>{"t: metric kvserve_extra is not in docs/metrics.md"});
-  EXPECT_EQ(CheckQuery({"t", "sum by (format) (kvserve_kv_bytes)", "{{role}}"}, exported, docs),
-            (std::vector<std::string>{
-                "t: label format is on none of the series of kvserve_kv_bytes",
-                "t: label role is on none of the series of kvserve_kv_bytes"}));
+  EXPECT_EQ(
+      CheckQuery({"t", "sum by (format) (kvserve_kv_bytes)", "{{role}}"}, exported, docs),
+      (std::vector<std::string>{"t: label format is on none of the series of kvserve_kv_bytes",
+                                "t: label role is on none of the series of kvserve_kv_bytes"}));
 }
 
 TEST(GrafanaDashboardTest, ShowsWhatTheMemoryAccountingAsksFor) {
@@ -233,8 +236,13 @@ TEST(GrafanaDashboardTest, PanelsUseTheProvisionedDatasource) {
   EXPECT_EQ(ds["datasources"][0]["type"].as<std::string>(), "prometheus");
 
   bool have_variable = false;
-  for (const Value& var :
-       dashboard.fields().at("templating").struct_value().fields().at("list").list_value().values()) {
+  for (const Value& var : dashboard.fields()
+                              .at("templating")
+                              .struct_value()
+                              .fields()
+                              .at("list")
+                              .list_value()
+                              .values()) {
     const Struct& v = var.struct_value();
     if (Str(v, "name") != "datasource") continue;
     have_variable = true;
@@ -340,8 +348,9 @@ TEST_F(DashboardAgainstServerTest, PrometheusEvaluatesEveryQuery) {
       label = std::string(absl::StripAsciiWhitespace(args.substr(comma + 1)));
       expr = absl::StrCat("count by (", label, ") (", args.substr(0, comma), ")");
     }
-    expr = absl::StrReplaceAll(expr, {{"$__rate_interval", "1m"}, {"$__range", "1h"},
-                                      {"$job", ".*"}, {"$instance", ".*"}});
+    expr = absl::StrReplaceAll(
+        expr,
+        {{"$__rate_interval", "1m"}, {"$__range", "1h"}, {"$job", ".*"}, {"$instance", ".*"}});
     const HttpResponse r = prometheus.Query(expr);
     if (r.status != 200 || !absl::StrContains(r.body, "\"status\":\"success\"")) {
       problems.push_back(absl::StrCat(q.where, ": HTTP ", r.status, " ", r.body));

@@ -1,5 +1,3 @@
-#include "tests/server/metrics/prometheus_process.h"
-
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "tests/server/metrics/prometheus_process.h"
 
 namespace kvserve::server::testing {
 
@@ -50,11 +49,10 @@ bool PrometheusProcess::Start(const ScratchDir& dir, const std::string& job,
   std::vector<std::string> targets;
   for (int port : ports) targets.push_back(absl::StrCat("'127.0.0.1:", port, "'"));
   const std::string config = dir.Write(
-      "prometheus.yml",
-      absl::StrCat("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-                   "scrape_configs:\n  - job_name: ",
-                   job, "\n    static_configs:\n      - targets: [", absl::StrJoin(targets, ", "),
-                   "]\n"));
+      "prometheus.yml", absl::StrCat("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+                                     "scrape_configs:\n  - job_name: ",
+                                     job, "\n    static_configs:\n      - targets: [",
+                                     absl::StrJoin(targets, ", "), "]\n"));
   const std::string tsdb = dir.path() + "/tsdb";
   const std::string log = dir.path() + "/prometheus.log";
   pid_ = fork();

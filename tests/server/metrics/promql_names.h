@@ -1,10 +1,11 @@
 // Test helpers for the monitoring files in deploy/: the metric and label names a PromQL
 // expression refers to, and the series names and label names of a text exposition.
 //
-// ScanPromql is a lexer, not a full parser: it knows strings, ranges (`[5m]`, `[$__rate_interval]`),
-// label matchers (`{a="x", b=~"y"}`), grouping clauses (`by (a, b)`, `on (a)`, `group_left (a)`),
-// function calls and keywords, which is all it needs to tell a metric name from a label name
-// from a function. Unbalanced brackets, unterminated strings and unknown functions are errors.
+// ScanPromql is a lexer, not a full parser: it knows strings, ranges (`[5m]`,
+// `[$__rate_interval]`), label matchers (`{a="x", b=~"y"}`), grouping clauses (`by (a, b)`, `on
+// (a)`, `group_left (a)`), function calls and keywords, which is all it needs to tell a metric name
+// from a label name from a function. Unbalanced brackets, unterminated strings and unknown
+// functions are errors.
 #ifndef KVSERVE_TESTS_SERVER_METRICS_PROMQL_NAMES_H_
 #define KVSERVE_TESTS_SERVER_METRICS_PROMQL_NAMES_H_
 

@@ -1,5 +1,3 @@
-#include "tests/server/metrics/promql_names.h"
-
 #include <cctype>
 #include <sstream>
 #include <vector>
@@ -10,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "tests/server/metrics/promql_names.h"
 
 namespace kvserve::server::testing {
 namespace {
@@ -18,26 +17,26 @@ namespace {
 const std::set<std::string>& KnownFunctions() {
   static const auto* const kFunctions = new std::set<std::string>{
       // aggregation operators
-      "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
-      "bottomk", "topk", "quantile",
+      "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk",
+      "topk", "quantile",
       // functions
       "abs", "absent", "absent_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min",
       "day_of_month", "day_of_week", "day_of_year", "days_in_month", "delta", "deriv", "exp",
       "floor", "histogram_count", "histogram_sum", "histogram_fraction", "histogram_quantile",
       "holt_winters", "hour", "idelta", "increase", "irate", "label_join", "label_replace", "ln",
       "log2", "log10", "minute", "month", "predict_linear", "rate", "resets", "round", "scalar",
-      "sgn", "sort", "sort_desc", "sqrt", "time", "timestamp", "vector", "year",
-      "avg_over_time", "min_over_time", "max_over_time", "sum_over_time", "count_over_time",
-      "quantile_over_time", "stddev_over_time", "stdvar_over_time", "last_over_time",
-      "present_over_time", "acos", "acosh", "asin", "asinh", "atan", "atanh", "cos", "cosh",
-      "sin", "sinh", "tan", "tanh", "deg", "rad", "pi"};
+      "sgn", "sort", "sort_desc", "sqrt", "time", "timestamp", "vector", "year", "avg_over_time",
+      "min_over_time", "max_over_time", "sum_over_time", "count_over_time", "quantile_over_time",
+      "stddev_over_time", "stdvar_over_time", "last_over_time", "present_over_time", "acos",
+      "acosh", "asin", "asinh", "atan", "atanh", "cos", "cosh", "sin", "sinh", "tan", "tanh", "deg",
+      "rad", "pi"};
   return *kFunctions;
 }
 
 bool IsAggregation(const std::string& word) {
-  static const auto* const kAggregations = new std::set<std::string>{
-      "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
-      "bottomk", "topk", "quantile"};
+  static const auto* const kAggregations =
+      new std::set<std::string>{"sum",    "min",   "max",          "avg",     "group", "stddev",
+                                "stdvar", "count", "count_values", "bottomk", "topk",  "quantile"};
   return kAggregations->contains(word);
 }
 
@@ -47,12 +46,14 @@ bool IsGrouping(const std::string& word) {
 }
 
 bool IsKeyword(const std::string& word) {
-  return IsGrouping(word) || word == "bool" || word == "and" || word == "or" ||
-         word == "unless" || word == "offset" || word == "atan2" || word == "inf" ||
-         word == "nan" || word == "Inf" || word == "NaN";
+  return IsGrouping(word) || word == "bool" || word == "and" || word == "or" || word == "unless" ||
+         word == "offset" || word == "atan2" || word == "inf" || word == "nan" || word == "Inf" ||
+         word == "NaN";
 }
 
-bool IsNameStart(char c) { return std::isalpha(static_cast<unsigned char>(c)) || c == '_' || c == ':'; }
+bool IsNameStart(char c) {
+  return std::isalpha(static_cast<unsigned char>(c)) || c == '_' || c == ':';
+}
 bool IsNameChar(char c) { return IsNameStart(c) || std::isdigit(static_cast<unsigned char>(c)); }
 
 class Scanner {
@@ -220,8 +221,8 @@ absl::StatusOr<PromqlNames> ScanGrafanaVariableQuery(absl::string_view query) {
       return absl::InvalidArgumentError(absl::StrCat("label_values without ')': ", query));
     }
     const size_t comma = q.rfind(',');
-    absl::string_view label = absl::StripAsciiWhitespace(
-        comma == absl::string_view::npos ? q : q.substr(comma + 1));
+    absl::string_view label =
+        absl::StripAsciiWhitespace(comma == absl::string_view::npos ? q : q.substr(comma + 1));
     PromqlNames names;
     if (comma != absl::string_view::npos) {
       absl::StatusOr<PromqlNames> selector = ScanPromql(q.substr(0, comma));
