@@ -67,7 +67,7 @@ int RunBenchCommand(const std::vector<std::string>& args) {
   flags.Int("num-prefixes", 4, "shared-prefix: distinct prefixes");
   flags.Int("seed", 0, "seed of the prompts, the arrival times and the sampling");
   flags.Float("temperature", 0.0, "sampling temperature of every request; 0 = greedy");
-  flags.Int("warmup", 0, "requests sent (one at a time) before the measured run");
+  flags.Int("warmup", 0, "requests of the same shape sent one at a time before the measured run");
   flags.Int("stats-interval-ms", 50, "Memory/GetStats sampling period; 0 = before and after only");
   flags.String("json", "", "write every figure and every request's record to this file");
   flags.Bool("no-progress", "no progress bar (it is shown only when stderr is a terminal)");
@@ -106,6 +106,9 @@ int RunBenchCommand(const std::vector<std::string>& args) {
   if (!limits.ok()) return Fail(limits.status());
 
   std::vector<BenchRequest> requests;
+  std::vector<BenchRequest> warm;
+  const int64_t warmup = flags.GetInt("warmup");
+  if (warmup < 0) return Usage(flags, "--warmup must be >= 0");
   const std::string workload = flags.GetString("workload");
   if (workload == "trace") {
     const std::string path = flags.GetString("trace");
@@ -117,6 +120,9 @@ int RunBenchCommand(const std::vector<std::string>& args) {
     auto parsed = ParseTrace(text.str(), path, *limits, options.seed);
     if (!parsed.ok()) return Fail(parsed.status());
     requests = std::move(*parsed);
+    // Warm-up: the trace's first requests.
+    warm.assign(requests.begin(),
+                requests.begin() + std::min<int64_t>(warmup, static_cast<int64_t>(requests.size())));
   } else {
     WorkloadOptions w;
     w.kind = workload;
@@ -131,11 +137,18 @@ int RunBenchCommand(const std::vector<std::string>& args) {
     auto generated = GenerateWorkload(w, *limits);
     if (!generated.ok()) return Usage(flags, std::string(generated.status().message()));
     requests = std::move(*generated);
+    if (warmup > 0) {
+      // Warm-up requests of the same shape from another seed, so that the measured requests do
+      // not find their prompts in the prefix cache.
+      w.num_requests = warmup;
+      w.seed = options.seed ^ 0x5EEDF00Dull;
+      auto warm_generated = GenerateWorkload(w, *limits);
+      if (!warm_generated.ok()) return Fail(warm_generated.status());
+      warm = std::move(*warm_generated);
+    }
   }
 
-  if (const int64_t warmup = flags.GetInt("warmup"); warmup > 0) {
-    std::vector<BenchRequest> warm(requests.begin(),
-                                   requests.begin() + std::min<int64_t>(warmup, requests.size()));
+  if (!warm.empty()) {
     for (BenchRequest& r : warm) r.arrival_s.reset();
     BenchOptions warm_options = options;
     warm_options.max_concurrency = 1;

@@ -339,7 +339,17 @@ absl::StatusOr<BenchReport> RunBenchmark(const std::shared_ptr<grpc::Channel>& c
   report.cpu_system_s = CpuSeconds(usage_after.ru_stime) - CpuSeconds(usage_before.ru_stime);
   report.peak_concurrency = state.peak_in_flight;
 
+  // The engine counts a request as finished just after it sends the last message: give the
+  // counters a moment to catch up with what the client saw (at most 2 s).
+  int64_t completed = 0;
+  for (const RequestRecord& rec : report.records) completed += rec.ok ? 1 : 0;
   absl::StatusOr<v1::MemoryStats> after = sampler.Get();
+  for (int i = 0; i < 40 && before.ok() && after.ok() &&
+                  after->requests_finished() - before->requests_finished() < completed;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    after = sampler.Get();
+  }
   if (before.ok() && after.ok()) {
     sampler.Observe(*after);
     ServerStatsSummary s = sampler.summary();

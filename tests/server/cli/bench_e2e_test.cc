@@ -102,7 +102,7 @@ TEST(BenchEndToEndTest, CommandPrintsTheTableAndWritesJson) {
   const std::string json = server.dir().path() + "/bench.json";
   auto r = RunProcess({KvserveBinary(), "bench", "--addr", server.address(), "--num-requests",
                        "6", "--input-len", "12", "--output-len", "5", "--request-rate", "100",
-                       "--burstiness", "0.5", "--seed", "3", "--json", json},
+                       "--burstiness", "0.5", "--seed", "3", "--warmup", "2", "--json", json},
                       absl::Seconds(120));
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
   EXPECT_NE(r.out.find("Successful requests:                     6"), std::string::npos) << r.out;
@@ -125,6 +125,7 @@ TEST(BenchEndToEndTest, CommandPrintsTheTableAndWritesJson) {
   EXPECT_GE(messages, 1);
   EXPECT_LE(messages, 5);
   EXPECT_EQ(first.at("itl_s").array.size(), static_cast<size_t>(messages) - 1);
+  // The two warm-up requests ran before the measured run and are not counted.
   EXPECT_EQ(v->object.at("server").object.at("requests_finished").number, 6);
   EXPECT_EQ(v->object.at("settings").object.at("burstiness").string, "0.5");
 }
