@@ -103,6 +103,9 @@ void Scheduler::Finish(Sequence* s, FinishReason reason, absl::Status status, ab
   } else {
     ++counters_.failed;
   }
+  // A request that ends normally leaves its computed full blocks in the prefix cache, including
+  // those completed in its last step (a one-token request caches its whole prompt).
+  if (e.status.ok()) CacheFullBlocks(s);
   ReleaseKv(s);
   s->done = true;
   s->stream->Push(std::move(e));

@@ -181,6 +181,19 @@ TEST(PrefixReuseTest, SecondRequestReusesTheSharedPrefixWithIdenticalOutput) {
   EXPECT_GT(cached->prefix_index()->cached_blocks(), 0);
 }
 
+TEST(PrefixReuseTest, ARequestEndingAfterItsFirstTokenStillCachesItsPrompt) {
+  auto lm = OpenWithPrefixCache(true);
+  GenerationRequest first = SystemPromptRequest(lm->tokenizer(), "she saw a cat.");
+  first.max_tokens = 1;  // prefill and the only sampled token happen in the same step
+  const int64_t full_blocks = static_cast<int64_t>(first.prompt.size()) / 16;
+  ASSERT_GE(full_blocks, 2);
+  ASSERT_TRUE(lm->generator().Run({first}).ok());
+  EXPECT_EQ(lm->prefix_index()->cached_blocks(), full_blocks);
+  ASSERT_TRUE(lm->generator().Run({SystemPromptRequest(lm->tokenizer(), "she found a ball.")}).ok());
+  EXPECT_GE(lm->generator().cached_prompt_tokens(), 32);
+  EXPECT_EQ(lm->ActiveKvBlocks(), 0);
+}
+
 TEST(PrefixReuseTest, DifferentSaltsNeverShareBlocks) {
   auto lm = OpenWithPrefixCache(true);
   ASSERT_TRUE(lm->generator().Run({SystemPromptRequest(lm->tokenizer(), "a", "tenant-a")}).ok());
