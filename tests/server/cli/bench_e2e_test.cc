@@ -100,9 +100,11 @@ TEST(BenchEndToEndTest, CommandPrintsTheTableAndWritesJson) {
   ServerProcess server;
   ASSERT_TRUE(server.Start());
   const std::string json = server.dir().path() + "/bench.json";
-  auto r = RunProcess({KvserveBinary(), "bench", "--addr", server.address(), "--num-requests",
-                       "6", "--input-len", "12", "--output-len", "5", "--request-rate", "100",
-                       "--burstiness", "0.5", "--seed", "3", "--warmup", "2", "--json", json},
+  auto r = RunProcess({KvserveBinary(),  "bench", "--addr",         server.address(),
+                       "--num-requests", "6",     "--input-len",    "12",
+                       "--output-len",   "5",     "--request-rate", "100",
+                       "--burstiness",   "0.5",   "--seed",         "3",
+                       "--warmup",       "2",     "--json",         json},
                       absl::Seconds(120));
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
   EXPECT_NE(r.out.find("Successful requests:                     6"), std::string::npos) << r.out;
@@ -170,8 +172,8 @@ TEST(BenchEndToEndTest, TraceIsReplayedAtItsTimestamps) {
 TEST(BenchEndToEndTest, BadFlagsAndBadTracesAreClearErrors) {
   ServerProcess server;
   ASSERT_TRUE(server.Start());
-  auto r = RunProcess({KvserveBinary(), "bench", "--addr", server.address(), "--request-rate",
-                       "fast"});
+  auto r =
+      RunProcess({KvserveBinary(), "bench", "--addr", server.address(), "--request-rate", "fast"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("--request-rate: 'fast'"), std::string::npos) << r.err;
   const std::string trace =
