@@ -230,6 +230,7 @@ def load_section(work, m):
     achieved = med([r["request_throughput"] for r in paced])
     cpu_share = med([r["load_generator"]["cpu_fraction_of_one_core"] for r in paced])
     failed = sum(r["failed"] for r in paced)
+    # Sustained: the offered rate is reached, nothing fails, and the client has headroom.
     ok = achieved >= 0.97 * 2000 and failed == 0 and cpu_share < 0.5
     return [
         "### Load generator: tiny requests on loopback",
