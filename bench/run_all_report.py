@@ -184,15 +184,25 @@ def capacity_section(work, m):
         *rows,
         "",
     ]
+    fp16 = caps["fp16"]["server"]
+    int4 = caps["int4"]["server"]
     if measured.get("fp16") and measured.get("int4"):
         ratio = measured["int4"] / measured["fp16"]
         bound = "≥ " if measured["int4"] >= caps["int4"]["num_requests"] else ""
         out.append(f"- Concurrent 1,024-token sequences without preemption, INT4 / FP16: "
                    f"{bound}{measured['int4']} / {measured['fp16']} = **{bound}{ratio:.2f}×** "
                    f"(target ≥ 3×: {verdict(ratio >= 3)}).")
+    elif measured.get("fp16"):
+        # INT4 preempted: fewer sequences than its peak fit without preemption.
+        upper = int4["peak_running_requests"] / measured["fp16"]
+        out.append(f"- INT4 ran up to {int4['peak_running_requests']} sequences at once but "
+                   f"preempted {int4['preemptions']} time(s): fewer than "
+                   f"{int4['peak_running_requests']} fit without preemption, against "
+                   f"{measured['fp16']} for FP16 (no preemption). INT4 / FP16 < **{upper:.2f}×** "
+                   f"(target ≥ 3×: {verdict(False) if upper <= 3 else 'not determined'}).")
     else:
-        out.append("- A run preempted: the capacity could not be read as a peak without "
-                   "preemption (see the table).")
+        out.append(f"- FP16 preempted ({fp16['preemptions']}): the capacity could not be read "
+                   "as a peak without preemption (see the table).")
     t_ratio = tput["int4"] / tput["fp16"]
     out += [
         f"- Output tokens/s at equal concurrency (4 sequences, {m['reps']} runs each, median): "
@@ -220,6 +230,7 @@ def load_section(work, m):
     achieved = med([r["request_throughput"] for r in paced])
     cpu_share = med([r["load_generator"]["cpu_fraction_of_one_core"] for r in paced])
     failed = sum(r["failed"] for r in paced)
+    # Sustained: the offered rate is reached, nothing fails, and the client has headroom.
     ok = achieved >= 0.97 * 2000 and failed == 0 and cpu_share < 0.5
     return [
         "### Load generator: tiny requests on loopback",

@@ -100,9 +100,9 @@ absl::StatusOr<SyntheticModelSpec> NamedSyntheticShape(std::string_view shape) {
       return spec;
     }
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown model shape '", std::string(shape), "' (known: ",
-                                                 absl::StrJoin(SyntheticShapeNames(), ", "),
-                                                 ", custom)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown model shape '", std::string(shape),
+                   "' (known: ", absl::StrJoin(SyntheticShapeNames(), ", "), ", custom)"));
 }
 
 int32_t MinSyntheticVocabSize() { return 3 + 256 + 1 + static_cast<int32_t>(kAlphabet.size()); }
@@ -127,13 +127,12 @@ absl::Status ValidateSyntheticSpec(const SyntheticModelSpec& s) {
         absl::StrCat("dim = ", s.dim, " is not a multiple of heads = ", s.num_heads));
   }
   if (s.head_dim() % 2 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "head_dim = dim / heads = ", s.head_dim(), " is odd (rotary embeddings need pairs)"));
+    return absl::InvalidArgumentError(absl::StrCat("head_dim = dim / heads = ", s.head_dim(),
+                                                   " is odd (rotary embeddings need pairs)"));
   }
   if (s.num_heads % s.num_kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("heads = ", s.num_heads,
-                                                   " is not a multiple of kv_heads = ",
-                                                   s.num_kv_heads));
+    return absl::InvalidArgumentError(
+        absl::StrCat("heads = ", s.num_heads, " is not a multiple of kv_heads = ", s.num_kv_heads));
   }
   if (s.weight_type != GgmlType::kF32 && s.weight_type != GgmlType::kF16) {
     return absl::InvalidArgumentError("weight type must be F32 or F16");
@@ -241,7 +240,8 @@ absl::Status WriteSyntheticModel(const SyntheticModelSpec& s, const std::string&
 
   std::vector<std::string> tokens;
   tokens.reserve(vocab.pieces.size());
-  for (const std::string& p : vocab.pieces) tokens.push_back(absl::StrReplaceAll(p, {{" ", kSpace}}));
+  for (const std::string& p : vocab.pieces)
+    tokens.push_back(absl::StrReplaceAll(p, {{" ", kSpace}}));
   std::vector<int32_t> types;
   for (TokenType t : vocab.types) types.push_back(static_cast<int32_t>(t));
   w.SetString("tokenizer.ggml.model", "llama");
@@ -269,8 +269,8 @@ absl::Status WriteSyntheticModel(const SyntheticModelSpec& s, const std::string&
   {  // Embeddings. Tied ones are also the output matrix: scaled like one (fan-in dim) so that
      // logits stay moderate; the first RMS norm rescales the rows anyway.
     const std::string name = "token_embd.weight";
-    const float bound = s.tie_embeddings ? std::sqrt(3.0f / static_cast<float>(dim))
-                                         : std::sqrt(3.0f);
+    const float bound =
+        s.tie_embeddings ? std::sqrt(3.0f / static_cast<float>(dim)) : std::sqrt(3.0f);
     KVSERVE_RETURN_IF_ERROR(w.AddTensor(name, {dim, vocab_n}, s.weight_type,
                                         RandomValues(s.seed, name, vocab_n * dim, bound)));
   }

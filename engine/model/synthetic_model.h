@@ -27,9 +27,9 @@ struct SyntheticModelSpec {
   int32_t hidden_dim = 0;          // feed-forward width
   int32_t num_layers = 0;
   int32_t num_heads = 0;
-  int32_t num_kv_heads = 0;        // < num_heads: grouped-query attention
+  int32_t num_kv_heads = 0;  // < num_heads: grouped-query attention
   int32_t vocab_size = 0;
-  int32_t context_length = 0;      // tokens
+  int32_t context_length = 0;             // tokens
   GgmlType weight_type = GgmlType::kF32;  // matrices: F32 or F16 (norm vectors are always F32)
   uint64_t seed = 0;
   float rms_norm_eps = 1e-5f;

@@ -121,8 +121,9 @@ int RunBenchCommand(const std::vector<std::string>& args) {
     if (!parsed.ok()) return Fail(parsed.status());
     requests = std::move(*parsed);
     // Warm-up: the trace's first requests.
-    warm.assign(requests.begin(),
-                requests.begin() + std::min<int64_t>(warmup, static_cast<int64_t>(requests.size())));
+    warm.assign(
+        requests.begin(),
+        requests.begin() + std::min<int64_t>(warmup, static_cast<int64_t>(requests.size())));
   } else {
     WorkloadOptions w;
     w.kind = workload;

@@ -24,8 +24,8 @@ class Parser {
  private:
   absl::Status Error(std::string_view expected) const {
     if (pos_ >= s_.size()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("JSON: at byte ", pos_, ": expected ", std::string(expected), ", found end of input"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "JSON: at byte ", pos_, ": expected ", std::string(expected), ", found end of input"));
     }
     return absl::InvalidArgumentError(absl::StrFormat("JSON: at byte %d: expected %s, found '%c'",
                                                       pos_, std::string(expected), s_[pos_]));
@@ -145,14 +145,30 @@ class Parser {
       if (++pos_ >= s_.size()) return Error("an escape after '\\'");
       const char e = s_[pos_++];
       switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
+        case '"':
+          out += '"';
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '/':
+          out += '/';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
         case 'u': {
           uint32_t cp = 0;
           if (absl::Status st = Hex4(cp); !st.ok()) return st;
@@ -281,11 +297,21 @@ JsonWriter& JsonWriter::String(std::string_view s) {
   out_ += '"';
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out_ += "\\\""; break;
-      case '\\': out_ += "\\\\"; break;
-      case '\n': out_ += "\\n"; break;
-      case '\r': out_ += "\\r"; break;
-      case '\t': out_ += "\\t"; break;
+      case '"':
+        out_ += "\\\"";
+        break;
+      case '\\':
+        out_ += "\\\\";
+        break;
+      case '\n':
+        out_ += "\\n";
+        break;
+      case '\r':
+        out_ += "\\r";
+        break;
+      case '\t':
+        out_ += "\\t";
+        break;
       default:
         if (c < 0x20) {
           out_ += absl::StrFormat("\\u%04x", c);

@@ -83,7 +83,8 @@ class StreamCall : public grpc::ClientReadReactor<v1::GenerateResponse> {
     record_->e2e_s = Seconds(Clock::now() - start_);
     record_->ok = status.ok();
     if (!status.ok()) {
-      record_->error = absl::StrCat(GrpcCodeName(status.error_code()), ": ", status.error_message());
+      record_->error =
+          absl::StrCat(GrpcCodeName(status.error_code()), ": ", status.error_message());
     }
     {
       std::lock_guard<std::mutex> lock(state_->mu);
@@ -122,9 +123,8 @@ class StatsSampler {
     v1::MemoryStats stats;
     grpc::Status status = stub_->GetStats(&context, v1::GetStatsRequest(), &stats);
     if (!status.ok()) {
-      return absl::UnavailableError(absl::StrCat("Memory/GetStats: ",
-                                                 GrpcCodeName(status.error_code()), ": ",
-                                                 status.error_message()));
+      return absl::UnavailableError(absl::StrCat(
+          "Memory/GetStats: ", GrpcCodeName(status.error_code()), ": ", status.error_message()));
     }
     return stats;
   }
@@ -296,8 +296,7 @@ absl::StatusOr<BenchReport> RunBenchmark(const std::shared_ptr<grpc::Channel>& c
         state.cv.wait(lock, [&] { return state.in_flight < options.max_concurrency; });
       }
       ++state.in_flight;
-      state.peak_in_flight =
-          std::max(state.peak_in_flight, static_cast<int32_t>(state.in_flight));
+      state.peak_in_flight = std::max(state.peak_in_flight, static_cast<int32_t>(state.in_flight));
     }
     v1::GenerateRequest request;
     request.set_request_id(absl::StrCat("bench-", i));
@@ -305,7 +304,7 @@ absl::StatusOr<BenchReport> RunBenchmark(const std::shared_ptr<grpc::Channel>& c
       request.set_text(br.prompt_text);
     } else {
       request.mutable_token_ids()->mutable_ids()->Assign(br.prompt_ids.begin(),
-                                                          br.prompt_ids.end());
+                                                         br.prompt_ids.end());
     }
     request.set_max_tokens(br.output_len);
     request.set_ignore_eos(options.ignore_eos);
@@ -385,7 +384,8 @@ std::string FormatReport(const BenchReport& r) {
   out += "================ Serving benchmark ================\n";
   line("Successful requests:", absl::StrCat(r.completed));
   line("Failed requests:", absl::StrCat(r.failed));
-  for (const auto& [code, count] : r.errors) line(absl::StrCat("  ", code, ":"), absl::StrCat(count));
+  for (const auto& [code, count] : r.errors)
+    line(absl::StrCat("  ", code, ":"), absl::StrCat(count));
   line("Peak concurrency (client):", absl::StrCat(r.peak_concurrency));
   line("Benchmark duration (s):", f(r.duration_s, 2));
   line("Prompt tokens:", absl::StrCat(r.prompt_tokens));
@@ -409,16 +409,16 @@ std::string FormatReport(const BenchReport& r) {
     line("unavailable:", r.server.error);
   } else {
     const ServerStatsSummary& s = r.server;
-    line("Peak KV used (MiB):", absl::StrFormat("%.2f of %.2f (%.1f%%)", s.peak_used_bytes / 1048576.0,
-                                                s.capacity_bytes / 1048576.0,
-                                                100.0 * s.peak_usage_ratio));
+    line("Peak KV used (MiB):",
+         absl::StrFormat("%.2f of %.2f (%.1f%%)", s.peak_used_bytes / 1048576.0,
+                         s.capacity_bytes / 1048576.0, 100.0 * s.peak_usage_ratio));
     line("Peak KV active (MiB):", f(s.peak_active_bytes / 1048576.0, 2));
     line("Peak running / waiting requests:",
          absl::StrCat(s.peak_running_requests, " / ", s.peak_waiting_requests));
     line("Preemptions:", absl::StrCat(s.preemptions));
-    line("Prefix cache hit rate:", absl::StrFormat("%.1f%% (%d of %d prompt tokens)",
-                                                   100.0 * s.prefix_hit_rate, s.prefix_hit_tokens,
-                                                   s.prefix_query_tokens));
+    line("Prefix cache hit rate:",
+         absl::StrFormat("%.1f%% (%d of %d prompt tokens)", 100.0 * s.prefix_hit_rate,
+                         s.prefix_hit_tokens, s.prefix_query_tokens));
     line("Evicted cached blocks:", absl::StrCat(s.evicted_blocks));
     line("Requests finished (server):", absl::StrCat(s.requests_finished));
     line("Tokens generated (server):", absl::StrCat(s.generated_tokens));
@@ -426,8 +426,8 @@ std::string FormatReport(const BenchReport& r) {
   }
   out += "---------------- Load generator -------------------\n";
   const double cpu = r.cpu_user_s + r.cpu_system_s;
-  line("CPU time (s):", absl::StrFormat("%.2f (user %.2f, system %.2f)", cpu, r.cpu_user_s,
-                                        r.cpu_system_s));
+  line("CPU time (s):",
+       absl::StrFormat("%.2f (user %.2f, system %.2f)", cpu, r.cpu_user_s, r.cpu_system_s));
   line("CPU use (% of one core):", f(r.duration_s > 0 ? 100.0 * cpu / r.duration_s : 0.0, 1));
   line("CPU per request (us):", f(r.num_requests > 0 ? 1e6 * cpu / r.num_requests : 0.0, 1));
   out += "===================================================\n";

@@ -35,10 +35,10 @@ using ContextPreparer = std::function<absl::Status(grpc::ClientContext*)>;
 struct BenchOptions {
   int64_t max_concurrency = 0;  // requests in flight at most; 0 = no cap
   double request_rate = std::numeric_limits<double>::infinity();  // requests/s; inf = all at once
-  double burstiness = 1.0;      // gamma shape of the inter-arrival gaps; 1 = Poisson
-  uint64_t seed = 0;            // arrival times
-  float temperature = 0.0f;     // sampling of every request (0 = greedy)
-  bool ignore_eos = true;       // generate exactly output_len tokens
+  double burstiness = 1.0;         // gamma shape of the inter-arrival gaps; 1 = Poisson
+  uint64_t seed = 0;               // arrival times
+  float temperature = 0.0f;        // sampling of every request (0 = greedy)
+  bool ignore_eos = true;          // generate exactly output_len tokens
   int64_t stats_interval_ms = 50;  // Memory/GetStats sampling period; 0 = before and after only
   ContextPreparer prepare_context;
   // Called about 5 times a second from a helper thread with (finished, total) requests.
@@ -49,8 +49,8 @@ struct BenchOptions {
 struct RequestRecord {
   int64_t index = 0;
   double scheduled_s = 0;  // intended arrival
-  double start_s = 0;      // stream started (later than scheduled_s when the concurrency cap held it)
-  double ttft_s = 0;       // 0 when no token arrived
+  double start_s = 0;  // stream started (later than scheduled_s when the concurrency cap held it)
+  double ttft_s = 0;   // 0 when no token arrived
   double e2e_s = 0;
   std::vector<double> itl_s;
   int32_t prompt_tokens = 0;         // the server's count (usage)

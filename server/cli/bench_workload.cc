@@ -42,14 +42,16 @@ class TokenSource {
 
 absl::Status CheckFits(const std::string& what, int64_t prompt, int64_t output,
                        const ModelLimits& limits) {
-  if (output < 1) return absl::InvalidArgumentError(absl::StrCat(what, ": output length ", output,
-                                                                 " must be >= 1"));
-  if (prompt < 1) return absl::InvalidArgumentError(absl::StrCat(what, ": prompt length ", prompt,
-                                                                  " must be >= 1"));
+  if (output < 1)
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": output length ", output, " must be >= 1"));
+  if (prompt < 1)
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": prompt length ", prompt, " must be >= 1"));
   if (limits.context_length > 0 && prompt + output > limits.context_length) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ": prompt ", prompt, " + output ", output, " tokens exceed the model's context of ",
-        limits.context_length));
+    return absl::InvalidArgumentError(absl::StrCat(what, ": prompt ", prompt, " + output ", output,
+                                                   " tokens exceed the model's context of ",
+                                                   limits.context_length));
   }
   if (limits.max_prompt_tokens > 0 && prompt > limits.max_prompt_tokens) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": prompt of ", prompt,
@@ -98,8 +100,8 @@ absl::StatusOr<std::vector<BenchRequest>> GenerateWorkload(const WorkloadOptions
     for (int64_t i = 0; i < o.num_requests; ++i) {
       const int32_t in = Around(tokens.rng(), input_len, o.range_ratio);
       const int32_t outn = Around(tokens.rng(), o.output_len, o.range_ratio);
-      if (absl::Status s = CheckFits(absl::StrCat("--workload random, request ", i), in, outn,
-                                     limits);
+      if (absl::Status s =
+              CheckFits(absl::StrCat("--workload random, request ", i), in, outn, limits);
           !s.ok()) {
         return s;
       }
@@ -221,8 +223,8 @@ absl::StatusOr<std::vector<BenchRequest>> ParseTrace(std::string_view text,
         const JsonValue& e = v.array[i];
         if (e.kind != JsonValue::Kind::kNumber || e.number != std::floor(e.number) ||
             e.number < 0 || e.number >= limits.vocab_size) {
-          return error(absl::StrCat("\"prompt_token_ids\"[", i,
-                                    "] is not a token id in [0, ", limits.vocab_size, ")"));
+          return error(absl::StrCat("\"prompt_token_ids\"[", i, "] is not a token id in [0, ",
+                                    limits.vocab_size, ")"));
         }
         r.prompt_ids.push_back(static_cast<int32_t>(e.number));
       }

@@ -42,10 +42,10 @@ struct ModelLimits {
 struct WorkloadOptions {
   std::string kind = "random";  // random, shared-prefix, long-context, trace
   int64_t num_requests = 0;
-  int32_t input_len = 0;        // random (0 = 128) / long-context (0 = its default range)
+  int32_t input_len = 0;  // random (0 = 128) / long-context (0 = its default range)
   int32_t output_len = 128;
-  double range_ratio = 0.0;     // in [0, 1)
-  int32_t prefix_len = 256;     // shared-prefix
+  double range_ratio = 0.0;  // in [0, 1)
+  int32_t prefix_len = 256;  // shared-prefix
   int32_t suffix_len = 32;
   int32_t num_prefixes = 4;
   uint64_t seed = 0;

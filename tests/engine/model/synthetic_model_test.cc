@@ -237,9 +237,7 @@ TEST(SyntheticModelTest, IndependentReaderAcceptsThe110mShape) {
   const std::string out = RunPythonReader(path, &code);
   std::filesystem::remove(path);
   ASSERT_EQ(code, 0) << out;
-  auto has = [&out](const std::string& needle) {
-    return out.find(needle) != std::string::npos;
-  };
+  auto has = [&out](const std::string& needle) { return out.find(needle) != std::string::npos; };
   EXPECT_TRUE(has("\"general.architecture\": \"llama\"")) << out.substr(0, 2000);
   EXPECT_TRUE(has("\"llama.embedding_length\": 768"));
   EXPECT_TRUE(has("\"llama.block_count\": 12"));
@@ -247,14 +245,18 @@ TEST(SyntheticModelTest, IndependentReaderAcceptsThe110mShape) {
   EXPECT_TRUE(has("\"llama.attention.head_count_kv\": 12"));
   EXPECT_TRUE(has("\"llama.feed_forward_length\": 2048"));
   EXPECT_TRUE(has("\"tokenizer.ggml.model\": \"llama\""));
-  EXPECT_TRUE(has("\"tokenizer.ggml.tokens\": {\"first\": [\"<unk>\", \"<s>\", \"</s>\", \"<0x00>\""));
+  EXPECT_TRUE(
+      has("\"tokenizer.ggml.tokens\": {\"first\": [\"<unk>\", \"<s>\", \"</s>\", \"<0x00>\""));
   EXPECT_TRUE(has("\"length\": 512"));
   // ggml order: ne[0] = columns (inputs).
-  EXPECT_TRUE(has("\"blk.11.ffn_down.weight\": {\"bytes\": 3145728, \"shape\": [2048, 768], "
-                  "\"type\": \"F16\"}"));
-  EXPECT_TRUE(has("\"token_embd.weight\": {\"bytes\": 786432, \"shape\": [768, 512], "
-                  "\"type\": \"F16\"}"));
-  EXPECT_TRUE(has("\"output_norm.weight\": {\"bytes\": 3072, \"shape\": [768], \"type\": \"F32\"}"));
+  EXPECT_TRUE(
+      has("\"blk.11.ffn_down.weight\": {\"bytes\": 3145728, \"shape\": [2048, 768], "
+          "\"type\": \"F16\"}"));
+  EXPECT_TRUE(
+      has("\"token_embd.weight\": {\"bytes\": 786432, \"shape\": [768, 512], "
+          "\"type\": \"F16\"}"));
+  EXPECT_TRUE(
+      has("\"output_norm.weight\": {\"bytes\": 3072, \"shape\": [768], \"type\": \"F32\"}"));
 }
 
 TEST(SyntheticModelTest, IndependentReaderAcceptsGqaWithF32) {

@@ -100,9 +100,11 @@ TEST(BenchEndToEndTest, CommandPrintsTheTableAndWritesJson) {
   ServerProcess server;
   ASSERT_TRUE(server.Start());
   const std::string json = server.dir().path() + "/bench.json";
-  auto r = RunProcess({KvserveBinary(), "bench", "--addr", server.address(), "--num-requests",
-                       "6", "--input-len", "12", "--output-len", "5", "--request-rate", "100",
-                       "--burstiness", "0.5", "--seed", "3", "--warmup", "2", "--json", json},
+  auto r = RunProcess({KvserveBinary(),  "bench", "--addr",         server.address(),
+                       "--num-requests", "6",     "--input-len",    "12",
+                       "--output-len",   "5",     "--request-rate", "100",
+                       "--burstiness",   "0.5",   "--seed",         "3",
+                       "--warmup",       "2",     "--json",         json},
                       absl::Seconds(120));
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
   EXPECT_NE(r.out.find("Successful requests:                     6"), std::string::npos) << r.out;
@@ -130,11 +132,48 @@ TEST(BenchEndToEndTest, CommandPrintsTheTableAndWritesJson) {
   EXPECT_EQ(v->object.at("settings").object.at("burstiness").string, "0.5");
 }
 
+TEST(BenchEndToEndTest, TraceIsReplayedAtItsTimestamps) {
+  ServerProcess server;
+  ASSERT_TRUE(server.Start());
+  const std::string trace = server.dir().Write(
+      "trace.jsonl",
+      "# three requests: text, token ids, a random prompt of 20 tokens\n"
+      "{\"timestamp\": 0.0, \"prompt\": \"Once upon a time\", \"output_len\": 4}\n"
+      "{\"timestamp\": 0.2, \"prompt_token_ids\": [1, 300, 301, 302], \"output_len\": 3}\n"
+      "{\"timestamp\": 0.4, \"input_len\": 20, \"output_len\": 2}\n");
+  const std::string json = server.dir().path() + "/trace.json";
+  auto r = RunProcess({KvserveBinary(), "bench", "--addr", server.address(), "--workload", "trace",
+                       "--trace", trace, "--json", json},
+                      absl::Seconds(120));
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  std::ifstream in(json);
+  std::stringstream text;
+  text << in.rdbuf();
+  auto v = ParseJson(text.str());
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->object.at("completed").number, 3);
+  EXPECT_EQ(v->object.at("output_tokens").number, 4 + 3 + 2);
+  const auto& reqs = v->object.at("requests").array;
+  ASSERT_EQ(reqs.size(), 3u);
+  const double scheduled[] = {0.0, 0.2, 0.4};
+  for (int i = 0; i < 3; ++i) {
+    const auto& rec = reqs[i].object;
+    EXPECT_DOUBLE_EQ(rec.at("scheduled_s").number, scheduled[i]);
+    // Sent at its timestamp (no concurrency cap), give or take the scheduling of this process.
+    EXPECT_GE(rec.at("start_s").number, scheduled[i]);
+    EXPECT_LT(rec.at("start_s").number, scheduled[i] + 0.3);
+  }
+  // The token-id prompt is used as given; the text one is tokenized by the server (BOS first).
+  EXPECT_EQ(reqs[1].object.at("prompt_tokens").number, 4);
+  EXPECT_EQ(reqs[2].object.at("prompt_tokens").number, 20);
+  EXPECT_GT(reqs[0].object.at("prompt_tokens").number, 1);
+}
+
 TEST(BenchEndToEndTest, BadFlagsAndBadTracesAreClearErrors) {
   ServerProcess server;
   ASSERT_TRUE(server.Start());
-  auto r = RunProcess({KvserveBinary(), "bench", "--addr", server.address(), "--request-rate",
-                       "fast"});
+  auto r =
+      RunProcess({KvserveBinary(), "bench", "--addr", server.address(), "--request-rate", "fast"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("--request-rate: 'fast'"), std::string::npos) << r.err;
   const std::string trace =

@@ -62,8 +62,7 @@ TEST(ArrivalTimesTest, BurstinessKeepsTheRateAndChangesTheSpread) {
 }
 
 TEST(ArrivalTimesTest, InfiniteRateSendsEverythingAtOnceAndSeedsRepeat) {
-  const std::vector<double> t =
-      ArrivalTimes(5, std::numeric_limits<double>::infinity(), 1.0, 1);
+  const std::vector<double> t = ArrivalTimes(5, std::numeric_limits<double>::infinity(), 1.0, 1);
   EXPECT_EQ(t, std::vector<double>(5, 0.0));
   EXPECT_EQ(ArrivalTimes(100, 10, 1, 3), ArrivalTimes(100, 10, 1, 3));
   EXPECT_NE(ArrivalTimes(100, 10, 1, 3), ArrivalTimes(100, 10, 1, 4));
@@ -142,8 +141,7 @@ TEST(GenerateWorkloadTest, TooLongRequestsNameTheOption) {
   EXPECT_NE(w.status().message().find("exceed the model's context of 512"), std::string::npos)
       << w.status();
   o.kind = "bogus";
-  EXPECT_NE(GenerateWorkload(o, Limits()).status().message().find("--workload"),
-            std::string::npos);
+  EXPECT_NE(GenerateWorkload(o, Limits()).status().message().find("--workload"), std::string::npos);
 }
 
 TEST(ParseTraceTest, ParsesEveryPromptForm) {
@@ -183,7 +181,8 @@ TEST(ParseTraceTest, ErrorsNameTheFileAndLine) {
       {"{\"timestamp\": 2, \"input_len\": 4, \"output_len\": 2}\n"
        "{\"timestamp\": 1, \"input_len\": 4, \"output_len\": 2}\n",
        "t.jsonl:2: \"timestamp\" 1 is before"},
-      {"{\"input_len\": 500, \"output_len\": 100}\n", "t.jsonl:1: request: prompt 500 + output 100"},
+      {"{\"input_len\": 500, \"output_len\": 100}\n",
+       "t.jsonl:1: request: prompt 500 + output 100"},
       {"[1, 2]\n", "t.jsonl:1: expected a JSON object"},
       {"# nothing\n", "t.jsonl: the trace has no requests"},
   };
