@@ -23,9 +23,9 @@ struct KvRegionRefs {
   int64_t stride = 0;
 };
 
-// Largest block_size * head_dim ConvertKvRegions accepts (one head's rows are staged in 48 KiB of
-// shared memory).
-inline constexpr int64_t kQuantizeMaxHeadElems = 12288;
+// Largest block_size * head_dim ConvertKvRegions accepts (one head's rows are staged as floats
+// in shared memory: 40 KiB, within the 48 KiB a thread block gets without opting in).
+inline constexpr int64_t kQuantizeMaxHeadElems = 10240;
 
 // For r in [0, count): reads rows [0, tokens[r]) of every KV head of source region r (format
 // src_format, one of fp32 / fp16 / bf16; an fp32 region is a plain [num_kv_heads][block_size]

@@ -9,7 +9,8 @@
 // unnormalised output acc, base 2) per query head. The group states are then merged (shuffles
 // inside a warp, shared memory across warps). A token whose KV fits one partition is written to
 // `out` directly; otherwise each partition stores (m, l, acc) in the workspace and the combine
-// kernel merges them (flash-decoding).
+// kernel merges them (flash-decoding). With h2o slot scores on, the partitions also keep each
+// logit and a third kernel adds the normalised probabilities into the per-slot scores.
 #include "kernels/cuda/paged_attention.h"
 
 #include <algorithm>
@@ -35,6 +36,9 @@ struct PartitionParams {
   int max_splits;  // partitions of the longest token (grid.y)
   float* ws_acc;   // [num_tokens][num_heads][max_splits][head_dim]
   float* ws_ml;    // [num_tokens][num_heads][max_splits][2]: m (base 2), l
+  // With slot scores only:
+  float* ws_logits;  // [num_tokens][num_heads][max_kv_len]: q.K scaled, base 2
+  float* ws_final;   // [num_tokens][num_heads][2]: the softmax's max (base 2) and sum
 };
 
 // Lane groups: kLanes lanes read one row, lane i owning dims [i kC, (i + 1) kC).
@@ -60,7 +64,8 @@ __device__ __forceinline__ float GroupSum(float v, unsigned mask) {
 template <KvFormat F, int kLanes, int kC>
 __device__ __forceinline__ void ProcessBlock(const uint8_t* kreg, const uint8_t* vreg,
                                              const KvRegionShape& shape, int head, int nv, int d0,
-                                             unsigned mask, State<kC>& st) {
+                                             unsigned mask, State<kC>& st, float* logits,
+                                             int64_t logit_stride, int nh) {
   using device::Dequant;
   using device::LoadCodes;
   const device::RegionGeo gk = device::GeoOf<F, KvRole::kKey>(shape);
@@ -83,6 +88,12 @@ __device__ __forceinline__ void ProcessBlock(const uint8_t* kreg, const uint8_t*
 #pragma unroll
       for (int c = 0; c < kC; ++c) dot = fmaf(st.q[i][c], x[c], dot);
       s[i] = GroupSum<kLanes>(dot, mask);
+    }
+    if (logits != nullptr && d0 == 0) {  // h2o scores: keep the logits for the score pass
+#pragma unroll
+      for (int i = 0; i < kHeadTile; ++i) {
+        if (i < nh) logits[i * logit_stride + j] = s[i];
+      }
     }
     Dequant<F, KvRole::kValue, kC>(vcur, vreg, gv, head, j, d0, x);
 #pragma unroll
@@ -154,9 +165,12 @@ __global__ void __launch_bounds__(kThreads, 3)
     const KvLayerRegion reg = p.cache.regions[p.cache.block_layout[phys]];
     const uint8_t* base = p.cache.block_data[phys];
     const int nv = min(bs, kv_len - blk * bs);
+    float* logits = p.ws_logits == nullptr
+                        ? nullptr
+                        : p.ws_logits + (t * b.num_heads + h_base) * int64_t{b.max_kv_len} + blk * bs;
     device::DispatchFormat(reg.format, [&](auto fc) {
-      ProcessBlock<decltype(fc)::value, kLanes, kC>(base + reg.k_offset, base + reg.v_offset, shape, g, nv,
-                                            d0, mask, st);
+      ProcessBlock<decltype(fc)::value, kLanes, kC>(base + reg.k_offset, base + reg.v_offset, shape,
+                                                    g, nv, d0, mask, st, logits, b.max_kv_len, nh);
     });
   }
 
@@ -210,6 +224,10 @@ __global__ void __launch_bounds__(kThreads, 3)
     const int64_t th = t * b.num_heads + h_base + i;
     if (nsplits == 1) {
       b.out[th * hd + d] = a / l;
+      if (p.ws_final != nullptr && d == 0) {
+        p.ws_final[2 * th] = mx;
+        p.ws_final[2 * th + 1] = l;
+      }
     } else {
       const int64_t slot = th * p.max_splits + split;
       p.ws_acc[slot * hd + d] = a;
@@ -237,12 +255,32 @@ __global__ void __launch_bounds__(kThreads)
   float l = 0.0f;
   for (int s = 0; s < nsplits; ++s) l += ml[2 * s + 1] * exp2f(ml[2 * s] - mx);
   const float inv = 1.0f / l;
+  if (p.ws_final != nullptr && threadIdx.x == 0) {
+    p.ws_final[2 * th] = mx;
+    p.ws_final[2 * th + 1] = l;
+  }
   for (int d = threadIdx.x; d < hd; d += kThreads) {
     float a = 0.0f;
     for (int s = 0; s < nsplits; ++s) {
       a += p.ws_acc[(th * p.max_splits + s) * hd + d] * exp2f(ml[2 * s] - mx);
     }
     b.out[th * hd + d] = a * inv;
+  }
+}
+
+// slot_scores[seq][s] += sum over heads of exp2(logit - max) / sum, for slots s < kv_len.
+__global__ void __launch_bounds__(kThreads) ScoreKernel(const PartitionParams p) {
+  const AttentionBatch& b = p.b;
+  const int64_t t = blockIdx.x;
+  const int kv_len = b.token_kv_len[t];
+  float* out = b.slot_scores + b.token_seq[t] * b.score_stride;
+  for (int s = blockIdx.y * kThreads + threadIdx.x; s < kv_len; s += gridDim.y * kThreads) {
+    float sum = 0.0f;
+    for (int h = 0; h < b.num_heads; ++h) {
+      const int64_t th = t * b.num_heads + h;
+      sum += exp2f(p.ws_logits[th * b.max_kv_len + s] - p.ws_final[2 * th]) / p.ws_final[2 * th + 1];
+    }
+    atomicAdd(out + s, sum);
   }
 }
 
@@ -288,11 +326,11 @@ __global__ void WriteKvKernel(const float* k, const float* v, const int32_t* slo
 }  // namespace
 
 int64_t PagedAttentionWorkspaceBytes(int64_t num_tokens, int num_heads, int head_dim,
-                                     int block_size, int max_kv_len) {
+                                     int block_size, int max_kv_len, bool with_scores) {
   const int splits = MaxSplits(block_size, max_kv_len);
-  if (splits <= 1) return 0;
-  return num_tokens * num_heads * splits * static_cast<int64_t>(head_dim + 2) *
-         static_cast<int64_t>(sizeof(float));
+  const int64_t partials = splits <= 1 ? 0 : int64_t{splits} * (head_dim + 2);
+  const int64_t scores = with_scores ? int64_t{max_kv_len} + 2 : 0;
+  return num_tokens * num_heads * (partials + scores) * static_cast<int64_t>(sizeof(float));
 }
 
 void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache, Stream stream) {
@@ -305,8 +343,9 @@ void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache, 
   KVSERVE_CUDA_REQUIRE(batch.max_kv_len >= 1, "cuda::PagedAttention: max_kv_len must be >= 1");
   const int splits = MaxSplits(s.block_size, batch.max_kv_len);
   KVSERVE_CUDA_REQUIRE(splits <= 65535, "cuda::PagedAttention: context too long");
+  const bool scores = batch.slot_scores != nullptr;
   const int64_t need = PagedAttentionWorkspaceBytes(batch.num_tokens, batch.num_heads, s.head_dim,
-                                                    s.block_size, batch.max_kv_len);
+                                                    s.block_size, batch.max_kv_len, scores);
   KVSERVE_CUDA_REQUIRE(batch.workspace_bytes >= need && (need == 0 || batch.workspace != nullptr),
                        "cuda::PagedAttention: workspace too small");
   PartitionParams p;
@@ -315,8 +354,15 @@ void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache, 
   p.group = batch.num_heads / s.num_kv_heads;
   p.tiles = (p.group + kHeadTile - 1) / kHeadTile;
   p.max_splits = splits;
+  const int64_t th = batch.num_tokens * batch.num_heads;
   p.ws_acc = static_cast<float*>(batch.workspace);
-  p.ws_ml = p.ws_acc + batch.num_tokens * batch.num_heads * splits * int64_t{s.head_dim};
+  p.ws_ml = p.ws_acc + (splits > 1 ? th * splits * int64_t{s.head_dim} : 0);
+  p.ws_logits = nullptr;
+  p.ws_final = nullptr;
+  if (scores) {
+    p.ws_logits = p.ws_ml + (splits > 1 ? th * splits * 2 : 0);
+    p.ws_final = p.ws_logits + th * batch.max_kv_len;
+  }
   const int64_t items = batch.num_tokens * s.num_kv_heads * p.tiles;
   KVSERVE_CUDA_REQUIRE(items < (int64_t{1} << 31), "cuda::PagedAttention: batch too large");
   const dim3 grid(static_cast<unsigned>(items), static_cast<unsigned>(splits));
@@ -334,6 +380,13 @@ void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache, 
   if (splits > 1) {
     CombineKernel<<<static_cast<unsigned>(batch.num_tokens * batch.num_heads), kThreads, 0,
                     stream>>>(p);
+    KVSERVE_CUDA_CHECK(cudaGetLastError());
+  }
+  if (scores) {
+    const dim3 score_grid(static_cast<unsigned>(batch.num_tokens),
+                          static_cast<unsigned>(std::min(64, (batch.max_kv_len + kThreads - 1) /
+                                                                 kThreads)));
+    ScoreKernel<<<score_grid, kThreads, 0, stream>>>(p);
     KVSERVE_CUDA_CHECK(cudaGetLastError());
   }
 }

@@ -38,11 +38,17 @@ struct AttentionBatch {
   int max_kv_len = 0;           // host value: >= every token_kv_len[t]
   void* workspace = nullptr;    // PagedAttentionWorkspaceBytes(...) bytes of device memory
   int64_t workspace_bytes = 0;  // size of `workspace`
+  // Attention scores for token eviction (h2o): when set, every token t adds, for each slot s it
+  // attends to, the softmax probability of s summed over its query heads to
+  // slot_scores[token_seq[t] * score_stride + s]. Accumulates (the caller zeroes or decays).
+  float* slot_scores = nullptr;  // [num_seqs][score_stride]
+  int64_t score_stride = 0;      // >= the slots of every sequence
 };
 
-// Device bytes of workspace PagedAttention needs for this batch shape (0 when no token is split).
+// Device bytes of workspace PagedAttention needs for this batch shape (0 when no token is split
+// and no scores are asked for).
 int64_t PagedAttentionWorkspaceBytes(int64_t num_tokens, int num_heads, int head_dim,
-                                     int block_size, int max_kv_len);
+                                     int block_size, int max_kv_len, bool with_scores = false);
 
 // out = softmax(q K^T * scale) V for every token and head of the batch.
 // REQUIRES: head_dim in [1, kAttentionMaxHeadDim], num_heads a multiple of num_kv_heads,

@@ -42,7 +42,8 @@ struct ArenaSize {
 // The device memory of the paged KV cache: ONE cudaMalloc at start-up, cut into `block_bytes`
 // blocks. Block b lives at base() + b * block_bytes(); block_pointers() is a device array of
 // those addresses, the PagedKvLayerView::block_data the kernels take. Bookkeeping (which block is
-// free, its format and owner) stays with the engine's block pool, which sees only block indices.
+// free, its format and owner) belongs to whoever hands out the indices; the engine's BlockPool
+// does not place its blocks here yet (the serving engine runs on the CPU).
 class DeviceArena {
  public:
   // Allocates the arena on the current device: bytes rounded down to whole blocks (block_bytes

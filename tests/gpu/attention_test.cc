@@ -2,10 +2,12 @@
 // within a sequence; head_dim 8 to 256; GQA groups of 1, 3 and 8 (partial head tiles);
 // scattered block tables with unused blocks (holes) full of NaN, blocks shared by two
 // sequences, partial last blocks whose unused rows are NaN; mixed prefill and decode tokens;
-// contexts long enough to be split across partitions. Outputs are poisoned (NaN) first.
+// contexts long enough to be split across partitions; h2o slot scores. Outputs are poisoned (NaN)
+// first.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <numeric>
@@ -257,6 +259,121 @@ TEST(GpuPagedAttentionTest, LongContextsSplitAcrossPartitions) {
     cfg.max_len = 16 * kAttentionPartitionBlocks * 3 + 5;  // up to 4 partitions
     RunAndCompare(cfg, rng);
   }
+}
+
+// h2o slot scores: per slot, the softmax probabilities summed over query heads and tokens,
+// against a float64 softmax over the values the blocks store (read back by the CPU decoder).
+TEST(GpuPagedAttentionTest, AccumulatesSlotScores) {
+  KVSERVE_REQUIRE_GPU();
+  std::mt19937 rng(15);
+  std::normal_distribution<float> n01(0.0f, 1.0f);
+  const int bs = 16, hkv = 2, group = 3, hd = 64, heads = hkv * group;
+  const KvRegionShape shape{bs, hkv, hd};
+  const std::vector<int> lens = {40, 16 * kAttentionPartitionBlocks + 300};  // the second is split
+  int total = 0;
+  for (int l : lens) total += (l + bs - 1) / bs;
+  Pool pool(total + 3, shape, {KvFormat::kInt4, KvFormat::kFp16, KvFormat::kFp8});
+  std::vector<std::vector<int32_t>> tables(lens.size());
+  std::vector<int32_t> ids(total + 3);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  const size_t region_floats = static_cast<size_t>(hkv) * bs * hd;
+  // keys[seq][slot][kv head][d]: what the blocks store.
+  std::vector<std::vector<float>> keys(lens.size());
+  int next = 0;
+  for (size_t sq = 0; sq < lens.size(); ++sq) {
+    keys[sq].assign(static_cast<size_t>(lens[sq]) * hkv * hd, 0.0f);
+    for (int b = 0; b * bs < lens[sq]; ++b) {
+      const int32_t phys = ids[next++];
+      tables[sq].push_back(phys);
+      pool.layout[phys] = static_cast<uint16_t>(phys % 3);
+      const KvLayerRegion& r = pool.regions[pool.layout[phys]];
+      std::vector<float> k(region_floats), v(region_floats), back(region_floats);
+      for (float& x : k) x = 2.0f * n01(rng);
+      for (float& x : v) x = n01(rng);
+      uint8_t* base = pool.host_ptrs[phys];
+      ASSERT_TRUE(cpu::QuantizeKvRegion(r.format, KvRole::kKey, k.data(), shape, bs, base + r.k_offset));
+      ASSERT_TRUE(cpu::QuantizeKvRegion(r.format, KvRole::kValue, v.data(), shape, bs, base + r.v_offset));
+      cpu::DequantizeKvRegion(r.format, KvRole::kKey, base + r.k_offset, shape, bs, back.data());
+      for (int j = 0; j < bs && b * bs + j < lens[sq]; ++j) {
+        for (int g = 0; g < hkv; ++g) {
+          for (int d = 0; d < hd; ++d) {
+            keys[sq][((static_cast<size_t>(b) * bs + j) * hkv + g) * hd + d] =
+                back[(static_cast<size_t>(g) * bs + j) * hd + d];
+          }
+        }
+      }
+    }
+  }
+  // Two decode tokens and one prefill token per sequence.
+  std::vector<int32_t> token_seq = {0, 0, 1, 1, 1};
+  std::vector<int32_t> token_kv_len = {lens[0], 17, lens[1], lens[1] - 1, 1000};
+  const int64_t n = static_cast<int64_t>(token_seq.size());
+  std::vector<float> q(static_cast<size_t>(n * heads * hd));
+  for (float& x : q) x = n01(rng);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int64_t stride = 4096;
+  std::vector<double> expect(lens.size() * stride, 0.0);
+  for (int64_t t = 0; t < n; ++t) {
+    const int sq = token_seq[t];
+    for (int h = 0; h < heads; ++h) {
+      const int g = h / group;
+      std::vector<double> logit(token_kv_len[t]);
+      double mx = -1e300;
+      for (int j = 0; j < token_kv_len[t]; ++j) {
+        double dot = 0.0;
+        for (int d = 0; d < hd; ++d) {
+          dot += static_cast<double>(q[(t * heads + h) * hd + d]) *
+                 keys[sq][(static_cast<size_t>(j) * hkv + g) * hd + d];
+        }
+        logit[j] = dot * scale;
+        mx = std::max(mx, logit[j]);
+      }
+      double sum = 0.0;
+      for (double& l : logit) sum += (l = std::exp(l - mx));
+      for (int j = 0; j < token_kv_len[t]; ++j) expect[sq * stride + j] += logit[j] / sum;
+    }
+  }
+
+  DeviceBuffer<uint8_t> d_bytes(pool.bytes);
+  std::vector<uint8_t*> dptrs(pool.host_ptrs.size());
+  for (size_t b = 0; b < dptrs.size(); ++b) dptrs[b] = d_bytes.get() + b * pool.block_bytes;
+  DeviceBuffer<uint8_t*> d_ptrs(dptrs);
+  DeviceBuffer<uint16_t> d_layout(pool.layout);
+  DeviceBuffer<KvLayerRegion> d_regions(pool.regions);
+  std::vector<int32_t> flat(tables[0]);
+  flat.insert(flat.end(), tables[1].begin(), tables[1].end());
+  DeviceBuffer<int32_t> d_flat(flat);
+  DeviceBuffer<const int32_t*> d_tables(std::vector<const int32_t*>{
+      d_flat.get(), d_flat.get() + tables[0].size()});
+  DeviceBuffer<float> d_q(q), d_out(q.size());
+  DeviceBuffer<int32_t> d_seq(token_seq), d_len(token_kv_len);
+  DeviceBuffer<float> d_scores(std::vector<float>(expect.size(), 0.0f));
+  AttentionBatch b;
+  b.num_tokens = n;
+  b.num_heads = heads;
+  b.q = d_q.get();
+  b.out = d_out.get();
+  b.token_seq = d_seq.get();
+  b.token_kv_len = d_len.get();
+  b.seq_block_tables = d_tables.get();
+  b.scale = scale;
+  b.max_kv_len = lens[1];
+  b.slot_scores = d_scores.get();
+  b.score_stride = stride;
+  b.workspace_bytes = PagedAttentionWorkspaceBytes(n, heads, hd, bs, b.max_kv_len, true);
+  DeviceBuffer<uint8_t> ws(static_cast<size_t>(b.workspace_bytes));
+  ws.Fill(0xFF);
+  b.workspace = ws.get();
+  PagedAttention(b, PagedKvLayerView{d_ptrs.get(), d_layout.get(), d_regions.get(), shape},
+                 nullptr);
+  const std::vector<float> got = d_scores.Download();
+  double worst = 0.0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_FALSE(std::isnan(got[i])) << "slot " << i;
+    worst = std::max(worst, std::fabs(got[i] - expect[i]));
+  }
+  EXPECT_LE(worst, 1e-5);
 }
 
 // WriteKv converts rows into fp32 / fp16 / bf16 blocks exactly as the CPU op does, leaves other

@@ -1,6 +1,6 @@
 // cuda::Gemm::MatMul against cpu::MatMul for F32, F16 and BF16 weights. With 16-bit weights the
-// GPU rounds the activations to the weight type (tensor cores), so the bound is the activation
-// rounding: |x| <= 1, k terms, relative error of the type (2^-11 FP16, 2^-8 BF16).
+// GPU rounds the activations to the weight type (tensor cores), so the bound follows from the
+// activation rounding (half a unit in the last place: 2^-11 FP16, 2^-8 BF16).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -45,9 +45,12 @@ TEST(GpuGemmTest, MatchesCpuMatMul) {
       v.data = dw.get();
       gemm.MatMul(dx.get(), s.n, v, dy.get(), nullptr);
       const std::vector<float> got = dy.Download();
-      // Per element: |error| <= cols * eps(activation type) * max|x| * max|w| (+ FP32 sums).
+      // The error of an element is sum_i w_i d_i with independent activation rounding errors
+      // |d_i| <= eps |x_i| (|x|, |w| <= 1): standard deviation below eps sqrt(cols / 27). The
+      // bound is 8 eps sqrt(cols), over 40 standard deviations, and far below the outputs
+      // (standard deviation sqrt(cols) / 3) that a wrong layout would produce.
       const double eps = dt == DType::kF32 ? 1e-6 : (dt == DType::kF16 ? 0x1p-11 : 0x1p-8);
-      const double bound = static_cast<double>(s.cols) * eps + 1e-4;
+      const double bound = 8.0 * eps * std::sqrt(static_cast<double>(s.cols)) + 1e-4;
       double worst = 0.0;
       for (size_t i = 0; i < got.size(); ++i) {
         ASSERT_FALSE(std::isnan(got[i])) << "element " << i << " was not written";
