@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: runs the GPU tests and the GPU kernel benchmark from a carried folder of
 # binaries (bench/gpu/build.sh makes it) and prints the benchmark's table. Fits in 8 minutes on
-# an H100: the steps are limited to 180 + 60 + 200 s. Exit status: 0 passed, 1 a test or the benchmark
-# failed, 2 binaries missing, 3 no GPU visible (nothing was checked).
+# an H100: the steps are limited to 180 + 60 + 200 s. Exit status: 0 passed, 1 a test or the
+# benchmark failed, 2 binaries missing, 3 no GPU visible (nothing was checked).
 #
 #   bench/gpu/check.sh [BIN_DIR]      BIN_DIR defaults to build-gpu/bin
 #   env: KVSERVE_GPU_BENCH_ARGS       extra arguments for gpu_kernels_bench (e.g. --quick)
