@@ -42,6 +42,13 @@
 #include <optional>
 #include <string_view>
 
+// Functions below marked KVSERVE_HOST_DEVICE are callable from CUDA device code as well.
+#if defined(__CUDACC__)
+#define KVSERVE_HOST_DEVICE __host__ __device__
+#else
+#define KVSERVE_HOST_DEVICE
+#endif
+
 namespace kvserve::kernels {
 
 enum class KvFormat : uint8_t {
@@ -65,7 +72,7 @@ std::optional<KvFormat> ParseKvFormat(std::string_view name);
 
 // Region alignment inside a block.
 inline constexpr int64_t kKvRegionAlign = 64;
-constexpr int64_t AlignUp(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
+KVSERVE_HOST_DEVICE constexpr int64_t AlignUp(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
 
 // Geometry of one layer's K (or V) region of one block.
 struct KvRegionShape {
@@ -92,7 +99,7 @@ inline constexpr float kKvQuantMaxAbs = 0x1p100f;
 
 // 2^(-code / 16): the scale multiplier of an 8-bit channel scale code (a 4.4% step over a range
 // of 2^16).
-constexpr float KvLogScale(int code) {
+KVSERVE_HOST_DEVICE constexpr float KvLogScale(int code) {
   constexpr float kFrac[16] = {0x1.000000p+0f, 0x1.ea4afap-1f, 0x1.d5818ep-1f, 0x1.c199bep-1f,
                                0x1.ae89fap-1f, 0x1.9c4918p-1f, 0x1.8ace54p-1f, 0x1.7a1148p-1f,
                                0x1.6a09e6p-1f, 0x1.5ab07ep-1f, 0x1.4bfdaep-1f, 0x1.3dea64p-1f,
@@ -104,7 +111,7 @@ constexpr float KvLogScale(int code) {
 
 // Value of an E4M3 code (sign, 4 exponent bits with bias 7, 3 mantissa bits; no infinities).
 // Codes 0x7f and 0xff are NaN and never stored; they read as 480 here.
-constexpr float KvE4m3ToFloat(uint8_t code) {
+KVSERVE_HOST_DEVICE constexpr float KvE4m3ToFloat(uint8_t code) {
   const int e = (code >> 3) & 15;
   const int m = code & 7;
   float v = e == 0 ? m * 0x1p-9f : (8 + m) * 0x1p-3f;  // times 2^(e - 7) when e > 0
@@ -115,7 +122,7 @@ constexpr float KvE4m3ToFloat(uint8_t code) {
 inline constexpr float kKvE4m3Max = 448.0f;
 
 // Value of an E2M1 code (low 4 bits: sign, 2 exponent bits, 1 mantissa bit).
-constexpr float KvE2m1ToFloat(uint8_t code) {
+KVSERVE_HOST_DEVICE constexpr float KvE2m1ToFloat(uint8_t code) {
   constexpr float kMag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
   return (code & 8) ? -kMag[code & 7] : kMag[code & 7];
 }
@@ -138,7 +145,7 @@ struct KvScheme {
   int group = 0;                // dims per token group; 0: the whole row
 };
 
-constexpr KvScheme KvSchemeOf(KvFormat f, KvRole role) {
+KVSERVE_HOST_DEVICE constexpr KvScheme KvSchemeOf(KvFormat f, KvRole role) {
   const bool key = role == KvRole::kKey;
   switch (f) {
     case KvFormat::kFp32:
@@ -175,7 +182,8 @@ struct KvRegionLayout {
   int64_t bytes = 0;        // the region, padded to kKvRegionAlign
 };
 
-constexpr KvRegionLayout KvRegionLayoutOf(KvFormat f, KvRole role, const KvRegionShape& s) {
+KVSERVE_HOST_DEVICE constexpr KvRegionLayout KvRegionLayoutOf(KvFormat f, KvRole role,
+                                                          const KvRegionShape& s) {
   const KvScheme k = KvSchemeOf(f, role);
   const int64_t heads = s.num_kv_heads, bs = s.block_size, hd = s.head_dim;
   KvRegionLayout l;
@@ -262,7 +270,7 @@ static_assert(KvRegionBytes(KvFormat::kInt4, KvRole::kValue, kv_format_internal:
 // formats whose encoding needs every token of the block (keys scaled per channel across the
 // block, a region-wide scale); those are written in a token-writable format first and converted
 // when the block is full.
-constexpr bool KvFormatTokenWritable(KvFormat f) {
+KVSERVE_HOST_DEVICE constexpr bool KvFormatTokenWritable(KvFormat f) {
   return f == KvFormat::kFp32 || f == KvFormat::kFp16 || f == KvFormat::kBf16;
 }
 
