@@ -18,6 +18,7 @@ constexpr char kUsage[] =
     "  profile    KV memory per format for a model shape; measures the real pool\n"
     "  serve      run the gRPC server (kvserve serve --config configs/server.yaml)\n"
     "  client     call a running server: generate, health, info, tokenize, stats\n"
+    "  calibrate  per-layer KV formats under a bits/element budget, by measured sensitivity\n"
     "\n"
     "Run 'kvserve <command> --help' for the flags of a command.\n";
 
@@ -38,6 +39,7 @@ int main(int argc, char** argv) {
   if (command == "profile") return kvserve::server::RunProfileCommand(args);
   if (command == "serve") return kvserve::server::RunServeCommand(args);
   if (command == "client") return kvserve::server::RunClientCommand(args);
+  if (command == "calibrate") return kvserve::server::RunCalibrateCommand(args);
   if (command == "--help" || command == "-h" || command == "help") {
     std::fputs(kUsage, stdout);
     return 0;

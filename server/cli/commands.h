@@ -15,6 +15,8 @@ int RunProfileCommand(const std::vector<std::string>& args);
 int RunServeCommand(const std::vector<std::string>& args);
 // `kvserve client <generate|health|info|tokenize> ...`: calls a running server.
 int RunClientCommand(const std::vector<std::string>& args);
+// `kvserve calibrate --model M --text T --budget-bits B [--out FILE]`: per-layer KV formats.
+int RunCalibrateCommand(const std::vector<std::string>& args);
 
 }  // namespace kvserve::server
 
