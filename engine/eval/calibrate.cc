@@ -298,13 +298,13 @@ std::string FormatCalibrationYaml(const CalibrationResult& r, const LocalModelOp
       rel(r.measured_perplexity), r.choice.predicted_perplexity);
   out += "#   layer";
   for (KvFormat f : s.formats) {
-    out += absl::StrFormat(" %10s", absl::StrFormat("%s %.2fb", Name(f),
+    out += absl::StrFormat(" %11s", absl::StrFormat("%s %.2fb", Name(f),
                                                     KvFormatBitsPerElement(f, s.shape)));
   }
   out += "   chosen\n";
   for (int l = 0; l < s.num_layers; ++l) {
     out += absl::StrFormat("#   %5d", l);
-    for (double p : s.perplexity[l]) out += absl::StrFormat(" %+9.4f%%", rel(p));
+    for (double p : s.perplexity[l]) out += absl::StrFormat(" %+10.4f%%", rel(p));
     out += absl::StrFormat("   %s\n", Name(r.choice.layer_formats[l]));
   }
   out += absl::StrFormat(
