@@ -1,7 +1,10 @@
 // Decode throughput of the CPU engine on a real model: single-sequence and batched greedy
-// generation. Prints medians over repetitions and the batched/single ratios.
+// generation. Prints medians over repetitions, the batched/single ratios, and the share of the
+// step time spent demoting blocks to their long-term format (quantize-on-write; zero for formats
+// that are written in their final format).
 //
 //   decode_bench [--model PATH] [--tokens N] [--reps R] [--batches 1,8,32] [--kv-format F]
+//                [--recent-window N] [--sink-tokens N]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -32,6 +35,7 @@ int main(int argc, char** argv) {
   int tokens = 256, reps = 5;
   std::vector<int> batches = {1, 8, 32};
   std::string format = "fp32";
+  int recent_window = 0, sink_tokens = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--model") {
@@ -42,6 +46,10 @@ int main(int argc, char** argv) {
       reps = std::stoi(value);
     } else if (flag == "--kv-format") {
       format = value;
+    } else if (flag == "--recent-window") {
+      recent_window = std::stoi(value);
+    } else if (flag == "--sink-tokens") {
+      sink_tokens = std::stoi(value);
     } else if (flag == "--batches") {
       batches.clear();
       for (absl::string_view b : absl::StrSplit(value, ',')) {
@@ -55,7 +63,14 @@ int main(int argc, char** argv) {
   }
   LocalModelOptions o;
   o.model_path = model;
-  o.kv_format = *kvserve::kernels::ParseKvFormat(format);
+  const auto parsed = kvserve::kernels::ParseKvFormat(format);
+  if (!parsed) {
+    std::fprintf(stderr, "unknown --kv-format %s\n", format.c_str());
+    return 2;
+  }
+  o.kv_format = *parsed;
+  o.kv_recent_window = recent_window;
+  o.kv_sink_tokens = sink_tokens;
   auto lm = LocalModel::Open(o);
   if (!lm.ok()) {
     std::fprintf(stderr, "%s\n", std::string(lm.status().message()).c_str());
@@ -63,9 +78,12 @@ int main(int argc, char** argv) {
   }
   const char* prompts[] = {"Once upon a time", "The little dog", "Lily and Ben went",
                            "One day, a big bird", "Tom had a red ball"};
-  std::printf("model %s, KV %s, %d generated tokens per sequence, median of %d runs\n",
-              model.c_str(), format.c_str(), tokens, reps);
-  std::printf("%-10s %14s %14s %10s\n", "sequences", "tokens/s", "ms per step", "vs 1 seq");
+  std::printf(
+      "model %s, KV %s (recent window %d, sinks %d), %d generated tokens per sequence, median of "
+      "%d runs\n",
+      model.c_str(), format.c_str(), recent_window, sink_tokens, tokens, reps);
+  std::printf("%-10s %14s %14s %10s %14s\n", "sequences", "tokens/s", "ms per step", "vs 1 seq",
+              "demotion/step");
   double single = 0;
   for (int b : batches) {
     std::vector<GenerationRequest> reqs(b);
@@ -75,7 +93,7 @@ int main(int argc, char** argv) {
       reqs[i].ignore_eos = true;
       reqs[i].sampling.temperature = 0;
     }
-    std::vector<double> tps, step_ms;
+    std::vector<double> tps, step_ms, demotion_share;
     for (int r = 0; r < reps + 1; ++r) {
       const auto t0 = std::chrono::steady_clock::now();
       auto res = (*lm)->generator().Run(reqs);
@@ -87,10 +105,13 @@ int main(int argc, char** argv) {
       if (r == 0) continue;  // warm-up
       tps.push_back(static_cast<double>(b) * tokens / s);
       step_ms.push_back(1e3 * s / (*lm)->generator().steps());
+      demotion_share.push_back(absl::FDivDuration((*lm)->generator().demotion_time(),
+                                                  (*lm)->generator().step_time()));
     }
     const double m = Median(tps);
     if (b == 1) single = m;
-    std::printf("%-10d %14.0f %14.3f %9.2fx\n", b, m, Median(step_ms), single > 0 ? m / single : 0);
+    std::printf("%-10d %14.0f %14.3f %9.2fx %13.2f%%\n", b, m, Median(step_ms),
+                single > 0 ? m / single : 0, 100.0 * Median(demotion_share));
   }
   return 0;
 }

@@ -273,7 +273,7 @@ void BM_KvEncodeBlock(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * 2 * floats * 4);  // float input
   state.SetLabel(std::string(KvFormatName(format)));
 }
-BENCHMARK(BM_KvEncodeBlock)->ArgName("fmt")->DenseRange(0, kNumKvFormats - 1);
+BENCHMARK(BM_KvEncodeBlock)->ArgName("fmt")->DenseRange(0, static_cast<int>(KvFormat::kInt2));
 
 // stories260K shape (head_dim 8, 4 KV heads, 8 query heads); Args: seqs, ctx, threads.
 void BM_AttentionDecodeStories(benchmark::State& state) {
@@ -340,6 +340,79 @@ void BM_ReadBandwidth(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * kStreamBytes);
 }
 BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->UseRealTime()->MinTime(1.0);
+
+// FP16 decode attention's KV read rate against the machine's memory bandwidth, measured side by
+// side in every iteration: one PagedAttention call over `ctx` tokens (head_dim 128, 8 KV heads,
+// 32 query heads, one sequence) on `threads` threads, one 512 MiB memcpy (bytes copied per
+// second) and one read-only sweep of 512 MiB on the same threads. Counters (bytes per second):
+// attn_Bps, memcpy_Bps, read_Bps, and the ratios attn_vs_memcpy and attn_vs_read. Only the
+// attention call is timed by the framework, so each iteration costs ~10x its reported time.
+// Args: context, threads.
+void BM_Fp16AttentionVsBandwidth(benchmark::State& state) {
+  const int ctx = static_cast<int>(state.range(0));
+  const int threads = static_cast<int>(state.range(1));
+  const BenchCache cache(KvFormat::kFp16, 16, 8, 128, 1, ctx);
+  const std::vector<float> q = RandomFloats(32 * 128, 4);
+  std::vector<float> out(q.size());
+  int32_t token_seq = 0, kv_len = ctx;
+  AttentionBatch batch;
+  batch.num_tokens = 1;
+  batch.num_heads = 32;
+  batch.q = q.data();
+  batch.out = out.data();
+  batch.token_seq = &token_seq;
+  batch.token_kv_len = &kv_len;
+  batch.seq_block_tables = cache.table_ptrs.data();
+  batch.scale = 1.0f / std::sqrt(128.0f);
+  ThreadPool* pool = Pool(threads);
+  std::vector<uint8_t> src(kStreamBytes, 1), dst(kStreamBytes, 0);
+  const float* data = reinterpret_cast<const float*>(src.data());
+  const int64_t n = kStreamBytes / static_cast<int64_t>(sizeof(float));
+  float sums[2][16] = {};
+  using Clock = std::chrono::steady_clock;
+  auto since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
+  double attn_s = 0, copy_s = 0, read_s = 0;
+  for (auto _ : state) {
+    auto t0 = Clock::now();
+    PagedAttention(batch, cache.view(), pool);
+    attn_s += since(t0);
+    benchmark::DoNotOptimize(out.data());
+    state.PauseTiming();
+    t0 = Clock::now();
+    std::memcpy(dst.data(), src.data(), kStreamBytes);
+    benchmark::ClobberMemory();
+    copy_s += since(t0);
+    t0 = Clock::now();
+    pool->ParallelFor(threads, 1, [&](int64_t b, int64_t) {
+      float acc[16] = {};
+      const int64_t begin = n / threads * b;
+      const int64_t end = b + 1 == threads ? n : n / threads * (b + 1);
+      for (int64_t i = begin; i + 16 <= end; i += 16) {
+        for (int k = 0; k < 16; ++k) acc[k] += data[i + k];
+      }
+      std::memcpy(sums[b], acc, sizeof(acc));
+    });
+    benchmark::DoNotOptimize(sums);
+    read_s += since(t0);
+    state.ResumeTiming();
+  }
+  const double iters = static_cast<double>(state.iterations());
+  const double attn_bytes = static_cast<double>(ctx) * cache.kv_bytes_per_token * iters;
+  const double stream_bytes = static_cast<double>(kStreamBytes) * iters;
+  state.counters["attn_Bps"] = attn_bytes / attn_s;
+  state.counters["memcpy_Bps"] = stream_bytes / copy_s;
+  state.counters["read_Bps"] = stream_bytes / read_s;
+  state.counters["attn_vs_memcpy"] = (attn_bytes / attn_s) / (stream_bytes / copy_s);
+  state.counters["attn_vs_read"] = (attn_bytes / attn_s) / (stream_bytes / read_s);
+}
+BENCHMARK(BM_Fp16AttentionVsBandwidth)
+    ->ArgNames({"ctx", "threads"})
+    ->Args({32768, 1})
+    ->Args({32768, 2})
+    ->UseRealTime()
+    ->MinTime(0.5);
 
 // Every kernel call of one stories260K decode step (5 layers, context 256, one sequence), as the
 // forward pass issues them: the kernel floor of single-sequence decode.

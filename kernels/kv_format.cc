@@ -20,6 +20,8 @@ std::string_view KvFormatName(KvFormat f) {
       return "nvfp4";
     case KvFormat::kInt2:
       return "int2";
+    case KvFormat::kLowrank:
+      return "lowrank";
   }
   return "?";
 }

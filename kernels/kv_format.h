@@ -31,6 +31,10 @@
 //         V (per token and group of 64 dims): token param = {BF16 s, BF16 m}: x = m + s q.
 //   nvfp4 values E2M1 (NVIDIA NVFP4): region scale = f32 g; token param per group of 16 dims =
 //         E4M3 e: x = g E4M3(e) E2M1(q). The same for K and V.
+//   lowrank (experimental) K: a row holds shape.key_rank FP16 coefficients c = B^T k instead of
+//         head_dim values, B being the [head_dim][key_rank] orthonormal basis of the layer and
+//         KV head (kept outside the blocks: PagedKvLayerView::key_basis); k ~ B c, and attention
+//         scores q . k as (B^T q) . c. V: as int8 V.
 //
 // Formats whose K (or region) parameters span the block's tokens cannot be written one token at
 // a time: see KvFormatTokenWritable. All sizes are in bytes. Regions start at 64-byte aligned
@@ -60,13 +64,14 @@ enum class KvFormat : uint8_t {
   kInt4 = 5,
   kNvfp4 = 6,  // E2M1 with E4M3 group scales
   kInt2 = 7,   // experimental
+  kLowrank = 8,  // experimental: keys as rank-r coefficients on a per-head basis, values int8
 };
-inline constexpr int kNumKvFormats = 8;
+inline constexpr int kNumKvFormats = 9;
 
 // Which of the two regions of a layer: keys and values may be encoded differently.
 enum class KvRole : uint8_t { kKey = 0, kValue = 1 };
 
-// "fp32", "fp16", "bf16", "fp8", "int8", "int4", "nvfp4", "int2".
+// "fp32", "fp16", "bf16", "fp8", "int8", "int4", "nvfp4", "int2", "lowrank".
 std::string_view KvFormatName(KvFormat f);
 std::optional<KvFormat> ParseKvFormat(std::string_view name);
 
@@ -79,6 +84,7 @@ struct KvRegionShape {
   int block_size = 16;  // tokens per block
   int num_kv_heads = 1;
   int head_dim = 1;
+  int key_rank = 0;  // lowrank keys: coefficients per token and head; 0 = no lowrank basis
 };
 
 // ---- Encodings of stored codes ----------------------------------------------------------------
@@ -165,6 +171,8 @@ KVSERVE_HOST_DEVICE constexpr KvScheme KvSchemeOf(KvFormat f, KvRole role) {
                  : KvScheme{2, false, false, 0, 4, kKvIntValueGroup};
     case KvFormat::kNvfp4:
       return KvScheme{4, true, false, 0, 1, kKvNvfp4Group};
+    case KvFormat::kLowrank:
+      return key ? KvScheme{16} : KvScheme{8, false, false, 0, 2, 0};
   }
   return KvScheme{};
 }
@@ -186,8 +194,10 @@ KVSERVE_HOST_DEVICE constexpr KvRegionLayout KvRegionLayoutOf(KvFormat f, KvRole
                                                           const KvRegionShape& s) {
   const KvScheme k = KvSchemeOf(f, role);
   const int64_t heads = s.num_kv_heads, bs = s.block_size, hd = s.head_dim;
+  // Dims stored per row: lowrank keys keep key_rank coefficients.
+  const int64_t row_dims = f == KvFormat::kLowrank && role == KvRole::kKey ? s.key_rank : hd;
   KvRegionLayout l;
-  l.row_bytes = (hd * k.value_bits + 7) / 8;
+  l.row_bytes = (row_dims * k.value_bits + 7) / 8;
   l.value_bytes = heads * bs * l.row_bytes;
   l.groups = k.token_param_bytes == 0 ? 0 : (k.group == 0 ? 1 : (hd + k.group - 1) / k.group);
   const int64_t region_scale = k.region_scale ? 4 : 0;
@@ -266,6 +276,12 @@ static_assert(KvLayerBytes(KvFormat::kInt2, kv_format_internal::kHd128) * 100 <=
 static_assert(KvRegionBytes(KvFormat::kInt4, KvRole::kKey, kv_format_internal::kHd8) == 384);
 static_assert(KvRegionBytes(KvFormat::kInt4, KvRole::kValue, kv_format_internal::kHd8) == 512);
 
+// lowrank, rank 32 at head_dim 128: K 16 * 8 * 32 FP16 coefficients; V as int8 V.
+static_assert(KvRegionBytes(KvFormat::kLowrank, KvRole::kKey, KvRegionShape{16, 8, 128, 32}) ==
+              8192);
+static_assert(KvRegionBytes(KvFormat::kLowrank, KvRole::kValue, KvRegionShape{16, 8, 128, 32}) ==
+              16384 + 256);
+
 // True when blocks in `f` can be written one token at a time (quantize-on-write). False for
 // formats whose encoding needs every token of the block (keys scaled per channel across the
 // block, a region-wide scale); those are written in a token-writable format first and converted
@@ -276,9 +292,10 @@ KVSERVE_HOST_DEVICE constexpr bool KvFormatTokenWritable(KvFormat f) {
 
 // True when `f` can store regions of this shape: positive sizes; formats with per-channel
 // parameters need head_dim <= kKvMaxChannelHeadDim, formats with token parameters
-// block_size * groups <= kKvMaxTokenParams.
+// block_size * groups <= kKvMaxTokenParams; lowrank needs 1 <= key_rank <= head_dim.
 constexpr bool KvFormatSupports(KvFormat f, const KvRegionShape& s) {
   if (s.block_size <= 0 || s.num_kv_heads <= 0 || s.head_dim <= 0) return false;
+  if (f == KvFormat::kLowrank && (s.key_rank < 1 || s.key_rank > s.head_dim)) return false;
   for (KvRole role : {KvRole::kKey, KvRole::kValue}) {
     const KvScheme k = KvSchemeOf(f, role);
     if (k.channel_param_bytes > 0 && s.head_dim > kKvMaxChannelHeadDim) return false;
@@ -305,6 +322,9 @@ struct PagedKvLayerView {
   const uint16_t* block_layout = nullptr;  // [pool capacity in blocks]
   const KvLayerRegion* regions = nullptr;  // [number of layouts]
   KvRegionShape shape;
+  // Orthonormal key basis of this layer, [num_kv_heads][head_dim][shape.key_rank] (column i of a
+  // head's matrix is its i-th direction); required when any block is lowrank, else null.
+  const float* key_basis = nullptr;
 };
 
 }  // namespace kvserve::kernels

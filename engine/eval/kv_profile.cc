@@ -29,7 +29,8 @@ std::vector<std::string> NamedKvShapes() {
 }
 
 int64_t KvBlockBytes(const KvShape& shape, kernels::KvFormat format, int block_size) {
-  const kernels::KvRegionShape region{block_size, shape.num_kv_heads, shape.head_dim};
+  const kernels::KvRegionShape region{block_size, shape.num_kv_heads, shape.head_dim,
+                                      shape.key_rank};
   return static_cast<int64_t>(shape.num_layers) * kernels::KvLayerBytes(format, region);
 }
 

@@ -20,6 +20,7 @@ struct KvShape {
   int num_layers = 0;
   int num_kv_heads = 0;
   int head_dim = 0;
+  int key_rank = 0;  // coefficients per key of the lowrank format (0: lowrank not sized)
 };
 
 // llama-7b (32 layers, 32 KV heads, head_dim 128), llama-13b (40, 40, 128),

@@ -104,6 +104,8 @@ absl::StatusOr<std::vector<GenerationResult>> BatchGenerator::Run(
   steps_ = scheduler.counters().steps;
   preemptions_ = scheduler.counters().preemptions;
   cached_prompt_tokens_ = scheduler.counters().cached_prompt_tokens;
+  step_time_ = scheduler.counters().step_time;
+  demotion_time_ = scheduler.counters().demotion_time;
   if (!failure.ok()) return failure;
   return results;
 }

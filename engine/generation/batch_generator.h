@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "engine/kv/block_pool.h"
 #include "engine/kv/kv_cache_policy.h"
 #include "engine/kv/prefix_index.h"
@@ -56,6 +57,10 @@ class BatchGenerator {
   int64_t preemptions() const { return preemptions_; }
   // Prompt tokens served from the prefix cache in the last Run.
   int64_t cached_prompt_tokens() const { return cached_prompt_tokens_; }
+  // Wall time of the last Run's steps, and the part of it spent demoting blocks to their
+  // long-term format (quantize-on-write).
+  absl::Duration step_time() const { return step_time_; }
+  absl::Duration demotion_time() const { return demotion_time_; }
 
  private:
   LlamaModel* model_;
@@ -68,6 +73,8 @@ class BatchGenerator {
   int64_t steps_ = 0;
   int64_t preemptions_ = 0;
   int64_t cached_prompt_tokens_ = 0;
+  absl::Duration step_time_;
+  absl::Duration demotion_time_;
 };
 
 }  // namespace kvserve::engine

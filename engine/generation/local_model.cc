@@ -1,9 +1,42 @@
 #include "engine/generation/local_model.h"
 
+#include <fstream>
+#include <sstream>
+#include <vector>
+
 #include "absl/strings/str_format.h"
 #include "engine/common/status_macros.h"
+#include "engine/generation/lowrank_calibration.h"
 
 namespace kvserve::engine {
+namespace {
+
+absl::StatusOr<std::vector<float>> LowrankBasis(const LocalModelOptions& options,
+                                                LlamaModel& model, const Tokenizer& tokenizer) {
+  const int head_dim = model.config().head_dim;
+  if (options.kv_lowrank_rank < 1 || options.kv_lowrank_rank > head_dim) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "kv_cache.lowrank_rank must be in [1, head_dim = %d] for the lowrank format, got %d",
+        head_dim, options.kv_lowrank_rank));
+  }
+  if (options.kv_lowrank_text.empty()) {
+    return absl::InvalidArgumentError(
+        "kv_cache.lowrank_text: the lowrank format needs a calibration text file");
+  }
+  std::ifstream in(options.kv_lowrank_text, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "kv_cache.lowrank_text: cannot read '%s'", options.kv_lowrank_text));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  LowrankCalibrationOptions lo;
+  lo.rank = options.kv_lowrank_rank;
+  lo.block_size = options.block_size;
+  return ComputeLowrankKeyBasis(model, tokenizer, text.str(), lo);
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOptions& options) {
   if (options.block_size < 1 || options.block_size > 1024) {
@@ -24,8 +57,18 @@ absl::StatusOr<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOpt
   lm->tokenizer_ = std::make_unique<Tokenizer>(std::move(tokenizer));
   lm->threads_ = std::make_unique<kernels::ThreadPool>(options.num_threads);
   lm->model_ = std::make_unique<LlamaModel>(*lm->loaded_, lm->threads_.get());
-  lm->kv_pool_ = std::make_unique<BlockPool>(lm->model_->KvGeometryFor(options.block_size),
-                                             options.kv_budget_bytes);
+  KvGeometry geometry = lm->model_->KvGeometryFor(options.block_size);
+  bool lowrank = options.kv_format == kernels::KvFormat::kLowrank;
+  for (const auto& [layer, format] : options.kv_layer_formats) {
+    lowrank |= format == kernels::KvFormat::kLowrank;
+  }
+  std::vector<float> key_basis;
+  if (lowrank) {
+    KVSERVE_ASSIGN_OR_RETURN(key_basis, LowrankBasis(options, *lm->model_, *lm->tokenizer_));
+    geometry.key_rank = options.kv_lowrank_rank;
+  }
+  lm->kv_pool_ = std::make_unique<BlockPool>(geometry, options.kv_budget_bytes);
+  if (lowrank) KVSERVE_RETURN_IF_ERROR(lm->kv_pool_->SetKeyBasis(std::move(key_basis)));
   KvCachePolicyConfig policy;
   policy.format = options.kv_format;
   policy.layer_formats = options.kv_layer_formats;

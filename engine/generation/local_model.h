@@ -33,6 +33,11 @@ struct LocalModelOptions {
   int32_t kv_recent_window = 0;                           // newest tokens kept in window format
   int32_t kv_sink_tokens = 0;                             // first tokens kept in window format
   kernels::KvFormat kv_window_format = kernels::KvFormat::kFp16;
+  // lowrank layers (experimental): coefficients per key, and the calibration text file whose
+  // keys define each layer's and KV head's basis (computed at start-up; see
+  // engine/generation/lowrank_calibration.h). Required when any layer is lowrank.
+  int32_t kv_lowrank_rank = 0;
+  std::string kv_lowrank_text;
   int64_t kv_budget_bytes = 256ll << 20;
   int block_size = 16;              // tokens per KV block
   int num_threads = 0;              // 0 = all online CPUs

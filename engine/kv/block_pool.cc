@@ -40,8 +40,7 @@ absl::StatusOr<LayoutId> BlockPool::RegisterLayout(const std::vector<kernels::Kv
   }
   BlockLayout layout;
   layout.layer_formats = formats;
-  const kernels::KvRegionShape shape{geometry_.block_size, geometry_.num_kv_heads,
-                                     geometry_.head_dim};
+  const kernels::KvRegionShape shape = geometry_.RegionShape();
   int64_t offset = 0;
   for (kernels::KvFormat f : formats) {
     const int64_t k_region = kernels::KvRegionBytes(f, kernels::KvRole::kKey, shape);
@@ -173,8 +172,7 @@ int64_t BlockPool::AvailableBlocks(LayoutId layout) const {
 }
 
 int64_t BlockPool::Fp16BlockBytes() const {
-  const kernels::KvRegionShape shape{geometry_.block_size, geometry_.num_kv_heads,
-                                     geometry_.head_dim};
+  const kernels::KvRegionShape shape = geometry_.RegionShape();
   return 2 * geometry_.num_layers *
          kernels::KvRegionValueBytes(kernels::KvFormat::kFp16, kernels::KvRole::kKey, shape);
 }
@@ -188,8 +186,7 @@ KvPoolStats BlockPool::Stats() const {
   s.used_blocks = used_blocks_;
   for (const auto& list : free_by_layout_) s.free_blocks += static_cast<int64_t>(list.size());
   s.used_by_format.assign(kernels::kNumKvFormats, KvFormatUsage{});
-  const kernels::KvRegionShape shape{geometry_.block_size, geometry_.num_kv_heads,
-                                     geometry_.head_dim};
+  const kernels::KvRegionShape shape = geometry_.RegionShape();
   for (size_t l = 0; l < layouts_.size(); ++l) {
     const int64_t n = used_by_layout_[l];
     if (n == 0) continue;
@@ -215,8 +212,29 @@ kernels::PagedKvLayerView BlockPool::LayerView(int layer) const {
   view.block_data = data_.data();
   view.block_layout = data_layout_.data();
   view.regions = layer_regions_[layer].data();
-  view.shape = {geometry_.block_size, geometry_.num_kv_heads, geometry_.head_dim};
+  view.shape = geometry_.RegionShape();
+  view.key_basis = key_basis(layer);
   return view;
+}
+
+absl::Status BlockPool::SetKeyBasis(std::vector<float> basis) {
+  const int64_t expected = static_cast<int64_t>(geometry_.num_layers) * geometry_.num_kv_heads *
+                           geometry_.head_dim * geometry_.key_rank;
+  if (expected == 0 || static_cast<int64_t>(basis.size()) != expected) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "key basis holds %d floats; the geometry (%d layers, %d KV heads, head_dim %d, rank %d) "
+        "needs %d",
+        basis.size(), geometry_.num_layers, geometry_.num_kv_heads, geometry_.head_dim,
+        geometry_.key_rank, expected));
+  }
+  key_basis_ = std::move(basis);
+  return absl::OkStatus();
+}
+
+const float* BlockPool::key_basis(int layer) const {
+  if (key_basis_.empty()) return nullptr;
+  return key_basis_.data() + static_cast<int64_t>(layer) * geometry_.num_kv_heads *
+                                 geometry_.head_dim * geometry_.key_rank;
 }
 
 }  // namespace kvserve::engine

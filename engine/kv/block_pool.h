@@ -39,6 +39,11 @@ struct KvGeometry {
   int num_kv_heads = 0;
   int head_dim = 0;
   int block_size = 16;  // tokens per block
+  int key_rank = 0;     // coefficients per key of lowrank layers; 0 when no layer is lowrank
+  // The shape of one layer's K or V region of a block.
+  kernels::KvRegionShape RegionShape() const {
+    return kernels::KvRegionShape{block_size, num_kv_heads, head_dim, key_rank};
+  }
 };
 
 // Per-layer formats of one block layout, with the byte offsets that result.
@@ -110,6 +115,12 @@ class BlockPool {
 
   // The view of one layer that kernels read and write.
   kernels::PagedKvLayerView LayerView(int layer) const;
+  // Bases of the lowrank layers, [num_layers][num_kv_heads][head_dim][key_rank] (see
+  // engine/kv/lowrank_basis.h). Set once, before blocks of a lowrank layout are written.
+  // InvalidArgument when the size does not match the geometry (key_rank 0 included).
+  absl::Status SetKeyBasis(std::vector<float> basis);
+  // Layer `layer`'s basis [num_kv_heads][head_dim][key_rank], or null when none was set.
+  const float* key_basis(int layer) const;
   // Raw bytes of a block (for copy-on-write and tests).
   uint8_t* block_data(BlockId id) const { return data_[id]; }
 
@@ -135,6 +146,7 @@ class BlockPool {
 
   KvGeometry geometry_;
   int64_t budget_bytes_;
+  std::vector<float> key_basis_;  // empty, or [num_layers][num_kv_heads][head_dim][key_rank]
   std::vector<BlockLayout> layouts_;
   // Per layer: the region of that layer in each layout (what LayerView exposes).
   std::vector<std::vector<kernels::KvLayerRegion>> layer_regions_;

@@ -78,8 +78,15 @@ absl::StatusOr<KvCachePolicy> KvCachePolicy::Create(BlockPool* pool,
     }
     cold[layer] = format;
   }
-  const kernels::KvRegionShape shape{g.block_size, g.num_kv_heads, g.head_dim};
+  const kernels::KvRegionShape shape = g.RegionShape();
   for (int l = 0; l < g.num_layers; ++l) {
+    if (cold[l] == kernels::KvFormat::kLowrank &&
+        (g.key_rank < 1 || g.key_rank > g.head_dim || pool->key_basis(l) == nullptr)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "kv_cache: format lowrank (layer %d) needs kv_cache.lowrank_rank in [1, head_dim = %d] "
+          "and a key basis from kv_cache.lowrank_text",
+          l, g.head_dim));
+    }
     if (!kernels::KvFormatSupports(cold[l], shape)) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "kv_cache: format %s cannot store layer %d (head_dim %d, block_size %d)",
@@ -120,7 +127,7 @@ bool KvCachePolicy::ColdEligible(int64_t index, int64_t tokens) const {
 absl::Status KvCachePolicy::Demote(SequenceKv& seq, int64_t tokens) const {
   if (!demotes()) return absl::OkStatus();
   const KvGeometry& g = pool_->geometry();
-  const kernels::KvRegionShape shape{g.block_size, g.num_kv_heads, g.head_dim};
+  const kernels::KvRegionShape shape = g.RegionShape();
   const BlockLayout& hot = pool_->layout(write_layout_);
   const BlockLayout& cold = pool_->layout(cold_layout_);
   std::vector<float> k, v;  // one layer's K and V of one block
@@ -147,7 +154,8 @@ absl::Status KvCachePolicy::Demote(SequenceKv& seq, int64_t tokens) const {
     for (int l = 0; l < g.num_layers; ++l) {
       const kernels::KvLayerRegion& r = hot.regions[l];
       kernels::cpu::DequantizeKvRegion(r.format, kernels::KvRole::kKey, src + r.k_offset, shape,
-                                       g.block_size, block.data() + (2 * l) * region_floats);
+                                       g.block_size, block.data() + (2 * l) * region_floats,
+                                       pool_->key_basis(l));
       kernels::cpu::DequantizeKvRegion(r.format, kernels::KvRole::kValue, src + r.v_offset, shape,
                                        g.block_size, block.data() + (2 * l + 1) * region_floats);
     }
@@ -157,7 +165,7 @@ absl::Status KvCachePolicy::Demote(SequenceKv& seq, int64_t tokens) const {
       const kernels::KvLayerRegion& r = cold.regions[l];
       if (!kernels::cpu::QuantizeKvRegion(r.format, kernels::KvRole::kKey,
                                           block.data() + (2 * l) * region_floats, shape,
-                                          g.block_size, dst + r.k_offset) ||
+                                          g.block_size, dst + r.k_offset, pool_->key_basis(l)) ||
           !kernels::cpu::QuantizeKvRegion(r.format, kernels::KvRole::kValue,
                                           block.data() + (2 * l + 1) * region_floats, shape,
                                           g.block_size, dst + r.v_offset)) {

@@ -483,7 +483,9 @@ bool Scheduler::Step(absl::Time now) {
       if (s->done) continue;
       // Blocks that left the recent window move to their long-term format.
       if (kv_policy_->demotes()) {
+        const absl::Time demote_start = absl::Now();
         const absl::Status demoted = kv_policy_->Demote(s->kv, s->processed);
+        counters_.demotion_time += absl::Now() - demote_start;
         if (!demoted.ok() && demoted.code() != absl::StatusCode::kResourceExhausted) {
           Finish(s, FinishReason::kNone, demoted, emit_time);
           continue;

@@ -65,6 +65,9 @@ struct SchedulerCounters {
   // (admission, batch building, sampling, detokenizing, stop strings, streaming), unaffected by
   // other processes competing for the CPU.
   absl::Duration scheduler_cpu_time;
+  // Wall time converting blocks that left the recent window to their long-term format
+  // (KvCachePolicy::Demote: the quantize-on-write of the quantized formats). Part of step_time.
+  absl::Duration demotion_time;
 };
 
 // KV held by one live request.

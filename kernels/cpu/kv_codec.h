@@ -24,6 +24,7 @@
 #define KVSERVE_KERNELS_CPU_KV_CODEC_H_
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/kv_codec_quant.h"
@@ -93,6 +94,33 @@ struct KvCodec<KvFormat::kFp16> : KvFloatCodec<simd::Fp16> {};
 template <>
 struct KvCodec<KvFormat::kBf16> : KvFloatCodec<simd::Bf16> {};
 
+// lowrank: KeyRows reads a row's shape.key_rank FP16 coefficients (dims [0, key_rank), not
+// head_dim: attention scores them against the query projected on the layer's basis, see
+// kIsLowrankCodec); ValueRows read int8 values.
+template <>
+struct KvCodec<KvFormat::kLowrank> {
+  class KeyRows : public KvFloatCodec<simd::Fp16>::Rows {
+   public:
+    KeyRows(const uint8_t* region, const KvRegionShape& shape, int head)
+        : KvFloatCodec<simd::Fp16>::Rows(
+              region, KvRegionShape{shape.block_size, shape.num_kv_heads, shape.key_rank}, head) {}
+  };
+  using ValueRows = quant::KvQuantCodec<KvFormat::kLowrank, quant::RowRows<quant::DecI8, false>,
+                                        quant::RowRows<quant::DecI8, false>>::ValueRows;
+
+  static void WriteRow(uint8_t*, const KvRegionShape&, int, int, const float*) {
+    KVSERVE_KERNEL_CHECK(false, "this KV format is not token-writable (see KvFormatTokenWritable)");
+  }
+  static void Prefetch(const uint8_t* region, KvRole role, const KvRegionShape& shape, int head,
+                       int tokens) {
+    quant::PrefetchRegion(KvFormat::kLowrank, role, region, shape, head, tokens);
+  }
+};
+
+// True for the codec whose keys are coefficients on a basis rather than head_dim values.
+template <class Codec>
+inline constexpr bool kIsLowrankCodec = std::is_same_v<Codec, KvCodec<KvFormat::kLowrank>>;
+
 // Calls fn(KvCodec<f>{}) for the runtime format f. Call it once per block, never per element.
 template <class Fn>
 inline void DispatchKvFormat(KvFormat f, Fn&& fn) {
@@ -120,6 +148,9 @@ inline void DispatchKvFormat(KvFormat f, Fn&& fn) {
       return;
     case KvFormat::kInt2:
       fn(KvCodec<KvFormat::kInt2>{});
+      return;
+    case KvFormat::kLowrank:
+      fn(KvCodec<KvFormat::kLowrank>{});
       return;
   }
   KVSERVE_KERNEL_CHECK(false, "unknown KvFormat");

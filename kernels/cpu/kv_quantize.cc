@@ -349,16 +349,62 @@ void EncodeQuantized(KvFormat f, KvRole role, const float* in, const KvRegionSha
       case KvFormat::kNvfp4:
         EncodeNvfp4Head(head, static_cast<int>(l.groups), g, token);
         break;
+      case KvFormat::kLowrank:  // values as int8 values; keys go through EncodeLowrankKeys
+        KVSERVE_KERNEL_CHECK(!key, "EncodeQuantized: lowrank keys need their basis");
+        EncodeRows<false>(head, nullptr, token);
+        break;
       default:
         KVSERVE_KERNEL_CHECK(false, "EncodeQuantized: not a quantized format");
     }
   }
 }
 
+// c = B^T k per token and head, stored as FP16. False when a coefficient leaves the FP16 range.
+bool EncodeLowrankKeys(const float* in, const KvRegionShape& shape, int tokens,
+                       const float* basis, uint8_t* region) {
+  const int hd = shape.head_dim, r = shape.key_rank, bs = shape.block_size;
+  uint16_t* dst = reinterpret_cast<uint16_t*>(region);
+  float c[kKvMaxChannelHeadDim];
+  for (int h = 0; h < shape.num_kv_heads; ++h) {
+    const float* b = basis + static_cast<int64_t>(h) * hd * r;
+    for (int t = 0; t < tokens; ++t) {
+      const float* k = in + (static_cast<int64_t>(h) * bs + t) * hd;
+      std::fill(c, c + r, 0.0f);
+      for (int d = 0; d < hd; ++d) {
+        for (int i = 0; i < r; ++i) c[i] += b[d * r + i] * k[d];
+      }
+      for (int i = 0; i < r; ++i) {
+        if (!(std::fabs(c[i]) <= 65504.0f)) return false;
+        dst[(static_cast<int64_t>(h) * bs + t) * r + i] = FloatToFp16(c[i]);
+      }
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 void DequantizeKvRegion(KvFormat format, KvRole role, const uint8_t* region,
-                        const KvRegionShape& shape, int tokens, float* out) {
+                        const KvRegionShape& shape, int tokens, float* out,
+                        const float* key_basis) {
+  if (format == KvFormat::kLowrank && role == KvRole::kKey) {
+    KVSERVE_KERNEL_CHECK(key_basis != nullptr, "DequantizeKvRegion: lowrank keys need a basis");
+    const int hd = shape.head_dim, r = shape.key_rank, bs = shape.block_size;
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(region);
+    for (int h = 0; h < shape.num_kv_heads; ++h) {
+      const float* b = key_basis + static_cast<int64_t>(h) * hd * r;
+      for (int t = 0; t < tokens; ++t) {
+        const uint16_t* c = src + (static_cast<int64_t>(h) * bs + t) * r;
+        float* dst = out + (static_cast<int64_t>(h) * bs + t) * hd;
+        for (int d = 0; d < hd; ++d) {
+          float x = 0.0f;
+          for (int i = 0; i < r; ++i) x += b[d * r + i] * Fp16ToFloat(c[i]);
+          dst[d] = x;
+        }
+      }
+    }
+    return;
+  }
   auto read = [&](auto rows_tag, int h) {
     using Rows = typename decltype(rows_tag)::type;
     const Rows rows(region, shape, h);
@@ -385,13 +431,18 @@ void DequantizeKvRegion(KvFormat format, KvRole role, const uint8_t* region,
 }
 
 bool QuantizeKvRegion(KvFormat format, KvRole role, const float* in, const KvRegionShape& shape,
-                      int tokens, uint8_t* region) {
+                      int tokens, uint8_t* region, const float* key_basis) {
   KVSERVE_KERNEL_CHECK(tokens >= 1 && tokens <= shape.block_size,
                        "QuantizeKvRegion: tokens must be in [1, block_size]");
   const bool quantized = !KvFormatTokenWritable(format);
   if (!InputAcceptable(in, shape, tokens,
                        quantized ? kKvQuantMaxAbs : std::numeric_limits<float>::max())) {
     return false;
+  }
+  if (format == KvFormat::kLowrank && role == KvRole::kKey) {
+    KVSERVE_KERNEL_CHECK(key_basis != nullptr, "QuantizeKvRegion: lowrank keys need a basis");
+    KVSERVE_KERNEL_CHECK(KvFormatSupports(format, shape), "QuantizeKvRegion: unsupported shape");
+    return EncodeLowrankKeys(in, shape, tokens, key_basis, region);
   }
   if (quantized) {
     KVSERVE_KERNEL_CHECK(KvFormatSupports(format, shape), "QuantizeKvRegion: unsupported shape");

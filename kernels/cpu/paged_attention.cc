@@ -98,7 +98,8 @@ void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache, 
   const Problem pr{&batch, &cache, shape.head_dim, shape.num_kv_heads,
                    batch.num_heads / shape.num_kv_heads};
   ItemRunner run = attention::RunItemWide;
-  if (shape.head_dim == 8 && attention::HasHeadDim8Runner()) {
+  // The head_dim 8 runner has no projected-query path: views with lowrank blocks use the others.
+  if (shape.head_dim == 8 && attention::HasHeadDim8Runner() && cache.key_basis == nullptr) {
     run = attention::RunItemHeadDim8;
   } else if (shape.head_dim <= simd::VecNarrow::kLanes) {
     run = attention::RunItemNarrow;

@@ -36,14 +36,16 @@ constexpr int kScoreHeads = 2;
 template <class V>
 struct Scratch {
   alignas(64) float q[kMaxItemHeads][kMaxHeadDim];    // q * scale, zero padded
+  alignas(64) float qp[kMaxItemHeads][kMaxHeadDim];   // lowrank: B^T (q * scale), zero padded
   alignas(64) float acc[kMaxItemHeads][kMaxHeadDim];  // unnormalised output, zero padded
   alignas(64) float p[kMaxItemHeads][kSpan];          // scores, then probabilities
   float m[kMaxItemHeads];
   float l[kMaxItemHeads];
 };
 
-// p[h0 + i][jout + r] = q[hb + h0 + i] . K[token0 + r] for i < kM, r < kN.
-template <class V, int kM, int kN, class Rows>
+// p[h0 + i][jout + r] = q[hb + h0 + i] . K[token0 + r] for i < kM, r < kN. kProj: the projected
+// queries qp against lowrank coefficients (head_dim is then the rank).
+template <class V, int kM, int kN, bool kProj, class Rows>
 KVSERVE_ALWAYS_INLINE void ScoreTile(const Rows& k, int token0, int jout, int h0, int hb,
                                      int head_dim, Scratch<V>& sc) {
   using Reg = typename V::Reg;
@@ -55,7 +57,7 @@ KVSERVE_ALWAYS_INLINE void ScoreTile(const Rows& k, int token0, int jout, int h0
     for (int r = 0; r < kN; ++r) acc[i][r] = V::Zero();
   }
   const float* q[kM];
-  for (int i = 0; i < kM; ++i) q[i] = sc.q[hb + h0 + i];
+  for (int i = 0; i < kM; ++i) q[i] = kProj ? sc.qp[hb + h0 + i] : sc.q[hb + h0 + i];
   for (int c = 0; c < full; ++c) {
     Reg qv[kM];
     for (int i = 0; i < kM; ++i) qv[i] = V::Load(q[i] + c * kL);
@@ -81,26 +83,26 @@ KVSERVE_ALWAYS_INLINE void ScoreTile(const Rows& k, int token0, int jout, int h0
   }
 }
 
-template <class V, int kM, class Rows>
+template <class V, int kM, bool kProj, class Rows>
 void ScoreHeads(const Rows& k, int j0, int ns, int h0, int hb, int head_dim, Scratch<V>& sc) {
   int j = 0;
-  for (; j + 4 <= ns; j += 4) ScoreTile<V, kM, 4>(k, j0 + j, j, h0, hb, head_dim, sc);
-  for (; j < ns; ++j) ScoreTile<V, kM, 1>(k, j0 + j, j, h0, hb, head_dim, sc);
+  for (; j + 4 <= ns; j += 4) ScoreTile<V, kM, 4, kProj>(k, j0 + j, j, h0, hb, head_dim, sc);
+  for (; j < ns; ++j) ScoreTile<V, kM, 1, kProj>(k, j0 + j, j, h0, hb, head_dim, sc);
 }
 
 // Step 1 for heads [0, gh) (slots hb + h) and tokens [j0, j0 + ns) of the block.
-template <class V, class Rows>
+template <class V, bool kProj, class Rows>
 void Scores(const Rows& k, int j0, int ns, int gh, int hb, int head_dim, Scratch<V>& sc) {
   int h = 0;
   for (; h + kScoreHeads <= gh; h += kScoreHeads) {
-    ScoreHeads<V, kScoreHeads>(k, j0, ns, h, hb, head_dim, sc);
+    ScoreHeads<V, kScoreHeads, kProj>(k, j0, ns, h, hb, head_dim, sc);
   }
   const int rest = gh - h;  // < kScoreHeads
   if constexpr (kScoreHeads == 4) {
-    if (rest == 3) ScoreHeads<V, 3>(k, j0, ns, h, hb, head_dim, sc);
-    if (rest == 2) ScoreHeads<V, 2>(k, j0, ns, h, hb, head_dim, sc);
+    if (rest == 3) ScoreHeads<V, 3, kProj>(k, j0, ns, h, hb, head_dim, sc);
+    if (rest == 2) ScoreHeads<V, 2, kProj>(k, j0, ns, h, hb, head_dim, sc);
   }
-  if (rest == 1) ScoreHeads<V, 1>(k, j0, ns, h, hb, head_dim, sc);
+  if (rest == 1) ScoreHeads<V, 1, kProj>(k, j0, ns, h, hb, head_dim, sc);
 }
 
 // Step 2: online-softmax update of heads [0, gh) (slots hb + h); leaves exp(s - m) in sc.p.
@@ -232,11 +234,31 @@ void RunPass(const Problem& pr, int64_t t, int g0, int g1, int h_lo, int h_hi, S
     }
   }
   const PagedKvLayerView& cache = *pr.cache;
+  const int rank = cache.shape.key_rank;
+  if (cache.key_basis != nullptr) {
+    // Queries projected on each KV head's key basis, for the lowrank blocks: qp = B^T (q scale).
+    const int rank_pad = (rank + kL - 1) / kL * kL;
+    for (int g = g0; g < g1; ++g) {
+      const float* basis = cache.key_basis + static_cast<int64_t>(g) * hd * rank;
+      for (int h = 0; h < gh; ++h) {
+        const int slot = (g - g0) * gh + h;
+        std::fill(sc.qp[slot], sc.qp[slot] + rank_pad, 0.0f);
+        for (int d = 0; d < hd; ++d) {
+          const float qd = sc.q[slot][d];
+          for (int i = 0; i < rank; ++i) sc.qp[slot][i] += basis[d * rank + i] * qd;
+        }
+      }
+    }
+  }
   const int32_t* table = b.seq_block_tables[b.token_seq[t]];
   ForEachBlock(cache, table, b.token_kv_len[t], g0, g1,
                [&](auto codec, const uint8_t* k_region, const uint8_t* v_region, int nv,
                    const BlockAhead& ahead) {
                  using Codec = decltype(codec);
+                 if constexpr (kIsLowrankCodec<Codec>) {
+                   KVSERVE_KERNEL_CHECK(cache.key_basis != nullptr,
+                                        "PagedAttention: a lowrank block needs the key basis");
+                 }
                  for (int g = g0; g < g1; ++g) {
                    ahead.Prefetch(g);
                    const typename Codec::KeyRows k(k_region, cache.shape, g);
@@ -244,7 +266,11 @@ void RunPass(const Problem& pr, int64_t t, int g0, int g1, int h_lo, int h_hi, S
                    const int hb = (g - g0) * gh;
                    for (int j0 = 0; j0 < nv; j0 += kSpan) {
                      const int ns = std::min(kSpan, nv - j0);
-                     Scores<V>(k, j0, ns, gh, hb, hd, sc);
+                     if constexpr (kIsLowrankCodec<Codec>) {
+                       Scores<V, true>(k, j0, ns, gh, hb, rank, sc);
+                     } else {
+                       Scores<V, false>(k, j0, ns, gh, hb, hd, sc);
+                     }
                      SoftmaxUpdate<V>(ns, gh, hb, hd, sc);
                      AccumulateV<V>(v, j0, ns, gh, hb, hd, sc);
                    }

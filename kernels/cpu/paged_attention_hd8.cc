@@ -149,6 +149,8 @@ void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1) {
                  [&](auto codec, const uint8_t* k_region, const uint8_t* v_region, int nv,
                      const BlockAhead& ahead) {
                    using Codec = decltype(codec);
+                   KVSERVE_KERNEL_CHECK(!kIsLowrankCodec<Codec>,
+                                        "PagedAttention: a lowrank block needs the key basis");
                    for (int g = g0; g < g1; ++g) {
                      ahead.Prefetch(g);
                      const typename Codec::KeyRows k(k_region, cache.shape, g);

@@ -19,6 +19,8 @@ int RunClientCommand(const std::vector<std::string>& args);
 int RunMkmodelCommand(const std::vector<std::string>& args);
 // `kvserve bench --addr HOST:PORT ...`: the serving benchmark (a gRPC load generator).
 int RunBenchCommand(const std::vector<std::string>& args);
+// `kvserve calibrate --model M --text T --budget-bits B [--out FILE]`: per-layer KV formats.
+int RunCalibrateCommand(const std::vector<std::string>& args);
 
 }  // namespace kvserve::server
 

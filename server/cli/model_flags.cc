@@ -12,7 +12,7 @@ void AddLocalModelFlags(FlagSet& flags) {
   flags.String("model", "", "model file: GGUF, or a llama2.c checkpoint (.bin)");
   flags.String("tokenizer", "", "llama2.c tokenizer file (default: beside a .bin model)");
   flags.String("kv-format", "fp32",
-               "KV cache block format: fp32, fp16, bf16, fp8, int8, int4, nvfp4, int2");
+               "KV cache block format: fp32, fp16, bf16, fp8, int8, int4, nvfp4, int2, lowrank");
   flags.String("layer-formats", "", "per-layer KV format overrides, LAYER:FORMAT[,...]");
   flags.Int("recent-window", 0, "newest tokens kept in --window-format");
   flags.Int("sink-tokens", 0, "first tokens kept in --window-format");
@@ -20,6 +20,8 @@ void AddLocalModelFlags(FlagSet& flags) {
   flags.Int("kv-budget-mb", 256, "KV cache budget in MiB");
   flags.Int("block-size", 16, "tokens per KV block");
   flags.Int("threads", 0, "worker threads; 0 = all CPUs");
+  flags.Int("lowrank-rank", 0, "lowrank format: coefficients per key (1..head_dim)");
+  flags.String("lowrank-text", "", "lowrank format: calibration text whose keys give the basis");
   flags.Required("model");
 }
 
@@ -45,6 +47,8 @@ absl::StatusOr<engine::LocalModelOptions> LocalModelOptionsFromFlags(const FlagS
   options.kv_budget_bytes = flags.GetInt("kv-budget-mb") << 20;
   options.block_size = static_cast<int>(flags.GetInt("block-size"));
   options.num_threads = static_cast<int>(flags.GetInt("threads"));
+  options.kv_lowrank_rank = static_cast<int32_t>(flags.GetInt("lowrank-rank"));
+  options.kv_lowrank_text = flags.GetString("lowrank-text");
   return options;
 }
 

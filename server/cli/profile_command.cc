@@ -117,6 +117,7 @@ int RunProfileCommand(const std::vector<std::string>& args) {
   flags.String("batches", "1,8,32", "batch sizes (sequences), comma-separated");
   flags.String("formats", "all", "KV formats, comma-separated, or all");
   flags.Int("block-size", 16, "tokens per KV block");
+  flags.Int("lowrank-rank", 0, "coefficients per key of the lowrank format (0: leave it out)");
   flags.Int("measure-tokens", 200, "with --model: tokens to generate while measuring the pool");
   flags.String("report", "", "write the text report to this file too");
   flags.String("plot", "", "write an SVG plot of memory against context length");
@@ -141,7 +142,12 @@ int RunProfileCommand(const std::vector<std::string>& args) {
   if (block_size < 1 || block_size > 1024) return usage_error("--block-size must be in [1, 1024]");
   std::vector<KvFormat> formats;
   if (flags.GetString("formats") == "all") {
-    for (int i = 0; i < kernels::kNumKvFormats; ++i) formats.push_back(static_cast<KvFormat>(i));
+    for (int i = 0; i < kernels::kNumKvFormats; ++i) {
+      if (static_cast<KvFormat>(i) == KvFormat::kLowrank && flags.GetInt("lowrank-rank") <= 0) {
+        continue;  // sized only with a rank
+      }
+      formats.push_back(static_cast<KvFormat>(i));
+    }
   } else {
     for (absl::string_view name : absl::StrSplit(flags.GetString("formats"), ',')) {
       auto f = kernels::ParseKvFormat(std::string_view(name.data(), name.size()));
@@ -182,6 +188,13 @@ int RunProfileCommand(const std::vector<std::string>& args) {
     }
   }
 
+  shape.key_rank = static_cast<int>(flags.GetInt("lowrank-rank"));
+  for (KvFormat f : formats) {
+    if (f == KvFormat::kLowrank && (shape.key_rank < 1 || shape.key_rank > shape.head_dim)) {
+      return usage_error(absl::StrFormat("--lowrank-rank: the lowrank format needs a rank in [1, %d]",
+                                         shape.head_dim));
+    }
+  }
   std::string report = absl::StrFormat(
       "KV cache of %s: %d layers, %d KV heads, head_dim %d, blocks of %d tokens\n\n", shape.name,
       shape.num_layers, shape.num_kv_heads, shape.head_dim, block_size);
@@ -220,6 +233,7 @@ int RunProfileCommand(const std::vector<std::string>& args) {
     absl::StrAppendFormat(&report, "%-10s %12s %16s %16s\n", "format", "tokens", "pool bytes",
                           "predicted");
     for (KvFormat f : formats) {
+      if (f == KvFormat::kLowrank) continue;  // its basis needs a calibration text
       engine::LocalModelOptions o = local->options();
       o.kv_format = f;
       auto lm = engine::LocalModel::Open(o);

@@ -121,6 +121,16 @@ std::vector<ConfigKey> BuildKeys() {
       "kv_cache.block_size", 1, 1024,
       [](ServerConfig& c, int64_t v) { c.engine.model.block_size = static_cast<int>(v); },
       [](const ServerConfig& c) { return c.engine.model.block_size; }, "tokens per KV block"));
+  keys.push_back(IntKey(
+      "kv_cache.lowrank_rank", 0, 256,
+      [](ServerConfig& c, int64_t v) { c.engine.model.kv_lowrank_rank = static_cast<int32_t>(v); },
+      [](const ServerConfig& c) { return c.engine.model.kv_lowrank_rank; },
+      "lowrank format: coefficients per key, in [1, head_dim]; 0 = lowrank not used"));
+  keys.push_back(PathKey(
+      "kv_cache.lowrank_text",
+      [](ServerConfig& c, std::string v) { c.engine.model.kv_lowrank_text = std::move(v); },
+      [](const ServerConfig& c) { return c.engine.model.kv_lowrank_text; },
+      "lowrank format: calibration text whose keys give each layer's basis (at start-up)"));
 
   // prefix_cache:
   keys.push_back(BoolKey(

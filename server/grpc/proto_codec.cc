@@ -177,6 +177,8 @@ v1::KvFormat ToProtoKvFormat(kernels::KvFormat format) {
   if (name == "int8") return v1::KV_FORMAT_INT8;
   if (name == "int4") return v1::KV_FORMAT_INT4;
   if (name == "nvfp4") return v1::KV_FORMAT_NVFP4;
+  if (name == "int2") return v1::KV_FORMAT_INT2;
+  if (name == "lowrank") return v1::KV_FORMAT_LOWRANK;
   return v1::KV_FORMAT_UNSPECIFIED;
 }
 

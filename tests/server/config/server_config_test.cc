@@ -58,7 +58,8 @@ std::set<std::string> TableKeys() {
 std::vector<std::string> ShippedConfigs() {
   std::vector<std::string> files = {kSourceDir + "/configs/server.yaml"};
   for (const char* preset :
-       {"fp16", "fp32-reference", "bf16", "low-memory", "high-throughput", "priority"}) {
+       {"fp16", "fp32-reference", "bf16", "low-memory", "high-throughput", "priority", "int8", "int4",
+        "nvfp4"}) {
     files.push_back(kSourceDir + "/configs/presets/" + preset + ".yaml");
   }
   return files;
@@ -114,6 +115,18 @@ TEST(ServerConfigFilesTest, PresetsDifferWhereTheirNamesSay) {
   EXPECT_EQ(high.engine.model.max_batch_tokens, high.engine.max_batch_tokens);
   EXPECT_EQ(load("priority").engine.policy, engine::SchedulingPolicy::kPriority);
   EXPECT_EQ(fp16.engine.policy, engine::SchedulingPolicy::kFcfs);
+  const ServerConfig int8 = load("int8");
+  EXPECT_EQ(int8.engine.model.kv_format, kernels::KvFormat::kInt8);
+  EXPECT_EQ(int8.engine.model.kv_recent_window, 0);
+  const ServerConfig int4 = load("int4");
+  EXPECT_EQ(int4.engine.model.kv_format, kernels::KvFormat::kInt4);
+  EXPECT_EQ(int4.engine.model.kv_recent_window, 32);
+  EXPECT_EQ(int4.engine.model.kv_sink_tokens, 4);
+  EXPECT_EQ(int4.engine.model.kv_window_format, kernels::KvFormat::kFp16);
+  const ServerConfig nvfp4 = load("nvfp4");
+  EXPECT_EQ(nvfp4.engine.model.kv_format, kernels::KvFormat::kNvfp4);
+  EXPECT_EQ(nvfp4.engine.model.kv_recent_window, 32);
+  EXPECT_EQ(nvfp4.engine.model.kv_sink_tokens, 4);
 }
 
 TEST(ServerConfigFilesTest, ShippedConfigsSetEveryKey) {
@@ -167,6 +180,8 @@ kv_cache:
   window_format: fp32
   budget_mb: 0.5
   block_size: 8
+  lowrank_rank: 6
+  lowrank_text: calib.txt
 prefix_cache:
   enabled: false
   hash: sha256
@@ -195,6 +210,7 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   dir.Write("model.gguf", "x");
   dir.Write("tok/tok512.bin", "x");
   dir.Write("keys.txt", "k1\n");
+  dir.Write("calib.txt", "Once upon a time.\n");
   dir.Write("tls/cert.pem", "c");
   const std::string key_file = dir.Write("elsewhere/key.pem", "k");  // absolute in the file
   std::string text = kWorkedConfig;
@@ -225,6 +241,8 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
                                               {3, kernels::KvFormat::kFp16}}));
   EXPECT_EQ(c.engine.model.kv_recent_window, 24);
   EXPECT_EQ(c.engine.model.kv_sink_tokens, 4);
+  EXPECT_EQ(c.engine.model.kv_lowrank_rank, 6);
+  EXPECT_TRUE(fs::equivalent(c.engine.model.kv_lowrank_text, dir.Path("calib.txt")));
   EXPECT_EQ(c.engine.model.kv_window_format, kernels::KvFormat::kFp32);
   EXPECT_EQ(c.engine.model.kv_budget_bytes, 524288);  // 0.5 MiB
   EXPECT_FALSE(c.engine.model.prefix_cache);

@@ -94,6 +94,17 @@ TEST(ProtoCodecTest, Conversions) {
   EXPECT_EQ(ToProtoKvFormat(kernels::KvFormat::kFp32), v1::KV_FORMAT_FP32);
   EXPECT_EQ(ToProtoKvFormat(kernels::KvFormat::kFp16), v1::KV_FORMAT_FP16);
   EXPECT_EQ(ToProtoKvFormat(kernels::KvFormat::kBf16), v1::KV_FORMAT_BF16);
+  EXPECT_EQ(ToProtoKvFormat(kernels::KvFormat::kFp8), v1::KV_FORMAT_FP8_E4M3);
+  EXPECT_EQ(ToProtoKvFormat(kernels::KvFormat::kInt8), v1::KV_FORMAT_INT8);
+  EXPECT_EQ(ToProtoKvFormat(kernels::KvFormat::kInt4), v1::KV_FORMAT_INT4);
+  EXPECT_EQ(ToProtoKvFormat(kernels::KvFormat::kNvfp4), v1::KV_FORMAT_NVFP4);
+  EXPECT_EQ(ToProtoKvFormat(kernels::KvFormat::kInt2), v1::KV_FORMAT_INT2);
+  EXPECT_EQ(ToProtoKvFormat(kernels::KvFormat::kLowrank), v1::KV_FORMAT_LOWRANK);
+  // Every format the kernels define has its own enum value.
+  for (int f = 0; f < kernels::kNumKvFormats; ++f) {
+    const kernels::KvFormat format = static_cast<kernels::KvFormat>(f);
+    EXPECT_NE(ToProtoKvFormat(format), v1::KV_FORMAT_UNSPECIFIED) << kernels::KvFormatName(format);
+  }
 
   google::protobuf::Duration d;
   ToProtoDuration(absl::Milliseconds(1500), &d);

@@ -192,6 +192,7 @@ TEST(GrpcValidationTest, TokenizeDetokenizeAndModelInfo) {
   EXPECT_NE(std::find(formats.begin(), formats.end(), v1::KV_FORMAT_FP32), formats.end());
   EXPECT_NE(std::find(formats.begin(), formats.end(), v1::KV_FORMAT_FP16), formats.end());
   EXPECT_NE(std::find(formats.begin(), formats.end(), v1::KV_FORMAT_BF16), formats.end());
+  EXPECT_NE(std::find(formats.begin(), formats.end(), v1::KV_FORMAT_INT2), formats.end());
   EXPECT_EQ(info.max_prompt_tokens(), 2047);
   EXPECT_EQ(info.default_max_tokens(), 256);
 }
