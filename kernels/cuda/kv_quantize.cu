@@ -436,6 +436,9 @@ void ConvertKvRegions(KvFormat src_format, const KvRegionRefs& src, KvFormat dst
   if (count <= 0) return;
   KVSERVE_CUDA_REQUIRE(KvFormatTokenWritable(src_format),
                        "cuda::ConvertKvRegions: the source format must be fp32, fp16 or bf16");
+  KVSERVE_CUDA_REQUIRE(dst_format != KvFormat::kLowrank,
+                       "cuda::ConvertKvRegions: lowrank keys are encoded on the CPU only (they "
+                       "need the per-head basis)");
   KVSERVE_CUDA_REQUIRE(KvFormatSupports(dst_format, shape),
                        "cuda::ConvertKvRegions: unsupported shape for the destination format");
   const int64_t elems = static_cast<int64_t>(shape.block_size) * shape.head_dim;

@@ -9,6 +9,9 @@
 // into partitions of kAttentionPartitionBlocks blocks, each partition reduces to a partial
 // (max, sum, output) in the workspace and a second kernel combines the partitions. Prefill is the
 // same computation (token_kv_len expresses causality, as on the CPU).
+//
+// Formats: fp32, fp16, bf16, fp8, int8, int4, nvfp4 and int2. The experimental lowrank key
+// format (which needs the pool's per-head basis) is CPU-only; a device pool must not hold it.
 #ifndef KVSERVE_KERNELS_CUDA_PAGED_ATTENTION_H_
 #define KVSERVE_KERNELS_CUDA_PAGED_ATTENTION_H_
 
