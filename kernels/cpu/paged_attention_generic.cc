@@ -233,9 +233,10 @@ void RunPass(const Problem& pr, int64_t t, int g0, int g1, int h_lo, int h_hi, S
   }
   const PagedKvLayerView& cache = *pr.cache;
   const int32_t* table = b.seq_block_tables[b.token_seq[t]];
+  const ScoreRecorder rec(b, t, (g1 - g0) * gh, b.token_kv_len[t]);
   ForEachBlock(cache, table, b.token_kv_len[t], g0, g1,
                [&](auto codec, const uint8_t* k_region, const uint8_t* v_region, int nv,
-                   const BlockAhead& ahead) {
+                   const BlockAhead& ahead, int first_slot) {
                  using Codec = decltype(codec);
                  for (int g = g0; g < g1; ++g) {
                    ahead.Prefetch(g);
@@ -246,10 +247,17 @@ void RunPass(const Problem& pr, int64_t t, int g0, int g1, int h_lo, int h_hi, S
                      const int ns = std::min(kSpan, nv - j0);
                      Scores<V>(k, j0, ns, gh, hb, hd, sc);
                      SoftmaxUpdate<V>(ns, gh, hb, hd, sc);
+                     if (rec.active()) {
+                       for (int hh = 0; hh < gh; ++hh) {
+                         std::copy(sc.p[hh], sc.p[hh] + ns, rec.Row(hb + hh) + first_slot + j0);
+                         rec.Span(hb + hh, first_slot + j0, ns, sc.m[hb + hh]);
+                       }
+                     }
                      AccumulateV<V>(v, j0, ns, gh, hb, hd, sc);
                    }
                  }
                });
+  rec.Finish([&](int h) { return sc.m[h]; }, [&](int h) { return sc.l[h]; });
   for (int g = g0; g < g1; ++g) {
     for (int h = 0; h < gh; ++h) {
       const int slot = (g - g0) * gh + h;

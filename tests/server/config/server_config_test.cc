@@ -188,6 +188,14 @@ metrics:
   min_watch_interval_ms: 250
 logging:
   level: debug
+token_eviction:
+  policy: h2o
+  budget_tokens: 96
+  min_budget_tokens: 32
+  max_budget_tokens: 256
+  sink_tokens: 2
+  recent_window: 24
+  slack_tokens: 8
 )";
 
 TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
@@ -244,6 +252,13 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   EXPECT_EQ(c.metrics_address, "[::1]:9100");
   EXPECT_EQ(c.min_watch_interval_ms, 250);
   EXPECT_EQ(c.log_level, "debug");
+  EXPECT_EQ(c.engine.token_eviction.policy, "h2o");
+  EXPECT_EQ(c.engine.token_eviction.budget_tokens, 96);
+  EXPECT_EQ(c.engine.token_eviction.min_budget_tokens, 32);
+  EXPECT_EQ(c.engine.token_eviction.max_budget_tokens, 256);
+  EXPECT_EQ(c.engine.token_eviction.options.sink_tokens, 2);
+  EXPECT_EQ(c.engine.token_eviction.options.recent_window, 24);
+  EXPECT_EQ(c.engine.token_eviction.options.slack_tokens, 8);
 }
 
 TEST(ServerConfigValuesTest, MissingKeysTakeTheHeaderDefaults) {
