@@ -128,6 +128,9 @@ void Scheduler::Finish(Sequence* s, FinishReason reason, absl::Status status, ab
   } else {
     ++counters_.failed;
   }
+  // A request that ends in the step that computed its last blocks (max_tokens = 1, an early
+  // EOS) still leaves them to the prefix cache.
+  if (e.status.ok()) CacheFullBlocks(s);
   ReleaseKv(s);
   s->done = true;
   s->stream->Push(std::move(e));
@@ -197,8 +200,13 @@ void Scheduler::Admit(absl::Time now) {
   }
   const int64_t block_bytes = pool_->layout(layout_).block_bytes;
   const int64_t pool_blocks = pool_->budget_bytes() / block_bytes;
-  while (!waiting_.empty() && static_cast<int32_t>(running_.size()) < options_.max_running) {
-    Sequence* s = waiting_.front().get();
+  size_t i = 0;
+  while (i < waiting_.size() && static_cast<int32_t>(running_.size()) < options_.max_running) {
+    Sequence* s = waiting_[i].get();
+    if (WaitsForPrefix(s)) {
+      ++i;  // its prefix is being computed by a running request: admit it once that is cached
+      continue;
+    }
     // A sequence under token eviction never holds more than its budget; its prefill runs in
     // chunks with evictions between them.
     const int64_t slots = s->te.enabled()
@@ -212,7 +220,7 @@ void Scheduler::Admit(absl::Time now) {
                  "holds %d",
                  need, slots, pool_->budget_bytes(), pool_blocks)),
              now);
-      waiting_.pop_front();
+      waiting_.erase(waiting_.begin() + i);
       continue;
     }
     int64_t matched_blocks = 0;
@@ -242,9 +250,44 @@ void Scheduler::Admit(absl::Time now) {
     s->TrackPeak();
     s->order = next_order_++;
     if (s->first_scheduled == absl::InfiniteFuture()) s->first_scheduled = now;
-    running_.push_back(std::move(waiting_.front()));
-    waiting_.pop_front();
+    running_.push_back(std::move(waiting_[i]));
+    waiting_.erase(waiting_.begin() + i);
   }
+}
+
+bool Scheduler::WaitsForPrefix(const Sequence* s) const {
+  PrefixIndex* index = options_.prefix_index;
+  if (index == nullptr || !s->kv.block_table().empty() || s->tokens.size() < 2) return false;
+  const int64_t bs = pool_->geometry().block_size;
+  // Full blocks this sequence could take from the cache (its last token is always computed).
+  const int64_t usable = static_cast<int64_t>(s->tokens.size()) - 1;
+  if (usable < bs) return false;
+  int64_t cached = -1;  // looked up lazily: most waiting requests share nothing with a prefill
+  for (const auto& p : running_) {
+    const Sequence* r = p.get();
+    // Only a prefill that will cache its blocks is worth waiting for.
+    if (r->done || r->preempted || r->pending() <= 1 || r->index_disabled || r->evicted > 0 ||
+        r->req.cache_salt != s->req.cache_salt) {
+      continue;
+    }
+    const int64_t limit = std::min<int64_t>(usable, r->tokens.size());
+    if (limit < bs || !std::equal(s->tokens.begin(), s->tokens.begin() + bs, r->tokens.begin())) {
+      continue;
+    }
+    const int64_t common =
+        std::mismatch(s->tokens.begin(), s->tokens.begin() + limit, r->tokens.begin()).first -
+        s->tokens.begin();
+    const int64_t shared_end = common / bs * bs;  // end of the last shared full block
+    if (r->processed >= shared_end) continue;     // computed already: cached or never will be
+    if (cached < 0) {
+      cached = index
+                   ->Match(absl::MakeConstSpan(s->tokens.data(), s->tokens.size() - 1),
+                           KeysFor(s, kv_policy_->cold_layout()))
+                   .matched_tokens;
+    }
+    if (shared_end > cached) return true;
+  }
+  return false;
 }
 
 bool Scheduler::Preempt(Sequence* requester) {

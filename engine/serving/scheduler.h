@@ -7,7 +7,10 @@
 //  2. admits waiting sequences by policy (fcfs: arrival order; priority: highest priority first,
 //     then arrival) while fewer than max_running run and the pool can hold the blocks of every
 //     token the sequence must (re)compute; admission stops at the first sequence that does not
-//     fit, so a large request is not starved by smaller ones behind it;
+//     fit, so a large request is not starved by smaller ones behind it; a sequence whose prompt
+//     shares full blocks with a running prefill that will cache them waits for that (and the
+//     ones behind it are considered), so simultaneous requests with one system prompt compute
+//     it once;
 //  3. builds one batch: one token for every decoding sequence whose stream has room, then prefill
 //     chunks under the token budget; when a decoding sequence needs a new block and none is free,
 //     the lowest-priority, most recently admitted running sequence is preempted (blocks freed,
@@ -115,6 +118,10 @@ class Scheduler {
   struct Sequence;
 
   void Admit(absl::Time now);
+  // True when a running request is prefilling blocks this waiting one could share (same tokens,
+  // same salt) that are not cached yet: admitting it now would compute them twice, so it waits
+  // until they reach the prefix cache (a step or a few).
+  bool WaitsForPrefix(const Sequence* s) const;
   bool Preempt(Sequence* requester);
   // Frees the sequence's blocks (telling the prefix index first).
   void ReleaseKv(Sequence* s);
