@@ -35,6 +35,9 @@ struct Problem {
   int head_dim;
   int num_kv_heads;
   int group;  // query heads per KV head
+  // Whether several work items may add to one sequence's scores at the same time (then the adds
+  // are atomic; otherwise plain).
+  bool shared_scores = false;
 };
 
 // A block that will be read later: Prefetch(g) requests its K and V rows of KV head g into L2.
@@ -101,8 +104,10 @@ inline void ForEachBlock(const PagedKvLayerView& cache, const int32_t* table, in
 class ScoreRecorder {
  public:
   // heads: query heads of the pass; kv_len: slots the token attends to.
-  ScoreRecorder(const AttentionBatch& b, int64_t t, int heads, int kv_len)
-      : out_(b.seq_scores != nullptr ? b.seq_scores[b.token_seq[t]] : nullptr),
+  ScoreRecorder(const Problem& pr, int64_t t, int heads, int kv_len)
+      : out_(pr.batch->seq_scores != nullptr ? pr.batch->seq_scores[pr.batch->token_seq[t]]
+                                             : nullptr),
+        atomic_(pr.shared_scores),
         heads_(heads),
         kv_len_(kv_len) {
     if (out_ == nullptr) return;
@@ -127,14 +132,20 @@ class ScoreRecorder {
       const float l = final_l(h);
       if (!(l > 0.0f)) continue;
       const float m = final_m(h);
+      const float inv_l = 1.0f / l;
       const float* p = Row(h);
       for (const SpanRec& s : buf_->spans[h]) {
-        const float f = std::exp(s.m - m) / l;
+        // Once the running max has settled (most spans) no exp is needed.
+        const float f = s.m == m ? inv_l : std::exp(s.m - m) * inv_l;
         for (int j = s.start; j < s.start + s.len; ++j) sum[j] += p[j] * f;
       }
     }
-    for (int j = 0; j < kv_len_; ++j) {
-      std::atomic_ref<float>(out_[j]).fetch_add(sum[j], std::memory_order_relaxed);
+    if (atomic_) {
+      for (int j = 0; j < kv_len_; ++j) {
+        std::atomic_ref<float>(out_[j]).fetch_add(sum[j], std::memory_order_relaxed);
+      }
+    } else {
+      for (int j = 0; j < kv_len_; ++j) out_[j] += sum[j];
     }
   }
 
@@ -155,6 +166,7 @@ class ScoreRecorder {
   }
 
   float* out_;
+  bool atomic_;
   int heads_;
   int kv_len_;
   Buffers* buf_ = nullptr;
