@@ -57,8 +57,8 @@ std::set<std::string> TableKeys() {
 
 std::vector<std::string> ShippedConfigs() {
   std::vector<std::string> files = {kSourceDir + "/configs/server.yaml"};
-  for (const char* preset :
-       {"fp16", "fp32-reference", "bf16", "low-memory", "high-throughput", "priority"}) {
+  for (const char* preset : {"fp16", "fp32-reference", "bf16", "low-memory", "high-throughput",
+                             "priority", "long-context"}) {
     files.push_back(kSourceDir + "/configs/presets/" + preset + ".yaml");
   }
   return files;
@@ -101,6 +101,9 @@ TEST(ServerConfigFilesTest, PresetsDifferWhereTheirNamesSay) {
     EXPECT_TRUE(config.ok()) << name << ": " << config.status();
     return config.ok() ? *config : ServerConfig{};
   };
+  const ServerConfig long_context = load("long-context");
+  EXPECT_EQ(long_context.engine.token_eviction.policy, "sliding_window");
+  EXPECT_EQ(long_context.engine.token_eviction.budget_tokens, 256);
   const ServerConfig fp16 = load("fp16");
   EXPECT_EQ(fp16.engine.model.kv_format, kernels::KvFormat::kFp16);
   EXPECT_EQ(load("fp32-reference").engine.model.kv_format, kernels::KvFormat::kFp32);
