@@ -32,6 +32,8 @@ TEST(TokenEvictionMetricsTest, EvictedTokensReachGetStatsAndPrometheus) {
   b.mutable_token_eviction()->set_budget_tokens(32);
   StreamResult rb = ReadStream(*stub, b);
   ASSERT_TRUE(rb.status.ok()) << rb.status.error_message();
+  EXPECT_GE(rb.last.kv_usage().evicted_tokens(), 119 - 32);
+  EXPECT_GE(ra.last.kv_usage().evicted_tokens(), 119 - 48);
   // Below the configured minimum: refused, naming the field.
   v1::GenerateRequest c = TokenPrompt(20, 9, 10);
   c.mutable_token_eviction()->set_policy("h2o");
