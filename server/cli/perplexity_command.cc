@@ -47,6 +47,12 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
                  std::string(model_options.status().message()).c_str(), flags.Usage().c_str());
     return 2;
   }
+  if (flags.GetString("token-eviction") != "none" && flags.GetInt("token-budget") < 1) {
+    std::fprintf(stderr,
+                 "kvserve perplexity: --token-budget must be >= 1 with --token-eviction %s\n",
+                 flags.GetString("token-eviction").c_str());
+    return 2;
+  }
   std::ifstream in(flags.GetString("text"), std::ios::binary);
   if (!in) {
     std::fprintf(stderr, "kvserve perplexity: cannot read --text file '%s'\n",
