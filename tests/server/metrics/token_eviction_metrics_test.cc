@@ -4,6 +4,8 @@
 #include <map>
 #include <string>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "kvserve/v1/memory.grpc.pb.h"
 #include "tests/server/grpc/server_process.h"
@@ -43,10 +45,18 @@ TEST(TokenEvictionMetricsTest, EvictedTokensReachGetStatsAndPrometheus) {
   EXPECT_NE(rc.status.error_message().find("token_eviction.budget_tokens"), std::string::npos)
       << rc.status.error_message();
 
+  // The engine publishes its snapshot between steps: wait until it has seen both requests end.
   auto memory = v1::Memory::NewStub(server.Channel());
-  grpc::ClientContext context;
   v1::MemoryStats stats;
-  ASSERT_TRUE(memory->GetStats(&context, v1::GetStatsRequest(), &stats).ok());
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  do {
+    grpc::ClientContext context;
+    stats.Clear();
+    ASSERT_TRUE(memory->GetStats(&context, v1::GetStatsRequest(), &stats).ok());
+    if (stats.requests_finished() == 2 && stats.running_requests() == 0) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  } while (absl::Now() < deadline);
+  ASSERT_EQ(stats.requests_finished(), 2);
   EXPECT_EQ(stats.token_eviction_policy(), "sliding_window");
   EXPECT_EQ(stats.token_eviction_budget_tokens(), 48);
   std::map<std::string, int64_t> evicted;
