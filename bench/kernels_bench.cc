@@ -467,6 +467,60 @@ void BM_Stories260KDecodeStep(benchmark::State& state) {
 }
 BENCHMARK(BM_Stories260KDecodeStep)->Arg(1)->Arg(2);
 
+// Cost of accumulating attention scores for token eviction (AttentionBatch::seq_scores): the
+// same decode attention timed with and without the score output, alternately in each iteration
+// so both see the same machine load; x_plain = time with scores / time without.
+// Args: shape (0: stories260K, head_dim 8, 4 KV / 8 query heads, 32 sequences; 1: head_dim 128,
+// 8 KV / 32 query heads, 1 sequence), ctx, threads.
+void BM_AttentionScoresOverhead(benchmark::State& state) {
+  const bool big = state.range(0) == 1;
+  const int kv_heads = big ? 8 : 4;
+  const int heads = big ? 32 : 8, head_dim = big ? 128 : 8;
+  const int seqs = big ? 1 : 32;
+  const int ctx = static_cast<int>(state.range(1));
+  const BenchCache cache(KvFormat::kFp16, 16, kv_heads, head_dim, seqs, ctx);
+  const std::vector<float> q = RandomFloats(static_cast<int64_t>(seqs) * heads * head_dim, 4);
+  std::vector<float> out(q.size());
+  std::vector<int32_t> token_seq(seqs), kv_len(seqs, ctx);
+  std::iota(token_seq.begin(), token_seq.end(), 0);
+  std::vector<std::vector<float>> scores(seqs, std::vector<float>(ctx, 0.0f));
+  std::vector<float*> score_ptrs;
+  for (auto& v : scores) score_ptrs.push_back(v.data());
+  AttentionBatch batch;
+  batch.num_tokens = seqs;
+  batch.num_heads = heads;
+  batch.q = q.data();
+  batch.out = out.data();
+  batch.token_seq = token_seq.data();
+  batch.token_kv_len = kv_len.data();
+  batch.seq_block_tables = cache.table_ptrs.data();
+  batch.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  AttentionBatch scored = batch;
+  scored.seq_scores = score_ptrs.data();
+  ThreadPool* pool = Pool(static_cast<int>(state.range(2)));
+  double with = 0.0, without = 0.0;
+  auto timed = [&](const AttentionBatch& b) {
+    const auto start = std::chrono::steady_clock::now();
+    PagedAttention(b, cache.view(), pool);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  for (auto _ : state) {
+    with += timed(scored);
+    benchmark::DoNotOptimize(out.data());
+    state.PauseTiming();
+    without += timed(batch);
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(state.iterations() * seqs);
+  state.counters["x_plain"] = with / without;
+}
+BENCHMARK(BM_AttentionScoresOverhead)
+    ->ArgNames({"shape", "ctx", "threads"})
+    ->Args({0, 128, 1})
+    ->Args({0, 512, 1})
+    ->Args({1, 4096, 1})
+    ->UseRealTime();
+
 }  // namespace
 }  // namespace kvserve::kernels::cpu
 

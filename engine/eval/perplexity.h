@@ -17,14 +17,27 @@
 
 #include "absl/status/statusor.h"
 #include "engine/generation/local_model.h"
+#include "engine/kv/token_eviction/token_eviction_policy.h"
 
 namespace kvserve::engine {
+
+// Token eviction during scoring: each document's KV is bounded to `budget_tokens` slots by the
+// named policy (see engine/kv/token_eviction/), exactly as a served sequence would be: before a
+// chunk is fed, the cache is compacted so that it and the chunk fit the budget; policies that
+// read attention get it accumulated by the attention kernel. Chunks are capped at what the
+// budget leaves after slack and sinks.
+struct PerplexityTokenEviction {
+  std::string policy = "none";
+  int32_t budget_tokens = 0;  // required (> 0) unless policy is none
+  TokenEvictionOptions options;
+};
 
 struct PerplexityOptions {
   std::string separator = "<|endoftext|>";
   int32_t max_tokens = 0;    // per document, BOS included; 0 = the model's context length
   int32_t chunk_tokens = 0;  // tokens per forward step; 0 = the KV block size
   int32_t max_documents = 0;  // 0 = all
+  PerplexityTokenEviction token_eviction;
 };
 
 struct PerplexityResult {
@@ -34,6 +47,8 @@ struct PerplexityResult {
   double mean_nll() const { return predicted_tokens ? total_nll / predicted_tokens : 0; }
   double perplexity() const;
   std::vector<double> document_nll;  // mean NLL per document
+  int64_t evicted_tokens = 0;        // by token eviction, over all documents
+  int64_t peak_kv_slots = 0;         // most KV slots one document held at once
 };
 
 // Splits, strips and drops empty documents (see above).

@@ -1,5 +1,7 @@
 #include "engine/kv/sequence_kv.h"
 
+#include <algorithm>
+
 #include "engine/common/status_macros.h"
 
 namespace kvserve::engine {
@@ -50,6 +52,14 @@ absl::StatusOr<BlockId> SequenceKv::ReplaceBlock(int64_t index, LayoutId layout)
   pool_->Release(blocks_[index]);
   blocks_[index] = *fresh;
   return fresh;
+}
+
+void SequenceKv::Truncate(int64_t num_blocks) {
+  while (static_cast<int64_t>(blocks_.size()) > num_blocks) {
+    pool_->Release(blocks_.back());
+    blocks_.pop_back();
+  }
+  demoted_blocks_ = std::min<int64_t>(demoted_blocks_, num_blocks);
 }
 
 int64_t SequenceKv::bytes() const {

@@ -41,6 +41,15 @@ class SequenceKv {
     pool_->Release(blocks_[index]);
     blocks_[index] = id;
   }
+  // Puts `id` (a reference the caller holds) at `index` WITHOUT releasing the block there: the
+  // caller has released it already (token compaction frees a block before allocating its
+  // successor, so the budget never needs room for both).
+  void AssignReleased(int64_t index, BlockId id) { blocks_[index] = id; }
+  // Removes entry `index` from the table WITHOUT releasing it (the caller has), leaving a
+  // table that no longer holds a token prefix: only Release() may follow.
+  void ForgetReleased(int64_t index) { blocks_.erase(blocks_.begin() + index); }
+  // Releases blocks [num_blocks, size) and shortens the table.
+  void Truncate(int64_t num_blocks);
   // Blocks [0, demoted_blocks()) are in their final layout (see KvCachePolicy::Demote).
   int64_t demoted_blocks() const { return demoted_blocks_; }
   void set_demoted_blocks(int64_t n) { demoted_blocks_ = n; }

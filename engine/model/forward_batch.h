@@ -19,6 +19,11 @@ struct ForwardBatch {
                                    // slots [0, kv_slot] of its sequence)
   // Per sequence: its block table. Must cover every slot written in this step.
   std::vector<const BlockId*> block_tables;
+  // Per sequence, optional (empty, or one entry per sequence): where the attention kernel adds
+  // each slot's softmax weight, summed over layers, query heads and this step's tokens of the
+  // sequence (token eviction by accumulated attention); null for a sequence that needs none.
+  // An array must cover every slot the sequence's tokens attend to.
+  std::vector<float*> seq_scores;
   // Tokens whose logits are wanted, in output row order (usually each sequence's last token).
   std::vector<int32_t> logits_rows;
 
@@ -28,6 +33,7 @@ struct ForwardBatch {
     seq.clear();
     kv_slot.clear();
     block_tables.clear();
+    seq_scores.clear();
     logits_rows.clear();
   }
   // Appends one token; returns its index.

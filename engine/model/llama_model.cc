@@ -80,6 +80,13 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const BlockPool& kv,
   ab.token_kv_len = kv_len_.data();
   ab.seq_block_tables = batch.block_tables.data();
   ab.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  if (!batch.seq_scores.empty()) {
+    if (batch.seq_scores.size() != batch.block_tables.size()) {
+      return absl::InvalidArgumentError(
+          "forward batch: seq_scores must have one entry per sequence");
+    }
+    ab.seq_scores = batch.seq_scores.data();
+  }
 
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w.layers[l];

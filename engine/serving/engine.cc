@@ -14,9 +14,13 @@ namespace kvserve::engine {
 
 class Engine::Impl {
  public:
-  Impl(EngineOptions options, std::unique_ptr<LocalModel> local)
-      : options_(std::move(options)), local_(std::move(local)) {
+  Impl(EngineOptions options, std::unique_ptr<LocalModel> local,
+       std::unique_ptr<TokenEvictionSettings> token_eviction)
+      : options_(std::move(options)),
+        local_(std::move(local)),
+        token_eviction_(std::move(token_eviction)) {
     SchedulerOptions so;
+    so.token_eviction = token_eviction_.get();
     so.policy = options_.policy;
     so.max_running = options_.max_running_requests;
     so.max_batch_tokens = options_.max_batch_tokens;
@@ -80,6 +84,8 @@ class Engine::Impl {
             "retention.priority: must be in [0, 100], got %d", h.priority));
       }
     }
+    KVSERVE_RETURN_IF_ERROR(
+        token_eviction_->Resolve(r.token_eviction.policy, r.token_eviction.budget_tokens).status());
     return r.sampling.Validate();
   }
 
@@ -225,6 +231,10 @@ class Engine::Impl {
       s.prefix_flushed_blocks = pc.evicted(PrefixEvictionReason::kClear);
     }
     s.scheduler_prefix_evictions = c.prefix_evictions;
+    s.token_eviction_policy = token_eviction_->config().policy;
+    s.token_eviction_budget = token_eviction_->config().budget_tokens;
+    s.tokens_evicted = c.tokens_evicted;
+    s.token_eviction_events = c.token_eviction_events;
     s.kv_free_blocks = pool.AvailableBlocks(local_->kv_layout());
     s.kv_block_bytes = pool.layout(local_->kv_layout()).block_bytes;
     s.running_requests = scheduler_->num_running();
@@ -245,6 +255,7 @@ class Engine::Impl {
 
   const EngineOptions options_;
   std::unique_ptr<LocalModel> local_;
+  std::unique_ptr<TokenEvictionSettings> token_eviction_;
   std::unique_ptr<Scheduler> scheduler_;  // engine thread only
   int32_t max_prompt_ = 0;
   int32_t max_tokens_ = 0;
@@ -282,7 +293,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
     return absl::InvalidArgumentError("stream_buffer_tokens must be >= 1");
   }
   KVSERVE_ASSIGN_OR_RETURN(std::unique_ptr<LocalModel> local, LocalModel::Open(options.model));
-  return std::unique_ptr<Engine>(new Engine(std::make_unique<Impl>(options, std::move(local))));
+  KVSERVE_ASSIGN_OR_RETURN(
+      std::unique_ptr<TokenEvictionSettings> token_eviction,
+      TokenEvictionSettings::Create(options.token_eviction, local->config().context_length));
+  return std::unique_ptr<Engine>(
+      new Engine(std::make_unique<Impl>(options, std::move(local), std::move(token_eviction))));
 }
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

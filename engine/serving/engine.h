@@ -16,12 +16,14 @@
 #define KVSERVE_ENGINE_SERVING_ENGINE_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/generation/local_model.h"
+#include "engine/kv/token_eviction/token_eviction_settings.h"
 #include "engine/serving/request.h"
 #include "engine/serving/request_stream.h"
 #include "engine/serving/scheduler.h"
@@ -39,6 +41,9 @@ struct EngineOptions {
   int64_t stream_buffer_tokens = 256;    // undelivered tokens per stream before it is paused
   absl::Duration idle_poll = absl::Milliseconds(50);  // engine thread wake-up when idle
   int32_t top_requests = 10;             // requests listed in EngineStats::top_requests
+  // Token eviction (YAML token_eviction.*): default policy and budget, and the limits a
+  // request's override must respect.
+  TokenEvictionConfig token_eviction;
 };
 
 // A consistent snapshot of the engine's state (taken on the engine thread between steps).
@@ -68,6 +73,11 @@ struct EngineStats {
   int64_t prefix_erased_blocks = 0;     // cached blocks erased (invalidated)
   int64_t prefix_flushed_blocks = 0;    // cached blocks dropped by FlushPrefixCache
   int64_t scheduler_prefix_evictions = 0;  // evictions the scheduler asked for (out of blocks)
+  // Token eviction, counted since the engine started.
+  std::string token_eviction_policy;              // the configured default policy
+  int32_t token_eviction_budget = 0;              // the configured default budget (0: none)
+  std::map<std::string, int64_t> tokens_evicted;  // tokens dropped, by policy
+  int64_t token_eviction_events = 0;              // compactions run
   // Requests.
   int32_t running_requests = 0;
   int32_t waiting_requests = 0;
@@ -106,7 +116,8 @@ class Engine {
   int32_t max_tokens_limit() const;
 
   // Validates and queues a request. InvalidArgument naming the field (empty prompt, token id
-  // outside the vocabulary, prompt too long, max_tokens out of range, bad sampling parameter);
+  // outside the vocabulary, prompt too long, max_tokens out of range, bad sampling parameter,
+  // token eviction policy unknown or budget outside the configured limits);
   // ResourceExhausted when the waiting queue is full (the message names the limit);
   // Unavailable after BeginShutdown.
   absl::StatusOr<std::shared_ptr<RequestStream>> Submit(EngineRequest request);

@@ -26,6 +26,14 @@ struct RetentionHint {
   absl::Duration duration = absl::InfiniteDuration();
 };
 
+// Per-request token eviction (bounds the sequence's KV to a token budget; lossy). An empty
+// policy and a zero budget take the server's configured defaults; both are checked against the
+// configured limits (engine/kv/token_eviction/token_eviction_settings.h).
+struct TokenEvictionRequest {
+  std::string policy;         // none, sliding_window, h2o, attention; "" = server default
+  int32_t budget_tokens = 0;  // KV slots the sequence may hold; 0 = server default
+};
+
 struct EngineRequest {
   std::string id;                   // unique per live request; generated when empty
   std::vector<int32_t> prompt;      // token ids, BOS included when wanted
@@ -37,6 +45,7 @@ struct EngineRequest {
   int32_t priority = 0;             // scheduling priority; higher runs first under `priority`
   std::string cache_salt;           // requests with different salts never share KV blocks
   std::vector<RetentionHint> retention;
+  TokenEvictionRequest token_eviction;
   absl::Time deadline = absl::InfiniteFuture();
 };
 
@@ -55,6 +64,7 @@ struct RequestTimings {
 struct RequestKvUsage {
   int64_t peak_blocks = 0;
   int64_t peak_bytes = 0;
+  int64_t evicted_tokens = 0;  // dropped by token eviction (recomputation included)
 };
 
 // One message on a request's stream. Every stream ends with exactly one event with final = true,

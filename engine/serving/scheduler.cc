@@ -8,26 +8,31 @@
 
 #include "absl/strings/str_format.h"
 #include "engine/kv/sequence_kv.h"
+#include "engine/kv/token_eviction/sequence_token_eviction.h"
 #include "engine/sampling/sampler.h"
 
 namespace kvserve::engine {
 
 struct Scheduler::Sequence {
   Sequence(EngineRequest r, std::shared_ptr<RequestStream> st, const Tokenizer& tok,
-           BlockPool* pool, LayoutId layout)
+           BlockPool* pool, LayoutId layout, ResolvedTokenEviction eviction)
       : req(std::move(r)),
         stream(std::move(st)),
         kv(pool, layout),
+        te(eviction.policy, eviction.budget_tokens),
         sampler(req.sampling),
         detok(tok) {}
 
   EngineRequest req;
   std::shared_ptr<RequestStream> stream;
   SequenceKv kv;
+  SequenceTokenEviction te;
   Sampler sampler;
   StreamingDetokenizer detok;
   std::vector<int32_t> tokens;     // prompt + generated
-  int64_t processed = 0;           // tokens whose K/V are in the cache
+  int64_t processed = 0;           // tokens whose K/V were computed (evicted ones included)
+  int64_t evicted = 0;             // of which dropped by token eviction: token i is in slot
+                                   // i - evicted, and slots() slots are filled
   std::string unsent_text;         // decoded, held back while it may start a stop string
   std::vector<int32_t> unsent_ids;
   int32_t generated = 0;
@@ -46,6 +51,7 @@ struct Scheduler::Sequence {
   bool preempted = false;  // set during a step; moved back to waiting at its end
 
   int64_t pending() const { return static_cast<int64_t>(tokens.size()) - processed; }
+  int64_t slots() const { return processed - evicted; }
   void TrackPeak() {
     peak_blocks = std::max<int64_t>(peak_blocks, kv.block_table().size());
     peak_bytes = std::max(peak_bytes, kv.bytes());
@@ -65,8 +71,26 @@ Scheduler::~Scheduler() = default;
 
 void Scheduler::Add(EngineRequest request, std::shared_ptr<RequestStream> stream,
                     absl::Time arrival) {
+  ResolvedTokenEviction eviction;
+  absl::Status bad_eviction;
+  if (options_.token_eviction != nullptr) {
+    absl::StatusOr<ResolvedTokenEviction> r = options_.token_eviction->Resolve(
+        request.token_eviction.policy, request.token_eviction.budget_tokens);
+    if (r.ok()) {
+      eviction = *r;
+    } else {
+      bad_eviction = r.status();
+    }
+  } else if (!request.token_eviction.policy.empty() && request.token_eviction.policy != "none") {
+    bad_eviction = absl::InvalidArgumentError("token eviction is not configured on this engine");
+  }
   auto s = std::make_unique<Sequence>(std::move(request), std::move(stream), *tokenizer_, pool_,
-                                      layout_);
+                                      layout_, eviction);
+  if (!bad_eviction.ok()) {
+    s->arrival = arrival;
+    Finish(s.get(), FinishReason::kNone, bad_eviction, arrival);
+    return;
+  }
   s->tokens = s->req.prompt;
   s->arrival = arrival;
   // The prompt gives the detokenizer its context (the leading-space rule after BOS).
@@ -95,6 +119,7 @@ void Scheduler::Finish(Sequence* s, FinishReason reason, absl::Status status, ab
   e.timings.total = now - s->arrival;
   e.kv.peak_blocks = s->peak_blocks;
   e.kv.peak_bytes = s->peak_bytes;
+  e.kv.evicted_tokens = s->te.evicted_tokens();
   e.preemptions = s->preemptions;
   if (e.status.ok()) {
     ++counters_.finished;
@@ -103,8 +128,8 @@ void Scheduler::Finish(Sequence* s, FinishReason reason, absl::Status status, ab
   } else {
     ++counters_.failed;
   }
-  // A request that ends normally leaves its computed full blocks in the prefix cache, including
-  // those completed in its last step (a one-token request caches its whole prompt).
+  // A request that ends in the step that computed its last blocks (max_tokens = 1, an early
+  // EOS) still leaves them to the prefix cache.
   if (e.status.ok()) CacheFullBlocks(s);
   ReleaseKv(s);
   s->done = true;
@@ -175,9 +200,18 @@ void Scheduler::Admit(absl::Time now) {
   }
   const int64_t block_bytes = pool_->layout(layout_).block_bytes;
   const int64_t pool_blocks = pool_->budget_bytes() / block_bytes;
-  while (!waiting_.empty() && static_cast<int32_t>(running_.size()) < options_.max_running) {
-    Sequence* s = waiting_.front().get();
-    const int64_t slots = static_cast<int64_t>(s->tokens.size());
+  size_t i = 0;
+  while (i < waiting_.size() && static_cast<int32_t>(running_.size()) < options_.max_running) {
+    Sequence* s = waiting_[i].get();
+    if (WaitsForPrefix(s)) {
+      ++i;  // its prefix is being computed by a running request: admit it once that is cached
+      continue;
+    }
+    // A sequence under token eviction never holds more than its budget; its prefill runs in
+    // chunks with evictions between them.
+    const int64_t slots = s->te.enabled()
+                              ? std::min<int64_t>(s->tokens.size(), s->te.budget_tokens())
+                              : static_cast<int64_t>(s->tokens.size());
     const int64_t need = s->kv.BlocksNeeded(slots);
     if (need > pool_blocks) {
       Finish(s, FinishReason::kNone,
@@ -186,7 +220,7 @@ void Scheduler::Admit(absl::Time now) {
                  "holds %d",
                  need, slots, pool_->budget_bytes(), pool_blocks)),
              now);
-      waiting_.pop_front();
+      waiting_.erase(waiting_.begin() + i);
       continue;
     }
     int64_t matched_blocks = 0;
@@ -203,7 +237,7 @@ void Scheduler::Admit(absl::Time now) {
     }
     if (need - matched_blocks > pool_->AvailableBlocks(layout_) + evictable) break;
     AttachCachedPrefix(s);
-    if (!ReserveEvicting(s, slots).ok()) {
+    if (!ReserveEvicting(s, std::max(slots, s->processed)).ok()) {
       ReleaseKv(s);
       s->processed = 0;
       break;
@@ -216,9 +250,44 @@ void Scheduler::Admit(absl::Time now) {
     s->TrackPeak();
     s->order = next_order_++;
     if (s->first_scheduled == absl::InfiniteFuture()) s->first_scheduled = now;
-    running_.push_back(std::move(waiting_.front()));
-    waiting_.pop_front();
+    running_.push_back(std::move(waiting_[i]));
+    waiting_.erase(waiting_.begin() + i);
   }
+}
+
+bool Scheduler::WaitsForPrefix(const Sequence* s) const {
+  PrefixIndex* index = options_.prefix_index;
+  if (index == nullptr || !s->kv.block_table().empty() || s->tokens.size() < 2) return false;
+  const int64_t bs = pool_->geometry().block_size;
+  // Full blocks this sequence could take from the cache (its last token is always computed).
+  const int64_t usable = static_cast<int64_t>(s->tokens.size()) - 1;
+  if (usable < bs) return false;
+  int64_t cached = -1;  // looked up lazily: most waiting requests share nothing with a prefill
+  for (const auto& p : running_) {
+    const Sequence* r = p.get();
+    // Only a prefill that will cache its blocks is worth waiting for.
+    if (r->done || r->preempted || r->pending() <= 1 || r->index_disabled || r->evicted > 0 ||
+        r->req.cache_salt != s->req.cache_salt) {
+      continue;
+    }
+    const int64_t limit = std::min<int64_t>(usable, r->tokens.size());
+    if (limit < bs || !std::equal(s->tokens.begin(), s->tokens.begin() + bs, r->tokens.begin())) {
+      continue;
+    }
+    const int64_t common =
+        std::mismatch(s->tokens.begin(), s->tokens.begin() + limit, r->tokens.begin()).first -
+        s->tokens.begin();
+    const int64_t shared_end = common / bs * bs;  // end of the last shared full block
+    if (r->processed >= shared_end) continue;     // computed already: cached or never will be
+    if (cached < 0) {
+      cached = index
+                   ->Match(absl::MakeConstSpan(s->tokens.data(), s->tokens.size() - 1),
+                           KeysFor(s, kv_policy_->cold_layout()))
+                   .matched_tokens;
+    }
+    if (shared_end > cached) return true;
+  }
+  return false;
 }
 
 bool Scheduler::Preempt(Sequence* requester) {
@@ -259,6 +328,8 @@ void Scheduler::ReleaseKv(Sequence* s) {
   s->indexed_blocks = 0;
   s->index_disabled = false;
   s->kv.Release();
+  s->te.Reset();
+  s->evicted = 0;
 }
 
 absl::Status Scheduler::ReserveEvicting(Sequence* s, int64_t slots) {
@@ -292,7 +363,8 @@ void Scheduler::AttachCachedPrefix(Sequence* s) {
 
 void Scheduler::CacheFullBlocks(Sequence* s) {
   PrefixIndex* index = options_.prefix_index;
-  if (index == nullptr || s->index_disabled) return;
+  // After a token eviction the blocks no longer hold a plain token prefix.
+  if (index == nullptr || s->index_disabled || s->evicted > 0) return;
   const int64_t bs = pool_->geometry().block_size;
   const int32_t sinks = kv_policy_->config().sink_tokens;
   while (s->indexed_blocks < static_cast<int64_t>(s->kv.block_table().size())) {
@@ -322,16 +394,50 @@ void Scheduler::CacheFullBlocks(Sequence* s) {
   }
 }
 
+absl::Status Scheduler::EvictTokens(Sequence* s, int64_t incoming) {
+  absl::StatusOr<TokenEvictionPlan> plan = s->te.PlanRoom(s->slots(), incoming);
+  if (!plan.ok()) return plan.status();
+  if (!plan->evict) return absl::OkStatus();
+  // Blocks from the first one the compaction changes are no longer this sequence's prefix
+  // blocks: stop sharing them (compaction copies shared ones before writing).
+  const int64_t first = FirstChangedBlock(plan->keep, pool_->geometry().block_size);
+  if (options_.prefix_index != nullptr) {
+    const auto& table = s->kv.block_table();
+    for (int64_t b = first; b < s->indexed_blocks; ++b) {
+      options_.prefix_index->Release(table[b]);
+    }
+    s->indexed_blocks = std::min(s->indexed_blocks, first);
+  }
+  s->index_disabled = true;
+  const BlockAllocator allocate = [this](LayoutId layout) -> absl::StatusOr<BlockId> {
+    while (true) {
+      absl::StatusOr<BlockId> id = pool_->Allocate(layout);
+      if (id.ok() || options_.prefix_index == nullptr) return id;
+      std::optional<BlockId> victim = options_.prefix_index->EvictOne();
+      if (!victim) return id;
+      pool_->Release(*victim);
+      ++counters_.prefix_evictions;
+    }
+  };
+  absl::StatusOr<int64_t> evicted =
+      s->te.Apply(*plan, *pool_, s->kv, s->slots(), layout_, allocate);
+  if (!evicted.ok()) return evicted.status();
+  s->evicted += *evicted;
+  counters_.tokens_evicted[std::string(s->te.policy()->name())] += *evicted;
+  ++counters_.token_eviction_events;
+  return absl::OkStatus();
+}
+
 std::vector<RequestKvEntry> Scheduler::TopRequestsByKv(int n) const {
   std::vector<RequestKvEntry> all;
   for (const auto& p : running_) {
-    all.push_back({p->stream->id(), p->kv.bytes(),
-                   static_cast<int64_t>(p->kv.block_table().size()), p->processed, true});
+    all.push_back({p->stream->id(), p->kv.bytes(), static_cast<int64_t>(p->kv.block_table().size()),
+                   p->slots(), true});
   }
   for (const auto& p : waiting_) {
     if (!p->kv.block_table().empty()) {
       all.push_back({p->stream->id(), p->kv.bytes(),
-                     static_cast<int64_t>(p->kv.block_table().size()), p->processed, false});
+                     static_cast<int64_t>(p->kv.block_table().size()), p->slots(), false});
     }
   }
   std::sort(all.begin(), all.end(),
@@ -409,14 +515,35 @@ bool Scheduler::Step(absl::Time now) {
   const int64_t block_bytes = pool_->layout(layout_).block_bytes;
   const int64_t pool_blocks = pool_->budget_bytes() / block_bytes;
   for (Sequence* s : order) {
-    if (s->done || s->preempted || s->pending() != 1) continue;
-    while (!ReserveEvicting(s, s->processed + 1).ok()) {
-      if (s->kv.BlocksNeeded(s->processed + 1) + static_cast<int64_t>(s->kv.block_table().size()) >
+    if (s->done || s->preempted || s->pending() == 0) continue;
+    const bool decoding = s->pending() == 1;
+    // Prefill of a sequence without token eviction was reserved in full at admission.
+    if (!decoding && !s->te.enabled()) continue;
+    const int64_t incoming = decoding ? 1 : std::min<int64_t>(s->pending(), s->te.MaxAppend());
+    if (s->te.enabled()) {
+      const absl::Status st = EvictTokens(s, incoming);
+      if (st.code() == absl::StatusCode::kResourceExhausted) {
+        // No block for a copy-on-write: recompute the sequence later.
+        ReleaseKv(s);
+        s->processed = 0;
+        s->preempted = true;
+        ++s->preemptions;
+        ++counters_.preemptions;
+        continue;
+      }
+      if (!st.ok()) {
+        Finish(s, FinishReason::kNone, absl::InternalError(st.message()), now);
+        continue;
+      }
+    }
+    const int64_t want = s->slots() + incoming;
+    while (!ReserveEvicting(s, want).ok()) {
+      if (s->kv.BlocksNeeded(want) + static_cast<int64_t>(s->kv.block_table().size()) >
           pool_blocks) {
         Finish(s, FinishReason::kNone,
                absl::ResourceExhaustedError(absl::StrFormat(
                    "the KV budget of %d bytes cannot hold %d tokens of one sequence",
-                   pool_->budget_bytes(), s->processed + 1)),
+                   pool_->budget_bytes(), want)),
                now);
         break;
       }
@@ -436,14 +563,16 @@ bool Scheduler::Step(absl::Time now) {
       const bool decoding = s->pending() == 1;
       if ((pass == 0) != decoding || budget == 0) continue;
       if (decoding && !s->stream->HasRoom()) continue;  // slow reader: wait for it
-      const int64_t take = std::min(s->pending(), budget);
+      int64_t take = std::min(s->pending(), budget);
+      if (s->te.enabled()) take = std::min<int64_t>(take, s->te.MaxAppend());
       const int32_t seq_index = static_cast<int32_t>(batch_.block_tables.size());
       batch_.block_tables.push_back(s->kv.block_table().data());
+      batch_.seq_scores.push_back(s->te.ScoresFor(s->slots() + take));
       for (int64_t j = 0; j < take; ++j) {
         const int64_t pos = s->processed + j;
         const bool last = pos + 1 == static_cast<int64_t>(s->tokens.size());
         batch_.Add(s->tokens[pos], static_cast<int32_t>(pos), seq_index,
-                   static_cast<int32_t>(pos), last);
+                   static_cast<int32_t>(pos - s->evicted), last);
         if (last) row_seq_.push_back(s);
       }
       if (!decoding) counters_.prompt_tokens += take;
@@ -484,7 +613,7 @@ bool Scheduler::Step(absl::Time now) {
       // Blocks that left the recent window move to their long-term format.
       if (kv_policy_->demotes()) {
         const absl::Time demote_start = absl::Now();
-        const absl::Status demoted = kv_policy_->Demote(s->kv, s->processed);
+        const absl::Status demoted = kv_policy_->Demote(s->kv, s->slots());
         counters_.demotion_time += absl::Now() - demote_start;
         if (!demoted.ok() && demoted.code() != absl::StatusCode::kResourceExhausted) {
           Finish(s, FinishReason::kNone, demoted, emit_time);

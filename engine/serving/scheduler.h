@@ -7,7 +7,10 @@
 //  2. admits waiting sequences by policy (fcfs: arrival order; priority: highest priority first,
 //     then arrival) while fewer than max_running run and the pool can hold the blocks of every
 //     token the sequence must (re)compute; admission stops at the first sequence that does not
-//     fit, so a large request is not starved by smaller ones behind it;
+//     fit, so a large request is not starved by smaller ones behind it; a sequence whose prompt
+//     shares full blocks with a running prefill that will cache them waits for that (and the
+//     ones behind it are considered), so simultaneous requests with one system prompt compute
+//     it once;
 //  3. builds one batch: one token for every decoding sequence whose stream has room, then prefill
 //     chunks under the token budget; when a decoding sequence needs a new block and none is free,
 //     the lowest-priority, most recently admitted running sequence is preempted (blocks freed,
@@ -21,7 +24,9 @@
 
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -29,6 +34,7 @@
 #include "engine/kv/block_pool.h"
 #include "engine/kv/kv_cache_policy.h"
 #include "engine/kv/prefix_index.h"
+#include "engine/kv/token_eviction/token_eviction_settings.h"
 #include "engine/model/llama_model.h"
 #include "engine/serving/request.h"
 #include "engine/serving/request_stream.h"
@@ -46,6 +52,11 @@ struct SchedulerOptions {
   // must outlive the scheduler; blocks are cached once full and in their final layout.
   PrefixIndex* prefix_index = nullptr;
   std::string model_identity;      // part of every cached block's key
+  // Token eviction (null = off for every request): the policies and limits requests resolve
+  // against; must outlive the scheduler. A sequence over its budget is compacted before the
+  // step that would overflow it (see sequence_token_eviction.h); its prefill runs in chunks the
+  // budget can hold, and its blocks stop being shared with the prefix cache once it evicts.
+  const TokenEvictionSettings* token_eviction = nullptr;
 };
 
 // Counters since the scheduler was created.
@@ -55,6 +66,9 @@ struct SchedulerCounters {
   int64_t prompt_tokens = 0;     // tokens computed in prefill (recomputation included)
   int64_t cached_prompt_tokens = 0;  // prompt tokens served from the prefix cache
   int64_t prefix_evictions = 0;  // cached blocks dropped to make room
+  // Tokens dropped by token eviction, by policy name.
+  std::map<std::string, int64_t> tokens_evicted;
+  int64_t token_eviction_events = 0;  // compactions run
   int64_t generated_tokens = 0;
   int64_t finished = 0;          // ended normally (length, eos, stop)
   int64_t cancelled = 0;
@@ -107,6 +121,10 @@ class Scheduler {
   struct Sequence;
 
   void Admit(absl::Time now);
+  // True when a running request is prefilling blocks this waiting one could share (same tokens,
+  // same salt) that are not cached yet: admitting it now would compute them twice, so it waits
+  // until they reach the prefix cache (a step or a few).
+  bool WaitsForPrefix(const Sequence* s) const;
   bool Preempt(Sequence* requester);
   // Frees the sequence's blocks (telling the prefix index first).
   void ReleaseKv(Sequence* s);
@@ -116,6 +134,9 @@ class Scheduler {
   void AttachCachedPrefix(Sequence* s);
   // Caches the sequence's newly final full blocks.
   void CacheFullBlocks(Sequence* s);
+  // Token eviction before `incoming` tokens are appended: compacts the sequence when it would
+  // exceed its budget. ResourceExhausted or Internal: the sequence's KV is unusable.
+  absl::Status EvictTokens(Sequence* s, int64_t incoming);
   PrefixKeys KeysFor(const Sequence* s, LayoutId layout) const;
   void Finish(Sequence* s, FinishReason reason, absl::Status status, absl::Time now);
   void EmitToken(Sequence* s, int32_t token, absl::Time now);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/kv_codec.h"
@@ -29,7 +30,23 @@ int KvHeadsPerItem(const Problem& pr, int64_t num_tokens, int threads) {
   return heads;
 }
 
-void RunItems(const Problem& pr, ItemRunner run, ThreadPool* pool) {
+// True when two work items running at once may add to the same sequence's scores: more than
+// one item for some sequence that wants scores.
+bool SharedScores(const AttentionBatch& b, int items_per_token) {
+  if (b.seq_scores == nullptr) return false;
+  int32_t max_seq = 0;
+  for (int64_t t = 0; t < b.num_tokens; ++t) max_seq = std::max(max_seq, b.token_seq[t]);
+  std::vector<uint8_t> seen(static_cast<size_t>(max_seq) + 1, 0);
+  for (int64_t t = 0; t < b.num_tokens; ++t) {
+    const int32_t s = b.token_seq[t];
+    if (b.seq_scores[s] == nullptr) continue;
+    if (seen[s] || items_per_token > 1) return true;
+    seen[s] = 1;
+  }
+  return false;
+}
+
+void RunItems(Problem pr, ItemRunner run, ThreadPool* pool) {
   const AttentionBatch& b = *pr.batch;
   int64_t kv_slots = 0;
   for (int64_t t = 0; t < b.num_tokens; ++t) kv_slots += b.token_kv_len[t];
@@ -38,6 +55,7 @@ void RunItems(const Problem& pr, ItemRunner run, ThreadPool* pool) {
   const int per_item = KvHeadsPerItem(pr, b.num_tokens, parallel ? pool->num_threads() : 1);
   const int items_per_token = (pr.num_kv_heads + per_item - 1) / per_item;
   const int64_t items = b.num_tokens * items_per_token;
+  pr.shared_scores = parallel && items > 1 && SharedScores(b, items_per_token);
   struct Shared {
     const Problem* pr;
     ItemRunner run;

@@ -25,6 +25,13 @@ struct AttentionBatch {
   const int32_t* token_kv_len = nullptr;  // [num_tokens], >= 1
   const int32_t* const* seq_block_tables = nullptr;  // [num_seqs][blocks of that sequence]
   float scale = 1.0f;                     // usually 1 / sqrt(head_dim)
+  // Optional accumulated attention (token eviction by heavy hitters). When non-null, for every
+  // token t whose sequence s = token_seq[t] has seq_scores[s] != nullptr, the kernel adds the
+  // softmax weight of slot j, summed over all query heads, to seq_scores[s][j] for each
+  // j < token_kv_len[t]. Weights come from the same pass that computes `out` (the numerators
+  // exp(s - m) it already has, rescaled once per span by the final max and sum): no second
+  // pass over K. Adds are atomic, so tokens of one sequence may run on several threads.
+  float* const* seq_scores = nullptr;  // [num_seqs][slots of that sequence], or null
 };
 
 // Writes K and V of num_tokens tokens into their slots: token t goes to physical block

@@ -251,9 +251,10 @@ void RunPass(const Problem& pr, int64_t t, int g0, int g1, int h_lo, int h_hi, S
     }
   }
   const int32_t* table = b.seq_block_tables[b.token_seq[t]];
+  const ScoreRecorder rec(pr, t, (g1 - g0) * gh, b.token_kv_len[t]);
   ForEachBlock(cache, table, b.token_kv_len[t], g0, g1,
                [&](auto codec, const uint8_t* k_region, const uint8_t* v_region, int nv,
-                   const BlockAhead& ahead) {
+                   const BlockAhead& ahead, int first_slot) {
                  using Codec = decltype(codec);
                  if constexpr (kIsLowrankCodec<Codec>) {
                    KVSERVE_KERNEL_CHECK(cache.key_basis != nullptr,
@@ -272,10 +273,17 @@ void RunPass(const Problem& pr, int64_t t, int g0, int g1, int h_lo, int h_hi, S
                        Scores<V, false>(k, j0, ns, gh, hb, hd, sc);
                      }
                      SoftmaxUpdate<V>(ns, gh, hb, hd, sc);
+                     if (rec.active()) {
+                       for (int hh = 0; hh < gh; ++hh) {
+                         std::copy(sc.p[hh], sc.p[hh] + ns, rec.Row(hb + hh) + first_slot + j0);
+                         rec.Span(hb + hh, first_slot + j0, ns, sc.m[hb + hh]);
+                       }
+                     }
                      AccumulateV<V>(v, j0, ns, gh, hb, hd, sc);
                    }
                  }
                });
+  rec.Finish([&](int h) { return sc.m[h]; }, [&](int h) { return sc.l[h]; });
   for (int g = g0; g < g1; ++g) {
     for (int h = 0; h < gh; ++h) {
       const int slot = (g - g0) * gh + h;

@@ -61,10 +61,13 @@ inline void Transpose8(const __m512 r[8], __m512 t[8]) {
 struct Consts {
   __m512i lane_token;     // kLaneToken as int32 lanes
   __m512i pair_index[8];  // lanes of tokens 2k (low half) and 2k + 1 (high half)
+  __m512i token_lane;     // lane of each token: permutes a score register into token order
   Consts() {
     alignas(64) int32_t buf[kTile];
     for (int i = 0; i < kTile; ++i) buf[i] = kLaneToken[i];
     lane_token = _mm512_load_si512(buf);
+    for (int i = 0; i < kTile; ++i) buf[i] = TokenLane(i);
+    token_lane = _mm512_load_si512(buf);
     for (int k = 0; k < 8; ++k) {
       for (int i = 0; i < kTile; ++i) buf[i] = TokenLane(2 * k + (i < 8 ? 0 : 1));
       pair_index[k] = _mm512_load_si512(buf);
@@ -78,9 +81,12 @@ struct HeadState {
   float m;     // running max
 };
 
+// rec (when active): numerators of heads [hb, hb + gh) of the recorder go to slots
+// [slot0 + j0, slot0 + j0 + nt).
 template <class KRows, class VRows>
 inline void ProcessTile(const KRows& k, const VRows& v, int j0, int nt, int gh,
-                        const float (*q)[kHeadDim], const Consts& cs, HeadState* st) {
+                        const float (*q)[kHeadDim], const Consts& cs, HeadState* st,
+                        const ScoreRecorder& rec, int hb, int slot0) {
   __m512 kr[8], vr[8], kt[8];
   for (int p = 0; p < 8; ++p) {
     const int n = std::clamp(nt - 2 * p, 0, 2) * kHeadDim;  // valid values of the row pair
@@ -109,6 +115,11 @@ inline void ProcessTile(const KRows& k, const VRows& v, int j0, int nt, int gh,
     }
     const __m512 p = _mm512_maskz_mov_ps(valid, V::Exp(_mm512_sub_ps(s, _mm512_set1_ps(hs.m))));
     hs.l = _mm512_add_ps(hs.l, p);
+    if (rec.active()) {
+      _mm512_mask_storeu_ps(rec.Row(hb + h) + slot0 + j0, static_cast<__mmask16>((1u << nt) - 1),
+                            _mm512_permutexvar_ps(cs.token_lane, p));
+      rec.Span(hb + h, slot0 + j0, nt, hs.m);
+    }
     __m512 a0 = hs.acc;
     __m512 a1 = _mm512_setzero_ps();
     for (int r = 0; r < 8; r += 2) {
@@ -145,9 +156,10 @@ void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1) {
         st[slot] = HeadState{_mm512_setzero_ps(), _mm512_setzero_ps(), kNegInf};
       }
     }
+    const ScoreRecorder rec(pr, t, (g1 - g0) * gh, b.token_kv_len[t]);
     ForEachBlock(cache, table, b.token_kv_len[t], g0, g1,
                  [&](auto codec, const uint8_t* k_region, const uint8_t* v_region, int nv,
-                     const BlockAhead& ahead) {
+                     const BlockAhead& ahead, int first_slot) {
                    using Codec = decltype(codec);
                    KVSERVE_KERNEL_CHECK(!kIsLowrankCodec<Codec>,
                                         "PagedAttention: a lowrank block needs the key basis");
@@ -157,10 +169,13 @@ void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1) {
                      const typename Codec::ValueRows v(v_region, cache.shape, g);
                      const int hb = (g - g0) * gh;
                      for (int j0 = 0; j0 < nv; j0 += kTile) {
-                       ProcessTile(k, v, j0, std::min(kTile, nv - j0), gh, q + hb, cs, st + hb);
+                       ProcessTile(k, v, j0, std::min(kTile, nv - j0), gh, q + hb, cs, st + hb, rec,
+                                   hb, first_slot);
                      }
                    }
                  });
+    rec.Finish([&](int h) { return st[h].m; },
+               [&](int h) { return _mm512_reduce_add_ps(st[h].l); });
     for (int g = g0; g < g1; ++g) {
       for (int h = 0; h < gh; ++h) {
         const HeadState& hs = st[(g - g0) * gh + h];

@@ -15,7 +15,10 @@
 #define KVSERVE_KERNELS_CPU_PAGED_ATTENTION_INTERNAL_H_
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cpu/kv_codec.h"
 #include "kernels/cpu/paged_attention.h"
@@ -32,6 +35,9 @@ struct Problem {
   int head_dim;
   int num_kv_heads;
   int group;  // query heads per KV head
+  // Whether several work items may add to one sequence's scores at the same time (then the adds
+  // are atomic; otherwise plain).
+  bool shared_scores = false;
 };
 
 // A block that will be read later: Prefetch(g) requests its K and V rows of KV head g into L2.
@@ -60,10 +66,11 @@ class BlockAhead {
   int tokens_ = 0;
 };
 
-// Calls fn(codec, k_region, v_region, nv, ahead) for each block of a token's KV slots in order:
-// codec is the block's KvCodec, the regions are this layer's K and V regions in the block, nv the
-// number of valid slots and `ahead` the block kPrefetchBlocks further on, whose rows fn requests
-// head by head as it goes. The first blocks are requested here.
+// Calls fn(codec, k_region, v_region, nv, ahead, first_slot) for each block of a token's KV slots
+// in order: codec is the block's KvCodec, the regions are this layer's K and V regions in the
+// block, nv the number of valid slots, first_slot the sequence slot of its row 0, and `ahead` the
+// block kPrefetchBlocks further on, whose rows fn requests head by head as it goes. The first
+// blocks are requested here.
 template <class Fn>
 inline void ForEachBlock(const PagedKvLayerView& cache, const int32_t* table, int kv_len, int g0,
                          int g1, Fn&& fn) {
@@ -82,10 +89,88 @@ inline void ForEachBlock(const PagedKvLayerView& cache, const int32_t* table, in
     const uint8_t* base = cache.block_data[phys];
     const int nv = std::min(bs, kv_len - b * bs);
     DispatchKvFormat(region.format, [&](auto codec) {
-      fn(codec, base + region.k_offset, base + region.v_offset, nv, ahead);
+      fn(codec, base + region.k_offset, base + region.v_offset, nv, ahead, b * bs);
     });
   }
 }
+
+// Records, for one pass of a work item, the softmax numerators p = exp(s - m_span) of every
+// (query head, slot) and the running max m_span each span of slots was exponentiated with; at
+// the end, Finish() turns them into probabilities p * exp(m_span - m_final) / l_final, sums
+// them over the heads and adds the sums to the sequence's score array (atomically). Costs one
+// store per (head, slot), one exp per (head, span) and one atomic add per slot: small next to
+// the head_dim multiply-adds per (head, slot) of attention itself. Inactive (every call a no-op
+// but the checks of active()) when the sequence wants no scores.
+class ScoreRecorder {
+ public:
+  // heads: query heads of the pass; kv_len: slots the token attends to.
+  ScoreRecorder(const Problem& pr, int64_t t, int heads, int kv_len)
+      : out_(pr.batch->seq_scores != nullptr ? pr.batch->seq_scores[pr.batch->token_seq[t]]
+                                             : nullptr),
+        atomic_(pr.shared_scores),
+        heads_(heads),
+        kv_len_(kv_len) {
+    if (out_ == nullptr) return;
+    Buffers& buf = GetBuffers();
+    buf.p.resize(static_cast<size_t>(heads) * kv_len);
+    buf.spans.resize(heads);
+    for (auto& s : buf.spans) s.clear();
+    buf_ = &buf;
+  }
+  bool active() const { return out_ != nullptr; }
+  // Row of head h's numerators, indexed by slot.
+  float* Row(int h) const { return buf_->p.data() + static_cast<size_t>(h) * kv_len_; }
+  // Slots [start, start + len) of head h were exponentiated against max m.
+  void Span(int h, int start, int len, float m) const { buf_->spans[h].push_back({start, len, m}); }
+  // m[h], l[h]: the final running max and sum of head h.
+  template <class GetM, class GetL>
+  void Finish(GetM&& final_m, GetL&& final_l) const {
+    if (out_ == nullptr) return;
+    std::vector<float>& sum = buf_->sum;
+    sum.assign(kv_len_, 0.0f);
+    for (int h = 0; h < heads_; ++h) {
+      const float l = final_l(h);
+      if (!(l > 0.0f)) continue;
+      const float m = final_m(h);
+      const float inv_l = 1.0f / l;
+      const float* p = Row(h);
+      for (const SpanRec& s : buf_->spans[h]) {
+        // Once the running max has settled (most spans) no exp is needed.
+        const float f = s.m == m ? inv_l : std::exp(s.m - m) * inv_l;
+        for (int j = s.start; j < s.start + s.len; ++j) sum[j] += p[j] * f;
+      }
+    }
+    if (atomic_) {
+      for (int j = 0; j < kv_len_; ++j) {
+        std::atomic_ref<float>(out_[j]).fetch_add(sum[j], std::memory_order_relaxed);
+      }
+    } else {
+      for (int j = 0; j < kv_len_; ++j) out_[j] += sum[j];
+    }
+  }
+
+ private:
+  struct SpanRec {
+    int start;
+    int len;
+    float m;
+  };
+  struct Buffers {
+    std::vector<float> p;                     // [heads][kv_len]
+    std::vector<std::vector<SpanRec>> spans;  // [heads]
+    std::vector<float> sum;                   // [kv_len]
+  };
+  static Buffers& GetBuffers() {
+    thread_local Buffers buffers;
+    return buffers;
+  }
+
+  float* out_;
+  bool atomic_;
+  int heads_;
+  int kv_len_;
+  Buffers* buf_ = nullptr;
+};
 
 // Runners of item (t, [g0, g1)). REQUIRES: (g1 - g0) * group <= kMaxItemHeads or g1 == g0 + 1.
 void RunItemWide(const Problem& pr, int64_t t, int g0, int g1);

@@ -21,7 +21,16 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
   flags.String("separator", "<|endoftext|>", "document separator");
   flags.Int("context", 0, "tokens per document at most, BOS included; 0 = the model's context");
   flags.Int("max-documents", 0, "score only the first N documents; 0 = all");
+  flags.Int("chunk-tokens", 0,
+            "tokens fed per forward step; 0 = the KV block size (capped by token eviction)");
   flags.Bool("json", "print the result as JSON");
+  flags.String("token-eviction", "none",
+               "token eviction policy bounding each document's KV: none, sliding_window, h2o, "
+               "attention");
+  flags.Int("token-budget", 0, "KV slots per document under token eviction (required with it)");
+  flags.Int("token-sinks", 4, "sliding_window: first tokens always kept (attention sinks)");
+  flags.Int("token-recent-window", -1, "h2o: newest tokens always kept; -1 = half the budget");
+  flags.Int("token-slack", 0, "evict down to budget - slack tokens (fewer, larger evictions)");
   flags.Required("text");
   if (absl::Status s = flags.Parse(args); !s.ok()) {
     std::fprintf(stderr, "kvserve perplexity: %s\n\n%s", std::string(s.message()).c_str(),
@@ -36,6 +45,12 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
   if (!model_options.ok()) {
     std::fprintf(stderr, "kvserve perplexity: %s\n\n%s",
                  std::string(model_options.status().message()).c_str(), flags.Usage().c_str());
+    return 2;
+  }
+  if (flags.GetString("token-eviction") != "none" && flags.GetInt("token-budget") < 1) {
+    std::fprintf(stderr,
+                 "kvserve perplexity: --token-budget must be >= 1 with --token-eviction %s\n",
+                 flags.GetString("token-eviction").c_str());
     return 2;
   }
   std::ifstream in(flags.GetString("text"), std::ios::binary);
@@ -58,6 +73,13 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
   po.separator = flags.GetString("separator");
   po.max_tokens = static_cast<int32_t>(flags.GetInt("context"));
   po.max_documents = static_cast<int32_t>(flags.GetInt("max-documents"));
+  po.chunk_tokens = static_cast<int32_t>(flags.GetInt("chunk-tokens"));
+  po.token_eviction.policy = flags.GetString("token-eviction");
+  po.token_eviction.budget_tokens = static_cast<int32_t>(flags.GetInt("token-budget"));
+  po.token_eviction.options.sink_tokens = static_cast<int32_t>(flags.GetInt("token-sinks"));
+  po.token_eviction.options.recent_window =
+      static_cast<int32_t>(flags.GetInt("token-recent-window"));
+  po.token_eviction.options.slack_tokens = static_cast<int32_t>(flags.GetInt("token-slack"));
   auto result = engine::EvaluatePerplexity(**local, text, po);
   if (!result.ok()) {
     spdlog::error("{}", std::string(result.status().message()));
@@ -66,10 +88,13 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
   if (flags.GetBool("json")) {
     std::printf(
         "{\"perplexity\": %.6f, \"mean_nll\": %.8f, \"predicted_tokens\": %lld, "
-        "\"documents\": %lld, \"kv_format\": \"%s\"}\n",
+        "\"documents\": %lld, \"kv_format\": \"%s\", \"token_eviction\": \"%s\", "
+        "\"evicted_tokens\": %lld, \"peak_kv_slots\": %lld}\n",
         result->perplexity(), result->mean_nll(), static_cast<long long>(result->predicted_tokens),
         static_cast<long long>(result->documents),
-        std::string(kernels::KvFormatName(options.kv_format)).c_str());
+        std::string(kernels::KvFormatName(options.kv_format)).c_str(),
+        po.token_eviction.policy.c_str(), static_cast<long long>(result->evicted_tokens),
+        static_cast<long long>(result->peak_kv_slots));
   } else {
     std::printf(
         "perplexity %.4f over %lld predicted tokens in %lld documents (mean NLL %.5f "
@@ -77,6 +102,12 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
         result->perplexity(), static_cast<long long>(result->predicted_tokens),
         static_cast<long long>(result->documents), result->mean_nll(),
         std::string(kernels::KvFormatName(options.kv_format)).c_str());
+    if (po.token_eviction.policy != "none") {
+      std::printf("token eviction %s, budget %d: %lld tokens evicted, at most %lld KV slots\n",
+                  po.token_eviction.policy.c_str(), po.token_eviction.budget_tokens,
+                  static_cast<long long>(result->evicted_tokens),
+                  static_cast<long long>(result->peak_kv_slots));
+    }
   }
   return 0;
 }

@@ -65,6 +65,14 @@ std::string FormatMemoryStats(const v1::MemoryStats& s) {
                           : 0.0));
   Row(&out, "evicted blocks", absl::StrCat(s.evicted_blocks()));
   Row(&out, "flushed blocks", absl::StrCat(s.flushed_blocks()));
+  out += "\nToken eviction\n";
+  Row(&out, "default policy",
+      s.token_eviction_policy().empty() ? "none" : s.token_eviction_policy());
+  Row(&out, "default budget", absl::StrCat(s.token_eviction_budget_tokens(), " tokens"));
+  for (const auto& c : s.tokens_evicted()) {
+    Row(&out, absl::StrCat("evicted by ", c.policy()), absl::StrCat(c.tokens(), " tokens"));
+  }
+  Row(&out, "compactions", absl::StrCat(s.token_eviction_events()));
   out += "\nRequests\n";
   Row(&out, "running / waiting", absl::StrCat(s.running_requests(), " / ", s.waiting_requests()));
   Row(&out, "finished", absl::StrCat(s.requests_finished()));

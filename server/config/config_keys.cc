@@ -223,6 +223,55 @@ std::vector<ConfigKey> BuildKeys() {
       "logging.level", {"trace", "debug", "info", "warn", "error", "off"},
       [](ServerConfig& c, const std::string& v) { c.log_level = v; },
       [](const ServerConfig& c) { return c.log_level; }, "least severe level logged"));
+
+  // token_eviction:
+  keys.push_back(EnumKey(
+      "token_eviction.policy", {"none", "sliding_window", "h2o", "attention"},
+      [](ServerConfig& c, const std::string& v) { c.engine.token_eviction.policy = v; },
+      [](const ServerConfig& c) { return c.engine.token_eviction.policy; },
+      "default token eviction policy bounding each sequence's KV (lossy); none = off"));
+  keys.push_back(IntKey(
+      "token_eviction.budget_tokens", 0, kMaxTokens,
+      [](ServerConfig& c, int64_t v) {
+        c.engine.token_eviction.budget_tokens = static_cast<int32_t>(v);
+      },
+      [](const ServerConfig& c) { return c.engine.token_eviction.budget_tokens; },
+      "default KV slots per sequence under token eviction; required unless the policy is none"));
+  keys.push_back(IntKey(
+      "token_eviction.min_budget_tokens", 1, kMaxTokens,
+      [](ServerConfig& c, int64_t v) {
+        c.engine.token_eviction.min_budget_tokens = static_cast<int32_t>(v);
+      },
+      [](const ServerConfig& c) { return c.engine.token_eviction.min_budget_tokens; },
+      "smallest budget a request may ask for"));
+  keys.push_back(IntKey(
+      "token_eviction.max_budget_tokens", 0, kMaxTokens,
+      [](ServerConfig& c, int64_t v) {
+        c.engine.token_eviction.max_budget_tokens = static_cast<int32_t>(v);
+      },
+      [](const ServerConfig& c) { return c.engine.token_eviction.max_budget_tokens; },
+      "largest budget a request may ask for; 0 = the model's context length"));
+  keys.push_back(IntKey(
+      "token_eviction.sink_tokens", 0, kMaxTokens,
+      [](ServerConfig& c, int64_t v) {
+        c.engine.token_eviction.options.sink_tokens = static_cast<int32_t>(v);
+      },
+      [](const ServerConfig& c) { return c.engine.token_eviction.options.sink_tokens; },
+      "sliding_window: first tokens always kept (attention sinks)"));
+  keys.push_back(IntKey(
+      "token_eviction.recent_window", -1, kMaxTokens,
+      [](ServerConfig& c, int64_t v) {
+        c.engine.token_eviction.options.recent_window = static_cast<int32_t>(v);
+      },
+      [](const ServerConfig& c) { return c.engine.token_eviction.options.recent_window; },
+      "h2o: newest tokens always kept; -1 = half the budget"));
+  keys.push_back(IntKey(
+      "token_eviction.slack_tokens", 0, kMaxTokens,
+      [](ServerConfig& c, int64_t v) {
+        c.engine.token_eviction.options.slack_tokens = static_cast<int32_t>(v);
+      },
+      [](const ServerConfig& c) { return c.engine.token_eviction.options.slack_tokens; },
+      "evict down to budget - slack: one compaction every `slack` tokens instead of every token"));
   return keys;
 }
 

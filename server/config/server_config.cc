@@ -304,6 +304,35 @@ absl::Status ConfigLoader::Validate() {
                                       ") must not exceed limits.max_tokens (", limit, ")"));
   }
 
+  const engine::TokenEvictionConfig& te = c.engine.token_eviction;
+  if (te.policy != "none" && te.budget_tokens == 0) {
+    return KeyError("token_eviction.budget_tokens",
+                    absl::StrCat("must be set (> 0) when token_eviction.policy is ", te.policy));
+  }
+  if (te.max_budget_tokens > 0 && te.min_budget_tokens > te.max_budget_tokens) {
+    return KeyError("token_eviction.min_budget_tokens",
+                    absl::StrCat("(", te.min_budget_tokens,
+                                 ") must not exceed token_eviction.max_budget_tokens (",
+                                 te.max_budget_tokens, ")"));
+  }
+  if (te.budget_tokens > 0 &&
+      (te.budget_tokens < te.min_budget_tokens ||
+       (te.max_budget_tokens > 0 && te.budget_tokens > te.max_budget_tokens))) {
+    return KeyError(
+        "token_eviction.budget_tokens",
+        absl::StrCat("(", te.budget_tokens, ") must lie within token_eviction.min_budget_tokens (",
+                     te.min_budget_tokens, ") and token_eviction.max_budget_tokens (",
+                     te.max_budget_tokens, ", 0 = no limit)"));
+  }
+  if (te.policy != "none" &&
+      te.budget_tokens <= te.options.sink_tokens + te.options.slack_tokens + 1) {
+    return KeyError("token_eviction.budget_tokens",
+                    absl::StrCat("(", te.budget_tokens,
+                                 ") must exceed token_eviction.sink_tokens + "
+                                 "token_eviction.slack_tokens + 1 (",
+                                 te.options.sink_tokens + te.options.slack_tokens + 1, ")"));
+  }
+
   // The engine reads these from its own options.
   c.engine.model.model_path = c.model_path;
   c.engine.model.tokenizer_path = c.tokenizer_path;

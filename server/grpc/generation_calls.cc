@@ -49,6 +49,7 @@ void FillFinal(const engine::StreamEvent& e, Response* out) {
   ToProtoDuration(e.timings.total, out->mutable_timings()->mutable_total());
   out->mutable_kv_usage()->set_peak_blocks(e.kv.peak_blocks);
   out->mutable_kv_usage()->set_peak_bytes(e.kv.peak_bytes);
+  out->mutable_kv_usage()->set_evicted_tokens(e.kv.evicted_tokens);
   out->set_preemptions(e.preemptions);
 }
 

@@ -67,6 +67,14 @@ v1::MemoryStats ToMemoryStats(const engine::EngineStats& s, absl::Time taken) {
     e->set_running(r.running);
   }
   out.set_snapshot_unix_micros(absl::ToUnixMicros(taken));
+  out.set_token_eviction_policy(s.token_eviction_policy);
+  out.set_token_eviction_budget_tokens(s.token_eviction_budget);
+  for (const auto& [policy, tokens] : s.tokens_evicted) {
+    v1::TokenEvictionCount* c = out.add_tokens_evicted();
+    c->set_policy(policy);
+    c->set_tokens(tokens);
+  }
+  out.set_token_eviction_events(s.token_eviction_events);
   return out;
 }
 

@@ -191,6 +191,13 @@ absl::StatusOr<engine::EngineRequest> BuildEngineRequest(const v1::GenerateReque
   out.priority = request.priority();
   out.ignore_eos = request.ignore_eos();
   if (absl::Status s = FillRetention(request, &out.retention); !s.ok()) return s;
+  // Policy names and budget limits are checked by the engine against the server's config.
+  if (request.token_eviction().policy().size() > 64) {
+    return Invalid("token_eviction.policy", absl::StrCat("must be at most 64 bytes, got ",
+                                                         request.token_eviction().policy().size()));
+  }
+  out.token_eviction.policy = request.token_eviction().policy();
+  out.token_eviction.budget_tokens = request.token_eviction().budget_tokens();
   out.deadline = deadline;
   return out;
 }

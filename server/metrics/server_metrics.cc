@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/kv/block_pool.h"
+#include "engine/kv/token_eviction/token_eviction_policy.h"
 #include "prometheus/collectable.h"
 #include "prometheus/exposer.h"
 #include "prometheus/histogram.h"
@@ -148,6 +149,19 @@ class EngineCollector final : public prometheus::Collectable {
       b.Add(static_cast<double>(s.prefix_capacity_evictions),
             {{"policy", s.prefix_eviction_policy}});
     }
+    b.Family("kvserve_tokens_evicted_total",
+             "Tokens dropped from live sequences by token eviction, by policy.",
+             MetricType::Counter);
+    for (const std::string& policy : engine::TokenEvictionPolicyNames()) {
+      if (policy == "none") continue;
+      const auto it = s.tokens_evicted.find(policy);
+      b.Add(it == s.tokens_evicted.end() ? 0.0 : static_cast<double>(it->second),
+            {{"policy", policy}});
+    }
+    b.Family("kvserve_token_eviction_events_total",
+             "Token eviction compactions run (each drops one or more tokens of one sequence).",
+             MetricType::Counter)
+        .Add(static_cast<double>(s.token_eviction_events));
     b.Family("kvserve_prefix_cache_flushed_blocks_total",
              "Cached prefix blocks dropped by FlushPrefixCache.", MetricType::Counter)
         .Add(static_cast<double>(s.prefix_flushed_blocks));

@@ -59,7 +59,7 @@ std::vector<std::string> ShippedConfigs() {
   std::vector<std::string> files = {kSourceDir + "/configs/server.yaml"};
   for (const char* preset :
        {"fp16", "fp32-reference", "bf16", "low-memory", "high-throughput", "priority", "int8", "int4",
-        "nvfp4"}) {
+        "nvfp4", "long-context"}) {
     files.push_back(kSourceDir + "/configs/presets/" + preset + ".yaml");
   }
   return files;
@@ -102,6 +102,9 @@ TEST(ServerConfigFilesTest, PresetsDifferWhereTheirNamesSay) {
     EXPECT_TRUE(config.ok()) << name << ": " << config.status();
     return config.ok() ? *config : ServerConfig{};
   };
+  const ServerConfig long_context = load("long-context");
+  EXPECT_EQ(long_context.engine.token_eviction.policy, "sliding_window");
+  EXPECT_EQ(long_context.engine.token_eviction.budget_tokens, 256);
   const ServerConfig fp16 = load("fp16");
   EXPECT_EQ(fp16.engine.model.kv_format, kernels::KvFormat::kFp16);
   EXPECT_EQ(load("fp32-reference").engine.model.kv_format, kernels::KvFormat::kFp32);
@@ -203,6 +206,14 @@ metrics:
   min_watch_interval_ms: 250
 logging:
   level: debug
+token_eviction:
+  policy: h2o
+  budget_tokens: 96
+  min_budget_tokens: 32
+  max_budget_tokens: 256
+  sink_tokens: 2
+  recent_window: 24
+  slack_tokens: 8
 )";
 
 TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
@@ -262,6 +273,13 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   EXPECT_EQ(c.metrics_address, "[::1]:9100");
   EXPECT_EQ(c.min_watch_interval_ms, 250);
   EXPECT_EQ(c.log_level, "debug");
+  EXPECT_EQ(c.engine.token_eviction.policy, "h2o");
+  EXPECT_EQ(c.engine.token_eviction.budget_tokens, 96);
+  EXPECT_EQ(c.engine.token_eviction.min_budget_tokens, 32);
+  EXPECT_EQ(c.engine.token_eviction.max_budget_tokens, 256);
+  EXPECT_EQ(c.engine.token_eviction.options.sink_tokens, 2);
+  EXPECT_EQ(c.engine.token_eviction.options.recent_window, 24);
+  EXPECT_EQ(c.engine.token_eviction.options.slack_tokens, 8);
 }
 
 TEST(ServerConfigValuesTest, MissingKeysTakeTheHeaderDefaults) {

@@ -1,0 +1,141 @@
+// A plain double-precision Llama forward pass, one token at a time, over a KV cache that keeps
+// only a chosen set of earlier positions: the reference for token eviction. Keys are cached after
+// RoPE at their original position (as the engine does); a query at position p attends to the
+// kept positions plus p itself. The attention weights each cached position receives (summed
+// over layers and query heads) are accumulated, so a test can run its own eviction rule on them.
+// Independent of the engine's kernels, pool and policies.
+#ifndef KVSERVE_TESTS_ENGINE_TESTING_REFERENCE_EVICTING_LLAMA_H_
+#define KVSERVE_TESTS_ENGINE_TESTING_REFERENCE_EVICTING_LLAMA_H_
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "engine/model/model.h"
+#include "tests/engine/testing/reference_llama.h"
+
+namespace kvserve::testing {
+
+// Chooses the positions to keep (any order) from `cached` (ascending original positions) with
+// their accumulated attention `scores` (same order), before one more token is appended.
+using ReferenceEvictionRule = std::function<std::vector<int32_t>(
+    const std::vector<int32_t>& cached, const std::vector<double>& scores)>;
+
+struct ReferenceEvictionRun {
+  std::vector<std::vector<double>> logits;       // [position][vocab]
+  std::vector<std::vector<int32_t>> kept_after;  // cached positions after each eviction
+};
+
+// Feeds tokens[0..n) one by one. Before appending token p, when the cache holds `budget`
+// positions (or more), `rule` picks what stays.
+inline ReferenceEvictionRun ReferenceWithEviction(const engine::LoadedModel& model,
+                                                  const std::vector<int32_t>& tokens, int budget,
+                                                  const ReferenceEvictionRule& rule) {
+  const engine::ModelConfig& c = model.config();
+  const engine::ModelWeights& w = model.weights();
+  const int dim = c.dim, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+  auto matvec = [](const kernels::WeightView& m, const std::vector<double>& x) {
+    std::vector<double> y(m.rows, 0.0);
+    for (int64_t r = 0; r < m.rows; ++r) {
+      double s = 0;
+      for (int64_t k = 0; k < m.cols; ++k) s += WeightAt(m, r, k) * x[k];
+      y[r] = s;
+    }
+    return y;
+  };
+  auto rmsnorm = [&](const std::vector<double>& x, const float* g) {
+    double ss = 0;
+    for (double v : x) ss += v * v;
+    const double inv = 1.0 / std::sqrt(ss / x.size() + c.rms_norm_eps);
+    std::vector<double> y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * g[i];
+    return y;
+  };
+  auto rope = [&](std::vector<double>& v, int heads, int pos) {
+    for (int h = 0; h < heads; ++h) {
+      for (int i = 0; i < hd; i += 2) {
+        const double freq =
+            std::pow(static_cast<double>(c.rope_freq_base), -static_cast<double>(i) / hd);
+        const double a = pos * freq;
+        const double x0 = v[h * hd + i], x1 = v[h * hd + i + 1];
+        v[h * hd + i] = x0 * std::cos(a) - x1 * std::sin(a);
+        v[h * hd + i + 1] = x0 * std::sin(a) + x1 * std::cos(a);
+      }
+    }
+  };
+  // The cache: original positions (ascending), their K/V per layer and accumulated scores.
+  std::vector<int32_t> pos;
+  std::vector<std::vector<std::vector<double>>> keys(c.num_layers), values(c.num_layers);
+  std::vector<double> scores;
+  ReferenceEvictionRun run;
+  for (int p = 0; p < static_cast<int>(tokens.size()); ++p) {
+    if (static_cast<int>(pos.size()) + 1 > budget) {
+      std::vector<int32_t> keep = rule(pos, scores);
+      std::sort(keep.begin(), keep.end());
+      std::vector<size_t> idx;
+      for (int32_t k : keep) idx.push_back(std::find(pos.begin(), pos.end(), k) - pos.begin());
+      auto filter = [&idx](auto& v) {
+        std::remove_reference_t<decltype(v)> out;
+        for (size_t i : idx) out.push_back(v[i]);
+        v = std::move(out);
+      };
+      filter(pos);
+      filter(scores);
+      for (int l = 0; l < c.num_layers; ++l) {
+        filter(keys[l]);
+        filter(values[l]);
+      }
+      run.kept_after.push_back(pos);
+    }
+    pos.push_back(p);
+    scores.push_back(0.0);
+    std::vector<double> x(dim);
+    for (int i = 0; i < dim; ++i) x[i] = WeightAt(w.token_embedding, tokens[p], i);
+    const int n = static_cast<int>(pos.size());
+    for (int l = 0; l < c.num_layers; ++l) {
+      const engine::LayerWeights& lw = w.layers[l];
+      auto xb = rmsnorm(x, lw.attn_norm);
+      auto q = matvec(lw.wq, xb);
+      auto k = matvec(lw.wk, xb);
+      auto v = matvec(lw.wv, xb);
+      rope(q, nh, p);
+      rope(k, nkv, p);
+      keys[l].push_back(k);
+      values[l].push_back(v);
+      std::vector<double> att(nh * hd, 0.0);
+      for (int h = 0; h < nh; ++h) {
+        const int kh = h / (nh / nkv);
+        std::vector<double> s(n);
+        double mx = -1e300;
+        for (int t = 0; t < n; ++t) {
+          double d = 0;
+          for (int i = 0; i < hd; ++i) d += q[h * hd + i] * keys[l][t][kh * hd + i];
+          s[t] = d / std::sqrt(static_cast<double>(hd));
+          mx = std::max(mx, s[t]);
+        }
+        double sum = 0;
+        for (double& e : s) sum += (e = std::exp(e - mx));
+        for (int t = 0; t < n; ++t) {
+          scores[t] += s[t] / sum;
+          for (int i = 0; i < hd; ++i) att[h * hd + i] += s[t] / sum * values[l][t][kh * hd + i];
+        }
+      }
+      auto o = matvec(lw.wo, att);
+      for (int i = 0; i < dim; ++i) x[i] += o[i];
+      xb = rmsnorm(x, lw.ffn_norm);
+      auto g = matvec(lw.w_gate, xb);
+      auto u = matvec(lw.w_up, xb);
+      for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+      auto d = matvec(lw.w_down, g);
+      for (int i = 0; i < dim; ++i) x[i] += d[i];
+    }
+    run.logits.push_back(matvec(w.output, rmsnorm(x, w.final_norm)));
+  }
+  return run;
+}
+
+}  // namespace kvserve::testing
+
+#endif  // KVSERVE_TESTS_ENGINE_TESTING_REFERENCE_EVICTING_LLAMA_H_
