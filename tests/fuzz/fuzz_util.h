@@ -59,7 +59,7 @@ inline void WriteFile(const std::filesystem::path& path, std::string_view bytes)
   do {                                                                          \
     if (!(cond)) {                                                              \
       std::fprintf(stderr, "%s:%d: property failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, "" __VA_ARGS__);                                     \
+      std::fprintf(stderr, "  " __VA_ARGS__);                                   \
       std::fprintf(stderr, "\n");                                               \
       std::abort();                                                             \
     }                                                                           \
