@@ -14,6 +14,7 @@ build_pkgs=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libxxhash-dev prometheus-cpp-dev
   python3-grpcio python3-protobuf openssl prometheus
+  clang libclang-rt-14-dev
 )
 runtime_pkgs=(
   libabsl20220623 libspdlog1.10 libfmt9 libyaml-cpp0.7 libgrpc++1.51 libgrpc29 libprotobuf32
