@@ -21,6 +21,9 @@ case "$kind" in
     ;;
 esac
 jobs="${KVSERVE_JOBS:-$(nproc)}"
+if [[ "$kind" == thread ]]; then
+  "$root/tests/sanitizers/check_tsan_absl.sh"
+fi
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVSERVE_SANITIZE="$kind" \
   -DKVSERVE_BUILD_BENCH=OFF -DKVSERVE_CUDA=OFF >/dev/null
 cmake --build "$build" -j "$jobs"
