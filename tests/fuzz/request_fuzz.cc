@@ -13,6 +13,7 @@
 #include "absl/time/time.h"
 #include "engine/tokenizer/llama2c_tokenizer_file.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "google/protobuf/stubs/logging.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/slice.h"
 #include "kvserve/v1/generation.pb.h"
@@ -36,6 +37,13 @@ const engine::Tokenizer& Stories260KTokenizer() {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  // Protobuf logs every string field that is not UTF-8; the server sends those lines to debug.
+  static const bool quiet = [] {
+    google::protobuf::SetLogHandler(
+        [](google::protobuf::LogLevel, const char*, int, const std::string&) {});
+    return true;
+  }();
+  (void)quiet;
   const engine::Tokenizer& tokenizer = Stories260KTokenizer();
   // The limits of the default config with stories260K: a 512-token context.
   const server::RequestLimits limits{/*max_prompt_tokens=*/511, /*max_tokens_limit=*/511,
