@@ -55,6 +55,21 @@ using NoteWaitFn = void (*)(const absl::Notification*);
 using NoteDurationFn = bool (*)(const absl::Notification*, absl::Duration);
 using NoteTimeFn = bool (*)(const absl::Notification*, absl::Time);
 
+// absl::Mutex evaluates a Condition inside the library, with the mutex held, on the waiting
+// thread or on the one unlocking: each evaluation is modelled as a critical section of its own
+// (acquire, evaluate, release), so what it reads is ordered after the last unlock and before the
+// next lock.
+struct GuardedCondition {
+  const absl::Condition* cond;
+  absl::Mutex* mu;
+};
+bool EvalGuarded(GuardedCondition* g) {
+  __tsan_acquire(g->mu);
+  const bool met = g->cond->Eval();
+  __tsan_release(g->mu);  // the library may release the mutex next, unseen
+  return met;
+}
+
 }  // namespace
 
 namespace absl {
@@ -94,47 +109,61 @@ bool Mutex::ReaderTryLock() {
 }
 void Mutex::LockWhen(const Condition& cond) {
   KVSERVE_REAL(MutexCondFn, "_ZN4absl7debian35Mutex8LockWhenERKNS0_9ConditionE");
-  real(this, cond);
+  GuardedCondition guarded{&cond, this};
+  const Condition wrapped(&EvalGuarded, &guarded);
+  real(this, wrapped);
   __tsan_acquire(this);
 }
 void Mutex::ReaderLockWhen(const Condition& cond) {
   KVSERVE_REAL(MutexCondFn, "_ZN4absl7debian35Mutex14ReaderLockWhenERKNS0_9ConditionE");
-  real(this, cond);
+  GuardedCondition guarded{&cond, this};
+  const Condition wrapped(&EvalGuarded, &guarded);
+  real(this, wrapped);
   __tsan_acquire(this);
 }
 bool Mutex::LockWhenWithTimeout(const Condition& cond, absl::Duration timeout) {
   KVSERVE_REAL(MutexCondDurationFn,
                "_ZN4absl7debian35Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  const bool met = real(this, cond, timeout);
+  GuardedCondition guarded{&cond, this};
+  const Condition wrapped(&EvalGuarded, &guarded);
+  const bool met = real(this, wrapped, timeout);
   __tsan_acquire(this);
   return met;
 }
 bool Mutex::LockWhenWithDeadline(const Condition& cond, absl::Time deadline) {
   KVSERVE_REAL(MutexCondTimeFn,
                "_ZN4absl7debian35Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  const bool met = real(this, cond, deadline);
+  GuardedCondition guarded{&cond, this};
+  const Condition wrapped(&EvalGuarded, &guarded);
+  const bool met = real(this, wrapped, deadline);
   __tsan_acquire(this);
   return met;
 }
 void Mutex::Await(const Condition& cond) {
   KVSERVE_REAL(MutexCondFn, "_ZN4absl7debian35Mutex5AwaitERKNS0_9ConditionE");
+  GuardedCondition guarded{&cond, this};
+  const Condition wrapped(&EvalGuarded, &guarded);
   __tsan_release(this);
-  real(this, cond);
+  real(this, wrapped);
   __tsan_acquire(this);
 }
 bool Mutex::AwaitWithTimeout(const Condition& cond, absl::Duration timeout) {
   KVSERVE_REAL(MutexCondDurationFn,
                "_ZN4absl7debian35Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE");
+  GuardedCondition guarded{&cond, this};
+  const Condition wrapped(&EvalGuarded, &guarded);
   __tsan_release(this);
-  const bool met = real(this, cond, timeout);
+  const bool met = real(this, wrapped, timeout);
   __tsan_acquire(this);
   return met;
 }
 bool Mutex::AwaitWithDeadline(const Condition& cond, absl::Time deadline) {
   KVSERVE_REAL(MutexCondTimeFn,
                "_ZN4absl7debian35Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE");
+  GuardedCondition guarded{&cond, this};
+  const Condition wrapped(&EvalGuarded, &guarded);
   __tsan_release(this);
-  const bool met = real(this, cond, deadline);
+  const bool met = real(this, wrapped, deadline);
   __tsan_acquire(this);
   return met;
 }
