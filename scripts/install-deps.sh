@@ -15,6 +15,7 @@ build_pkgs=(
   libxxhash-dev prometheus-cpp-dev
   python3-grpcio python3-protobuf openssl prometheus
   python3
+  clang libclang-rt-14-dev
 )
 runtime_pkgs=(
   libabsl20220623 libspdlog1.10 libfmt9 libyaml-cpp0.7 libgrpc++1.51 libgrpc29 libprotobuf32

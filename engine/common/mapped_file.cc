@@ -53,11 +53,38 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
     ::close(fd);
     return MappedFile(path, nullptr, 0);
   }
-  void* addr = ::mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_PRIVATE, fd, 0);
-  const int err = errno;
-  ::close(fd);  // the mapping keeps its own reference to the file
-  if (addr == MAP_FAILED) return ErrnoError(err, "cannot mmap file", path);
-  return MappedFile(path, static_cast<const uint8_t*>(addr), size);
+  // The bytes are read into private anonymous memory rather than mapped from the file: a mapping
+  // of the file itself faults (SIGBUS) on any page past a later truncation and shows later
+  // rewrites, so a model file changed under a running server could crash it or change its
+  // weights. The copy costs one read of the file at load and no page-cache sharing between
+  // processes.
+  void* addr = ::mmap(nullptr, static_cast<size_t>(size), PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (addr == MAP_FAILED) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoError(err, absl::StrCat("cannot allocate ", size, " bytes for the file"), path);
+  }
+  auto* bytes = static_cast<uint8_t*>(addr);
+  int64_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::pread(fd, bytes + done, static_cast<size_t>(size - done), done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = errno;
+      ::close(fd);
+      ::munmap(addr, static_cast<size_t>(size));
+      if (n == 0) {
+        return absl::DataLossError(absl::StrCat(path, ": the file shrank while it was read (",
+                                                size, " bytes at open, ", done, " read)"));
+      }
+      return ErrnoError(err, absl::StrCat("cannot read file at byte ", done), path);
+    }
+    done += n;
+  }
+  ::close(fd);
+  ::mprotect(addr, static_cast<size_t>(size), PROT_READ);
+  return MappedFile(path, bytes, size);
 }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept

@@ -1,9 +1,12 @@
-// A read-only memory mapping of a whole file.
+// The bytes of a whole file, read once into private read-only memory.
 //
-// MappedFile owns the mapping and unmaps it when destroyed. It is movable, not copyable; moving
-// keeps the mapped address, so pointers into data() stay valid for as long as some MappedFile owns
-// the mapping. The mapped bytes are immutable (PROT_READ, MAP_PRIVATE) and safe to read from any
-// number of threads. An empty file maps to data() == nullptr and size() == 0.
+// The contents are copied at Open() into an anonymous mapping (not a mapping of the file): a file
+// that is truncated, rewritten or deleted afterwards can neither fault a reader (SIGBUS past the
+// new end of a file mapping) nor change what it reads. MappedFile owns that memory and unmaps it
+// when destroyed. It is movable, not copyable; moving keeps the address, so pointers into data()
+// stay valid for as long as some MappedFile owns the memory. The bytes are immutable (PROT_READ)
+// and safe to read from any number of threads. An empty file gives data() == nullptr and
+// size() == 0.
 #ifndef KVSERVE_ENGINE_COMMON_MAPPED_FILE_H_
 #define KVSERVE_ENGINE_COMMON_MAPPED_FILE_H_
 
@@ -18,8 +21,9 @@ namespace kvserve::engine {
 
 class MappedFile {
  public:
-  // Maps `path` read-only. Errors name the path: NotFound (no such file), PermissionDenied,
-  // InvalidArgument (a directory or other non-regular file), Internal (mmap or stat failure).
+  // Reads `path` into private read-only memory. Errors name the path: NotFound (no such file),
+  // PermissionDenied, InvalidArgument (a directory or other non-regular file), DataLoss (the file
+  // shrank while it was read), Internal (stat, read or allocation failure).
   static absl::StatusOr<MappedFile> Open(const std::string& path);
 
   MappedFile() = default;

@@ -30,7 +30,9 @@ std::string HumanBytes(double b) {
     b /= 1024;
     ++u;
   }
-  return absl::StrFormat(u == 0 ? "%.0f %s" : "%.2f %s", b, units[u]);
+  // Two literal formats: clang checks StrFormat's format at compile time.
+  return u == 0 ? absl::StrFormat("%.0f %s", b, units[u])
+                : absl::StrFormat("%.2f %s", b, units[u]);
 }
 
 absl::StatusOr<std::vector<int64_t>> ParseList(const std::string& flag, const std::string& s) {

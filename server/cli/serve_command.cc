@@ -4,15 +4,19 @@
 // (UNAVAILABLE), stops the engine from admitting requests, and waits up to
 // server.drain_timeout_seconds for the running ones to finish; whatever is left then ends with
 // UNAVAILABLE (at once on a second signal). The server is then stopped and the process exits 0.
+// SIGHUP reloads the config file (with the same --set overrides); see config_reload.h for what a
+// reload applies and how a bad file is reported (the running config stays).
 // Signals are taken by a sigwait thread (blocked everywhere else), so no work runs in a handler.
 #include <pthread.h>
 #include <signal.h>
 
+#include <atomic>
 #include <cstdio>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "engine/serving/engine.h"
@@ -20,6 +24,7 @@
 #include "kernels/kv_format.h"
 #include "server/cli/commands.h"
 #include "server/cli/flags.h"
+#include "server/config/config_reload.h"
 #include "server/config/server_config.h"
 #include "server/grpc/grpc_server.h"
 #include "spdlog/spdlog.h"
@@ -33,6 +38,7 @@ sigset_t WatchedSignals() {
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
   sigaddset(&set, SIGUSR2);
   return set;
 }
@@ -51,6 +57,8 @@ class SignalWatcher {
   }
   absl::Notification& drain() { return drain_; }
   absl::Notification& force() { return force_; }
+  // True once per SIGHUP received since the last call.
+  bool TakeReload() { return reloads_.exchange(0) > 0; }
 
  private:
   void Run() {
@@ -58,6 +66,10 @@ class SignalWatcher {
     for (;;) {
       int sig = 0;
       if (sigwait(&set, &sig) != 0 || sig == SIGUSR2) return;
+      if (sig == SIGHUP) {
+        reloads_.fetch_add(1);
+        continue;
+      }
       if (!drain_.HasBeenNotified()) {
         spdlog::info("received {}: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
         drain_.Notify();
@@ -70,8 +82,39 @@ class SignalWatcher {
 
   absl::Notification drain_;
   absl::Notification force_;
+  std::atomic<int> reloads_{0};
   std::thread thread_;
 };
+
+// Reloads the config on SIGHUP (see config_reload.h). `running` is updated with what was applied.
+void Reload(const std::string& path, const std::vector<std::string>& overrides,
+            GrpcServer& server, ServerConfig& running) {
+  spdlog::info("received SIGHUP: reloading {}", path);
+  auto loaded = LoadServerConfig(path, overrides);
+  if (!loaded.ok()) {
+    spdlog::error("config reload failed, keeping the running config: {}",
+                  std::string(loaded.status().message()));
+    return;
+  }
+  const ConfigChanges changes = DiffServerConfigs(running, *loaded);
+  if (server.api_keys_required()) {
+    if (absl::Status s = server.ReloadApiKeys(loaded->api_keys_file); !s.ok()) {
+      spdlog::error("config reload failed, keeping the running config: {}: {}", path,
+                    std::string(s.message()));
+      return;
+    }
+  }
+  running.api_keys_file = loaded->api_keys_file;
+  running.log_level = loaded->log_level;
+  spdlog::set_level(spdlog::level::from_str(running.log_level));
+  if (!changes.not_reloadable.empty()) {
+    spdlog::warn("config reload: not applied (restart to apply): {}",
+                 absl::StrJoin(changes.not_reloadable, ", "));
+  }
+  spdlog::info("config reloaded: {}", changes.reloadable.empty()
+                                          ? std::string("no reloadable key changed")
+                                          : "applied " + absl::StrJoin(changes.reloadable, ", "));
+}
 
 // Protobuf's own log lines (a request that does not parse) are client errors, already answered.
 void RouteProtobufLogs() {
@@ -164,7 +207,11 @@ int RunServeCommand(const std::vector<std::string>& args) {
   spdlog::info("listening on {} ({}{})", (*server)->bound_address(),
                (*server)->tls() ? "TLS" : "plaintext",
                (*server)->api_keys_required() ? ", API keys required" : "");
-  signals->drain().WaitForNotification();
+  while (!signals->drain().WaitForNotificationWithTimeout(absl::Milliseconds(100))) {
+    if (signals->TakeReload()) {
+      Reload(flags.GetString("config"), flags.GetRepeated("set"), **server, *config);
+    }
+  }
   const int code = Drain(**server, **engine, *signals, config->drain_timeout_seconds);
   server->reset();
   engine->reset();

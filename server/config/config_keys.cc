@@ -46,6 +46,11 @@ std::vector<ConfigKey> BuildKeys() {
       [](ServerConfig& c, int64_t v) { c.max_message_bytes = v; },
       [](const ServerConfig& c) { return c.max_message_bytes; },
       "largest gRPC message received or sent, bytes"));
+  keys.push_back(IntKey(
+      "server.max_streams_per_connection", 1, 65536,
+      [](ServerConfig& c, int64_t v) { c.max_streams_per_connection = static_cast<int32_t>(v); },
+      [](const ServerConfig& c) { return c.max_streams_per_connection; },
+      "concurrent calls one client connection may have open; more wait in the client"));
   keys.push_back(FloatKey(
       "server.drain_timeout_seconds", 0, 86400,
       [](ServerConfig& c, double v) { c.drain_timeout_seconds = v; },

@@ -32,6 +32,7 @@ struct ServerConfig {
   // server:
   std::string address = "127.0.0.1:50051";   // server.address
   int64_t max_message_bytes = 4 << 20;       // server.max_message_bytes
+  int32_t max_streams_per_connection = 100;  // server.max_streams_per_connection
   double drain_timeout_seconds = 30;         // server.drain_timeout_seconds
   std::string api_keys_file;                 // server.api_keys_file: one key per line
   bool auth_on_loopback = false;             // server.auth_on_loopback

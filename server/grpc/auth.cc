@@ -18,6 +18,13 @@ absl::string_view Absl(std::string_view s) { return absl::string_view(s.data(), 
 
 absl::StatusOr<std::unique_ptr<ApiKeyAuthenticator>> ApiKeyAuthenticator::FromFile(
     const std::string& path) {
+  auto keys = ReadKeysFile(path);
+  if (!keys.ok()) return keys.status();
+  return std::make_unique<ApiKeyAuthenticator>(*std::move(keys));
+}
+
+absl::StatusOr<std::vector<std::string>> ApiKeyAuthenticator::ReadKeysFile(
+    const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     return absl::InvalidArgumentError(
@@ -35,7 +42,18 @@ absl::StatusOr<std::unique_ptr<ApiKeyAuthenticator>> ApiKeyAuthenticator::FromFi
     return absl::InvalidArgumentError(
         absl::StrCat("server.api_keys_file: '", path, "' holds no key (one key per line)"));
   }
-  return std::make_unique<ApiKeyAuthenticator>(std::move(keys));
+  return keys;
+}
+
+void ApiKeyAuthenticator::SetKeys(std::vector<std::string> keys) {
+  auto fresh = std::make_shared<const std::vector<std::string>>(std::move(keys));
+  absl::MutexLock lock(&mu_);
+  keys_ = std::move(fresh);
+}
+
+std::shared_ptr<const std::vector<std::string>> ApiKeyAuthenticator::Keys() const {
+  absl::MutexLock lock(&mu_);
+  return keys_;
 }
 
 absl::Status ApiKeyAuthenticator::CheckHeader(std::string_view header) const {
@@ -48,7 +66,8 @@ absl::Status ApiKeyAuthenticator::CheckHeader(std::string_view header) const {
     while (!presented.empty() && presented.back() == ' ') presented.remove_suffix(1);
   }
   bool match = false;
-  for (const std::string& key : keys_) {
+  const std::shared_ptr<const std::vector<std::string>> keys = Keys();
+  for (const std::string& key : *keys) {
     // Every key is compared: the time does not depend on which one matched.
     match |= ConstantTimeEquals(presented, key) && !presented.empty();
   }

@@ -17,7 +17,10 @@
 // first differing byte, and every key is compared), so timing does not reveal how much of a key
 // matched. Keys never appear in logs.
 //
-// Thread-safety: immutable after creation; Check() is safe from any thread.
+// The keys can be replaced while the server runs (SetKeys, used by a config reload on SIGHUP for
+// key rotation); a call is checked against one complete set, the old or the new.
+//
+// Thread-safety: every method is safe from any thread.
 #ifndef KVSERVE_SERVER_GRPC_AUTH_H_
 #define KVSERVE_SERVER_GRPC_AUTH_H_
 
@@ -28,6 +31,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 
 namespace kvserve::server {
@@ -37,7 +41,14 @@ class ApiKeyAuthenticator {
   // Reads the keys file. InvalidArgument naming `server.api_keys_file` when it cannot be read or
   // holds no key.
   static absl::StatusOr<std::unique_ptr<ApiKeyAuthenticator>> FromFile(const std::string& path);
-  explicit ApiKeyAuthenticator(std::vector<std::string> keys) : keys_(std::move(keys)) {}
+  // The keys of a keys file, with FromFile's errors.
+  static absl::StatusOr<std::vector<std::string>> ReadKeysFile(const std::string& path);
+  // REQUIRES: `keys` is not empty.
+  explicit ApiKeyAuthenticator(std::vector<std::string> keys)
+      : keys_(std::make_shared<const std::vector<std::string>>(std::move(keys))) {}
+
+  // Replaces the keys at once. REQUIRES: `keys` is not empty.
+  void SetKeys(std::vector<std::string> keys);
 
   // OK when `authorization_header` (the metadata value, "" when absent) is "Bearer <key>" for
   // one of the keys (the scheme is case-insensitive); UNAUTHENTICATED otherwise.
@@ -45,10 +56,13 @@ class ApiKeyAuthenticator {
   // CheckHeader on the call's `authorization` metadata.
   absl::Status Check(const grpc::ServerContextBase& context) const;
 
-  size_t num_keys() const { return keys_.size(); }
+  size_t num_keys() const { return Keys()->size(); }
 
  private:
-  std::vector<std::string> keys_;
+  std::shared_ptr<const std::vector<std::string>> Keys() const;
+
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const std::vector<std::string>> keys_ ABSL_GUARDED_BY(mu_);
 };
 
 // True for loopback listen addresses: "127.x.y.z:port", "[::1]:port", "localhost:port",

@@ -111,6 +111,10 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  // HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: one connection cannot open more calls than this; a
+  // client's further calls wait (in the client) for one of its own to end. The engine's
+  // scheduler.max_waiting_requests bounds the calls of all connections together.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, config.max_streams_per_connection);
   builder.AddListeningPort(config.address, credentials, &server->port_);
   builder.RegisterService(server->service_.get());
   builder.RegisterService(server->memory_service_.get());
@@ -132,6 +136,16 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
 }
 
 GrpcServer::~GrpcServer() { Shutdown(absl::ZeroDuration()); }
+
+absl::Status GrpcServer::ReloadApiKeys(const std::string& path) {
+  if (authenticator_ == nullptr) return absl::OkStatus();
+  auto keys = ApiKeyAuthenticator::ReadKeysFile(path);
+  if (!keys.ok()) return keys.status();
+  const size_t count = keys->size();
+  authenticator_->SetKeys(*std::move(keys));
+  spdlog::info("API keys reloaded ({} keys)", count);
+  return absl::OkStatus();
+}
 
 void GrpcServer::BeginDrain() {
   if (service_ != nullptr) service_->BeginDrain();

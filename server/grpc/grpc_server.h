@@ -52,6 +52,12 @@ class GrpcServer {
   void BeginDrain();
   void Shutdown(absl::Duration grace);
 
+  // Config reload: reads the keys file `path` again and replaces the keys at once. Does nothing
+  // when keys are not required (that is decided at start). InvalidArgument naming
+  // server.api_keys_file when the file cannot be read or holds no key; the old keys then stay.
+  // Thread-safe.
+  absl::Status ReloadApiKeys(const std::string& path);
+
  private:
   GrpcServer() = default;
 

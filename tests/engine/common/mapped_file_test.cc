@@ -88,5 +88,24 @@ TEST_F(MappedFileTest, PermissionDenied) {
   EXPECT_THAT(file.status().message(), HasSubstr(path));
 }
 
+// A file truncated, rewritten or removed after Open() must not fault the reader (a mapping of the
+// file would raise SIGBUS on the pages past the new end) nor change the bytes it reads.
+TEST_F(MappedFileTest, TruncatingOrRewritingTheFileLaterChangesNothing) {
+  std::string contents(3 * 4096 + 123, '\0');
+  for (size_t i = 0; i < contents.size(); ++i) contents[i] = static_cast<char>(i * 7 + 1);
+  const std::string path = Write("model.bin", contents);
+  auto file = MappedFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+
+  ASSERT_EQ(::truncate(path.c_str(), 0), 0);
+  ASSERT_EQ(std::string(reinterpret_cast<const char*>(file->data()), file->size()), contents);
+
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << std::string(contents.size(), 'z');
+  ASSERT_EQ(std::string(reinterpret_cast<const char*>(file->data()), file->size()), contents);
+
+  std::filesystem::remove(path);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(file->data()), file->size()), contents);
+}
+
 }  // namespace
 }  // namespace kvserve::engine

@@ -169,6 +169,7 @@ constexpr char kWorkedConfig[] = R"(model:
 server:
   address: 0.0.0.0:6000
   max_message_bytes: 1048576
+  max_streams_per_connection: 7
   drain_timeout_seconds: 2.5
   api_keys_file: keys.txt
   auth_on_loopback: true
@@ -240,6 +241,7 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   EXPECT_EQ(c.engine.model.tokenizer_path, c.tokenizer_path);
   EXPECT_EQ(c.address, "0.0.0.0:6000");
   EXPECT_EQ(c.max_message_bytes, 1048576);
+  EXPECT_EQ(c.max_streams_per_connection, 7);
   EXPECT_DOUBLE_EQ(c.drain_timeout_seconds, 2.5);
   EXPECT_TRUE(fs::equivalent(c.api_keys_file, dir.Path("keys.txt")));
   EXPECT_TRUE(c.auth_on_loopback);
@@ -293,6 +295,7 @@ TEST(ServerConfigValuesTest, MissingKeysTakeTheHeaderDefaults) {
   EXPECT_EQ(c.tokenizer_path, "");
   EXPECT_EQ(c.address, defaults.address);
   EXPECT_EQ(c.max_message_bytes, defaults.max_message_bytes);
+  EXPECT_EQ(c.max_streams_per_connection, 100);
   EXPECT_EQ(c.drain_timeout_seconds, defaults.drain_timeout_seconds);
   EXPECT_EQ(c.api_keys_file, "");
   EXPECT_EQ(c.auth_on_loopback, defaults.auth_on_loopback);
