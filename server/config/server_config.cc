@@ -1,7 +1,9 @@
 #include "server/config/server_config.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <exception>
@@ -77,6 +79,81 @@ std::string UnknownKeyMessage(const std::string& path) {
   return message;
 }
 
+// Where each YAML document of a text starts, read with the event parser and at most two
+// documents deep. YAML::LoadAll is not used: yaml-cpp 0.7 never returns from it on a stray flow
+// entry such as a file holding only "," (its parser then yields the same empty document forever
+// without consuming the token). A document that starts where the previous one did is that case.
+struct YamlDocumentScan {
+  int documents = 0;  // 0, 1, or 2 meaning "more than one"
+  YAML::Mark second;  // where the second document starts (or where the parser got stuck)
+  bool stuck = false; // the parser made no progress: malformed input at `second`
+};
+
+class DocumentStartRecorder : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    start = mark;
+    seen_node_ = false;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { Node(mark); }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { Node(mark); }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                const std::string&) override {
+    Node(mark);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {
+    Node(mark);
+  }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {
+    Node(mark);
+  }
+  void OnMapEnd() override {}
+  YAML::Mark start;  // the document's first node (its start marker when it has none)
+
+ private:
+  void Node(const YAML::Mark& mark) {
+    if (!seen_node_) start = mark;
+    seen_node_ = true;
+  }
+  bool seen_node_ = false;
+};
+
+// Throws YAML::Exception on malformed input, as YAML::Load does.
+YamlDocumentScan ScanYamlDocuments(const std::string& text) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  DocumentStartRecorder recorder;
+  YamlDocumentScan scan;
+  YAML::Mark previous;
+  // Three documents at most: enough to tell "more than one" and to see a parser that repeats
+  // itself after a first document that did parse (as in `"x",`).
+  for (int n = 0; n < 3 && parser.HandleNextDocument(recorder); ++n) {
+    if (n > 0 && recorder.start.pos == previous.pos) {
+      scan.stuck = true;
+      scan.second = recorder.start;
+      return scan;
+    }
+    if (n == 1) scan.second = recorder.start;
+    scan.documents = std::min(n + 1, 2);
+    previous = recorder.start;
+  }
+  return scan;
+}
+
+std::string MalformedAt(const std::string& where, const std::string& text, const YAML::Mark& m) {
+  std::string found = "end of input";
+  if (m.pos >= 0 && static_cast<size_t>(m.pos) < text.size()) {
+    found = absl::StrCat("'", text.substr(static_cast<size_t>(m.pos), 1), "'");
+  }
+  return absl::StrCat(where, ":", m.line + 1, ":", m.column + 1, ": malformed YAML: unexpected ",
+                      found, " (a ',' belongs inside a [...] or {...} collection; quote a value "
+                      "that contains one at its start)");
+}
+
 class ConfigLoader {
  public:
   explicit ConfigLoader(std::string file) : file_(std::move(file)) { config_.source = file_; }
@@ -126,13 +203,14 @@ absl::Status ConfigLoader::ReadFile() {
   file_context_.base_dir = std::filesystem::path(file_).parent_path().string();
 
   try {
-    const std::vector<YAML::Node> documents = YAML::LoadAll(text.str());
-    if (documents.empty()) return absl::OkStatus();  // empty, or comments only
-    if (documents.size() > 1) {
-      return FileError(documents[1].Mark(),
-                       absl::StrCat("expected one YAML document, found ", documents.size()));
+    const std::string content = text.str();
+    const YamlDocumentScan scan = ScanYamlDocuments(content);
+    if (scan.stuck) return absl::InvalidArgumentError(MalformedAt(file_, content, scan.second));
+    if (scan.documents == 0) return absl::OkStatus();  // empty, or comments only
+    if (scan.documents > 1) {
+      return FileError(scan.second, "expected one YAML document, found more than one");
     }
-    const YAML::Node& root = documents[0];
+    const YAML::Node root = YAML::Load(content);
     if (root.IsNull()) return absl::OkStatus();
     if (!root.IsMap()) {
       return FileError(
@@ -220,14 +298,23 @@ absl::Status ConfigLoader::ApplyOverride(const std::string& text) {
       key->type == ConfigValueType::kString || key->type == ConfigValueType::kPath;
   ConfigScalar scalar;
   try {
-    const YAML::Node node = YAML::Load(raw);
-    if (node.IsScalar() || node.IsNull()) {
-      scalar = ScalarOf(node);
-    } else if (takes_text) {
-      scalar.text = raw;
+    const YamlDocumentScan scan = ScanYamlDocuments(raw);
+    if (scan.stuck || scan.documents > 1) {
+      if (!takes_text) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": expected a single YAML value, got '", raw, "'"));
+      }
+      scalar = ConfigScalar{raw, false, true};  // not one YAML value: taken as written
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": expected a single value (",
-                                                     key->accepted, "), got ", DescribeNode(node)));
+      const YAML::Node node = YAML::Load(raw);
+      if (node.IsScalar() || node.IsNull()) {
+        scalar = ScalarOf(node);
+      } else if (takes_text) {
+        scalar.text = raw;
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": expected a single value (", key->accepted, "), got ", DescribeNode(node)));
+      }
     }
   } catch (const YAML::Exception& e) {
     if (!takes_text) {

@@ -98,6 +98,8 @@ TEST_F(ServerConfigOverrideTest, BadOverridesAreNamed) {
               HasSubstr("--set kv_cache.block_size=\"16\": expected an integer, got the string"));
   EXPECT_THAT(Error({"kv_cache.block_size=[1, 2]"}),
               HasSubstr("--set kv_cache.block_size=[1, 2]: expected a single value"));
+  EXPECT_THAT(Error({"kv_cache.block_size=,"}),
+              HasSubstr("--set kv_cache.block_size=,: expected a single YAML value, got ','"));
   EXPECT_THAT(Error({"kv_cache.block_size=[1"}),
               HasSubstr("--set kv_cache.block_size=[1: malformed value"));
   EXPECT_THAT(Error({"scheduler.policy=lifo"}),
