@@ -37,7 +37,19 @@ std::string Name(const Case& c) {
 
 void RunCase(const Case& c, std::mt19937& rng) {
   SCOPED_TRACE(Name(c));
-  const KvRegionShape shape{c.block_size, c.num_kv_heads, c.head_dim};
+  KvRegionShape shape{c.block_size, c.num_kv_heads, c.head_dim};
+  // lowrank keys: rank head_dim / 2 on the even coordinate axes of every head.
+  std::vector<float> basis;
+  if (c.format == KvFormat::kLowrank) {
+    shape.key_rank = std::max(1, c.head_dim / 2);
+    basis.assign(static_cast<size_t>(c.num_kv_heads) * c.head_dim * shape.key_rank, 0.0f);
+    for (int h = 0; h < c.num_kv_heads; ++h) {
+      for (int r = 0; r < shape.key_rank; ++r) {
+        basis[(static_cast<size_t>(h) * c.head_dim + 2 * r) * shape.key_rank + r] = 1.0f;
+      }
+    }
+  }
+  const float* key_basis = basis.empty() ? nullptr : basis.data();
   ASSERT_TRUE(KvFormatSupports(c.format, shape));
   const int heads = c.num_kv_heads * c.group;
   const int hd = c.head_dim;
@@ -71,15 +83,17 @@ void RunCase(const Case& c, std::mt19937& rng) {
   for (int b = 0; b < num_blocks; ++b) {
     std::vector<float> k = testing::RandomFloats(rng, region_floats, -2.0f, 2.0f);
     std::vector<float> v = testing::RandomFloats(rng, region_floats);
-    ASSERT_TRUE(QuantizeKvRegion(c.format, KvRole::kKey, k.data(), shape, bs, ptrs[b]));
+    ASSERT_TRUE(
+        QuantizeKvRegion(c.format, KvRole::kKey, k.data(), shape, bs, ptrs[b], key_basis));
     ASSERT_TRUE(QuantizeKvRegion(c.format, KvRole::kValue, v.data(), shape, bs, ptrs[b] + k_bytes));
-    DequantizeKvRegion(c.format, KvRole::kKey, ptrs[b], shape, bs, keys[b].data());
+    DequantizeKvRegion(c.format, KvRole::kKey, ptrs[b], shape, bs, keys[b].data(), key_basis);
   }
   PagedKvLayerView view;
   view.block_data = ptrs.data();
   view.block_layout = layouts.data();
   view.regions = &region;
   view.shape = shape;
+  view.key_basis = key_basis;
 
   // Query tokens: a few prefill positions and the decode token of each sequence.
   std::vector<int32_t> token_seq, token_kv_len;
