@@ -101,8 +101,18 @@ TEST(GrpcLimitsTest, SlowReaderStallsNeitherOtherStreamsNorTheEngine) {
     EXPECT_EQ(prompts[i] + results[i].text + "\n", expected[i]);
   }
 
-  // The stalled request is paused: nothing more is generated for it while nobody reads.
-  const v1::MemoryStats before = Stats(server);
+  // The stalled request is paused: nothing more is generated for it while nobody reads. It may
+  // still be filling its buffer and the transport's windows when the other streams end (a slow
+  // build), so first wait for the count to settle; a request that never pauses would instead run
+  // on to its max_tokens and end (caught below).
+  v1::MemoryStats before = Stats(server);
+  for (int i = 0; i < 40; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    const v1::MemoryStats now = Stats(server);
+    const bool settled = now.generated_tokens() == before.generated_tokens();
+    before = now;
+    if (settled) break;
+  }
   std::this_thread::sleep_for(std::chrono::milliseconds(700));
   const v1::MemoryStats after = Stats(server);
   EXPECT_EQ(after.generated_tokens(), before.generated_tokens());

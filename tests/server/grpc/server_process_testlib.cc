@@ -318,6 +318,7 @@ void TcpProxy::Run() {
       close_all();
       return;
     }
+    const size_t polled = pairs.size();  // a pair accepted below has no pollfd this round
     if (fds[1].revents & POLLIN) {
       const int client = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
       const int server = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -334,6 +335,10 @@ void TcpProxy::Run() {
     }
     std::vector<Pair> alive;
     for (size_t i = 0; i < pairs.size(); ++i) {
+      if (i >= polled) {
+        alive.push_back(pairs[i]);
+        continue;
+      }
       bool open = true;
       for (int side = 0; side < 2 && open; ++side) {
         const pollfd& f = fds[2 + 2 * i + side];
