@@ -55,6 +55,19 @@
 namespace kvserve::server::testing {
 namespace {
 
+// Whether this build (and so the server binary built beside it) runs under AddressSanitizer.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAddressSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kAddressSanitizer = true;
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+
 constexpr int kMaxTokens = 40;  // the longest generation; references run this long
 
 int EnvInt(const char* name, int fallback) {
@@ -504,9 +517,14 @@ TEST(SoakTest, RandomLoadWithFaultsKeepsEveryOutputAndLeaksNothing) {
     const v1::MemoryStats final_stats = GetStats(server);
     EXPECT_GT(final_stats.preemptions(), 0) << format;
     EXPECT_GT(final_stats.evicted_blocks(), 0) << format;
-    // Resident memory settles after the first round: later rounds grow it by under 8 MiB.
+    // Resident memory settles after the first round: later rounds grow it by under 8 MiB. Under
+    // AddressSanitizer freed memory sits in its quarantine (256 MiB by default) before it is
+    // reused, so resident memory grows by design there; leaks are caught instead by
+    // LeakSanitizer when the server exits (a report makes its exit status non-zero below).
     ASSERT_EQ(rss.size(), static_cast<size_t>(kRounds));
-    EXPECT_LE(rss.back(), rss[1] + 8 * 1024) << format << ": RSS grew across rounds";
+    if (!kAddressSanitizer) {
+      EXPECT_LE(rss.back(), rss[1] + 8 * 1024) << format << ": RSS grew across rounds";
+    }
     EXPECT_EQ(HealthStatus(server.Channel()), "SERVING");
     EXPECT_EQ(server.SignalAndWait(SIGTERM, absl::Seconds(30)), 0) << server.Stderr();
   }
