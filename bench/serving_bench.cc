@@ -3,12 +3,13 @@
 // own share of step time (everything but the forward pass).
 //
 //   serving_bench [--model PATH] [--prompt-tokens 64] [--output-tokens 128] [--streams 32]
-//                 [--reps 3] [--kv-format fp32]
+//                 [--reps 3] [--kv-format fp32] [--mutex-checks 0]
 #include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "engine/serving/engine.h"
 #include "spdlog/spdlog.h"
 
@@ -82,6 +83,7 @@ int main(int argc, char** argv) {
   std::string model = std::string(KVSERVE_MODELS_DIR) + "/stories260K.gguf";
   int prompt_tokens = 64, output_tokens = 128, streams = 32, reps = 3;
   std::string format = "fp32";
+  bool mutex_checks = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--model") model = value;
@@ -90,11 +92,14 @@ int main(int argc, char** argv) {
     else if (flag == "--streams") streams = std::stoi(value);
     else if (flag == "--reps") reps = std::stoi(value);
     else if (flag == "--kv-format") format = value;
+    else if (flag == "--mutex-checks") mutex_checks = value == "1";
     else {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
       return 2;
     }
   }
+  // As `kvserve serve` does (server/main.cc); --mutex-checks 1 keeps Abseil's lock-order checks.
+  if (!mutex_checks) absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   EngineOptions o;
   o.model.model_path = model;
   o.model.kv_format = *kvserve::kernels::ParseKvFormat(format);
@@ -104,8 +109,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", std::string(engine.status().message()).c_str());
     return 1;
   }
-  std::printf("model %s, KV %s, prompts %d tokens, outputs %d tokens, median of %d runs\n",
-              model.c_str(), format.c_str(), prompt_tokens, output_tokens, reps);
+  std::printf(
+      "model %s, KV %s, prompts %d tokens, outputs %d tokens, median of %d runs, mutex lock-order "
+      "checks %s\n",
+      model.c_str(), format.c_str(), prompt_tokens, output_tokens, reps, mutex_checks ? "on" : "off");
   std::printf("%-8s %16s %12s %14s %16s %12s\n", "streams", "output tokens/s", "vs 1 stream",
               "step (us)", "scheduler (us)", "share");
   double single = 0;
