@@ -31,6 +31,14 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
   flags.Int("token-sinks", 4, "sliding_window: first tokens always kept (attention sinks)");
   flags.Int("token-recent-window", -1, "h2o: newest tokens always kept; -1 = half the budget");
   flags.Int("token-slack", 0, "evict down to budget - slack tokens (fewer, larger evictions)");
+  flags.String("token-granularity", "sequence",
+               "h2o, attention: one decision per sequence, layer or head (layer and KV head)");
+  flags.String("token-score-normalization", "none",
+               "h2o, attention: none (accumulated attention) or age (divided by the queries that "
+               "have seen the token)");
+  flags.String("documents", "all",
+               "all, even or odd: score only the documents with an even (0, 2, ...) or odd "
+               "0-based index");
   flags.Required("text");
   if (absl::Status s = flags.Parse(args); !s.ok()) {
     std::fprintf(stderr, "kvserve perplexity: %s\n\n%s", std::string(s.message()).c_str(),
@@ -80,6 +88,26 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
   po.token_eviction.options.recent_window =
       static_cast<int32_t>(flags.GetInt("token-recent-window"));
   po.token_eviction.options.slack_tokens = static_cast<int32_t>(flags.GetInt("token-slack"));
+  const std::string subset = flags.GetString("documents");
+  if (subset == "even") {
+    po.subset = engine::PerplexityOptions::Subset::kEven;
+  } else if (subset == "odd") {
+    po.subset = engine::PerplexityOptions::Subset::kOdd;
+  } else if (subset != "all") {
+    std::fprintf(stderr, "kvserve perplexity: --documents must be all, even or odd, got '%s'\n",
+                 subset.c_str());
+    return 2;
+  }
+  auto granularity = engine::ParseTokenEvictionGranularity(flags.GetString("token-granularity"));
+  auto normalization =
+      engine::ParseTokenScoreNormalization(flags.GetString("token-score-normalization"));
+  if (!granularity.ok() || !normalization.ok()) {
+    const absl::Status& bad = granularity.ok() ? normalization.status() : granularity.status();
+    std::fprintf(stderr, "kvserve perplexity: %s\n", std::string(bad.message()).c_str());
+    return 2;
+  }
+  po.token_eviction.options.granularity = *granularity;
+  po.token_eviction.options.score_normalization = *normalization;
   auto result = engine::EvaluatePerplexity(**local, text, po);
   if (!result.ok()) {
     spdlog::error("{}", std::string(result.status().message()));

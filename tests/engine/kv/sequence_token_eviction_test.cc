@@ -268,13 +268,13 @@ EngineRun RunEngine(LocalModel& lm, const TokenEvictionPolicy& policy, int32_t b
   std::vector<float> logits(vocab);
   int64_t slots = 0;
   for (int32_t p = 0; p < static_cast<int32_t>(tokens.size()); ++p) {
-    absl::StatusOr<TokenEvictionPlan> plan = te.PlanRoom(slots, 1);
+    absl::StatusOr<SequenceEvictionPlan> plan = te.PlanRoom(slots, 1);
     EXPECT_TRUE(plan.ok()) << plan.status();
     if (plan->evict) {
       absl::StatusOr<int64_t> ev =
           te.Apply(*plan, lm.kv_pool(), kv, slots, lm.kv_layout(), allocate);
       EXPECT_TRUE(ev.ok()) << ev.status();
-      CompactKept(absl::MakeConstSpan(plan->keep), &positions);
+      CompactKept(absl::MakeConstSpan(plan->keep[0]), &positions);
       slots -= *ev;
       run.evicted += *ev;
       run.kept_after.push_back(positions);
