@@ -45,8 +45,11 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(LocalModel& lm, std::string_
         absl::StrFormat("token eviction policy %s needs a budget of at least 1 token, got %d",
                         te.policy, te.budget_tokens));
   }
-  if (evicting)
-    chunk = std::min(chunk, SequenceTokenEviction(policy.get(), te.budget_tokens).MaxAppend());
+  if (evicting) {
+    chunk = std::min(chunk, SequenceTokenEviction(policy.get(), te.budget_tokens, c.num_layers,
+                                                  c.num_kv_heads)
+                                .MaxAppend());
+  }
   const BlockAllocator allocate = [&lm](LayoutId layout) { return lm.kv_pool().Allocate(layout); };
   const int32_t vocab = c.vocab_size;
   PerplexityResult result;

@@ -92,7 +92,7 @@ class SequenceTokenEviction {
   // policy: null or `none` means never evict. The policy must outlive this object.
   // num_layers, num_kv_heads: the model's, for per-layer or per-head granularity.
   SequenceTokenEviction(const TokenEvictionPolicy* policy, int32_t budget_tokens,
-                        int num_layers = 1, int num_kv_heads = 1);
+                        int num_layers, int num_kv_heads);
 
   bool enabled() const { return policy_ != nullptr && policy_->name() != "none"; }
   const TokenEvictionPolicy* policy() const { return policy_; }

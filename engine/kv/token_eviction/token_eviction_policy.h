@@ -20,7 +20,9 @@
 //      hold a plain token prefix: do not insert them into the prefix index.
 //   3. Accumulated scores: for policies with needs_attention_scores(), the attention kernel adds,
 //      for every query token, its softmax weights (summed over layers and heads, or averaged:
-//      any fixed non-negative reduction) to scores[slot]. A new slot starts at 0.
+//      any fixed non-negative reduction) to scores[slot]. A new slot starts at 0. The caller may
+//      plan each layer (or layer and KV head) on its own from that unit's scores, and may
+//      normalise them first (SequenceTokenEviction does both, per TokenEvictionOptions).
 // Slack: evicting down to budget - slack instead of to the budget makes eviction run once every
 // `slack` tokens (one block's worth: once per block) instead of at every token, and lets whole
 // blocks be freed. Its cost: up to `slack` fewer tokens of context right after each eviction.
@@ -61,8 +63,8 @@ struct TokenEvictionOptions {
                                // budget keeps beyond the sinks
   int32_t slack_tokens = 0;    // evict down to budget - slack (e.g. block_size); all policies
   // h2o, attention (applied by SequenceTokenEviction, which owns the scores):
-  TokenEvictionGranularity granularity = TokenEvictionGranularity::kSequence;
-  TokenScoreNormalization score_normalization = TokenScoreNormalization::kNone;
+  TokenEvictionGranularity granularity = TokenEvictionGranularity::kHead;
+  TokenScoreNormalization score_normalization = TokenScoreNormalization::kAge;
 };
 
 // YAML / flag names: "sequence", "layer", "head"; "none", "age". InvalidArgument otherwise.
