@@ -24,6 +24,7 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
   flags.Int("chunk-tokens", 0,
             "tokens fed per forward step; 0 = the KV block size (capped by token eviction)");
   flags.Bool("json", "print the result as JSON");
+  flags.Bool("per-document", "with --json: add each document's mean NLL (document_mean_nll)");
   flags.String("token-eviction", "none",
                "token eviction policy bounding each document's KV: none, sliding_window, h2o, "
                "attention");
@@ -117,12 +118,20 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
     std::printf(
         "{\"perplexity\": %.6f, \"mean_nll\": %.8f, \"predicted_tokens\": %lld, "
         "\"documents\": %lld, \"kv_format\": \"%s\", \"token_eviction\": \"%s\", "
-        "\"evicted_tokens\": %lld, \"peak_kv_slots\": %lld}\n",
+        "\"evicted_tokens\": %lld, \"peak_kv_slots\": %lld",
         result->perplexity(), result->mean_nll(), static_cast<long long>(result->predicted_tokens),
         static_cast<long long>(result->documents),
         std::string(kernels::KvFormatName(options.kv_format)).c_str(),
         po.token_eviction.policy.c_str(), static_cast<long long>(result->evicted_tokens),
         static_cast<long long>(result->peak_kv_slots));
+    if (flags.GetBool("per-document")) {
+      std::printf(", \"document_mean_nll\": [");
+      for (size_t i = 0; i < result->document_nll.size(); ++i) {
+        std::printf("%s%.8f", i ? ", " : "", result->document_nll[i]);
+      }
+      std::printf("]");
+    }
+    std::printf("}\n");
   } else {
     std::printf(
         "perplexity %.4f over %lld predicted tokens in %lld documents (mean NLL %.5f "
