@@ -46,9 +46,8 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(LocalModel& lm, std::string_
                         te.policy, te.budget_tokens));
   }
   if (evicting) {
-    chunk = std::min(chunk, SequenceTokenEviction(policy.get(), te.budget_tokens, c.num_layers,
-                                                  c.num_kv_heads)
-                                .MaxAppend());
+    const SequenceTokenEviction probe(policy.get(), te.budget_tokens, c.num_layers, c.num_kv_heads);
+    chunk = std::min(chunk, probe.MaxAppend());
   }
   const BlockAllocator allocate = [&lm](LayoutId layout) { return lm.kv_pool().Allocate(layout); };
   const int32_t vocab = c.vocab_size;

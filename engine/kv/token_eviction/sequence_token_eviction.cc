@@ -214,8 +214,7 @@ absl::StatusOr<SequenceEvictionPlan> SequenceTokenEviction::PlanRoom(int64_t num
     return out;
   }
   ScoresFor(num_slots);  // slots never scored (none yet) count as 0
-  const bool by_age =
-      policy_->options().score_normalization == TokenScoreNormalization::kAge;
+  const bool by_age = policy_->options().score_normalization == TokenScoreNormalization::kAge;
   std::vector<float> unit(num_slots);
   for (int u = 0; u < units_; ++u) {
     const float* row = scores_.data() + static_cast<size_t>(u) * budget_;
@@ -225,9 +224,9 @@ absl::StatusOr<SequenceEvictionPlan> SequenceTokenEviction::PlanRoom(int64_t num
       const float queries = static_cast<float>(std::max<int64_t>(1, fed_ - pos[j]));
       unit[j] = by_age ? row[j] / queries : row[j];
     }
-    KVSERVE_ASSIGN_OR_RETURN(TokenEvictionPlan plan,
-                             policy_->Plan(static_cast<int32_t>(num_slots), unit,
-                                           static_cast<int32_t>(target_budget)));
+    KVSERVE_ASSIGN_OR_RETURN(
+        TokenEvictionPlan plan,
+        policy_->Plan(static_cast<int32_t>(num_slots), unit, static_cast<int32_t>(target_budget)));
     if (!plan.evict) return SequenceEvictionPlan{};
     out.keep.push_back(std::move(plan.keep));
   }
@@ -272,8 +271,7 @@ absl::StatusOr<int64_t> SequenceTokenEviction::MakeRoom(BlockPool& pool, Sequenc
 
 float* SequenceTokenEviction::ScoresFor(int64_t num_slots) {
   if (!wants_scores()) return nullptr;
-  KVSERVE_CHECK(num_slots <= budget_) << "scores for " << num_slots << " slots, budget "
-                                      << budget_;
+  KVSERVE_CHECK(num_slots <= budget_) << "scores for " << num_slots << " slots, budget " << budget_;
   if (scores_.empty()) {
     scores_.assign(static_cast<size_t>(units_) * budget_, 0.0f);
     positions_.assign(static_cast<size_t>(units_) * budget_, 0);
@@ -282,7 +280,8 @@ float* SequenceTokenEviction::ScoresFor(int64_t num_slots) {
     // The step about to run feeds tokens at positions fed_, fed_ + 1, ... into the new slots.
     for (int u = 0; u < units_; ++u) {
       int32_t* pos = positions_.data() + static_cast<size_t>(u) * budget_;
-      for (int64_t j = filled_; j < num_slots; ++j) pos[j] = static_cast<int32_t>(fed_ + j - filled_);
+      for (int64_t j = filled_; j < num_slots; ++j)
+        pos[j] = static_cast<int32_t>(fed_ + j - filled_);
     }
     fed_ += num_slots - filled_;
     filled_ = num_slots;

@@ -91,8 +91,8 @@ class SequenceTokenEviction {
  public:
   // policy: null or `none` means never evict. The policy must outlive this object.
   // num_layers, num_kv_heads: the model's, for per-layer or per-head granularity.
-  SequenceTokenEviction(const TokenEvictionPolicy* policy, int32_t budget_tokens,
-                        int num_layers, int num_kv_heads);
+  SequenceTokenEviction(const TokenEvictionPolicy* policy, int32_t budget_tokens, int num_layers,
+                        int num_kv_heads);
 
   bool enabled() const { return policy_ != nullptr && policy_->name() != "none"; }
   const TokenEvictionPolicy* policy() const { return policy_; }
@@ -114,8 +114,8 @@ class SequenceTokenEviction {
   // sharing the blocks a compaction will change): the plan (plan.evict false: nothing to do),
   // then its application, which returns the tokens evicted.
   absl::StatusOr<SequenceEvictionPlan> PlanRoom(int64_t num_slots, int64_t incoming);
-  absl::StatusOr<int64_t> Apply(const SequenceEvictionPlan& plan, BlockPool& pool,
-                                SequenceKv& seq, int64_t num_slots, LayoutId write_layout,
+  absl::StatusOr<int64_t> Apply(const SequenceEvictionPlan& plan, BlockPool& pool, SequenceKv& seq,
+                                int64_t num_slots, LayoutId write_layout,
                                 const BlockAllocator& allocate);
 
   // The score array for a step that feeds the tokens filling slots up to `num_slots` (new slots

@@ -96,8 +96,8 @@ absl::StatusOr<TokenEvictionGranularity> ParseTokenEvictionGranularity(absl::str
   if (name == "sequence") return TokenEvictionGranularity::kSequence;
   if (name == "layer") return TokenEvictionGranularity::kLayer;
   if (name == "head") return TokenEvictionGranularity::kHead;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown token eviction granularity '", name, "'; known: sequence, layer, head"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown token eviction granularity '", name,
+                                                 "'; known: sequence, layer, head"));
 }
 
 absl::StatusOr<TokenScoreNormalization> ParseTokenScoreNormalization(absl::string_view name) {

@@ -183,8 +183,7 @@ TEST(KvCompactionTest, EachLayerAndHeadMovesByItsOwnPlan) {
   std::mt19937 rng(29);
   for (KvFormat format : {KvFormat::kFp32, KvFormat::kInt8, KvFormat::kInt4}) {
     for (int units : {2, 4}) {  // per layer, per layer and KV head (2 layers x 2 heads)
-      SCOPED_TRACE(std::string(kernels::KvFormatName(format)) + " units " +
-                   std::to_string(units));
+      SCOPED_TRACE(std::string(kernels::KvFormatName(format)) + " units " + std::to_string(units));
       const KvGeometry geometry{2, 2, 8, 4};
       BlockPool pool(geometry, 1 << 20);
       KvCachePolicyConfig pc;
@@ -323,9 +322,9 @@ EngineRun RunEngine(LocalModel& lm, const TokenEvictionPolicy& policy, int32_t b
   SequenceTokenEviction te(&policy, budget, lm.config().num_layers,
                            lm.kv_pool().geometry().num_kv_heads);
   const BlockAllocator allocate = [&lm](LayoutId l) { return lm.kv_pool().Allocate(l); };
-  std::vector<int32_t> positions;  // original position of each slot
-  std::vector<int32_t> all_positions;                    // 0 .. p - 1
-  std::vector<std::vector<int32_t>> unit_positions;      // per unit, after the first eviction
+  std::vector<int32_t> positions;                    // original position of each slot
+  std::vector<int32_t> all_positions;                // 0 .. p - 1
+  std::vector<std::vector<int32_t>> unit_positions;  // per unit, after the first eviction
   const int vocab = lm.config().vocab_size;
   std::vector<float> logits(vocab);
   int64_t slots = 0;
@@ -532,8 +531,8 @@ TEST(ModelTokenEvictionTest, H2oPerHeadWithAgeNormalisationMatchesAnIndependentR
   ASSERT_NE(lm, nullptr);
   const int32_t budget = 24, sinks = 2, recent = 8;
   const std::vector<int32_t> tokens = StoryTokens(*lm, 10 * budget);
-  auto policy = Policy("h2o", sinks, recent, TokenEvictionGranularity::kHead,
-                       TokenScoreNormalization::kAge);
+  auto policy =
+      Policy("h2o", sinks, recent, TokenEvictionGranularity::kHead, TokenScoreNormalization::kAge);
   const EngineRun got = RunEngine(*lm, *policy, budget, tokens);
   // Reference rule, per (layer, KV head): the sinks, the `recent` newest positions, and of the
   // ones between, those with the largest mean attention: the accumulated score divided by the
@@ -547,9 +546,8 @@ TEST(ModelTokenEvictionTest, H2oPerHeadWithAgeNormalisationMatchesAnIndependentR
         for (int i = 0; i < n; ++i) mean[i] = scores[i] / (next - cached[i]);
         std::vector<int> idx;
         for (int i = sinks; i < n - recent; ++i) idx.push_back(i);
-        std::sort(idx.begin(), idx.end(), [&](int a, int b) {
-          return mean[a] != mean[b] ? mean[a] > mean[b] : a > b;
-        });
+        std::sort(idx.begin(), idx.end(),
+                  [&](int a, int b) { return mean[a] != mean[b] ? mean[a] > mean[b] : a > b; });
         std::vector<int32_t> keep(cached.begin(), cached.begin() + sinks);
         for (int i = 0; i < target - sinks - recent; ++i) keep.push_back(cached[idx[i]]);
         keep.insert(keep.end(), cached.end() - recent, cached.end());
@@ -590,8 +588,8 @@ TEST(ModelTokenEvictionTest, MemoryStaysWithinBudgetInEveryFormatAndPolicy) {
       const std::vector<int32_t> tokens = StoryTokens(*lm, 10 * budget);
       // Scored policies choose per layer and KV head (the shipped default): every layer's and
       // head's rows move by their own plan, in every format.
-      auto policy = Policy(name, 4, -1, TokenEvictionGranularity::kHead,
-                           TokenScoreNormalization::kAge);
+      auto policy =
+          Policy(name, 4, -1, TokenEvictionGranularity::kHead, TokenScoreNormalization::kAge);
       const int64_t used_before = lm->kv_pool().used_bytes();
       const EngineRun got = RunEngine(*lm, *policy, budget, tokens);
       EXPECT_EQ(got.max_slots, budget);

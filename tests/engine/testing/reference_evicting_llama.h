@@ -146,7 +146,7 @@ using ReferenceUnitEvictionRule = std::function<std::vector<int32_t>(
     const std::vector<double>& scores)>;
 
 struct ReferenceUnitEvictionRun {
-  std::vector<std::vector<double>> logits;                     // [position][vocab]
+  std::vector<std::vector<double>> logits;                    // [position][vocab]
   std::vector<std::vector<std::vector<int32_t>>> kept_after;  // [eviction][unit][kept]
 };
 
