@@ -45,20 +45,29 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(LocalModel& lm, std::string_
         absl::StrFormat("token eviction policy %s needs a budget of at least 1 token, got %d",
                         te.policy, te.budget_tokens));
   }
-  if (evicting)
-    chunk = std::min(chunk, SequenceTokenEviction(policy.get(), te.budget_tokens).MaxAppend());
+  if (evicting) {
+    const SequenceTokenEviction probe(policy.get(), te.budget_tokens, c.num_layers, c.num_kv_heads);
+    chunk = std::min(chunk, probe.MaxAppend());
+  }
   const BlockAllocator allocate = [&lm](LayoutId layout) { return lm.kv_pool().Allocate(layout); };
   const int32_t vocab = c.vocab_size;
   PerplexityResult result;
   std::vector<float> logits;
   ForwardBatch batch;
+  int64_t index = -1;
   for (std::string_view doc : SplitDocuments(text, options.separator)) {
+    ++index;
+    if (options.subset != PerplexityOptions::Subset::kAll &&
+        (index % 2 == 0) != (options.subset == PerplexityOptions::Subset::kEven)) {
+      continue;
+    }
     if (options.max_documents > 0 && result.documents >= options.max_documents) break;
     std::vector<int32_t> tokens = lm.tokenizer().Encode(doc, /*add_bos=*/true);
     if (static_cast<int32_t>(tokens.size()) > cap) tokens.resize(cap);
     if (tokens.size() < 2) continue;
     SequenceKv kv(&lm.kv_pool(), lm.kv_layout());
-    SequenceTokenEviction eviction(evicting ? policy.get() : nullptr, te.budget_tokens);
+    SequenceTokenEviction eviction(evicting ? policy.get() : nullptr, te.budget_tokens,
+                                   c.num_layers, lm.kv_pool().geometry().num_kv_heads);
     double doc_nll = 0;
     const int64_t n = static_cast<int64_t>(tokens.size());
     int64_t slots = 0;  // filled KV slots (== tokens fed, until something is evicted)
@@ -73,8 +82,11 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(LocalModel& lm, std::string_
       KVSERVE_RETURN_IF_ERROR(kv.Reserve(slots + end - begin));
       batch.Clear();
       batch.block_tables.push_back(kv.block_table().data());
-      if (eviction.wants_scores())
+      if (eviction.wants_scores()) {
         batch.seq_scores.push_back(eviction.ScoresFor(slots + end - begin));
+        batch.seq_score_layer_stride.push_back(eviction.score_layer_stride());
+        batch.seq_score_head_stride.push_back(eviction.score_head_stride());
+      }
       for (int64_t p = begin; p < end; ++p) {
         batch.Add(tokens[p], static_cast<int32_t>(p), 0, static_cast<int32_t>(slots + p - begin),
                   true);

@@ -24,6 +24,12 @@ struct ForwardBatch {
   // sequence (token eviction by accumulated attention); null for a sequence that needs none.
   // An array must cover every slot the sequence's tokens attend to.
   std::vector<float*> seq_scores;
+  // Optional (empty: all 0), one entry per sequence when set, in floats: layer l adds to
+  // seq_scores[s] + l * seq_score_layer_stride[s] (0: every layer adds to the same row), and
+  // with seq_score_head_stride[s] > 0 each KV head g to its own row g * stride within the layer's
+  // rows (summed over the query heads of its group) instead of one row summed over all heads.
+  std::vector<int64_t> seq_score_layer_stride;
+  std::vector<int64_t> seq_score_head_stride;
   // Tokens whose logits are wanted, in output row order (usually each sequence's last token).
   std::vector<int32_t> logits_rows;
 
@@ -34,6 +40,8 @@ struct ForwardBatch {
     kv_slot.clear();
     block_tables.clear();
     seq_scores.clear();
+    seq_score_layer_stride.clear();
+    seq_score_head_stride.clear();
     logits_rows.clear();
   }
   // Appends one token; returns its index.

@@ -85,7 +85,17 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const BlockPool& kv,
       return absl::InvalidArgumentError(
           "forward batch: seq_scores must have one entry per sequence");
     }
-    ab.seq_scores = batch.seq_scores.data();
+    const size_t ns = batch.seq_scores.size();
+    if ((!batch.seq_score_layer_stride.empty() && batch.seq_score_layer_stride.size() != ns) ||
+        (!batch.seq_score_head_stride.empty() && batch.seq_score_head_stride.size() != ns)) {
+      return absl::InvalidArgumentError(
+          "forward batch: score strides must have one entry per sequence");
+    }
+    if (!batch.seq_score_head_stride.empty()) {
+      ab.seq_score_head_stride = batch.seq_score_head_stride.data();
+    }
+    layer_scores_.assign(batch.seq_scores.begin(), batch.seq_scores.end());
+    ab.seq_scores = layer_scores_.data();
   }
 
   for (int l = 0; l < c.num_layers; ++l) {
@@ -101,6 +111,13 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const BlockPool& kv,
     cpu::RopeAdjacentPairs(k_.data(), batch.positions.data(), n, c.num_kv_heads, c.head_dim,
                            c.rope_freq_base);
     cpu::WriteKv(k_.data(), v_.data(), n, slot_block_.data(), slot_offset_.data(), view);
+    if (!batch.seq_score_layer_stride.empty()) {
+      for (size_t s = 0; s < layer_scores_.size(); ++s) {
+        if (batch.seq_scores[s] != nullptr) {
+          layer_scores_[s] = batch.seq_scores[s] + l * batch.seq_score_layer_stride[s];
+        }
+      }
+    }
     cpu::PagedAttention(ab, view, pool_);
     cpu::MatMul(att_.data(), n, lw.wo, xb_.data(), pool_);
     cpu::AddInPlace(x, xb_.data(), n * dim);

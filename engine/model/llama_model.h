@@ -48,6 +48,7 @@ class LlamaModel {
   // Scratch, [capacity_, width] each.
   std::vector<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
   std::vector<int32_t> slot_block_, slot_offset_, kv_len_;
+  std::vector<float*> layer_scores_;  // per sequence: where this layer adds its scores
 };
 
 }  // namespace kvserve::engine

@@ -19,7 +19,8 @@ struct Scheduler::Sequence {
       : req(std::move(r)),
         stream(std::move(st)),
         kv(pool, layout),
-        te(eviction.policy, eviction.budget_tokens),
+        te(eviction.policy, eviction.budget_tokens, pool->geometry().num_layers,
+           pool->geometry().num_kv_heads),
         sampler(req.sampling),
         detok(tok) {}
 
@@ -395,7 +396,7 @@ void Scheduler::CacheFullBlocks(Sequence* s) {
 }
 
 absl::Status Scheduler::EvictTokens(Sequence* s, int64_t incoming) {
-  absl::StatusOr<TokenEvictionPlan> plan = s->te.PlanRoom(s->slots(), incoming);
+  absl::StatusOr<SequenceEvictionPlan> plan = s->te.PlanRoom(s->slots(), incoming);
   if (!plan.ok()) return plan.status();
   if (!plan->evict) return absl::OkStatus();
   // Blocks from the first one the compaction changes are no longer this sequence's prefix
@@ -568,6 +569,8 @@ bool Scheduler::Step(absl::Time now) {
       const int32_t seq_index = static_cast<int32_t>(batch_.block_tables.size());
       batch_.block_tables.push_back(s->kv.block_table().data());
       batch_.seq_scores.push_back(s->te.ScoresFor(s->slots() + take));
+      batch_.seq_score_layer_stride.push_back(s->te.score_layer_stride());
+      batch_.seq_score_head_stride.push_back(s->te.score_head_stride());
       for (int64_t j = 0; j < take; ++j) {
         const int64_t pos = s->processed + j;
         const bool last = pos + 1 == static_cast<int64_t>(s->tokens.size());

@@ -32,6 +32,10 @@ struct AttentionBatch {
   // exp(s - m) it already has, rescaled once per span by the final max and sum): no second
   // pass over K. Adds are atomic, so tokens of one sequence may run on several threads.
   float* const* seq_scores = nullptr;  // [num_seqs][slots of that sequence], or null
+  // Optional, with seq_scores: per sequence, 0 (the sum over all query heads goes to row 0, as
+  // above) or a row stride in floats: then the weights of KV head g, summed over the query heads
+  // of its group, go to seq_scores[s][g * stride + j] instead (per-head token eviction).
+  const int64_t* seq_score_head_stride = nullptr;  // [num_seqs], or null (all 0)
 };
 
 // Writes K and V of num_tokens tokens into their slots: token t goes to physical block

@@ -251,7 +251,7 @@ void RunPass(const Problem& pr, int64_t t, int g0, int g1, int h_lo, int h_hi, S
     }
   }
   const int32_t* table = b.seq_block_tables[b.token_seq[t]];
-  const ScoreRecorder rec(pr, t, (g1 - g0) * gh, b.token_kv_len[t]);
+  const ScoreRecorder rec(pr, t, (g1 - g0) * gh, b.token_kv_len[t], g0, gh);
   ForEachBlock(cache, table, b.token_kv_len[t], g0, g1,
                [&](auto codec, const uint8_t* k_region, const uint8_t* v_region, int nv,
                    const BlockAhead& ahead, int first_slot) {

@@ -156,7 +156,7 @@ void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1) {
         st[slot] = HeadState{_mm512_setzero_ps(), _mm512_setzero_ps(), kNegInf};
       }
     }
-    const ScoreRecorder rec(pr, t, (g1 - g0) * gh, b.token_kv_len[t]);
+    const ScoreRecorder rec(pr, t, (g1 - g0) * gh, b.token_kv_len[t], g0, gh);
     ForEachBlock(cache, table, b.token_kv_len[t], g0, g1,
                  [&](auto codec, const uint8_t* k_region, const uint8_t* v_region, int nv,
                      const BlockAhead& ahead, int first_slot) {

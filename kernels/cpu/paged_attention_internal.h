@@ -103,14 +103,20 @@ inline void ForEachBlock(const PagedKvLayerView& cache, const int32_t* table, in
 // but the checks of active()) when the sequence wants no scores.
 class ScoreRecorder {
  public:
-  // heads: query heads of the pass; kv_len: slots the token attends to.
-  ScoreRecorder(const Problem& pr, int64_t t, int heads, int kv_len)
+  // heads: query heads of the pass, `per_kv` of them for each KV head from g0 on (recorder head
+  // h belongs to KV head g0 + h / per_kv); kv_len: slots the token attends to.
+  ScoreRecorder(const Problem& pr, int64_t t, int heads, int kv_len, int g0, int per_kv)
       : out_(pr.batch->seq_scores != nullptr ? pr.batch->seq_scores[pr.batch->token_seq[t]]
                                              : nullptr),
         atomic_(pr.shared_scores),
         heads_(heads),
-        kv_len_(kv_len) {
+        kv_len_(kv_len),
+        g0_(g0),
+        per_kv_(per_kv) {
     if (out_ == nullptr) return;
+    if (pr.batch->seq_score_head_stride != nullptr) {
+      head_stride_ = pr.batch->seq_score_head_stride[pr.batch->token_seq[t]];
+    }
     Buffers& buf = GetBuffers();
     buf.p.resize(static_cast<size_t>(heads) * kv_len);
     buf.spans.resize(heads);
@@ -126,26 +132,32 @@ class ScoreRecorder {
   template <class GetM, class GetL>
   void Finish(GetM&& final_m, GetL&& final_l) const {
     if (out_ == nullptr) return;
+    // One row for every head (head_stride_ 0), or one row per KV head.
+    const int rows = head_stride_ > 0 ? heads_ / per_kv_ : 1;
+    const int heads_per_row = head_stride_ > 0 ? per_kv_ : heads_;
     std::vector<float>& sum = buf_->sum;
-    sum.assign(kv_len_, 0.0f);
-    for (int h = 0; h < heads_; ++h) {
-      const float l = final_l(h);
-      if (!(l > 0.0f)) continue;
-      const float m = final_m(h);
-      const float inv_l = 1.0f / l;
-      const float* p = Row(h);
-      for (const SpanRec& s : buf_->spans[h]) {
-        // Once the running max has settled (most spans) no exp is needed.
-        const float f = s.m == m ? inv_l : std::exp(s.m - m) * inv_l;
-        for (int j = s.start; j < s.start + s.len; ++j) sum[j] += p[j] * f;
+    for (int row = 0; row < rows; ++row) {
+      sum.assign(kv_len_, 0.0f);
+      for (int h = row * heads_per_row; h < (row + 1) * heads_per_row; ++h) {
+        const float l = final_l(h);
+        if (!(l > 0.0f)) continue;
+        const float m = final_m(h);
+        const float inv_l = 1.0f / l;
+        const float* p = Row(h);
+        for (const SpanRec& s : buf_->spans[h]) {
+          // Once the running max has settled (most spans) no exp is needed.
+          const float f = s.m == m ? inv_l : std::exp(s.m - m) * inv_l;
+          for (int j = s.start; j < s.start + s.len; ++j) sum[j] += p[j] * f;
+        }
       }
-    }
-    if (atomic_) {
-      for (int j = 0; j < kv_len_; ++j) {
-        std::atomic_ref<float>(out_[j]).fetch_add(sum[j], std::memory_order_relaxed);
+      float* out = head_stride_ > 0 ? out_ + (g0_ + row) * head_stride_ : out_;
+      if (atomic_) {
+        for (int j = 0; j < kv_len_; ++j) {
+          std::atomic_ref<float>(out[j]).fetch_add(sum[j], std::memory_order_relaxed);
+        }
+      } else {
+        for (int j = 0; j < kv_len_; ++j) out[j] += sum[j];
       }
-    } else {
-      for (int j = 0; j < kv_len_; ++j) out_[j] += sum[j];
     }
   }
 
@@ -169,6 +181,9 @@ class ScoreRecorder {
   bool atomic_;
   int heads_;
   int kv_len_;
+  int g0_;
+  int per_kv_;
+  int64_t head_stride_ = 0;
   Buffers* buf_ = nullptr;
 };
 

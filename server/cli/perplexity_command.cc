@@ -24,6 +24,7 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
   flags.Int("chunk-tokens", 0,
             "tokens fed per forward step; 0 = the KV block size (capped by token eviction)");
   flags.Bool("json", "print the result as JSON");
+  flags.Bool("per-document", "with --json: add each document's mean NLL (document_mean_nll)");
   flags.String("token-eviction", "none",
                "token eviction policy bounding each document's KV: none, sliding_window, h2o, "
                "attention");
@@ -31,6 +32,14 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
   flags.Int("token-sinks", 4, "sliding_window: first tokens always kept (attention sinks)");
   flags.Int("token-recent-window", -1, "h2o: newest tokens always kept; -1 = half the budget");
   flags.Int("token-slack", 0, "evict down to budget - slack tokens (fewer, larger evictions)");
+  flags.String("token-granularity", "sequence",
+               "h2o, attention: one decision per sequence, layer or head (layer and KV head)");
+  flags.String("token-score-normalization", "none",
+               "h2o, attention: none (accumulated attention) or age (divided by the queries that "
+               "have seen the token)");
+  flags.String("documents", "all",
+               "all, even or odd: score only the documents with an even (0, 2, ...) or odd "
+               "0-based index");
   flags.Required("text");
   if (absl::Status s = flags.Parse(args); !s.ok()) {
     std::fprintf(stderr, "kvserve perplexity: %s\n\n%s", std::string(s.message()).c_str(),
@@ -80,6 +89,26 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
   po.token_eviction.options.recent_window =
       static_cast<int32_t>(flags.GetInt("token-recent-window"));
   po.token_eviction.options.slack_tokens = static_cast<int32_t>(flags.GetInt("token-slack"));
+  const std::string subset = flags.GetString("documents");
+  if (subset == "even") {
+    po.subset = engine::PerplexityOptions::Subset::kEven;
+  } else if (subset == "odd") {
+    po.subset = engine::PerplexityOptions::Subset::kOdd;
+  } else if (subset != "all") {
+    std::fprintf(stderr, "kvserve perplexity: --documents must be all, even or odd, got '%s'\n",
+                 subset.c_str());
+    return 2;
+  }
+  auto granularity = engine::ParseTokenEvictionGranularity(flags.GetString("token-granularity"));
+  auto normalization =
+      engine::ParseTokenScoreNormalization(flags.GetString("token-score-normalization"));
+  if (!granularity.ok() || !normalization.ok()) {
+    const absl::Status& bad = granularity.ok() ? normalization.status() : granularity.status();
+    std::fprintf(stderr, "kvserve perplexity: %s\n", std::string(bad.message()).c_str());
+    return 2;
+  }
+  po.token_eviction.options.granularity = *granularity;
+  po.token_eviction.options.score_normalization = *normalization;
   auto result = engine::EvaluatePerplexity(**local, text, po);
   if (!result.ok()) {
     spdlog::error("{}", std::string(result.status().message()));
@@ -89,12 +118,20 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
     std::printf(
         "{\"perplexity\": %.6f, \"mean_nll\": %.8f, \"predicted_tokens\": %lld, "
         "\"documents\": %lld, \"kv_format\": \"%s\", \"token_eviction\": \"%s\", "
-        "\"evicted_tokens\": %lld, \"peak_kv_slots\": %lld}\n",
+        "\"evicted_tokens\": %lld, \"peak_kv_slots\": %lld",
         result->perplexity(), result->mean_nll(), static_cast<long long>(result->predicted_tokens),
         static_cast<long long>(result->documents),
         std::string(kernels::KvFormatName(options.kv_format)).c_str(),
         po.token_eviction.policy.c_str(), static_cast<long long>(result->evicted_tokens),
         static_cast<long long>(result->peak_kv_slots));
+    if (flags.GetBool("per-document")) {
+      std::printf(", \"document_mean_nll\": [");
+      for (size_t i = 0; i < result->document_nll.size(); ++i) {
+        std::printf("%s%.8f", i ? ", " : "", result->document_nll[i]);
+      }
+      std::printf("]");
+    }
+    std::printf("}\n");
   } else {
     std::printf(
         "perplexity %.4f over %lld predicted tokens in %lld documents (mean NLL %.5f "

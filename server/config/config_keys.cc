@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/kv/kv_cache_policy.h"
+#include "engine/kv/token_eviction/token_eviction_policy.h"
 #include "kernels/kv_format.h"
 #include "server/config/config_schema.h"
 
@@ -262,14 +263,14 @@ std::vector<ConfigKey> BuildKeys() {
         c.engine.token_eviction.options.sink_tokens = static_cast<int32_t>(v);
       },
       [](const ServerConfig& c) { return c.engine.token_eviction.options.sink_tokens; },
-      "sliding_window: first tokens always kept (attention sinks)"));
+      "sliding_window, h2o: first tokens always kept (attention sinks)"));
   keys.push_back(IntKey(
       "token_eviction.recent_window", -1, kMaxTokens,
       [](ServerConfig& c, int64_t v) {
         c.engine.token_eviction.options.recent_window = static_cast<int32_t>(v);
       },
       [](const ServerConfig& c) { return c.engine.token_eviction.options.recent_window; },
-      "h2o: newest tokens always kept; -1 = half the budget"));
+      "h2o: newest tokens always kept; -1 = half the budget left after the sinks"));
   keys.push_back(IntKey(
       "token_eviction.slack_tokens", 0, kMaxTokens,
       [](ServerConfig& c, int64_t v) {
@@ -277,6 +278,38 @@ std::vector<ConfigKey> BuildKeys() {
       },
       [](const ServerConfig& c) { return c.engine.token_eviction.options.slack_tokens; },
       "evict down to budget - slack: one compaction every `slack` tokens instead of every token"));
+  keys.push_back(EnumKey(
+      "token_eviction.granularity", {"sequence", "layer", "head"},
+      [](ServerConfig& c, const std::string& v) {
+        c.engine.token_eviction.options.granularity = *engine::ParseTokenEvictionGranularity(v);
+      },
+      [](const ServerConfig& c) -> std::string {
+        switch (c.engine.token_eviction.options.granularity) {
+          case engine::TokenEvictionGranularity::kSequence:
+            return "sequence";
+          case engine::TokenEvictionGranularity::kLayer:
+            return "layer";
+          case engine::TokenEvictionGranularity::kHead:
+            break;
+        }
+        return "head";
+      },
+      "h2o, attention: one choice of kept tokens per sequence, per layer, or per layer and KV "
+      "head"));
+  keys.push_back(EnumKey(
+      "token_eviction.score_normalization", {"none", "age"},
+      [](ServerConfig& c, const std::string& v) {
+        c.engine.token_eviction.options.score_normalization =
+            *engine::ParseTokenScoreNormalization(v);
+      },
+      [](const ServerConfig& c) -> std::string {
+        return c.engine.token_eviction.options.score_normalization ==
+                       engine::TokenScoreNormalization::kAge
+                   ? "age"
+                   : "none";
+      },
+      "h2o, attention: none (accumulated attention) or age (divided by the number of queries "
+      "that have seen the token)"));
   return keys;
 }
 

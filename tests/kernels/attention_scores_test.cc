@@ -27,12 +27,16 @@ struct Case {
   int group;
   int head_dim;
   int threads;
+  // Scores per KV head (AttentionBatch::seq_score_head_stride): row g at g * (len + 3), the
+  // padding between rows untouched.
+  bool per_head = false;
 };
 
 std::string Name(const Case& c) {
   return std::string(KvFormatName(c.format)) + " bs=" + std::to_string(c.block_size) +
          " kv=" + std::to_string(c.num_kv_heads) + " G=" + std::to_string(c.group) +
-         " hd=" + std::to_string(c.head_dim) + " threads=" + std::to_string(c.threads);
+         " hd=" + std::to_string(c.head_dim) + " threads=" + std::to_string(c.threads) +
+         (c.per_head ? " per-head" : "");
 }
 
 void RunCase(const Case& c, std::mt19937& rng) {
@@ -125,16 +129,24 @@ void RunCase(const Case& c, std::mt19937& rng) {
   PagedAttention(batch, view, &pool);
 
   // Scores start from a non-zero base: the kernel adds, it does not overwrite.
+  const int rows = c.per_head ? c.num_kv_heads : 1;
+  std::vector<int64_t> strides(lens.size(), 0);
+  for (size_t s = 0; s < lens.size(); ++s) strides[s] = c.per_head ? lens[s] + 3 : lens[s];
   std::vector<std::vector<float>> scores(lens.size());
-  for (size_t s = 0; s < lens.size(); ++s) scores[s].assign(lens[s], 0.5f);
+  for (size_t s = 0; s < lens.size(); ++s) scores[s].assign(rows * strides[s], 0.5f);
   std::vector<float*> score_ptrs = {scores[0].data(), nullptr, scores[2].data()};
   batch.seq_scores = score_ptrs.data();
+  std::vector<int64_t> head_strides(lens.size(), 0);
+  if (c.per_head) {
+    head_strides = strides;
+    batch.seq_score_head_stride = head_strides.data();
+  }
   batch.out = out_scored.data();
   PagedAttention(batch, view, &pool);
   EXPECT_EQ(out_plain, out_scored);
 
   std::vector<std::vector<double>> want(lens.size());
-  for (size_t s = 0; s < lens.size(); ++s) want[s].assign(lens[s], 0.5);
+  for (size_t s = 0; s < lens.size(); ++s) want[s].assign(rows * strides[s], 0.5);
   for (int64_t t = 0; t < n; ++t) {
     const int s = token_seq[t];
     const int kv_len = token_kv_len[t];
@@ -151,11 +163,12 @@ void RunCase(const Case& c, std::mt19937& rng) {
       const double mx = *std::max_element(logit.begin(), logit.end());
       double sum = 0;
       for (double& x : logit) sum += (x = std::exp(x - mx));
-      for (int j = 0; j < kv_len; ++j) want[s][j] += logit[j] / sum;
+      const int64_t row = c.per_head ? g * strides[s] : 0;
+      for (int j = 0; j < kv_len; ++j) want[s][row + j] += logit[j] / sum;
     }
   }
   for (size_t s = 0; s < lens.size(); ++s) {
-    for (int j = 0; j < lens[s]; ++j) {
+    for (int64_t j = 0; j < rows * strides[s]; ++j) {
       if (s == 1) {
         EXPECT_EQ(scores[s][j], 0.5f) << "sequence without scores touched at slot " << j;
       } else {
@@ -186,6 +199,21 @@ TEST(AttentionScoresTest, MatchReferenceForEveryFormatAndRunner) {
       }
     }
   }
+}
+
+TEST(AttentionScoresTest, PerKvHeadRowsMatchReferenceForEveryFormat) {
+  std::mt19937 rng(20261127);
+  for (int f = 0; f < kNumKvFormats; ++f) {
+    const KvFormat format = static_cast<KvFormat>(f);
+    for (int hd : {8, 16}) {
+      for (int group : {1, 4}) {
+        for (int threads : {1, 3}) {
+          RunCase(Case{format, 16, 3, group, hd, threads, /*per_head=*/true}, rng);
+        }
+      }
+    }
+  }
+  RunCase(Case{KvFormat::kFp32, 8, 2, 40, 8, 2, /*per_head=*/true}, rng);  // split groups
 }
 
 TEST(AttentionScoresTest, OddBlockSizesAndLargeGroups) {

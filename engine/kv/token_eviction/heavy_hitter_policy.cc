@@ -26,10 +26,16 @@ void AppendTopByScore(absl::Span<const float> scores, int32_t end, int32_t count
 
 absl::Status H2oTokenPolicy::SelectKept(int32_t num_slots, absl::Span<const float> scores,
                                         int32_t target, std::vector<int32_t>* keep) const {
+  const int32_t sinks = std::min(options().sink_tokens, target);
+  const int32_t rest = target - sinks;
   const int32_t window = options().recent_window;
-  const int32_t recent = window < 0 ? target / 2 : std::min(window, target);
+  const int32_t recent = window < 0 ? rest / 2 : std::min(window, rest);
   const int32_t older = num_slots - recent;
-  AppendTopByScore(scores, older, target - recent, keep);
+  for (int32_t s = 0; s < sinks; ++s) keep->push_back(s);
+  // Heavy hitters among the slots between the sinks and the recent window.
+  std::vector<int32_t> middle;
+  AppendTopByScore(scores.subspan(sinks), older - sinks, rest - recent, &middle);
+  for (int32_t s : middle) keep->push_back(sinks + s);
   for (int32_t s = older; s < num_slots; ++s) keep->push_back(s);
   return absl::OkStatus();
 }

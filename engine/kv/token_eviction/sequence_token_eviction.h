@@ -45,6 +45,8 @@ struct KvCompactionStats {
 
 // Index of the first block whose contents `keep` changes (slots before it stay in place).
 int64_t FirstChangedBlock(absl::Span<const int32_t> keep, int block_size);
+// The same over several plans (the first block any of them changes).
+int64_t FirstChangedBlock(absl::Span<const std::vector<int32_t>> keeps, int block_size);
 
 // Moves slot keep[i] to slot i of `seq` (every layer, K and V), frees the blocks past
 // keep.size() slots, and rewrites blocks as described above. num_slots: slots filled now.
@@ -57,14 +59,40 @@ absl::StatusOr<KvCompactionStats> CompactSequenceKv(BlockPool& pool, SequenceKv&
                                                     absl::Span<const int32_t> keep,
                                                     LayoutId write_layout,
                                                     const BlockAllocator& allocate);
+// The same with one plan per layer (keeps.size() == num_layers: layer l moves slot keeps[l][i] to
+// slot i) or per layer and KV head (num_layers * num_kv_heads plans, index l * num_kv_heads + h),
+// or one for all (size 1). Keys are stored after RoPE, so a slot may hold different tokens in
+// different layers and heads; every plan keeps the same number of slots.
+absl::StatusOr<KvCompactionStats> CompactSequenceKv(BlockPool& pool, SequenceKv& seq,
+                                                    int64_t num_slots,
+                                                    absl::Span<const std::vector<int32_t>> keeps,
+                                                    LayoutId write_layout,
+                                                    const BlockAllocator& allocate);
+
+// What SequenceTokenEviction::PlanRoom decides: one plan (TokenEvictionPlan::keep) per score
+// unit: one for the whole sequence, or one per layer, or per layer and KV head (see
+// TokenEvictionGranularity).
+struct SequenceEvictionPlan {
+  bool evict = false;
+  std::vector<std::vector<int32_t>> keep;  // [units][kept slots], each strictly ascending
+};
 
 // One sequence's token eviction: which policy, its budget, the accumulated attention of each
 // filled slot (when the policy reads it) and how many tokens it has evicted.
+//
+// Score units: with granularity `sequence` one score per slot (summed over layers and heads)
+// and one decision for all layers; with `layer` one score row and one decision per layer; with
+// `head` one per layer and KV head (query heads of a group summed). The rows live in one array,
+// [units][budget_tokens] (slots never exceed the budget), which the attention kernel fills
+// through ScoresFor() and the strides below. Each unit also keeps its slots' original positions,
+// so that `score_normalization: age` can divide a score by the number of queries that have seen
+// the slot (tokens fed from its position on).
 class SequenceTokenEviction {
  public:
   // policy: null or `none` means never evict. The policy must outlive this object.
-  SequenceTokenEviction(const TokenEvictionPolicy* policy, int32_t budget_tokens)
-      : policy_(policy), budget_(budget_tokens) {}
+  // num_layers, num_kv_heads: the model's, for per-layer or per-head granularity.
+  SequenceTokenEviction(const TokenEvictionPolicy* policy, int32_t budget_tokens, int num_layers,
+                        int num_kv_heads);
 
   bool enabled() const { return policy_ != nullptr && policy_->name() != "none"; }
   const TokenEvictionPolicy* policy() const { return policy_; }
@@ -85,23 +113,36 @@ class SequenceTokenEviction {
   // MakeRoom in two halves, for callers that must act between them (the scheduler stops
   // sharing the blocks a compaction will change): the plan (plan.evict false: nothing to do),
   // then its application, which returns the tokens evicted.
-  absl::StatusOr<TokenEvictionPlan> PlanRoom(int64_t num_slots, int64_t incoming);
-  absl::StatusOr<int64_t> Apply(const TokenEvictionPlan& plan, BlockPool& pool, SequenceKv& seq,
+  absl::StatusOr<SequenceEvictionPlan> PlanRoom(int64_t num_slots, int64_t incoming);
+  absl::StatusOr<int64_t> Apply(const SequenceEvictionPlan& plan, BlockPool& pool, SequenceKv& seq,
                                 int64_t num_slots, LayoutId write_layout,
                                 const BlockAllocator& allocate);
 
-  // The score array for a step that fills slots up to `num_slots` (new slots start at 0), or
-  // null when the policy reads no scores. Valid until the next call.
+  // The score array for a step that feeds the tokens filling slots up to `num_slots` (new slots
+  // start at 0), or null when the policy reads no scores. Valid until the next call. Layer l
+  // adds to row l * score_layer_stride(), KV head g of it to + g * score_head_stride() when that
+  // is > 0 (ForwardBatch::seq_score_layer_stride / seq_score_head_stride).
+  // REQUIRES: num_slots <= budget_tokens().
   float* ScoresFor(int64_t num_slots);
-  const std::vector<float>& scores() const { return scores_; }
+  int64_t score_layer_stride() const { return layer_stride_; }
+  int64_t score_head_stride() const { return head_stride_; }
+  int score_units() const { return units_; }
+  // The filled part of every unit's row, unit after unit (for tests).
+  std::vector<float> scores() const;
 
   // Forgets the scores (the sequence's KV was dropped and will be recomputed).
-  void Reset() { scores_.clear(); }
+  void Reset();
 
  private:
   const TokenEvictionPolicy* policy_;
   int32_t budget_;
-  std::vector<float> scores_;  // [filled slots]
+  int units_ = 1;
+  int64_t layer_stride_ = 0;
+  int64_t head_stride_ = 0;
+  std::vector<float> scores_;       // [units][budget_], slots >= filled_ are 0
+  std::vector<int32_t> positions_;  // [units][budget_]: original position of each slot
+  int64_t filled_ = 0;              // slots filled (as far as the scores know)
+  int64_t fed_ = 0;                 // tokens fed since creation (or Reset)
   int64_t evicted_ = 0;
 };
 

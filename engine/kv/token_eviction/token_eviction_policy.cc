@@ -92,6 +92,21 @@ absl::StatusOr<TokenEvictionPlan> TokenEvictionPolicy::Plan(int32_t num_slots,
   return plan;
 }
 
+absl::StatusOr<TokenEvictionGranularity> ParseTokenEvictionGranularity(absl::string_view name) {
+  if (name == "sequence") return TokenEvictionGranularity::kSequence;
+  if (name == "layer") return TokenEvictionGranularity::kLayer;
+  if (name == "head") return TokenEvictionGranularity::kHead;
+  return absl::InvalidArgumentError(absl::StrCat("unknown token eviction granularity '", name,
+                                                 "'; known: sequence, layer, head"));
+}
+
+absl::StatusOr<TokenScoreNormalization> ParseTokenScoreNormalization(absl::string_view name) {
+  if (name == "none") return TokenScoreNormalization::kNone;
+  if (name == "age") return TokenScoreNormalization::kAge;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown token score normalization '", name, "'; known: none, age"));
+}
+
 absl::StatusOr<std::unique_ptr<TokenEvictionPolicy>> CreateTokenEvictionPolicy(
     absl::string_view name, const TokenEvictionOptions& options) {
   TokenEvictionPolicyFactory factory;

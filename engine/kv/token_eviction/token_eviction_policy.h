@@ -20,7 +20,9 @@
 //      hold a plain token prefix: do not insert them into the prefix index.
 //   3. Accumulated scores: for policies with needs_attention_scores(), the attention kernel adds,
 //      for every query token, its softmax weights (summed over layers and heads, or averaged:
-//      any fixed non-negative reduction) to scores[slot]. A new slot starts at 0.
+//      any fixed non-negative reduction) to scores[slot]. A new slot starts at 0. The caller may
+//      plan each layer (or layer and KV head) on its own from that unit's scores, and may
+//      normalise them first (SequenceTokenEviction does both, per TokenEvictionOptions).
 // Slack: evicting down to budget - slack instead of to the budget makes eviction run once every
 // `slack` tokens (one block's worth: once per block) instead of at every token, and lets whole
 // blocks be freed. Its cost: up to `slack` fewer tokens of context right after each eviction.
@@ -44,12 +46,30 @@
 
 namespace kvserve::engine {
 
+// Which decisions policies that read attention (h2o, attention) make: one set of kept tokens
+// for the whole sequence (scores summed over layers and heads), one per layer, or one per layer
+// and KV head (as in H2O). Keys are cached after RoPE, so a slot may hold different tokens in
+// different layers or heads; compaction moves each layer's (head's) rows by its own plan.
+enum class TokenEvictionGranularity { kSequence, kLayer, kHead };
+// What an accumulated score is compared by: the plain sum of the attention a slot received
+// (kNone, H2O), or that sum divided by the number of queries that have attended it (kAge):
+// without it older tokens win merely by having been visible for longer.
+enum class TokenScoreNormalization { kNone, kAge };
+
 // Options shared by the token eviction policies; each reads only the fields it documents.
 struct TokenEvictionOptions {
-  int32_t sink_tokens = 4;     // sliding_window: first slots always kept (attention sinks)
-  int32_t recent_window = -1;  // h2o: newest slots always kept; < 0 means half the kept budget
+  int32_t sink_tokens = 4;     // sliding_window, h2o: first slots always kept (attention sinks)
+  int32_t recent_window = -1;  // h2o: newest slots always kept; < 0 means half of what the
+                               // budget keeps beyond the sinks
   int32_t slack_tokens = 0;    // evict down to budget - slack (e.g. block_size); all policies
+  // h2o, attention (applied by SequenceTokenEviction, which owns the scores):
+  TokenEvictionGranularity granularity = TokenEvictionGranularity::kHead;
+  TokenScoreNormalization score_normalization = TokenScoreNormalization::kAge;
 };
+
+// YAML / flag names: "sequence", "layer", "head"; "none", "age". InvalidArgument otherwise.
+absl::StatusOr<TokenEvictionGranularity> ParseTokenEvictionGranularity(absl::string_view name);
+absl::StatusOr<TokenScoreNormalization> ParseTokenScoreNormalization(absl::string_view name);
 
 struct TokenEvictionPlan {
   bool evict = false;         // false: the sequence is within budget; keep every slot

@@ -179,6 +179,62 @@ TEST(KvCompactionTest, MovesKeptRowsInEveryFormatAndFreesTheTail) {
   }
 }
 
+TEST(KvCompactionTest, EachLayerAndHeadMovesByItsOwnPlan) {
+  std::mt19937 rng(29);
+  for (KvFormat format : {KvFormat::kFp32, KvFormat::kInt8, KvFormat::kInt4}) {
+    for (int units : {2, 4}) {  // per layer, per layer and KV head (2 layers x 2 heads)
+      SCOPED_TRACE(std::string(kernels::KvFormatName(format)) + " units " + std::to_string(units));
+      const KvGeometry geometry{2, 2, 8, 4};
+      BlockPool pool(geometry, 1 << 20);
+      KvCachePolicyConfig pc;
+      pc.format = format;
+      absl::StatusOr<KvCachePolicy> policy = KvCachePolicy::Create(&pool, pc);
+      ASSERT_TRUE(policy.ok()) << policy.status();
+      SequenceKv seq(&pool, policy->write_layout());
+      const int64_t slots = 37;
+      Fill(pool, *policy, seq, slots, rng);
+      const std::vector<std::vector<float>> before = ReadSlots(pool, seq, slots);
+      // Each unit keeps its own random 19 slots; unit 1 keeps slots 0-5 in place, the others
+      // only slot 0, so the first block changes for some units and not for others.
+      std::vector<std::vector<int32_t>> keeps(units);
+      for (int u = 0; u < units; ++u) {
+        const int fixed = u == 1 ? 6 : 1;
+        std::vector<int32_t> candidates(slots - fixed);
+        std::iota(candidates.begin(), candidates.end(), fixed);
+        std::shuffle(candidates.begin(), candidates.end(), rng);
+        keeps[u].resize(fixed);
+        std::iota(keeps[u].begin(), keeps[u].end(), 0);
+        keeps[u].insert(keeps[u].end(), candidates.begin(), candidates.begin() + (19 - fixed));
+        std::sort(keeps[u].begin(), keeps[u].end());
+      }
+      EXPECT_EQ(FirstChangedBlock(absl::MakeConstSpan(keeps), 4),
+                std::min(FirstChangedBlock(keeps[0], 4), FirstChangedBlock(keeps[1], 4)));
+      const BlockAllocator allocate = [&pool](LayoutId l) { return pool.Allocate(l); };
+      absl::StatusOr<KvCompactionStats> st = CompactSequenceKv(
+          pool, seq, slots, absl::MakeConstSpan(keeps), policy->write_layout(), allocate);
+      ASSERT_TRUE(st.ok()) << st.status();
+      EXPECT_EQ(seq.block_table().size(), 5u);
+      const std::vector<std::vector<float>> after = ReadSlots(pool, seq, 19);
+      const int hd = geometry.head_dim, heads = geometry.num_kv_heads;
+      const double tol = Tolerance(format) * 1.5 + 1e-6;
+      for (int l = 0; l < geometry.num_layers; ++l) {
+        for (int h = 0; h < heads; ++h) {
+          const std::vector<int32_t>& keep = keeps[units == 2 ? l : l * heads + h];
+          for (int role = 0; role < 2; ++role) {
+            const size_t at = (2 * l + role) * heads * hd + h * hd;
+            for (size_t i = 0; i < keep.size(); ++i) {
+              for (int d = 0; d < hd; ++d) {
+                ASSERT_NEAR(after[i][at + d], before[keep[i]][at + d], tol)
+                    << "layer " << l << " head " << h << " slot " << i;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(KvCompactionTest, SharedBlocksAreCopiedNotWritten) {
   std::mt19937 rng(5);
   const KvGeometry geometry{1, 1, 8, 4};
@@ -250,6 +306,8 @@ std::vector<int32_t> StoryTokens(const LocalModel& lm, int n) {
 struct EngineRun {
   std::vector<std::vector<float>> logits;        // [position][vocab]
   std::vector<std::vector<int32_t>> kept_after;  // original positions kept after each eviction
+  // The same for every score unit (one, or one per layer and KV head): [eviction][unit][kept].
+  std::vector<std::vector<std::vector<int32_t>>> unit_kept_after;
   int64_t max_slots = 0;
   int64_t max_blocks = 0;
   int64_t evicted = 0;
@@ -261,20 +319,29 @@ EngineRun RunEngine(LocalModel& lm, const TokenEvictionPolicy& policy, int32_t b
                     const std::vector<int32_t>& tokens) {
   EngineRun run;
   SequenceKv kv(&lm.kv_pool(), lm.kv_layout());
-  SequenceTokenEviction te(&policy, budget);
+  SequenceTokenEviction te(&policy, budget, lm.config().num_layers,
+                           lm.kv_pool().geometry().num_kv_heads);
   const BlockAllocator allocate = [&lm](LayoutId l) { return lm.kv_pool().Allocate(l); };
-  std::vector<int32_t> positions;  // original position of each slot
+  std::vector<int32_t> positions;                    // original position of each slot
+  std::vector<int32_t> all_positions;                // 0 .. p - 1
+  std::vector<std::vector<int32_t>> unit_positions;  // per unit, after the first eviction
   const int vocab = lm.config().vocab_size;
   std::vector<float> logits(vocab);
   int64_t slots = 0;
   for (int32_t p = 0; p < static_cast<int32_t>(tokens.size()); ++p) {
-    absl::StatusOr<TokenEvictionPlan> plan = te.PlanRoom(slots, 1);
+    absl::StatusOr<SequenceEvictionPlan> plan = te.PlanRoom(slots, 1);
     EXPECT_TRUE(plan.ok()) << plan.status();
     if (plan->evict) {
       absl::StatusOr<int64_t> ev =
           te.Apply(*plan, lm.kv_pool(), kv, slots, lm.kv_layout(), allocate);
       EXPECT_TRUE(ev.ok()) << ev.status();
-      CompactKept(absl::MakeConstSpan(plan->keep), &positions);
+      CompactKept(absl::MakeConstSpan(plan->keep[0]), &positions);
+      if (unit_positions.empty()) unit_positions.assign(plan->keep.size(), {});
+      for (size_t u = 0; u < plan->keep.size(); ++u) {
+        if (unit_positions[u].empty()) unit_positions[u] = all_positions;
+        CompactKept(absl::MakeConstSpan(plan->keep[u]), &unit_positions[u]);
+      }
+      run.unit_kept_after.push_back(unit_positions);
       slots -= *ev;
       run.evicted += *ev;
       run.kept_after.push_back(positions);
@@ -282,11 +349,17 @@ EngineRun RunEngine(LocalModel& lm, const TokenEvictionPolicy& policy, int32_t b
     EXPECT_TRUE(kv.Reserve(slots + 1).ok());
     ForwardBatch b;
     b.block_tables.push_back(kv.block_table().data());
-    if (te.wants_scores()) b.seq_scores.push_back(te.ScoresFor(slots + 1));
+    if (te.wants_scores()) {
+      b.seq_scores.push_back(te.ScoresFor(slots + 1));
+      b.seq_score_layer_stride.push_back(te.score_layer_stride());
+      b.seq_score_head_stride.push_back(te.score_head_stride());
+    }
     b.Add(tokens[p], p, 0, static_cast<int32_t>(slots), true);
     EXPECT_TRUE(lm.model().Forward(b, lm.kv_pool(), logits.data()).ok());
     EXPECT_TRUE(lm.kv_policy().Demote(kv, slots + 1).ok());
     positions.push_back(p);
+    all_positions.push_back(p);
+    for (std::vector<int32_t>& u : unit_positions) u.push_back(p);
     ++slots;
     run.logits.push_back(logits);
     run.max_slots = std::max(run.max_slots, slots);
@@ -295,11 +368,15 @@ EngineRun RunEngine(LocalModel& lm, const TokenEvictionPolicy& policy, int32_t b
   return run;
 }
 
-std::unique_ptr<TokenEvictionPolicy> Policy(const std::string& name, int32_t sinks,
-                                            int32_t recent) {
+std::unique_ptr<TokenEvictionPolicy> Policy(
+    const std::string& name, int32_t sinks, int32_t recent,
+    TokenEvictionGranularity granularity = TokenEvictionGranularity::kSequence,
+    TokenScoreNormalization normalization = TokenScoreNormalization::kNone) {
   TokenEvictionOptions o;
   o.sink_tokens = sinks;
   o.recent_window = recent;
+  o.granularity = granularity;
+  o.score_normalization = normalization;
   auto p = CreateTokenEvictionPolicy(name, o);
   EXPECT_TRUE(p.ok()) << p.status();
   return std::move(*p);
@@ -309,6 +386,71 @@ double MaxAbsDiff(const std::vector<float>& a, const std::vector<double>& b) {
   double m = 0;
   for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
   return m;
+}
+
+// Hand-worked: `attention` at sequence granularity, budget 4. A prefill of 3 tokens (positions
+// 0-2), then one more token (position 3): slot j has been seen by 4 - j queries. With scores
+// {4, 2, 1.5, 0.9} the plain sums keep slots 0, 1, 2; the means {1, 0.667, 0.75, 0.9} keep 0, 2, 3.
+TEST(SequenceTokenEvictionTest, AgeNormalizationDividesByTheQueriesThatSawEachSlot) {
+  for (TokenScoreNormalization norm :
+       {TokenScoreNormalization::kNone, TokenScoreNormalization::kAge}) {
+    TokenEvictionOptions o;
+    o.granularity = TokenEvictionGranularity::kSequence;
+    o.score_normalization = norm;
+    auto policy = CreateTokenEvictionPolicy("attention", o);
+    ASSERT_TRUE(policy.ok());
+    SequenceTokenEviction te(policy->get(), 4, 5, 4);
+    EXPECT_EQ(te.score_units(), 1);
+    EXPECT_EQ(te.score_layer_stride(), 0);
+    ASSERT_NE(te.ScoresFor(3), nullptr);  // the prefill step
+    float* scores = te.ScoresFor(4);      // the next token's step
+    const float step[] = {4.0f, 2.0f, 1.5f, 0.9f};
+    std::copy(step, step + 4, scores);
+    absl::StatusOr<SequenceEvictionPlan> plan = te.PlanRoom(4, 1);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    ASSERT_TRUE(plan->evict);
+    ASSERT_EQ(plan->keep.size(), 1u);
+    EXPECT_EQ(plan->keep[0], norm == TokenScoreNormalization::kAge
+                                 ? (std::vector<int32_t>{0, 2, 3})
+                                 : (std::vector<int32_t>{0, 1, 2}));
+  }
+}
+
+TEST(SequenceTokenEvictionTest, ScoreRowsPerLayerAndHead) {
+  TokenEvictionOptions o;
+  o.sink_tokens = 1;
+  o.recent_window = 2;
+  o.granularity = TokenEvictionGranularity::kLayer;
+  auto by_layer = CreateTokenEvictionPolicy("h2o", o);
+  ASSERT_TRUE(by_layer.ok());
+  SequenceTokenEviction tl(by_layer->get(), 6, 2, 3);
+  EXPECT_EQ(tl.score_units(), 2);
+  EXPECT_EQ(tl.score_layer_stride(), 6);
+  EXPECT_EQ(tl.score_head_stride(), 0);
+  o.granularity = TokenEvictionGranularity::kHead;
+  auto policy = CreateTokenEvictionPolicy("h2o", o);
+  ASSERT_TRUE(policy.ok());
+  SequenceTokenEviction te(policy->get(), 6, 2, 3);
+  EXPECT_EQ(te.score_units(), 6);
+  EXPECT_EQ(te.score_layer_stride(), 18);  // 3 heads x budget 6
+  EXPECT_EQ(te.score_head_stride(), 6);
+  // 6 slots, one more token coming: each unit keeps 5 = sink 0, recent 4 and 5, and the 2 best
+  // of slots 1..3 by its own row. Unit u gives slot 1 + u % 3 the top score and slot
+  // 1 + (u + 1) % 3 the next.
+  float* rows = te.ScoresFor(6);
+  for (int u = 0; u < 6; ++u) {
+    rows[u * 6 + 1 + u % 3] = 2.0f;
+    rows[u * 6 + 1 + (u + 1) % 3] = 1.0f;
+  }
+  absl::StatusOr<SequenceEvictionPlan> plan = te.PlanRoom(6, 1);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  ASSERT_TRUE(plan->evict);
+  ASSERT_EQ(plan->keep.size(), 6u);
+  for (int u = 0; u < 6; ++u) {
+    std::vector<int32_t> want = {0, 1 + u % 3, 1 + (u + 1) % 3, 4, 5};
+    std::sort(want.begin(), want.end());
+    EXPECT_EQ(plan->keep[u], want) << "unit " << u;
+  }
 }
 
 TEST(ModelTokenEvictionTest, SlidingWindowMatchesReferenceAttentionOverSinksAndWindow) {
@@ -384,6 +526,57 @@ TEST(ModelTokenEvictionTest, H2oKeepsTheHeaviestHittersOfAnIndependentReference)
   EXPECT_EQ(got.max_slots, budget);
 }
 
+TEST(ModelTokenEvictionTest, H2oPerHeadWithAgeNormalisationMatchesAnIndependentReference) {
+  auto lm = OpenStories();
+  ASSERT_NE(lm, nullptr);
+  const int32_t budget = 24, sinks = 2, recent = 8;
+  const std::vector<int32_t> tokens = StoryTokens(*lm, 10 * budget);
+  auto policy =
+      Policy("h2o", sinks, recent, TokenEvictionGranularity::kHead, TokenScoreNormalization::kAge);
+  const EngineRun got = RunEngine(*lm, *policy, budget, tokens);
+  // Reference rule, per (layer, KV head): the sinks, the `recent` newest positions, and of the
+  // ones between, those with the largest mean attention: the accumulated score divided by the
+  // number of queries that have seen the position (positions pos .. next - 1).
+  const testing::ReferenceUnitEvictionRun want = testing::ReferenceWithUnitEviction(
+      lm->loaded(), tokens, budget,
+      [&](int, int next, const std::vector<int32_t>& cached, const std::vector<double>& scores) {
+        const int target = budget - 1;
+        const int n = static_cast<int>(cached.size());
+        std::vector<double> mean(n);
+        for (int i = 0; i < n; ++i) mean[i] = scores[i] / (next - cached[i]);
+        std::vector<int> idx;
+        for (int i = sinks; i < n - recent; ++i) idx.push_back(i);
+        std::sort(idx.begin(), idx.end(),
+                  [&](int a, int b) { return mean[a] != mean[b] ? mean[a] > mean[b] : a > b; });
+        std::vector<int32_t> keep(cached.begin(), cached.begin() + sinks);
+        for (int i = 0; i < target - sinks - recent; ++i) keep.push_back(cached[idx[i]]);
+        keep.insert(keep.end(), cached.end() - recent, cached.end());
+        return keep;
+      });
+  const int units = lm->config().num_layers * lm->config().num_kv_heads;
+  ASSERT_EQ(got.unit_kept_after.size(), want.kept_after.size());
+  ASSERT_EQ(static_cast<int>(got.unit_kept_after.front().size()), units);
+  EXPECT_EQ(got.unit_kept_after.front(), want.kept_after.front());
+  // Later choices may differ where two scores are within float rounding; require nearly all
+  // (eviction, unit) choices to agree, and the logits throughout when all do.
+  int agree = 0, total = 0, differ_between_units = 0;
+  for (size_t e = 0; e < got.unit_kept_after.size(); ++e) {
+    for (int u = 0; u < units; ++u) {
+      agree += got.unit_kept_after[e][u] == want.kept_after[e][u];
+      differ_between_units += got.unit_kept_after[e][u] != got.unit_kept_after[e][0];
+      ++total;
+    }
+  }
+  EXPECT_GE(agree, total * 95 / 100) << agree << " of " << total << " choices agree";
+  EXPECT_GT(differ_between_units, 0) << "every head kept the same tokens";
+  if (agree == total) {
+    for (size_t p = 0; p < got.logits.size(); ++p) {
+      ASSERT_LT(MaxAbsDiff(got.logits[p], want.logits[p]), 2e-3) << "position " << p;
+    }
+  }
+  EXPECT_EQ(got.max_slots, budget);
+}
+
 TEST(ModelTokenEvictionTest, MemoryStaysWithinBudgetInEveryFormatAndPolicy) {
   for (KvFormat format : {KvFormat::kFp32, KvFormat::kFp16, KvFormat::kInt8, KvFormat::kFp8,
                           KvFormat::kInt4, KvFormat::kNvfp4}) {
@@ -393,7 +586,10 @@ TEST(ModelTokenEvictionTest, MemoryStaysWithinBudgetInEveryFormatAndPolicy) {
       ASSERT_NE(lm, nullptr);
       const int32_t budget = 32;
       const std::vector<int32_t> tokens = StoryTokens(*lm, 10 * budget);
-      auto policy = Policy(name, 4, -1);
+      // Scored policies choose per layer and KV head (the shipped default): every layer's and
+      // head's rows move by their own plan, in every format.
+      auto policy =
+          Policy(name, 4, -1, TokenEvictionGranularity::kHead, TokenScoreNormalization::kAge);
       const int64_t used_before = lm->kv_pool().used_bytes();
       const EngineRun got = RunEngine(*lm, *policy, budget, tokens);
       EXPECT_EQ(got.max_slots, budget);

@@ -91,6 +91,27 @@ TEST(TokenEvictionTest, H2oSplitsTheBudgetBetweenHeavyHittersAndRecentSlots) {
   EXPECT_EQ(Keep(*Make("h2o", 0, 0), 10, kScores, 4), (std::vector<int32_t>{0, 2, 5, 7}));
 }
 
+TEST(TokenEvictionTest, H2oKeepsSinksBeforeSplittingTheRest) {
+  // Sinks 0, 1; recent 8, 9; 2 heavy hitters of slots 2..7: 2 (9) and 7 (8).
+  EXPECT_EQ(Keep(*Make("h2o", 2, 2), 10, kScores, 6), (std::vector<int32_t>{0, 1, 2, 7, 8, 9}));
+  // Sink 0; budget 8 leaves 7: recent 3 (7, 8, 9), 4 heavy of slots 1..6 (scores 1 9 0 3 3 2):
+  // 2, then 4 and 5 (3), then 6 (2).
+  EXPECT_EQ(Keep(*Make("h2o", 1, -1), 10, kScores, 8),
+            (std::vector<int32_t>{0, 2, 4, 5, 6, 7, 8, 9}));
+  // More sinks than the budget keeps: the sinks alone.
+  EXPECT_EQ(Keep(*Make("h2o", 5, -1), 10, kScores, 3), (std::vector<int32_t>{0, 1, 2}));
+}
+
+TEST(TokenEvictionTest, GranularityAndNormalizationNames) {
+  EXPECT_EQ(*ParseTokenEvictionGranularity("sequence"), TokenEvictionGranularity::kSequence);
+  EXPECT_EQ(*ParseTokenEvictionGranularity("layer"), TokenEvictionGranularity::kLayer);
+  EXPECT_EQ(*ParseTokenEvictionGranularity("head"), TokenEvictionGranularity::kHead);
+  EXPECT_FALSE(ParseTokenEvictionGranularity("token").ok());
+  EXPECT_EQ(*ParseTokenScoreNormalization("none"), TokenScoreNormalization::kNone);
+  EXPECT_EQ(*ParseTokenScoreNormalization("age"), TokenScoreNormalization::kAge);
+  EXPECT_FALSE(ParseTokenScoreNormalization("mean").ok());
+}
+
 TEST(TokenEvictionTest, AttentionKeepsTheTopScoresWithTiesGoingToTheMoreRecentSlot) {
   EXPECT_EQ(Keep(*Make("attention"), 10, kScores, 5), (std::vector<int32_t>{0, 2, 4, 5, 7}));
   EXPECT_EQ(Keep(*Make("attention"), 10, kScores, 4), (std::vector<int32_t>{0, 2, 5, 7}));
@@ -157,12 +178,16 @@ TEST(TokenEvictionTest, RandomPlansRespectBudgetOrderAndRanking) {
         }
         continue;
       }
+      // h2o keeps min(sinks, target) sinks; its window splits what is left.
+      const int32_t kept_sinks = name == "attention" ? 0 : std::min(sinks, target);
+      const int32_t rest = target - kept_sinks;
       const int32_t recent = name == "attention" ? 0
-                             : window < 0        ? target / 2
-                                                 : std::min(window, target);
+                             : window < 0        ? rest / 2
+                                                 : std::min(window, rest);
+      for (int32_t s = 0; s < kept_sinks; ++s) EXPECT_TRUE(kept[s]) << s;
       for (int32_t s = slots - recent; s < slots; ++s) EXPECT_TRUE(kept[s]) << s;
-      for (int32_t a = 0; a < slots - recent; ++a) {
-        for (int32_t d = 0; d < slots - recent; ++d) {
+      for (int32_t a = kept_sinks; a < slots - recent; ++a) {
+        for (int32_t d = kept_sinks; d < slots - recent; ++d) {
           if (kept[a] && !kept[d]) {
             ASSERT_TRUE(beats(scores, a, d)) << a << " vs " << d;
           }

@@ -136,6 +136,136 @@ inline ReferenceEvictionRun ReferenceWithEviction(const engine::LoadedModel& mod
   return run;
 }
 
+// Eviction per layer and KV head (H2O's granularity): before appending token p, when the caches
+// hold `budget` positions, `rule` is asked once for each (layer l, KV head g), unit
+// l * num_kv_heads + g, with that unit's cached positions and its scores (the attention weights
+// its positions received, summed over the query heads of the group), and each unit keeps its
+// own positions (K and V rows of that head only). kept_after[e][unit]: positions after eviction e.
+using ReferenceUnitEvictionRule = std::function<std::vector<int32_t>(
+    int unit, int next_position, const std::vector<int32_t>& cached,
+    const std::vector<double>& scores)>;
+
+struct ReferenceUnitEvictionRun {
+  std::vector<std::vector<double>> logits;                    // [position][vocab]
+  std::vector<std::vector<std::vector<int32_t>>> kept_after;  // [eviction][unit][kept]
+};
+
+inline ReferenceUnitEvictionRun ReferenceWithUnitEviction(const engine::LoadedModel& model,
+                                                          const std::vector<int32_t>& tokens,
+                                                          int budget,
+                                                          const ReferenceUnitEvictionRule& rule) {
+  const engine::ModelConfig& c = model.config();
+  const engine::ModelWeights& w = model.weights();
+  const int dim = c.dim, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+  const int units = c.num_layers * nkv;
+  auto matvec = [](const kernels::WeightView& m, const std::vector<double>& x) {
+    std::vector<double> y(m.rows, 0.0);
+    for (int64_t r = 0; r < m.rows; ++r) {
+      double s = 0;
+      for (int64_t k = 0; k < m.cols; ++k) s += WeightAt(m, r, k) * x[k];
+      y[r] = s;
+    }
+    return y;
+  };
+  auto rmsnorm = [&](const std::vector<double>& x, const float* g) {
+    double ss = 0;
+    for (double v : x) ss += v * v;
+    const double inv = 1.0 / std::sqrt(ss / x.size() + c.rms_norm_eps);
+    std::vector<double> y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * g[i];
+    return y;
+  };
+  auto rope = [&](std::vector<double>& v, int heads, int pos) {
+    for (int h = 0; h < heads; ++h) {
+      for (int i = 0; i < hd; i += 2) {
+        const double freq =
+            std::pow(static_cast<double>(c.rope_freq_base), -static_cast<double>(i) / hd);
+        const double a = pos * freq;
+        const double x0 = v[h * hd + i], x1 = v[h * hd + i + 1];
+        v[h * hd + i] = x0 * std::cos(a) - x1 * std::sin(a);
+        v[h * hd + i + 1] = x0 * std::sin(a) + x1 * std::cos(a);
+      }
+    }
+  };
+  // Per unit: original positions (ascending), the head's K and V rows, accumulated scores.
+  std::vector<std::vector<int32_t>> pos(units);
+  std::vector<std::vector<std::vector<double>>> keys(units), values(units);
+  std::vector<std::vector<double>> scores(units);
+  ReferenceUnitEvictionRun run;
+  for (int p = 0; p < static_cast<int>(tokens.size()); ++p) {
+    if (static_cast<int>(pos[0].size()) + 1 > budget) {
+      std::vector<std::vector<int32_t>> kept(units);
+      for (int u = 0; u < units; ++u) {
+        std::vector<int32_t> keep = rule(u, p, pos[u], scores[u]);
+        std::sort(keep.begin(), keep.end());
+        std::vector<size_t> idx;
+        for (int32_t k : keep) {
+          idx.push_back(std::find(pos[u].begin(), pos[u].end(), k) - pos[u].begin());
+        }
+        auto filter = [&idx](auto& v) {
+          std::remove_reference_t<decltype(v)> out;
+          for (size_t i : idx) out.push_back(v[i]);
+          v = std::move(out);
+        };
+        filter(pos[u]);
+        filter(scores[u]);
+        filter(keys[u]);
+        filter(values[u]);
+        kept[u] = pos[u];
+      }
+      run.kept_after.push_back(std::move(kept));
+    }
+    for (int u = 0; u < units; ++u) {
+      pos[u].push_back(p);
+      scores[u].push_back(0.0);
+    }
+    std::vector<double> x(dim);
+    for (int i = 0; i < dim; ++i) x[i] = WeightAt(w.token_embedding, tokens[p], i);
+    const int n = static_cast<int>(pos[0].size());
+    for (int l = 0; l < c.num_layers; ++l) {
+      const engine::LayerWeights& lw = w.layers[l];
+      auto xb = rmsnorm(x, lw.attn_norm);
+      auto q = matvec(lw.wq, xb);
+      auto k = matvec(lw.wk, xb);
+      auto v = matvec(lw.wv, xb);
+      rope(q, nh, p);
+      rope(k, nkv, p);
+      for (int g = 0; g < nkv; ++g) {
+        keys[l * nkv + g].emplace_back(k.begin() + g * hd, k.begin() + (g + 1) * hd);
+        values[l * nkv + g].emplace_back(v.begin() + g * hd, v.begin() + (g + 1) * hd);
+      }
+      std::vector<double> att(nh * hd, 0.0);
+      for (int h = 0; h < nh; ++h) {
+        const int u = l * nkv + h / (nh / nkv);
+        std::vector<double> s(n);
+        double mx = -1e300;
+        for (int t = 0; t < n; ++t) {
+          double d = 0;
+          for (int i = 0; i < hd; ++i) d += q[h * hd + i] * keys[u][t][i];
+          s[t] = d / std::sqrt(static_cast<double>(hd));
+          mx = std::max(mx, s[t]);
+        }
+        double sum = 0;
+        for (double& e : s) sum += (e = std::exp(e - mx));
+        for (int t = 0; t < n; ++t) {
+          scores[u][t] += s[t] / sum;
+          for (int i = 0; i < hd; ++i) att[h * hd + i] += s[t] / sum * values[u][t][i];
+        }
+      }
+      auto o = matvec(lw.wo, att);
+      for (int i = 0; i < dim; ++i) x[i] += o[i];
+      xb = rmsnorm(x, lw.ffn_norm);
+      auto g = matvec(lw.w_gate, xb);
+      auto u = matvec(lw.w_up, xb);
+      for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+      auto d = matvec(lw.w_down, g);
+      for (int i = 0; i < dim; ++i) x[i] += d[i];
+    }
+    run.logits.push_back(matvec(w.output, rmsnorm(x, w.final_norm)));
+  }
+  return run;
+}
+
 }  // namespace kvserve::testing
 
 #endif  // KVSERVE_TESTS_ENGINE_TESTING_REFERENCE_EVICTING_LLAMA_H_

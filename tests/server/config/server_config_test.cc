@@ -215,6 +215,8 @@ token_eviction:
   sink_tokens: 2
   recent_window: 24
   slack_tokens: 8
+  granularity: layer
+  score_normalization: none
 )";
 
 TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
@@ -282,6 +284,9 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   EXPECT_EQ(c.engine.token_eviction.options.sink_tokens, 2);
   EXPECT_EQ(c.engine.token_eviction.options.recent_window, 24);
   EXPECT_EQ(c.engine.token_eviction.options.slack_tokens, 8);
+  EXPECT_EQ(c.engine.token_eviction.options.granularity, engine::TokenEvictionGranularity::kLayer);
+  EXPECT_EQ(c.engine.token_eviction.options.score_normalization,
+            engine::TokenScoreNormalization::kNone);
 }
 
 TEST(ServerConfigValuesTest, MissingKeysTakeTheHeaderDefaults) {

@@ -51,6 +51,24 @@ TEST_F(TokenEvictionConfigTest, BadValuesNameTheKey) {
               AllOf(HasSubstr(At(4)), HasSubstr("token_eviction.recent_window")));
   EXPECT_THAT(Error("  sink_tokens: -1\n"), HasSubstr("token_eviction.sink_tokens"));
   EXPECT_THAT(Error("  min_budget_tokens: 0\n"), HasSubstr("token_eviction.min_budget_tokens"));
+  EXPECT_THAT(Error("  granularity: token\n"),
+              AllOf(HasSubstr(At(4)), HasSubstr("token_eviction.granularity"), HasSubstr("head")));
+  EXPECT_THAT(Error("  score_normalization: mean\n"),
+              AllOf(HasSubstr("token_eviction.score_normalization"), HasSubstr("age")));
+}
+
+TEST_F(TokenEvictionConfigTest, GranularityAndNormalizationDefaultToPerHeadAndAge) {
+  absl::StatusOr<ServerConfig> c = Load("  policy: h2o\n  budget_tokens: 128\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->engine.token_eviction.options.granularity, engine::TokenEvictionGranularity::kHead);
+  EXPECT_EQ(c->engine.token_eviction.options.score_normalization,
+            engine::TokenScoreNormalization::kAge);
+  c = Load("  granularity: sequence\n  score_normalization: none\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->engine.token_eviction.options.granularity,
+            engine::TokenEvictionGranularity::kSequence);
+  EXPECT_EQ(c->engine.token_eviction.options.score_normalization,
+            engine::TokenScoreNormalization::kNone);
 }
 
 TEST_F(TokenEvictionConfigTest, CrossKeyChecksNameTheKeyAtFault) {
