@@ -589,6 +589,7 @@ bool Scheduler::Step(absl::Time now) {
   batch_.Clear();
   row_seq_.clear();
   int64_t budget = options_.max_batch_tokens;
+  bool prefill_added = false;
   for (int pass = 0; pass < 2 && budget > 0; ++pass) {
     for (auto& p : running_) {
       Sequence* s = p.get();
@@ -599,8 +600,10 @@ bool Scheduler::Step(absl::Time now) {
       if (s->te.enabled()) take = std::min<int64_t>(take, s->te.MaxAppend());
       if (!decoding && DirectCold(s)) {
         // A block allocated to be written whole (cold) must be, in this step: end the chunk at
-        // its start. When the budget left cannot cover it, it is written in the window format
-        // (and demoted later) if a block of that size is free; otherwise the prefill waits.
+        // its start. When the budget left cannot cover it, the prefill waits for a later step,
+        // unless it is the step's first (so that prefills progress whatever max_batch_tokens
+        // and the decodes leave): then the block is written in the window format (and demoted
+        // later) if a block of that size is free.
         const int64_t bs = pool_->geometry().block_size;
         const int64_t end = s->processed + take;
         const int64_t b = end / bs;
@@ -610,6 +613,7 @@ bool Scheduler::Step(absl::Time now) {
           if (end - end % bs > s->processed) {
             take = end - end % bs - s->processed;
           } else {
+            if (prefill_added) continue;
             absl::StatusOr<BlockId> hot = pool_->Allocate(layout_);
             if (!hot.ok()) continue;
             s->kv.SetBlock(b, *hot);
@@ -628,7 +632,10 @@ bool Scheduler::Step(absl::Time now) {
                    static_cast<int32_t>(pos - s->evicted), last);
         if (last) row_seq_.push_back(s);
       }
-      if (!decoding) counters_.prompt_tokens += take;
+      if (!decoding) {
+        counters_.prompt_tokens += take;
+        prefill_added = true;
+      }
       s->processed += take;
       budget -= take;
     }
