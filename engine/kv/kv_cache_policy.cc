@@ -124,6 +124,13 @@ bool KvCachePolicy::ColdEligible(int64_t index, int64_t tokens) const {
   return end <= tokens && begin >= config_.sink_tokens && end <= tokens - config_.recent_window;
 }
 
+bool KvCachePolicy::WrittenWhole(LayoutId layout) const {
+  for (kernels::KvFormat f : pool_->layout(layout).layer_formats) {
+    if (!kernels::KvFormatTokenWritable(f)) return true;
+  }
+  return false;
+}
+
 absl::Status KvCachePolicy::Demote(SequenceKv& seq, int64_t tokens) const {
   if (!demotes()) return absl::OkStatus();
   const KvGeometry& g = pool_->geometry();

@@ -10,6 +10,10 @@
 //    block_size - 1 tokens of a sequence are then at window precision.
 //  * When nothing needs demotion (token-writable format, no window, no sinks) blocks are written
 //    in their final format directly.
+//  * A block that one forward step writes whole (a prefill chunk covering it) and that is already
+//    eligible when the step ends is allocated cold and written cold directly (quantize-on-write of
+//    the whole block), so a prefill never holds its prompt at window size; the scheduler ends
+//    prefill chunks at block boundaries for that (Scheduler, FinalLayout, WrittenWhole).
 //
 // Demotion costs one block-sized conversion per block per sequence, done on the engine thread
 // between steps; it frees the hot block and allocates a (smaller) cold one.
@@ -58,6 +62,16 @@ class KvCachePolicy {
 
   // True when block `index` of a sequence with `tokens` cached tokens may be stored cold.
   bool ColdEligible(int64_t index, int64_t tokens) const;
+  // The layout block `index` of a sequence has once `tokens` tokens are cached: cold when
+  // ColdEligible, else the write layout. A block that a single forward step writes whole and that
+  // is eligible when the step ends can be allocated in it directly (no demotion, and never its
+  // size in the write layout); see Scheduler.
+  LayoutId FinalLayout(int64_t index, int64_t tokens) const {
+    return ColdEligible(index, tokens) ? cold_layout_ : write_layout_;
+  }
+  // True when blocks of `layout` must be written whole, in one step (a layer's format is not
+  // token-writable: kernels::cpu::WriteKv then encodes the block from its block_size tokens).
+  bool WrittenWhole(LayoutId layout) const;
 
   // Demotes every eligible block of `seq` that is still in the write layout. `tokens` is the
   // number of tokens whose K/V are in the cache. ResourceExhausted leaves the rest for later;

@@ -14,10 +14,15 @@ int64_t SequenceKv::BlocksNeeded(int64_t num_slots) const {
 }
 
 absl::Status SequenceKv::Reserve(int64_t num_slots) {
+  return Reserve(num_slots, [this](int64_t) { return layout_; });
+}
+
+absl::Status SequenceKv::Reserve(int64_t num_slots,
+                                 absl::FunctionRef<LayoutId(int64_t index)> layout_for) {
   const int64_t need = BlocksNeeded(num_slots);
   const size_t before = blocks_.size();
   for (int64_t i = 0; i < need; ++i) {
-    absl::StatusOr<BlockId> id = pool_->Allocate(layout_);
+    absl::StatusOr<BlockId> id = pool_->Allocate(layout_for(static_cast<int64_t>(blocks_.size())));
     if (!id.ok()) {
       while (blocks_.size() > before) {
         pool_->Release(blocks_.back());

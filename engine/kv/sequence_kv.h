@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "engine/kv/block_pool.h"
 
@@ -24,6 +25,9 @@ class SequenceKv {
   // Makes sure slots [0, num_slots) have blocks. ResourceExhausted (and nothing allocated by this
   // call kept) when the pool cannot supply them.
   absl::Status Reserve(int64_t num_slots);
+  // As Reserve(num_slots), but block `index` of the table, when new, is allocated in
+  // layout_for(index) instead of this sequence's default layout.
+  absl::Status Reserve(int64_t num_slots, absl::FunctionRef<LayoutId(int64_t index)> layout_for);
   // Blocks needed beyond the current ones to hold num_slots slots.
   int64_t BlocksNeeded(int64_t num_slots) const;
   // Returns every block to the pool.

@@ -110,7 +110,10 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const BlockPool& kv,
                            c.rope_freq_base);
     cpu::RopeAdjacentPairs(k_.data(), batch.positions.data(), n, c.num_kv_heads, c.head_dim,
                            c.rope_freq_base);
-    cpu::WriteKv(k_.data(), v_.data(), n, slot_block_.data(), slot_offset_.data(), view);
+    if (!cpu::WriteKv(k_.data(), v_.data(), n, slot_block_.data(), slot_offset_.data(), view)) {
+      return absl::InternalError(
+          absl::StrFormat("non-finite or out-of-range K/V values in layer %d", l));
+    }
     if (!batch.seq_score_layer_stride.empty()) {
       for (size_t s = 0; s < layer_scores_.size(); ++s) {
         if (batch.seq_scores[s] != nullptr) {

@@ -65,8 +65,23 @@ Scheduler::Scheduler(LlamaModel* model, BlockPool* pool, const KvCachePolicy* kv
       pool_(pool),
       kv_policy_(kv_policy),
       layout_(kv_policy->write_layout()),
+      direct_cold_(kv_policy->demotes() &&
+                   options.max_batch_tokens >= pool->geometry().block_size),
       tokenizer_(tokenizer),
       options_(options) {}
+
+bool Scheduler::DirectCold(const Sequence* s) const { return direct_cold_ && !s->te.enabled(); }
+
+int64_t Scheduler::BytesNeeded(const Sequence* s, int64_t slots, bool final_layouts,
+                               int64_t from) const {
+  const int64_t bs = pool_->geometry().block_size;
+  const int64_t blocks = (slots + bs - 1) / bs;
+  int64_t bytes = 0;
+  for (int64_t b = from; b < blocks; ++b) {
+    bytes += pool_->layout(final_layouts ? kv_policy_->FinalLayout(b, slots) : layout_).block_bytes;
+  }
+  return bytes;
+}
 
 Scheduler::~Scheduler() = default;
 
@@ -214,7 +229,10 @@ void Scheduler::Admit(absl::Time now) {
                               ? std::min<int64_t>(s->tokens.size(), s->te.budget_tokens())
                               : static_cast<int64_t>(s->tokens.size());
     const int64_t need = s->kv.BlocksNeeded(slots);
-    if (need > pool_blocks) {
+    const bool final_layouts = DirectCold(s);
+    const int64_t have = static_cast<int64_t>(s->kv.block_table().size());
+    if (final_layouts ? BytesNeeded(s, slots, true, have) > pool_->budget_bytes()
+                      : need > pool_blocks) {
       Finish(s, FinishReason::kNone,
              absl::ResourceExhaustedError(absl::StrFormat(
                  "the sequence needs %d KV blocks (%d tokens) but the KV budget of %d bytes "
@@ -236,9 +254,20 @@ void Scheduler::Admit(absl::Time now) {
       // evictable), except the matched ones this sequence is about to use.
       evictable = std::max<int64_t>(0, options_.prefix_index->idle_blocks() - matched_blocks);
     }
-    if (need - matched_blocks > pool_->AvailableBlocks(layout_) + evictable) break;
+    if (final_layouts) {
+      // In bytes: the blocks differ in size. Free blocks of any layout are reclaimable, and
+      // cached idle blocks are in their final (cold) layout.
+      const int64_t evictable_bytes =
+          evictable * pool_->layout(kv_policy_->cold_layout()).block_bytes;
+      if (BytesNeeded(s, slots, true, have + matched_blocks) >
+          pool_->budget_bytes() - pool_->used_bytes() + evictable_bytes) {
+        break;
+      }
+    } else if (need - matched_blocks > pool_->AvailableBlocks(layout_) + evictable) {
+      break;
+    }
     AttachCachedPrefix(s);
-    if (!ReserveEvicting(s, std::max(slots, s->processed)).ok()) {
+    if (!ReserveEvicting(s, std::max(slots, s->processed), final_layouts).ok()) {
       ReleaseKv(s);
       s->processed = 0;
       break;
@@ -333,9 +362,13 @@ void Scheduler::ReleaseKv(Sequence* s) {
   s->evicted = 0;
 }
 
-absl::Status Scheduler::ReserveEvicting(Sequence* s, int64_t slots) {
+absl::Status Scheduler::ReserveEvicting(Sequence* s, int64_t slots, bool final_layouts) {
   while (true) {
-    absl::Status st = s->kv.Reserve(slots);
+    absl::Status st =
+        final_layouts
+            ? s->kv.Reserve(slots,
+                            [&](int64_t b) { return kv_policy_->FinalLayout(b, slots); })
+            : s->kv.Reserve(slots);
     if (st.ok() || st.code() != absl::StatusCode::kResourceExhausted ||
         options_.prefix_index == nullptr) {
       return st;
@@ -514,7 +547,6 @@ bool Scheduler::Step(absl::Time now) {
     return a->order < b->order;
   });
   const int64_t block_bytes = pool_->layout(layout_).block_bytes;
-  const int64_t pool_blocks = pool_->budget_bytes() / block_bytes;
   for (Sequence* s : order) {
     if (s->done || s->preempted || s->pending() == 0) continue;
     const bool decoding = s->pending() == 1;
@@ -539,8 +571,7 @@ bool Scheduler::Step(absl::Time now) {
     }
     const int64_t want = s->slots() + incoming;
     while (!ReserveEvicting(s, want).ok()) {
-      if (s->kv.BlocksNeeded(want) + static_cast<int64_t>(s->kv.block_table().size()) >
-          pool_blocks) {
+      if (s->kv.bytes() + s->kv.BlocksNeeded(want) * block_bytes > pool_->budget_bytes()) {
         Finish(s, FinishReason::kNone,
                absl::ResourceExhaustedError(absl::StrFormat(
                    "the KV budget of %d bytes cannot hold %d tokens of one sequence",
@@ -558,6 +589,7 @@ bool Scheduler::Step(absl::Time now) {
   batch_.Clear();
   row_seq_.clear();
   int64_t budget = options_.max_batch_tokens;
+  bool prefill_added = false;
   for (int pass = 0; pass < 2 && budget > 0; ++pass) {
     for (auto& p : running_) {
       Sequence* s = p.get();
@@ -566,6 +598,28 @@ bool Scheduler::Step(absl::Time now) {
       if (decoding && !s->stream->HasRoom()) continue;  // slow reader: wait for it
       int64_t take = std::min(s->pending(), budget);
       if (s->te.enabled()) take = std::min<int64_t>(take, s->te.MaxAppend());
+      if (!decoding && DirectCold(s)) {
+        // A block allocated to be written whole (cold) must be, in this step: end the chunk at
+        // its start. When the budget left cannot cover it, the prefill waits for a later step,
+        // unless it is the step's first (so that prefills progress whatever max_batch_tokens
+        // and the decodes leave): then the block is written in the window format (and demoted
+        // later) if a block of that size is free.
+        const int64_t bs = pool_->geometry().block_size;
+        const int64_t end = s->processed + take;
+        const int64_t b = end / bs;
+        if (end < static_cast<int64_t>(s->tokens.size()) && end % bs != 0 &&
+            b < static_cast<int64_t>(s->kv.block_table().size()) &&
+            kv_policy_->WrittenWhole(pool_->layout_of(s->kv.block_table()[b]))) {
+          if (end - end % bs > s->processed) {
+            take = end - end % bs - s->processed;
+          } else {
+            if (prefill_added) continue;
+            absl::StatusOr<BlockId> hot = pool_->Allocate(layout_);
+            if (!hot.ok()) continue;
+            s->kv.SetBlock(b, *hot);
+          }
+        }
+      }
       const int32_t seq_index = static_cast<int32_t>(batch_.block_tables.size());
       batch_.block_tables.push_back(s->kv.block_table().data());
       batch_.seq_scores.push_back(s->te.ScoresFor(s->slots() + take));
@@ -578,7 +632,10 @@ bool Scheduler::Step(absl::Time now) {
                    static_cast<int32_t>(pos - s->evicted), last);
         if (last) row_seq_.push_back(s);
       }
-      if (!decoding) counters_.prompt_tokens += take;
+      if (!decoding) {
+        counters_.prompt_tokens += take;
+        prefill_added = true;
+      }
       s->processed += take;
       budget -= take;
     }

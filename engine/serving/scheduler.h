@@ -6,7 +6,11 @@
 //     at once);
 //  2. admits waiting sequences by policy (fcfs: arrival order; priority: highest priority first,
 //     then arrival) while fewer than max_running run and the pool can hold the blocks of every
-//     token the sequence must (re)compute; admission stops at the first sequence that does not
+//     token the sequence must (re)compute, each block counted (and allocated) in the layout it
+//     will have when the prefill ends: when the KV policy demotes blocks to a smaller long-term
+//     format, prompt blocks outside the recent window are allocated and written in that format
+//     directly (prefill chunks then end at block boundaries, so that every such block is written
+//     whole in one step), and a prefill never holds its prompt at the window format's size; admission stops at the first sequence that does not
 //     fit, so a large request is not starved by smaller ones behind it; a sequence whose prompt
 //     shares full blocks with a running prefill that will cache them waits for that (and the
 //     ones behind it are considered), so simultaneous requests with one system prompt compute
@@ -128,8 +132,16 @@ class Scheduler {
   bool Preempt(Sequence* requester);
   // Frees the sequence's blocks (telling the prefix index first).
   void ReleaseKv(Sequence* s);
-  // Reserve with prefix-cache eviction when the pool is full.
-  absl::Status ReserveEvicting(Sequence* s, int64_t slots);
+  // Reserve with prefix-cache eviction when the pool is full. With `final_layouts` (a prefill
+  // reserved at admission), each new block is allocated in the layout it has once `slots` tokens
+  // are cached (KvCachePolicy::FinalLayout) rather than in the write layout.
+  absl::Status ReserveEvicting(Sequence* s, int64_t slots, bool final_layouts = false);
+  // True when this sequence's prefill blocks are allocated in their final layouts at admission
+  // (written cold directly, see KvCachePolicy).
+  bool DirectCold(const Sequence* s) const;
+  // Bytes of the blocks `s` still needs to hold `slots` tokens, each in the layout it is
+  // allocated in (final layouts when `final_layouts`), from table index `from` on.
+  int64_t BytesNeeded(const Sequence* s, int64_t slots, bool final_layouts, int64_t from) const;
   // Attaches the longest cached prefix of the sequence's tokens.
   void AttachCachedPrefix(Sequence* s);
   // Caches the sequence's newly final full blocks.
@@ -146,6 +158,10 @@ class Scheduler {
   BlockPool* pool_;
   const KvCachePolicy* kv_policy_;
   LayoutId layout_;  // kv_policy_->write_layout()
+  // Prefills write blocks that leave the window within their step directly in the cold layout:
+  // the policy demotes, and a chunk can always end at a block boundary (max_batch_tokens >=
+  // block_size).
+  bool direct_cold_ = false;
   const Tokenizer* tokenizer_;
   SchedulerOptions options_;
   int64_t next_order_ = 0;

@@ -9,6 +9,7 @@
 
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/kv_codec.h"
+#include "kernels/cpu/kv_quantize.h"
 #include "kernels/cpu/paged_attention_internal.h"
 
 namespace kvserve::kernels::cpu {
@@ -86,16 +87,44 @@ void RunItems(Problem pr, ItemRunner run, ThreadPool* pool) {
 
 }  // namespace
 
-void WriteKv(const float* k, const float* v, int64_t num_tokens, const int32_t* slot_block,
+bool WriteKv(const float* k, const float* v, int64_t num_tokens, const int32_t* slot_block,
              const int32_t* slot_offset, const PagedKvLayerView& cache) {
   const KvRegionShape& shape = cache.shape;
   const int64_t row = static_cast<int64_t>(shape.num_kv_heads) * shape.head_dim;
+  bool ok = true;
   for (int64_t t = 0; t < num_tokens; ++t) {
     const int32_t phys = slot_block[t];
     const int off = slot_offset[t];
     KVSERVE_KERNEL_CHECK(off >= 0 && off < shape.block_size, "WriteKv: slot offset out of range");
     const KvLayerRegion& region = cache.regions[cache.block_layout[phys]];
     uint8_t* base = cache.block_data[phys];
+    if (!KvFormatTokenWritable(region.format)) {
+      // A whole block in one run: gather it as [num_kv_heads][block_size][head_dim] and encode.
+      const int bs = shape.block_size;
+      KVSERVE_KERNEL_CHECK(off == 0 && t + bs <= num_tokens,
+                           "WriteKv: a block in a whole-block format must be written whole");
+      for (int j = 1; j < bs; ++j) {
+        KVSERVE_KERNEL_CHECK(slot_block[t + j] == phys && slot_offset[t + j] == j,
+                             "WriteKv: a block in a whole-block format must be written whole");
+      }
+      thread_local std::vector<float> gk, gv;
+      gk.resize(static_cast<size_t>(bs) * row);
+      gv.resize(gk.size());
+      for (int g = 0; g < shape.num_kv_heads; ++g) {
+        for (int j = 0; j < bs; ++j) {
+          const int64_t src = (t + j) * row + static_cast<int64_t>(g) * shape.head_dim;
+          const size_t dst = (static_cast<size_t>(g) * bs + j) * shape.head_dim;
+          std::copy(k + src, k + src + shape.head_dim, gk.data() + dst);
+          std::copy(v + src, v + src + shape.head_dim, gv.data() + dst);
+        }
+      }
+      ok &= QuantizeKvRegion(region.format, KvRole::kKey, gk.data(), shape, bs,
+                             base + region.k_offset, cache.key_basis);
+      ok &= QuantizeKvRegion(region.format, KvRole::kValue, gv.data(), shape, bs,
+                             base + region.v_offset);
+      t += bs - 1;
+      continue;
+    }
     DispatchKvFormat(region.format, [&](auto codec) {
       using Codec = decltype(codec);
       for (int g = 0; g < shape.num_kv_heads; ++g) {
@@ -104,6 +133,7 @@ void WriteKv(const float* k, const float* v, int64_t num_tokens, const int32_t* 
       }
     });
   }
+  return ok;
 }
 
 void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache, ThreadPool* pool) {

@@ -41,7 +41,12 @@ struct AttentionBatch {
 // Writes K and V of num_tokens tokens into their slots: token t goes to physical block
 // slot_block[t] at in-block offset slot_offset[t]. Converts to the block's format on the way
 // (quantize-on-write).
-void WriteKv(const float* k, const float* v,  // [num_tokens, num_kv_heads, head_dim] each
+// Blocks in a format that is not KvFormatTokenWritable are encoded whole: their block_size tokens
+// must come as one run of consecutive batch tokens with offsets 0, 1, ..., block_size - 1 (a
+// broken precondition otherwise). Returns false when such a block refused a value (not finite,
+// or beyond the format's range; see QuantizeKvRegion): its bytes are then unspecified. Token-
+// writable blocks never fail.
+bool WriteKv(const float* k, const float* v,  // [num_tokens, num_kv_heads, head_dim] each
              int64_t num_tokens, const int32_t* slot_block, const int32_t* slot_offset,
              const PagedKvLayerView& cache);
 

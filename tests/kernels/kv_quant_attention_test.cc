@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <string>
@@ -265,6 +266,79 @@ TEST(QuantizedAttentionTest, ParallelMatchesReference) {
     cfg.num_seqs = 4;
     cfg.max_len = 200;
     RunAndCheck(cfg, rng, &pool);
+  }
+}
+
+// WriteKv encodes a block in a whole-block format from its block_size tokens (one run of the
+// batch, tokens in [num_tokens, num_kv_heads, head_dim] order) to exactly the bytes that
+// QuantizeKvRegion gives for the same rows gathered per head; a token-writable block written in
+// the same call is unaffected. A non-finite value is refused (false).
+TEST(WriteKvWholeBlockTest, MatchesQuantizeKvRegion) {
+  std::mt19937 rng(7);
+  for (KvFormat f :
+       {KvFormat::kFp8, KvFormat::kInt8, KvFormat::kInt4, KvFormat::kNvfp4, KvFormat::kInt2}) {
+    for (int hd : {8, 64}) {
+      const KvRegionShape shape{16, 3, hd};
+      if (!KvFormatSupports(f, shape)) continue;
+      const int bs = shape.block_size, hkv = shape.num_kv_heads;
+      QuantCache cache(2, shape, {f, KvFormat::kFp32});
+      cache.set_layout(0, 0);
+      cache.set_layout(1, 1);
+      // Block 0 whole (tokens 0..15), then 3 tokens into block 1.
+      const int n = bs + 3;
+      std::vector<int32_t> blk(n), off(n);
+      for (int t = 0; t < n; ++t) {
+        blk[t] = t < bs ? 0 : 1;
+        off[t] = t < bs ? t : t - bs;
+      }
+      std::uniform_real_distribution<float> u(-3.0f, 3.0f);
+      std::vector<float> k(static_cast<size_t>(n) * hkv * hd), v(k.size());
+      for (float& x : k) x = u(rng);
+      for (float& x : v) x = u(rng);
+      ASSERT_TRUE(WriteKv(k.data(), v.data(), n, blk.data(), off.data(), cache.view()));
+
+      std::vector<float> gk(static_cast<size_t>(hkv) * bs * hd), gv(gk.size());
+      for (int g = 0; g < hkv; ++g) {
+        for (int t = 0; t < bs; ++t) {
+          for (int d = 0; d < hd; ++d) {
+            gk[(static_cast<size_t>(g) * bs + t) * hd + d] =
+                k[(static_cast<size_t>(t) * hkv + g) * hd + d];
+            gv[(static_cast<size_t>(g) * bs + t) * hd + d] =
+                v[(static_cast<size_t>(t) * hkv + g) * hd + d];
+          }
+        }
+      }
+      std::vector<uint8_t> ek(KvRegionBytes(f, KvRole::kKey, shape)),
+          ev(KvRegionBytes(f, KvRole::kValue, shape));
+      ASSERT_TRUE(QuantizeKvRegion(f, KvRole::kKey, gk.data(), shape, bs, ek.data()));
+      ASSERT_TRUE(QuantizeKvRegion(f, KvRole::kValue, gv.data(), shape, bs, ev.data()));
+      const KvLayerRegion& r = cache.region(0);
+      const int64_t kv_bytes = KvRegionLayoutOf(f, KvRole::kKey, shape).token_param_offset +
+                               static_cast<int64_t>(hkv) * bs *
+                                   KvRegionLayoutOf(f, KvRole::kKey, shape).groups *
+                                   KvSchemeOf(f, KvRole::kKey).token_param_bytes;
+      const int64_t vv_bytes = KvRegionLayoutOf(f, KvRole::kValue, shape).token_param_offset +
+                               static_cast<int64_t>(hkv) * bs *
+                                   KvRegionLayoutOf(f, KvRole::kValue, shape).groups *
+                                   KvSchemeOf(f, KvRole::kValue).token_param_bytes;
+      EXPECT_EQ(0, std::memcmp(cache.data(0) + r.k_offset, ek.data(), kv_bytes))
+          << KvFormatName(f) << " hd " << hd;
+      EXPECT_EQ(0, std::memcmp(cache.data(0) + r.v_offset, ev.data(), vv_bytes))
+          << KvFormatName(f) << " hd " << hd;
+      // The fp32 block got its 3 rows.
+      const KvLayerRegion& r1 = cache.region(1);
+      for (int g = 0; g < hkv; ++g) {
+        for (int t = 0; t < 3; ++t) {
+          float x;
+          std::memcpy(&x, cache.data(1) + r1.k_offset + ((g * bs + t) * hd) * sizeof(float),
+                      sizeof(float));
+          EXPECT_EQ(x, k[(static_cast<size_t>(bs + t) * hkv + g) * hd]);
+        }
+      }
+      // A NaN is refused.
+      k[5] = std::nanf("");
+      EXPECT_FALSE(WriteKv(k.data(), v.data(), bs, blk.data(), off.data(), cache.view()));
+    }
   }
 }
 
