@@ -625,17 +625,18 @@ bool Scheduler::Step(absl::Time now) {
       batch_.seq_scores.push_back(s->te.ScoresFor(s->slots() + take));
       batch_.seq_score_layer_stride.push_back(s->te.score_layer_stride());
       batch_.seq_score_head_stride.push_back(s->te.score_head_stride());
+      const int64_t prompt_len = static_cast<int64_t>(s->req.prompt.size());
       for (int64_t j = 0; j < take; ++j) {
         const int64_t pos = s->processed + j;
         const bool last = pos + 1 == static_cast<int64_t>(s->tokens.size());
         batch_.Add(s->tokens[pos], static_cast<int32_t>(pos), seq_index,
                    static_cast<int32_t>(pos - s->evicted), last);
         if (last) row_seq_.push_back(s);
+        // Prefill tokens (a recomputation included); a prompt token counts also when a chunk
+        // boundary left it alone for this step, where it looks like a decode.
+        if (!decoding || pos < prompt_len) ++counters_.prompt_tokens;
       }
-      if (!decoding) {
-        counters_.prompt_tokens += take;
-        prefill_added = true;
-      }
+      if (!decoding) prefill_added = true;
       s->processed += take;
       budget -= take;
     }
