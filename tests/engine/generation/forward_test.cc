@@ -17,8 +17,9 @@ namespace {
 
 std::unique_ptr<LocalModel> Open(const std::string& model, const std::string& tokenizer = "",
                                  kernels::KvFormat f = kernels::KvFormat::kFp32,
-                                 int block_size = 16) {
+                                 int block_size = 16, int threads = 0) {
   LocalModelOptions o;
+  o.num_threads = threads;
   o.model_path = std::string(KVSERVE_MODELS_DIR) + "/" + model;
   if (!tokenizer.empty()) o.tokenizer_path = std::string(KVSERVE_MODELS_DIR) + "/" + tokenizer;
   o.kv_format = f;
@@ -137,6 +138,48 @@ TEST(ForwardTest, BatchOfSequencesEqualsEachAlone) {
         ASSERT_NEAR(alone[i][j], together[i][j], 1e-4) << "seq " << i << " at " << j;
         ASSERT_NEAR(alone[i][j], chunked[i][j], 1e-4) << "seq " << i << " at " << j;
       }
+    }
+  }
+}
+
+// A batch of several sequences is split over the pool's threads by whole sequences (each thread
+// runs its range through all layers); the logits must not depend on the number of threads, on
+// whether the split happened (it does not when the sequences' tokens interleave), nor on chunking.
+TEST(ForwardTest, SplitOverThreadsMatchesOneThread) {
+  auto one = Open("stories260K.gguf", "", kernels::KvFormat::kFp32, 16, 1);
+  auto three = Open("stories260K.gguf", "", kernels::KvFormat::kFp32, 16, 3);
+  ASSERT_NE(one, nullptr);
+  ASSERT_NE(three, nullptr);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 12; ++i) prompts.push_back(RandomTokens(20 + (i % 3), 512, 300 + i));
+  for (int chunk : {1, 6, 1000}) {
+    const auto a = AllLogits(*one, prompts, true, chunk);
+    const auto b = AllLogits(*three, prompts, true, chunk);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      ASSERT_EQ(a[i].size(), b[i].size());
+      for (size_t j = 0; j < a[i].size(); ++j) {
+        ASSERT_NEAR(a[i][j], b[i][j], 1e-4) << "chunk " << chunk << " seq " << i << " at " << j;
+      }
+    }
+  }
+  // Tokens of the sequences interleaved in the batch: no split point, same logits.
+  const int vocab = three->config().vocab_size;
+  std::vector<std::unique_ptr<SequenceKv>> kvs;
+  ForwardBatch b;
+  for (size_t i = 0; i < 4; ++i) {
+    kvs.push_back(std::make_unique<SequenceKv>(&three->kv_pool(), three->kv_layout()));
+    ASSERT_TRUE(kvs.back()->Reserve(prompts[i].size()).ok());
+    b.block_tables.push_back(kvs.back()->block_table().data());
+  }
+  for (int p = 0; p < 20; ++p) {
+    for (int i = 0; i < 4; ++i) b.Add(prompts[i][p], p, i, p, p == 19);
+  }
+  std::vector<float> logits(b.logits_rows.size() * vocab);
+  ASSERT_TRUE(three->model().Forward(b, three->kv_pool(), logits.data()).ok());
+  const auto ref = AllLogits(*one, {prompts[0], prompts[1], prompts[2], prompts[3]}, false, 1000);
+  for (int i = 0; i < 4; ++i) {
+    for (int v = 0; v < vocab; ++v) {
+      ASSERT_NEAR(logits[i * vocab + v], ref[i][19 * vocab + v], 1e-4) << "seq " << i;
     }
   }
 }
