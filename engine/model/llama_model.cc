@@ -36,6 +36,7 @@ void LlamaModel::EnsureScratch(int64_t n) {
   slot_block_.resize(capacity_);
   slot_offset_.resize(capacity_);
   kv_len_.resize(capacity_);
+  rope_.resize(capacity_ * (c.head_dim / 2 * 2));
 }
 
 void LlamaModel::RunLayers(const ForwardBatch& batch, const BlockPool& kv, int64_t t0, int64_t t1,
@@ -58,6 +59,8 @@ void LlamaModel::RunLayers(const ForwardBatch& batch, const BlockPool& kv, int64
   const int32_t* positions = batch.positions.data() + t0;
   const int32_t* slot_block = slot_block_.data() + t0;
   const int32_t* slot_offset = slot_offset_.data() + t0;
+  float* rope = rope_.data() + t0 * (c.head_dim / 2 * 2);
+  cpu::RopeTable(positions, n, c.head_dim, c.rope_freq_base, rope);
   cpu::EmbeddingGather(w.token_embedding, batch.tokens.data() + t0, n, x);
 
   cpu::AttentionBatch ab;
@@ -79,8 +82,8 @@ void LlamaModel::RunLayers(const ForwardBatch& batch, const BlockPool& kv, int64
     cpu::MatMul(xb, n, lw.wq, q, pool);
     cpu::MatMul(xb, n, lw.wk, k, pool);
     cpu::MatMul(xb, n, lw.wv, v, pool);
-    cpu::RopeAdjacentPairs(q, positions, n, c.num_heads, c.head_dim, c.rope_freq_base);
-    cpu::RopeAdjacentPairs(k, positions, n, c.num_kv_heads, c.head_dim, c.rope_freq_base);
+    cpu::RopeAdjacentPairsTable(q, rope, n, c.num_heads, c.head_dim);
+    cpu::RopeAdjacentPairsTable(k, rope, n, c.num_kv_heads, c.head_dim);
     cpu::WriteKv(k, v, n, slot_block, slot_offset, view);
     cpu::PagedAttention(ab, view, pool);
     cpu::MatMul(att, n, lw.wo, xb, pool);

@@ -60,6 +60,46 @@ void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float 
   }
 }
 
+void RopeTable(const int32_t* positions, int64_t n, int head_dim, float freq_base, float* cos_sin) {
+  KVSERVE_KERNEL_CHECK(head_dim <= kMaxRopeHeadDim, "RopeTable: head_dim too large");
+  const int pairs = head_dim / 2;
+  double inv_freq[kMaxRopeHeadDim / 2];
+  const double log_base = std::log(static_cast<double>(freq_base));
+  for (int i = 0; i < pairs; ++i) {
+    inv_freq[i] = std::exp(-log_base * (2.0 * i) / head_dim);
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    const double pos = positions[t];
+    float* cs = cos_sin + t * 2 * pairs;
+    for (int i = 0; i < pairs; ++i) {
+      const double angle = pos * inv_freq[i];
+      cs[2 * i] = static_cast<float>(std::cos(angle));
+      cs[2 * i + 1] = static_cast<float>(std::sin(angle));
+    }
+  }
+}
+
+void RopeAdjacentPairsTable(float* x, const float* cos_sin, int64_t n, int num_heads,
+                            int head_dim) {
+  const int pairs = head_dim / 2;
+  const int64_t row = static_cast<int64_t>(num_heads) * head_dim;
+  for (int64_t t = 0; t < n; ++t) {
+    const float* cs = cos_sin + t * 2 * pairs;
+    float* xt = x + t * row;
+    for (int h = 0; h < num_heads; ++h) {
+      float* xh = xt + static_cast<int64_t>(h) * head_dim;
+      for (int i = 0; i < pairs; ++i) {
+        const float c = cs[2 * i];
+        const float s = cs[2 * i + 1];
+        const float a = xh[2 * i];
+        const float b = xh[2 * i + 1];
+        xh[2 * i] = a * c - b * s;
+        xh[2 * i + 1] = a * s + b * c;
+      }
+    }
+  }
+}
+
 void RopeAdjacentPairs(float* x, const int32_t* positions, int64_t n, int num_heads, int head_dim,
                        float freq_base) {
   KVSERVE_KERNEL_CHECK(head_dim <= kMaxRopeHeadDim, "RopeAdjacentPairs: head_dim too large");
@@ -78,18 +118,7 @@ void RopeAdjacentPairs(float* x, const int32_t* positions, int64_t n, int num_he
       cos_sin[2 * i] = static_cast<float>(std::cos(angle));
       cos_sin[2 * i + 1] = static_cast<float>(std::sin(angle));
     }
-    float* xt = x + t * row;
-    for (int h = 0; h < num_heads; ++h) {
-      float* xh = xt + static_cast<int64_t>(h) * head_dim;
-      for (int i = 0; i < pairs; ++i) {
-        const float c = cos_sin[2 * i];
-        const float s = cos_sin[2 * i + 1];
-        const float a = xh[2 * i];
-        const float b = xh[2 * i + 1];
-        xh[2 * i] = a * c - b * s;
-        xh[2 * i + 1] = a * s + b * c;
-      }
-    }
+    RopeAdjacentPairsTable(x + t * row, cos_sin, 1, num_heads, head_dim);
   }
 }
 

@@ -10,6 +10,7 @@
 // overlap in the pipeline. All query heads of a KV head share its loads and the transpose.
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -112,7 +113,15 @@ inline void ForEachRegion(const PagedKvLayerView& cache, const int32_t* table, i
 // Scratch of one pass, per thread: scores (then probabilities) of every query head of the pass
 // for every tile, in the lanes' token order, and the per-lane running maxima and sums.
 struct PassScratch {
-  std::vector<float> s;  // [heads][tiles * kTile]
+  std::vector<float> storage;
+  float* s = nullptr;  // [heads][tiles * kTile], 64-byte aligned, in `storage`
+
+  void Reserve(int64_t floats) {
+    if (s != nullptr && static_cast<int64_t>(storage.size()) >= floats + kTile) return;
+    storage.resize(floats + kTile);
+    const auto addr = reinterpret_cast<uintptr_t>(storage.data());
+    s = storage.data() + (64 - addr % 64) % 64 / sizeof(float);
+  }
   __m512 vmax[kMaxItemHeads];
   __m512 acc[kMaxItemHeads];  // lanes 0..7: sum over even tokens, 8..15: over odd tokens
   float m[kMaxItemHeads];
@@ -145,7 +154,7 @@ KVSERVE_ALWAYS_INLINE void ScoreTile(const KRows& k, int j0, int nt, int gh, int
       s1 = _mm512_fmadd_ps(kt[d + 1], _mm512_set1_ps(qh[d + 1]), s1);
     }
     const __m512 s = _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), valid, _mm512_add_ps(s0, s1));
-    _mm512_storeu_ps(sc.s.data() + (hb + h) * stride + at, s);
+    _mm512_store_ps(sc.s + (hb + h) * stride + at, s);
     sc.vmax[hb + h] = _mm512_max_ps(sc.vmax[hb + h], s);
   }
 }
@@ -163,7 +172,7 @@ KVSERVE_ALWAYS_INLINE void ValueTile(const VRows& v, int j0, int nt, int gh, int
   }
   for (int h = 0; h < gh; ++h) {
     const int slot = hb + h;
-    const __m512 p = _mm512_loadu_ps(sc.s.data() + slot * stride + at);
+    const __m512 p = _mm512_load_ps(sc.s + slot * stride + at);
     __m512 a[4];
     for (int r = 0; r < 4; ++r) {
       a[r] = _mm512_mul_ps(_mm512_permutexvar_ps(cs.pair_index[r], p), vr[r]);
@@ -203,7 +212,7 @@ void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1) {
     const int h_hi = one_pass ? group : std::min(group, h_lo + kMaxItemHeads);
     const int gh = h_hi - h_lo;
     const int heads = (g1 - g0) * gh;
-    if (static_cast<int64_t>(sc.s.size()) < heads * stride) sc.s.resize(heads * stride);
+    sc.Reserve(heads * stride);
     for (int g = g0; g < g1; ++g) {
       for (int h = 0; h < gh; ++h) {
         const int slot = (g - g0) * gh + h;
@@ -241,25 +250,25 @@ void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1) {
     for (int h = 0; h < heads; ++h) {
       sc.m[h] = _mm512_reduce_max_ps(sc.vmax[h]);
       const __m512 m = _mm512_set1_ps(sc.m[h]);
-      float* row = sc.s.data() + h * stride;
+      float* row = sc.s + h * stride;
       __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
       int64_t i = 0;
       for (; i + 2 * kTile <= used; i += 2 * kTile) {
-        const __m512 s0 = _mm512_loadu_ps(row + i), s1 = _mm512_loadu_ps(row + i + kTile);
+        const __m512 s0 = _mm512_load_ps(row + i), s1 = _mm512_load_ps(row + i + kTile);
         const __m512 p0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s0, neg_inf, _CMP_NEQ_UQ),
                                               V::Exp(_mm512_sub_ps(s0, m)));
         const __m512 p1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s1, neg_inf, _CMP_NEQ_UQ),
                                               V::Exp(_mm512_sub_ps(s1, m)));
-        _mm512_storeu_ps(row + i, p0);
-        _mm512_storeu_ps(row + i + kTile, p1);
+        _mm512_store_ps(row + i, p0);
+        _mm512_store_ps(row + i + kTile, p1);
         sum0 = _mm512_add_ps(sum0, p0);
         sum1 = _mm512_add_ps(sum1, p1);
       }
       for (; i < used; i += kTile) {
-        const __m512 s0 = _mm512_loadu_ps(row + i);
+        const __m512 s0 = _mm512_load_ps(row + i);
         const __m512 p0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s0, neg_inf, _CMP_NEQ_UQ),
                                               V::Exp(_mm512_sub_ps(s0, m)));
-        _mm512_storeu_ps(row + i, p0);
+        _mm512_store_ps(row + i, p0);
         sum0 = _mm512_add_ps(sum0, p0);
       }
       l[h] = _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
@@ -268,7 +277,7 @@ void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1) {
     if (rec.active()) {
       // Probabilities back in token order, for the recorder.
       for (int h = 0; h < heads; ++h) {
-        const float* row = sc.s.data() + h * stride;
+        const float* row = sc.s + h * stride;
         float* dst = rec.Row(h);
         for (int slot0 = 0, i = 0; slot0 < kv_len; slot0 += bs) {
           const int nv = std::min(bs, kv_len - slot0);

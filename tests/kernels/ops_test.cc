@@ -59,6 +59,11 @@ TEST(RopeTest, MatchesReference) {
         std::vector<float> x = RandomFloats(rng, n * heads * head_dim);
         const std::vector<float> x0 = x;
         RopeAdjacentPairs(x.data(), pos.data(), n, heads, head_dim, base);
+        // The table form (computed once per step in the engine) gives exactly the same values.
+        std::vector<float> table(n * (head_dim / 2) * 2), xt = x0;
+        RopeTable(pos.data(), n, head_dim, base, table.data());
+        RopeAdjacentPairsTable(xt.data(), table.data(), n, heads, head_dim);
+        ASSERT_EQ(xt, x) << "hd=" << head_dim;
         for (int64_t t = 0; t < n; ++t) {
           for (int h = 0; h < heads; ++h) {
             const int64_t off = (t * heads + h) * head_dim;
