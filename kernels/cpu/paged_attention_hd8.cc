@@ -132,6 +132,25 @@ PassScratch& GetScratch() {
   return scratch;
 }
 
+// exp(x) for x <= 0 (x - max of the scores): V::Exp without its upper clamp. Lanes at -inf (no
+// token) come out as exp(kExpLo) ~ 1e-38, not 0: they multiply V rows read as zeros, and add at
+// most 16e-38 to a sum that is at least 1.
+inline __m512 ExpNonPositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(simd::kExpLo));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(simd::kLog2e)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(simd::kLn2Hi), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(simd::kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(simd::kExpP0);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(simd::kExpP1));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(simd::kExpP2));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(simd::kExpP3));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(simd::kExpP4));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(simd::kExpP5));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(y, n);
+}
+
 // Pass 1 on one tile: scores of heads [0, gh) (slots hb + h) against tokens [j0, j0 + nt) of K,
 // stored to the score rows at float offset `at`, with invalid lanes at -inf.
 template <class KRows>
@@ -238,14 +257,12 @@ void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1) {
                           }
                         });
     // Pass 2: each head's exact max (a valid lane is finite or +-inf; every head has one), then
-    // p = exp(s - m) over its whole score row in place (invalid lanes, at -inf, to 0) and the
-    // sum l. A plain loop of independent vectors.
+    // p = exp(s - m) over its whole score row in place and the sum l. A plain loop of independent vectors.
     // Written tiles: all of every block but the last, whose tail tiles past kv_len are not.
     const int last_nv = kv_len - (kv_len - 1) / bs * bs;
     const int64_t used =
         (static_cast<int64_t>((kv_len - 1) / bs) * tiles_per_block + (last_nv + kTile - 1) / kTile) *
         kTile;
-    const __m512 neg_inf = _mm512_set1_ps(kNegInf);
     float l[kMaxItemHeads];
     for (int h = 0; h < heads; ++h) {
       sc.m[h] = _mm512_reduce_max_ps(sc.vmax[h]);
@@ -255,10 +272,8 @@ void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1) {
       int64_t i = 0;
       for (; i + 2 * kTile <= used; i += 2 * kTile) {
         const __m512 s0 = _mm512_load_ps(row + i), s1 = _mm512_load_ps(row + i + kTile);
-        const __m512 p0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s0, neg_inf, _CMP_NEQ_UQ),
-                                              V::Exp(_mm512_sub_ps(s0, m)));
-        const __m512 p1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s1, neg_inf, _CMP_NEQ_UQ),
-                                              V::Exp(_mm512_sub_ps(s1, m)));
+        const __m512 p0 = ExpNonPositive(_mm512_sub_ps(s0, m));
+        const __m512 p1 = ExpNonPositive(_mm512_sub_ps(s1, m));
         _mm512_store_ps(row + i, p0);
         _mm512_store_ps(row + i + kTile, p1);
         sum0 = _mm512_add_ps(sum0, p0);
@@ -266,8 +281,7 @@ void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1) {
       }
       for (; i < used; i += kTile) {
         const __m512 s0 = _mm512_load_ps(row + i);
-        const __m512 p0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s0, neg_inf, _CMP_NEQ_UQ),
-                                              V::Exp(_mm512_sub_ps(s0, m)));
+        const __m512 p0 = ExpNonPositive(_mm512_sub_ps(s0, m));
         _mm512_store_ps(row + i, p0);
         sum0 = _mm512_add_ps(sum0, p0);
       }
