@@ -60,6 +60,33 @@ void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float 
   }
 }
 
+int64_t ArgMax(const float* x, int64_t n) {
+#if defined(KVSERVE_SIMD_AVX512)
+  if (n >= 16 && !std::isnan(x[0])) {
+    // The max over the non-NaN values (vmaxps returns its second operand when the first is NaN),
+    // then the first index holding it: the same index the scalar scan below picks.
+    __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) m = _mm512_max_ps(_mm512_loadu_ps(x + i), m);
+    float best = _mm512_reduce_max_ps(m);
+    for (; i < n; ++i) best = x[i] > best ? x[i] : best;
+    const __m512 b = _mm512_set1_ps(best);
+    for (i = 0; i + 16 <= n; i += 16) {
+      const __mmask16 eq = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), b, _CMP_EQ_OQ);
+      if (eq != 0) return i + __builtin_ctz(eq);
+    }
+    for (; i < n; ++i) {
+      if (x[i] == best) return i;
+    }
+  }
+#endif
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i) {
+    if (x[i] > x[best]) best = i;
+  }
+  return best;
+}
+
 void RopeTable(const int32_t* positions, int64_t n, int head_dim, float freq_base, float* cos_sin) {
   KVSERVE_KERNEL_CHECK(head_dim <= kMaxRopeHeadDim, "RopeTable: head_dim too large");
   const int pairs = head_dim / 2;

@@ -14,6 +14,10 @@ namespace kvserve::kernels::cpu {
 // y[n, w.rows] = x[n, w.cols] * W^T, with W [w.rows, w.cols] in F32, F16 or BF16.
 void MatMul(const float* x, int64_t n, const WeightView& w, float* y, ThreadPool* pool);
 
+// Index of the largest of x[0, n) (n >= 1), the lowest on ties; values compared with `>` from
+// index 0 on, so a NaN is never chosen unless x[0] is NaN (then 0). Greedy sampling.
+int64_t ArgMax(const float* x, int64_t n);
+
 // out[n, dim] = x / sqrt(mean(x^2) + eps) * weight[dim]. out may alias x.
 void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out);
 
