@@ -127,6 +127,10 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const BlockPool& kv,
     kv_len_[t] = slot + 1;
   }
 
+  if (!batch.seq_scores.empty() && batch.seq_scores.size() != batch.block_tables.size()) {
+    return absl::InvalidArgumentError("forward batch: seq_scores must have one entry per sequence");
+  }
+
   // Tokens [t0, t1) through every layer; sequences never straddle two such ranges that run at
   // once, so a range reads only KV it writes itself (or blocks nobody writes this step).
   auto run_layers = [&](int64_t t0, int64_t t1, kernels::ThreadPool* pool) {

@@ -215,6 +215,20 @@ TEST(ForwardTest, HalfPrecisionKvStaysCloseToFp32) {
   EXPECT_GE(agree_b, 58) << "of 64 greedy choices";
 }
 
+TEST(ForwardTest, RejectsScoreArraysNotOnePerSequence) {
+  auto lm = Open("stories260K.gguf");
+  SequenceKv kv(&lm->kv_pool(), lm->kv_layout());
+  ASSERT_TRUE(kv.Reserve(1).ok());
+  ForwardBatch b;
+  b.block_tables.push_back(kv.block_table().data());
+  b.Add(5, 0, 0, 0, true);
+  std::vector<float> scores(4, 0.0f);
+  b.seq_scores = {scores.data(), scores.data()};  // two arrays, one sequence
+  std::vector<float> logits(512);
+  const absl::Status s = lm->model().Forward(b, lm->kv_pool(), logits.data());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+}
+
 TEST(ForwardTest, RejectsTokenOutsideVocabulary) {
   auto lm = Open("stories260K.gguf");
   SequenceKv kv(&lm->kv_pool(), lm->kv_layout());
