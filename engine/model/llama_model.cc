@@ -131,35 +131,55 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const BlockPool& kv,
     return absl::InvalidArgumentError("forward batch: seq_scores must have one entry per sequence");
   }
 
+  // Logits rows are checked before anything runs. When they ascend (the usual order), each range
+  // of sequences computes its own rows' logits.
+  const int64_t rows = static_cast<int64_t>(batch.logits_rows.size());
+  bool ascending = true;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t t = batch.logits_rows[r];
+    if (t < 0 || t >= n) return absl::InvalidArgumentError("logits row outside the batch");
+    if (r > 0 && t <= batch.logits_rows[r - 1]) ascending = false;
+  }
+  if (static_cast<int64_t>(final_.size()) < rows * c.dim) final_.resize(rows * c.dim);
+
   // Tokens [t0, t1) through every layer; sequences never straddle two such ranges that run at
   // once, so a range reads only KV it writes itself (or blocks nobody writes this step).
   auto run_layers = [&](int64_t t0, int64_t t1, kernels::ThreadPool* pool) {
     RunLayers(batch, kv, t0, t1, pool);
   };
+  // The final norm and the classifier for logits rows [r0, r1).
+  auto classify = [&](int64_t r0, int64_t r1, kernels::ThreadPool* pool) {
+    if (r1 <= r0) return;
+    const ModelWeights& w = model_.weights();
+    const int64_t dim = c.dim;
+    for (int64_t r = r0; r < r1; ++r) {
+      cpu::RmsNorm(x_.data() + batch.logits_rows[r] * dim, w.final_norm, 1, dim, c.rms_norm_eps,
+                   final_.data() + r * dim);
+    }
+    cpu::MatMul(final_.data() + r0 * dim, r1 - r0, w.output, logits + r0 * w.output.rows, pool);
+  };
   int64_t cuts[kMaxParts + 1];
   const int parts = SplitBySequence(batch, cuts);
   if (parts <= 1) {
     run_layers(0, n, pool_);
-  } else {
-    // One hand-off for the whole step instead of one per kernel: each thread runs its sequences
-    // through all layers with single-threaded kernels.
-    pool_->ParallelFor(parts, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) run_layers(cuts[p], cuts[p + 1], nullptr);
-    });
+    classify(0, rows, pool_);
+    return absl::OkStatus();
   }
-
-  // Classifier for the requested rows only.
-  const int64_t dim = c.dim;
-  const ModelWeights& w = model_.weights();
-  float* x = x_.data();
-  const int64_t rows = static_cast<int64_t>(batch.logits_rows.size());
-  if (rows == 0) return absl::OkStatus();
-  for (int64_t r = 0; r < rows; ++r) {
-    const int32_t t = batch.logits_rows[r];
-    if (t < 0 || t >= n) return absl::InvalidArgumentError("logits row outside the batch");
-    cpu::RmsNorm(x + t * dim, w.final_norm, 1, dim, c.rms_norm_eps, xb_.data() + r * dim);
+  // Logits rows of each range (ascending rows only).
+  int64_t row_cuts[kMaxParts + 1];
+  for (int p = 0; ascending && p <= parts; ++p) {
+    row_cuts[p] = std::lower_bound(batch.logits_rows.begin(), batch.logits_rows.end(), cuts[p]) -
+                  batch.logits_rows.begin();
   }
-  cpu::MatMul(xb_.data(), rows, w.output, logits, pool_);
+  // One hand-off for the whole step instead of one per kernel: each thread runs its sequences
+  // through all layers (and their logits) with single-threaded kernels.
+  pool_->ParallelFor(parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      run_layers(cuts[p], cuts[p + 1], nullptr);
+      if (ascending) classify(row_cuts[p], row_cuts[p + 1], nullptr);
+    }
+  });
+  if (!ascending) classify(0, rows, pool_);
   return absl::OkStatus();
 }
 

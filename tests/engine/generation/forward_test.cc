@@ -162,6 +162,30 @@ TEST(ForwardTest, SplitOverThreadsMatchesOneThread) {
       }
     }
   }
+  // Logits rows in descending order (each range cannot take its own rows): same logits.
+  {
+    const int vocab = three->config().vocab_size;
+    std::vector<std::unique_ptr<SequenceKv>> kvs;
+    ForwardBatch b;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      kvs.push_back(std::make_unique<SequenceKv>(&three->kv_pool(), three->kv_layout()));
+      ASSERT_TRUE(kvs.back()->Reserve(8).ok());
+      b.block_tables.push_back(kvs.back()->block_table().data());
+      for (int p = 0; p < 8; ++p) b.Add(prompts[i][p], p, i, p, false);
+    }
+    for (int32_t t = static_cast<int32_t>(b.num_tokens()) - 1; t >= 0; t -= 8) {
+      b.logits_rows.push_back(t);
+    }
+    std::vector<float> logits(b.logits_rows.size() * vocab);
+    ASSERT_TRUE(three->model().Forward(b, three->kv_pool(), logits.data()).ok());
+    const auto ref = AllLogits(*one, prompts, true, 8);
+    for (size_t r = 0; r < b.logits_rows.size(); ++r) {
+      const size_t seq = prompts.size() - 1 - r;
+      for (int v = 0; v < vocab; ++v) {
+        ASSERT_NEAR(logits[r * vocab + v], ref[seq][7 * vocab + v], 1e-4) << "row " << r;
+      }
+    }
+  }
   // Tokens of the sequences interleaved in the batch: no split point, same logits.
   const int vocab = three->config().vocab_size;
   std::vector<std::unique_ptr<SequenceKv>> kvs;
