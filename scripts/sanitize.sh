@@ -3,7 +3,7 @@
 #
 #   scripts/sanitize.sh address [ctest args...]   ASan + UBSan into build-asan (whole suite)
 #   scripts/sanitize.sh thread  [ctest args...]   TSan into build-tsan (default: the scheduler,
-#                                                 server and block-pool tests)
+#                                                 engine, block-pool and server tests)
 #
 # Built at -O1 -g1 (RelWithDebInfo with its flags replaced); benchmarks are not built. Any
 # sanitizer report fails the test that triggered it (the runtime options below make every report
@@ -39,9 +39,15 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:suppressions=$supp/ubsa
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$supp/tsan.supp"
 
 cd "$build"
-if (($# == 0)); then
-  if [[ "$kind" == thread ]]; then
-    set -- -R 'Scheduler|BlockPool|Grpc|Engine|RequestStream|MemoryService|Soak'
-  fi
+if (($# == 0)) && [[ "$kind" == thread ]]; then
+  # The engine's concurrent parts (scheduler, engine, block pool, request streams, prefix
+  # admission), then every server test but the two dashboard suites: they read protobuf map
+  # fields that the uninstrumented libprotobuf filled, and protobuf's headers give MapFieldBase
+  # two more members under TSan than the library was built with (docs/reliability.md).
+  ctest --output-on-failure -j "$jobs" --timeout 1800 \
+    -R 'Scheduler|BlockPool|Engine|RequestStream|Prefix|TokenEvictionServing|KvCapacity' -E soak
+  ctest --output-on-failure -j "$jobs" --timeout 1800 -L server \
+    -E 'GrafanaDashboardTest|DashboardAgainstServerTest'
+  exit 0
 fi
 ctest --output-on-failure -j "$jobs" --timeout 1800 "$@"

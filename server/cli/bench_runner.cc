@@ -87,11 +87,13 @@ class StreamCall : public grpc::ClientReadReactor<v1::GenerateResponse> {
           absl::StrCat(GrpcCodeName(status.error_code()), ": ", status.error_message());
     }
     {
+      // Notified under the lock: once the dispatcher sees the last call finished it returns and
+      // destroys the state, so the condition variable must not be touched after the unlock.
       std::lock_guard<std::mutex> lock(state_->mu);
       --state_->in_flight;
       ++state_->finished;
+      state_->cv.notify_all();
     }
-    state_->cv.notify_all();
     delete this;
   }
 
