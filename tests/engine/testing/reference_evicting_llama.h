@@ -36,34 +36,12 @@ inline ReferenceEvictionRun ReferenceWithEviction(const engine::LoadedModel& mod
   const engine::ModelConfig& c = model.config();
   const engine::ModelWeights& w = model.weights();
   const int dim = c.dim, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
-  auto matvec = [](const kernels::WeightView& m, const std::vector<double>& x) {
-    std::vector<double> y(m.rows, 0.0);
-    for (int64_t r = 0; r < m.rows; ++r) {
-      double s = 0;
-      for (int64_t k = 0; k < m.cols; ++k) s += WeightAt(m, r, k) * x[k];
-      y[r] = s;
-    }
-    return y;
-  };
+  auto matvec = RefMatVec;
   auto rmsnorm = [&](const std::vector<double>& x, const float* g) {
-    double ss = 0;
-    for (double v : x) ss += v * v;
-    const double inv = 1.0 / std::sqrt(ss / x.size() + c.rms_norm_eps);
-    std::vector<double> y(x.size());
-    for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * g[i];
-    return y;
+    return RefRmsNorm(x, g, c.rms_norm_eps);
   };
   auto rope = [&](std::vector<double>& v, int heads, int pos) {
-    for (int h = 0; h < heads; ++h) {
-      for (int i = 0; i < hd; i += 2) {
-        const double freq =
-            std::pow(static_cast<double>(c.rope_freq_base), -static_cast<double>(i) / hd);
-        const double a = pos * freq;
-        const double x0 = v[h * hd + i], x1 = v[h * hd + i + 1];
-        v[h * hd + i] = x0 * std::cos(a) - x1 * std::sin(a);
-        v[h * hd + i + 1] = x0 * std::sin(a) + x1 * std::cos(a);
-      }
-    }
+    RefRope(v, heads, hd, pos, c.rope_freq_base);
   };
   // The cache: original positions (ascending), their K/V per layer and accumulated scores.
   std::vector<int32_t> pos;
@@ -124,12 +102,7 @@ inline ReferenceEvictionRun ReferenceWithEviction(const engine::LoadedModel& mod
       }
       auto o = matvec(lw.wo, att);
       for (int i = 0; i < dim; ++i) x[i] += o[i];
-      xb = rmsnorm(x, lw.ffn_norm);
-      auto g = matvec(lw.w_gate, xb);
-      auto u = matvec(lw.w_up, xb);
-      for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
-      auto d = matvec(lw.w_down, g);
-      for (int i = 0; i < dim; ++i) x[i] += d[i];
+      RefFeedForward(lw, c.rms_norm_eps, x);
     }
     run.logits.push_back(matvec(w.output, rmsnorm(x, w.final_norm)));
   }
@@ -158,34 +131,12 @@ inline ReferenceUnitEvictionRun ReferenceWithUnitEviction(const engine::LoadedMo
   const engine::ModelWeights& w = model.weights();
   const int dim = c.dim, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const int units = c.num_layers * nkv;
-  auto matvec = [](const kernels::WeightView& m, const std::vector<double>& x) {
-    std::vector<double> y(m.rows, 0.0);
-    for (int64_t r = 0; r < m.rows; ++r) {
-      double s = 0;
-      for (int64_t k = 0; k < m.cols; ++k) s += WeightAt(m, r, k) * x[k];
-      y[r] = s;
-    }
-    return y;
-  };
+  auto matvec = RefMatVec;
   auto rmsnorm = [&](const std::vector<double>& x, const float* g) {
-    double ss = 0;
-    for (double v : x) ss += v * v;
-    const double inv = 1.0 / std::sqrt(ss / x.size() + c.rms_norm_eps);
-    std::vector<double> y(x.size());
-    for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * g[i];
-    return y;
+    return RefRmsNorm(x, g, c.rms_norm_eps);
   };
   auto rope = [&](std::vector<double>& v, int heads, int pos) {
-    for (int h = 0; h < heads; ++h) {
-      for (int i = 0; i < hd; i += 2) {
-        const double freq =
-            std::pow(static_cast<double>(c.rope_freq_base), -static_cast<double>(i) / hd);
-        const double a = pos * freq;
-        const double x0 = v[h * hd + i], x1 = v[h * hd + i + 1];
-        v[h * hd + i] = x0 * std::cos(a) - x1 * std::sin(a);
-        v[h * hd + i + 1] = x0 * std::sin(a) + x1 * std::cos(a);
-      }
-    }
+    RefRope(v, heads, hd, pos, c.rope_freq_base);
   };
   // Per unit: original positions (ascending), the head's K and V rows, accumulated scores.
   std::vector<std::vector<int32_t>> pos(units);
@@ -254,12 +205,7 @@ inline ReferenceUnitEvictionRun ReferenceWithUnitEviction(const engine::LoadedMo
       }
       auto o = matvec(lw.wo, att);
       for (int i = 0; i < dim; ++i) x[i] += o[i];
-      xb = rmsnorm(x, lw.ffn_norm);
-      auto g = matvec(lw.w_gate, xb);
-      auto u = matvec(lw.w_up, xb);
-      for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
-      auto d = matvec(lw.w_down, g);
-      for (int i = 0; i < dim; ++i) x[i] += d[i];
+      RefFeedForward(lw, c.rms_norm_eps, x);
     }
     run.logits.push_back(matvec(w.output, rmsnorm(x, w.final_norm)));
   }

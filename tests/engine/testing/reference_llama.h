@@ -25,6 +25,49 @@ inline double WeightAt(const kernels::WeightView& w, int64_t r, int64_t c) {
   return 0;
 }
 
+// y = W x, in double precision.
+inline std::vector<double> RefMatVec(const kernels::WeightView& m, const std::vector<double>& x) {
+  std::vector<double> y(m.rows, 0.0);
+  for (int64_t r = 0; r < m.rows; ++r) {
+    double s = 0;
+    for (int64_t k = 0; k < m.cols; ++k) s += WeightAt(m, r, k) * x[k];
+    y[r] = s;
+  }
+  return y;
+}
+
+inline std::vector<double> RefRmsNorm(const std::vector<double>& x, const float* g, double eps) {
+  double ss = 0;
+  for (double v : x) ss += v * v;
+  const double inv = 1.0 / std::sqrt(ss / x.size() + eps);
+  std::vector<double> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * g[i];
+  return y;
+}
+
+// RoPE on adjacent pairs of each of `heads` heads of `v`, at position `pos`.
+inline void RefRope(std::vector<double>& v, int heads, int hd, int pos, double freq_base) {
+  for (int h = 0; h < heads; ++h) {
+    for (int i = 0; i < hd; i += 2) {
+      const double freq = std::pow(freq_base, -static_cast<double>(i) / hd);
+      const double a = pos * freq;
+      const double x0 = v[h * hd + i], x1 = v[h * hd + i + 1];
+      v[h * hd + i] = x0 * std::cos(a) - x1 * std::sin(a);
+      v[h * hd + i + 1] = x0 * std::sin(a) + x1 * std::cos(a);
+    }
+  }
+}
+
+// The residual feed-forward block of a layer (norm, SwiGLU, down projection) added onto x.
+inline void RefFeedForward(const engine::LayerWeights& lw, double eps, std::vector<double>& x) {
+  const std::vector<double> xb = RefRmsNorm(x, lw.ffn_norm, eps);
+  std::vector<double> g = RefMatVec(lw.w_gate, xb);
+  const std::vector<double> u = RefMatVec(lw.w_up, xb);
+  for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+  const std::vector<double> d = RefMatVec(lw.w_down, g);
+  for (size_t i = 0; i < x.size(); ++i) x[i] += d[i];
+}
+
 // Returns the logits [tokens.size()][vocab] of every position.
 inline std::vector<std::vector<double>> ReferenceLogits(const engine::LoadedModel& model,
                                                          const std::vector<int32_t>& tokens) {
@@ -32,34 +75,12 @@ inline std::vector<std::vector<double>> ReferenceLogits(const engine::LoadedMode
   const engine::ModelWeights& w = model.weights();
   const int dim = c.dim, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const int n = static_cast<int>(tokens.size());
-  auto matvec = [](const kernels::WeightView& m, const std::vector<double>& x) {
-    std::vector<double> y(m.rows, 0.0);
-    for (int64_t r = 0; r < m.rows; ++r) {
-      double s = 0;
-      for (int64_t k = 0; k < m.cols; ++k) s += WeightAt(m, r, k) * x[k];
-      y[r] = s;
-    }
-    return y;
-  };
+  auto matvec = RefMatVec;
   auto rmsnorm = [&](const std::vector<double>& x, const float* g) {
-    double ss = 0;
-    for (double v : x) ss += v * v;
-    const double inv = 1.0 / std::sqrt(ss / x.size() + c.rms_norm_eps);
-    std::vector<double> y(x.size());
-    for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * g[i];
-    return y;
+    return RefRmsNorm(x, g, c.rms_norm_eps);
   };
   auto rope = [&](std::vector<double>& v, int heads, int pos) {
-    for (int h = 0; h < heads; ++h) {
-      for (int i = 0; i < hd; i += 2) {
-        const double freq = std::pow(static_cast<double>(c.rope_freq_base),
-                                     -static_cast<double>(i) / hd);
-        const double a = pos * freq;
-        const double x0 = v[h * hd + i], x1 = v[h * hd + i + 1];
-        v[h * hd + i] = x0 * std::cos(a) - x1 * std::sin(a);
-        v[h * hd + i + 1] = x0 * std::sin(a) + x1 * std::cos(a);
-      }
-    }
+    RefRope(v, heads, hd, pos, c.rope_freq_base);
   };
   // keys[layer][pos] = kv_dim vector
   std::vector<std::vector<std::vector<double>>> keys(c.num_layers), values(c.num_layers);
@@ -96,12 +117,7 @@ inline std::vector<std::vector<double>> ReferenceLogits(const engine::LoadedMode
       }
       auto o = matvec(lw.wo, att);
       for (int i = 0; i < dim; ++i) x[i] += o[i];
-      xb = rmsnorm(x, lw.ffn_norm);
-      auto g = matvec(lw.w_gate, xb);
-      auto u = matvec(lw.w_up, xb);
-      for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
-      auto d = matvec(lw.w_down, g);
-      for (int i = 0; i < dim; ++i) x[i] += d[i];
+      RefFeedForward(lw, c.rms_norm_eps, x);
     }
     out.push_back(matvec(w.output, rmsnorm(x, w.final_norm)));
   }
