@@ -4,7 +4,7 @@
 // that are written in their final format).
 //
 //   decode_bench [--model PATH] [--tokens N] [--reps R] [--batches 1,8,32] [--kv-format F]
-//                [--recent-window N] [--sink-tokens N]
+//                [--recent-window N] [--sink-tokens N] [--threads N]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -35,7 +35,7 @@ int main(int argc, char** argv) {
   int tokens = 256, reps = 5;
   std::vector<int> batches = {1, 8, 32};
   std::string format = "fp32";
-  int recent_window = 0, sink_tokens = 0;
+  int recent_window = 0, sink_tokens = 0, threads = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--model") {
@@ -50,6 +50,8 @@ int main(int argc, char** argv) {
       recent_window = std::stoi(value);
     } else if (flag == "--sink-tokens") {
       sink_tokens = std::stoi(value);
+    } else if (flag == "--threads") {
+      threads = std::stoi(value);
     } else if (flag == "--batches") {
       batches.clear();
       for (absl::string_view b : absl::StrSplit(value, ',')) {
@@ -71,6 +73,7 @@ int main(int argc, char** argv) {
   o.kv_format = *parsed;
   o.kv_recent_window = recent_window;
   o.kv_sink_tokens = sink_tokens;
+  o.num_threads = threads;
   auto lm = LocalModel::Open(o);
   if (!lm.ok()) {
     std::fprintf(stderr, "%s\n", std::string(lm.status().message()).c_str());

@@ -1,6 +1,8 @@
 #include "engine/model/llama_model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/ops.h"
@@ -34,11 +36,89 @@ void LlamaModel::EnsureScratch(int64_t n) {
   slot_block_.resize(capacity_);
   slot_offset_.resize(capacity_);
   kv_len_.resize(capacity_);
+  rope_.resize(capacity_ * (c.head_dim / 2 * 2));
+}
+
+absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, const BlockPool& kv, int64_t t0,
+                                   int64_t t1, kernels::ThreadPool* pool) {
+  const ModelConfig& c = model_.config();
+  const ModelWeights& w = model_.weights();
+  const int64_t n = t1 - t0;
+  const int64_t dim = c.dim;
+  const int64_t hidden = c.hidden_dim;
+  const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
+  const int64_t kv_dim = c.kv_dim();
+  float* x = x_.data() + t0 * dim;
+  float* xb = xb_.data() + t0 * std::max(dim, q_dim);
+  float* q = q_.data() + t0 * q_dim;
+  float* k = k_.data() + t0 * kv_dim;
+  float* v = v_.data() + t0 * kv_dim;
+  float* att = att_.data() + t0 * q_dim;
+  float* gate = gate_.data() + t0 * hidden;
+  float* up = up_.data() + t0 * hidden;
+  const int32_t* positions = batch.positions.data() + t0;
+  const int32_t* slot_block = slot_block_.data() + t0;
+  const int32_t* slot_offset = slot_offset_.data() + t0;
+  float* rope = rope_.data() + t0 * (c.head_dim / 2 * 2);
+  cpu::RopeTable(positions, n, c.head_dim, c.rope_freq_base, rope);
+  cpu::EmbeddingGather(w.token_embedding, batch.tokens.data() + t0, n, x);
+
+  cpu::AttentionBatch ab;
+  ab.num_tokens = n;
+  ab.num_heads = c.num_heads;
+  ab.q = q;
+  ab.out = att;
+  ab.token_seq = batch.seq.data() + t0;
+  ab.token_kv_len = kv_len_.data() + t0;
+  ab.seq_block_tables = batch.block_tables.data();
+  ab.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  if (!batch.seq_scores.empty()) {
+    // layer_scores_ holds one pointer per sequence; a range writes only its own sequences'.
+    ab.seq_scores = layer_scores_.data();
+    if (!batch.seq_score_head_stride.empty()) {
+      ab.seq_score_head_stride = batch.seq_score_head_stride.data();
+    }
+  }
+
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& lw = w.layers[l];
+    const kernels::PagedKvLayerView view = kv.LayerView(l);
+    // Attention block.
+    cpu::RmsNorm(x, lw.attn_norm, n, dim, c.rms_norm_eps, xb);
+    cpu::MatMul(xb, n, lw.wq, q, pool);
+    cpu::MatMul(xb, n, lw.wk, k, pool);
+    cpu::MatMul(xb, n, lw.wv, v, pool);
+    cpu::RopeAdjacentPairsTable(q, rope, n, c.num_heads, c.head_dim);
+    cpu::RopeAdjacentPairsTable(k, rope, n, c.num_kv_heads, c.head_dim);
+    if (!cpu::WriteKv(k, v, n, slot_block, slot_offset, view)) {
+      return absl::InternalError(
+          absl::StrFormat("non-finite or out-of-range K/V values in layer %d", l));
+    }
+    if (!batch.seq_scores.empty() && !batch.seq_score_layer_stride.empty()) {
+      // Scores per layer: this layer's rows of each of the range's sequences.
+      for (int64_t t = t0; t < t1; ++t) {
+        const int32_t s = batch.seq[t];
+        if (batch.seq_scores[s] != nullptr) {
+          layer_scores_[s] = batch.seq_scores[s] + l * batch.seq_score_layer_stride[s];
+        }
+      }
+    }
+    cpu::PagedAttention(ab, view, pool);
+    cpu::MatMul(att, n, lw.wo, xb, pool);
+    cpu::AddInPlace(x, xb, n * dim);
+    // Feed-forward block.
+    cpu::RmsNorm(x, lw.ffn_norm, n, dim, c.rms_norm_eps, xb);
+    cpu::MatMul(xb, n, lw.w_gate, gate, pool);
+    cpu::MatMul(xb, n, lw.w_up, up, pool);
+    cpu::SwiGlu(gate, up, n * hidden, gate);
+    cpu::MatMul(gate, n, lw.w_down, xb, pool);
+    cpu::AddInPlace(x, xb, n * dim);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status LlamaModel::Forward(const ForwardBatch& batch, const BlockPool& kv, float* logits) {
   const ModelConfig& c = model_.config();
-  const ModelWeights& w = model_.weights();
   const int64_t n = batch.num_tokens();
   if (n == 0) return absl::OkStatus();
   if (static_cast<int64_t>(batch.positions.size()) != n ||
@@ -66,20 +146,6 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const BlockPool& kv,
     kv_len_[t] = slot + 1;
   }
 
-  const int64_t dim = c.dim;
-  const int64_t hidden = c.hidden_dim;
-  float* x = x_.data();
-  cpu::EmbeddingGather(w.token_embedding, batch.tokens.data(), n, x);
-
-  cpu::AttentionBatch ab;
-  ab.num_tokens = n;
-  ab.num_heads = c.num_heads;
-  ab.q = q_.data();
-  ab.out = att_.data();
-  ab.token_seq = batch.seq.data();
-  ab.token_kv_len = kv_len_.data();
-  ab.seq_block_tables = batch.block_tables.data();
-  ab.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   if (!batch.seq_scores.empty()) {
     if (batch.seq_scores.size() != batch.block_tables.size()) {
       return absl::InvalidArgumentError(
@@ -91,58 +157,111 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const BlockPool& kv,
       return absl::InvalidArgumentError(
           "forward batch: score strides must have one entry per sequence");
     }
-    if (!batch.seq_score_head_stride.empty()) {
-      ab.seq_score_head_stride = batch.seq_score_head_stride.data();
-    }
     layer_scores_.assign(batch.seq_scores.begin(), batch.seq_scores.end());
-    ab.seq_scores = layer_scores_.data();
   }
 
-  for (int l = 0; l < c.num_layers; ++l) {
-    const LayerWeights& lw = w.layers[l];
-    const kernels::PagedKvLayerView view = kv.LayerView(l);
-    // Attention block.
-    cpu::RmsNorm(x, lw.attn_norm, n, dim, c.rms_norm_eps, xb_.data());
-    cpu::MatMul(xb_.data(), n, lw.wq, q_.data(), pool_);
-    cpu::MatMul(xb_.data(), n, lw.wk, k_.data(), pool_);
-    cpu::MatMul(xb_.data(), n, lw.wv, v_.data(), pool_);
-    cpu::RopeAdjacentPairs(q_.data(), batch.positions.data(), n, c.num_heads, c.head_dim,
-                           c.rope_freq_base);
-    cpu::RopeAdjacentPairs(k_.data(), batch.positions.data(), n, c.num_kv_heads, c.head_dim,
-                           c.rope_freq_base);
-    if (!cpu::WriteKv(k_.data(), v_.data(), n, slot_block_.data(), slot_offset_.data(), view)) {
-      return absl::InternalError(
-          absl::StrFormat("non-finite or out-of-range K/V values in layer %d", l));
-    }
-    if (!batch.seq_score_layer_stride.empty()) {
-      for (size_t s = 0; s < layer_scores_.size(); ++s) {
-        if (batch.seq_scores[s] != nullptr) {
-          layer_scores_[s] = batch.seq_scores[s] + l * batch.seq_score_layer_stride[s];
-        }
-      }
-    }
-    cpu::PagedAttention(ab, view, pool_);
-    cpu::MatMul(att_.data(), n, lw.wo, xb_.data(), pool_);
-    cpu::AddInPlace(x, xb_.data(), n * dim);
-    // Feed-forward block.
-    cpu::RmsNorm(x, lw.ffn_norm, n, dim, c.rms_norm_eps, xb_.data());
-    cpu::MatMul(xb_.data(), n, lw.w_gate, gate_.data(), pool_);
-    cpu::MatMul(xb_.data(), n, lw.w_up, up_.data(), pool_);
-    cpu::SwiGlu(gate_.data(), up_.data(), n * hidden, gate_.data());
-    cpu::MatMul(gate_.data(), n, lw.w_down, xb_.data(), pool_);
-    cpu::AddInPlace(x, xb_.data(), n * dim);
-  }
-
-  // Classifier for the requested rows only.
+  // Logits rows are checked before anything runs. When they ascend (the usual order), each range
+  // of sequences computes its own rows' logits.
   const int64_t rows = static_cast<int64_t>(batch.logits_rows.size());
-  if (rows == 0) return absl::OkStatus();
+  bool ascending = true;
   for (int64_t r = 0; r < rows; ++r) {
     const int32_t t = batch.logits_rows[r];
     if (t < 0 || t >= n) return absl::InvalidArgumentError("logits row outside the batch");
-    cpu::RmsNorm(x + t * dim, w.final_norm, 1, dim, c.rms_norm_eps, xb_.data() + r * dim);
+    if (r > 0 && t <= batch.logits_rows[r - 1]) ascending = false;
   }
-  cpu::MatMul(xb_.data(), rows, w.output, logits, pool_);
+  if (static_cast<int64_t>(final_.size()) < rows * c.dim) final_.resize(rows * c.dim);
+
+  // Tokens [t0, t1) through every layer; sequences never straddle two such ranges that run at
+  // once, so a range reads only KV it writes itself (or blocks nobody writes this step).
+  auto run_layers = [&](int64_t t0, int64_t t1, kernels::ThreadPool* pool) {
+    return RunLayers(batch, kv, t0, t1, pool);
+  };
+  // The final norm and the classifier for logits rows [r0, r1).
+  auto classify = [&](int64_t r0, int64_t r1, kernels::ThreadPool* pool) {
+    if (r1 <= r0) return;
+    const ModelWeights& w = model_.weights();
+    const int64_t dim = c.dim;
+    for (int64_t r = r0; r < r1; ++r) {
+      cpu::RmsNorm(x_.data() + batch.logits_rows[r] * dim, w.final_norm, 1, dim, c.rms_norm_eps,
+                   final_.data() + r * dim);
+    }
+    cpu::MatMul(final_.data() + r0 * dim, r1 - r0, w.output, logits + r0 * w.output.rows, pool);
+  };
+  int64_t cuts[kMaxParts + 1];
+  const int parts = SplitBySequence(batch, cuts);
+  if (parts <= 1) {
+    if (absl::Status st = run_layers(0, n, pool_); !st.ok()) return st;
+    classify(0, rows, pool_);
+    return absl::OkStatus();
+  }
+  // Logits rows of each range (ascending rows only).
+  int64_t row_cuts[kMaxParts + 1];
+  for (int p = 0; ascending && p <= parts; ++p) {
+    row_cuts[p] = std::lower_bound(batch.logits_rows.begin(), batch.logits_rows.end(), cuts[p]) -
+                  batch.logits_rows.begin();
+  }
+  // One hand-off for the whole step instead of one per kernel: each thread runs its sequences
+  // through all layers (and their logits) with single-threaded kernels.
+  absl::Status part_status[kMaxParts];
+  pool_->ParallelFor(parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      part_status[p] = run_layers(cuts[p], cuts[p + 1], nullptr);
+      if (part_status[p].ok() && ascending) classify(row_cuts[p], row_cuts[p + 1], nullptr);
+    }
+  });
+  for (int p = 0; p < parts; ++p) {
+    if (!part_status[p].ok()) return part_status[p];
+  }
+  if (!ascending) classify(0, rows, pool_);
   return absl::OkStatus();
+}
+
+int LlamaModel::SplitBySequence(const ForwardBatch& batch, int64_t* cuts) {
+  const int64_t n = batch.num_tokens();
+  const int threads = pool_ == nullptr ? 1 : pool_->num_threads();
+  const int parts = std::min({threads, kMaxParts, static_cast<int>(n / kMinTokensPerPart)});
+  if (parts <= 1) return 1;
+  const ModelConfig& c = model_.config();
+  // Relative cost of a token: its weight multiply-adds plus its attention, per slot attended
+  // 2 * num_heads * head_dim multiply-adds per layer, weighted 3x (attention reaches about a
+  // third of the matmul's multiply-add rate).
+  const int64_t dim = c.dim;
+  const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
+  const int64_t weight_macs =
+      c.num_layers * (dim * (2 * q_dim + 2 * c.kv_dim()) + 3 * dim * c.hidden_dim);
+  const int64_t slot_macs = int64_t{3} * 2 * q_dim * c.num_layers;
+  // cut_ok[t]: no sequence has tokens both before t and at or after t.
+  last_token_.assign(batch.block_tables.size(), -1);
+  for (int64_t t = 0; t < n; ++t) last_token_[batch.seq[t]] = static_cast<int32_t>(t);
+  cost_.resize(n + 1);
+  cut_ok_.resize(n + 1);
+  cost_[0] = 0;
+  int64_t reach = -1;  // last token of any sequence seen so far
+  for (int64_t t = 0; t < n; ++t) {
+    cut_ok_[t] = reach < t;
+    reach = std::max<int64_t>(reach, last_token_[batch.seq[t]]);
+    cost_[t + 1] = cost_[t] + weight_macs + slot_macs * (batch.kv_slot[t] + 1);
+  }
+  const int64_t total = cost_[n];
+  cuts[0] = 0;
+  cuts[parts] = n;
+  for (int p = 1; p < parts; ++p) {
+    // The allowed cut nearest to an equal share, past the previous cut.
+    const int64_t target = total / parts * p;
+    int64_t best = -1;
+    for (int64_t t = cuts[p - 1] + 1; t < n; ++t) {
+      if (!cut_ok_[t]) continue;
+      if (best < 0 || std::llabs(cost_[t] - target) < std::llabs(cost_[best] - target)) best = t;
+      if (cost_[t] >= target) break;
+    }
+    if (best < 0) return 1;
+    cuts[p] = best;
+  }
+  // A lopsided split (one long prompt) leaves a thread idle: split the kernels instead.
+  for (int p = 0; p < parts; ++p) {
+    if ((cost_[cuts[p + 1]] - cost_[cuts[p]]) * parts > total * 5 / 4) return 1;
+  }
+  return parts;
 }
 
 }  // namespace kvserve::engine

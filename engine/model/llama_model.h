@@ -6,6 +6,12 @@
 // RMSNorm -> SwiGLU feed-forward + residual; then the final norm and the classifier for the rows
 // in logits_rows only.
 //
+// Threads: a batch of several sequences is split into ranges of whole sequences of about equal
+// cost, and each thread of the pool runs its range through all layers with single-threaded
+// kernels (one hand-off per step); a batch that cannot be split evenly (one sequence, one long
+// prompt) runs its kernels on the pool instead. A range reads only the KV its own sequences
+// write: a block written in a step belongs to one sequence (shared blocks are copy-on-write).
+//
 // Thread-safety: one Forward at a time per LlamaModel (it owns scratch buffers). The LoadedModel
 // must outlive it. The pool is only read through layer views; the caller allocated the blocks.
 #ifndef KVSERVE_ENGINE_MODEL_LLAMA_MODEL_H_
@@ -40,15 +46,34 @@ class LlamaModel {
   absl::Status Forward(const ForwardBatch& batch, const BlockPool& kv, float* logits);
 
  private:
+  // A step is split into at most this many ranges of whole sequences, one per thread.
+  static constexpr int kMaxParts = 64;
+  // Fewer tokens per range than this leave the matmuls too little reuse of each weight.
+  static constexpr int64_t kMinTokensPerPart = 4;
+
   void EnsureScratch(int64_t n);
+  // Tokens [t0, t1) of the batch through every layer (scratch rows [t0, t1)), kernels on `pool`.
+  // InternalError when a K/V value cannot be stored (non-finite).
+  absl::Status RunLayers(const ForwardBatch& batch, const BlockPool& kv, int64_t t0, int64_t t1,
+                         kernels::ThreadPool* pool);
+  // Splits the batch into ranges of whole sequences of about equal cost, one per thread:
+  // returns the number of ranges P and cuts[0..P] (cuts[0] = 0, cuts[P] = n); 1 when the batch
+  // is too small or cannot be split evenly (one long prompt), and then the kernels split.
+  int SplitBySequence(const ForwardBatch& batch, int64_t* cuts);
 
   const LoadedModel& model_;
   kernels::ThreadPool* pool_;
   int64_t capacity_ = 0;
   // Scratch, [capacity_, width] each.
   std::vector<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
+  std::vector<float> final_;  // [logits rows, dim]: final-normed rows for the classifier
+  std::vector<float> rope_;  // [capacity_, head_dim / 2, 2]: RopeTable of the step's positions
   std::vector<int32_t> slot_block_, slot_offset_, kv_len_;
-  std::vector<float*> layer_scores_;  // per sequence: where this layer adds its scores
+  // SplitBySequence's scratch: last token of each sequence, prefix costs, allowed cuts.
+  std::vector<int32_t> last_token_;
+  std::vector<int64_t> cost_;
+  std::vector<uint8_t> cut_ok_;
+  std::vector<float*> layer_scores_;  // per sequence: where the current layer adds its scores
 };
 
 }  // namespace kvserve::engine

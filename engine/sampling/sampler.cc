@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "absl/strings/str_format.h"
+#include "kernels/cpu/ops.h"
 
 namespace kvserve::engine {
 
@@ -72,11 +73,7 @@ int32_t Sampler::Sample(absl::Span<float> logits, absl::Span<const int32_t> hist
     }
   }
   if (params_.temperature == 0.0f) {
-    int32_t best = 0;
-    for (int32_t i = 1; i < vocab; ++i) {
-      if (logits[i] > logits[best]) best = i;
-    }
-    return best;
+    return vocab > 0 ? static_cast<int32_t>(kernels::cpu::ArgMax(logits.data(), vocab)) : 0;
   }
   // Softmax with temperature over all tokens, then filters on the sorted candidates.
   const float inv_t = 1.0f / params_.temperature;

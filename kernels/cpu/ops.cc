@@ -60,6 +60,73 @@ void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float 
   }
 }
 
+int64_t ArgMax(const float* x, int64_t n) {
+#if defined(KVSERVE_SIMD_AVX512)
+  if (n >= 16 && !std::isnan(x[0])) {
+    // The max over the non-NaN values (vmaxps returns its second operand when the first is NaN),
+    // then the first index holding it: the same index the scalar scan below picks.
+    __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) m = _mm512_max_ps(_mm512_loadu_ps(x + i), m);
+    float best = _mm512_reduce_max_ps(m);
+    for (; i < n; ++i) best = x[i] > best ? x[i] : best;
+    const __m512 b = _mm512_set1_ps(best);
+    for (i = 0; i + 16 <= n; i += 16) {
+      const __mmask16 eq = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), b, _CMP_EQ_OQ);
+      if (eq != 0) return i + __builtin_ctz(eq);
+    }
+    for (; i < n; ++i) {
+      if (x[i] == best) return i;
+    }
+  }
+#endif
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i) {
+    if (x[i] > x[best]) best = i;
+  }
+  return best;
+}
+
+void RopeTable(const int32_t* positions, int64_t n, int head_dim, float freq_base, float* cos_sin) {
+  KVSERVE_KERNEL_CHECK(head_dim <= kMaxRopeHeadDim, "RopeTable: head_dim too large");
+  const int pairs = head_dim / 2;
+  double inv_freq[kMaxRopeHeadDim / 2];
+  const double log_base = std::log(static_cast<double>(freq_base));
+  for (int i = 0; i < pairs; ++i) {
+    inv_freq[i] = std::exp(-log_base * (2.0 * i) / head_dim);
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    const double pos = positions[t];
+    float* cs = cos_sin + t * 2 * pairs;
+    for (int i = 0; i < pairs; ++i) {
+      const double angle = pos * inv_freq[i];
+      cs[2 * i] = static_cast<float>(std::cos(angle));
+      cs[2 * i + 1] = static_cast<float>(std::sin(angle));
+    }
+  }
+}
+
+void RopeAdjacentPairsTable(float* x, const float* cos_sin, int64_t n, int num_heads,
+                            int head_dim) {
+  const int pairs = head_dim / 2;
+  const int64_t row = static_cast<int64_t>(num_heads) * head_dim;
+  for (int64_t t = 0; t < n; ++t) {
+    const float* cs = cos_sin + t * 2 * pairs;
+    float* xt = x + t * row;
+    for (int h = 0; h < num_heads; ++h) {
+      float* xh = xt + static_cast<int64_t>(h) * head_dim;
+      for (int i = 0; i < pairs; ++i) {
+        const float c = cs[2 * i];
+        const float s = cs[2 * i + 1];
+        const float a = xh[2 * i];
+        const float b = xh[2 * i + 1];
+        xh[2 * i] = a * c - b * s;
+        xh[2 * i + 1] = a * s + b * c;
+      }
+    }
+  }
+}
+
 void RopeAdjacentPairs(float* x, const int32_t* positions, int64_t n, int num_heads, int head_dim,
                        float freq_base) {
   KVSERVE_KERNEL_CHECK(head_dim <= kMaxRopeHeadDim, "RopeAdjacentPairs: head_dim too large");
@@ -78,18 +145,7 @@ void RopeAdjacentPairs(float* x, const int32_t* positions, int64_t n, int num_he
       cos_sin[2 * i] = static_cast<float>(std::cos(angle));
       cos_sin[2 * i + 1] = static_cast<float>(std::sin(angle));
     }
-    float* xt = x + t * row;
-    for (int h = 0; h < num_heads; ++h) {
-      float* xh = xt + static_cast<int64_t>(h) * head_dim;
-      for (int i = 0; i < pairs; ++i) {
-        const float c = cos_sin[2 * i];
-        const float s = cos_sin[2 * i + 1];
-        const float a = xh[2 * i];
-        const float b = xh[2 * i + 1];
-        xh[2 * i] = a * c - b * s;
-        xh[2 * i + 1] = a * s + b * c;
-      }
-    }
+    RopeAdjacentPairsTable(x + t * row, cos_sin, 1, num_heads, head_dim);
   }
 }
 

@@ -14,6 +14,10 @@ namespace kvserve::kernels::cpu {
 // y[n, w.rows] = x[n, w.cols] * W^T, with W [w.rows, w.cols] in F32, F16 or BF16.
 void MatMul(const float* x, int64_t n, const WeightView& w, float* y, ThreadPool* pool);
 
+// Index of the largest of x[0, n) (n >= 1), the lowest on ties; values compared with `>` from
+// index 0 on, so a NaN is never chosen unless x[0] is NaN (then 0). Greedy sampling.
+int64_t ArgMax(const float* x, int64_t n);
+
 // out[n, dim] = x / sqrt(mean(x^2) + eps) * weight[dim]. out may alias x.
 void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out);
 
@@ -21,6 +25,16 @@ void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float 
 // by angle position[t] * freq_base^(-2i / head_dim) (llama2.c / GGUF "norm" RoPE).
 void RopeAdjacentPairs(float* x, const int32_t* positions, int64_t n, int num_heads, int head_dim,
                        float freq_base);
+
+// The rotation RopeAdjacentPairs applies, as a table computed once and applied to many tensors
+// (the queries and keys of every layer share their tokens' positions):
+// cos_sin[t][i] = (cos, sin) of positions[t] * freq_base^(-2i / head_dim), i < head_dim / 2.
+void RopeTable(const int32_t* positions, int64_t n, int head_dim, float freq_base,
+               float* cos_sin);  // cos_sin: [n, head_dim / 2, 2]
+// x [n, num_heads, head_dim] rotated in place by a RopeTable of the same n and head_dim; gives
+// exactly what RopeAdjacentPairs gives.
+void RopeAdjacentPairsTable(float* x, const float* cos_sin, int64_t n, int num_heads,
+                            int head_dim);
 
 // out[i] = silu(gate[i]) * up[i] for i in [0, n). out may alias gate.
 void SwiGlu(const float* gate, const float* up, int64_t n, float* out);

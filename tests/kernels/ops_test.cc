@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -46,6 +47,30 @@ TEST(RmsNormTest, MatchesReference) {
   }
 }
 
+TEST(ArgMaxTest, MatchesScalarScanWithTiesNansAndInfinities) {
+  std::mt19937 rng(5);
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int64_t n : {1, 2, 15, 16, 17, 31, 32, 100, 512, 513}) {
+    for (int trial = 0; trial < 50; ++trial) {
+      std::vector<float> x(n);
+      std::uniform_int_distribution<int> small(-3, 3);  // few distinct values: many ties
+      for (auto& v : x) v = static_cast<float>(small(rng));
+      std::uniform_int_distribution<int64_t> at(0, n - 1);
+      if (trial % 5 == 1) x[at(rng)] = nan;
+      if (trial % 5 == 2) x[at(rng)] = inf;
+      if (trial % 5 == 3) std::fill(x.begin(), x.end(), -inf);
+      if (trial % 5 == 4) x[0] = nan;
+      if (trial % 7 == 0) x[at(rng)] = -0.0f;
+      int64_t want = 0;
+      for (int64_t i = 1; i < n; ++i) {
+        if (x[i] > x[want]) want = i;
+      }
+      ASSERT_EQ(ArgMax(x.data(), n), want) << "n=" << n << " trial=" << trial;
+    }
+  }
+}
+
 TEST(RopeTest, MatchesReference) {
   std::mt19937 rng(11);
   std::uniform_int_distribution<int32_t> pos_dist(0, 40000);
@@ -59,6 +84,11 @@ TEST(RopeTest, MatchesReference) {
         std::vector<float> x = RandomFloats(rng, n * heads * head_dim);
         const std::vector<float> x0 = x;
         RopeAdjacentPairs(x.data(), pos.data(), n, heads, head_dim, base);
+        // The table form (computed once per step in the engine) gives exactly the same values.
+        std::vector<float> table(n * (head_dim / 2) * 2), xt = x0;
+        RopeTable(pos.data(), n, head_dim, base, table.data());
+        RopeAdjacentPairsTable(xt.data(), table.data(), n, heads, head_dim);
+        ASSERT_EQ(xt, x) << "hd=" << head_dim;
         for (int64_t t = 0; t < n; ++t) {
           for (int h = 0; h < heads; ++h) {
             const int64_t off = (t * heads + h) * head_dim;

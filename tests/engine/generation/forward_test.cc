@@ -17,8 +17,9 @@ namespace {
 
 std::unique_ptr<LocalModel> Open(const std::string& model, const std::string& tokenizer = "",
                                  kernels::KvFormat f = kernels::KvFormat::kFp32,
-                                 int block_size = 16) {
+                                 int block_size = 16, int threads = 0) {
   LocalModelOptions o;
+  o.num_threads = threads;
   o.model_path = std::string(KVSERVE_MODELS_DIR) + "/" + model;
   if (!tokenizer.empty()) o.tokenizer_path = std::string(KVSERVE_MODELS_DIR) + "/" + tokenizer;
   o.kv_format = f;
@@ -141,6 +142,72 @@ TEST(ForwardTest, BatchOfSequencesEqualsEachAlone) {
   }
 }
 
+// A batch of several sequences is split over the pool's threads by whole sequences (each thread
+// runs its range through all layers); the logits must not depend on the number of threads, on
+// whether the split happened (it does not when the sequences' tokens interleave), nor on chunking.
+TEST(ForwardTest, SplitOverThreadsMatchesOneThread) {
+  auto one = Open("stories260K.gguf", "", kernels::KvFormat::kFp32, 16, 1);
+  auto three = Open("stories260K.gguf", "", kernels::KvFormat::kFp32, 16, 3);
+  ASSERT_NE(one, nullptr);
+  ASSERT_NE(three, nullptr);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 12; ++i) prompts.push_back(RandomTokens(20 + (i % 3), 512, 300 + i));
+  for (int chunk : {1, 6, 1000}) {
+    const auto a = AllLogits(*one, prompts, true, chunk);
+    const auto b = AllLogits(*three, prompts, true, chunk);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      ASSERT_EQ(a[i].size(), b[i].size());
+      for (size_t j = 0; j < a[i].size(); ++j) {
+        ASSERT_NEAR(a[i][j], b[i][j], 1e-4) << "chunk " << chunk << " seq " << i << " at " << j;
+      }
+    }
+  }
+  // Logits rows in descending order (each range cannot take its own rows): same logits.
+  {
+    const int vocab = three->config().vocab_size;
+    std::vector<std::unique_ptr<SequenceKv>> kvs;
+    ForwardBatch b;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      kvs.push_back(std::make_unique<SequenceKv>(&three->kv_pool(), three->kv_layout()));
+      ASSERT_TRUE(kvs.back()->Reserve(8).ok());
+      b.block_tables.push_back(kvs.back()->block_table().data());
+      for (int p = 0; p < 8; ++p) b.Add(prompts[i][p], p, i, p, false);
+    }
+    for (int32_t t = static_cast<int32_t>(b.num_tokens()) - 1; t >= 0; t -= 8) {
+      b.logits_rows.push_back(t);
+    }
+    std::vector<float> logits(b.logits_rows.size() * vocab);
+    ASSERT_TRUE(three->model().Forward(b, three->kv_pool(), logits.data()).ok());
+    const auto ref = AllLogits(*one, prompts, true, 8);
+    for (size_t r = 0; r < b.logits_rows.size(); ++r) {
+      const size_t seq = prompts.size() - 1 - r;
+      for (int v = 0; v < vocab; ++v) {
+        ASSERT_NEAR(logits[r * vocab + v], ref[seq][7 * vocab + v], 1e-4) << "row " << r;
+      }
+    }
+  }
+  // Tokens of the sequences interleaved in the batch: no split point, same logits.
+  const int vocab = three->config().vocab_size;
+  std::vector<std::unique_ptr<SequenceKv>> kvs;
+  ForwardBatch b;
+  for (size_t i = 0; i < 4; ++i) {
+    kvs.push_back(std::make_unique<SequenceKv>(&three->kv_pool(), three->kv_layout()));
+    ASSERT_TRUE(kvs.back()->Reserve(prompts[i].size()).ok());
+    b.block_tables.push_back(kvs.back()->block_table().data());
+  }
+  for (int p = 0; p < 20; ++p) {
+    for (int i = 0; i < 4; ++i) b.Add(prompts[i][p], p, i, p, p == 19);
+  }
+  std::vector<float> logits(b.logits_rows.size() * vocab);
+  ASSERT_TRUE(three->model().Forward(b, three->kv_pool(), logits.data()).ok());
+  const auto ref = AllLogits(*one, {prompts[0], prompts[1], prompts[2], prompts[3]}, false, 1000);
+  for (int i = 0; i < 4; ++i) {
+    for (int v = 0; v < vocab; ++v) {
+      ASSERT_NEAR(logits[i * vocab + v], ref[i][19 * vocab + v], 1e-4) << "seq " << i;
+    }
+  }
+}
+
 TEST(ForwardTest, HalfPrecisionKvStaysCloseToFp32) {
   auto f32 = Open("stories260K.gguf", "", kernels::KvFormat::kFp32);
   auto f16 = Open("stories260K.gguf", "", kernels::KvFormat::kFp16);
@@ -170,6 +237,20 @@ TEST(ForwardTest, HalfPrecisionKvStaysCloseToFp32) {
   EXPECT_LT(eb, 0.5);
   EXPECT_GE(agree_h, 62) << "of 64 greedy choices";
   EXPECT_GE(agree_b, 58) << "of 64 greedy choices";
+}
+
+TEST(ForwardTest, RejectsScoreArraysNotOnePerSequence) {
+  auto lm = Open("stories260K.gguf");
+  SequenceKv kv(&lm->kv_pool(), lm->kv_layout());
+  ASSERT_TRUE(kv.Reserve(1).ok());
+  ForwardBatch b;
+  b.block_tables.push_back(kv.block_table().data());
+  b.Add(5, 0, 0, 0, true);
+  std::vector<float> scores(4, 0.0f);
+  b.seq_scores = {scores.data(), scores.data()};  // two arrays, one sequence
+  std::vector<float> logits(512);
+  const absl::Status s = lm->model().Forward(b, lm->kv_pool(), logits.data());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
 }
 
 TEST(ForwardTest, RejectsTokenOutsideVocabulary) {
