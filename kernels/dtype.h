@@ -23,6 +23,9 @@ struct WeightView {
   const void* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
+  // Optional: the same matrix repacked by cpu::PackWeightPanels (same dtype). The CPU MatMul
+  // uses it when set; it makes every output a sum in one fixed order, whatever the batch.
+  const void* panels = nullptr;
 };
 
 inline float Fp16ToFloat(uint16_t h) {

@@ -13,7 +13,29 @@ namespace kvserve::engine {
 namespace cpu = kernels::cpu;
 
 LlamaModel::LlamaModel(const LoadedModel& model, kernels::ThreadPool* pool)
-    : model_(model), pool_(pool) {}
+    : model_(model), pool_(pool), weights_(model.weights()) {
+  std::vector<kernels::WeightView*> matrices;
+  for (LayerWeights& lw : weights_.layers) {
+    for (kernels::WeightView* m :
+         {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.w_gate, &lw.w_down, &lw.w_up}) {
+      matrices.push_back(m);
+    }
+  }
+  matrices.push_back(&weights_.output);
+  // One allocation (in floats, so every panel set starts 4-byte aligned; 64-byte rounding keeps
+  // each matrix's panels on their own cache lines).
+  std::vector<int64_t> offsets;
+  int64_t floats = 0;
+  for (const kernels::WeightView* m : matrices) {
+    offsets.push_back(floats);
+    floats += (cpu::WeightPanelBytes(*m) / 4 + 15) / 16 * 16;
+  }
+  panels_.assign(floats, 0.0f);
+  for (size_t i = 0; i < matrices.size(); ++i) {
+    cpu::PackWeightPanels(*matrices[i], panels_.data() + offsets[i]);
+    matrices[i]->panels = panels_.data() + offsets[i];
+  }
+}
 
 KvGeometry LlamaModel::KvGeometryFor(int block_size) const {
   const ModelConfig& c = model_.config();
@@ -42,7 +64,7 @@ void LlamaModel::EnsureScratch(int64_t n) {
 absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, const BlockPool& kv, int64_t t0,
                                    int64_t t1, kernels::ThreadPool* pool) {
   const ModelConfig& c = model_.config();
-  const ModelWeights& w = model_.weights();
+  const ModelWeights& w = weights_;
   const int64_t n = t1 - t0;
   const int64_t dim = c.dim;
   const int64_t hidden = c.hidden_dim;
@@ -179,7 +201,7 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const BlockPool& kv,
   // The final norm and the classifier for logits rows [r0, r1).
   auto classify = [&](int64_t r0, int64_t r1, kernels::ThreadPool* pool) {
     if (r1 <= r0) return;
-    const ModelWeights& w = model_.weights();
+    const ModelWeights& w = weights_;
     const int64_t dim = c.dim;
     for (int64_t r = r0; r < r1; ++r) {
       cpu::RmsNorm(x_.data() + batch.logits_rows[r] * dim, w.final_norm, 1, dim, c.rms_norm_eps,

@@ -12,6 +12,11 @@
 // prompt) runs its kernels on the pool instead. A range reads only the KV its own sequences
 // write: a block written in a step belongs to one sequence (shared blocks are copy-on-write).
 //
+// Batch invariance: the matrices are packed once into panels (kernels::cpu::PackWeightPanels),
+// whose MatMul sums every output in one fixed order, and attention and the other operators
+// compute each token from its own row and its sequence's KV only; so a token's logits are
+// bitwise the same whatever else is in the batch and however its prompt was chunked.
+//
 // Thread-safety: one Forward at a time per LlamaModel (it owns scratch buffers). The LoadedModel
 // must outlive it. The pool is only read through layer views; the caller allocated the blocks.
 #ifndef KVSERVE_ENGINE_MODEL_LLAMA_MODEL_H_
@@ -63,6 +68,10 @@ class LlamaModel {
 
   const LoadedModel& model_;
   kernels::ThreadPool* pool_;
+  // The model's weights with every matrix also packed into MatMul panels (owned by panels_),
+  // so that each row of a batch is computed exactly as it would be alone.
+  ModelWeights weights_;
+  std::vector<float> panels_;
   int64_t capacity_ = 0;
   // Scratch, [capacity_, width] each.
   std::vector<float> x_, xb_, q_, k_, v_, att_, gate_, up_;

@@ -271,11 +271,155 @@ void MatMulXt(const float* x, int64_t n, const float* w, int64_t rows, int64_t c
   }
 }
 
+// ---- pre-packed panel path (batch-invariant) ----------------------------------------------------
+
+// y[i, 0, nr) = sum over c ascending of x[i, c] * W[row j of kP panels][c], for i < kM: each
+// output is one FMA chain along the columns, so its value does not depend on kM, kP or n.
+// wp points at the first of kP consecutive panels (panel stride cols * kWeightPanelRows).
+template <class V, class T, int kM, int kP>
+KVSERVE_ALWAYS_INLINE void PanelTile(const float* x, int64_t ldx, const T* wp, int64_t cols,
+                                     float* y, int64_t ldy, int64_t nr) {
+  using Reg = typename V::Reg;
+  constexpr int kL = V::kLanes;
+  constexpr int kR = static_cast<int>(kWeightPanelRows) / kL;  // registers per panel row slice
+  constexpr int kQ = kP * kR;
+  static_assert(kR * kL == kWeightPanelRows);
+  const int64_t stride = cols * kWeightPanelRows;
+  Reg acc[kM][kQ];
+  for (int i = 0; i < kM; ++i) {
+    for (int q = 0; q < kQ; ++q) acc[i][q] = V::Zero();
+  }
+  for (int64_t c = 0; c < cols; ++c) {
+    Reg wv[kQ];
+    for (int p = 0; p < kP; ++p) {
+      for (int j = 0; j < kR; ++j) wv[p * kR + j] = V::Load(wp + p * stride + c * kWeightPanelRows + j * kL);
+    }
+    for (int i = 0; i < kM; ++i) {
+      const Reg xb = V::Set1(x[i * ldx + c]);
+      for (int q = 0; q < kQ; ++q) acc[i][q] = V::Fma(xb, wv[q], acc[i][q]);
+    }
+  }
+  for (int i = 0; i < kM; ++i) {
+    for (int q = 0; q < kQ; ++q) {
+      const int64_t left = nr - static_cast<int64_t>(q) * kL;
+      if (left >= kL) {
+        V::Store(y + i * ldy + q * kL, acc[i][q]);
+      } else if (left > 0) {
+        V::StoreN(y + i * ldy + q * kL, acc[i][q], static_cast<int>(left));
+      }
+    }
+  }
+}
+
+// x rows per tile with two panels (AVX-512 has 32 registers, AVX2 16).
+#if defined(KVSERVE_SIMD_AVX512)
+constexpr int kPanelTileM = 4;
+#else
+constexpr int kPanelTileM = 2;
+#endif
+
+// Panels [p0, p1) of the output for all n rows of x.
+template <class V, class T>
+void MatMulPanels(const float* x, int64_t n, const T* panels, int64_t rows, int64_t cols, float* y,
+                  int64_t p0, int64_t p1) {
+  const int64_t stride = cols * kWeightPanelRows;
+  int64_t p = p0;
+  auto nr_of = [rows](int64_t panel, int count) {
+    return std::min<int64_t>(rows - panel * kWeightPanelRows, count * kWeightPanelRows);
+  };
+  if (n == 1) {  // four panels at a time: eight independent chains hide the FMA latency
+    for (; p + 4 <= p1; p += 4) {
+      PanelTile<V, T, 1, 4>(x, cols, panels + p * stride, cols, y + p * kWeightPanelRows, rows,
+                            nr_of(p, 4));
+    }
+  }
+  for (; p + 2 <= p1; p += 2) {
+    const T* wp = panels + p * stride;
+    float* yp = y + p * kWeightPanelRows;
+    const int64_t nr = nr_of(p, 2);
+    int64_t i = 0;
+    for (; i + kPanelTileM <= n; i += kPanelTileM) {
+      PanelTile<V, T, kPanelTileM, 2>(x + i * cols, cols, wp, cols, yp + i * rows, rows, nr);
+    }
+    for (; i < n; ++i) PanelTile<V, T, 1, 2>(x + i * cols, cols, wp, cols, yp + i * rows, rows, nr);
+  }
+  for (; p < p1; ++p) {
+    const T* wp = panels + p * stride;
+    float* yp = y + p * kWeightPanelRows;
+    const int64_t nr = nr_of(p, 1);
+    int64_t i = 0;
+    for (; i + 2 * kPanelTileM <= n; i += 2 * kPanelTileM) {
+      PanelTile<V, T, 2 * kPanelTileM, 1>(x + i * cols, cols, wp, cols, yp + i * rows, rows, nr);
+    }
+    for (; i < n; ++i) PanelTile<V, T, 1, 1>(x + i * cols, cols, wp, cols, yp + i * rows, rows, nr);
+  }
+}
+
+template <class T>
+void PackPanelsTyped(const T* w, int64_t rows, int64_t cols, T* out) {
+  const int64_t panels = (rows + kWeightPanelRows - 1) / kWeightPanelRows;
+  for (int64_t p = 0; p < panels; ++p) {
+    T* dst = out + p * cols * kWeightPanelRows;
+    for (int64_t c = 0; c < cols; ++c) {
+      for (int64_t j = 0; j < kWeightPanelRows; ++j) {
+        const int64_t r = p * kWeightPanelRows + j;
+        dst[c * kWeightPanelRows + j] = r < rows ? w[r * cols + c] : T{};
+      }
+    }
+  }
+}
+
 // ---- dispatch ----------------------------------------------------------------------------------
+
+// Runs run(r0, r1) over output rows [0, rows) in units of `unit` rows, on the pool when the
+// product is large enough to pay for the hand-off.
+template <class Run>
+void RunSplit(const Run& run, int64_t n, int64_t rows, int64_t cols, int64_t unit,
+              ThreadPool* pool) {
+  const int64_t macs = n * rows * cols;
+  const int64_t units = (rows + unit - 1) / unit;
+  if (pool == nullptr || pool->num_threads() == 1 || macs < kMinParallelMacs || units == 1) {
+    run(0, rows);
+    return;
+  }
+  // Threads take grains of row units from a shared counter: a thread that is descheduled (the
+  // cores are shared) delays only the grain it holds, the others take the rest.
+  const int threads = pool->num_threads();
+  const int64_t min_grain = std::max<int64_t>(1, kMinParallelMacs / 2 / (n * cols * unit));
+  const int64_t grain = std::max(min_grain, units / (4 * threads));
+  // One pointer of capture: std::function stores it without allocating.
+  struct Job {
+    const Run* fn;
+    int64_t unit;
+    int64_t rows;
+    int64_t units;
+    int64_t grain;
+    std::atomic<int64_t> next{0};
+  } job{&run, unit, rows, units, grain};
+  pool->ParallelFor(std::min<int64_t>(threads, (units + grain - 1) / grain), 1,
+                    [j = &job](int64_t, int64_t) {
+                      for (;;) {
+                        const int64_t u0 = j->next.fetch_add(j->grain, std::memory_order_relaxed);
+                        if (u0 >= j->units) return;
+                        const int64_t u1 = std::min(j->units, u0 + j->grain);
+                        (*j->fn)(u0 * j->unit, std::min(j->rows, u1 * j->unit));
+                      }
+                    });
+}
 
 template <class V, class T>
 void MatMulTyped(const float* x, int64_t n, const T* w, int64_t rows, int64_t cols, float* y,
-                 ThreadPool* pool) {
+                 ThreadPool* pool, const T* panels) {
+  if (panels != nullptr) {
+    // Threads take whole panels; the result does not depend on who computes which.
+    constexpr int64_t unit = kWeightPanelRows;
+    auto run = [x, n, panels, rows, cols, y](int64_t r0, int64_t r1) {
+      MatMulPanels<simd::VecWide, T>(x, n, panels, rows, cols, y, r0 / unit,
+                                     (r1 + unit - 1) / unit);
+    };
+    RunSplit(run, n, rows, cols, unit, pool);
+    return;
+  }
   const bool xt = std::is_same_v<T, float> && V::kLanes > kXtRows && n >= kPackMinN &&
                   cols <= kXtMaxCols;
   const bool packed = !xt && n >= kPackMinN;
@@ -295,48 +439,23 @@ void MatMulTyped(const float* x, int64_t n, const T* w, int64_t rows, int64_t co
       MatMulRows<V, T>(x, n, w, cols, y, rows, r0, r1);
     }
   };
-  const int64_t macs = n * rows * cols;
-  const int64_t units = (rows + unit - 1) / unit;
-  if (pool == nullptr || pool->num_threads() == 1 || macs < kMinParallelMacs || units == 1) {
-    run(0, rows);
-    return;
-  }
-  // Threads take grains of row units from a shared counter: a thread that is descheduled (the
-  // cores are shared) delays only the grain it holds, the others take the rest.
-  const int threads = pool->num_threads();
-  const int64_t min_grain = std::max<int64_t>(1, kMinParallelMacs / 2 / (n * cols * unit));
-  const int64_t grain = std::max(min_grain, units / (4 * threads));
-  // One pointer of capture: std::function stores it without allocating.
-  struct Job {
-    const decltype(run)* fn;
-    int64_t unit;
-    int64_t rows;
-    int64_t units;
-    int64_t grain;
-    std::atomic<int64_t> next{0};
-  } job{&run, unit, rows, units, grain};
-  pool->ParallelFor(std::min<int64_t>(threads, (units + grain - 1) / grain), 1,
-                    [j = &job](int64_t, int64_t) {
-                      for (;;) {
-                        const int64_t u0 = j->next.fetch_add(j->grain, std::memory_order_relaxed);
-                        if (u0 >= j->units) return;
-                        const int64_t u1 = std::min(j->units, u0 + j->grain);
-                        (*j->fn)(u0 * j->unit, std::min(j->rows, u1 * j->unit));
-                      }
-                    });
+  RunSplit(run, n, rows, cols, unit, pool);
 }
 
 template <class V>
 void MatMulDispatch(const float* x, int64_t n, const WeightView& w, float* y, ThreadPool* pool) {
   switch (w.dtype) {
     case DType::kF32:
-      MatMulTyped<V>(x, n, static_cast<const float*>(w.data), w.rows, w.cols, y, pool);
+      MatMulTyped<V>(x, n, static_cast<const float*>(w.data), w.rows, w.cols, y, pool,
+                     static_cast<const float*>(w.panels));
       return;
     case DType::kF16:
-      MatMulTyped<V>(x, n, static_cast<const Fp16*>(w.data), w.rows, w.cols, y, pool);
+      MatMulTyped<V>(x, n, static_cast<const Fp16*>(w.data), w.rows, w.cols, y, pool,
+                     static_cast<const Fp16*>(w.panels));
       return;
     case DType::kBF16:
-      MatMulTyped<V>(x, n, static_cast<const Bf16*>(w.data), w.rows, w.cols, y, pool);
+      MatMulTyped<V>(x, n, static_cast<const Bf16*>(w.data), w.rows, w.cols, y, pool,
+                     static_cast<const Bf16*>(w.panels));
       return;
   }
   KVSERVE_KERNEL_CHECK(false, "MatMul: unknown weight dtype");
@@ -350,12 +469,37 @@ void MatMul(const float* x, int64_t n, const WeightView& w, float* y, ThreadPool
     std::fill(y, y + n * w.rows, 0.0f);
     return;
   }
-  // Rows of <= 8 values fill a narrow register exactly; a wide one would be half empty.
-  if (w.cols <= simd::VecNarrow::kLanes) {
+  // Rows of <= 8 values fill a narrow register exactly; a wide one would be half empty. The
+  // panel path vectorizes along the rows instead and always runs on the wide backend.
+  if (w.cols <= simd::VecNarrow::kLanes && w.panels == nullptr) {
     MatMulDispatch<simd::VecNarrow>(x, n, w, y, pool);
   } else {
     MatMulDispatch<simd::VecWide>(x, n, w, y, pool);
   }
+}
+
+}  // namespace kvserve::kernels::cpu
+
+namespace kvserve::kernels::cpu {
+
+int64_t WeightPanelBytes(const WeightView& w) {
+  const int64_t panels = (w.rows + kWeightPanelRows - 1) / kWeightPanelRows;
+  return panels * kWeightPanelRows * w.cols * DTypeBytes(w.dtype);
+}
+
+void PackWeightPanels(const WeightView& w, void* out) {
+  switch (w.dtype) {
+    case DType::kF32:
+      PackPanelsTyped(static_cast<const float*>(w.data), w.rows, w.cols, static_cast<float*>(out));
+      return;
+    case DType::kF16:
+      PackPanelsTyped(static_cast<const Fp16*>(w.data), w.rows, w.cols, static_cast<Fp16*>(out));
+      return;
+    case DType::kBF16:
+      PackPanelsTyped(static_cast<const Bf16*>(w.data), w.rows, w.cols, static_cast<Bf16*>(out));
+      return;
+  }
+  KVSERVE_KERNEL_CHECK(false, "PackWeightPanels: unknown weight dtype");
 }
 
 }  // namespace kvserve::kernels::cpu

@@ -12,7 +12,21 @@
 namespace kvserve::kernels::cpu {
 
 // y[n, w.rows] = x[n, w.cols] * W^T, with W [w.rows, w.cols] in F32, F16 or BF16.
+//
+// With w.panels set (PackWeightPanels), every output y[i, r] is the fused multiply-add chain
+// over the columns in ascending order, whatever n, the row of x, the tiling and the split over
+// threads: a row's result is bitwise the same in a batch of one and in a batch of 32 (batch
+// invariance: a request's greedy output does not depend on what else is running). Without
+// panels the faster-to-set-up row-major paths are used, whose rounding depends on n.
 void MatMul(const float* x, int64_t n, const WeightView& w, float* y, ThreadPool* pool);
+
+// The panel layout: W's rows in panels of kWeightPanelRows (the last one zero-padded); panel p
+// holds W[p * kWeightPanelRows + j][c] at element c * kWeightPanelRows + j, in W's dtype.
+inline constexpr int64_t kWeightPanelRows = 32;
+// Bytes PackWeightPanels writes for w.
+int64_t WeightPanelBytes(const WeightView& w);
+// Packs w (row-major, any DType) into `out` (WeightPanelBytes(w) bytes, any alignment).
+void PackWeightPanels(const WeightView& w, void* out);
 
 // Index of the largest of x[0, n) (n >= 1), the lowest on ties; values compared with `>` from
 // index 0 on, so a NaN is never chosen unless x[0] is NaN (then 0). Greedy sampling.

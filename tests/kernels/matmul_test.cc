@@ -23,12 +23,19 @@ constexpr float kGuard = 1234.5f;
 // Checks MatMul against a double-precision reference of the stored weight values. A float dot
 // product of `cols` terms is within (cols + 2) * u * sum |x_i w_i| of the exact one, whatever
 // the summation order.
+// With `panels`, the weights are first packed by PackWeightPanels and MatMul takes that path.
 void CheckMatMul(std::mt19937& rng, DType dtype, int64_t n, int64_t rows, int64_t cols,
-                 ThreadPool* pool) {
+                 ThreadPool* pool, bool panels = false) {
   const TestMatrix w = RandomMatrix(rng, dtype, rows, cols);
   const std::vector<float> x = RandomFloats(rng, n * cols);
   std::vector<float> y(static_cast<size_t>(n * rows + 16), kGuard);
-  MatMul(x.data(), n, w.view(), y.data(), pool);
+  WeightView view = w.view();
+  std::vector<uint8_t> packed(WeightPanelBytes(view));
+  if (panels) {
+    PackWeightPanels(view, packed.data());
+    view.panels = packed.data();
+  }
+  MatMul(x.data(), n, view, y.data(), pool);
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t r = 0; r < rows; ++r) {
       double ref = 0.0;
@@ -53,6 +60,7 @@ TEST(MatMulTest, SweepOfShapesAndDTypes) {
       for (int64_t rows : {1, 3, 7, 8, 17, 64, 172, 513}) {
         for (int64_t cols : {1, 3, 7, 8, 9, 16, 17, 64, 172, 513}) {
           CheckMatMul(rng, dtype, n, rows, cols, nullptr);
+          CheckMatMul(rng, dtype, n, rows, cols, nullptr, /*panels=*/true);
         }
       }
     }
@@ -66,7 +74,10 @@ TEST(MatMulTest, ParallelMatchesReference) {
     for (DType dtype : testing::kAllDTypes) {
       for (int64_t n : {1, 5, 32}) {
         for (int64_t rows : {7, 64, 172, 513}) {
-          for (int64_t cols : {8, 64, 172, 513}) CheckMatMul(rng, dtype, n, rows, cols, &pool);
+          for (int64_t cols : {8, 64, 172, 513}) {
+            CheckMatMul(rng, dtype, n, rows, cols, &pool);
+            CheckMatMul(rng, dtype, n, rows, cols, &pool, /*panels=*/true);
+          }
         }
       }
     }
@@ -83,6 +94,59 @@ TEST(MatMulTest, ModelShapes) {
       for (int64_t n : {1, 32}) {
         CheckMatMul(rng, dtype, n, s[0], s[1], nullptr);
         CheckMatMul(rng, dtype, n, s[0], s[1], &pool);
+        CheckMatMul(rng, dtype, n, s[0], s[1], &pool, /*panels=*/true);
+      }
+    }
+  }
+}
+
+// The panel path computes every output as the fused multiply-add chain over the columns in
+// ascending order, y = fma(x[c], w[c], y) from y = 0: bitwise that plain scalar loop, for any
+// batch size, any row of the batch and any split over threads.
+TEST(MatMulTest, PanelsEqualTheAscendingFmaChainBitwise) {
+  std::mt19937 rng(5);
+  ThreadPool pool(3);
+  for (DType dtype : testing::kAllDTypes) {
+    for (int64_t rows : {1, 31, 32, 33, 64, 172, 513}) {
+      for (int64_t cols : {1, 7, 64, 172, 768}) {
+        const TestMatrix w = RandomMatrix(rng, dtype, rows, cols);
+        WeightView view = w.view();
+        std::vector<uint8_t> packed(WeightPanelBytes(view));
+        PackWeightPanels(view, packed.data());
+        view.panels = packed.data();
+        const int64_t n = 37;
+        const std::vector<float> x = RandomFloats(rng, n * cols);
+        std::vector<float> expected(n * rows);
+        for (int64_t i = 0; i < n; ++i) {
+          for (int64_t r = 0; r < rows; ++r) {
+            float acc = 0.0f;
+            for (int64_t c = 0; c < cols; ++c) {
+              acc = std::fma(x[i * cols + c], w.values[r * cols + c], acc);
+            }
+            expected[i * rows + r] = acc;
+          }
+        }
+        // The whole batch on the pool and on one thread, then sub-batches of 1, 2, 3, 5 and 8
+        // rows starting at every offset, each on its own.
+        for (ThreadPool* p : {&pool, static_cast<ThreadPool*>(nullptr)}) {
+          std::vector<float> y(n * rows);
+          MatMul(x.data(), n, view, y.data(), p);
+          for (int64_t e = 0; e < n * rows; ++e) {
+            ASSERT_EQ(y[e], expected[e]) << DTypeName(dtype) << " rows=" << rows
+                                         << " cols=" << cols << " element " << e;
+          }
+        }
+        for (int64_t m : {1, 2, 3, 5, 8}) {
+          for (int64_t i0 = 0; i0 + m <= n; i0 += m + 1) {
+            std::vector<float> y(m * rows);
+            MatMul(x.data() + i0 * cols, m, view, y.data(), nullptr);
+            for (int64_t e = 0; e < m * rows; ++e) {
+              ASSERT_EQ(y[e], expected[i0 * rows + e])
+                  << DTypeName(dtype) << " rows=" << rows << " cols=" << cols << " m=" << m
+                  << " i0=" << i0;
+            }
+          }
+        }
       }
     }
   }
