@@ -65,18 +65,26 @@ struct Weights {
   }
 };
 
-// Args: rows, cols, n, dtype, threads.
-void BM_MatMul(benchmark::State& state) {
+// Args: rows, cols, n, dtype, threads. BM_MatMul runs the row-major paths, BM_MatMulPanels the
+// panel layout the model packs its weights into (PackWeightPanels).
+void RunMatMul(benchmark::State& state, bool panels) {
   const int64_t rows = state.range(0);
   const int64_t cols = state.range(1);
   const int64_t n = state.range(2);
   const auto dtype = static_cast<DType>(state.range(3));
   ThreadPool* pool = Pool(static_cast<int>(state.range(4)));
   const Weights w(dtype, rows, cols, 1);
+  WeightView view = w.view;
+  std::vector<float> packed;
+  if (panels) {
+    packed.resize(WeightPanelBytes(view) / sizeof(float) + 1);
+    PackWeightPanels(view, packed.data());
+    view.panels = packed.data();
+  }
   const std::vector<float> x = RandomFloats(n * cols, 2);
   std::vector<float> y(static_cast<size_t>(n * rows));
   for (auto _ : state) {
-    MatMul(x.data(), n, w.view, y.data(), pool);
+    MatMul(x.data(), n, view, y.data(), pool);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
@@ -84,30 +92,38 @@ void BM_MatMul(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * rows * cols * DTypeBytes(dtype));
   state.SetLabel(std::string(DTypeName(dtype)));
 }
-BENCHMARK(BM_MatMul)
-    ->ArgNames({"rows", "cols", "n", "dtype", "threads"})
-    ->Args({64, 64, 1, 0, 1})
-    ->Args({172, 64, 1, 0, 1})
-    ->Args({64, 172, 1, 0, 1})
-    ->Args({512, 64, 1, 0, 1})
-    ->Args({64, 64, 16, 0, 1})  // n = 16: one thread's half of a 32-sequence step
-    ->Args({172, 64, 16, 0, 1})
-    ->Args({64, 172, 16, 0, 1})
-    ->Args({64, 64, 32, 0, 1})
-    ->Args({64, 64, 32, 0, 2})
-    ->Args({172, 64, 32, 0, 1})
-    ->Args({172, 64, 32, 0, 2})
-    ->Args({64, 172, 32, 0, 2})
-    ->Args({512, 64, 32, 0, 2})
-    ->Args({768, 768, 1, 0, 1})
-    ->Args({768, 768, 1, 0, 2})
-    ->Args({768, 768, 1, 1, 1})
-    ->Args({768, 768, 1, 1, 2})
-    ->Args({768, 768, 1, 2, 2})
-    ->Args({768, 768, 32, 0, 1})
-    ->Args({768, 768, 32, 0, 2})
-    ->Args({768, 768, 32, 1, 2})
-    ->Args({2048, 2048, 1, 1, 2});
+void BM_MatMul(benchmark::State& state) { RunMatMul(state, false); }
+void BM_MatMulPanels(benchmark::State& state) { RunMatMul(state, true); }
+void MatMulShapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"rows", "cols", "n", "dtype", "threads"})
+      ->Args({64, 64, 1, 0, 1})
+      ->Args({172, 64, 1, 0, 1})
+      ->Args({64, 172, 1, 0, 1})
+      ->Args({512, 64, 1, 0, 1})
+      ->Args({64, 64, 16, 0, 1})  // n = 16: one thread's half of a 32-sequence step
+      ->Args({172, 64, 16, 0, 1})
+      ->Args({64, 172, 16, 0, 1})
+      ->Args({64, 64, 32, 0, 1})
+      ->Args({64, 64, 32, 0, 2})
+      ->Args({172, 64, 32, 0, 1})
+      ->Args({172, 64, 32, 0, 2})
+      ->Args({64, 172, 32, 0, 2})
+      ->Args({512, 64, 32, 0, 2})
+      ->Args({768, 768, 1, 0, 1})
+      ->Args({768, 768, 1, 0, 2})
+      ->Args({768, 768, 1, 1, 1})
+      ->Args({768, 768, 1, 1, 2})
+      ->Args({768, 768, 1, 2, 2})
+      ->Args({768, 768, 32, 0, 1})
+      ->Args({768, 768, 32, 0, 2})
+      ->Args({768, 768, 32, 1, 2})
+      ->Args({768, 768, 32, 1, 1})
+      ->Args({2048, 768, 1, 1, 2})
+      ->Args({2048, 768, 32, 1, 2})
+      ->Args({2048, 2048, 1, 1, 2});
+}
+BENCHMARK(BM_MatMul)->Apply(MatMulShapes);
+BENCHMARK(BM_MatMulPanels)->Apply(MatMulShapes);
 
 constexpr int64_t kHugePage = int64_t{2} << 20;
 
@@ -272,7 +288,7 @@ void BM_KvEncodeBlock(benchmark::State& state) {
     benchmark::DoNotOptimize(block.data());
     benchmark::ClobberMemory();
   }
-  state.SetItemsProcessed(state.iterations() * 16);  // tokens
+  state.SetItemsProcessed(state.iterations() * 16);              // tokens
   state.SetBytesProcessed(state.iterations() * 2 * floats * 4);  // float input
   state.SetLabel(std::string(KvFormatName(format)));
 }

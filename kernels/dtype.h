@@ -65,7 +65,7 @@ inline uint16_t FloatToFp16(float f) {
   }
   if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: overflow to inf
   if (abs < 0x38800000u) {                        // below the smallest normal: subnormal or zero
-    if (abs < 0x33000000u) return sign;            // < 2^-25 rounds to zero
+    if (abs < 0x33000000u) return sign;           // < 2^-25 rounds to zero
     const uint32_t exp = abs >> 23;
     const uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
     const uint32_t shift = 126 - exp;  // 14 + (113 - exp)
@@ -91,7 +91,8 @@ inline float Bf16ToFloat(uint16_t h) {
 inline uint16_t FloatToBf16(float f) {
   uint32_t x;
   std::memcpy(&x, &f, 4);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
+  if ((x & 0x7fffffffu) > 0x7f800000u)
+    return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
   const uint32_t rounding = 0x7fffu + ((x >> 16) & 1u);
   return static_cast<uint16_t>((x + rounding) >> 16);
 }

@@ -153,9 +153,8 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const BlockPool& kv,
   for (int64_t t = 0; t < n; ++t) {
     const int32_t id = batch.tokens[t];
     if (id < 0 || id >= c.vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("token id %d at batch index %d is outside the vocabulary [0, %d)", id, t,
-                          c.vocab_size));
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "token id %d at batch index %d is outside the vocabulary [0, %d)", id, t, c.vocab_size));
     }
     const int32_t s = batch.seq[t];
     if (s < 0 || s >= static_cast<int32_t>(batch.block_tables.size())) {

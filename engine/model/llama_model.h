@@ -76,7 +76,7 @@ class LlamaModel {
   // Scratch, [capacity_, width] each.
   std::vector<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
   std::vector<float> final_;  // [logits rows, dim]: final-normed rows for the classifier
-  std::vector<float> rope_;  // [capacity_, head_dim / 2, 2]: RopeTable of the step's positions
+  std::vector<float> rope_;   // [capacity_, head_dim / 2, 2]: RopeTable of the step's positions
   std::vector<int32_t> slot_block_, slot_offset_, kv_len_;
   // SplitBySequence's scratch: last token of each sequence, prefix costs, allowed cuts.
   std::vector<int32_t> last_token_;

@@ -265,7 +265,8 @@ void MatMulXt(const float* x, int64_t n, const float* w, int64_t rows, int64_t c
     }
     float* yi = y + i0 * rows;
     int64_t r = r0;
-    for (; r + kXtRows <= r1; r += kXtRows) XtTile<V, kXtRows>(xt, w + r * cols, cols, yi + r, rows, ni);
+    for (; r + kXtRows <= r1; r += kXtRows)
+      XtTile<V, kXtRows>(xt, w + r * cols, cols, yi + r, rows, ni);
     for (; r + 4 <= r1; r += 4) XtTile<V, 4>(xt, w + r * cols, cols, yi + r, rows, ni);
     for (; r < r1; ++r) XtTile<V, 1>(xt, w + r * cols, cols, yi + r, rows, ni);
   }
@@ -292,7 +293,8 @@ KVSERVE_ALWAYS_INLINE void PanelTile(const float* x, int64_t ldx, const T* wp, i
   for (int64_t c = 0; c < cols; ++c) {
     Reg wv[kQ];
     for (int p = 0; p < kP; ++p) {
-      for (int j = 0; j < kR; ++j) wv[p * kR + j] = V::Load(wp + p * stride + c * kWeightPanelRows + j * kL);
+      for (int j = 0; j < kR; ++j)
+        wv[p * kR + j] = V::Load(wp + p * stride + c * kWeightPanelRows + j * kL);
     }
     for (int i = 0; i < kM; ++i) {
       const Reg xb = V::Set1(x[i * ldx + c]);
@@ -313,7 +315,7 @@ KVSERVE_ALWAYS_INLINE void PanelTile(const float* x, int64_t ldx, const T* wp, i
 
 // x rows per tile with two panels (AVX-512 has 32 registers, AVX2 16).
 #if defined(KVSERVE_SIMD_AVX512)
-constexpr int kPanelTileM = 4;
+constexpr int kPanelTileM = 6;  // 24 accumulators, 4 weight registers and a broadcast
 #else
 constexpr int kPanelTileM = 2;
 #endif
@@ -341,6 +343,14 @@ void MatMulPanels(const float* x, int64_t n, const T* panels, int64_t rows, int6
     for (; i + kPanelTileM <= n; i += kPanelTileM) {
       PanelTile<V, T, kPanelTileM, 2>(x + i * cols, cols, wp, cols, yp + i * rows, rows, nr);
     }
+#if defined(KVSERVE_SIMD_AVX512)
+    for (; i + 4 <= n; i += 4) {
+      PanelTile<V, T, 4, 2>(x + i * cols, cols, wp, cols, yp + i * rows, rows, nr);
+    }
+#endif
+    for (; i + 2 <= n; i += 2) {
+      PanelTile<V, T, 2, 2>(x + i * cols, cols, wp, cols, yp + i * rows, rows, nr);
+    }
     for (; i < n; ++i) PanelTile<V, T, 1, 2>(x + i * cols, cols, wp, cols, yp + i * rows, rows, nr);
   }
   for (; p < p1; ++p) {
@@ -350,6 +360,9 @@ void MatMulPanels(const float* x, int64_t n, const T* panels, int64_t rows, int6
     int64_t i = 0;
     for (; i + 2 * kPanelTileM <= n; i += 2 * kPanelTileM) {
       PanelTile<V, T, 2 * kPanelTileM, 1>(x + i * cols, cols, wp, cols, yp + i * rows, rows, nr);
+    }
+    for (; i + 4 <= n; i += 4) {
+      PanelTile<V, T, 4, 1>(x + i * cols, cols, wp, cols, yp + i * rows, rows, nr);
     }
     for (; i < n; ++i) PanelTile<V, T, 1, 1>(x + i * cols, cols, wp, cols, yp + i * rows, rows, nr);
   }
@@ -420,8 +433,8 @@ void MatMulTyped(const float* x, int64_t n, const T* w, int64_t rows, int64_t co
     RunSplit(run, n, rows, cols, unit, pool);
     return;
   }
-  const bool xt = std::is_same_v<T, float> && V::kLanes > kXtRows && n >= kPackMinN &&
-                  cols <= kXtMaxCols;
+  const bool xt =
+      std::is_same_v<T, float> && V::kLanes > kXtRows && n >= kPackMinN && cols <= kXtMaxCols;
   const bool packed = !xt && n >= kPackMinN;
   // Rows of W handed to a thread at a time: a multiple of every tile height.
   // The transposed-x path transposes x once per call of `run`: whole tiles of rows amortize it.

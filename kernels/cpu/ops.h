@@ -47,8 +47,7 @@ void RopeTable(const int32_t* positions, int64_t n, int head_dim, float freq_bas
                float* cos_sin);  // cos_sin: [n, head_dim / 2, 2]
 // x [n, num_heads, head_dim] rotated in place by a RopeTable of the same n and head_dim; gives
 // exactly what RopeAdjacentPairs gives.
-void RopeAdjacentPairsTable(float* x, const float* cos_sin, int64_t n, int num_heads,
-                            int head_dim);
+void RopeAdjacentPairsTable(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim);
 
 // out[i] = silu(gate[i]) * up[i] for i in [0, n). out may alias gate.
 void SwiGlu(const float* gate, const float* up, int64_t n, float* out);

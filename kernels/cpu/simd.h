@@ -449,7 +449,8 @@ struct VecScalar {
   }
   static Reg Fma(Reg a, Reg b, Reg c) {
     Reg r;
-    for (int i = 0; i < kLanes; ++i) r.v[i] = std::fma(a.v[i], b.v[i], c.v[i]);  // fused, as the SIMD backends
+    for (int i = 0; i < kLanes; ++i)
+      r.v[i] = std::fma(a.v[i], b.v[i], c.v[i]);  // fused, as the SIMD backends
     return r;
   }
   static Reg ZeroFrom(Reg v, int n) { return FillFrom(v, n, 0.0f); }

@@ -132,8 +132,8 @@ TEST(MatMulTest, PanelsEqualTheAscendingFmaChainBitwise) {
           std::vector<float> y(n * rows);
           MatMul(x.data(), n, view, y.data(), p);
           for (int64_t e = 0; e < n * rows; ++e) {
-            ASSERT_EQ(y[e], expected[e]) << DTypeName(dtype) << " rows=" << rows
-                                         << " cols=" << cols << " element " << e;
+            ASSERT_EQ(y[e], expected[e])
+                << DTypeName(dtype) << " rows=" << rows << " cols=" << cols << " element " << e;
           }
         }
         for (int64_t m : {1, 2, 3, 5, 8}) {

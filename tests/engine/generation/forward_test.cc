@@ -266,7 +266,6 @@ TEST(ForwardTest, RejectsTokenOutsideVocabulary) {
   EXPECT_NE(s.message().find("512"), std::string::npos) << s;
 }
 
-
 // Batch invariance, bitwise: a token's logits are the same floats whether its sequence runs
 // alone or among 31 others, decoded token by token or prefilled in one chunk or in chunks of 7,
 // on one thread or three, for full-precision and quantized KV formats. (This is what makes a
@@ -285,17 +284,17 @@ TEST(ForwardTest, TokenLogitsAreBitwiseTheSameInAnyBatch) {
       bool together;
       int chunk;
     };
-    for (const Way& way : {Way{one.get(), true, 1}, Way{one.get(), false, 1000},
-                           Way{three.get(), true, 1}, Way{three.get(), true, 7},
-                           Way{three.get(), false, 1000}}) {
+    for (const Way& way :
+         {Way{one.get(), true, 1}, Way{one.get(), false, 1000}, Way{three.get(), true, 1},
+          Way{three.get(), true, 7}, Way{three.get(), false, 1000}}) {
       const auto got = AllLogits(*way.lm, prompts, way.together, way.chunk);
       for (size_t i = 0; i < prompts.size(); ++i) {
         ASSERT_EQ(got[i].size(), ref[i].size());
         for (size_t j = 0; j < ref[i].size(); ++j) {
           ASSERT_EQ(got[i][j], ref[i][j])
               << "format " << static_cast<int>(f) << (way.lm == one.get() ? " 1" : " 3")
-              << " thread(s), together " << way.together << ", chunk " << way.chunk << ": seq "
-              << i << " at " << j;
+              << " thread(s), together " << way.together << ", chunk " << way.chunk << ": seq " << i
+              << " at " << j;
         }
       }
     }
