@@ -47,19 +47,42 @@ bool SharedScores(const AttentionBatch& b, int items_per_token) {
   return false;
 }
 
-void RunItems(Problem pr, ItemRunner run, ThreadPool* pool) {
+using TokensRunner = void (*)(const Problem&, int64_t, int64_t, int, int);
+
+// Tokens of one sequence that share decoded blocks in one work item (prefill chunks).
+constexpr int kRunTokens = 8;
+
+// Work items are (run of tokens, KV heads): a run is one token, or up to kRunTokens consecutive
+// tokens of one sequence when `run_tokens` can take them (then each block is decoded once per run).
+void RunItems(Problem pr, ItemRunner run, TokensRunner run_tokens, ThreadPool* pool) {
   const AttentionBatch& b = *pr.batch;
   int64_t kv_slots = 0;
   for (int64_t t = 0; t < b.num_tokens; ++t) kv_slots += b.token_kv_len[t];
   const int64_t work = kv_slots * b.num_heads * pr.head_dim;
   const bool parallel = pool != nullptr && pool->num_threads() > 1 && work >= kMinParallelWork;
-  const int per_item = KvHeadsPerItem(pr, b.num_tokens, parallel ? pool->num_threads() : 1);
+  // runs[r] .. runs[r + 1]: the tokens of run r.
+  thread_local std::vector<int64_t> runs;
+  runs.clear();
+  const bool group_runs = run_tokens != nullptr && pr.cache->key_basis == nullptr &&
+                          pr.group <= attention::kMaxItemHeads;
+  for (int64_t t = 0; t < b.num_tokens; ++t) {
+    const int32_t s = b.token_seq[t];
+    const bool joins = group_runs && t > 0 && b.token_seq[t - 1] == s &&
+                       t - runs.back() < kRunTokens &&
+                       (b.seq_scores == nullptr || b.seq_scores[s] == nullptr);
+    if (!joins) runs.push_back(t);
+  }
+  runs.push_back(b.num_tokens);
+  const int64_t num_runs = static_cast<int64_t>(runs.size()) - 1;
+  const int per_item = KvHeadsPerItem(pr, num_runs, parallel ? pool->num_threads() : 1);
   const int items_per_token = (pr.num_kv_heads + per_item - 1) / per_item;
-  const int64_t items = b.num_tokens * items_per_token;
+  const int64_t items = num_runs * items_per_token;
   pr.shared_scores = parallel && items > 1 && SharedScores(b, items_per_token);
   struct Shared {
     const Problem* pr;
     ItemRunner run;
+    TokensRunner run_tokens;
+    const int64_t* runs;
     int per_item;
     int items_per_token;
     int64_t items;
@@ -67,9 +90,15 @@ void RunItems(Problem pr, ItemRunner run, ThreadPool* pool) {
 
     void Run(int64_t i) const {
       const int g0 = static_cast<int>(i % items_per_token) * per_item;
-      run(*pr, i / items_per_token, g0, std::min(pr->num_kv_heads, g0 + per_item));
+      const int g1 = std::min(pr->num_kv_heads, g0 + per_item);
+      const int64_t r = i / items_per_token;
+      if (runs[r + 1] - runs[r] == 1) {
+        run(*pr, runs[r], g0, g1);
+      } else {
+        run_tokens(*pr, runs[r], runs[r + 1], g0, g1);
+      }
     }
-  } shared{&pr, run, per_item, items_per_token, items};
+  } shared{&pr, run, run_tokens, runs.data(), per_item, items_per_token, items};
   if (!parallel || items == 1) {
     for (int64_t i = 0; i < items; ++i) shared.Run(i);
     return;
@@ -146,13 +175,16 @@ void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache, 
   const Problem pr{&batch, &cache, shape.head_dim, shape.num_kv_heads,
                    batch.num_heads / shape.num_kv_heads};
   ItemRunner run = attention::RunItemWide;
+  TokensRunner run_tokens = attention::RunTokensWide;
   // The head_dim 8 runner has no projected-query path: views with lowrank blocks use the others.
   if (shape.head_dim == 8 && attention::HasHeadDim8Runner() && cache.key_basis == nullptr) {
     run = attention::RunItemHeadDim8;
+    run_tokens = nullptr;
   } else if (shape.head_dim <= simd::VecNarrow::kLanes) {
     run = attention::RunItemNarrow;
+    run_tokens = attention::RunTokensNarrow;
   }
-  RunItems(pr, run, pool);
+  RunItems(pr, run, run_tokens, pool);
 }
 
 }  // namespace kvserve::kernels::cpu

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "kernels/cpu/paged_attention_internal.h"
 #include "kernels/cpu/simd.h"
@@ -306,6 +307,122 @@ void RunItem(const Problem& pr, int64_t t, int g0, int g1) {
   }
 }
 
+// Rows of one KV head of one block decoded to floats: [tokens][stride], each row zero padded to
+// whole registers. Load and LoadN return exactly what the codec's reader returned when the rows
+// were decoded, so the attention math on them is the same, bit for bit, as on the block itself.
+class DecodedRows {
+ public:
+  DecodedRows(const float* rows, int stride) : rows_(rows), stride_(stride) {}
+  template <class V>
+  typename V::Reg Load(int token, int d0) const {
+    return V::Load(rows_ + static_cast<int64_t>(token) * stride_ + d0);
+  }
+  template <class V>
+  typename V::Reg LoadN(int token, int d0, int n) const {
+    return V::LoadN(rows_ + static_cast<int64_t>(token) * stride_ + d0, n);
+  }
+
+ private:
+  const float* rows_;
+  int stride_;
+};
+
+// Decodes rows [0, nv) of `rows` (head_dim values each) into out[nv][stride] through the same
+// Load / LoadN calls the attention steps make.
+template <class V, class Rows>
+void DecodeRows(const Rows& rows, int nv, int head_dim, int stride, float* out) {
+  constexpr int kL = V::kLanes;
+  const int full = head_dim / kL;
+  const int tail = head_dim % kL;
+  for (int j = 0; j < nv; ++j) {
+    float* dst = out + static_cast<int64_t>(j) * stride;
+    for (int c = 0; c < full; ++c) V::Store(dst + c * kL, rows.template Load<V>(j, c * kL));
+    if (tail != 0) V::Store(dst + full * kL, rows.template LoadN<V>(j, full * kL, tail));
+  }
+}
+
+// Tokens [t0, t1) of one sequence (REQUIRES: same sequence, no score recording, no lowrank
+// blocks, (g1 - g0) * group <= kMaxItemHeads): each block's K and V rows of a KV head are decoded
+// once for all the tokens, then every token runs exactly the steps RunPass runs, in the same order
+// (blocks in order, then KV heads, then spans of kSpan slots), on its own state. A prefill chunk
+// of quantized blocks decodes each block once per run instead of once per token, and each token's
+// output is bitwise what RunPass gives it.
+template <class V>
+void RunTokens(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1) {
+  constexpr int kL = V::kLanes;
+  const AttentionBatch& b = *pr.batch;
+  const PagedKvLayerView& cache = *pr.cache;
+  const int hd = pr.head_dim;
+  const int hd_pad = (hd + kL - 1) / kL * kL;
+  const int gh = pr.group;
+  const int nt = static_cast<int>(t1 - t0);
+  thread_local std::vector<Scratch<V>> states;
+  thread_local std::vector<float> kbuf, vbuf;
+  if (static_cast<int>(states.size()) < nt) states.resize(nt);
+  const int bs = cache.shape.block_size;
+  kbuf.resize(static_cast<size_t>(bs) * hd_pad);
+  vbuf.resize(kbuf.size());
+  int max_len = 0;
+  for (int i = 0; i < nt; ++i) {
+    Scratch<V>& sc = states[i];
+    const int64_t t = t0 + i;
+    max_len = std::max(max_len, b.token_kv_len[t]);
+    for (int g = g0; g < g1; ++g) {
+      for (int h = 0; h < gh; ++h) {
+        const int slot = (g - g0) * gh + h;
+        const float* q = b.q + (t * b.num_heads + static_cast<int64_t>(g) * pr.group + h) * hd;
+        for (int d = 0; d < hd; ++d) sc.q[slot][d] = q[d] * b.scale;
+        std::fill(sc.q[slot] + hd, sc.q[slot] + hd_pad, 0.0f);
+        std::fill(sc.acc[slot], sc.acc[slot] + hd_pad, 0.0f);
+        sc.m[slot] = kNegInf;
+        sc.l[slot] = 0.0f;
+      }
+    }
+  }
+  const int32_t* table = b.seq_block_tables[b.token_seq[t0]];
+  ForEachBlock(cache, table, max_len, g0, g1,
+               [&](auto codec, const uint8_t* k_region, const uint8_t* v_region, int nv_max,
+                   const BlockAhead& ahead, int first_slot) {
+                 using Codec = decltype(codec);
+                 if constexpr (kIsLowrankCodec<Codec>) {
+                   KVSERVE_KERNEL_CHECK(false, "PagedAttention: lowrank blocks take RunPass");
+                 } else {
+                   for (int g = g0; g < g1; ++g) {
+                     ahead.Prefetch(g);
+                     DecodeRows<V>(typename Codec::KeyRows(k_region, cache.shape, g), nv_max, hd,
+                                   hd_pad, kbuf.data());
+                     DecodeRows<V>(typename Codec::ValueRows(v_region, cache.shape, g), nv_max, hd,
+                                   hd_pad, vbuf.data());
+                     const DecodedRows k(kbuf.data(), hd_pad);
+                     const DecodedRows v(vbuf.data(), hd_pad);
+                     const int hb = (g - g0) * gh;
+                     for (int i = 0; i < nt; ++i) {
+                       const int nv = std::min(nv_max, b.token_kv_len[t0 + i] - first_slot);
+                       Scratch<V>& sc = states[i];
+                       for (int j0 = 0; j0 < nv; j0 += kSpan) {
+                         const int ns = std::min(kSpan, nv - j0);
+                         Scores<V, false>(k, j0, ns, gh, hb, hd, sc);
+                         SoftmaxUpdate<V>(ns, gh, hb, hd, sc);
+                         AccumulateV<V>(v, j0, ns, gh, hb, hd, sc);
+                       }
+                     }
+                   }
+                 }
+               });
+  for (int i = 0; i < nt; ++i) {
+    const Scratch<V>& sc = states[i];
+    const int64_t t = t0 + i;
+    for (int g = g0; g < g1; ++g) {
+      for (int h = 0; h < gh; ++h) {
+        const int slot = (g - g0) * gh + h;
+        float* out = b.out + (t * b.num_heads + static_cast<int64_t>(g) * pr.group + h) * hd;
+        const float inv = sc.l[slot] > 0.0f ? 1.0f / sc.l[slot] : 0.0f;
+        for (int d = 0; d < hd; ++d) out[d] = sc.acc[slot][d] * inv;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void RunItemWide(const Problem& pr, int64_t t, int g0, int g1) {
@@ -313,6 +430,12 @@ void RunItemWide(const Problem& pr, int64_t t, int g0, int g1) {
 }
 void RunItemNarrow(const Problem& pr, int64_t t, int g0, int g1) {
   RunItem<simd::VecNarrow>(pr, t, g0, g1);
+}
+void RunTokensWide(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1) {
+  RunTokens<simd::VecWide>(pr, t0, t1, g0, g1);
+}
+void RunTokensNarrow(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1) {
+  RunTokens<simd::VecNarrow>(pr, t0, t1, g0, g1);
 }
 
 }  // namespace kvserve::kernels::cpu::attention

@@ -190,6 +190,11 @@ class ScoreRecorder {
 // Runners of item (t, [g0, g1)). REQUIRES: (g1 - g0) * group <= kMaxItemHeads or g1 == g0 + 1.
 void RunItemWide(const Problem& pr, int64_t t, int g0, int g1);
 void RunItemNarrow(const Problem& pr, int64_t t, int g0, int g1);
+// Runners of the tokens [t0, t1) of one sequence at once, KV heads [g0, g1): each block is decoded
+// once for all of them (prefill chunks). REQUIRES: no score recording for the sequence, no
+// lowrank blocks, (g1 - g0) * group <= kMaxItemHeads. Bitwise the same outputs as RunItem*.
+void RunTokensWide(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1);
+void RunTokensNarrow(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1);
 // True when this build has the head_dim 8 runner.
 bool HasHeadDim8Runner();
 void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1);

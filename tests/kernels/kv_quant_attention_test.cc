@@ -163,6 +163,22 @@ void RunAndCheck(const Config& cfg, std::mt19937& rng, ThreadPool* pool) {
   batch.scale = 1.0f / std::sqrt(static_cast<float>(hd));
   PagedAttention(batch, cache.view(), pool);
 
+  // The tokens of a sequence are adjacent in the batch, so they run together and share each
+  // block's decoding: every token's output must be bitwise what it gets alone.
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    std::vector<float> alone(static_cast<size_t>(heads) * hd, std::nanf(""));
+    AttentionBatch one = batch;
+    one.num_tokens = 1;
+    one.q = q.data() + t * heads * hd;
+    one.out = alone.data();
+    one.token_seq = seq_of.data() + t;
+    one.token_kv_len = kv_of.data() + t;
+    PagedAttention(one, cache.view(), nullptr);
+    for (int e = 0; e < heads * hd; ++e) {
+      ASSERT_EQ(alone[e], out[t * heads * hd + e]) << "token " << t << " element " << e;
+    }
+  }
+
   for (int64_t t = 0; t < num_tokens; ++t) {
     const int kv_len = kv_of[t];
     const std::vector<int32_t>& table = tables[seq_of[t]];

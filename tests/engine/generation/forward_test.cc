@@ -268,33 +268,43 @@ TEST(ForwardTest, RejectsTokenOutsideVocabulary) {
 
 // Batch invariance, bitwise: a token's logits are the same floats whether its sequence runs
 // alone or among 31 others, decoded token by token or prefilled in one chunk or in chunks of 7,
-// on one thread or three, for full-precision and quantized KV formats. (This is what makes a
-// request's greedy output independent of the server's load.)
+// on one thread or three, for full-precision and quantized KV formats; on stories260K (head_dim
+// 8, its own attention runner) and on the second model (head_dim 16, where the tokens of a
+// prefill chunk share each block's decoding). This is what makes a request's greedy output
+// independent of the server's load.
 TEST(ForwardTest, TokenLogitsAreBitwiseTheSameInAnyBatch) {
-  std::vector<std::vector<int32_t>> prompts;
-  for (int i = 0; i < 32; ++i) prompts.push_back(RandomTokens(30 + (i % 7), 512, 500 + i));
-  for (auto f : {kernels::KvFormat::kFp32, kernels::KvFormat::kFp16, kernels::KvFormat::kInt4}) {
-    auto one = Open("stories260K.gguf", "", f, 16, 1);
-    auto three = Open("stories260K.gguf", "", f, 16, 3);
-    ASSERT_NE(one, nullptr);
-    ASSERT_NE(three, nullptr);
-    const auto ref = AllLogits(*one, prompts, false, 1);
-    struct Way {
-      LocalModel* lm;
-      bool together;
-      int chunk;
-    };
-    for (const Way& way :
-         {Way{one.get(), true, 1}, Way{one.get(), false, 1000}, Way{three.get(), true, 1},
-          Way{three.get(), true, 7}, Way{three.get(), false, 1000}}) {
-      const auto got = AllLogits(*way.lm, prompts, way.together, way.chunk);
-      for (size_t i = 0; i < prompts.size(); ++i) {
-        ASSERT_EQ(got[i].size(), ref[i].size());
-        for (size_t j = 0; j < ref[i].size(); ++j) {
-          ASSERT_EQ(got[i][j], ref[i][j])
-              << "format " << static_cast<int>(f) << (way.lm == one.get() ? " 1" : " 3")
-              << " thread(s), together " << way.together << ", chunk " << way.chunk << ": seq " << i
-              << " at " << j;
+  struct ModelCase {
+    const char* model;
+    const char* tokenizer;
+    int vocab;
+  };
+  for (const ModelCase& mc : {ModelCase{"stories260K.gguf", "", 512},
+                              ModelCase{"babyllama/model5000.bin", "babyllama/tok105.bin", 105}}) {
+    std::vector<std::vector<int32_t>> prompts;
+    for (int i = 0; i < 32; ++i) prompts.push_back(RandomTokens(30 + (i % 7), mc.vocab, 500 + i));
+    for (auto f : {kernels::KvFormat::kFp32, kernels::KvFormat::kFp16, kernels::KvFormat::kInt4}) {
+      auto one = Open(mc.model, mc.tokenizer, f, 16, 1);
+      auto three = Open(mc.model, mc.tokenizer, f, 16, 3);
+      ASSERT_NE(one, nullptr);
+      ASSERT_NE(three, nullptr);
+      const auto ref = AllLogits(*one, prompts, false, 1);
+      struct Way {
+        LocalModel* lm;
+        bool together;
+        int chunk;
+      };
+      for (const Way& way :
+           {Way{one.get(), true, 1}, Way{one.get(), false, 1000}, Way{three.get(), true, 1},
+            Way{three.get(), true, 7}, Way{three.get(), false, 1000}}) {
+        const auto got = AllLogits(*way.lm, prompts, way.together, way.chunk);
+        for (size_t i = 0; i < prompts.size(); ++i) {
+          ASSERT_EQ(got[i].size(), ref[i].size());
+          for (size_t j = 0; j < ref[i].size(); ++j) {
+            ASSERT_EQ(got[i][j], ref[i][j])
+                << mc.model << ", format " << static_cast<int>(f)
+                << (way.lm == one.get() ? ", 1" : ", 3") << " thread(s), together " << way.together
+                << ", chunk " << way.chunk << ": seq " << i << " at " << j;
+          }
         }
       }
     }
