@@ -50,7 +50,7 @@ bool SharedScores(const AttentionBatch& b, int items_per_token) {
 using TokensRunner = void (*)(const Problem&, int64_t, int64_t, int, int);
 
 // Tokens of one sequence that share decoded blocks in one work item (prefill chunks).
-constexpr int kRunTokens = 8;
+constexpr int kRunTokens = 16;
 
 // Work items are (run of tokens, KV heads): a run is one token, or up to kRunTokens consecutive
 // tokens of one sequence when `run_tokens` can take them (then each block is decoded once per run).
