@@ -1,7 +1,9 @@
 // Internals of the CPU paged attention shared by its translation units. Not a public contract.
 //
 // Work item = (query token t, KV heads [g0, g1)): attention of every query head of those KV
-// heads for token t over the token's KV slots. An item walks the token's blocks once and, inside
+// heads for token t over the token's KV slots. Consecutive tokens of one sequence (a prefill
+// chunk) form one item of up to 16 tokens with the Wide/Narrow runners (RunTokens*): each block
+// is decoded once for all of them, and each token's arithmetic is that of its own item. An item walks the token's blocks once and, inside
 // each block, reads the rows of its KV heads one after another: the heads of a region are
 // adjacent, so a wide item turns the scattered blocks into long sequential runs (and prefetching
 // them ahead works). Runners differ by head_dim:
