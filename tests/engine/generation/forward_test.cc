@@ -268,9 +268,9 @@ TEST(ForwardTest, RejectsTokenOutsideVocabulary) {
 
 // Batch invariance, bitwise: a token's logits are the same floats whether its sequence runs
 // alone or among 31 others, decoded token by token or prefilled in one chunk or in chunks of 7,
-// on one thread or three, for full-precision and quantized KV formats; on stories260K (head_dim
-// 8, its own attention runner) and on the second model (head_dim 16, where the tokens of a
-// prefill chunk share each block's decoding). This is what makes a request's greedy output
+// on one thread or three, for the token-writable KV formats (fp32, fp16, bf16); on stories260K
+// (head_dim 8, its own attention runner) and on the second model (head_dim 16, where the tokens of
+// a prefill chunk share each block's decoding). This is what makes a request's greedy output
 // independent of the server's load.
 TEST(ForwardTest, TokenLogitsAreBitwiseTheSameInAnyBatch) {
   struct ModelCase {
@@ -282,7 +282,7 @@ TEST(ForwardTest, TokenLogitsAreBitwiseTheSameInAnyBatch) {
                               ModelCase{"babyllama/model5000.bin", "babyllama/tok105.bin", 105}}) {
     std::vector<std::vector<int32_t>> prompts;
     for (int i = 0; i < 32; ++i) prompts.push_back(RandomTokens(30 + (i % 7), mc.vocab, 500 + i));
-    for (auto f : {kernels::KvFormat::kFp32, kernels::KvFormat::kFp16, kernels::KvFormat::kInt4}) {
+    for (auto f : {kernels::KvFormat::kFp32, kernels::KvFormat::kFp16, kernels::KvFormat::kBf16}) {
       auto one = Open(mc.model, mc.tokenizer, f, 16, 1);
       auto three = Open(mc.model, mc.tokenizer, f, 16, 3);
       ASSERT_NE(one, nullptr);
