@@ -215,14 +215,14 @@ void AccumulateV(const Rows& v, int j0, int ns, int gh, int hb, int head_dim, Sc
   for (; h < gh; ++h) AccumulateHeads<V, 1>(v, j0, ns, h, hb, head_dim, sc);
 }
 
-// Query heads [h_lo, h_hi) of the group of every KV head in [g0, g1), for token t.
+// Loads token t's queries (times the scale, zero padded) of query heads [h_lo, h_lo + gh) of
+// each KV head in [g0, g1) into sc.q and clears their running state.
 template <class V>
-void RunPass(const Problem& pr, int64_t t, int g0, int g1, int h_lo, int h_hi, Scratch<V>& sc) {
+void InitSlots(const Problem& pr, int64_t t, int g0, int g1, int h_lo, int gh, Scratch<V>& sc) {
   constexpr int kL = V::kLanes;
   const AttentionBatch& b = *pr.batch;
   const int hd = pr.head_dim;
   const int hd_pad = (hd + kL - 1) / kL * kL;
-  const int gh = h_hi - h_lo;
   for (int g = g0; g < g1; ++g) {
     for (int h = 0; h < gh; ++h) {
       const int slot = (g - g0) * gh + h;
@@ -234,6 +234,32 @@ void RunPass(const Problem& pr, int64_t t, int g0, int g1, int h_lo, int h_hi, S
       sc.l[slot] = 0.0f;
     }
   }
+}
+
+// Writes token t's outputs acc / l of the slots InitSlots filled.
+template <class V>
+void StoreSlots(const Problem& pr, int64_t t, int g0, int g1, int h_lo, int gh,
+                const Scratch<V>& sc) {
+  const AttentionBatch& b = *pr.batch;
+  const int hd = pr.head_dim;
+  for (int g = g0; g < g1; ++g) {
+    for (int h = 0; h < gh; ++h) {
+      const int slot = (g - g0) * gh + h;
+      float* out = b.out + (t * b.num_heads + static_cast<int64_t>(g) * pr.group + h_lo + h) * hd;
+      const float inv = sc.l[slot] > 0.0f ? 1.0f / sc.l[slot] : 0.0f;
+      for (int d = 0; d < hd; ++d) out[d] = sc.acc[slot][d] * inv;
+    }
+  }
+}
+
+// Query heads [h_lo, h_hi) of the group of every KV head in [g0, g1), for token t.
+template <class V>
+void RunPass(const Problem& pr, int64_t t, int g0, int g1, int h_lo, int h_hi, Scratch<V>& sc) {
+  constexpr int kL = V::kLanes;
+  const AttentionBatch& b = *pr.batch;
+  const int hd = pr.head_dim;
+  const int gh = h_hi - h_lo;
+  InitSlots(pr, t, g0, g1, h_lo, gh, sc);
   const PagedKvLayerView& cache = *pr.cache;
   const int rank = cache.shape.key_rank;
   if (cache.key_basis != nullptr) {
@@ -285,14 +311,7 @@ void RunPass(const Problem& pr, int64_t t, int g0, int g1, int h_lo, int h_hi, S
                  }
                });
   rec.Finish([&](int h) { return sc.m[h]; }, [&](int h) { return sc.l[h]; });
-  for (int g = g0; g < g1; ++g) {
-    for (int h = 0; h < gh; ++h) {
-      const int slot = (g - g0) * gh + h;
-      float* out = b.out + (t * b.num_heads + static_cast<int64_t>(g) * pr.group + h_lo + h) * hd;
-      const float inv = sc.l[slot] > 0.0f ? 1.0f / sc.l[slot] : 0.0f;
-      for (int d = 0; d < hd; ++d) out[d] = sc.acc[slot][d] * inv;
-    }
-  }
+  StoreSlots(pr, t, g0, g1, h_lo, gh, sc);
 }
 
 template <class V>
@@ -364,20 +383,8 @@ void RunTokens(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1) {
   vbuf.resize(kbuf.size());
   int max_len = 0;
   for (int i = 0; i < nt; ++i) {
-    Scratch<V>& sc = states[i];
-    const int64_t t = t0 + i;
-    max_len = std::max(max_len, b.token_kv_len[t]);
-    for (int g = g0; g < g1; ++g) {
-      for (int h = 0; h < gh; ++h) {
-        const int slot = (g - g0) * gh + h;
-        const float* q = b.q + (t * b.num_heads + static_cast<int64_t>(g) * pr.group + h) * hd;
-        for (int d = 0; d < hd; ++d) sc.q[slot][d] = q[d] * b.scale;
-        std::fill(sc.q[slot] + hd, sc.q[slot] + hd_pad, 0.0f);
-        std::fill(sc.acc[slot], sc.acc[slot] + hd_pad, 0.0f);
-        sc.m[slot] = kNegInf;
-        sc.l[slot] = 0.0f;
-      }
-    }
+    max_len = std::max(max_len, b.token_kv_len[t0 + i]);
+    InitSlots(pr, t0 + i, g0, g1, 0, gh, states[i]);
   }
   const int32_t* table = b.seq_block_tables[b.token_seq[t0]];
   ForEachBlock(cache, table, max_len, g0, g1,
@@ -409,18 +416,7 @@ void RunTokens(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1) {
                    }
                  }
                });
-  for (int i = 0; i < nt; ++i) {
-    const Scratch<V>& sc = states[i];
-    const int64_t t = t0 + i;
-    for (int g = g0; g < g1; ++g) {
-      for (int h = 0; h < gh; ++h) {
-        const int slot = (g - g0) * gh + h;
-        float* out = b.out + (t * b.num_heads + static_cast<int64_t>(g) * pr.group + h) * hd;
-        const float inv = sc.l[slot] > 0.0f ? 1.0f / sc.l[slot] : 0.0f;
-        for (int d = 0; d < hd; ++d) out[d] = sc.acc[slot][d] * inv;
-      }
-    }
-  }
+  for (int i = 0; i < nt; ++i) StoreSlots(pr, t0 + i, g0, g1, 0, gh, states[i]);
 }
 
 }  // namespace
