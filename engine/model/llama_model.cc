@@ -30,10 +30,11 @@ LlamaModel::LlamaModel(const LoadedModel& model, kernels::ThreadPool* pool)
     offsets.push_back(floats);
     floats += (cpu::WeightPanelBytes(*m) / 4 + 15) / 16 * 16;
   }
-  panels_.assign(floats, 0.0f);
+  // Not zeroed: PackWeightPanels writes every byte of a matrix's panels (padding rows included).
+  panels_.reset(new float[floats]);
   for (size_t i = 0; i < matrices.size(); ++i) {
-    cpu::PackWeightPanels(*matrices[i], panels_.data() + offsets[i]);
-    matrices[i]->panels = panels_.data() + offsets[i];
+    cpu::PackWeightPanels(*matrices[i], panels_.get() + offsets[i]);
+    matrices[i]->panels = panels_.get() + offsets[i];
   }
 }
 

@@ -23,6 +23,7 @@
 #define KVSERVE_ENGINE_MODEL_LLAMA_MODEL_H_
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -71,7 +72,7 @@ class LlamaModel {
   // The model's weights with every matrix also packed into MatMul panels (owned by panels_),
   // so that each row of a batch is computed exactly as it would be alone.
   ModelWeights weights_;
-  std::vector<float> panels_;
+  std::unique_ptr<float[]> panels_;
   int64_t capacity_ = 0;
   // Scratch, [capacity_, width] each.
   std::vector<float> x_, xb_, q_, k_, v_, att_, gate_, up_;

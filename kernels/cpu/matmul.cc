@@ -1,6 +1,8 @@
 // MatMul: y[n, rows] = x[n, cols] * W^T with W [rows, cols] row-major in F32, F16 or BF16.
 //
-// Two formulations:
+// Weights packed once by PackWeightPanels (WeightView::panels, what the model uses) take the
+// panel path: every output one FMA chain along the columns, the same for any n (see ops.h).
+// Row-major weights take one of two formulations:
 //  * n < kPackMinN, dot products: every output is a dot product of an x row with a W row, both
 //    contiguous, run along cols with independent accumulators and reduced horizontally at the
 //    end. n == 1 (GEMV) uses tiles of 8 W rows (8 accumulators hide the FMA latency and share
@@ -10,17 +12,12 @@
 //    widened to F32) into a kKC-column stack tile with in-register transposes; then tiles of
 //    kOuterMR x rows by 2 * kLanes outputs accumulate x[i, c] * Wt[c, :] with no horizontal
 //    sums. Packing costs about one operation per weight and is shared by all n rows of x.
-//  * F32 weights, n >= kPackMinN and cols <= kXtMaxCols, transposed x: a tile of kLanes x rows
-//    is transposed (in registers) into a [cols][kLanes] stack tile; then each weight is one
-//    broadcast FMA serving kLanes rows of x, for kXtRows W rows at a time, and the accumulators
-//    are transposed back in registers. No weight is packed or copied.
 // F16/BF16 weights are widened in registers (vcvtph2ps / shifts). The only F32 copy of weights
 // is that cache-sized tile of the packed path, reused by at least kPackMinN rows of x.
 // Output rows are split across the pool only when the product is large enough to pay for it.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <type_traits>
 
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/ops.h"
@@ -52,10 +49,6 @@ constexpr int kOuterMR = 4;
 constexpr int64_t kPackMinN = 8;
 // Columns of W packed at a time: kKC x kNR floats stay in L1 while x streams past.
 constexpr int kKC = 256;
-// F32 weights with at most this many columns take the transposed-x path from kPackMinN rows of
-// x (the transposed x tile, kXtMaxCols x kLanes floats, stays in L1); kXtRows W rows per tile.
-constexpr int64_t kXtMaxCols = 512;
-constexpr int kXtRows = 8;
 
 // y[i * ldy + r] = dot(x[i * ldx, +cols), w[r * cols, +cols)) for i < kM, r < kN.
 template <class V, class T, int kM, int kN>
@@ -213,62 +206,6 @@ void MatMulPacked(const float* x, int64_t n, const T* w, int64_t rows, int64_t c
         OuterTile<V, 1>(x + i * cols + c0, cols, wt, kc, y + i * rows + rb, rows, nr, c0 == 0);
       }
     }
-  }
-}
-
-// ---- transposed-x path (F32 weights) -----------------------------------------------------------
-
-// y[i, 0, kR) for i < ni = sum_c xt[c][i] * W[kR rows from w][c]: xt holds kL rows of x
-// transposed, so each weight is one broadcast FMA that serves kL rows of x, and no weight is
-// packed or converted. The kR x kL accumulators are transposed in registers at the end.
-template <class V, int kR>
-KVSERVE_ALWAYS_INLINE void XtTile(const float* xt, const float* w, int64_t cols, float* y,
-                                  int64_t ldy, int ni) {
-  using Reg = typename V::Reg;
-  constexpr int kL = V::kLanes;
-  Reg acc[kL];
-  for (int r = 0; r < kR; ++r) acc[r] = V::Zero();
-  for (int64_t c = 0; c < cols; ++c) {
-    const Reg xv = V::Load(xt + c * kL);
-    for (int r = 0; r < kR; ++r) acc[r] = V::Fma(V::Set1(w[r * cols + c]), xv, acc[r]);
-  }
-  if constexpr (kR == kXtRows) {
-    for (int r = kR; r < kL; ++r) acc[r] = V::Zero();
-    V::Transpose(acc);
-    for (int i = 0; i < ni; ++i) V::StoreN(y + i * ldy, acc[i], kR);
-  } else {
-    alignas(64) float buf[kR][kL];
-    for (int r = 0; r < kR; ++r) V::Store(buf[r], acc[r]);
-    for (int i = 0; i < ni; ++i) {
-      for (int r = 0; r < kR; ++r) y[i * ldy + r] = buf[r][i];
-    }
-  }
-}
-
-// Output rows [r0, r1) of y for all n rows of x. REQUIRES: cols <= kXtMaxCols.
-template <class V>
-void MatMulXt(const float* x, int64_t n, const float* w, int64_t rows, int64_t cols, float* y,
-              int64_t r0, int64_t r1) {
-  constexpr int kL = V::kLanes;
-  alignas(64) float xt[kXtMaxCols * kL];
-  for (int64_t i0 = 0; i0 < n; i0 += kL) {
-    const int ni = static_cast<int>(std::min<int64_t>(kL, n - i0));
-    for (int64_t c0 = 0; c0 < cols; c0 += kL) {  // kL x kL blocks, transposed in registers
-      const int nc = static_cast<int>(std::min<int64_t>(kL, cols - c0));
-      typename V::Reg t[kL];
-      for (int i = 0; i < kL; ++i) {
-        const float* src = x + (i0 + i) * cols + c0;
-        t[i] = i >= ni ? V::Zero() : (nc == kL ? V::Load(src) : V::LoadN(src, nc));
-      }
-      V::Transpose(t);
-      for (int j = 0; j < nc; ++j) V::Store(xt + (c0 + j) * kL, t[j]);
-    }
-    float* yi = y + i0 * rows;
-    int64_t r = r0;
-    for (; r + kXtRows <= r1; r += kXtRows)
-      XtTile<V, kXtRows>(xt, w + r * cols, cols, yi + r, rows, ni);
-    for (; r + 4 <= r1; r += 4) XtTile<V, 4>(xt, w + r * cols, cols, yi + r, rows, ni);
-    for (; r < r1; ++r) XtTile<V, 1>(xt, w + r * cols, cols, yi + r, rows, ni);
   }
 }
 
@@ -433,19 +370,10 @@ void MatMulTyped(const float* x, int64_t n, const T* w, int64_t rows, int64_t co
     RunSplit(run, n, rows, cols, unit, pool);
     return;
   }
-  const bool xt =
-      std::is_same_v<T, float> && V::kLanes > kXtRows && n >= kPackMinN && cols <= kXtMaxCols;
-  const bool packed = !xt && n >= kPackMinN;
+  const bool packed = n >= kPackMinN;
   // Rows of W handed to a thread at a time: a multiple of every tile height.
-  // The transposed-x path transposes x once per call of `run`: whole tiles of rows amortize it.
-  const int64_t unit = packed || xt ? 2 * V::kLanes : kRowUnit;
-  auto run = [x, n, w, rows, cols, y, packed, xt](int64_t r0, int64_t r1) {
-    if constexpr (std::is_same_v<T, float>) {
-      if (xt) {
-        MatMulXt<V>(x, n, w, rows, cols, y, r0, r1);
-        return;
-      }
-    }
+  const int64_t unit = packed ? 2 * V::kLanes : kRowUnit;
+  auto run = [x, n, w, rows, cols, y, packed](int64_t r0, int64_t r1) {
     if (packed) {
       MatMulPacked<V, T>(x, n, w, rows, cols, y, r0, r1);
     } else {
