@@ -15,12 +15,13 @@
 namespace kvserve::kernels::cpu {
 namespace {
 
+using attention::Arena;
 using attention::Problem;
 
 // Multiply-adds (kv slots * query heads * head_dim) below which attention stays on one thread.
 constexpr int64_t kMinParallelWork = int64_t{1} << 15;
 
-using ItemRunner = void (*)(const Problem&, int64_t, int, int);
+using ItemRunner = void (*)(const Problem&, int64_t, int, int, Arena&);
 
 // KV heads per work item: as many as a runner pass holds (long sequential reads), but few enough
 // that every thread gets an item.
@@ -47,69 +48,109 @@ bool SharedScores(const AttentionBatch& b, int items_per_token) {
   return false;
 }
 
-using TokensRunner = void (*)(const Problem&, int64_t, int64_t, int, int);
+using TokensRunner = void (*)(const Problem&, int64_t, int64_t, int, int, Arena&);
+
+// The runners of one call and the arena bytes they need: item_bytes(pr, heads, kv_len) for items
+// of up to `heads` query heads per pass over up to kv_len slots (nullptr: none),
+// tokens_bytes(pr, tokens) for runs of up to `tokens` tokens.
+struct Runners {
+  ItemRunner item;
+  size_t (*item_bytes)(const Problem&, int, int);
+  TokensRunner tokens;  // nullptr: every item is one token
+  size_t (*tokens_bytes)(const Problem&, int);
+};
+
+// The arenas of the participants of the calls made from this thread.
+std::vector<Arena>& CallerArenas() {
+  thread_local std::vector<Arena> arenas;
+  return arenas;
+}
 
 // Tokens of one sequence that share decoded blocks in one work item (prefill chunks).
 constexpr int kRunTokens = 16;
 
 // Work items are (run of tokens, KV heads): a run is one token, or up to kRunTokens consecutive
 // tokens of one sequence when `run_tokens` can take them (then each block is decoded once per run).
-void RunItems(Problem pr, ItemRunner run, TokensRunner run_tokens, ThreadPool* pool) {
+void RunItems(Problem pr, const Runners& runners, ThreadPool* pool) {
   const AttentionBatch& b = *pr.batch;
   int64_t kv_slots = 0;
-  for (int64_t t = 0; t < b.num_tokens; ++t) kv_slots += b.token_kv_len[t];
+  int max_kv_len = 0;
+  for (int64_t t = 0; t < b.num_tokens; ++t) {
+    kv_slots += b.token_kv_len[t];
+    max_kv_len = std::max(max_kv_len, b.token_kv_len[t]);
+  }
   const int64_t work = kv_slots * b.num_heads * pr.head_dim;
   const bool parallel = pool != nullptr && pool->num_threads() > 1 && work >= kMinParallelWork;
   // runs[r] .. runs[r + 1]: the tokens of run r.
   thread_local std::vector<int64_t> runs;
   runs.clear();
-  const bool group_runs = run_tokens != nullptr && pr.cache->key_basis == nullptr &&
+  const bool group_runs = runners.tokens != nullptr && pr.cache->key_basis == nullptr &&
                           pr.group <= attention::kMaxItemHeads;
+  int64_t max_run = 1;
   for (int64_t t = 0; t < b.num_tokens; ++t) {
     const int32_t s = b.token_seq[t];
     const bool joins = group_runs && t > 0 && b.token_seq[t - 1] == s &&
                        t - runs.back() < kRunTokens &&
                        (b.seq_scores == nullptr || b.seq_scores[s] == nullptr);
     if (!joins) runs.push_back(t);
+    max_run = std::max(max_run, t + 1 - runs.back());
   }
   runs.push_back(b.num_tokens);
   const int64_t num_runs = static_cast<int64_t>(runs.size()) - 1;
-  const int per_item = KvHeadsPerItem(pr, num_runs, parallel ? pool->num_threads() : 1);
+  const int participants = parallel ? pool->num_threads() : 1;
+  const int per_item = KvHeadsPerItem(pr, num_runs, participants);
   const int items_per_token = (pr.num_kv_heads + per_item - 1) / per_item;
   const int64_t items = num_runs * items_per_token;
   pr.shared_scores = parallel && items > 1 && SharedScores(b, items_per_token);
+
+  // Every participant's arena holds the largest item or run of this call before any starts.
+  size_t arena_bytes = 0;
+  if (runners.item_bytes != nullptr) {
+    const int pass_heads = std::min(per_item * pr.group, attention::kMaxItemHeads);
+    arena_bytes = runners.item_bytes(pr, pass_heads, max_kv_len);
+  }
+  if (max_run > 1) {
+    arena_bytes =
+        std::max(arena_bytes, runners.tokens_bytes(pr, static_cast<int>(max_run)));
+  }
+  std::vector<Arena>& arenas = CallerArenas();
+  if (static_cast<int>(arenas.size()) < participants) arenas.resize(participants);
+  for (int i = 0; i < participants; ++i) arenas[i].Reserve(arena_bytes);
+
   struct Shared {
     const Problem* pr;
-    ItemRunner run;
-    TokensRunner run_tokens;
+    const Runners* runners;
     const int64_t* runs;
+    Arena* arenas;
     int per_item;
     int items_per_token;
     int64_t items;
     std::atomic<int64_t> next{0};
 
-    void Run(int64_t i) const {
+    void Run(int64_t i, Arena& arena) const {
       const int g0 = static_cast<int>(i % items_per_token) * per_item;
       const int g1 = std::min(pr->num_kv_heads, g0 + per_item);
       const int64_t r = i / items_per_token;
       if (runs[r + 1] - runs[r] == 1) {
-        run(*pr, runs[r], g0, g1);
+        runners->item(*pr, runs[r], g0, g1, arena);
       } else {
-        run_tokens(*pr, runs[r], runs[r + 1], g0, g1);
+        runners->tokens(*pr, runs[r], runs[r + 1], g0, g1, arena);
       }
     }
-  } shared{&pr, run, run_tokens, runs.data(), per_item, items_per_token, items};
+  } shared{&pr, &runners, runs.data(), arenas.data(), per_item, items_per_token, items};
   if (!parallel || items == 1) {
-    for (int64_t i = 0; i < items; ++i) shared.Run(i);
+    for (int64_t i = 0; i < items; ++i) shared.Run(i, arenas[0]);
     return;
   }
   // Items differ in length (prefill tokens see growing prefixes), so threads take them one at a
-  // time from a shared counter.
-  pool->ParallelFor(pool->num_threads(), 1, [s = &shared](int64_t, int64_t) {
+  // time from a shared counter. Chunks of the ParallelFor are the participants: chunk c, and no
+  // other chunk running at the same time, works in arena c.
+  pool->ParallelFor(participants, 1, [s = &shared](int64_t c, int64_t) {
+    Arena& arena = s->arenas[c];
     for (;;) {
       const int64_t i = s->next.fetch_add(1, std::memory_order_relaxed);
       if (i >= s->items) return;
-      s->Run(i);
+      s->Run(i, arena);
     }
   });
 }
@@ -174,17 +215,23 @@ void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache, 
                        "PagedAttention: num_heads must be a multiple of num_kv_heads");
   const Problem pr{&batch, &cache, shape.head_dim, shape.num_kv_heads,
                    batch.num_heads / shape.num_kv_heads};
-  ItemRunner run = attention::RunItemWide;
-  TokensRunner run_tokens = attention::RunTokensWide;
+  const auto tokens_bytes = [](const Problem& p, int tokens) {
+    return attention::RunTokensArenaBytes(tokens, p.cache->shape.block_size, p.head_dim);
+  };
+  Runners runners{attention::RunItemWide, nullptr, attention::RunTokensWide, tokens_bytes};
   // The head_dim 8 runner has no projected-query path: views with lowrank blocks use the others.
   if (shape.head_dim == 8 && attention::HasHeadDim8Runner() && cache.key_basis == nullptr) {
-    run = attention::RunItemHeadDim8;
-    run_tokens = nullptr;
+    runners = Runners{attention::RunItemHeadDim8,
+                      [](const Problem& p, int heads, int kv_len) {
+                        return attention::HeadDim8ArenaBytes(heads, kv_len,
+                                                             p.cache->shape.block_size);
+                      },
+                      nullptr, nullptr};
   } else if (shape.head_dim <= simd::VecNarrow::kLanes) {
-    run = attention::RunItemNarrow;
-    run_tokens = attention::RunTokensNarrow;
+    runners.item = attention::RunItemNarrow;
+    runners.tokens = attention::RunTokensNarrow;
   }
-  RunItems(pr, run, run_tokens, pool);
+  RunItems(pr, runners, pool);
 }
 
 }  // namespace kvserve::kernels::cpu

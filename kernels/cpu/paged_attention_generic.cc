@@ -315,7 +315,7 @@ void RunPass(const Problem& pr, int64_t t, int g0, int g1, int h_lo, int h_hi, S
 }
 
 template <class V>
-void RunItem(const Problem& pr, int64_t t, int g0, int g1) {
+void RunItem(const Problem& pr, int64_t t, int g0, int g1, Arena& /*arena*/) {
   Scratch<V> sc;
   if ((g1 - g0) * pr.group <= kMaxItemHeads) {
     RunPass<V>(pr, t, g0, g1, 0, pr.group, sc);
@@ -366,8 +366,24 @@ void DecodeRows(const Rows& rows, int nv, int head_dim, int stride, float* out) 
 // (blocks in order, then KV heads, then spans of kSpan slots), on its own state. A prefill chunk
 // of quantized blocks decodes each block once per run instead of once per token, and each token's
 // output is bitwise what RunPass gives it.
+// Where RunTokens keeps its state in the arena: the tokens' Scratch, then one block of K rows and
+// one of V rows of a KV head, decoded.
 template <class V>
-void RunTokens(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1) {
+struct TokensArenaLayout {
+  TokensArenaLayout(int tokens, int block_size, int head_dim) {
+    const int hd_pad = (head_dim + V::kLanes - 1) / V::kLanes * V::kLanes;
+    const size_t rows = static_cast<size_t>(block_size) * hd_pad * sizeof(float);
+    kbuf = Arena::RoundUp(static_cast<size_t>(tokens) * sizeof(Scratch<V>));
+    vbuf = kbuf + Arena::RoundUp(rows);
+    bytes = vbuf + Arena::RoundUp(rows);
+  }
+  size_t kbuf;
+  size_t vbuf;
+  size_t bytes;
+};
+
+template <class V>
+void RunTokens(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1, Arena& arena) {
   constexpr int kL = V::kLanes;
   const AttentionBatch& b = *pr.batch;
   const PagedKvLayerView& cache = *pr.cache;
@@ -375,12 +391,12 @@ void RunTokens(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1) {
   const int hd_pad = (hd + kL - 1) / kL * kL;
   const int gh = pr.group;
   const int nt = static_cast<int>(t1 - t0);
-  thread_local std::vector<Scratch<V>> states;
-  thread_local std::vector<float> kbuf, vbuf;
-  if (static_cast<int>(states.size()) < nt) states.resize(nt);
   const int bs = cache.shape.block_size;
-  kbuf.resize(static_cast<size_t>(bs) * hd_pad);
-  vbuf.resize(kbuf.size());
+  const TokensArenaLayout<V> layout(nt, bs, hd);
+  KVSERVE_KERNEL_CHECK(arena.capacity() >= layout.bytes, "PagedAttention: arena too small");
+  Scratch<V>* const states = reinterpret_cast<Scratch<V>*>(arena.data());
+  float* const kbuf = reinterpret_cast<float*>(arena.data() + layout.kbuf);
+  float* const vbuf = reinterpret_cast<float*>(arena.data() + layout.vbuf);
   int max_len = 0;
   for (int i = 0; i < nt; ++i) {
     max_len = std::max(max_len, b.token_kv_len[t0 + i]);
@@ -397,11 +413,11 @@ void RunTokens(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1) {
                    for (int g = g0; g < g1; ++g) {
                      ahead.Prefetch(g);
                      DecodeRows<V>(typename Codec::KeyRows(k_region, cache.shape, g), nv_max, hd,
-                                   hd_pad, kbuf.data());
+                                   hd_pad, kbuf);
                      DecodeRows<V>(typename Codec::ValueRows(v_region, cache.shape, g), nv_max, hd,
-                                   hd_pad, vbuf.data());
-                     const DecodedRows k(kbuf.data(), hd_pad);
-                     const DecodedRows v(vbuf.data(), hd_pad);
+                                   hd_pad, vbuf);
+                     const DecodedRows k(kbuf, hd_pad);
+                     const DecodedRows v(vbuf, hd_pad);
                      const int hb = (g - g0) * gh;
                      for (int i = 0; i < nt; ++i) {
                        const int nv = std::min(nv_max, b.token_kv_len[t0 + i] - first_slot);
@@ -421,17 +437,21 @@ void RunTokens(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1) {
 
 }  // namespace
 
-void RunItemWide(const Problem& pr, int64_t t, int g0, int g1) {
-  RunItem<simd::VecWide>(pr, t, g0, g1);
+void RunItemWide(const Problem& pr, int64_t t, int g0, int g1, Arena& arena) {
+  RunItem<simd::VecWide>(pr, t, g0, g1, arena);
 }
-void RunItemNarrow(const Problem& pr, int64_t t, int g0, int g1) {
-  RunItem<simd::VecNarrow>(pr, t, g0, g1);
+void RunItemNarrow(const Problem& pr, int64_t t, int g0, int g1, Arena& arena) {
+  RunItem<simd::VecNarrow>(pr, t, g0, g1, arena);
 }
-void RunTokensWide(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1) {
-  RunTokens<simd::VecWide>(pr, t0, t1, g0, g1);
+void RunTokensWide(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1, Arena& arena) {
+  RunTokens<simd::VecWide>(pr, t0, t1, g0, g1, arena);
 }
-void RunTokensNarrow(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1) {
-  RunTokens<simd::VecNarrow>(pr, t0, t1, g0, g1);
+void RunTokensNarrow(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1, Arena& arena) {
+  RunTokens<simd::VecNarrow>(pr, t0, t1, g0, g1, arena);
+}
+size_t RunTokensArenaBytes(int tokens, int block_size, int head_dim) {
+  return std::max(TokensArenaLayout<simd::VecWide>(tokens, block_size, head_dim).bytes,
+                  TokensArenaLayout<simd::VecNarrow>(tokens, block_size, head_dim).bytes);
 }
 
 }  // namespace kvserve::kernels::cpu::attention

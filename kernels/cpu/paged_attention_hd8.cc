@@ -110,26 +110,19 @@ inline void ForEachRegion(const PagedKvLayerView& cache, const int32_t* table, i
   }
 }
 
-// Scratch of one pass, per thread: scores (then probabilities) of every query head of the pass
-// for every tile, in the lanes' token order, and the per-lane running maxima and sums.
+// State of one pass: the per-lane running maxima and sums of its query heads, and their scores
+// (then probabilities) for every tile, in the lanes' token order, in the participant's arena.
 struct PassScratch {
-  std::vector<float> storage;
-  float* s = nullptr;  // [heads][tiles * kTile], 64-byte aligned, in `storage`
-
-  void Reserve(int64_t floats) {
-    if (s != nullptr && static_cast<int64_t>(storage.size()) >= floats + kTile) return;
-    storage.resize(floats + kTile);
-    const auto addr = reinterpret_cast<uintptr_t>(storage.data());
-    s = storage.data() + (64 - addr % 64) % 64 / sizeof(float);
-  }
+  float* s = nullptr;  // [heads][tiles * kTile], 64-byte aligned
   __m512 vmax[kMaxItemHeads];
   __m512 acc[kMaxItemHeads];  // lanes 0..7: sum over even tokens, 8..15: over odd tokens
   float m[kMaxItemHeads];
 };
 
-PassScratch& GetScratch() {
-  thread_local PassScratch scratch;
-  return scratch;
+// Floats per score row of a pass over kv_len slots: whole tiles of every block.
+int64_t ScoreStride(int kv_len, int block_size) {
+  const int tiles_per_block = (block_size + kTile - 1) / kTile;
+  return static_cast<int64_t>((kv_len + block_size - 1) / block_size) * tiles_per_block * kTile;
 }
 
 // exp(x) for x <= 0 (x - max of the scores): V::Exp without its upper clamp. Lanes at -inf (no
@@ -208,11 +201,15 @@ KVSERVE_ALWAYS_INLINE void ValueTile(const VRows& v, int j0, int nt, int gh, int
 
 bool HasHeadDim8Runner() { return true; }
 
+size_t HeadDim8ArenaBytes(int heads, int kv_len, int block_size) {
+  return static_cast<size_t>(heads) * ScoreStride(kv_len, block_size) * sizeof(float);
+}
+
 // Two passes per item: the scores of all its query heads over all slots (kept, with per-lane
 // maxima), then, with each head's exact maximum known, exp and the V accumulation. Nothing in a
 // tile waits on a horizontal reduction or a branch on the running max, so tiles overlap in the
 // pipeline; the scores make one round trip through L1.
-void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1) {
+void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1, Arena& arena) {
   static const Consts cs;
   const AttentionBatch& b = *pr.batch;
   const PagedKvLayerView& cache = *pr.cache;
@@ -221,9 +218,9 @@ void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1) {
   const int kv_len = b.token_kv_len[t];
   const int bs = cache.shape.block_size;
   const int tiles_per_block = (bs + kTile - 1) / kTile;
-  const int64_t stride =
-      static_cast<int64_t>((kv_len + bs - 1) / bs) * tiles_per_block * kTile;  // floats per row
-  PassScratch& sc = GetScratch();
+  const int64_t stride = ScoreStride(kv_len, bs);  // floats per row
+  PassScratch sc;
+  sc.s = reinterpret_cast<float*>(arena.data());
   alignas(64) float q[kMaxItemHeads][kHeadDim];
   // Passes over query heads [h_lo, h_hi) of the group of each KV head in [g0, g1).
   const bool one_pass = (g1 - g0) * group <= kMaxItemHeads;
@@ -231,7 +228,8 @@ void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1) {
     const int h_hi = one_pass ? group : std::min(group, h_lo + kMaxItemHeads);
     const int gh = h_hi - h_lo;
     const int heads = (g1 - g0) * gh;
-    sc.Reserve(heads * stride);
+    KVSERVE_KERNEL_CHECK(arena.capacity() >= HeadDim8ArenaBytes(heads, kv_len, bs),
+                         "PagedAttention: arena too small");
     for (int g = g0; g < g1; ++g) {
       for (int h = 0; h < gh; ++h) {
         const int slot = (g - g0) * gh + h;
@@ -337,7 +335,10 @@ void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1) {
 #else  // !KVSERVE_SIMD_AVX512
 
 bool HasHeadDim8Runner() { return false; }
-void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1) { RunItemNarrow(pr, t, g0, g1); }
+void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1, Arena& arena) {
+  RunItemNarrow(pr, t, g0, g1, arena);
+}
+size_t HeadDim8ArenaBytes(int, int, int) { return 0; }
 
 #endif
 

@@ -19,7 +19,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "kernels/cpu/kv_codec.h"
@@ -40,6 +42,32 @@ struct Problem {
   // Whether several work items may add to one sequence's scores at the same time (then the adds
   // are atomic; otherwise plain).
   bool shared_scores = false;
+};
+
+// Memory one participant of a PagedAttention call works in (score rows, decoded blocks, the states
+// of a run of tokens). The caller grows every participant's arena to what the call needs before it
+// dispatches work, so workers never allocate and an arena only grows when a call needs more than
+// any call before it; participants index the arenas by their ParallelFor chunk.
+class Arena {
+ public:
+  static constexpr size_t kAlign = 64;
+  static constexpr size_t RoundUp(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+  void Reserve(size_t bytes) {
+    if (bytes <= capacity_) return;
+    storage_ = std::make_unique<std::byte[]>(bytes + kAlign);
+    const auto addr = reinterpret_cast<uintptr_t>(storage_.get());
+    base_ = storage_.get() + (kAlign - addr % kAlign) % kAlign;
+    capacity_ = bytes;
+  }
+  size_t capacity() const { return capacity_; }
+  // 64-byte aligned.
+  std::byte* data() const { return base_; }
+
+ private:
+  std::unique_ptr<std::byte[]> storage_;
+  std::byte* base_ = nullptr;
+  size_t capacity_ = 0;
 };
 
 // A block that will be read later: Prefetch(g) requests its K and V rows of KV head g into L2.
@@ -190,16 +218,21 @@ class ScoreRecorder {
 };
 
 // Runners of item (t, [g0, g1)). REQUIRES: (g1 - g0) * group <= kMaxItemHeads or g1 == g0 + 1.
-void RunItemWide(const Problem& pr, int64_t t, int g0, int g1);
-void RunItemNarrow(const Problem& pr, int64_t t, int g0, int g1);
+void RunItemWide(const Problem& pr, int64_t t, int g0, int g1, Arena& arena);
+void RunItemNarrow(const Problem& pr, int64_t t, int g0, int g1, Arena& arena);
 // Runners of the tokens [t0, t1) of one sequence at once, KV heads [g0, g1): each block is decoded
 // once for all of them (prefill chunks). REQUIRES: no score recording for the sequence, no
 // lowrank blocks, (g1 - g0) * group <= kMaxItemHeads. Bitwise the same outputs as RunItem*.
-void RunTokensWide(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1);
-void RunTokensNarrow(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1);
+void RunTokensWide(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1, Arena& arena);
+void RunTokensNarrow(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1, Arena& arena);
+// Arena bytes RunTokens* needs for runs of up to `tokens` tokens.
+size_t RunTokensArenaBytes(int tokens, int block_size, int head_dim);
 // True when this build has the head_dim 8 runner.
 bool HasHeadDim8Runner();
-void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1);
+void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1, Arena& arena);
+// Arena bytes RunItemHeadDim8 needs for passes of up to `heads` query heads over up to `kv_len`
+// slots.
+size_t HeadDim8ArenaBytes(int heads, int kv_len, int block_size);
 
 }  // namespace kvserve::kernels::cpu::attention
 
