@@ -9,7 +9,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "kvserve/v1/memory.grpc.pb.h"
 #include "tests/server/grpc/server_process.h"
 
 namespace kvserve::server::testing {
@@ -28,6 +30,22 @@ struct StalledCall {
   grpc::ClientContext context;
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader;
 };
+
+// Waits (up to 30 s) until the server reports `running` running and `waiting` waiting requests.
+bool AwaitQueue(const ServerProcess& server, int running, int waiting) {
+  auto stub = v1::Memory::NewStub(server.Channel());
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline) {
+    grpc::ClientContext context;
+    v1::MemoryStats stats;
+    if (stub->GetStats(&context, v1::GetStatsRequest(), &stats).ok() &&
+        stats.running_requests() == running && stats.waiting_requests() == waiting) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
 
 void StartStalled(const std::shared_ptr<grpc::Channel>& channel, const v1::GenerateRequest& req,
                   StalledCall* call) {
@@ -132,7 +150,7 @@ TEST(GrpcLifecycleTest, FullQueueIsResourceExhaustedNamingTheLimit) {
   auto waiting_stub = v1::Generation::NewStub(slow);
   grpc::ClientContext waiting_context;
   auto waiting = waiting_stub->Generate(&waiting_context, TokenPrompt(100, 5, 1500));
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_TRUE(AwaitQueue(server, 1, 1)) << "the second request never queued";
   // Several more at once: each is refused.
   std::vector<grpc::Status> statuses(3);
   std::vector<std::thread> threads;
