@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "engine/sampling/sampler.h"
@@ -71,7 +72,8 @@ struct RequestKvUsage {
 // which carries the finish reason (or a non-OK status: DEADLINE_EXCEEDED, CANCELLED,
 // UNAVAILABLE on shutdown, INTERNAL), usage, timings and KV usage.
 struct StreamEvent {
-  std::vector<int32_t> token_ids;  // tokens generated since the previous event
+  // Tokens generated since the previous event: one or a few, held inline.
+  absl::InlinedVector<int32_t, 6> token_ids;
   std::string text;                // their text: complete UTF-8 only, stop strings removed
   bool final = false;
   FinishReason finish_reason = FinishReason::kNone;

@@ -6,13 +6,14 @@ namespace kvserve::engine {
 
 bool RequestStream::Take(std::vector<StreamEvent>* out) {
   absl::MutexLock lock(&mu_);
-  while (!events_.empty()) {
-    StreamEvent& e = events_.front();
-    pending_tokens_ -= static_cast<int64_t>(e.token_ids.size());
+  int64_t taken = 0;
+  for (StreamEvent& e : events_) {
+    taken += static_cast<int64_t>(e.token_ids.size());
     if (e.final) final_taken_ = true;
     out->push_back(std::move(e));
-    events_.pop_front();
   }
+  events_.clear();
+  pending_tokens_.fetch_sub(taken, std::memory_order_relaxed);
   return final_taken_;
 }
 
@@ -38,8 +39,7 @@ void RequestStream::SetListener(std::function<void()> listener) {
 }
 
 bool RequestStream::HasRoom() const {
-  absl::MutexLock lock(&mu_);
-  return pending_tokens_ < capacity_tokens_;
+  return pending_tokens_.load(std::memory_order_relaxed) < capacity_tokens_;
 }
 
 void RequestStream::Push(StreamEvent event) {
@@ -48,7 +48,8 @@ void RequestStream::Push(StreamEvent event) {
     absl::MutexLock lock(&mu_);
     if (final_pushed_) return;  // a stream ends once
     final_pushed_ = event.final;
-    pending_tokens_ += static_cast<int64_t>(event.token_ids.size());
+    pending_tokens_.fetch_add(static_cast<int64_t>(event.token_ids.size()),
+                              std::memory_order_relaxed);
     events_.push_back(std::move(event));
     listener = listener_;
   }

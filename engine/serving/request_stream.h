@@ -11,9 +11,9 @@
 
 #include <atomic>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -52,8 +52,11 @@ class RequestStream {
   const int64_t capacity_tokens_;
   std::atomic<bool> cancelled_{false};
   mutable absl::Mutex mu_;
-  std::deque<StreamEvent> events_ ABSL_GUARDED_BY(mu_);
-  int64_t pending_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  // Take drains every event, so a vector (which keeps its capacity) serves as the queue: a push
+  // allocates nothing once the stream has been read.
+  std::vector<StreamEvent> events_ ABSL_GUARDED_BY(mu_);
+  // Tokens pushed and not yet taken. Written under mu_; HasRoom reads it without the lock.
+  std::atomic<int64_t> pending_tokens_{0};
   bool final_pushed_ ABSL_GUARDED_BY(mu_) = false;
   bool final_taken_ ABSL_GUARDED_BY(mu_) = false;
   std::function<void()> listener_ ABSL_GUARDED_BY(mu_);

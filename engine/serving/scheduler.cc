@@ -119,7 +119,8 @@ void Scheduler::Finish(Sequence* s, FinishReason reason, absl::Status status, ab
   StreamEvent e;
   e.final = true;
   e.finish_reason = reason;
-  e.token_ids = std::move(s->unsent_ids);
+  e.token_ids.assign(s->unsent_ids.begin(), s->unsent_ids.end());
+  s->unsent_ids.clear();
   if (status.ok()) {
     e.text = std::move(s->unsent_text);
     if (reason != FinishReason::kStop) e.text += s->detok.Flush();
@@ -196,7 +197,7 @@ void Scheduler::EmitToken(Sequence* s, int32_t token, absl::Time now) {
     return;
   }
   StreamEvent e;
-  e.token_ids = std::move(s->unsent_ids);
+  e.token_ids.assign(s->unsent_ids.begin(), s->unsent_ids.end());
   s->unsent_ids.clear();
   e.text = s->unsent_text.substr(0, s->unsent_text.size() - hold);
   s->unsent_text.erase(0, s->unsent_text.size() - hold);
@@ -542,7 +543,9 @@ bool Scheduler::Step(absl::Time now) {
   std::vector<Sequence*>& order = order_;
   order.clear();
   for (auto& p : running_) order.push_back(p.get());
-  std::stable_sort(order.begin(), order.end(), [](Sequence* a, Sequence* b) {
+  // `order` is unique per admission: a total order, so std::sort (which, unlike stable_sort,
+  // needs no temporary buffer) gives the same sequence.
+  std::sort(order.begin(), order.end(), [](Sequence* a, Sequence* b) {
     if (a->req.priority != b->req.priority) return a->req.priority > b->req.priority;
     return a->order < b->order;
   });
