@@ -10,7 +10,8 @@
 //   bytes that are not a request at all),
 // and the rest run to completion. After every round:
 //   - every request that completed has the greedy output of the same prompt run alone on an idle
-//     server (the reference: the first tokens of one long greedy run per prompt);
+//     server (the reference: the first tokens of one long greedy run per prompt); with the
+//     block-scaled formats (int8, fp8, int4) 95% of them, see BatchInvariant below;
 //   - every call ended with the status its fault calls for (CANCELLED, UNAVAILABLE,
 //     DEADLINE_EXCEEDED, INVALID_ARGUMENT) or OK, never anything else;
 //   - no KV block is leaked: once idle, no block is active, and after FlushPrefixCache the pool
@@ -82,15 +83,27 @@ std::vector<std::string> Formats() {
 }
 
 // KV budget (MiB) for about 80 blocks of 16 tokens of stories260K in `format` (measured block
-// sizes: fp32 20480 bytes, fp16/bf16 10240, int8/fp8 about 5.5 KiB, int4 about 10 KiB with its
-// scales); "" for a format without a worked budget.
+// sizes: fp32 20480 bytes, fp16/bf16 10240, int8/fp8 about 5.5 KiB, int4 4480 with its scales,
+// and every running sequence keeps its newest, still-filling block at fp16); "" for a format
+// without a worked budget.
 std::string BudgetFor(const std::string& format) {
   if (format == "fp32") return "1.5625";
   if (format == "fp16" || format == "bf16") return "0.78125";
   if (format == "int8" || format == "fp8") return "0.42";
-  if (format == "int4") return "0.82";
+  if (format == "int4") return "0.40";
   return "";
 }
+
+// Formats whose output does not depend on the batch, the chunking or preemption (README, "Batch
+// invariance"): every completion must equal the reference. The block-scaled formats quantize a
+// block differently when decoding fills it and when a prefill chunk writes it whole, so under
+// preemption a near-tie token can flip (docs/reliability.md): for them at least
+// kMinQuantizedAgreement of the completions must equal the reference, and every one must have
+// the reference's length where EOS is ignored.
+bool BatchInvariant(const std::string& format) {
+  return format == "fp32" || format == "fp16" || format == "bf16";
+}
+constexpr double kMinQuantizedAgreement = 0.95;
 
 // The prompts: story openings from the evaluation text (a few of them sharing long prefixes)
 // and token-id prompts long enough that a handful of requests fill the KV budget.
@@ -446,19 +459,30 @@ TEST(SoakTest, RandomLoadWithFaultsKeepsEveryOutputAndLeaksNothing) {
 
       // Outputs of everything that completed.
       const std::vector<Completed> completed = soak.TakeCompleted();
+      const bool exact = BatchInvariant(format);
       int mismatches = 0;
       for (const Completed& c : completed) {
         const std::vector<int32_t>& ref = reference[{c.prompt, c.ignore_eos}];
         const size_t want = std::min(ref.size(), static_cast<size_t>(c.max_tokens));
         const std::vector<int32_t> expected(ref.begin(), ref.begin() + static_cast<long>(want));
-        if (c.ids != expected && ++mismatches <= 5) {
+        if (c.ids == expected) continue;
+        ++mismatches;
+        const bool wrong_length = c.ignore_eos && c.ids.size() != want;
+        if ((exact && mismatches <= 5) || wrong_length) {
           ADD_FAILURE() << format << " round " << round << ": " << prompts[c.prompt].label
                         << " max_tokens " << c.max_tokens << " ignore_eos " << c.ignore_eos
                         << ": " << c.ids.size() << " tokens differ from the reference ("
                         << expected.size() << ")";
         }
       }
-      EXPECT_EQ(mismatches, 0);
+      std::printf("%s round %d: %d of %zu completed requests differ from the reference\n",
+                  format.c_str(), round, mismatches, completed.size());
+      if (exact) {
+        EXPECT_EQ(mismatches, 0);
+      } else {
+        EXPECT_LE(mismatches, (1 - kMinQuantizedAgreement) * static_cast<double>(completed.size()))
+            << format << " round " << round;
+      }
       EXPECT_EQ(counters.unexpected.load(), 0);
 
       // Nothing active once idle; metrics agree with the engine.
