@@ -360,12 +360,6 @@ void DecodeRows(const Rows& rows, int nv, int head_dim, int stride, float* out) 
   }
 }
 
-// Tokens [t0, t1) of one sequence (REQUIRES: same sequence, no score recording, no lowrank
-// blocks, (g1 - g0) * group <= kMaxItemHeads): each block's K and V rows of a KV head are decoded
-// once for all the tokens, then every token runs exactly the steps RunPass runs, in the same order
-// (blocks in order, then KV heads, then spans of kSpan slots), on its own state. A prefill chunk
-// of quantized blocks decodes each block once per run instead of once per token, and each token's
-// output is bitwise what RunPass gives it.
 // Where RunTokens keeps its state in the arena: the tokens' Scratch, then one block of K rows and
 // one of V rows of a KV head, decoded.
 template <class V>
@@ -382,6 +376,12 @@ struct TokensArenaLayout {
   size_t bytes;
 };
 
+// Tokens [t0, t1) of one sequence (REQUIRES: same sequence, no score recording, no lowrank
+// blocks, (g1 - g0) * group <= kMaxItemHeads): each block's K and V rows of a KV head are decoded
+// once for all the tokens, then every token runs exactly the steps RunPass runs, in the same order
+// (blocks in order, then KV heads, then spans of kSpan slots), on its own state. A prefill chunk
+// of quantized blocks decodes each block once per run instead of once per token, and each token's
+// output is bitwise what RunPass gives it.
 template <class V>
 void RunTokens(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1, Arena& arena) {
   constexpr int kL = V::kLanes;

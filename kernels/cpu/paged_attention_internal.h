@@ -53,9 +53,12 @@ class Arena {
   static constexpr size_t kAlign = 64;
   static constexpr size_t RoundUp(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
+  // Grows geometrically, so a context that grows a block at a time reallocates rarely; the
+  // memory is left uninitialised (the runners write before they read).
   void Reserve(size_t bytes) {
     if (bytes <= capacity_) return;
-    storage_ = std::make_unique<std::byte[]>(bytes + kAlign);
+    bytes = std::max(bytes, 2 * capacity_);
+    storage_.reset(new std::byte[bytes + kAlign]);
     const auto addr = reinterpret_cast<uintptr_t>(storage_.get());
     base_ = storage_.get() + (kAlign - addr % kAlign) % kAlign;
     capacity_ = bytes;
