@@ -1,5 +1,6 @@
 #include "server/grpc/generation_calls.h"
 
+#include <functional>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -66,7 +67,23 @@ engine::StreamEvent FinalSummary(engine::StreamEvent& e) {
   return summary;
 }
 
-class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+// The listener of a call's stream: runs the call's Pump() on `pump`, or at once when there is no
+// pump. Holds only a weak reference (the engine may push to a stream whose call is gone).
+template <class Call>
+std::function<void()> PumpListener(const std::shared_ptr<Call>& self, StreamPump* pump) {
+  std::weak_ptr<Call> weak = self;
+  return [weak, pump] {
+    std::shared_ptr<Call> call = weak.lock();
+    if (call == nullptr) return;
+    if (pump != nullptr) {
+      pump->Post(call);
+    } else {
+      call->Pump();
+    }
+  };
+}
+
+class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public PumpTarget {
  public:
   GenerateCall(std::shared_ptr<engine::RequestStream> stream, CallInfo info)
       : stream_(std::move(stream)), info_(std::move(info)) {
@@ -75,11 +92,8 @@ class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
   void Start(std::shared_ptr<GenerateCall> self) {
     self_ = self;
-    std::weak_ptr<GenerateCall> weak = self;
-    // May call Pump() at once (events already pending): no lock of ours is held here.
-    stream_->SetListener([weak] {
-      if (auto call = weak.lock()) call->Pump();
-    });
+    // May call the listener at once (events already pending): no lock of ours is held here.
+    stream_->SetListener(PumpListener(self, info_.pump));
   }
 
   void OnWriteDone(bool ok) override {
@@ -120,9 +134,8 @@ class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     std::shared_ptr<GenerateCall> self = std::move(self_);  // may destroy *this on return
   }
 
- private:
   // Starts the next write or the Finish, if the call is ready for one.
-  void Pump() {
+  void Pump() override {
     enum class Action { kNone, kWrite, kFinish } action = Action::kNone;
     grpc::Status finish_status;
     {
@@ -154,6 +167,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     }
   }
 
+ private:
   // Takes the pending events into buffer_. True when there is a message to write.
   bool TakeEvents() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     std::vector<engine::StreamEvent> events;
@@ -197,7 +211,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   grpc::ByteBuffer buffer_;
 };
 
-class CompleteCall final : public grpc::ServerUnaryReactor {
+class CompleteCall final : public grpc::ServerUnaryReactor, public PumpTarget {
  public:
   CompleteCall(std::shared_ptr<engine::RequestStream> stream, grpc::ByteBuffer* response,
                CallInfo info)
@@ -207,10 +221,7 @@ class CompleteCall final : public grpc::ServerUnaryReactor {
 
   void Start(std::shared_ptr<CompleteCall> self) {
     self_ = self;
-    std::weak_ptr<CompleteCall> weak = self;
-    stream_->SetListener([weak] {
-      if (auto call = weak.lock()) call->Pump();
-    });
+    stream_->SetListener(PumpListener(self, info_.pump));
   }
 
   void OnCancel() override {
@@ -242,8 +253,7 @@ class CompleteCall final : public grpc::ServerUnaryReactor {
     std::shared_ptr<CompleteCall> self = std::move(self_);  // may destroy *this on return
   }
 
- private:
-  void Pump() {
+  void Pump() override {
     grpc::Status status;
     {
       absl::MutexLock lock(&mu_);
@@ -269,6 +279,7 @@ class CompleteCall final : public grpc::ServerUnaryReactor {
     Finish(status);
   }
 
+ private:
   const std::shared_ptr<engine::RequestStream> stream_;
   grpc::ByteBuffer* const response_;
   const CallInfo info_;

@@ -1,12 +1,13 @@
 // The reactors that carry one engine request to its gRPC client: GenerateCall streams it
 // (Generate), CompleteCall gathers it into one response (Complete).
 //
-// Neither ever blocks a gRPC or engine thread. The RequestStream's listener (engine thread) and
-// the write-completion callback (gRPC thread) both call Pump(), which takes events only when no
-// write is in flight: one write at a time, and a client that reads slowly leaves the events in the
-// RequestStream, whose bound pauses the request in the engine (flow control end to end). When the
-// client cancels, disconnects or its deadline passes (OnCancel), or a write fails, the request is
-// cancelled in the engine at once so that its KV blocks are freed on the next step.
+// Neither ever blocks a gRPC or engine thread. The RequestStream's listener (engine thread) posts
+// the call to a StreamPump, whose thread calls Pump(), as does the write-completion callback
+// (gRPC thread); Pump() takes events only when no write is in flight: one write at a time, and a
+// client that reads slowly leaves the events in the RequestStream, whose bound pauses the request
+// in the engine (flow control end to end). When the client cancels, disconnects or its deadline
+// passes (OnCancel), or a write fails, the request is cancelled in the engine at once so that its
+// KV blocks are freed on the next step.
 //
 // Ownership: each call owns itself (a self reference dropped in OnDone); the listener holds only a
 // weak reference, so the engine may push to a stream whose call is gone.
@@ -21,6 +22,7 @@
 #include "absl/time/time.h"
 #include "engine/serving/request_stream.h"
 #include "grpcpp/grpcpp.h"
+#include "server/grpc/stream_pump.h"
 
 namespace kvserve::server {
 
@@ -44,8 +46,11 @@ class CallTracker {
 struct CallInfo {
   std::string method;  // "Generate" or "Complete"
   int32_t prompt_tokens = 0;
-  CallTracker* tracker = nullptr;  // told when the call begins and ends; may be null
+  CallTracker* tracker = nullptr;    // told when the call begins and ends; may be null
   ServerMetrics* metrics = nullptr;  // records the finished request; may be null
+  // Runs the call's Pump() for the stream's listener, off the engine thread; null: the listener
+  // runs it itself.
+  StreamPump* pump = nullptr;
 };
 
 // Streams `stream` to the client. The returned reactor belongs to gRPC until OnDone.

@@ -92,7 +92,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
     return FailedGenerateCall(ToGrpcStatus(stream.status()));
   }
   return StartGenerateCall(*std::move(stream),
-                           CallInfo{"Generate", prompt_tokens, &calls_, options_.metrics});
+                           CallInfo{"Generate", prompt_tokens, &calls_, options_.metrics, &pump_});
 }
 
 grpc::ServerUnaryReactor* GenerationService::Complete(grpc::CallbackServerContext* context,
@@ -105,7 +105,7 @@ grpc::ServerUnaryReactor* GenerationService::Complete(grpc::CallbackServerContex
     return FinishNow(context, stream.status());
   }
   return StartCompleteCall(*std::move(stream), response,
-                           CallInfo{"Complete", prompt_tokens, &calls_, options_.metrics});
+                           CallInfo{"Complete", prompt_tokens, &calls_, options_.metrics, &pump_});
 }
 
 grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,

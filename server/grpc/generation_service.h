@@ -81,6 +81,9 @@ class GenerationService final : public GenerationServiceBase {
   const uint64_t seed_base_;
   std::atomic<uint64_t> seed_counter_{0};
   CallTracker calls_;
+  // Turns engine events into writes off the engine thread. Destroyed before calls_, after every
+  // call has ended (the server waits for them before it destroys the service).
+  StreamPump pump_;
 };
 
 }  // namespace kvserve::server
