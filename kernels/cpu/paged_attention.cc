@@ -110,8 +110,7 @@ void RunItems(Problem pr, const Runners& runners, ThreadPool* pool) {
     arena_bytes = runners.item_bytes(pr, pass_heads, max_kv_len);
   }
   if (max_run > 1) {
-    arena_bytes =
-        std::max(arena_bytes, runners.tokens_bytes(pr, static_cast<int>(max_run)));
+    arena_bytes = std::max(arena_bytes, runners.tokens_bytes(pr, static_cast<int>(max_run)));
   }
   std::vector<Arena>& arenas = CallerArenas();
   if (static_cast<int>(arenas.size()) < participants) arenas.resize(participants);
@@ -215,18 +214,11 @@ void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache, 
                        "PagedAttention: num_heads must be a multiple of num_kv_heads");
   const Problem pr{&batch, &cache, shape.head_dim, shape.num_kv_heads,
                    batch.num_heads / shape.num_kv_heads};
-  const auto tokens_bytes = [](const Problem& p, int tokens) {
-    return attention::RunTokensArenaBytes(tokens, p.cache->shape.block_size, p.head_dim);
-  };
-  Runners runners{attention::RunItemWide, nullptr, attention::RunTokensWide, tokens_bytes};
+  Runners runners{attention::RunItemWide, nullptr, attention::RunTokensWide,
+                  attention::RunTokensArenaBytes};
   // The head_dim 8 runner has no projected-query path: views with lowrank blocks use the others.
   if (shape.head_dim == 8 && attention::HasHeadDim8Runner() && cache.key_basis == nullptr) {
-    runners = Runners{attention::RunItemHeadDim8,
-                      [](const Problem& p, int heads, int kv_len) {
-                        return attention::HeadDim8ArenaBytes(heads, kv_len,
-                                                             p.cache->shape.block_size);
-                      },
-                      nullptr, nullptr};
+    runners = Runners{attention::RunItemHeadDim8, attention::HeadDim8ArenaBytes, nullptr, nullptr};
   } else if (shape.head_dim <= simd::VecNarrow::kLanes) {
     runners.item = attention::RunItemNarrow;
     runners.tokens = attention::RunTokensNarrow;

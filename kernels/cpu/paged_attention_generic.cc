@@ -449,9 +449,10 @@ void RunTokensWide(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1, Ar
 void RunTokensNarrow(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1, Arena& arena) {
   RunTokens<simd::VecNarrow>(pr, t0, t1, g0, g1, arena);
 }
-size_t RunTokensArenaBytes(int tokens, int block_size, int head_dim) {
-  return std::max(TokensArenaLayout<simd::VecWide>(tokens, block_size, head_dim).bytes,
-                  TokensArenaLayout<simd::VecNarrow>(tokens, block_size, head_dim).bytes);
+size_t RunTokensArenaBytes(const Problem& pr, int tokens) {
+  const int bs = pr.cache->shape.block_size;
+  return std::max(TokensArenaLayout<simd::VecWide>(tokens, bs, pr.head_dim).bytes,
+                  TokensArenaLayout<simd::VecNarrow>(tokens, bs, pr.head_dim).bytes);
 }
 
 }  // namespace kvserve::kernels::cpu::attention

@@ -201,8 +201,9 @@ KVSERVE_ALWAYS_INLINE void ValueTile(const VRows& v, int j0, int nt, int gh, int
 
 bool HasHeadDim8Runner() { return true; }
 
-size_t HeadDim8ArenaBytes(int heads, int kv_len, int block_size) {
-  return static_cast<size_t>(heads) * ScoreStride(kv_len, block_size) * sizeof(float);
+size_t HeadDim8ArenaBytes(const Problem& pr, int heads, int kv_len) {
+  return static_cast<size_t>(heads) * ScoreStride(kv_len, pr.cache->shape.block_size) *
+         sizeof(float);
 }
 
 // Two passes per item: the scores of all its query heads over all slots (kept, with per-lane
@@ -228,7 +229,7 @@ void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1, Arena& arena)
     const int h_hi = one_pass ? group : std::min(group, h_lo + kMaxItemHeads);
     const int gh = h_hi - h_lo;
     const int heads = (g1 - g0) * gh;
-    KVSERVE_KERNEL_CHECK(arena.capacity() >= HeadDim8ArenaBytes(heads, kv_len, bs),
+    KVSERVE_KERNEL_CHECK(arena.capacity() >= HeadDim8ArenaBytes(pr, heads, kv_len),
                          "PagedAttention: arena too small");
     for (int g = g0; g < g1; ++g) {
       for (int h = 0; h < gh; ++h) {
@@ -338,7 +339,7 @@ bool HasHeadDim8Runner() { return false; }
 void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1, Arena& arena) {
   RunItemNarrow(pr, t, g0, g1, arena);
 }
-size_t HeadDim8ArenaBytes(int, int, int) { return 0; }
+size_t HeadDim8ArenaBytes(const Problem&, int, int) { return 0; }
 
 #endif
 

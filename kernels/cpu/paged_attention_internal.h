@@ -3,8 +3,8 @@
 // Work item = (query token t, KV heads [g0, g1)): attention of every query head of those KV
 // heads for token t over the token's KV slots. Consecutive tokens of one sequence (a prefill
 // chunk) form one item of up to 16 tokens with the Wide/Narrow runners (RunTokens*): each block
-// is decoded once for all of them, and each token's arithmetic is that of its own item. An item walks the token's blocks once and, inside
-// each block, reads the rows of its KV heads one after another: the heads of a region are
+// is decoded once for all of them, and each token's arithmetic is that of its own item. An item
+// walks the token's blocks once and, inside each block, reads the rows of its KV heads one after another: the heads of a region are
 // adjacent, so a wide item turns the scattered blocks into long sequential runs (and prefetching
 // them ahead works). Runners differ by head_dim:
 //   RunItemHeadDim8     AVX-512 only: head_dim == 8, two rows per register, tiles of 16 tokens
@@ -229,13 +229,13 @@ void RunItemNarrow(const Problem& pr, int64_t t, int g0, int g1, Arena& arena);
 void RunTokensWide(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1, Arena& arena);
 void RunTokensNarrow(const Problem& pr, int64_t t0, int64_t t1, int g0, int g1, Arena& arena);
 // Arena bytes RunTokens* needs for runs of up to `tokens` tokens.
-size_t RunTokensArenaBytes(int tokens, int block_size, int head_dim);
+size_t RunTokensArenaBytes(const Problem& pr, int tokens);
 // True when this build has the head_dim 8 runner.
 bool HasHeadDim8Runner();
 void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1, Arena& arena);
 // Arena bytes RunItemHeadDim8 needs for passes of up to `heads` query heads over up to `kv_len`
 // slots.
-size_t HeadDim8ArenaBytes(int heads, int kv_len, int block_size);
+size_t HeadDim8ArenaBytes(const Problem& pr, int heads, int kv_len);
 
 }  // namespace kvserve::kernels::cpu::attention
 
