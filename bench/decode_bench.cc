@@ -4,7 +4,7 @@
 // that are written in their final format).
 //
 //   decode_bench [--model PATH] [--tokens N] [--reps R] [--batches 1,8,32] [--kv-format F]
-//                [--recent-window N] [--sink-tokens N] [--threads N]
+//                [--recent-window N] [--sink-tokens N] [--threads N] [--mutex-checks 0]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_split.h"
 #include "engine/generation/local_model.h"
 #include "spdlog/spdlog.h"
@@ -36,6 +37,7 @@ int main(int argc, char** argv) {
   std::vector<int> batches = {1, 8, 32};
   std::string format = "fp32";
   int recent_window = 0, sink_tokens = 0, threads = 0;
+  bool mutex_checks = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--model") {
@@ -52,6 +54,8 @@ int main(int argc, char** argv) {
       sink_tokens = std::stoi(value);
     } else if (flag == "--threads") {
       threads = std::stoi(value);
+    } else if (flag == "--mutex-checks") {
+      mutex_checks = value == "1";
     } else if (flag == "--batches") {
       batches.clear();
       for (absl::string_view b : absl::StrSplit(value, ',')) {
@@ -63,6 +67,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // As `kvserve serve` does (server/main.cc); --mutex-checks 1 keeps Abseil's lock-order checks.
+  if (!mutex_checks) absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   LocalModelOptions o;
   o.model_path = model;
   const auto parsed = kvserve::kernels::ParseKvFormat(format);
@@ -83,8 +89,9 @@ int main(int argc, char** argv) {
                            "One day, a big bird", "Tom had a red ball"};
   std::printf(
       "model %s, KV %s (recent window %d, sinks %d), %d generated tokens per sequence, median of "
-      "%d runs\n",
-      model.c_str(), format.c_str(), recent_window, sink_tokens, tokens, reps);
+      "%d runs, mutex lock-order checks %s\n",
+      model.c_str(), format.c_str(), recent_window, sink_tokens, tokens, reps,
+      mutex_checks ? "on" : "off");
   std::printf("%-10s %14s %14s %10s %14s\n", "sequences", "tokens/s", "ms per step", "vs 1 seq",
               "demotion/step");
   double single = 0;

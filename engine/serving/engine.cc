@@ -248,7 +248,6 @@ class Engine::Impl {
     s.steps = c.steps;
     s.forward_time = c.forward_time;
     s.step_time = c.step_time;
-    s.scheduler_cpu_time = c.scheduler_cpu_time;
     absl::MutexLock lock(&stats_mu_);
     stats_ = s;
   }

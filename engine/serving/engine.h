@@ -90,7 +90,6 @@ struct EngineStats {
   int64_t steps = 0;
   absl::Duration forward_time;      // total time inside the forward pass
   absl::Duration step_time;         // total time of steps (scheduling + forward + sampling)
-  absl::Duration scheduler_cpu_time;  // engine-thread CPU time in steps outside the forward
 };
 
 // What Engine::FlushPrefixCache released.

@@ -1,7 +1,5 @@
 #include "engine/serving/scheduler.h"
 
-#include <time.h>
-
 #include <algorithm>
 #include <string>
 #include <utility>
@@ -509,17 +507,8 @@ void Scheduler::AbortAll(const absl::Status& status, absl::Time now) {
   RemoveFinished();
 }
 
-namespace {
-absl::Duration ThreadCpuTime() {
-  timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return absl::DurationFromTimespec(ts);
-}
-}  // namespace
-
 bool Scheduler::Step(absl::Time now) {
   const absl::Time step_start = absl::Now();
-  const absl::Duration cpu_start = ThreadCpuTime();
   // 1. Cancellations and deadlines.
   auto check = [&](Sequence* s) {
     if (s->stream->cancelled()) {
@@ -646,7 +635,6 @@ bool Scheduler::Step(absl::Time now) {
   }
   if (batch_.num_tokens() == 0) {
     counters_.step_time += absl::Now() - step_start;
-    counters_.scheduler_cpu_time += ThreadCpuTime() - cpu_start;
     return false;
   }
 
@@ -654,12 +642,10 @@ bool Scheduler::Step(absl::Time now) {
   const int32_t vocab = model_->config().vocab_size;
   logits_.resize(row_seq_.size() * static_cast<size_t>(vocab));
   const absl::Time fwd_start = absl::Now();
-  const absl::Duration fwd_cpu_start = ThreadCpuTime();
   const absl::Status st = model_->Forward(batch_, *pool_, logits_.data());
-  counters_.forward_time += absl::Now() - fwd_start;
-  const absl::Duration fwd_cpu = ThreadCpuTime() - fwd_cpu_start;
-  ++counters_.steps;
   const absl::Time emit_time = absl::Now();
+  counters_.forward_time += emit_time - fwd_start;
+  ++counters_.steps;
   if (!st.ok()) {
     for (auto& p : running_) {
       Finish(p.get(), FinishReason::kNone, absl::InternalError(st.message()), emit_time);
@@ -689,7 +675,6 @@ bool Scheduler::Step(absl::Time now) {
   }
   RemoveFinished();
   counters_.step_time += absl::Now() - step_start;
-  counters_.scheduler_cpu_time += ThreadCpuTime() - cpu_start - fwd_cpu;
   return true;
 }
 
