@@ -20,6 +20,7 @@
 #include "server/cli/client_util.h"
 #include "server/cli/commands.h"
 #include "server/cli/flags.h"
+#include "server/cli/model_flags.h"
 #include "server/cli/stats_command.h"
 #include "server/routing/prefix_hash.h"
 #include "spdlog/spdlog.h"
@@ -63,12 +64,7 @@ int Generate(const std::vector<std::string>& args) {
   AddConnectionFlags(flags);
   flags.String("prompt", "", "prompt text");
   flags.Int("max-tokens", 256, "tokens to generate at most");
-  flags.Float("temperature", 1.0, "sampling temperature; 0 = greedy");
-  flags.Int("top-k", 0, "keep the k most probable tokens; 0 = off");
-  flags.Float("top-p", 0.9, "nucleus sampling mass in (0, 1]");
-  flags.Float("min-p", 0.0, "drop tokens below min-p times the top probability");
-  flags.Float("repetition-penalty", 1.0, "penalty on tokens already seen; 1 = off");
-  flags.Int("seed", -1, "random seed; -1 = one chosen by the server");
+  AddSamplingFlags(flags, "random seed; -1 = one chosen by the server");
   flags.Repeated("stop", "stop string (repeatable)");
   flags.String("request-id", "", "request id echoed in the server's log");
   flags.Bool("stream", "print the completion as it is generated");

@@ -18,12 +18,7 @@ int RunGenerateCommand(const std::vector<std::string>& args) {
   AddLocalModelFlags(flags);
   flags.String("prompt", "", "prompt text");
   flags.Int("max-tokens", 256, "tokens to generate at most");
-  flags.Float("temperature", 1.0, "sampling temperature; 0 = greedy");
-  flags.Int("top-k", 0, "keep the k most probable tokens; 0 = off");
-  flags.Float("top-p", 0.9, "nucleus sampling mass in (0, 1]");
-  flags.Float("min-p", 0.0, "drop tokens below min-p times the top probability");
-  flags.Float("repetition-penalty", 1.0, "penalty on tokens already seen; 1 = off");
-  flags.Int("seed", -1, "random seed; -1 = a fresh one (logged)");
+  AddSamplingFlags(flags, "random seed; -1 = a fresh one (logged)");
   flags.Required("prompt");
   if (absl::Status s = flags.Parse(args); !s.ok()) {
     std::fprintf(stderr, "kvserve generate: %s\n\n%s", std::string(s.message()).c_str(),

@@ -1,5 +1,6 @@
 // The flags every offline command that runs a local model shares (model, tokenizer, KV cache
-// format and policy, block size, budget, threads), declared and parsed in one place.
+// format and policy, block size, budget, threads), declared and parsed in one place; and the
+// sampling flags of the generating commands.
 #ifndef KVSERVE_SERVER_CLI_MODEL_FLAGS_H_
 #define KVSERVE_SERVER_CLI_MODEL_FLAGS_H_
 
@@ -17,6 +18,11 @@ void AddLocalModelFlags(FlagSet& flags);
 // Reads them back after a successful Parse. InvalidArgument naming the flag for an unknown
 // format or a malformed --layer-formats.
 absl::StatusOr<engine::LocalModelOptions> LocalModelOptionsFromFlags(const FlagSet& flags);
+
+// Declares the sampling flags that `kvserve generate` and `kvserve client generate` share:
+// --temperature, --top-k, --top-p, --min-p, --repetition-penalty and --seed (-1 when not given;
+// `seed_help` says what the command does then).
+void AddSamplingFlags(FlagSet& flags, const char* seed_help);
 
 }  // namespace kvserve::server
 

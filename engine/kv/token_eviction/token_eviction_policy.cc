@@ -2,11 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
+#include "engine/common/named_registry.h"
 #include "engine/common/status_macros.h"
 #include "engine/kv/token_eviction/heavy_hitter_policy.h"
 #include "engine/kv/token_eviction/sliding_window_policy.h"
@@ -34,19 +33,13 @@ TokenEvictionPolicyFactory FactoryOf() {
   return [](const TokenEvictionOptions& o) { return std::make_unique<Policy>(o); };
 }
 
-struct Registry {
-  absl::Mutex mu;
-  std::map<std::string, TokenEvictionPolicyFactory> factories ABSL_GUARDED_BY(mu);
-};
-
-Registry& GetRegistry() {
-  static Registry* registry = [] {
-    auto* r = new Registry;
-    absl::MutexLock lock(&r->mu);
-    r->factories["none"] = FactoryOf<NoTokenEviction>();
-    r->factories["sliding_window"] = FactoryOf<SlidingWindowTokenPolicy>();
-    r->factories["h2o"] = FactoryOf<H2oTokenPolicy>();
-    r->factories["attention"] = FactoryOf<AttentionScoreTokenPolicy>();
+NamedRegistry<TokenEvictionPolicyFactory>& GetRegistry() {
+  static auto* registry = [] {
+    auto* r = new NamedRegistry<TokenEvictionPolicyFactory>("token eviction policy");
+    (void)r->Register("none", FactoryOf<NoTokenEviction>());
+    (void)r->Register("sliding_window", FactoryOf<SlidingWindowTokenPolicy>());
+    (void)r->Register("h2o", FactoryOf<H2oTokenPolicy>());
+    (void)r->Register("attention", FactoryOf<AttentionScoreTokenPolicy>());
     return r;
   }();
   return *registry;
@@ -109,18 +102,8 @@ absl::StatusOr<TokenScoreNormalization> ParseTokenScoreNormalization(absl::strin
 
 absl::StatusOr<std::unique_ptr<TokenEvictionPolicy>> CreateTokenEvictionPolicy(
     absl::string_view name, const TokenEvictionOptions& options) {
-  TokenEvictionPolicyFactory factory;
-  {
-    Registry& r = GetRegistry();
-    absl::MutexLock lock(&r.mu);
-    auto it = r.factories.find(std::string(name));
-    if (it != r.factories.end()) factory = it->second;
-  }
-  if (!factory) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown token eviction policy '", name,
-                     "'; known: ", absl::StrJoin(TokenEvictionPolicyNames(), ", ")));
-  }
+  absl::StatusOr<TokenEvictionPolicyFactory> factory = GetRegistry().Find(name);
+  if (!factory.ok()) return factory.status();
   if (options.sink_tokens < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("sink_tokens must be >= 0, got ", options.sink_tokens));
@@ -133,27 +116,14 @@ absl::StatusOr<std::unique_ptr<TokenEvictionPolicy>> CreateTokenEvictionPolicy(
     return absl::InvalidArgumentError(absl::StrCat(
         "recent_window must be >= 0 (or -1: half the budget), got ", options.recent_window));
   }
-  return factory(options);
+  return (*factory)(options);
 }
 
-std::vector<std::string> TokenEvictionPolicyNames() {
-  Registry& r = GetRegistry();
-  absl::MutexLock lock(&r.mu);
-  std::vector<std::string> names;
-  for (const auto& [name, factory] : r.factories) names.push_back(name);
-  return names;
-}
+std::vector<std::string> TokenEvictionPolicyNames() { return GetRegistry().Names(); }
 
 absl::Status RegisterTokenEvictionPolicy(absl::string_view name,
                                          TokenEvictionPolicyFactory factory) {
-  if (name.empty() || !factory) return absl::InvalidArgumentError("empty name or factory");
-  Registry& r = GetRegistry();
-  absl::MutexLock lock(&r.mu);
-  if (!r.factories.emplace(std::string(name), std::move(factory)).second) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("token eviction policy '", name, "' is already registered"));
-  }
-  return absl::OkStatus();
+  return GetRegistry().Register(name, std::move(factory));
 }
 
 }  // namespace kvserve::engine
