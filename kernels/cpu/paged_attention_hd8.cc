@@ -3,11 +3,18 @@
 // A tile of 16 tokens of one KV head is 8 registers of K, two rows each. The tile is transposed
 // once (24 shuffles) into 8 registers that hold one dimension of all 16 tokens, so the scores of
 // a query head are 8 FMAs against broadcast q elements, already one score per lane: no horizontal
-// sums. An item runs in two passes: first the scores of every tile (kept in a per-thread buffer,
-// with per-lane maxima), then, with each head's exact maximum known, the probabilities and the V
-// accumulation (V is also two rows per register; each probability pair is broadcast into the two
-// halves by a permute). No tile waits on a horizontal max or a branch on it, so consecutive tiles
-// overlap in the pipeline. All query heads of a KV head share its loads and the transpose.
+// sums. An item runs KV head by KV head, in passes of up to kPassHeads of its query heads, whose
+// number is a template argument, so that their running maxima and V accumulators stay in
+// registers across tiles. A pass runs in two walks over the blocks: first the scores of every
+// tile (kept in the participant's arena, with per-lane maxima), then, with each head's exact
+// maximum known, the probabilities and the V accumulation (V is also two rows per register; each
+// probability pair is broadcast into the two halves by a permute). No tile waits on a horizontal
+// max or a branch on it, so consecutive tiles overlap in the pipeline. All query heads of a pass
+// share the K loads and the transpose. The blocks' region pointers are looked up once per item.
+//
+// Each query head's arithmetic (the order of every FMA, max, exp and sum) depends only on the
+// head, its token and its KV slots, never on which other heads share its item or pass, so the
+// output of a token is bitwise the same in any batch and on any number of threads.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -40,7 +47,7 @@ constexpr int TokenLane(int token) {
 
 // In: r[k] = rows 2k and 2k + 1 of a 16 x 8 tile. Out: t[d] = element d of the 16 rows, row
 // kLaneToken[i] in lane i.
-inline void Transpose8(const __m512 r[8], __m512 t[8]) {
+KVSERVE_ALWAYS_INLINE void Transpose8(const __m512 r[8], __m512 t[8]) {
   __m512 a[4], b[4];
   for (int k = 0; k < 4; ++k) {
     a[k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
@@ -79,44 +86,14 @@ struct Consts {
   }
 };
 
-// Calls fn(codec, region, nv, tile0) for each block of a token's KV slots in order, with the
-// block's K (kKeys) or V region, its number of valid slots nv and the index of its first tile in
-// the score rows (blocks take tiles_per_block consecutive tiles). The rows of KV heads [g0, g1)
-// of the block kPrefetchBlocks further on are requested as each block is read.
-template <bool kKeys, class Fn>
-inline void ForEachRegion(const PagedKvLayerView& cache, const int32_t* table, int kv_len, int g0,
-                          int g1, int tiles_per_block, Fn&& fn) {
-  const int bs = cache.shape.block_size;
-  const int num_blocks = (kv_len + bs - 1) / bs;
-  constexpr KvRole kRole = kKeys ? KvRole::kKey : KvRole::kValue;
-  auto prefetch = [&](int b) {
-    const int32_t phys = table[b];
-    const KvLayerRegion& region = cache.regions[cache.block_layout[phys]];
-    const uint8_t* base = cache.block_data[phys] + (kKeys ? region.k_offset : region.v_offset);
-    const int nv = std::min(bs, kv_len - b * bs);
-    DispatchKvFormat(region.format, [&](auto codec) {
-      using Codec = decltype(codec);
-      for (int g = g0; g < g1; ++g) Codec::Prefetch(base, kRole, cache.shape, g, nv);
-    });
-  };
-  for (int b = 0; b < kPrefetchBlocks && b < num_blocks; ++b) prefetch(b);
-  for (int b = 0; b < num_blocks; ++b) {
-    if (b + kPrefetchBlocks < num_blocks) prefetch(b + kPrefetchBlocks);
-    const int32_t phys = table[b];
-    const KvLayerRegion& region = cache.regions[cache.block_layout[phys]];
-    const uint8_t* base = cache.block_data[phys] + (kKeys ? region.k_offset : region.v_offset);
-    const int nv = std::min(bs, kv_len - b * bs);
-    DispatchKvFormat(region.format, [&](auto codec) { fn(codec, base, nv, b * tiles_per_block); });
-  }
-}
+constexpr int kPassHeads = 8;  // query heads whose state a pass keeps in registers
 
-// State of one pass: the per-lane running maxima and sums of its query heads, and their scores
-// (then probabilities) for every tile, in the lanes' token order, in the participant's arena.
-struct PassScratch {
-  float* s = nullptr;  // [heads][tiles * kTile], 64-byte aligned
-  __m512 vmax[kMaxItemHeads];
-  __m512 acc[kMaxItemHeads];  // lanes 0..7: sum over even tokens, 8..15: over odd tokens
-  float m[kMaxItemHeads];
+// Where the K and V rows of one block of the item's sequence are, and how they are encoded.
+struct BlockRef {
+  const uint8_t* k;
+  const uint8_t* v;
+  KvFormat format;
+  int nv;  // valid slots
 };
 
 // Floats per score row of a pass over kv_len slots: whole tiles of every block.
@@ -128,7 +105,7 @@ int64_t ScoreStride(int kv_len, int block_size) {
 // exp(x) for x <= 0 (x - max of the scores): V::Exp without its upper clamp. Lanes at -inf (no
 // token) come out as exp(kExpLo) ~ 1e-38, not 0: they multiply V rows read as zeros, and add at
 // most 16e-38 to a sum that is at least 1.
-inline __m512 ExpNonPositive(__m512 x) {
+KVSERVE_ALWAYS_INLINE __m512 ExpNonPositive(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(simd::kExpLo));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(simd::kLog2e)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -144,47 +121,50 @@ inline __m512 ExpNonPositive(__m512 x) {
   return _mm512_scalef_ps(y, n);
 }
 
-// Pass 1 on one tile: scores of heads [0, gh) (slots hb + h) against tokens [j0, j0 + nt) of K,
-// stored to the score rows at float offset `at`, with invalid lanes at -inf.
-template <class KRows>
-KVSERVE_ALWAYS_INLINE void ScoreTile(const KRows& k, int j0, int nt, int gh, int hb,
-                                     const float (*q)[kHeadDim], const Consts& cs, int64_t stride,
-                                     int64_t at, PassScratch& sc) {
+// Pass 1 on one tile: scores of the GH query heads (q: scaled, one row each) against tokens
+// [j0, j0 + nt) of K, stored to the score rows (s[h * stride + at]), with invalid lanes at -inf.
+// kFull: nt == kTile (no masked loads, no invalid lanes).
+template <int GH, bool kFull, class KRows>
+KVSERVE_ALWAYS_INLINE void ScoreTile(const KRows& k, int j0, int nt, const float (*q)[kHeadDim],
+                                     const Consts& cs, float* s, int64_t stride, int64_t at,
+                                     __m512 (&vmax)[GH]) {
   __m512 kr[8], kt[8];
   for (int p = 0; p < 8; ++p) {
-    const int n = std::clamp(nt - 2 * p, 0, 2) * kHeadDim;  // valid values of the row pair
+    // Valid values of the row pair 2p, 2p + 1.
+    const int n = kFull ? 2 * kHeadDim : std::clamp(nt - 2 * p, 0, 2) * kHeadDim;
     kr[p] = k.template LoadPacked<V>(j0 + 2 * p, n);
   }
   Transpose8(kr, kt);
-  const __mmask16 valid = _mm512_cmplt_epi32_mask(cs.lane_token, _mm512_set1_epi32(nt));
-  for (int h = 0; h < gh; ++h) {
-    const float* qh = q[hb + h];
+  const __mmask16 valid =
+      kFull ? __mmask16{0xffff} : _mm512_cmplt_epi32_mask(cs.lane_token, _mm512_set1_epi32(nt));
+  for (int h = 0; h < GH; ++h) {
+    const float* qh = q[h];
     __m512 s0 = _mm512_mul_ps(kt[0], _mm512_set1_ps(qh[0]));
     __m512 s1 = _mm512_mul_ps(kt[1], _mm512_set1_ps(qh[1]));
     for (int d = 2; d < kHeadDim; d += 2) {
       s0 = _mm512_fmadd_ps(kt[d], _mm512_set1_ps(qh[d]), s0);
       s1 = _mm512_fmadd_ps(kt[d + 1], _mm512_set1_ps(qh[d + 1]), s1);
     }
-    const __m512 s = _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), valid, _mm512_add_ps(s0, s1));
-    _mm512_store_ps(sc.s + (hb + h) * stride + at, s);
-    sc.vmax[hb + h] = _mm512_max_ps(sc.vmax[hb + h], s);
+    const __m512 sum = _mm512_add_ps(s0, s1);
+    const __m512 sc = kFull ? sum : _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), valid, sum);
+    _mm512_store_ps(s + h * stride + at, sc);
+    vmax[h] = _mm512_max_ps(vmax[h], sc);
   }
 }
 
-// Pass 3 on one tile: acc of heads [0, gh) (slots hb + h) += the tile's probabilities (from the
-// score rows at float offset `at`) times V rows [j0, j0 + nt).
-template <class VRows>
-KVSERVE_ALWAYS_INLINE void ValueTile(const VRows& v, int j0, int nt, int gh, int hb,
-                                     const Consts& cs, int64_t stride, int64_t at,
-                                     PassScratch& sc) {
+// Pass 3 on one tile: acc[h] += the tile's probabilities of head h (from the score rows at float
+// offset `at`) times V rows [j0, j0 + nt).
+template <int GH, bool kFull, class VRows>
+KVSERVE_ALWAYS_INLINE void ValueTile(const VRows& v, int j0, int nt, const Consts& cs,
+                                     const float* s, int64_t stride, int64_t at,
+                                     __m512 (&acc)[GH]) {
   __m512 vr[8];
   for (int p = 0; p < 8; ++p) {
-    const int n = std::clamp(nt - 2 * p, 0, 2) * kHeadDim;
+    const int n = kFull ? 2 * kHeadDim : std::clamp(nt - 2 * p, 0, 2) * kHeadDim;
     vr[p] = v.template LoadPacked<V>(j0 + 2 * p, n);
   }
-  for (int h = 0; h < gh; ++h) {
-    const int slot = hb + h;
-    const __m512 p = _mm512_load_ps(sc.s + slot * stride + at);
+  for (int h = 0; h < GH; ++h) {
+    const __m512 p = _mm512_load_ps(s + h * stride + at);
     __m512 a[4];
     for (int r = 0; r < 4; ++r) {
       a[r] = _mm512_mul_ps(_mm512_permutexvar_ps(cs.pair_index[r], p), vr[r]);
@@ -192,144 +172,200 @@ KVSERVE_ALWAYS_INLINE void ValueTile(const VRows& v, int j0, int nt, int gh, int
     for (int r = 4; r < 8; ++r) {
       a[r - 4] = _mm512_fmadd_ps(_mm512_permutexvar_ps(cs.pair_index[r], p), vr[r], a[r - 4]);
     }
-    sc.acc[slot] = _mm512_add_ps(
-        sc.acc[slot], _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+    acc[h] =
+        _mm512_add_ps(acc[h], _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
   }
 }
+
+// Pass 1 over blocks [b0, b1), which share Codec's format: the scores of every tile, into the
+// score rows (block b's first tile is tile b * tiles_per_block), and the per-lane maxima. The
+// state is copied into locals for the walk, so that it stays in registers.
+template <int GH, class Codec>
+void ScoreSpan(const BlockRef* blocks, int b0, int b1, const KvRegionShape& shape, int g,
+               int tiles_per_block, const float (*q)[kHeadDim], const Consts& cs, float* s,
+               int64_t stride, __m512 (&vmax_io)[GH]) {
+  __m512 vmax[GH];
+  for (int h = 0; h < GH; ++h) vmax[h] = vmax_io[h];
+  for (int b = b0; b < b1; ++b) {
+    const typename Codec::KeyRows k(blocks[b].k, shape, g);
+    const int nv = blocks[b].nv;
+    int64_t at = int64_t{b} * tiles_per_block * kTile;
+    int j0 = 0;
+    for (; j0 + kTile <= nv; j0 += kTile, at += kTile) {
+      ScoreTile<GH, true>(k, j0, kTile, q, cs, s, stride, at, vmax);
+    }
+    if (j0 < nv) ScoreTile<GH, false>(k, j0, nv - j0, q, cs, s, stride, at, vmax);
+  }
+  for (int h = 0; h < GH; ++h) vmax_io[h] = vmax[h];
+}
+
+// Pass 3 over blocks [b0, b1), which share Codec's format: acc += probabilities times V.
+template <int GH, class Codec>
+void ValueSpan(const BlockRef* blocks, int b0, int b1, const KvRegionShape& shape, int g,
+               int tiles_per_block, const Consts& cs, const float* s, int64_t stride,
+               __m512 (&acc_io)[GH]) {
+  __m512 acc[GH];
+  for (int h = 0; h < GH; ++h) acc[h] = acc_io[h];
+  for (int b = b0; b < b1; ++b) {
+    const typename Codec::ValueRows v(blocks[b].v, shape, g);
+    const int nv = blocks[b].nv;
+    int64_t at = int64_t{b} * tiles_per_block * kTile;
+    int j0 = 0;
+    for (; j0 + kTile <= nv; j0 += kTile, at += kTile) {
+      ValueTile<GH, true>(v, j0, kTile, cs, s, stride, at, acc);
+    }
+    if (j0 < nv) ValueTile<GH, false>(v, j0, nv - j0, cs, s, stride, at, acc);
+  }
+  for (int h = 0; h < GH; ++h) acc_io[h] = acc[h];
+}
+
+// Calls fn(codec, b0, b1) for each maximal run [b0, b1) of blocks of one format, in order.
+template <class Fn>
+KVSERVE_ALWAYS_INLINE void ForEachSpan(const BlockRef* blocks, int num_blocks, Fn&& fn) {
+  for (int b0 = 0; b0 < num_blocks;) {
+    int b1 = b0 + 1;
+    while (b1 < num_blocks && blocks[b1].format == blocks[b0].format) ++b1;
+    DispatchKvFormat(blocks[b0].format, [&](auto codec) { fn(codec, b0, b1); });
+    b0 = b1;
+  }
+}
+
+// One pass: query heads [h0, h0 + GH) of KV head g for token t, over the item's blocks.
+template <int GH>
+void RunPass(const Problem& pr, int64_t t, int g, int h0, const BlockRef* blocks, int num_blocks,
+             float* s, int64_t stride) {
+  static const Consts cs;
+  const AttentionBatch& b = *pr.batch;
+  const KvRegionShape& shape = pr.cache->shape;
+  const int kv_len = b.token_kv_len[t];
+  const int bs = shape.block_size;
+  const int tiles_per_block = (bs + kTile - 1) / kTile;
+  const int64_t head0 = t * b.num_heads + static_cast<int64_t>(g) * pr.group + h0;
+  alignas(64) float q[GH][kHeadDim];
+  __m512 vmax[GH], acc[GH];
+  for (int h = 0; h < GH; ++h) {
+    const float* qh = b.q + (head0 + h) * kHeadDim;
+    for (int d = 0; d < kHeadDim; ++d) q[h][d] = qh[d] * b.scale;
+    vmax[h] = _mm512_set1_ps(kNegInf);
+    acc[h] = _mm512_setzero_ps();
+  }
+  ForEachSpan(blocks, num_blocks, [&](auto codec, int b0, int b1) {
+    ScoreSpan<GH, decltype(codec)>(blocks, b0, b1, shape, g, tiles_per_block, q, cs, s, stride,
+                                   vmax);
+  });
+  // Pass 2: each head's exact max (a valid lane is finite or +-inf; every head has one), then
+  // p = exp(s - m) over its whole score row in place and the sum l. A plain loop of independent
+  // vectors. Written tiles: all of every block but the last, whose tail tiles past kv_len are
+  // not.
+  const int last_nv = kv_len - (kv_len - 1) / bs * bs;
+  const int64_t used =
+      (static_cast<int64_t>((kv_len - 1) / bs) * tiles_per_block + (last_nv + kTile - 1) / kTile) *
+      kTile;
+  float m[GH], l[GH];
+  for (int h = 0; h < GH; ++h) {
+    m[h] = _mm512_reduce_max_ps(vmax[h]);
+    const __m512 mh = _mm512_set1_ps(m[h]);
+    float* row = s + h * stride;
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 * kTile <= used; i += 2 * kTile) {
+      const __m512 s0 = _mm512_load_ps(row + i), s1 = _mm512_load_ps(row + i + kTile);
+      const __m512 p0 = ExpNonPositive(_mm512_sub_ps(s0, mh));
+      const __m512 p1 = ExpNonPositive(_mm512_sub_ps(s1, mh));
+      _mm512_store_ps(row + i, p0);
+      _mm512_store_ps(row + i + kTile, p1);
+      sum0 = _mm512_add_ps(sum0, p0);
+      sum1 = _mm512_add_ps(sum1, p1);
+    }
+    for (; i < used; i += kTile) {
+      const __m512 s0 = _mm512_load_ps(row + i);
+      const __m512 p0 = ExpNonPositive(_mm512_sub_ps(s0, mh));
+      _mm512_store_ps(row + i, p0);
+      sum0 = _mm512_add_ps(sum0, p0);
+    }
+    l[h] = _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
+  }
+  const ScoreRecorder rec(pr, t, GH, kv_len, g, GH);
+  if (rec.active()) {
+    // Probabilities back in token order, for the recorder.
+    for (int h = 0; h < GH; ++h) {
+      const float* row = s + h * stride;
+      float* dst = rec.Row(h);
+      for (int slot0 = 0, i = 0; slot0 < kv_len; slot0 += bs) {
+        const int nv = std::min(bs, kv_len - slot0);
+        for (int j0 = 0; j0 < tiles_per_block * kTile; j0 += kTile, i += kTile) {
+          if (j0 >= nv) continue;
+          const int nt = std::min(kTile, nv - j0);
+          _mm512_mask_storeu_ps(dst + slot0 + j0, static_cast<__mmask16>((1u << nt) - 1),
+                                _mm512_permutexvar_ps(cs.token_lane, _mm512_loadu_ps(row + i)));
+        }
+      }
+      rec.Span(h, 0, kv_len, m[h]);
+    }
+    rec.Finish([&](int h) { return m[h]; }, [&](int h) { return l[h]; });
+  }
+  // Pass 3: V.
+  ForEachSpan(blocks, num_blocks, [&](auto codec, int b0, int b1) {
+    ValueSpan<GH, decltype(codec)>(blocks, b0, b1, shape, g, tiles_per_block, cs, s, stride, acc);
+  });
+  for (int h = 0; h < GH; ++h) {
+    float* out = b.out + (head0 + h) * kHeadDim;
+    const __m256 sum =
+        _mm256_add_ps(_mm512_castps512_ps256(acc[h]), _mm512_extractf32x8_ps(acc[h], 1));
+    _mm256_storeu_ps(out, _mm256_mul_ps(sum, _mm256_set1_ps(l[h] > 0 ? 1 / l[h] : 0)));
+  }
+}
+
+using PassFn = void (*)(const Problem&, int64_t, int, int, const BlockRef*, int, float*, int64_t);
+constexpr PassFn kPasses[kPassHeads + 1] = {nullptr,    RunPass<1>, RunPass<2>,
+                                            RunPass<3>, RunPass<4>, RunPass<5>,
+                                            RunPass<6>, RunPass<7>, RunPass<8>};
 
 }  // namespace
 
 bool HasHeadDim8Runner() { return true; }
 
-size_t HeadDim8ArenaBytes(const Problem& pr, int heads, int kv_len) {
-  return static_cast<size_t>(heads) * ScoreStride(kv_len, pr.cache->shape.block_size) *
-         sizeof(float);
+namespace {
+
+// Arena of an item over kv_len slots: the score rows of one pass, then the block references.
+size_t ScoreRowsBytes(const Problem& pr, int kv_len) {
+  return Arena::RoundUp(static_cast<size_t>(std::min(pr.group, kPassHeads)) *
+                        ScoreStride(kv_len, pr.cache->shape.block_size) * sizeof(float));
 }
 
-// Two passes per item: the scores of all its query heads over all slots (kept, with per-lane
-// maxima), then, with each head's exact maximum known, exp and the V accumulation. Nothing in a
-// tile waits on a horizontal reduction or a branch on the running max, so tiles overlap in the
-// pipeline; the scores make one round trip through L1.
+}  // namespace
+
+size_t HeadDim8ArenaBytes(const Problem& pr, int /*heads*/, int kv_len) {
+  const int num_blocks = (kv_len + pr.cache->shape.block_size - 1) / pr.cache->shape.block_size;
+  return ScoreRowsBytes(pr, kv_len) + static_cast<size_t>(num_blocks) * sizeof(BlockRef);
+}
+
 void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1, Arena& arena) {
-  static const Consts cs;
   const AttentionBatch& b = *pr.batch;
   const PagedKvLayerView& cache = *pr.cache;
   const int32_t* table = b.seq_block_tables[b.token_seq[t]];
-  const int group = pr.group;
   const int kv_len = b.token_kv_len[t];
   const int bs = cache.shape.block_size;
-  const int tiles_per_block = (bs + kTile - 1) / kTile;
-  const int64_t stride = ScoreStride(kv_len, bs);  // floats per row
-  PassScratch sc;
-  sc.s = reinterpret_cast<float*>(arena.data());
-  alignas(64) float q[kMaxItemHeads][kHeadDim];
-  // Passes over query heads [h_lo, h_hi) of the group of each KV head in [g0, g1).
-  const bool one_pass = (g1 - g0) * group <= kMaxItemHeads;
-  for (int h_lo = 0; h_lo < group; h_lo += kMaxItemHeads) {
-    const int h_hi = one_pass ? group : std::min(group, h_lo + kMaxItemHeads);
-    const int gh = h_hi - h_lo;
-    const int heads = (g1 - g0) * gh;
-    KVSERVE_KERNEL_CHECK(arena.capacity() >= HeadDim8ArenaBytes(pr, heads, kv_len),
-                         "PagedAttention: arena too small");
-    for (int g = g0; g < g1; ++g) {
-      for (int h = 0; h < gh; ++h) {
-        const int slot = (g - g0) * gh + h;
-        const float* qh =
-            b.q + (t * b.num_heads + static_cast<int64_t>(g) * group + h_lo + h) * kHeadDim;
-        for (int d = 0; d < kHeadDim; ++d) q[slot][d] = qh[d] * b.scale;
-        sc.vmax[slot] = _mm512_set1_ps(kNegInf);
-        sc.acc[slot] = _mm512_setzero_ps();
-      }
+  const int num_blocks = (kv_len + bs - 1) / bs;
+  KVSERVE_KERNEL_CHECK(arena.capacity() >= HeadDim8ArenaBytes(pr, 0, kv_len),
+                       "PagedAttention: arena too small");
+  float* s = reinterpret_cast<float*>(arena.data());
+  auto* blocks = reinterpret_cast<BlockRef*>(arena.data() + ScoreRowsBytes(pr, kv_len));
+  for (int i = 0; i < num_blocks; ++i) {
+    const int32_t phys = table[i];
+    const KvLayerRegion& region = cache.regions[cache.block_layout[phys]];
+    KVSERVE_KERNEL_CHECK(region.format != KvFormat::kLowrank,
+                         "PagedAttention: a lowrank block needs the key basis");
+    const uint8_t* base = cache.block_data[phys];
+    blocks[i] = {base + region.k_offset, base + region.v_offset, region.format,
+                 std::min(bs, kv_len - i * bs)};
+  }
+  const int64_t stride = ScoreStride(kv_len, bs);  // floats per score row
+  for (int g = g0; g < g1; ++g) {
+    for (int h0 = 0; h0 < pr.group; h0 += kPassHeads) {
+      const int gh = std::min(kPassHeads, pr.group - h0);
+      kPasses[gh](pr, t, g, h0, blocks, num_blocks, s, stride);
     }
-    ForEachRegion<true>(cache, table, kv_len, g0, g1, tiles_per_block,
-                        [&](auto codec, const uint8_t* region, int nv, int tile0) {
-                          using Codec = decltype(codec);
-                          KVSERVE_KERNEL_CHECK(!kIsLowrankCodec<Codec>,
-                                               "PagedAttention: a lowrank block needs the key basis");
-                          for (int g = g0; g < g1; ++g) {
-                            const typename Codec::KeyRows k(region, cache.shape, g);
-                            const int hb = (g - g0) * gh;
-                            for (int j0 = 0, i = tile0; j0 < nv; j0 += kTile, ++i) {
-                              ScoreTile(k, j0, std::min(kTile, nv - j0), gh, hb, q, cs, stride,
-                                        int64_t{i} * kTile, sc);
-                            }
-                          }
-                        });
-    // Pass 2: each head's exact max (a valid lane is finite or +-inf; every head has one), then
-    // p = exp(s - m) over its whole score row in place and the sum l. A plain loop of independent vectors.
-    // Written tiles: all of every block but the last, whose tail tiles past kv_len are not.
-    const int last_nv = kv_len - (kv_len - 1) / bs * bs;
-    const int64_t used =
-        (static_cast<int64_t>((kv_len - 1) / bs) * tiles_per_block + (last_nv + kTile - 1) / kTile) *
-        kTile;
-    float l[kMaxItemHeads];
-    for (int h = 0; h < heads; ++h) {
-      sc.m[h] = _mm512_reduce_max_ps(sc.vmax[h]);
-      const __m512 m = _mm512_set1_ps(sc.m[h]);
-      float* row = sc.s + h * stride;
-      __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
-      int64_t i = 0;
-      for (; i + 2 * kTile <= used; i += 2 * kTile) {
-        const __m512 s0 = _mm512_load_ps(row + i), s1 = _mm512_load_ps(row + i + kTile);
-        const __m512 p0 = ExpNonPositive(_mm512_sub_ps(s0, m));
-        const __m512 p1 = ExpNonPositive(_mm512_sub_ps(s1, m));
-        _mm512_store_ps(row + i, p0);
-        _mm512_store_ps(row + i + kTile, p1);
-        sum0 = _mm512_add_ps(sum0, p0);
-        sum1 = _mm512_add_ps(sum1, p1);
-      }
-      for (; i < used; i += kTile) {
-        const __m512 s0 = _mm512_load_ps(row + i);
-        const __m512 p0 = ExpNonPositive(_mm512_sub_ps(s0, m));
-        _mm512_store_ps(row + i, p0);
-        sum0 = _mm512_add_ps(sum0, p0);
-      }
-      l[h] = _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
-    }
-    const ScoreRecorder rec(pr, t, heads, kv_len, g0, gh);
-    if (rec.active()) {
-      // Probabilities back in token order, for the recorder.
-      for (int h = 0; h < heads; ++h) {
-        const float* row = sc.s + h * stride;
-        float* dst = rec.Row(h);
-        for (int slot0 = 0, i = 0; slot0 < kv_len; slot0 += bs) {
-          const int nv = std::min(bs, kv_len - slot0);
-          for (int j0 = 0; j0 < tiles_per_block * kTile; j0 += kTile, i += kTile) {
-            if (j0 >= nv) continue;
-            const int nt = std::min(kTile, nv - j0);
-            _mm512_mask_storeu_ps(dst + slot0 + j0, static_cast<__mmask16>((1u << nt) - 1),
-                                  _mm512_permutexvar_ps(cs.token_lane, _mm512_loadu_ps(row + i)));
-          }
-        }
-        rec.Span(h, 0, kv_len, sc.m[h]);
-      }
-      rec.Finish([&](int h) { return sc.m[h]; }, [&](int h) { return l[h]; });
-    }
-    // Pass 3: V.
-    ForEachRegion<false>(cache, table, kv_len, g0, g1, tiles_per_block,
-                         [&](auto codec, const uint8_t* region, int nv, int tile0) {
-                           using Codec = decltype(codec);
-                           for (int g = g0; g < g1; ++g) {
-                             const typename Codec::ValueRows v(region, cache.shape, g);
-                             const int hb = (g - g0) * gh;
-                             for (int j0 = 0, i = tile0; j0 < nv; j0 += kTile, ++i) {
-                               ValueTile(v, j0, std::min(kTile, nv - j0), gh, hb, cs, stride,
-                                         int64_t{i} * kTile, sc);
-                             }
-                           }
-                         });
-    for (int g = g0; g < g1; ++g) {
-      for (int h = 0; h < gh; ++h) {
-        const int slot = (g - g0) * gh + h;
-        const __m512 acc = sc.acc[slot];
-        float* out =
-            b.out + (t * b.num_heads + static_cast<int64_t>(g) * group + h_lo + h) * kHeadDim;
-        const __m256 sum =
-            _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
-        _mm256_storeu_ps(out, _mm256_mul_ps(sum, _mm256_set1_ps(l[slot] > 0 ? 1 / l[slot] : 0)));
-      }
-    }
-    if (one_pass) break;
   }
 }
 
