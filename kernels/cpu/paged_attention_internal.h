@@ -3,12 +3,15 @@
 // Work item = (query token t, KV heads [g0, g1)): attention of every query head of those KV
 // heads for token t over the token's KV slots. Consecutive tokens of one sequence (a prefill
 // chunk) form one item of up to 16 tokens with the Wide/Narrow runners (RunTokens*): each block
-// is decoded once for all of them, and each token's arithmetic is that of its own item. An item
-// walks the token's blocks once and, inside each block, reads the rows of its KV heads one after another: the heads of a region are
-// adjacent, so a wide item turns the scattered blocks into long sequential runs (and prefetching
-// them ahead works). Runners differ by head_dim:
+// is decoded once for all of them, and each token's arithmetic is that of its own item. A
+// Wide/Narrow item walks the token's blocks once and, inside each block, reads the rows of its KV
+// heads one after another: the heads of a region are adjacent, so a wide item turns the
+// scattered blocks into long sequential runs (and prefetching them ahead works). Runners differ
+// by head_dim:
 //   RunItemHeadDim8     AVX-512 only: head_dim == 8, two rows per register, tiles of 16 tokens
-//                       transposed once and shared by all query heads of a KV head.
+//                       transposed once and shared by all query heads of a KV head; walks the
+//                       blocks once per KV head, with no software prefetch (at 512 bytes per
+//                       head and block the hardware prefetcher does better).
 //   RunItemWide/Narrow  any head_dim: register-tiled dot products and V accumulation with the
 //                       16-lane (Wide) or 8-lane (Narrow, head_dim <= 8) backend.
 // A runner keeps the state of at most kMaxItemHeads query heads; an item with more (one KV head
