@@ -27,8 +27,11 @@ reps="${REPS:-3}"
 kvserve="$build/kvserve"
 work="$(mktemp -d "${TMPDIR:-/tmp}/kvserve-run-all.XXXXXX")"
 server_pid=""
+extra_pids=()  # servers kept running beside $server_pid (the side-by-side runs of section 4)
 cleanup() {
-  if [[ -n "$server_pid" ]]; then kill "$server_pid" 2>/dev/null || true; fi
+  for pid in "$server_pid" "${extra_pids[@]}"; do
+    if [[ -n "$pid" ]]; then kill "$pid" 2>/dev/null || true; fi
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -65,18 +68,19 @@ nice -n 5 "$build/bench/pool_bench" --benchmark_min_time=0.2 --benchmark_repetit
 
 # ---- servers -------------------------------------------------------------------------------------
 # start_server MODEL [--set key=value ...]: starts kvserve serve on a free loopback port and sets
-# $server_pid and $addr.
+# $server_pid and $addr. Its log is $work/server_$server_name.log (server_name: "main" unless set).
 start_server() {
   local model="$1"
   shift
+  local log_file="$work/server_${server_name:-main}.log"
   "$kvserve" serve --config "$root/configs/server.yaml" --set "model.path=$model" \
     --set server.address=127.0.0.1:0 --set metrics.address= --set logging.level=info \
-    --set engine.threads=0 "$@" 2> "$work/server.log" &
+    --set engine.threads=0 "$@" 2> "$log_file" &
   server_pid=$!
   for _ in $(seq 1 600); do
-    addr=$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$work/server.log" | head -1)
+    addr=$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$log_file" | head -1)
     [[ -n "$addr" ]] && return 0
-    kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
+    kill -0 "$server_pid" 2>/dev/null || { cat "$log_file" >&2; exit 1; }
     sleep 0.1
   done
   echo "run_all: the server did not start" >&2
@@ -120,9 +124,19 @@ budget_mb=$(python3 -c "print($budget_bytes / 1048576)")
 echo "budget_bytes=$budget_bytes" >> "$work/machine.txt"
 fit_fp16=$((budget_bytes / (seq_blocks * fp16_block)))
 echo "fit_fp16=$fit_fp16" >> "$work/machine.txt"
+# Both servers run side by side (each idle while the other is measured), so that the runs at
+# equal concurrency alternate between the formats and a drifting machine load hits both alike.
+declare -A fmt_pid fmt_addr
 for fmt in fp16 int4; do
-  start_server "$model" --set kv_cache.format=$fmt --set "kv_cache.budget_mb=$budget_mb" \
-    --set prefix_cache.enabled=false
+  server_name=$fmt start_server "$model" --set kv_cache.format=$fmt \
+    --set "kv_cache.budget_mb=$budget_mb" --set prefix_cache.enabled=false
+  fmt_pid[$fmt]=$server_pid
+  fmt_addr[$fmt]=$addr
+  extra_pids+=("$server_pid")
+  server_pid=""
+done
+for fmt in fp16 int4; do
+  addr=${fmt_addr[$fmt]}
   # All at once: one more request than FP16 holds, and for INT4 one more than 3x that (the
   # target), so that the peak of running requests shows each format's capacity.
   sent=$((fit_fp16 + 1))
@@ -130,12 +144,19 @@ for fmt in fp16 int4; do
   echo "sent_$fmt=$sent" >> "$work/machine.txt"
   log "110m $fmt: capacity, $sent x 1,024 tokens"
   bench "cap_$fmt" --num-requests "$sent" --concurrency "$sent" --input-len 960 --output-len 64
-  for r in $(seq 1 "$reps"); do
+done
+for r in $(seq 1 "$reps"); do
+  for fmt in fp16 int4; do
+    addr=${fmt_addr[$fmt]}
     log "110m $fmt: 4 x 1,024 tokens, rep $r"
     bench "eq_${fmt}_$r" --num-requests 4 --concurrency 4 --input-len 960 --output-len 64
   done
-  stop_server
 done
+for fmt in fp16 int4; do
+  kill "${fmt_pid[$fmt]}" 2>/dev/null || true
+  wait "${fmt_pid[$fmt]}" 2>/dev/null || true
+done
+extra_pids=()
 
 # ---- 5: the load generator -------------------------------------------------------------------
 start_server "$models/stories260K.gguf" --set kv_cache.format=fp32 --set engine.threads=1 \
