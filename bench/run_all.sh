@@ -126,11 +126,10 @@ fit_fp16=$((budget_bytes / (seq_blocks * fp16_block)))
 echo "fit_fp16=$fit_fp16" >> "$work/machine.txt"
 # Both servers run side by side (each idle while the other is measured), so that the runs at
 # equal concurrency alternate between the formats and a drifting machine load hits both alike.
-declare -A fmt_pid fmt_addr
+declare -A fmt_addr
 for fmt in fp16 int4; do
   server_name=$fmt start_server "$model" --set kv_cache.format=$fmt \
     --set "kv_cache.budget_mb=$budget_mb" --set prefix_cache.enabled=false
-  fmt_pid[$fmt]=$server_pid
   fmt_addr[$fmt]=$addr
   extra_pids+=("$server_pid")
   server_pid=""
@@ -152,9 +151,9 @@ for r in $(seq 1 "$reps"); do
     bench "eq_${fmt}_$r" --num-requests 4 --concurrency 4 --input-len 960 --output-len 64
   done
 done
-for fmt in fp16 int4; do
-  kill "${fmt_pid[$fmt]}" 2>/dev/null || true
-  wait "${fmt_pid[$fmt]}" 2>/dev/null || true
+for pid in "${extra_pids[@]}"; do
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
 done
 extra_pids=()
 

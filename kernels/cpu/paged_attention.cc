@@ -50,12 +50,11 @@ bool SharedScores(const AttentionBatch& b, int items_per_token) {
 
 using TokensRunner = void (*)(const Problem&, int64_t, int64_t, int, int, Arena&);
 
-// The runners of one call and the arena bytes they need: item_bytes(pr, heads, kv_len) for items
-// of up to `heads` query heads per pass over up to kv_len slots (nullptr: none),
-// tokens_bytes(pr, tokens) for runs of up to `tokens` tokens.
+// The runners of one call and the arena bytes they need: item_bytes(pr, kv_len) for items over up
+// to kv_len slots (nullptr: none), tokens_bytes(pr, tokens) for runs of up to `tokens` tokens.
 struct Runners {
   ItemRunner item;
-  size_t (*item_bytes)(const Problem&, int, int);
+  size_t (*item_bytes)(const Problem&, int);
   TokensRunner tokens;  // nullptr: every item is one token
   size_t (*tokens_bytes)(const Problem&, int);
 };
@@ -105,10 +104,7 @@ void RunItems(Problem pr, const Runners& runners, ThreadPool* pool) {
 
   // Every participant's arena holds the largest item or run of this call before any starts.
   size_t arena_bytes = 0;
-  if (runners.item_bytes != nullptr) {
-    const int pass_heads = std::min(per_item * pr.group, attention::kMaxItemHeads);
-    arena_bytes = runners.item_bytes(pr, pass_heads, max_kv_len);
-  }
+  if (runners.item_bytes != nullptr) arena_bytes = runners.item_bytes(pr, max_kv_len);
   if (max_run > 1) {
     arena_bytes = std::max(arena_bytes, runners.tokens_bytes(pr, static_cast<int>(max_run)));
   }

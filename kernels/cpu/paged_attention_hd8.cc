@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/paged_attention_internal.h"
@@ -177,46 +178,35 @@ KVSERVE_ALWAYS_INLINE void ValueTile(const VRows& v, int j0, int nt, const Const
   }
 }
 
-// Pass 1 over blocks [b0, b1), which share Codec's format: the scores of every tile, into the
-// score rows (block b's first tile is tile b * tiles_per_block), and the per-lane maxima. The
-// state is copied into locals for the walk, so that it stays in registers.
-template <int GH, class Codec>
-void ScoreSpan(const BlockRef* blocks, int b0, int b1, const KvRegionShape& shape, int g,
-               int tiles_per_block, const float (*q)[kHeadDim], const Consts& cs, float* s,
-               int64_t stride, __m512 (&vmax_io)[GH]) {
-  __m512 vmax[GH];
-  for (int h = 0; h < GH; ++h) vmax[h] = vmax_io[h];
+// Walks blocks [b0, b1), which share Codec's format, tile by tile (block b's first tile is tile
+// b * tiles_per_block of the score rows). kKeys: pass 1, the scores of every tile into the score
+// rows and the per-lane maxima into `state` (q: the scaled query rows); otherwise pass 3, the
+// probabilities times V added to the accumulators in `state`. The state is copied into locals for
+// the walk, so that it stays in registers.
+template <bool kKeys, int GH, class Codec>
+void WalkSpan(const BlockRef* blocks, int b0, int b1, const KvRegionShape& shape, int g,
+              int tiles_per_block, const float (*q)[kHeadDim], const Consts& cs, float* s,
+              int64_t stride, __m512 (&state_io)[GH]) {
+  using Rows = std::conditional_t<kKeys, typename Codec::KeyRows, typename Codec::ValueRows>;
+  __m512 state[GH];
+  for (int h = 0; h < GH; ++h) state[h] = state_io[h];
+  // full: std::true_type for a whole tile (nt == kTile), std::false_type for a block's tail.
+  auto tile = [&](auto full, const Rows& rows, int j0, int nt, int64_t at) {
+    if constexpr (kKeys) {
+      ScoreTile<GH, decltype(full)::value>(rows, j0, nt, q, cs, s, stride, at, state);
+    } else {
+      ValueTile<GH, decltype(full)::value>(rows, j0, nt, cs, s, stride, at, state);
+    }
+  };
   for (int b = b0; b < b1; ++b) {
-    const typename Codec::KeyRows k(blocks[b].k, shape, g);
+    const Rows rows(kKeys ? blocks[b].k : blocks[b].v, shape, g);
     const int nv = blocks[b].nv;
     int64_t at = int64_t{b} * tiles_per_block * kTile;
     int j0 = 0;
-    for (; j0 + kTile <= nv; j0 += kTile, at += kTile) {
-      ScoreTile<GH, true>(k, j0, kTile, q, cs, s, stride, at, vmax);
-    }
-    if (j0 < nv) ScoreTile<GH, false>(k, j0, nv - j0, q, cs, s, stride, at, vmax);
+    for (; j0 + kTile <= nv; j0 += kTile, at += kTile) tile(std::true_type{}, rows, j0, kTile, at);
+    if (j0 < nv) tile(std::false_type{}, rows, j0, nv - j0, at);
   }
-  for (int h = 0; h < GH; ++h) vmax_io[h] = vmax[h];
-}
-
-// Pass 3 over blocks [b0, b1), which share Codec's format: acc += probabilities times V.
-template <int GH, class Codec>
-void ValueSpan(const BlockRef* blocks, int b0, int b1, const KvRegionShape& shape, int g,
-               int tiles_per_block, const Consts& cs, const float* s, int64_t stride,
-               __m512 (&acc_io)[GH]) {
-  __m512 acc[GH];
-  for (int h = 0; h < GH; ++h) acc[h] = acc_io[h];
-  for (int b = b0; b < b1; ++b) {
-    const typename Codec::ValueRows v(blocks[b].v, shape, g);
-    const int nv = blocks[b].nv;
-    int64_t at = int64_t{b} * tiles_per_block * kTile;
-    int j0 = 0;
-    for (; j0 + kTile <= nv; j0 += kTile, at += kTile) {
-      ValueTile<GH, true>(v, j0, kTile, cs, s, stride, at, acc);
-    }
-    if (j0 < nv) ValueTile<GH, false>(v, j0, nv - j0, cs, s, stride, at, acc);
-  }
-  for (int h = 0; h < GH; ++h) acc_io[h] = acc[h];
+  for (int h = 0; h < GH; ++h) state_io[h] = state[h];
 }
 
 // Calls fn(codec, b0, b1) for each maximal run [b0, b1) of blocks of one format, in order.
@@ -250,8 +240,8 @@ void RunPass(const Problem& pr, int64_t t, int g, int h0, const BlockRef* blocks
     acc[h] = _mm512_setzero_ps();
   }
   ForEachSpan(blocks, num_blocks, [&](auto codec, int b0, int b1) {
-    ScoreSpan<GH, decltype(codec)>(blocks, b0, b1, shape, g, tiles_per_block, q, cs, s, stride,
-                                   vmax);
+    WalkSpan<true, GH, decltype(codec)>(blocks, b0, b1, shape, g, tiles_per_block, q, cs, s, stride,
+                                        vmax);
   });
   // Pass 2: each head's exact max (a valid lane is finite or +-inf; every head has one), then
   // p = exp(s - m) over its whole score row in place and the sum l. A plain loop of independent
@@ -306,7 +296,8 @@ void RunPass(const Problem& pr, int64_t t, int g, int h0, const BlockRef* blocks
   }
   // Pass 3: V.
   ForEachSpan(blocks, num_blocks, [&](auto codec, int b0, int b1) {
-    ValueSpan<GH, decltype(codec)>(blocks, b0, b1, shape, g, tiles_per_block, cs, s, stride, acc);
+    WalkSpan<false, GH, decltype(codec)>(blocks, b0, b1, shape, g, tiles_per_block, nullptr, cs, s,
+                                         stride, acc);
   });
   for (int h = 0; h < GH; ++h) {
     float* out = b.out + (head0 + h) * kHeadDim;
@@ -314,6 +305,12 @@ void RunPass(const Problem& pr, int64_t t, int g, int h0, const BlockRef* blocks
         _mm256_add_ps(_mm512_castps512_ps256(acc[h]), _mm512_extractf32x8_ps(acc[h], 1));
     _mm256_storeu_ps(out, _mm256_mul_ps(sum, _mm256_set1_ps(l[h] > 0 ? 1 / l[h] : 0)));
   }
+}
+
+// Arena of an item over kv_len slots: the score rows of one pass, then the block references.
+size_t ScoreRowsBytes(const Problem& pr, int kv_len) {
+  return Arena::RoundUp(static_cast<size_t>(std::min(pr.group, kPassHeads)) *
+                        ScoreStride(kv_len, pr.cache->shape.block_size) * sizeof(float));
 }
 
 using PassFn = void (*)(const Problem&, int64_t, int, int, const BlockRef*, int, float*, int64_t);
@@ -325,17 +322,7 @@ constexpr PassFn kPasses[kPassHeads + 1] = {nullptr,    RunPass<1>, RunPass<2>,
 
 bool HasHeadDim8Runner() { return true; }
 
-namespace {
-
-// Arena of an item over kv_len slots: the score rows of one pass, then the block references.
-size_t ScoreRowsBytes(const Problem& pr, int kv_len) {
-  return Arena::RoundUp(static_cast<size_t>(std::min(pr.group, kPassHeads)) *
-                        ScoreStride(kv_len, pr.cache->shape.block_size) * sizeof(float));
-}
-
-}  // namespace
-
-size_t HeadDim8ArenaBytes(const Problem& pr, int /*heads*/, int kv_len) {
+size_t HeadDim8ArenaBytes(const Problem& pr, int kv_len) {
   const int num_blocks = (kv_len + pr.cache->shape.block_size - 1) / pr.cache->shape.block_size;
   return ScoreRowsBytes(pr, kv_len) + static_cast<size_t>(num_blocks) * sizeof(BlockRef);
 }
@@ -347,7 +334,7 @@ void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1, Arena& arena)
   const int kv_len = b.token_kv_len[t];
   const int bs = cache.shape.block_size;
   const int num_blocks = (kv_len + bs - 1) / bs;
-  KVSERVE_KERNEL_CHECK(arena.capacity() >= HeadDim8ArenaBytes(pr, 0, kv_len),
+  KVSERVE_KERNEL_CHECK(arena.capacity() >= HeadDim8ArenaBytes(pr, kv_len),
                        "PagedAttention: arena too small");
   float* s = reinterpret_cast<float*>(arena.data());
   auto* blocks = reinterpret_cast<BlockRef*>(arena.data() + ScoreRowsBytes(pr, kv_len));
@@ -375,7 +362,7 @@ bool HasHeadDim8Runner() { return false; }
 void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1, Arena& arena) {
   RunItemNarrow(pr, t, g0, g1, arena);
 }
-size_t HeadDim8ArenaBytes(const Problem&, int, int) { return 0; }
+size_t HeadDim8ArenaBytes(const Problem&, int) { return 0; }
 
 #endif
 

@@ -236,9 +236,8 @@ size_t RunTokensArenaBytes(const Problem& pr, int tokens);
 // True when this build has the head_dim 8 runner.
 bool HasHeadDim8Runner();
 void RunItemHeadDim8(const Problem& pr, int64_t t, int g0, int g1, Arena& arena);
-// Arena bytes RunItemHeadDim8 needs for passes of up to `heads` query heads over up to `kv_len`
-// slots.
-size_t HeadDim8ArenaBytes(const Problem& pr, int heads, int kv_len);
+// Arena bytes RunItemHeadDim8 needs for items over up to `kv_len` slots.
+size_t HeadDim8ArenaBytes(const Problem& pr, int kv_len);
 
 }  // namespace kvserve::kernels::cpu::attention
 
