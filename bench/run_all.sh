@@ -2,7 +2,7 @@
 # Runs the benchmark suite on this machine and rewrites the generated section of bench/RESULTS.md
 # (between the "run_all:begin" and "run_all:end" markers; everything else is left as it is).
 #
-#   bench/run_all.sh                 # the whole suite, about 15 minutes on a 2-core machine
+#   bench/run_all.sh                 # the whole suite, about 4 minutes on a 2-core machine
 #   REPS=5 bench/run_all.sh          # more repetitions (medians over REPS runs)
 #   RESULTS=/tmp/r.md bench/run_all.sh   # write somewhere else
 #
