@@ -1,10 +1,13 @@
 // Serving throughput of the engine (scheduler + forward pass), in process: N concurrent streams
 // with fixed prompt and output lengths, against one stream alone. Also reports the scheduler's
-// own share of step time (everything but the forward pass).
+// own share of step time (everything but the forward pass). One consumer thread drains every
+// stream as the engine notifies it, as the server's stream pump does.
 //
 //   serving_bench [--model PATH] [--prompt-tokens 64] [--output-tokens 128] [--streams 32]
 //                 [--reps 3] [--kv-format fp32] [--mutex-checks 0]
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -50,14 +53,45 @@ RunResult RunOnce(Engine& engine, int streams, int prompt_tokens, int output_tok
     }
     handles.push_back(*s);
   }
+  // One consumer drains every stream as its events arrive, as the server's stream pump does: a
+  // stream's listener (run on the engine thread after a push) posts it to a ready list once, and
+  // this thread takes the events of every posted stream.
+  struct Ready {
+    absl::Mutex mu;
+    std::vector<int> list ABSL_GUARDED_BY(mu);
+  } ready;
+  std::vector<std::unique_ptr<std::atomic<bool>>> posted;
+  for (int i = 0; i < streams; ++i) posted.push_back(std::make_unique<std::atomic<bool>>(false));
+  for (int i = 0; i < streams; ++i) {
+    std::atomic<bool>* flag = posted[i].get();
+    handles[i]->SetListener([&ready, flag, i] {
+      if (flag->exchange(true, std::memory_order_acq_rel)) return;
+      absl::MutexLock lock(&ready.mu);
+      ready.list.push_back(i);
+    });
+  }
   int64_t tokens = 0;
+  int finished = 0;
   std::vector<StreamEvent> events;
-  for (auto& h : handles) {
-    bool done = false;
-    while (!done) {
+  std::vector<int> batch;
+  while (finished < streams) {
+    {
+      absl::MutexLock lock(&ready.mu);
+      auto any = [&ready]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(ready.mu) { return !ready.list.empty(); };
+      if (!ready.mu.AwaitWithTimeout(absl::Condition(&any), absl::Seconds(60))) {
+        std::fprintf(stderr, "no output for 60 s\n");
+        std::exit(1);
+      }
+      batch.swap(ready.list);
+    }
+    for (int i : batch) {
+      // Cleared before taking: an event pushed meanwhile posts the stream again.
+      posted[i]->store(false, std::memory_order_release);
       events.clear();
-      done = h->WaitAndTake(&events, absl::Seconds(60));
-      for (auto& e : events) {
+      if (handles[i]->Take(&events)) {
+        for (const StreamEvent& e : events) finished += e.final;
+      }
+      for (const StreamEvent& e : events) {
         tokens += static_cast<int64_t>(e.token_ids.size());
         if (e.final && !e.status.ok()) {
           std::fprintf(stderr, "request failed: %s\n", std::string(e.status.message()).c_str());
@@ -65,6 +99,7 @@ RunResult RunOnce(Engine& engine, int streams, int prompt_tokens, int output_tok
         }
       }
     }
+    batch.clear();
   }
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   engine.WaitIdle(absl::Seconds(10));

@@ -47,7 +47,10 @@ if(KVSERVE_SANITIZER_FLAGS)
     # Notification provide; see the file. Whole-archived into every executable defined later.
     add_library(kvserve_tsan_absl STATIC ${CMAKE_CURRENT_LIST_DIR}/../tests/sanitizers/tsan_absl_sync.cc)
     target_include_directories(kvserve_tsan_absl PRIVATE ${CMAKE_CURRENT_LIST_DIR}/..)
-    target_link_libraries(kvserve_tsan_absl PUBLIC ${CMAKE_DL_LIBS})
+    # It calls into libabsl_synchronization itself (Condition::Eval), so executables that use no
+    # Abseil synchronization of their own (kernels_test) still need the library on their link line.
+    # The name resolves once find_package(absl) has run.
+    target_link_libraries(kvserve_tsan_absl PUBLIC absl::synchronization ${CMAKE_DL_LIBS})
     # Once every directory is configured, whole-archive it into each executable (only there: a
     # static library carrying it would put it on a link line twice).
     function(kvserve_link_tsan_absl dir)

@@ -19,41 +19,53 @@ bool RequestStream::Take(std::vector<StreamEvent>* out) {
 
 bool RequestStream::WaitAndTake(std::vector<StreamEvent>* out, absl::Duration timeout) {
   {
+    const absl::Time deadline = absl::Now() + timeout;
     absl::MutexLock lock(&mu_);
-    auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-      return !events_.empty() || final_taken_;
-    };
-    mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
+    // Events pushed and not yet notified count too: they are there to take.
+    while (events_.empty() && !final_taken_) {
+      if (pushed_.WaitWithDeadline(&mu_, deadline)) break;  // timed out
+    }
   }
   return Take(out);
 }
 
 void RequestStream::SetListener(std::function<void()> listener) {
+  std::shared_ptr<const std::function<void()>> set;
+  if (listener) set = std::make_shared<const std::function<void()>>(std::move(listener));
   bool pending;
   {
     absl::MutexLock lock(&mu_);
-    listener_ = listener;
+    listener_ = set;
     pending = !events_.empty();
   }
-  if (pending && listener) listener();
+  if (pending && set) (*set)();
 }
 
 bool RequestStream::HasRoom() const {
   return pending_tokens_.load(std::memory_order_relaxed) < capacity_tokens_;
 }
 
-void RequestStream::Push(StreamEvent event) {
-  std::function<void()> listener;
+bool RequestStream::Push(StreamEvent event) {
+  absl::MutexLock lock(&mu_);
+  if (final_pushed_) return false;  // a stream ends once
+  final_pushed_ = event.final;
+  pending_tokens_.fetch_add(static_cast<int64_t>(event.token_ids.size()),
+                            std::memory_order_relaxed);
+  events_.push_back(std::move(event));
+  const bool first = !notify_owed_;
+  notify_owed_ = true;
+  return first;
+}
+
+void RequestStream::Notify() {
+  std::shared_ptr<const std::function<void()>> listener;
   {
     absl::MutexLock lock(&mu_);
-    if (final_pushed_) return;  // a stream ends once
-    final_pushed_ = event.final;
-    pending_tokens_.fetch_add(static_cast<int64_t>(event.token_ids.size()),
-                              std::memory_order_relaxed);
-    events_.push_back(std::move(event));
+    notify_owed_ = false;
     listener = listener_;
   }
-  if (listener) listener();
+  pushed_.SignalAll();
+  if (listener) (*listener)();
 }
 
 }  // namespace kvserve::engine

@@ -103,6 +103,7 @@ void Scheduler::Add(EngineRequest request, std::shared_ptr<RequestStream> stream
   if (!bad_eviction.ok()) {
     s->arrival = arrival;
     Finish(s.get(), FinishReason::kNone, bad_eviction, arrival);
+    NotifyStreams();
     return;
   }
   s->tokens = s->req.prompt;
@@ -110,6 +111,15 @@ void Scheduler::Add(EngineRequest request, std::shared_ptr<RequestStream> stream
   // The prompt gives the detokenizer its context (the leading-space rule after BOS).
   for (int32_t t : s->tokens) s->detok.Feed(t);
   waiting_.push_back(std::move(s));
+}
+
+void Scheduler::PushEvent(Sequence* s, StreamEvent e) {
+  if (s->stream->Push(std::move(e))) to_notify_.push_back(s->stream);
+}
+
+void Scheduler::NotifyStreams() {
+  for (const std::shared_ptr<RequestStream>& stream : to_notify_) stream->Notify();
+  to_notify_.clear();
 }
 
 void Scheduler::Finish(Sequence* s, FinishReason reason, absl::Status status, absl::Time now) {
@@ -148,7 +158,7 @@ void Scheduler::Finish(Sequence* s, FinishReason reason, absl::Status status, ab
   if (e.status.ok()) CacheFullBlocks(s);
   ReleaseKv(s);
   s->done = true;
-  s->stream->Push(std::move(e));
+  PushEvent(s, std::move(e));
 }
 
 void Scheduler::EmitToken(Sequence* s, int32_t token, absl::Time now) {
@@ -199,7 +209,7 @@ void Scheduler::EmitToken(Sequence* s, int32_t token, absl::Time now) {
   s->unsent_ids.clear();
   e.text = s->unsent_text.substr(0, s->unsent_text.size() - hold);
   s->unsent_text.erase(0, s->unsent_text.size() - hold);
-  s->stream->Push(std::move(e));
+  PushEvent(s, std::move(e));
 }
 
 void Scheduler::Admit(absl::Time now) {
@@ -280,6 +290,7 @@ void Scheduler::Admit(absl::Time now) {
     s->order = next_order_++;
     if (s->first_scheduled == absl::InfiniteFuture()) s->first_scheduled = now;
     running_.push_back(std::move(waiting_[i]));
+    order_stale_ = true;
     waiting_.erase(waiting_.begin() + i);
   }
 }
@@ -496,6 +507,7 @@ void Scheduler::RemoveFinished() {
     }
   }
   running_.swap(keep);
+  order_stale_ = true;
   waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(),
                                 [](const auto& p) { return p->done; }),
                  waiting_.end());
@@ -505,6 +517,7 @@ void Scheduler::AbortAll(const absl::Status& status, absl::Time now) {
   for (auto& p : running_) Finish(p.get(), FinishReason::kNone, status, now);
   for (auto& p : waiting_) Finish(p.get(), FinishReason::kNone, status, now);
   RemoveFinished();
+  NotifyStreams();
 }
 
 bool Scheduler::Step(absl::Time now) {
@@ -529,15 +542,19 @@ bool Scheduler::Step(absl::Time now) {
 
   // 3a. Decode slots, preempting when blocks run out. Highest priority and oldest first, so
   // that victims come from the other end.
+  // Sorted again only when the running set changed: in a steady decode it does not.
   std::vector<Sequence*>& order = order_;
-  order.clear();
-  for (auto& p : running_) order.push_back(p.get());
-  // `order` is unique per admission: a total order, so std::sort (which, unlike stable_sort,
-  // needs no temporary buffer) gives the same sequence.
-  std::sort(order.begin(), order.end(), [](Sequence* a, Sequence* b) {
-    if (a->req.priority != b->req.priority) return a->req.priority > b->req.priority;
-    return a->order < b->order;
-  });
+  if (order_stale_) {
+    order.clear();
+    for (auto& p : running_) order.push_back(p.get());
+    // `order` is unique per admission: a total order, so std::sort (which, unlike stable_sort,
+    // needs no temporary buffer) gives the same sequence.
+    std::sort(order.begin(), order.end(), [](Sequence* a, Sequence* b) {
+      if (a->req.priority != b->req.priority) return a->req.priority > b->req.priority;
+      return a->order < b->order;
+    });
+    order_stale_ = false;
+  }
   const int64_t block_bytes = pool_->layout(layout_).block_bytes;
   for (Sequence* s : order) {
     if (s->done || s->preempted || s->pending() == 0) continue;
@@ -562,6 +579,7 @@ bool Scheduler::Step(absl::Time now) {
       }
     }
     const int64_t want = s->slots() + incoming;
+    const size_t blocks_before = s->kv.block_table().size();
     while (!ReserveEvicting(s, want).ok()) {
       if (s->kv.bytes() + s->kv.BlocksNeeded(want) * block_bytes > pool_->budget_bytes()) {
         Finish(s, FinishReason::kNone,
@@ -573,7 +591,11 @@ bool Scheduler::Step(absl::Time now) {
       }
       if (!Preempt(s)) break;  // the requester itself was preempted
     }
-    if (!s->done && !s->preempted) s->TrackPeak();
+    // The peak moves only when blocks were added (or, under token eviction, copied).
+    if (!s->done && !s->preempted &&
+        (s->kv.block_table().size() != blocks_before || s->te.enabled())) {
+      s->TrackPeak();
+    }
   }
   RemoveFinished();
 
@@ -609,6 +631,7 @@ bool Scheduler::Step(absl::Time now) {
             absl::StatusOr<BlockId> hot = pool_->Allocate(layout_);
             if (!hot.ok()) continue;
             s->kv.SetBlock(b, *hot);
+            s->TrackPeak();  // a window-format block is larger than the cold one it replaces
           }
         }
       }
@@ -634,6 +657,7 @@ bool Scheduler::Step(absl::Time now) {
     }
   }
   if (batch_.num_tokens() == 0) {
+    NotifyStreams();  // requests that ended before the batch (cancelled, expired, refused)
     counters_.step_time += absl::Now() - step_start;
     return false;
   }
@@ -674,6 +698,8 @@ bool Scheduler::Step(absl::Time now) {
     }
   }
   RemoveFinished();
+  // The consumers learn of the step's events together, after all of them are pushed.
+  NotifyStreams();
   counters_.step_time += absl::Now() - step_start;
   return true;
 }

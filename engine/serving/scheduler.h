@@ -125,6 +125,10 @@ class Scheduler {
   struct Sequence;
 
   void Admit(absl::Time now);
+  // Pushes an event to the sequence's stream; NotifyStreams tells its consumer. Every public
+  // method that can push ends with NotifyStreams.
+  void PushEvent(Sequence* s, StreamEvent e);
+  void NotifyStreams();
   // True when a running request is prefilling blocks this waiting one could share (same tokens,
   // same salt) that are not cached yet: admitting it now would compute them twice, so it waits
   // until they reach the prefix cache (a step or a few).
@@ -171,7 +175,9 @@ class Scheduler {
   // Scratch reused across steps.
   ForwardBatch batch_;
   std::vector<Sequence*> row_seq_;
-  std::vector<Sequence*> order_;
+  std::vector<Sequence*> order_;  // running_ by priority, then admission
+  bool order_stale_ = true;        // running_ changed since order_ was built
+  std::vector<std::shared_ptr<RequestStream>> to_notify_;  // streams owed a Notify
   std::vector<float> logits_;
 };
 

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 
 namespace kvserve::engine {
@@ -96,6 +97,74 @@ TEST(EngineTest, CancelFreesBlocksAndKeepsServing) {
   auto again = (*engine)->Submit(Greedy(**engine, "Once upon a time", 5));
   ASSERT_TRUE(again.ok());
   EXPECT_TRUE(Collect(**again).final_event.status.ok());
+}
+
+// A consumer that waits only for the listener, never polling: an event pushed without a Notify
+// would leave it waiting out the 30-second guard.
+Collected CollectByListener(RequestStream& s) {
+  struct Calls {
+    absl::Mutex mu;
+    int n ABSL_GUARDED_BY(mu) = 0;
+  } calls;
+  s.SetListener([&calls] {
+    absl::MutexLock lock(&calls.mu);
+    ++calls.n;
+  });
+  Collected c;
+  int seen = 0;
+  std::vector<StreamEvent> ev;
+  while (true) {
+    {
+      absl::MutexLock lock(&calls.mu);
+      auto called = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(calls.mu) { return calls.n > seen; };
+      if (!calls.mu.AwaitWithTimeout(absl::Condition(&called), absl::Seconds(30))) {
+        ADD_FAILURE() << "no notification for 30 s after " << c.events << " events";
+        break;
+      }
+      seen = calls.n;
+    }
+    ev.clear();
+    const bool done = s.Take(&ev);
+    for (auto& e : ev) {
+      ++c.events;
+      c.tokens.insert(c.tokens.end(), e.token_ids.begin(), e.token_ids.end());
+      if (e.final) c.final_event = e;
+    }
+    if (done) break;
+  }
+  s.SetListener(nullptr);
+  return c;
+}
+
+TEST(EngineTest, EveryEventIsNotifiedToTheListener) {
+  EngineOptions o = StoriesOptions();
+  o.stream_buffer_tokens = 4;
+  auto engine = Engine::Create(o);
+  ASSERT_TRUE(engine.ok());
+  // Generation: events of each step.
+  auto stream = (*engine)->Submit(Greedy(**engine, "Once upon a time", 20));
+  ASSERT_TRUE(stream.ok());
+  Collected c = CollectByListener(**stream);
+  EXPECT_TRUE(c.final_event.status.ok()) << c.final_event.status;
+  EXPECT_EQ(c.tokens.size(), 20u);
+  // A request that ends in a step with nothing to compute: its deadline has passed.
+  EngineRequest late = Greedy(**engine, "Once upon a time", 20);
+  late.deadline = absl::Now() - absl::Milliseconds(1);
+  auto expired = (*engine)->Submit(late);
+  ASSERT_TRUE(expired.ok());
+  EXPECT_EQ(CollectByListener(**expired).final_event.status.code(),
+            absl::StatusCode::kDeadlineExceeded);
+  // Shutdown ends a running request (AbortAll); unread, its stream has paused it.
+  EngineRequest r = Greedy(**engine, "Once upon a time", 400);
+  r.ignore_eos = true;
+  auto running = (*engine)->Submit(r);
+  ASSERT_TRUE(running.ok());
+  std::vector<StreamEvent> first;
+  ASSERT_FALSE((*running)->WaitAndTake(&first, absl::Seconds(30)));
+  ASSERT_FALSE(first.empty());
+  (*engine)->AbortAll(absl::UnavailableError("test shutdown"));
+  EXPECT_EQ(CollectByListener(**running).final_event.status.code(),
+            absl::StatusCode::kUnavailable);
 }
 
 TEST(EngineTest, DeadlineExceeded) {
