@@ -89,7 +89,7 @@ struct EngineStats {
   int64_t generated_tokens = 0;
   int64_t steps = 0;
   absl::Duration forward_time;      // total time inside the forward pass
-  absl::Duration step_time;         // total time of steps (scheduling + forward + sampling)
+  absl::Duration step_time;         // total time of steps (scheduling, forward, sampling, stats)
 };
 
 // What Engine::FlushPrefixCache released.

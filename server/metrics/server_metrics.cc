@@ -192,7 +192,8 @@ class EngineCollector final : public prometheus::Collectable {
              MetricType::Counter)
         .Add(absl::ToDoubleSeconds(s.forward_time));
     b.Family("kvserve_engine_step_seconds_total",
-             "Time spent in engine steps (scheduling, forward pass, sampling).",
+             "Time spent in engine steps (scheduling, forward pass, sampling, streaming, "
+             "statistics).",
              MetricType::Counter)
         .Add(absl::ToDoubleSeconds(s.step_time));
     return out;
