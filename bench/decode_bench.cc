@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "engine/generation/local_model.h"
 #include "spdlog/spdlog.h"
 

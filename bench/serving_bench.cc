@@ -7,8 +7,8 @@
 //                 [--reps 3] [--kv-format fp32] [--mutex-checks 0]
 #include <algorithm>
 #include <atomic>
-#include <memory>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -101,6 +101,8 @@ RunResult RunOnce(Engine& engine, int streams, int prompt_tokens, int output_tok
     }
     batch.clear();
   }
+  // The listeners point into this frame.
+  for (auto& h : handles) h->SetListener(nullptr);
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   engine.WaitIdle(absl::Seconds(10));
   const auto after = engine.Stats();

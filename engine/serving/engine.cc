@@ -183,14 +183,10 @@ class Engine::Impl {
       }
       batch.clear();
       worked = scheduler_->Step(absl::Now());
-      if (worked) {
-        // Part of the step's cost on this thread: counted in its time.
-        const absl::Time publish_start = absl::Now();
-        PublishStats();
-        scheduler_->AddStepTime(absl::Now() - publish_start);
-      } else {
-        PublishStats();
-      }
+      // Part of the step's cost on this thread: counted in its time.
+      const absl::Time publish_start = absl::Now();
+      PublishStats();
+      scheduler_->AddStepTime(absl::Now() - publish_start);
       absl::MutexLock lock(&mu_);
       waiting_count_ = scheduler_->num_waiting();
       engine_idle_ = scheduler_->idle();

@@ -79,8 +79,9 @@ struct SchedulerCounters {
   int64_t failed = 0;            // deadline, error, abort
   // Wall time inside the forward pass, and of whole steps (with the engine's publication of its
   // statistics after each step). step_time - forward_time is the scheduler's own cost
-  // (admission, batch building, sampling, detokenizing, stop strings, streaming, statistics). Wall clocks only: a thread CPU-time read is a system call (about 0.6 µs here),
-  // and four per step cost a single-sequence decode about 9% of its time.
+  // (admission, batch building, sampling, detokenizing, stop strings, streaming, statistics).
+  // Wall clocks only: a thread CPU-time read is a system call (about 0.6 µs here), and four per
+  // step cost a single-sequence decode about 9% of its time.
   absl::Duration forward_time;
   absl::Duration step_time;
   // Wall time converting blocks that left the recent window to their long-term format
