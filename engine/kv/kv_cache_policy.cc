@@ -1,5 +1,6 @@
 #include "engine/kv/kv_cache_policy.h"
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
@@ -122,6 +123,15 @@ bool KvCachePolicy::ColdEligible(int64_t index, int64_t tokens) const {
   const int64_t bs = pool_->geometry().block_size;
   const int64_t begin = index * bs, end = begin + bs;
   return end <= tokens && begin >= config_.sink_tokens && end <= tokens - config_.recent_window;
+}
+
+int64_t KvCachePolicy::NextDemotionPoint(int64_t tokens) const {
+  const int64_t bs = pool_->geometry().block_size;
+  const int64_t w = config_.recent_window;
+  // Block b becomes eligible at (b + 1) * bs + w, for b from the first block with no sink token.
+  const int64_t first = (config_.sink_tokens + bs - 1) / bs;
+  const int64_t b = tokens >= w ? std::max(first, (tokens - w) / bs) : first;
+  return (b + 1) * bs + w;
 }
 
 bool KvCachePolicy::WrittenWhole(LayoutId layout) const {

@@ -69,6 +69,10 @@ class KvCachePolicy {
   LayoutId FinalLayout(int64_t index, int64_t tokens) const {
     return ColdEligible(index, tokens) ? cold_layout_ : write_layout_;
   }
+  // The smallest token count above `tokens` at which some block becomes ColdEligible (the next
+  // count after which Demote has work). A sequence that is fed tokens in chunks that never step
+  // over such a count sees, at every token, the same blocks cold as one decoded token by token.
+  int64_t NextDemotionPoint(int64_t tokens) const;
   // True when blocks of `layout` must be written whole, in one step (a layer's format is not
   // token-writable: kernels::cpu::WriteKv then encodes the block from its block_size tokens).
   bool WrittenWhole(LayoutId layout) const;

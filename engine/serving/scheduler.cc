@@ -30,6 +30,9 @@ struct Scheduler::Sequence {
   StreamingDetokenizer detok;
   std::vector<int32_t> tokens;     // prompt + generated
   int64_t processed = 0;           // tokens whose K/V were computed (evicted ones included)
+  // The prompt's length: tokens before it are computed as a prefill computes them, the rest
+  // (generated) as decoding did, also when a preempted sequence recomputes them.
+  int64_t horizon = 0;
   int64_t evicted = 0;             // of which dropped by token eviction: token i is in slot
                                    // i - evicted, and slots() slots are filled
   std::string unsent_text;         // decoded, held back while it may start a stop string
@@ -63,8 +66,7 @@ Scheduler::Scheduler(LlamaModel* model, BlockPool* pool, const KvCachePolicy* kv
       pool_(pool),
       kv_policy_(kv_policy),
       layout_(kv_policy->write_layout()),
-      direct_cold_(kv_policy->demotes() &&
-                   options.max_batch_tokens >= pool->geometry().block_size),
+      direct_cold_(kv_policy->demotes()),
       tokenizer_(tokenizer),
       options_(options) {}
 
@@ -76,7 +78,8 @@ int64_t Scheduler::BytesNeeded(const Sequence* s, int64_t slots, bool final_layo
   const int64_t blocks = (slots + bs - 1) / bs;
   int64_t bytes = 0;
   for (int64_t b = from; b < blocks; ++b) {
-    bytes += pool_->layout(final_layouts ? kv_policy_->FinalLayout(b, slots) : layout_).block_bytes;
+    bytes += pool_->layout(final_layouts ? kv_policy_->FinalLayout(b, s->horizon) : layout_)
+                 .block_bytes;
   }
   return bytes;
 }
@@ -107,6 +110,7 @@ void Scheduler::Add(EngineRequest request, std::shared_ptr<RequestStream> stream
     return;
   }
   s->tokens = s->req.prompt;
+  s->horizon = static_cast<int64_t>(s->tokens.size());
   s->arrival = arrival;
   // The prompt gives the detokenizer its context (the leading-space rule after BOS).
   for (int32_t t : s->tokens) s->detok.Feed(t);
@@ -256,7 +260,7 @@ void Scheduler::Admit(absl::Time now) {
     if (options_.prefix_index != nullptr && s->tokens.size() >= 2) {
       matched_blocks = static_cast<int64_t>(
           options_.prefix_index
-              ->Match(absl::MakeConstSpan(s->tokens.data(), s->tokens.size() - 1),
+              ->Match(absl::MakeConstSpan(s->tokens.data(), MatchableTokens(s)),
                       KeysFor(s, kv_policy_->cold_layout()))
               .blocks.size());
       // Every idle cached block can be reclaimed (evicting a leaf makes its idle parent
@@ -299,8 +303,8 @@ bool Scheduler::WaitsForPrefix(const Sequence* s) const {
   PrefixIndex* index = options_.prefix_index;
   if (index == nullptr || !s->kv.block_table().empty() || s->tokens.size() < 2) return false;
   const int64_t bs = pool_->geometry().block_size;
-  // Full blocks this sequence could take from the cache (its last token is always computed).
-  const int64_t usable = static_cast<int64_t>(s->tokens.size()) - 1;
+  // Full blocks this sequence could take from the cache.
+  const int64_t usable = MatchableTokens(s);
   if (usable < bs) return false;
   int64_t cached = -1;  // looked up lazily: most waiting requests share nothing with a prefill
   for (const auto& p : running_) {
@@ -321,7 +325,7 @@ bool Scheduler::WaitsForPrefix(const Sequence* s) const {
     if (r->processed >= shared_end) continue;     // computed already: cached or never will be
     if (cached < 0) {
       cached = index
-                   ->Match(absl::MakeConstSpan(s->tokens.data(), s->tokens.size() - 1),
+                   ->Match(absl::MakeConstSpan(s->tokens.data(), usable),
                            KeysFor(s, kv_policy_->cold_layout()))
                    .matched_tokens;
     }
@@ -377,7 +381,7 @@ absl::Status Scheduler::ReserveEvicting(Sequence* s, int64_t slots, bool final_l
     absl::Status st =
         final_layouts
             ? s->kv.Reserve(slots,
-                            [&](int64_t b) { return kv_policy_->FinalLayout(b, slots); })
+                            [&](int64_t b) { return kv_policy_->FinalLayout(b, s->horizon); })
             : s->kv.Reserve(slots);
     if (st.ok() || st.code() != absl::StatusCode::kResourceExhausted ||
         options_.prefix_index == nullptr) {
@@ -390,13 +394,32 @@ absl::Status Scheduler::ReserveEvicting(Sequence* s, int64_t slots, bool final_l
   }
 }
 
+int64_t Scheduler::MatchableTokens(const Sequence* s) const {
+  // The last token is always computed: its logits give the next token.
+  int64_t n = static_cast<int64_t>(s->tokens.size()) - 1;
+  // With a demoting policy only blocks a prefill writes cold are cached, and this sequence's
+  // prefill would write a block cold only if it is outside the window at the horizon.
+  if (kv_policy_->demotes()) n = std::min(n, s->horizon - kv_policy_->config().recent_window);
+  return std::max<int64_t>(n, 0);
+}
+
+bool Scheduler::Shareable(const Sequence* s, int64_t b) const {
+  if (!kv_policy_->demotes()) return true;
+  const int64_t bs = pool_->geometry().block_size;
+  // Sink blocks stay hot for good: every token of theirs sees the same blocks whichever way they
+  // were computed.
+  if (b * bs < kv_policy_->config().sink_tokens) return true;
+  // A demoted block's bytes (and what its tokens saw) depend on when its tokens were computed
+  // relative to the prompt's end; only blocks a prefill wrote cold are the same in every request.
+  return DirectCold(s) && kv_policy_->ColdEligible(b, s->horizon) &&
+         pool_->layout_of(s->kv.block_table()[b]) == kv_policy_->cold_layout();
+}
+
 void Scheduler::AttachCachedPrefix(Sequence* s) {
   PrefixIndex* index = options_.prefix_index;
   if (index == nullptr || !s->kv.block_table().empty() || s->tokens.size() < 2) return;
-  // The last token is always computed: its logits give the next token.
-  const PrefixMatch m =
-      index->Lookup(absl::MakeConstSpan(s->tokens.data(), s->tokens.size() - 1),
-                    KeysFor(s, kv_policy_->cold_layout()));
+  const PrefixMatch m = index->Lookup(absl::MakeConstSpan(s->tokens.data(), MatchableTokens(s)),
+                                      KeysFor(s, kv_policy_->cold_layout()));
   for (BlockId id : m.blocks) {
     pool_->AddRef(id);
     s->kv.AppendShared(id);
@@ -410,15 +433,11 @@ void Scheduler::CacheFullBlocks(Sequence* s) {
   // After a token eviction the blocks no longer hold a plain token prefix.
   if (index == nullptr || s->index_disabled || s->evicted > 0) return;
   const int64_t bs = pool_->geometry().block_size;
-  const int32_t sinks = kv_policy_->config().sink_tokens;
   while (s->indexed_blocks < static_cast<int64_t>(s->kv.block_table().size())) {
     const int64_t b = s->indexed_blocks;
     if ((b + 1) * bs > s->processed) break;  // not every token of the block is computed
     const BlockId id = s->kv.block_table()[b];
-    // Only blocks in their final layout are shared: cold ones, or sink blocks that stay hot.
-    const bool final = !kv_policy_->demotes() || pool_->layout_of(id) == kv_policy_->cold_layout() ||
-                       b * bs < sinks;
-    if (!final) break;
+    if (!Shareable(s, b)) break;
     const BlockId parent = b > 0 ? s->kv.block_table()[b - 1] : kNoBlock;
     absl::StatusOr<PrefixIndex::InsertResult> r = index->Insert(
         id, parent, absl::MakeConstSpan(s->tokens.data() + b * bs, bs),
@@ -520,6 +539,31 @@ void Scheduler::AbortAll(const absl::Status& status, absl::Time now) {
   NotifyStreams();
 }
 
+int64_t Scheduler::ChunkForDirectCold(const Sequence* s, int64_t take, bool prefill_added) const {
+  const int64_t bs = pool_->geometry().block_size;
+  const int64_t end = s->processed + take;
+  const int64_t b = end / bs;
+  // A block allocated to be written whole (cold) must be, in one step: end the chunk at its
+  // start. When the budget left cannot cover it, the prefill waits for a later step, unless it
+  // is the step's first: then the chunk runs to the block's end, past the budget, so that
+  // prefills progress whatever max_batch_tokens and the decodes leave.
+  if (end < static_cast<int64_t>(s->tokens.size()) && end % bs != 0 &&
+      b < static_cast<int64_t>(s->kv.block_table().size()) &&
+      kv_policy_->WrittenWhole(pool_->layout_of(s->kv.block_table()[b]))) {
+    if (end - end % bs > s->processed) return end - end % bs - s->processed;
+    if (prefill_added) return 0;
+    return (b + 1) * bs - s->processed;
+  }
+  // Past the horizon (a recomputation of generated tokens), tokens are fed as decoding fed them:
+  // a chunk never steps over a count at which a block is demoted, so every token sees the blocks
+  // it saw when it was generated, and each demoted block is encoded from the same values.
+  if (end > s->horizon) {
+    const int64_t next = kv_policy_->NextDemotionPoint(std::max(s->processed, s->horizon));
+    if (end > next) return next - s->processed;
+  }
+  return take;
+}
+
 bool Scheduler::Step(absl::Time now) {
   const absl::Time step_start = absl::Now();
   // 1. Cancellations and deadlines.
@@ -608,32 +652,13 @@ bool Scheduler::Step(absl::Time now) {
     for (auto& p : running_) {
       Sequence* s = p.get();
       const bool decoding = s->pending() == 1;
-      if ((pass == 0) != decoding || budget == 0) continue;
+      if ((pass == 0) != decoding || budget <= 0) continue;
       if (decoding && !s->stream->HasRoom()) continue;  // slow reader: wait for it
       int64_t take = std::min(s->pending(), budget);
       if (s->te.enabled()) take = std::min<int64_t>(take, s->te.MaxAppend());
       if (!decoding && DirectCold(s)) {
-        // A block allocated to be written whole (cold) must be, in this step: end the chunk at
-        // its start. When the budget left cannot cover it, the prefill waits for a later step,
-        // unless it is the step's first (so that prefills progress whatever max_batch_tokens
-        // and the decodes leave): then the block is written in the window format (and demoted
-        // later) if a block of that size is free.
-        const int64_t bs = pool_->geometry().block_size;
-        const int64_t end = s->processed + take;
-        const int64_t b = end / bs;
-        if (end < static_cast<int64_t>(s->tokens.size()) && end % bs != 0 &&
-            b < static_cast<int64_t>(s->kv.block_table().size()) &&
-            kv_policy_->WrittenWhole(pool_->layout_of(s->kv.block_table()[b]))) {
-          if (end - end % bs > s->processed) {
-            take = end - end % bs - s->processed;
-          } else {
-            if (prefill_added) continue;
-            absl::StatusOr<BlockId> hot = pool_->Allocate(layout_);
-            if (!hot.ok()) continue;
-            s->kv.SetBlock(b, *hot);
-            s->TrackPeak();  // a window-format block is larger than the cold one it replaces
-          }
-        }
+        take = ChunkForDirectCold(s, take, prefill_added);
+        if (take == 0) continue;  // waits for a step with room for a whole block
       }
       const int32_t seq_index = static_cast<int32_t>(batch_.block_tables.size());
       batch_.block_tables.push_back(s->kv.block_table().data());
@@ -653,7 +678,7 @@ bool Scheduler::Step(absl::Time now) {
       }
       if (!decoding) prefill_added = true;
       s->processed += take;
-      budget -= take;
+      budget -= take;  // below zero after a first chunk stretched to a block's end
     }
   }
   if (batch_.num_tokens() == 0) {

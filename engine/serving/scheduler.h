@@ -19,6 +19,10 @@
 //     chunks under the token budget; when a decoding sequence needs a new block and none is free,
 //     the lowest-priority, most recently admitted running sequence is preempted (blocks freed,
 //     back to the waiting queue, recomputed later from its prompt plus what it generated);
+//     with a demoting KV policy the recomputation feeds the prompt as a prefill and the generated
+//     tokens in chunks that never step over a demotion point (KvCachePolicy::NextDemotionPoint),
+//     so that every block is written, and every token attends to the blocks, exactly as the
+//     first time, and the output does not change;
 //  4. runs the forward pass, samples, and pushes tokens and text (stop strings applied) to each
 //     sequence's RequestStream; finished sequences release their blocks.
 //
@@ -150,6 +154,15 @@ class Scheduler {
   // Bytes of the blocks `s` still needs to hold `slots` tokens, each in the layout it is
   // allocated in (final layouts when `final_layouts`), from table index `from` on.
   int64_t BytesNeeded(const Sequence* s, int64_t slots, bool final_layouts, int64_t from) const;
+  // How many leading tokens of the sequence prefix reuse may cover.
+  int64_t MatchableTokens(const Sequence* s) const;
+  // True when block `b` of the sequence may go to the prefix cache: its bytes are what any
+  // request with the same tokens would compute for it.
+  bool Shareable(const Sequence* s, int64_t b) const;
+  // The prefill chunk of a DirectCold sequence that `take` tokens (within the budget) become:
+  // cut so that every cold-allocated block is written whole in one step and recomputed
+  // generated tokens are fed as decoding fed them; 0 when it must wait for a later step.
+  int64_t ChunkForDirectCold(const Sequence* s, int64_t take, bool prefill_added) const;
   // Attaches the longest cached prefix of the sequence's tokens.
   void AttachCachedPrefix(Sequence* s);
   // Caches the sequence's newly final full blocks.

@@ -34,6 +34,43 @@ TEST(KvCachePolicyTest, ColdEligibilityHandWorked) {
   EXPECT_FALSE(p->ColdEligible(6, 100));  // partial
 }
 
+TEST(KvCachePolicyTest, NextDemotionPointHandWorked) {
+  BlockPool pool(kGeom, 1 << 22);
+  KvCachePolicyConfig c;
+  c.format = KvFormat::kInt4;
+  c.recent_window = 20;
+  c.sink_tokens = 4;
+  auto p = KvCachePolicy::Create(&pool, c);
+  ASSERT_TRUE(p.ok()) << p.status();
+  // Block 0 holds the sinks and never demotes; block b >= 1 becomes eligible at
+  // (b + 1) * 16 + 20 tokens: 52, 68, 84, ...
+  EXPECT_EQ(p->NextDemotionPoint(0), 52);
+  EXPECT_EQ(p->NextDemotionPoint(51), 52);
+  EXPECT_EQ(p->NextDemotionPoint(52), 68);
+  EXPECT_EQ(p->NextDemotionPoint(67), 68);
+  EXPECT_EQ(p->NextDemotionPoint(68), 84);
+  // Against the definition: the first count above t at which the eligible set grows.
+  for (int64_t t = 0; t < 200; ++t) {
+    int64_t want = t + 1;
+    auto eligible = [&](int64_t tokens) {
+      int64_t n = 0;
+      for (int64_t b = 0; b < 20; ++b) n += p->ColdEligible(b, tokens);
+      return n;
+    };
+    while (eligible(want) == eligible(t)) ++want;
+    EXPECT_EQ(p->NextDemotionPoint(t), want) << t;
+  }
+  // No window, no sinks: every block boundary.
+  BlockPool pool2(kGeom, 1 << 22);
+  KvCachePolicyConfig plain;
+  plain.format = KvFormat::kInt8;
+  auto q = KvCachePolicy::Create(&pool2, plain);
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_EQ(q->NextDemotionPoint(0), 16);
+  EXPECT_EQ(q->NextDemotionPoint(15), 16);
+  EXPECT_EQ(q->NextDemotionPoint(16), 32);
+}
+
 TEST(KvCachePolicyTest, NoWindowAndTokenWritableFormatWritesFinalFormatDirectly) {
   BlockPool pool(kGeom, 1 << 22);
   KvCachePolicyConfig c;
