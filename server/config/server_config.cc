@@ -486,8 +486,7 @@ std::optional<std::string> LocateConfigError(const ServerConfig& config,
       return absl::StrCat(it->second, ": ", message);
     }
   }
-  return absl::StrCat(config.source.empty() ? std::string("config") : config.source, ": ",
-                      message);
+  return absl::StrCat(config.source.empty() ? std::string("config") : config.source, ": ", message);
 }
 
 std::string FormatServerConfig(const ServerConfig& config) {

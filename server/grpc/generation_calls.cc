@@ -63,8 +63,8 @@ void LogFinished(const CallInfo& info, const std::string& id,
                  : absl::StrFormat(" error=\"%s\"", absl::CHexEscape(ended.error_message()));
   const char* gone = client_gone ? " (client gone)" : "";
   if (!final) {
-    spdlog::info("{} {} finished: status={} prompt_tokens={} completion_tokens={}{}{}",
-                 info.method, id, status, info.prompt_tokens, streamed_tokens, error, gone);
+    spdlog::info("{} {} finished: status={} prompt_tokens={} completion_tokens={}{}{}", info.method,
+                 id, status, info.prompt_tokens, streamed_tokens, error, gone);
     return;
   }
   spdlog::info(

@@ -2,6 +2,8 @@
 // deadline passed count as `deadline_exceeded` (never `failed`), a client's own cancel as
 // `cancelled`, and a response over server.max_message_bytes as `failed` with the
 // RESOURCE_EXHAUSTED its client got (logged so too). /metrics and Memory.GetStats agree.
+#include "server/metrics/request_outcomes.h"
+
 #include <array>
 #include <map>
 #include <string>
@@ -12,7 +14,6 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvserve/v1/memory.grpc.pb.h"
-#include "server/metrics/request_outcomes.h"
 #include "tests/server/grpc/server_process.h"
 #include "tests/server/metrics/metrics_scrape.h"
 
@@ -30,9 +31,9 @@ Counts Scraped(int port) {
   std::map<std::string, double> m = ParseExposition(r.body);
   Counts c{};
   for (int o = 0; o < kNumRequestOutcomes; ++o) {
-    const std::string series = absl::StrCat(
-        "kvserve_requests_total{status=\"", RequestOutcomeName(static_cast<RequestOutcome>(o)),
-        "\"}");
+    const std::string series =
+        absl::StrCat("kvserve_requests_total{status=\"",
+                     RequestOutcomeName(static_cast<RequestOutcome>(o)), "\"}");
     EXPECT_EQ(m.count(series), 1u) << series;
     c[o] = static_cast<int64_t>(m[series]);
   }
