@@ -16,7 +16,8 @@ absl::StatusOr<std::vector<float>> LowrankBasis(const LocalModelOptions& options
   const int head_dim = model.config().head_dim;
   if (options.kv_lowrank_rank < 1 || options.kv_lowrank_rank > head_dim) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "kv_cache.lowrank_rank must be in [1, head_dim = %d] for the lowrank format, got %d",
+        "kv_cache.lowrank_rank: must be in [1, head_dim = %d] for the lowrank format "
+        "(kv_cache.format, kv_cache.layer_formats), got %d",
         head_dim, options.kv_lowrank_rank));
   }
   if (options.kv_lowrank_text.empty()) {

@@ -74,23 +74,26 @@ absl::StatusOr<KvCachePolicy> KvCachePolicy::Create(BlockPool* pool,
   for (const auto& [layer, format] : config.layer_formats) {
     if (layer < 0 || layer >= g.num_layers) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "kv_cache.layers: layer %d does not exist (the model has layers 0..%d)", layer,
+          "kv_cache.layer_formats: layer %d does not exist (the model has layers 0..%d)", layer,
           g.num_layers - 1));
     }
     cold[layer] = format;
   }
   const kernels::KvRegionShape shape = g.RegionShape();
   for (int l = 0; l < g.num_layers; ++l) {
+    // The key that chose this layer's format, for the messages.
+    const char* key =
+        config.layer_formats.count(l) > 0 ? "kv_cache.layer_formats" : "kv_cache.format";
     if (cold[l] == kernels::KvFormat::kLowrank &&
         (g.key_rank < 1 || g.key_rank > g.head_dim || pool->key_basis(l) == nullptr)) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "kv_cache: format lowrank (layer %d) needs kv_cache.lowrank_rank in [1, head_dim = %d] "
+          "%s: format lowrank (layer %d) needs kv_cache.lowrank_rank in [1, head_dim = %d] "
           "and a key basis from kv_cache.lowrank_text",
-          l, g.head_dim));
+          key, l, g.head_dim));
     }
     if (!kernels::KvFormatSupports(cold[l], shape)) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "kv_cache: format %s cannot store layer %d (head_dim %d, block_size %d)",
+          "%s: format %s cannot store layer %d (head_dim %d, block_size %d)", key,
           kernels::KvFormatName(cold[l]), l, g.head_dim, g.block_size));
     }
   }
@@ -98,7 +101,9 @@ absl::StatusOr<KvCachePolicy> KvCachePolicy::Create(BlockPool* pool,
   for (kernels::KvFormat f : cold) needs_hot |= !kernels::KvFormatTokenWritable(f);
   if (needs_hot && !kernels::KvFormatTokenWritable(config.window_format)) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "kv_cache.window_format %s cannot be written token by token",
+        "kv_cache.window_format: %s cannot be written token by token, and the window "
+        "(kv_cache.recent_window, kv_cache.sink_tokens) and the blocks being filled are kept in "
+        "it: use fp32, fp16 or bf16",
         kernels::KvFormatName(config.window_format)));
   }
   KvCachePolicy p;
@@ -109,7 +114,7 @@ absl::StatusOr<KvCachePolicy> KvCachePolicy::Create(BlockPool* pool,
     KVSERVE_ASSIGN_OR_RETURN(p.write_layout_, pool->RegisterUniformLayout(config.window_format));
     if (pool->layout(p.write_layout_).block_bytes < pool->layout(p.cold_layout_).block_bytes) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "kv_cache.window_format %s takes less memory than the long-term formats; the window "
+          "kv_cache.window_format: %s takes less memory than the long-term formats; the window "
           "must be at least as precise",
           kernels::KvFormatName(config.window_format)));
     }

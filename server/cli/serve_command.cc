@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -183,6 +184,11 @@ int RunServeCommand(const std::vector<std::string>& args) {
 
   auto engine = engine::Engine::Create(config->engine);
   if (!engine.ok()) {
+    // A config key that only the loaded model can check is a config error, placed like one.
+    if (std::optional<std::string> located = LocateConfigError(*config, engine.status())) {
+      std::fprintf(stderr, "kvserve serve: %s\n", located->c_str());
+      return 2;
+    }
     spdlog::error("{}", std::string(engine.status().message()));
     return 1;
   }

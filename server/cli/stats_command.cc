@@ -77,6 +77,7 @@ std::string FormatMemoryStats(const v1::MemoryStats& s) {
   Row(&out, "running / waiting", absl::StrCat(s.running_requests(), " / ", s.waiting_requests()));
   Row(&out, "finished", absl::StrCat(s.requests_finished()));
   Row(&out, "cancelled", absl::StrCat(s.requests_cancelled()));
+  Row(&out, "deadline exceeded", absl::StrCat(s.requests_deadline_exceeded()));
   Row(&out, "failed", absl::StrCat(s.requests_failed()));
   Row(&out, "preemptions", absl::StrCat(s.preemptions()));
   Row(&out, "prompt tokens", absl::StrCat(s.prompt_tokens()));

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <system_error>
@@ -161,7 +162,10 @@ class ConfigLoader {
   absl::Status ReadFile();
   absl::Status ApplyOverride(const std::string& text);
   absl::Status Validate();
-  ServerConfig TakeConfig() { return std::move(config_); }
+  ServerConfig TakeConfig() {
+    for (const auto& [key, origin] : origins_) config_.origins[key] = Where(origin);
+    return std::move(config_);
+  }
 
  private:
   absl::Status FileError(const YAML::Mark& mark, const std::string& message) const {
@@ -457,6 +461,32 @@ absl::StatusOr<ServerConfig> LoadServerConfig(const std::string& path,
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": ", e.what()));
   }
+}
+
+std::optional<std::string> LocateConfigError(const ServerConfig& config,
+                                             const absl::Status& error) {
+  const std::string message(error.message());
+  // The keys the message names, in the order they appear (a key is followed by ':', ' ', ',',
+  // ')' or the end, so that "kv_cache.format" does not match inside a longer key).
+  std::vector<std::pair<size_t, std::string>> named;
+  for (const ConfigKey& key : ServerConfigKeys()) {
+    for (size_t at = message.find(key.path); at != std::string::npos;
+         at = message.find(key.path, at + 1)) {
+      const size_t end = at + key.path.size();
+      if (end == message.size() || std::strchr(": ,)", message[end]) != nullptr) {
+        named.emplace_back(at, key.path);
+        break;
+      }
+    }
+  }
+  std::sort(named.begin(), named.end());
+  if (named.empty() || named.front().first != 0) return std::nullopt;
+  for (const auto& [at, key] : named) {
+    if (const auto it = config.origins.find(key); it != config.origins.end()) {
+      return absl::StrCat(it->second, ": ", message);
+    }
+  }
+  return absl::StrCat(config.source.empty() ? std::string("config") : config.source, ": ", message);
 }
 
 std::string FormatServerConfig(const ServerConfig& config) {

@@ -8,6 +8,8 @@
 #define KVSERVE_SERVER_CONFIG_SERVER_CONFIG_H_
 
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,6 +26,9 @@ struct TlsConfig {
 
 struct ServerConfig {
   std::string source;  // the file it was read from ("" for defaults only)
+  // Where each key that was set got its value: "FILE:LINE" or "--set key=value". Keys left at
+  // their defaults are absent. Used to place errors found after loading (LocateConfigError).
+  std::map<std::string, std::string> origins;
 
   // model:
   std::string model_path;       // model.path (relative paths resolve against the config file)
@@ -64,6 +69,15 @@ struct ServerConfig {
 // Never throws.
 absl::StatusOr<ServerConfig> LoadServerConfig(const std::string& path,
                                               const std::vector<std::string>& overrides = {});
+
+// An error found once the model is loaded (engine::Engine::Create: KV formats against the model's
+// layers, the lowrank calibration, ...) placed like a config error when its message starts with a
+// config key ("kv_cache.layer_formats: layer 7 does not exist ..."): prefixed with the place of
+// the first key the message names that the file or a --set override set ("x.yaml:9: "), else
+// with the file. nullopt when the message does not start with a key (a model file that cannot be
+// read, for example), which is not a config error.
+std::optional<std::string> LocateConfigError(const ServerConfig& config,
+                                             const absl::Status& error);
 
 // The effective configuration as YAML, every key with its value (loadable by LoadServerConfig).
 std::string FormatServerConfig(const ServerConfig& config);

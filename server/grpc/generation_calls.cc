@@ -5,6 +5,8 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "kvserve/v1/generation.pb.h"
 #include "server/grpc/proto_codec.h"
@@ -16,26 +18,63 @@ namespace {
 
 double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 
-// One info line per finished request. Never the prompt or the output text.
+// gRPC tells a server only that a call was cancelled, not whether its client cancelled it or the
+// call's deadline passed. The client's own deadline timer usually fires first (the server's
+// deadline is the client's plus the time the request took to arrive, and gRPC's timers count whole
+// milliseconds); the client then resets the stream and reports DEADLINE_EXCEEDED to its caller.
+// So a cancellation after the deadline, or less than this before it, is counted as the deadline
+// (gRPC itself reads a reset stream after the deadline as DEADLINE_EXCEEDED).
+constexpr absl::Duration kDeadlineSlack = absl::Milliseconds(5);
+
+// The status a call ends with when its client cancelled it or went away.
+grpc::Status CancelledStatus(absl::Time deadline) {
+  if (absl::Now() >= deadline - kDeadlineSlack) {
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the call's deadline passed");
+  }
+  return grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled");
+}
+
+// RESOURCE_EXHAUSTED when a response message of `bytes` is larger than the bound.
+std::optional<grpc::Status> CheckMessageSize(size_t bytes, int64_t max_bytes) {
+  if (max_bytes <= 0 || bytes <= static_cast<size_t>(max_bytes)) return std::nullopt;
+  return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                      absl::StrFormat("the response (%d bytes) is larger than "
+                                      "server.max_message_bytes (%d bytes)",
+                                      bytes, max_bytes));
+}
+
+// Counts the status a call ends with; called once per call, just before Finish(status).
+void CountEnd(const CallInfo& info, const grpc::Status& status) {
+  if (info.outcomes == nullptr) return;
+  info.outcomes->Count(static_cast<absl::StatusCode>(status.error_code()));
+}
+
+// One info line per finished request, with the status the call ended with (what the client got).
+// Never the prompt or the output text.
 void LogFinished(const CallInfo& info, const std::string& id,
                  const std::optional<engine::StreamEvent>& final, int64_t streamed_tokens,
-                 bool client_cancelled) {
+                 bool client_gone, const grpc::Status& ended) {
   if (final && info.metrics != nullptr) info.metrics->ObserveRequest(*final);
+  const std::string status =
+      absl::StatusCodeToString(static_cast<absl::StatusCode>(ended.error_code()));
+  // Escaped: an engine message may quote a value the client sent.
+  const std::string error =
+      ended.ok() ? std::string()
+                 : absl::StrFormat(" error=\"%s\"", absl::CHexEscape(ended.error_message()));
+  const char* gone = client_gone ? " (client gone)" : "";
   if (!final) {
-    spdlog::info("{} {} finished: status=CANCELLED (client) prompt_tokens={} completion_tokens={}",
-                 info.method, id, info.prompt_tokens, streamed_tokens);
+    spdlog::info("{} {} finished: status={} prompt_tokens={} completion_tokens={}{}{}", info.method,
+                 id, status, info.prompt_tokens, streamed_tokens, error, gone);
     return;
   }
-  const std::string status =
-      final->status.ok() ? std::string("OK") : absl::StatusCodeToString(final->status.code());
   spdlog::info(
       "{} {} finished: status={} finish_reason={} prompt_tokens={} cached_tokens={} "
       "completion_tokens={} ttft_ms={:.1f} duration_ms={:.1f} queued_ms={:.1f} preemptions={} "
-      "peak_kv_blocks={}{}",
+      "peak_kv_blocks={}{}{}",
       info.method, id, status, std::string(engine::FinishReasonName(final->finish_reason)),
       final->usage.prompt_tokens, final->usage.cached_prompt_tokens, final->usage.completion_tokens,
       Ms(final->timings.time_to_first_token), Ms(final->timings.total), Ms(final->timings.queued),
-      final->preemptions, final->kv.peak_blocks, client_cancelled ? " (client gone)" : "");
+      final->preemptions, final->kv.peak_blocks, error, gone);
 }
 
 template <typename Response>
@@ -119,17 +158,19 @@ class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, pu
     bool client_gone;
     std::optional<engine::StreamEvent> final;
     int64_t streamed;
+    grpc::Status ended;
     {
       absl::MutexLock lock(&mu_);
       done_ = true;
       client_gone = broken_;
       final = final_;
       streamed = streamed_tokens_;
+      ended = ended_;
       buffer_.Clear();  // no write is in flight any more
     }
     stream_->SetListener([] {});
     stream_->Cancel();  // no effect once the request has finished
-    LogFinished(info_, stream_->id(), final, streamed, client_gone);
+    LogFinished(info_, stream_->id(), final, streamed, client_gone, ended);
     if (info_.tracker != nullptr) info_.tracker->End();
     std::shared_ptr<GenerateCall> self = std::move(self_);  // may destroy *this on return
   }
@@ -144,7 +185,11 @@ class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, pu
       if (broken_) {
         finishing_ = true;
         action = Action::kFinish;
-        finish_status = grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled");
+        finish_status = CancelledStatus(info_.deadline);
+      } else if (server_error_) {
+        finishing_ = true;
+        action = Action::kFinish;
+        finish_status = *server_error_;
       } else if (final_) {
         // Everything up to the final event has been written.
         finishing_ = true;
@@ -152,14 +197,16 @@ class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, pu
         finish_status = ToGrpcStatus(final_->status);
       } else {
         action = TakeEvents() ? Action::kWrite : Action::kNone;
-        if (action == Action::kNone && final_) {
+        if (action == Action::kNone && (final_ || server_error_)) {
           finishing_ = true;
           action = Action::kFinish;
-          finish_status = ToGrpcStatus(final_->status);
+          finish_status = server_error_ ? *server_error_ : ToGrpcStatus(final_->status);
         }
         if (action == Action::kWrite) write_in_flight_ = true;
       }
+      if (action == Action::kFinish) ended_ = finish_status;
     }
+    if (action == Action::kFinish) CountEnd(info_, finish_status);
     if (action == Action::kWrite) {
       StartWrite(&buffer_);
     } else if (action == Action::kFinish) {
@@ -189,8 +236,13 @@ class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, pu
     message.set_request_id(stream_->id());
     if (!SerializeResponse(message, &buffer_)) {
       stream_->Cancel();
-      if (!final_) final_ = engine::StreamEvent{};
-      final_->status = absl::InternalError("cannot serialize the response");
+      server_error_ = grpc::Status(grpc::StatusCode::INTERNAL, "cannot serialize the response");
+      return false;
+    }
+    if (auto too_large = CheckMessageSize(buffer_.Length(), info_.max_message_bytes)) {
+      buffer_.Clear();
+      stream_->Cancel();
+      server_error_ = *std::move(too_large);
       return false;
     }
     return true;
@@ -206,6 +258,9 @@ class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, pu
   bool broken_ ABSL_GUARDED_BY(mu_) = false;  // cancelled, or a write failed
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<engine::StreamEvent> final_ ABSL_GUARDED_BY(mu_);
+  // Set when the server cannot send a message (it ends the call with this status).
+  std::optional<grpc::Status> server_error_ ABSL_GUARDED_BY(mu_);
+  grpc::Status ended_ ABSL_GUARDED_BY(mu_);  // the status the call was finished with
   int64_t streamed_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   // The message being written: filled under mu_, then owned by the write until OnWriteDone.
   grpc::ByteBuffer buffer_;
@@ -226,29 +281,34 @@ class CompleteCall final : public grpc::ServerUnaryReactor, public PumpTarget {
 
   void OnCancel() override {
     stream_->Cancel();
+    grpc::Status status = CancelledStatus(info_.deadline);
     {
       absl::MutexLock lock(&mu_);
       if (finishing_ || done_) return;
       finishing_ = true;
       cancelled_ = true;
+      ended_ = status;
     }
-    Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled"));
+    CountEnd(info_, status);
+    Finish(status);
   }
 
   void OnDone() override {
     bool cancelled;
     std::optional<engine::StreamEvent> final;
     int64_t tokens;
+    grpc::Status ended;
     {
       absl::MutexLock lock(&mu_);
       done_ = true;
       cancelled = cancelled_;
       final = final_;
       tokens = message_.token_ids_size();
+      ended = ended_;
     }
     stream_->SetListener([] {});
     stream_->Cancel();
-    LogFinished(info_, stream_->id(), final, tokens, cancelled);
+    LogFinished(info_, stream_->id(), final, tokens, cancelled, ended);
     if (info_.tracker != nullptr) info_.tracker->End();
     std::shared_ptr<CompleteCall> self = std::move(self_);  // may destroy *this on return
   }
@@ -273,9 +333,15 @@ class CompleteCall final : public grpc::ServerUnaryReactor, public PumpTarget {
         message_.set_request_id(stream_->id());
         if (!SerializeResponse(message_, response_)) {
           status = grpc::Status(grpc::StatusCode::INTERNAL, "cannot serialize the response");
+        } else if (auto too_large =
+                       CheckMessageSize(response_->Length(), info_.max_message_bytes)) {
+          response_->Clear();
+          status = *std::move(too_large);
         }
       }
+      ended_ = status;
     }
+    CountEnd(info_, status);
     Finish(status);
   }
 
@@ -291,6 +357,7 @@ class CompleteCall final : public grpc::ServerUnaryReactor, public PumpTarget {
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   v1::CompleteResponse message_ ABSL_GUARDED_BY(mu_);
   std::optional<engine::StreamEvent> final_ ABSL_GUARDED_BY(mu_);
+  grpc::Status ended_ ABSL_GUARDED_BY(mu_);  // the status the call was finished with
 };
 
 class FailedWriteReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {

@@ -9,6 +9,12 @@
 // passes (OnCancel), or a write fails, the request is cancelled in the engine at once so that its
 // KV blocks are freed on the next step.
 //
+// Each call is logged (one line) and counted (CallInfo::outcomes) with the gRPC status it ends
+// with, which is what its client gets: the engine's final status; RESOURCE_EXHAUSTED for a
+// response larger than server.max_message_bytes (checked here before the write, so that gRPC
+// never fails the send behind the call's back); CANCELLED when the client cancelled or went
+// away, DEADLINE_EXCEEDED when that happened at its deadline (see kDeadlineSlack).
+//
 // Ownership: each call owns itself (a self reference dropped in OnDone); the listener holds only a
 // weak reference, so the engine may push to a stream whose call is gone.
 #ifndef KVSERVE_SERVER_GRPC_GENERATION_CALLS_H_
@@ -23,6 +29,7 @@
 #include "engine/serving/request_stream.h"
 #include "grpcpp/grpcpp.h"
 #include "server/grpc/stream_pump.h"
+#include "server/metrics/request_outcomes.h"
 
 namespace kvserve::server {
 
@@ -51,6 +58,11 @@ struct CallInfo {
   // Runs the call's Pump() for the stream's listener, off the engine thread; null: the listener
   // runs it itself.
   StreamPump* pump = nullptr;
+  RequestOutcomes* outcomes = nullptr;  // counts the status the call ends with; may be null
+  absl::Time deadline = absl::InfiniteFuture();  // the call's deadline
+  // A response message larger than this ends the call with RESOURCE_EXHAUSTED, as gRPC would
+  // refuse to send it (server.max_message_bytes); 0: no bound.
+  int64_t max_message_bytes = 0;
 };
 
 // Streams `stream` to the client. The returned reactor belongs to gRPC until OnDone.

@@ -83,6 +83,15 @@ absl::StatusOr<std::shared_ptr<engine::RequestStream>> GenerationService::Submit
   return engine_->Submit(*std::move(engine_request));
 }
 
+CallInfo GenerationService::Info(const char* method, int32_t prompt_tokens,
+                                 const grpc::CallbackServerContext& context) {
+  CallInfo info{method, prompt_tokens, &calls_, options_.metrics, &pump_};
+  info.outcomes = options_.outcomes;
+  info.deadline = DeadlineOf(context);
+  info.max_message_bytes = options_.max_message_bytes;
+  return info;
+}
+
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   int32_t prompt_tokens = 0;
@@ -91,8 +100,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
     LogRejected("Generate", stream.status());
     return FailedGenerateCall(ToGrpcStatus(stream.status()));
   }
-  return StartGenerateCall(*std::move(stream),
-                           CallInfo{"Generate", prompt_tokens, &calls_, options_.metrics, &pump_});
+  return StartGenerateCall(*std::move(stream), Info("Generate", prompt_tokens, *context));
 }
 
 grpc::ServerUnaryReactor* GenerationService::Complete(grpc::CallbackServerContext* context,
@@ -105,7 +113,7 @@ grpc::ServerUnaryReactor* GenerationService::Complete(grpc::CallbackServerContex
     return FinishNow(context, stream.status());
   }
   return StartCompleteCall(*std::move(stream), response,
-                           CallInfo{"Complete", prompt_tokens, &calls_, options_.metrics, &pump_});
+                           Info("Complete", prompt_tokens, *context));
 }
 
 grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,

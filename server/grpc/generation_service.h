@@ -33,6 +33,8 @@ struct GenerationServiceOptions {
   int64_t kv_block_bytes = 0;        // for GetModelInfo
   const ApiKeyAuthenticator* authenticator = nullptr;  // null: no key required
   ServerMetrics* metrics = nullptr;                    // request histograms; null: none
+  RequestOutcomes* outcomes = nullptr;                 // how the calls ended; null: not counted
+  int64_t max_message_bytes = 0;  // server.max_message_bytes: larger responses fail; 0: no bound
 };
 
 using GenerationServiceBase = v1::Generation::WithRawCallbackMethod_Generate<
@@ -73,6 +75,8 @@ class GenerationService final : public GenerationServiceBase {
       grpc::CallbackServerContext* context, const grpc::ByteBuffer& request,
       int32_t* prompt_tokens);
   uint64_t NextSeed();
+  CallInfo Info(const char* method, int32_t prompt_tokens,
+                const grpc::CallbackServerContext& context);
 
   engine::Engine* const engine_;
   const GenerationServiceOptions options_;

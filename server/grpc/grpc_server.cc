@@ -87,7 +87,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
   }
 
   if (!config.metrics_address.empty()) {
-    server->metrics_ = std::make_unique<ServerMetrics>(engine);
+    server->metrics_ = std::make_unique<ServerMetrics>(engine, &server->outcomes_);
     if (absl::Status s = server->metrics_->Serve(config.metrics_address); !s.ok()) return s;
     spdlog::info("metrics on http://{}/metrics",
                  WithPort(config.metrics_address, server->metrics_->port()));
@@ -98,10 +98,13 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
   options.kv_block_bytes = engine->Stats().kv_block_bytes;
   options.authenticator = server->authenticator_.get();
   options.metrics = server->metrics_.get();
+  options.outcomes = &server->outcomes_;
+  options.max_message_bytes = config.max_message_bytes;
   server->service_ = std::make_unique<GenerationService>(engine, options);
   MemoryServiceOptions memory_options;
   memory_options.min_watch_interval = absl::Milliseconds(config.min_watch_interval_ms);
   memory_options.authenticator = server->authenticator_.get();
+  memory_options.outcomes = &server->outcomes_;
   server->memory_service_ = std::make_unique<MemoryService>(engine, memory_options);
 
   grpc::EnableDefaultHealthCheckService(true);

@@ -62,6 +62,7 @@ class GrpcServer {
   GrpcServer() = default;
 
   std::unique_ptr<ApiKeyAuthenticator> authenticator_;
+  RequestOutcomes outcomes_;  // how the generation calls ended (metrics and Memory read it)
   std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<GenerationService> service_;
   std::unique_ptr<MemoryService> memory_service_;

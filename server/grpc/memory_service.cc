@@ -128,6 +128,17 @@ void MemoryService::Unregister(Watcher* w) {
   watchers_.erase(std::remove(watchers_.begin(), watchers_.end(), w), watchers_.end());
 }
 
+v1::MemoryStats MemoryService::Snapshot(absl::Time now) const {
+  v1::MemoryStats stats = ToMemoryStats(engine_->Stats(), now);
+  if (const RequestOutcomes* o = options_.outcomes) {
+    stats.set_requests_finished(o->Get(RequestOutcome::kOk));
+    stats.set_requests_cancelled(o->Get(RequestOutcome::kCancelled));
+    stats.set_requests_deadline_exceeded(o->Get(RequestOutcome::kDeadlineExceeded));
+    stats.set_requests_failed(o->Get(RequestOutcome::kFailed));
+  }
+  return stats;
+}
+
 void MemoryService::TickLoop() {
   absl::MutexLock lock(&mu_);
   while (true) {
@@ -137,7 +148,7 @@ void MemoryService::TickLoop() {
     bool any_due = false;
     for (Watcher* w : watchers_) any_due = any_due || w->Due(now);
     if (!any_due) continue;
-    auto snapshot = std::make_shared<const v1::MemoryStats>(ToMemoryStats(engine_->Stats(), now));
+    auto snapshot = std::make_shared<const v1::MemoryStats>(Snapshot(now));
     for (Watcher* w : watchers_) w->Offer(now, snapshot);
   }
 }
@@ -146,7 +157,7 @@ grpc::ServerUnaryReactor* MemoryService::GetStats(grpc::CallbackServerContext* c
                                                   const v1::GetStatsRequest* /*request*/,
                                                   v1::MemoryStats* response) {
   if (absl::Status s = Admit(*context); !s.ok()) return FinishNow(context, s);
-  *response = ToMemoryStats(engine_->Stats(), absl::Now());
+  *response = Snapshot(absl::Now());
   return FinishNow(context, absl::OkStatus());
 }
 

@@ -27,12 +27,16 @@
 #include "grpcpp/grpcpp.h"
 #include "kvserve/v1/memory.grpc.pb.h"
 #include "server/grpc/auth.h"
+#include "server/metrics/request_outcomes.h"
 
 namespace kvserve::server {
 
 struct MemoryServiceOptions {
   absl::Duration min_watch_interval = absl::Milliseconds(100);  // smallest WatchStats interval
   const ApiKeyAuthenticator* authenticator = nullptr;           // null: no key required
+  // The requests_* fields of every snapshot (how the generation calls ended); null: the
+  // engine's own counts.
+  const RequestOutcomes* outcomes = nullptr;
 };
 
 class MemoryService final : public v1::Memory::CallbackService {
@@ -64,6 +68,9 @@ class MemoryService final : public v1::Memory::CallbackService {
   absl::Duration Tick() const;  // the ticker's period
 
   engine::Engine* const engine_;
+  // One snapshot: the engine's, with the call outcomes when there are any.
+  v1::MemoryStats Snapshot(absl::Time now) const;
+
   const MemoryServiceOptions options_;
   std::atomic<bool> draining_{false};
 

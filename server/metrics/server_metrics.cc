@@ -72,7 +72,8 @@ class FamilyBuilder {
 // Pulls one engine snapshot per scrape.
 class EngineCollector final : public prometheus::Collectable {
  public:
-  explicit EngineCollector(engine::Engine* engine) : engine_(engine) {}
+  EngineCollector(engine::Engine* engine, const RequestOutcomes* outcomes)
+      : engine_(engine), outcomes_(outcomes) {}
 
   std::vector<MetricFamily> Collect() const override {
     const engine::EngineStats s = engine_->Stats();
@@ -169,12 +170,15 @@ class EngineCollector final : public prometheus::Collectable {
              "Running requests preempted (blocks freed, recomputed later).", MetricType::Counter)
         .Add(static_cast<double>(s.preemptions));
     b.Family("kvserve_requests_total",
-             "Requests ended, by final status (ok: finished normally; "
-             "cancelled: by the client or its deadline; failed: an error).",
-             MetricType::Counter)
-        .Add(static_cast<double>(s.requests_finished), {{"status", "ok"}})
-        .Add(static_cast<double>(s.requests_cancelled), {{"status", "cancelled"}})
-        .Add(static_cast<double>(s.requests_failed), {{"status", "failed"}});
+             "Requests ended, by the status the client got (ok: finished normally; cancelled: "
+             "by the client; deadline_exceeded: the call's deadline passed; failed: any other "
+             "error).",
+             MetricType::Counter);
+    for (int o = 0; o < kNumRequestOutcomes; ++o) {
+      const auto outcome = static_cast<RequestOutcome>(o);
+      b.Add(static_cast<double>(outcomes_->Get(outcome)),
+            {{"status", std::string(RequestOutcomeName(outcome))}});
+    }
     b.Family("kvserve_running_requests", "Requests in the running batch.", MetricType::Gauge)
         .Add(s.running_requests);
     b.Family("kvserve_waiting_requests", "Requests waiting to be admitted (preempted included).",
@@ -201,11 +205,12 @@ class EngineCollector final : public prometheus::Collectable {
 
  private:
   engine::Engine* const engine_;
+  const RequestOutcomes* const outcomes_;
 };
 
-ServerMetrics::ServerMetrics(engine::Engine* engine)
+ServerMetrics::ServerMetrics(engine::Engine* engine, const RequestOutcomes* outcomes)
     : registry_(std::make_shared<prometheus::Registry>()),
-      collector_(std::make_shared<EngineCollector>(engine)) {
+      collector_(std::make_shared<EngineCollector>(engine, outcomes)) {
   ttft_ = &prometheus::BuildHistogram()
                .Name("kvserve_time_to_first_token_seconds")
                .Help("Time from a request's arrival to its first generated token.")

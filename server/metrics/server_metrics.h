@@ -6,11 +6,12 @@
 //     counters (prefix cache queries and hits, evictions, preemptions, requests, tokens), so a
 //     scrape never sees a half-updated set;
 //   - the gRPC calls: ObserveRequest() records each finished request in the latency histograms
-//     (time to first token, inter-token latency, request duration).
+//     (time to first token, inter-token latency, request duration), and `kvserve_requests_total`
+//     reads the calls' outcomes (request_outcomes.h) on every scrape.
 // The engine never sees any of this: the server pulls from it.
 //
-// Thread-safety: ObserveRequest and scrapes run concurrently from any thread. The engine must
-// outlive the object.
+// Thread-safety: ObserveRequest and scrapes run concurrently from any thread. The engine and the
+// outcomes must outlive the object.
 #ifndef KVSERVE_SERVER_METRICS_SERVER_METRICS_H_
 #define KVSERVE_SERVER_METRICS_SERVER_METRICS_H_
 
@@ -20,6 +21,7 @@
 #include "absl/status/status.h"
 #include "engine/serving/engine.h"
 #include "engine/serving/request.h"
+#include "server/metrics/request_outcomes.h"
 
 namespace prometheus {
 class Exposer;
@@ -33,7 +35,7 @@ class EngineCollector;
 
 class ServerMetrics {
  public:
-  explicit ServerMetrics(engine::Engine* engine);
+  ServerMetrics(engine::Engine* engine, const RequestOutcomes* outcomes);
   ~ServerMetrics();
   ServerMetrics(const ServerMetrics&) = delete;
   ServerMetrics& operator=(const ServerMetrics&) = delete;

@@ -85,8 +85,9 @@ TEST(KvCachePolicyTest, BadSettingsAreNamed) {
   BlockPool pool(kGeom, 1 << 22);
   KvCachePolicyConfig c;
   c.layer_formats[7] = KvFormat::kFp16;
-  EXPECT_NE(KvCachePolicy::Create(&pool, c).status().message().find("kv_cache.layers"),
-            std::string::npos);
+  EXPECT_NE(
+      KvCachePolicy::Create(&pool, c).status().message().find("kv_cache.layer_formats: layer"),
+      std::string::npos);
   c = {};
   c.recent_window = -1;
   EXPECT_NE(KvCachePolicy::Create(&pool, c).status().message().find("recent_window"),
