@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <optional>
 #include <queue>
 #include <string>
 #include <string_view>
@@ -204,9 +206,22 @@ void Tokenizer::AppendFallback(std::string_view bytes, std::vector<int32_t>* ids
 }
 
 std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) const {
+  return *EncodeAtMost(text, add_bos, std::numeric_limits<size_t>::max());
+}
+
+size_t Tokenizer::max_token_bytes() const { return std::max<size_t>(max_piece_bytes_, 4); }
+
+std::optional<std::vector<int32_t>> Tokenizer::EncodeAtMost(std::string_view text, bool add_bos,
+                                                            size_t max_tokens) const {
   std::vector<int32_t> out;
   if (add_bos) out.push_back(vocab_.bos_id);
+  if (out.size() > max_tokens) return std::nullopt;
   if (text.empty()) return out;
+  // Each token stands for at most max_token_bytes() bytes of the (prefixed) text.
+  if (max_tokens != std::numeric_limits<size_t>::max() &&
+      text.size() / max_token_bytes() > max_tokens - out.size()) {
+    return std::nullopt;
+  }
 
   std::string prefixed;
   if (vocab_.add_space_prefix) {
@@ -222,7 +237,16 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) cons
   std::vector<Symbol> symbols;
   symbols.reserve(text.size());
   std::vector<int32_t> fallback;
+  // A lower bound on the final token count, kept as the text is scanned: fallback tokens never
+  // merge, and a merged token covers at most max_piece_bytes_ bytes of matchable text. Once it
+  // passes max_tokens the rest of the text is not looked at.
+  const size_t piece_bytes = std::max<size_t>(max_piece_bytes_, 1);
+  size_t fixed_tokens = out.size();
+  size_t mergeable_bytes = 0;
   for (size_t pos = 0; pos < text.size();) {
+    if (fixed_tokens + (mergeable_bytes + piece_bytes - 1) / piece_bytes > max_tokens) {
+      return std::nullopt;
+    }
     size_t length = 0;
     const Utf8Scan scan = ScanUtf8(text.substr(pos), &length);
     if (scan != Utf8Scan::kValid) length = 1;  // each byte of ill-formed text on its own
@@ -231,6 +255,7 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) cons
     if (id >= 0) {
       symbols.push_back({0, 0, static_cast<uint32_t>(pos), static_cast<uint32_t>(length), id,
                          /*mergeable=*/true});
+      mergeable_bytes += length;
     } else {
       fallback.clear();
       AppendFallback(unit, &fallback);
@@ -240,6 +265,7 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) cons
         const size_t bytes = fallback.size() == 1 ? length : 1;
         symbols.push_back({0, 0, static_cast<uint32_t>(begin), static_cast<uint32_t>(bytes),
                            fallback[k], /*mergeable=*/false});
+        if (fallback[k] >= 0) ++fixed_tokens;
       }
     }
     pos += length;
@@ -288,6 +314,7 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) cons
     const int32_t id = symbols[static_cast<size_t>(i)].id;
     if (id >= 0) out.push_back(id);
   }
+  if (out.size() > max_tokens) return std::nullopt;
   return out;
 }
 

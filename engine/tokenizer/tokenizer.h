@@ -28,6 +28,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -61,6 +62,19 @@ class Tokenizer {
   // byte sequence, including invalid UTF-8 and NUL bytes, is accepted.
   // REQUIRES: text.size() < 2^31 - 1 bytes (callers cap prompts far below that).
   std::vector<int32_t> Encode(std::string_view text, bool add_bos) const;
+
+  // Encode with a bound: the tokens of `text` (BOS included) when there are at most `max_tokens`,
+  // std::nullopt otherwise. Gives up as soon as the text is known to need more: a lower bound on
+  // the count is kept while the text is scanned, so at most about
+  // (max_tokens + 1) x max_token_bytes() bytes are looked at and merged, whatever the text's
+  // length. The same tokens as Encode when it returns them.
+  std::optional<std::vector<int32_t>> EncodeAtMost(std::string_view text, bool add_bos,
+                                                   size_t max_tokens) const;
+
+  // The most bytes of text one token can stand for: the longest matchable piece, and at least 4
+  // (an unknown token may stand for one code point). A text longer than
+  // n x max_token_bytes() bytes has more than n tokens.
+  size_t max_token_bytes() const;
 
   // The raw bytes token `id` stands for: a byte piece gives its single byte, a normal or
   // user-defined piece its text; control, unknown and unused tokens and invalid ids give "".

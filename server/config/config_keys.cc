@@ -21,8 +21,17 @@ constexpr double kBytesPerMiB = 1024.0 * 1024.0;
 
 absl::Status CheckAddress(const std::string& address) { return CheckHostPort(address); }
 
-absl::Status CheckOptionalAddress(const std::string& address) {
-  return address.empty() ? absl::OkStatus() : CheckHostPort(address);
+// metrics.address: the /metrics server (prometheus-cpp on civetweb, as Debian 12 packages it) is
+// built without IPv6 and fails at start on an IPv6 address, so one is refused here.
+absl::Status CheckMetricsAddress(const std::string& address) {
+  if (address.empty()) return absl::OkStatus();
+  if (absl::Status s = CheckHostPort(address); !s.ok()) return s;
+  if (address.front() == '[') {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "IPv6 addresses are not supported for /metrics (its HTTP server, civetweb, is built "
+        "without IPv6), got '", address, "'; use an IPv4 address such as 127.0.0.1:9464"));
+  }
+  return absl::OkStatus();
 }
 
 std::vector<ConfigKey> BuildKeys() {
@@ -66,6 +75,21 @@ std::vector<ConfigKey> BuildKeys() {
       "server.auth_on_loopback", [](ServerConfig& c, bool v) { c.auth_on_loopback = v; },
       [](const ServerConfig& c) { return c.auth_on_loopback; },
       "require an API key from loopback clients too"));
+  keys.push_back(BoolKey(
+      "server.allow_unauthenticated",
+      [](ServerConfig& c, bool v) { c.allow_unauthenticated = v; },
+      [](const ServerConfig& c) { return c.allow_unauthenticated; },
+      "serve a non-loopback address without API keys (otherwise a configuration error)"));
+  keys.push_back(FloatKey(
+      "server.handshake_timeout_seconds", 0.001, 3600,
+      [](ServerConfig& c, double v) { c.handshake_timeout_seconds = v; },
+      [](const ServerConfig& c) { return c.handshake_timeout_seconds; },
+      "a connection that has not completed its TLS and HTTP/2 handshake by then is closed"));
+  keys.push_back(FloatKey(
+      "server.max_connection_idle_seconds", 0, 86400 * 365,
+      [](ServerConfig& c, double v) { c.max_connection_idle_seconds = v; },
+      [](const ServerConfig& c) { return c.max_connection_idle_seconds; },
+      "a connection with no call for this long is closed (GOAWAY); 0 = never"));
   keys.push_back(PathKey(
       "server.tls.cert_file",
       [](ServerConfig& c, std::string v) { c.tls.cert_file = std::move(v); },
@@ -204,6 +228,12 @@ std::vector<ConfigKey> BuildKeys() {
       [](ServerConfig& c, int64_t v) { c.default_max_tokens = static_cast<int32_t>(v); },
       [](const ServerConfig& c) { return c.default_max_tokens; },
       "max_tokens of a request that does not set it"));
+  keys.push_back(IntKey(
+      "limits.max_prompt_bytes", 0, int64_t{1} << 31,
+      [](ServerConfig& c, int64_t v) { c.max_prompt_bytes = v; },
+      [](const ServerConfig& c) { return c.max_prompt_bytes; },
+      "longest text prompt accepted before tokenizing, bytes; 0 = max_prompt_tokens x the "
+      "longest token piece"));
 
   // engine:
   keys.push_back(IntKey(
@@ -214,10 +244,10 @@ std::vector<ConfigKey> BuildKeys() {
 
   // metrics:
   keys.push_back(StringKey(
-      "metrics.address", CheckOptionalAddress,
+      "metrics.address", CheckMetricsAddress,
       [](ServerConfig& c, std::string v) { c.metrics_address = std::move(v); },
       [](const ServerConfig& c) { return c.metrics_address; },
-      "Prometheus /metrics listen address, host:port; empty = off"));
+      "Prometheus /metrics listen address, IPv4 host:port; empty = off"));
   keys.push_back(IntKey(
       "metrics.min_watch_interval_ms", 10, 3600000,
       [](ServerConfig& c, int64_t v) { c.min_watch_interval_ms = v; },

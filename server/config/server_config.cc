@@ -23,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "server/config/config_schema.h"
+#include "server/grpc/auth.h"
 
 namespace kvserve::server {
 namespace {
@@ -378,6 +379,15 @@ absl::Status ConfigLoader::Validate() {
   if (c.auth_on_loopback && c.api_keys_file.empty()) {
     return KeyError("server.auth_on_loopback",
                     "is true but server.api_keys_file is not set (no keys to check)");
+  }
+  // A non-loopback listener without keys would serve anyone who can reach it.
+  if (!IsLoopbackAddress(c.address) && c.api_keys_file.empty() && !c.allow_unauthenticated) {
+    return KeyError("server.address",
+                    absl::StrCat(c.address,
+                                 " is not a loopback address and server.api_keys_file is not set: "
+                                 "anyone who can reach it could call every method. Set "
+                                 "server.api_keys_file, listen on a loopback address, or set "
+                                 "server.allow_unauthenticated: true"));
   }
   // Port 0 picks a free port for each, so two ":0" addresses never collide.
   if (!c.metrics_address.empty() && c.metrics_address == c.address &&

@@ -41,10 +41,18 @@ struct ServerConfig {
   double drain_timeout_seconds = 30;         // server.drain_timeout_seconds
   std::string api_keys_file;                 // server.api_keys_file: one key per line
   bool auth_on_loopback = false;             // server.auth_on_loopback
+  // server.allow_unauthenticated: serve a non-loopback address without API keys (otherwise a
+  // configuration error).
+  bool allow_unauthenticated = false;
+  double handshake_timeout_seconds = 10;       // server.handshake_timeout_seconds
+  double max_connection_idle_seconds = 300;    // server.max_connection_idle_seconds (0 = off)
   TlsConfig tls;                             // server.tls.{cert_file,key_file}
 
   // limits:
   int32_t default_max_tokens = 256;          // limits.default_max_tokens
+  // limits.max_prompt_bytes: longest text prompt (Generate, Complete, Tokenize) accepted before
+  // tokenizing, bytes; 0 = derived from the model (max_prompt_tokens x the longest piece).
+  int64_t max_prompt_bytes = 0;
 
   // metrics:
   std::string metrics_address = "127.0.0.1:9464";  // metrics.address ("" = off)

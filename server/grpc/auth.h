@@ -4,7 +4,8 @@
 // `authorization: Bearer <key>` with one of the file's keys, or it fails with UNAUTHENTICATED.
 // Whether keys are required depends on the address the server listens on:
 //   - a non-loopback address (0.0.0.0, a LAN address, a host name): always, once a keys file is
-//     set;
+//     set; without a keys file the config loader refuses such an address unless
+//     server.allow_unauthenticated is true;
 //   - a loopback address (127.0.0.0/8, [::1], localhost) or a unix socket: only when
 //     `server.auth_on_loopback` is true. Only local processes can reach such a server, and
 //     leaving them out keeps local tools simple; set auth_on_loopback when other local users or a

@@ -4,10 +4,12 @@
 #include <random>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "server/grpc/generation_calls.h"
 #include "server/grpc/proto_codec.h"
+#include "server/grpc/sanitize.h"
 #include "spdlog/spdlog.h"
 
 namespace kvserve::server {
@@ -41,9 +43,19 @@ uint64_t RandomBase() {
   return (static_cast<uint64_t>(rd()) << 32) ^ rd();
 }
 
+// Bytes of `v` as a protobuf varint.
+size_t VarintBytes(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+
 void LogRejected(const char* method, const absl::Status& status) {
   spdlog::info("{} rejected: {}: {}", method, absl::StatusCodeToString(status.code()),
-               std::string(status.message()));
+               SanitizeForLog(std::string(status.message())));
 }
 
 }  // namespace
@@ -51,8 +63,14 @@ void LogRejected(const char* method, const absl::Status& status) {
 GenerationService::GenerationService(engine::Engine* engine, GenerationServiceOptions options)
     : engine_(engine),
       options_(options),
-      limits_{engine->max_prompt_tokens(), engine->max_tokens_limit(), options.default_max_tokens},
-      seed_base_(RandomBase()) {}
+      limits_{engine->max_prompt_tokens(), engine->max_tokens_limit(), options.default_max_tokens,
+              options.max_prompt_bytes > 0
+                  ? options.max_prompt_bytes
+                  : DefaultMaxPromptBytes(engine->max_prompt_tokens(), engine->tokenizer())},
+      seed_base_(RandomBase()) {
+  spdlog::info("text prompts: at most {} bytes, {} tokens", limits_.max_prompt_bytes,
+               limits_.max_prompt_tokens);
+}
 
 uint64_t GenerationService::NextSeed() {
   // Seeds are 63 bits so that they print the same in every client language.
@@ -78,7 +96,7 @@ absl::StatusOr<std::shared_ptr<engine::RequestStream>> GenerationService::Submit
   *prompt_tokens = static_cast<int32_t>(engine_request->prompt.size());
   if (spdlog::should_log(spdlog::level::debug)) {
     spdlog::debug("request '{}' from {}: {} prompt tokens; text: {}", message.request_id(),
-                  context->peer(), *prompt_tokens, message.text());
+                  context->peer(), *prompt_tokens, SanitizeForLog(message.text()));
   }
   return engine_->Submit(*std::move(engine_request));
 }
@@ -122,12 +140,38 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
   if (absl::Status s = Admit(*context); !s.ok()) return FinishNow(context, s);
   v1::TokenizeRequest message;
   if (absl::Status s = ParseRequest(*request, &message); !s.ok()) return FinishNow(context, s);
+  if (static_cast<int64_t>(message.text().size()) > limits_.max_prompt_bytes) {
+    return FinishNow(context, absl::InvalidArgumentError(absl::StrCat(
+                                  "text: ", message.text().size(), " bytes; at most ",
+                                  limits_.max_prompt_bytes,
+                                  " are accepted (limits.max_prompt_bytes)")));
+  }
   const engine::Tokenizer& tokenizer = engine_->tokenizer();
   const bool add_bos = message.has_add_bos() ? message.add_bos() : tokenizer.vocab().add_bos;
+  const std::vector<int32_t> ids = tokenizer.Encode(message.text(), add_bos);
+  // The response's size, computed before it is built: packed ids, then one string per piece.
+  std::vector<std::string> pieces;
+  pieces.reserve(ids.size());
+  size_t ids_bytes = 0;
+  size_t size = 0;
+  for (int32_t id : ids) {
+    ids_bytes += VarintBytes(static_cast<uint32_t>(id));
+    pieces.push_back(ToValidUtf8(tokenizer.vocab().pieces[id]));
+    size += 1 + VarintBytes(pieces.back().size()) + pieces.back().size();
+  }
+  if (!ids.empty()) size += 1 + VarintBytes(ids_bytes) + ids_bytes;
+  if (static_cast<int64_t>(size) > options_.max_message_bytes) {
+    return FinishNow(context,
+                     absl::ResourceExhaustedError(absl::StrCat(
+                         "the response would be ", size, " bytes (", ids.size(),
+                         " tokens), more than server.max_message_bytes (",
+                         options_.max_message_bytes, "); tokenize a shorter text")));
+  }
   v1::TokenizeResponse out;
-  for (int32_t id : tokenizer.Encode(message.text(), add_bos)) {
-    out.add_token_ids(id);
-    out.add_pieces(ToValidUtf8(tokenizer.vocab().pieces[id]));
+  out.mutable_token_ids()->Reserve(static_cast<int>(ids.size()));
+  for (size_t i = 0; i < ids.size(); ++i) {
+    out.add_token_ids(ids[i]);
+    out.add_pieces(std::move(pieces[i]));
   }
   if (!SerializeResponse(out, response)) {
     return FinishNow(context, absl::InternalError("cannot serialize the response"));

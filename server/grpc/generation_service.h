@@ -6,6 +6,11 @@
 // one to one onto the gRPC code (RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE after
 // shutdown began). The call's deadline becomes the engine request's deadline.
 //
+// Tokenize is bounded like a text prompt: text over limits.max_prompt_bytes is refused before it is
+// tokenized (INVALID_ARGUMENT), and the response is sized before it is built, so that one that
+// would exceed server.max_message_bytes is refused (RESOURCE_EXHAUSTED naming the key) instead
+// of being built and then dropped by gRPC.
+//
 // Generate, Complete and Tokenize are registered raw (their requests carry strings; see
 // proto_codec.h for why). No handler blocks: the generation calls are reactors driven by the
 // engine (generation_calls.h); the other methods finish inline.
@@ -31,6 +36,8 @@ namespace kvserve::server {
 struct GenerationServiceOptions {
   int32_t default_max_tokens = 256;  // max_tokens of a request that leaves it unset
   int64_t kv_block_bytes = 0;        // for GetModelInfo
+  int64_t max_prompt_bytes = 0;      // limits.max_prompt_bytes; 0 = derived from the model
+  int64_t max_message_bytes = 4 << 20;  // server.max_message_bytes: Tokenize sizes its answer
   const ApiKeyAuthenticator* authenticator = nullptr;  // null: no key required
   ServerMetrics* metrics = nullptr;                    // request histograms; null: none
   RequestOutcomes* outcomes = nullptr;                 // how the calls ended; null: not counted

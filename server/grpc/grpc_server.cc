@@ -39,6 +39,13 @@ std::string WithPort(const std::string& address, int port) {
   return absl::StrCat(address.substr(0, colon + 1), port);
 }
 
+// Seconds as a channel argument's milliseconds (an int), at least 1.
+int ToChannelMs(double seconds) {
+  const double ms = seconds * 1000.0;
+  if (ms >= 2147483647.0) return 2147483647;
+  return ms < 1.0 ? 1 : static_cast<int>(ms);
+}
+
 }  // namespace
 
 absl::Status CheckServerFiles(const ServerConfig& config) {
@@ -74,11 +81,24 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
     server->tls_ = true;
   }
 
+  const bool loopback = IsLoopbackAddress(config.address);
   if (ApiKeysRequired(config.address, !config.api_keys_file.empty(), config.auth_on_loopback)) {
     auto auth = ApiKeyAuthenticator::FromFile(config.api_keys_file);
     if (!auth.ok()) return auth.status();
     server->authenticator_ = *std::move(auth);
     spdlog::info("API keys required ({} keys)", server->authenticator_->num_keys());
+    if (!loopback && !server->tls_) {
+      spdlog::warn(
+          "{} is not a loopback address and TLS is off: API keys travel in plaintext and can be "
+          "read on the network (set server.tls.cert_file and server.tls.key_file)",
+          config.address);
+    }
+  } else if (!loopback) {
+    // The config loader refuses this unless it was asked for explicitly.
+    spdlog::warn(
+        "{} is not a loopback address and no API keys are required "
+        "(server.allow_unauthenticated: true): anyone who can reach it may call every method",
+        config.address);
   } else if (!config.api_keys_file.empty()) {
     spdlog::warn(
         "server.api_keys_file is set but {} is a loopback address: keys are not required "
@@ -95,6 +115,8 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
 
   GenerationServiceOptions options;
   options.default_max_tokens = config.default_max_tokens;
+  options.max_prompt_bytes = config.max_prompt_bytes;
+  options.max_message_bytes = config.max_message_bytes;
   options.kv_block_bytes = engine->Stats().kv_block_bytes;
   options.authenticator = server->authenticator_.get();
   options.metrics = server->metrics_.get();
@@ -118,6 +140,15 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
   // client's further calls wait (in the client) for one of its own to end. The engine's
   // scheduler.max_waiting_requests bounds the calls of all connections together.
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, config.max_streams_per_connection);
+  // A connection that has not completed its TLS and HTTP/2 handshake (the client's preface and
+  // SETTINGS) by then is closed: a silent TCP connection holds a socket for this long at most.
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+                             ToChannelMs(config.handshake_timeout_seconds));
+  // A connection with no call in flight for this long gets GOAWAY and is closed.
+  if (config.max_connection_idle_seconds > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                               ToChannelMs(config.max_connection_idle_seconds));
+  }
   builder.AddListeningPort(config.address, credentials, &server->port_);
   builder.RegisterService(server->service_.get());
   builder.RegisterService(server->memory_service_.get());

@@ -9,6 +9,7 @@
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/unknown_field_set.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
+#include "server/grpc/sanitize.h"
 
 namespace kvserve::server {
 namespace {
@@ -148,7 +149,8 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (code < 0 || code > static_cast<int>(grpc::StatusCode::UNAUTHENTICATED)) {
     code = static_cast<int>(grpc::StatusCode::UNKNOWN);
   }
-  return grpc::Status(static_cast<grpc::StatusCode>(code), std::string(status.message()));
+  // Messages may echo request fields (a policy name, a stop string): escaped, as in the log.
+  return grpc::Status(static_cast<grpc::StatusCode>(code), SanitizeForLog(std::string(status.message())));
 }
 
 v1::FinishReason ToProtoFinishReason(engine::FinishReason reason) {

@@ -1,6 +1,8 @@
 #include "server/grpc/request_validation.h"
 
+#include <algorithm>
 #include <cmath>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -73,12 +75,27 @@ absl::Status FillPrompt(const v1::GenerateRequest& in, const engine::Tokenizer& 
     case v1::GenerateRequest::kText: {
       field = "text";
       if (in.text().empty()) return Invalid(field, "must not be empty");
+      const int64_t max_bytes = limits.max_prompt_bytes > 0
+                                    ? limits.max_prompt_bytes
+                                    : DefaultMaxPromptBytes(limits.max_prompt_tokens, tokenizer);
+      if (static_cast<int64_t>(in.text().size()) > max_bytes) {
+        return Invalid(field, absl::StrCat("the prompt has ", in.text().size(),
+                                           " bytes; at most ", max_bytes,
+                                           " are accepted (limits.max_prompt_bytes)"));
+      }
       // Parsing already rejects non-UTF-8; this keeps the check when a caller builds the message
       // in process.
       if (const size_t bad = FindInvalidUtf8(in.text()); bad != std::string_view::npos) {
         return Invalid(field, absl::StrCat("not valid UTF-8 (byte ", bad, ")"));
       }
-      *prompt = tokenizer.Encode(in.text(), tokenizer.vocab().add_bos);
+      std::optional<std::vector<int32_t>> tokens = tokenizer.EncodeAtMost(
+          in.text(), tokenizer.vocab().add_bos, static_cast<size_t>(limits.max_prompt_tokens));
+      if (!tokens) {
+        return Invalid(field, absl::StrCat("the prompt has more than ", limits.max_prompt_tokens,
+                                           " tokens; at most ", limits.max_prompt_tokens,
+                                           " are accepted"));
+      }
+      *prompt = *std::move(tokens);
       if (prompt->empty()) return Invalid(field, "the text gives no tokens");
       break;
     }
@@ -143,6 +160,11 @@ absl::Status FillRetention(const v1::GenerateRequest& in, std::vector<engine::Re
 }
 
 }  // namespace
+
+int64_t DefaultMaxPromptBytes(int32_t max_prompt_tokens, const engine::Tokenizer& tokenizer) {
+  return static_cast<int64_t>(std::max<int32_t>(max_prompt_tokens, 1)) *
+         static_cast<int64_t>(tokenizer.max_token_bytes());
+}
 
 absl::StatusOr<engine::EngineRequest> BuildEngineRequest(const v1::GenerateRequest& request,
                                                          const engine::Tokenizer& tokenizer,

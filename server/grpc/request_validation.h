@@ -24,7 +24,13 @@ struct RequestLimits {
   int32_t max_prompt_tokens = 0;   // longest prompt, tokens
   int32_t max_tokens_limit = 0;    // largest max_tokens
   int32_t default_max_tokens = 0;  // max_tokens when unset (capped at max_tokens_limit)
+  // Longest text prompt, bytes, checked before tokenizing (limits.max_prompt_bytes). 0 = derived:
+  // max_prompt_tokens x the tokenizer's max_token_bytes() (see DefaultMaxPromptBytes).
+  int64_t max_prompt_bytes = 0;
 };
+
+// The byte bound no text of at most `max_prompt_tokens` tokens can exceed.
+int64_t DefaultMaxPromptBytes(int32_t max_prompt_tokens, const engine::Tokenizer& tokenizer);
 
 // Bounds on the sizes of a request's lists and strings.
 inline constexpr int kMaxStopStrings = 16;
@@ -36,8 +42,10 @@ inline constexpr int kMaxRetentionHints = 16;
 // Default retention priority of a hint that does not set one.
 inline constexpr int32_t kDefaultRetentionPriority = 35;
 
-// Validates `request` and builds the engine request: the text prompt is tokenized with
-// `tokenizer` (BOS first when the vocabulary asks for it); unset sampling fields take the defaults
+// Validates `request` and builds the engine request: a text prompt longer than
+// limits.max_prompt_bytes is refused before tokenizing, and tokenizing stops once the prompt is
+// known to exceed limits.max_prompt_tokens, so the work is bounded by the limits, not by the
+// request; the text prompt is tokenized with `tokenizer` (BOS first when the vocabulary asks for it); unset sampling fields take the defaults
 // documented in generation.proto (an unset seed becomes `random_seed`); `deadline` is the call's
 // deadline (InfiniteFuture() for none).
 absl::StatusOr<engine::EngineRequest> BuildEngineRequest(const v1::GenerateRequest& request,

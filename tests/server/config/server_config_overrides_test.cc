@@ -78,7 +78,7 @@ TEST_F(ServerConfigOverrideTest, OverridesApplyOverTheFile) {
 TEST_F(ServerConfigOverrideTest, LastOverrideWinsAndQuotesAreYaml) {
   absl::StatusOr<ServerConfig> config =
       Load({"kv_cache.block_size=8", "kv_cache.block_size=64", "server.address='host:99'",
-            " kv_cache.format =fp32"});
+            " kv_cache.format =fp32", "server.allow_unauthenticated=true"});
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->engine.model.block_size, 64);
   EXPECT_EQ(config->address, "host:99");

@@ -173,6 +173,9 @@ server:
   drain_timeout_seconds: 2.5
   api_keys_file: keys.txt
   auth_on_loopback: true
+  allow_unauthenticated: true
+  handshake_timeout_seconds: 2.5
+  max_connection_idle_seconds: 60
   tls:
     cert_file: tls/cert.pem
     key_file: KEY_FILE
@@ -200,10 +203,11 @@ limits:
   max_prompt_tokens: 100
   max_tokens: 200
   default_max_tokens: 50
+  max_prompt_bytes: 4096
 engine:
   threads: 3
 metrics:
-  address: "[::1]:9100"
+  address: "127.0.0.2:9100"
   min_watch_interval_ms: 250
 logging:
   level: debug
@@ -247,6 +251,10 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   EXPECT_DOUBLE_EQ(c.drain_timeout_seconds, 2.5);
   EXPECT_TRUE(fs::equivalent(c.api_keys_file, dir.Path("keys.txt")));
   EXPECT_TRUE(c.auth_on_loopback);
+  EXPECT_TRUE(c.allow_unauthenticated);
+  EXPECT_DOUBLE_EQ(c.handshake_timeout_seconds, 2.5);
+  EXPECT_DOUBLE_EQ(c.max_connection_idle_seconds, 60);
+  EXPECT_EQ(c.max_prompt_bytes, 4096);
   EXPECT_TRUE(fs::equivalent(c.tls.cert_file, dir.Path("tls/cert.pem")));
   EXPECT_EQ(c.tls.key_file, key_file);  // absolute paths are kept as written
   EXPECT_TRUE(c.tls.enabled());
@@ -274,7 +282,7 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   EXPECT_EQ(c.engine.max_tokens_limit, 200);
   EXPECT_EQ(c.default_max_tokens, 50);
   EXPECT_EQ(c.engine.model.num_threads, 3);
-  EXPECT_EQ(c.metrics_address, "[::1]:9100");
+  EXPECT_EQ(c.metrics_address, "127.0.0.2:9100");
   EXPECT_EQ(c.min_watch_interval_ms, 250);
   EXPECT_EQ(c.log_level, "debug");
   EXPECT_EQ(c.engine.token_eviction.policy, "h2o");
@@ -396,7 +404,7 @@ TEST(ServerConfigValuesTest, FormattedConfigLoadsBackUnchanged) {
   EXPECT_EQ(FormatServerConfig(*second), formatted);
   EXPECT_EQ(LeafPaths(copy), TableKeys());
   EXPECT_EQ(second->engine.model.kv_budget_bytes, first->engine.model.kv_budget_bytes);
-  EXPECT_EQ(second->metrics_address, "[::1]:9100");
+  EXPECT_EQ(second->metrics_address, "127.0.0.2:9100");
 }
 
 }  // namespace
