@@ -121,7 +121,6 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
   options.authenticator = server->authenticator_.get();
   options.metrics = server->metrics_.get();
   options.outcomes = &server->outcomes_;
-  options.max_message_bytes = config.max_message_bytes;
   server->service_ = std::make_unique<GenerationService>(engine, options);
   MemoryServiceOptions memory_options;
   memory_options.min_watch_interval = absl::Milliseconds(config.min_watch_interval_ms);

@@ -89,15 +89,20 @@ TEST(RequestStreamTest, WaitAndTakeWakesOnNotifyFromAnotherThread) {
   absl::Notification waiting;
   std::vector<StreamEvent> out;
   bool final = false;
+  absl::Duration waited;
   std::thread consumer([&] {
     waiting.Notify();
-    final = stream.WaitAndTake(&out, absl::Seconds(30));
+    const absl::Time start = absl::Now();
+    final = stream.WaitAndTake(&out, absl::Seconds(10));
+    waited = absl::Now() - start;
   });
   waiting.WaitForNotification();
   absl::SleepFor(absl::Milliseconds(20));  // most likely asleep in WaitAndTake by now
   EXPECT_TRUE(stream.Push(Tokens({1, 2}, /*final=*/true)));
   stream.Notify();
   consumer.join();
+  // Woken by Notify, not by the timeout (which would also hand over the pushed events).
+  EXPECT_LT(waited, absl::Seconds(5));
   EXPECT_TRUE(final);
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].token_ids.size(), 2u);
