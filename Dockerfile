@@ -2,9 +2,11 @@
 #
 # Targets:
 #   runtime (default)  CPU server on debian:bookworm
-#   runtime-cuda       CUDA kernels too; the toolkit comes from an nvidia/cuda devel image
-#                      (build argument CUDA_DEVEL_IMAGE), the CUDA runtime is linked statically and
-#                      the driver is the host's (NVIDIA container toolkit)
+#   runtime-cuda       the same server, built where the CUDA kernels (kernels/cuda) are built too;
+#                      the toolkit comes from an nvidia/cuda devel image (build argument
+#                      CUDA_DEVEL_IMAGE). It checks that the CUDA kernels build. The kvserve binary
+#                      does not use the GPU: its forward pass runs on the CPU in every image, so
+#                      run it without a GPU (deploy/README.md).
 #
 #   deploy/scripts/build-image.sh                      # buildah, no Docker engine needed
 #   docker build -t kvserve:latest .                   # with Docker
@@ -26,7 +28,7 @@ RUN bash scripts/install-deps.sh \
  && rm -rf /var/lib/apt/lists/*
 # Everything the configure and build steps read: the top CMakeLists.txt and what it include()s
 # (cmake/) or add_subdirectory()s (proto/), the sources, and scripts/build.sh.
-# tests/server/deploy/dockerfile_test.py checks this list against the CMake files.
+# tests/server/deploy/dockerfile_build_inputs_test.cc checks this list against the CMake files.
 COPY CMakeLists.txt ./
 COPY cmake cmake
 COPY proto proto
@@ -89,15 +91,15 @@ ENV PATH=/usr/local/cuda/bin:${PATH}
 ARG CUDA_ARCHITECTURES=80;86;89;90
 RUN --mount=type=cache,target=/root/.cache/ccache,sharing=locked \
     rm -rf /build && CCACHE_DIR=/root/.cache/ccache KVSERVE_BUILD_DIR=/build \
-      KVSERVE_JOBS=${KVSERVE_JOBS:-$(nproc)} bash scripts/build.sh -DKVSERVE_NATIVE=OFF -DKVSERVE_CUDA=ON \
+      KVSERVE_JOBS=${KVSERVE_JOBS:-$(nproc)} bash scripts/build.sh \
+      -DKVSERVE_NATIVE=OFF -DKVSERVE_CUDA=ON \
       "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES}" -DCMAKE_CUDA_RUNTIME_LIBRARY=Static \
       -DKVSERVE_BUILD_TESTS=OFF -DKVSERVE_BUILD_BENCH=OFF \
  && strip /build/kvserve
 
 FROM runtime AS runtime-cuda
+# The server's forward pass runs on the CPU: no GPU is requested or used by this binary.
 COPY --from=build-cuda /build/kvserve /usr/local/bin/kvserve
-# Read by the NVIDIA container toolkit: mount the driver's compute libraries.
-ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # The last stage is the default target of `docker build`.
 FROM runtime AS default
