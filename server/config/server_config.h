@@ -24,7 +24,7 @@ struct TlsConfig {
 
 // limits.max_tokens when the file does not set it: bounded, so that server.drain_timeout_seconds
 // can cover the longest request (deploy/README.md, "Drain and the longest request").
-inline constexpr int32_t kDefaultMaxTokensLimit = 1024;
+inline constexpr int32_t kDefaultMaxTokensLimit = 2048;
 
 // The engine options a config starts from: the engine's defaults, with limits.max_tokens bounded.
 inline engine::EngineOptions DefaultEngineOptions() {

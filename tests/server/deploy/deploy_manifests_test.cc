@@ -37,8 +37,8 @@ constexpr char kLivenessService[] = "kvserve.liveness";
 // The per-token latency of one decoding request when the batch is full, and an allowance for the
 // prefill of the longest prompt, measured as deploy/README.md ("Drain and the longest request")
 // describes. The drain timeout must cover max_tokens such steps plus the prefill.
-constexpr double kSecondsPerTokenFullBatch = SECONDS_PER_TOKEN;
-constexpr double kPrefillAllowanceSeconds = PREFILL_SECONDS;
+constexpr double kSecondsPerTokenFullBatch = 0.045;
+constexpr double kPrefillAllowanceSeconds = 5;
 
 // sha256 of a file, lower-case hex (sha256sum).
 std::string Sha256(const std::string& path);
@@ -450,7 +450,9 @@ TEST_P(KubernetesTest, ReferencesResolveAndAgreeWithTheConfig) {
                                     v["secret"]["secretName"].as<std::string>()));
       EXPECT_EQ(sets.at("server.api_keys_file"), mount_of[name] + "/api-keys");
       for (const YAML::Node& m : c["volumeMounts"]) {
-        if (m["name"].as<std::string>() == name) EXPECT_FALSE(m["subPath"]) << name;
+        if (m["name"].as<std::string>() == name) {
+          EXPECT_FALSE(m["subPath"]) << name;
+        }
       }
     } else {
       ADD_FAILURE() << "unexpected volume " << name;

@@ -33,15 +33,16 @@ TEST(ConfigDocsTest, PresetsTableIsOneTableListingEveryPreset) {
   const std::string text = Read("configs/README.md");
   const std::vector<std::string> lines = absl::StrSplit(text, '\n');
   std::set<std::string> listed;
-  int tables = 0;
+  // A preset row after a line that is not part of a table starts a second table.
+  int splits = 0;
   bool in_table = false;
   for (const std::string& line : lines) {
     const bool row = absl::StartsWith(line, "| `presets/");
-    if (row && !in_table) ++tables;
+    if (row && !in_table) ++splits;
     in_table = absl::StartsWith(line, "|");
     if (row) listed.insert(line.substr(3, line.find('`', 3) - 3));
   }
-  EXPECT_EQ(tables, 1) << "the presets table is split";
+  EXPECT_EQ(splits, 0) << "the presets table is split";
   std::set<std::string> presets;
   for (const auto& e : fs::directory_iterator(SourceDir() + "/configs/presets")) {
     if (e.path().extension() == ".yaml") presets.insert("presets/" + e.path().filename().string());
