@@ -66,7 +66,7 @@ int Generate(const std::vector<std::string>& args) {
   // The API's defaults (generation.proto): a flag not given leaves its field unset, so the
   // server's defaults apply, and the defaults shown are those.
   flags.Int("max-tokens", 0,
-            "tokens to generate at most; 0 = the server's limits.default_max_tokens");
+            "tokens to generate at most; not given: the server's limits.default_max_tokens");
   AddSamplingFlags(flags, "random seed; -1 = one chosen by the server", /*top_p=*/1.0);
   flags.Repeated("stop", "stop string (repeatable)");
   flags.String("request-id", "", "request id echoed in the server's log");
@@ -81,7 +81,7 @@ int Generate(const std::vector<std::string>& args) {
   v1::GenerateRequest request;
   request.set_text(prompt);
   request.set_request_id(flags.GetString("request-id"));
-  if (flags.GetInt("max-tokens") > 0) {
+  if (flags.IsSet("max-tokens")) {
     request.set_max_tokens(static_cast<int32_t>(flags.GetInt("max-tokens")));
   }
   v1::SamplingParams* sampling = request.mutable_sampling();
