@@ -2,9 +2,11 @@
 #
 # Targets:
 #   runtime (default)  CPU server on debian:bookworm
-#   runtime-cuda       CUDA kernels too; the toolkit comes from an nvidia/cuda devel image
-#                      (build argument CUDA_DEVEL_IMAGE), the CUDA runtime is linked statically and
-#                      the driver is the host's (NVIDIA container toolkit)
+#   runtime-cuda       the same server, built where the CUDA kernels (kernels/cuda) are built too;
+#                      the toolkit comes from an nvidia/cuda devel image (build argument
+#                      CUDA_DEVEL_IMAGE). It checks that the CUDA kernels build. The kvserve binary
+#                      does not use the GPU: its forward pass runs on the CPU in every image, so
+#                      run it without a GPU (deploy/README.md).
 #
 #   deploy/scripts/build-image.sh                      # buildah, no Docker engine needed
 #   docker build -t kvserve:latest .                   # with Docker
@@ -21,17 +23,26 @@ ARG CUDA_DEVEL_IMAGE=nvidia/cuda:12.4.1-devel-ubuntu22.04
 FROM ${DEBIAN_IMAGE} AS build
 WORKDIR /src
 COPY scripts/install-deps.sh scripts/install-deps.sh
-RUN bash scripts/install-deps.sh && rm -rf /var/lib/apt/lists/*
+RUN bash scripts/install-deps.sh \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ccache \
+ && rm -rf /var/lib/apt/lists/*
+# Everything the configure and build steps read: the top CMakeLists.txt and what it include()s
+# (cmake/) or add_subdirectory()s (proto/), the sources, and scripts/build.sh.
+# tests/server/deploy/dockerfile_build_inputs_test.cc checks this list against the CMake files.
 COPY CMakeLists.txt ./
+COPY cmake cmake
 COPY proto proto
 COPY kernels kernels
 COPY engine engine
 COPY server server
 COPY scripts scripts
 # Portable x86-64 code (AVX2/FMA), not tuned to the build machine. KVSERVE_JOBS caps the
-# parallel compile jobs (default: every CPU).
+# parallel compile jobs (default: every CPU). A ccache cache mount keeps compiled objects between
+# image builds (a rebuild after a source change recompiles only what changed).
 ARG KVSERVE_JOBS=
-RUN KVSERVE_BUILD_DIR=/build KVSERVE_JOBS=${KVSERVE_JOBS:-$(nproc)} bash scripts/build.sh \
+RUN --mount=type=cache,target=/root/.cache/ccache,sharing=locked \
+    CCACHE_DIR=/root/.cache/ccache KVSERVE_BUILD_DIR=/build \
+      KVSERVE_JOBS=${KVSERVE_JOBS:-$(nproc)} bash scripts/build.sh \
       -DKVSERVE_NATIVE=OFF -DKVSERVE_CUDA=OFF -DKVSERVE_BUILD_TESTS=OFF -DKVSERVE_BUILD_BENCH=OFF \
  && strip /build/kvserve
 
@@ -45,6 +56,14 @@ RUN bash /tmp/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/inst
 COPY --from=build /build/kvserve /usr/local/bin/kvserve
 COPY configs/server.yaml /etc/kvserve/server.yaml
 COPY configs/presets /etc/kvserve/presets
+# Labels last, so that a new revision reuses the layers above. deploy/scripts/build-image.sh
+# sets them from git (`git rev-parse HEAD`, `git describe --tags --always --dirty`).
+ARG VCS_REF=unknown
+ARG VERSION=unknown
+LABEL org.opencontainers.image.title="kvserve" \
+      org.opencontainers.image.description="kvserve LLM inference server (CPU forward pass)" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.version="${VERSION}"
 USER 10001:10001
 VOLUME ["/models"]
 # gRPC (server.address) and Prometheus /metrics (metrics.address).
@@ -70,16 +89,17 @@ FROM build AS build-cuda
 COPY --from=cuda-toolkit /usr/local/cuda /usr/local/cuda
 ENV PATH=/usr/local/cuda/bin:${PATH}
 ARG CUDA_ARCHITECTURES=80;86;89;90
-RUN rm -rf /build && KVSERVE_BUILD_DIR=/build KVSERVE_JOBS=${KVSERVE_JOBS:-$(nproc)} \
-      bash scripts/build.sh -DKVSERVE_NATIVE=OFF -DKVSERVE_CUDA=ON \
+RUN --mount=type=cache,target=/root/.cache/ccache,sharing=locked \
+    rm -rf /build && CCACHE_DIR=/root/.cache/ccache KVSERVE_BUILD_DIR=/build \
+      KVSERVE_JOBS=${KVSERVE_JOBS:-$(nproc)} bash scripts/build.sh \
+      -DKVSERVE_NATIVE=OFF -DKVSERVE_CUDA=ON \
       "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES}" -DCMAKE_CUDA_RUNTIME_LIBRARY=Static \
       -DKVSERVE_BUILD_TESTS=OFF -DKVSERVE_BUILD_BENCH=OFF \
  && strip /build/kvserve
 
 FROM runtime AS runtime-cuda
+# The server's forward pass runs on the CPU: no GPU is requested or used by this binary.
 COPY --from=build-cuda /build/kvserve /usr/local/bin/kvserve
-# Read by the NVIDIA container toolkit: mount the driver's compute libraries.
-ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # The last stage is the default target of `docker build`.
 FROM runtime AS default

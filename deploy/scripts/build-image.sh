@@ -40,6 +40,7 @@ for p in buildah debootstrap; do
 done
 if ((${#missing[@]})); then
   echo "build-image: installing ${missing[*]}"
+  apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
@@ -66,10 +67,19 @@ SOURCES
   trap - EXIT
 fi
 
-echo "build-image: building $tag (target $target, $jobs compile jobs)"
+# OCI labels org.opencontainers.image.revision and .version (the Dockerfile's VCS_REF, VERSION).
+vcs_ref="$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)"
+version="$(git -C "$root" describe --tags --always --dirty 2>/dev/null || echo unknown)"
+if [[ "$version" != *.* ]]; then
+  # No release tag yet: the project version from CMakeLists.txt plus the commit.
+  project_version="$(sed -n 's/^project(kvserve VERSION \([0-9.]*\).*/\1/p' "$root/CMakeLists.txt")"
+  version="${project_version:-0.0.0}+g${version}"
+fi
+echo "build-image: building $tag (target $target, $jobs compile jobs, revision $vcs_ref, version $version)"
 start=$(date +%s)
 # --format docker keeps HEALTHCHECK (the OCI image format has no field for it).
 buildah bud --isolation chroot --pull="${PULL:-never}" --format docker --layers \
-  --target "$target" --build-arg "KVSERVE_JOBS=$jobs" -t "$tag" -f "$root/Dockerfile" "$root"
+  --target "$target" --build-arg "KVSERVE_JOBS=$jobs" --build-arg "VCS_REF=$vcs_ref" \
+  --build-arg "VERSION=$version" -t "$tag" -f "$root/Dockerfile" "$root"
 echo "build-image: $tag built in $(( $(date +%s) - start )) s"
 buildah images "$tag"

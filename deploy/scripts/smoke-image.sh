@@ -2,8 +2,10 @@
 # Smoke test of a built kvserve image, without a Docker engine: starts the image's own
 # ENTRYPOINT server (`buildah run --isolation chroot`, host network, loopback ports) with the model
 # copied in from a models directory, then checks through the image's own client and plain HTTP:
-#   - the image config: user 10001, exposed 50051/9464, HEALTHCHECK `kvserve client health`;
-#   - gRPC health is SERVING (the HEALTHCHECK command itself);
+#   - the image config: user 10001, exposed 50051/9464, HEALTHCHECK `kvserve client health`, the
+#     OCI labels org.opencontainers.image.revision and .version;
+#   - gRPC health is SERVING (the HEALTHCHECK command itself), and so is the liveness service
+#     kvserve.liveness;
 #   - generation needs the API key mounted at /etc/kvserve/secrets/api-keys;
 #   - greedy generation returns the same text as the host build's offline `kvserve generate`
 #     (when build/kvserve exists; otherwise a non-empty completion);
@@ -38,6 +40,13 @@ echo "smoke-image: user=$user ports=[$ports] entrypoint=$entry healthcheck=$heal
 [[ "$ports" == *50051/tcp* && "$ports" == *9464/tcp* ]] || fail "exposed ports: $ports"
 [[ "$health" == *"client health"* ]] || fail "no HEALTHCHECK through 'kvserve client health'"
 [[ "$entry" == *"serve --config /etc/kvserve/server.yaml"* ]] || fail "entrypoint: $entry"
+revision="$(buildah inspect --type image \
+  --format '{{index .Docker.Config.Labels "org.opencontainers.image.revision"}}' "$image")"
+version="$(buildah inspect --type image \
+  --format '{{index .Docker.Config.Labels "org.opencontainers.image.version"}}' "$image")"
+echo "smoke-image: revision=$revision version=$version"
+[[ "$revision" =~ ^[0-9a-f]{40}$ ]] || fail "label org.opencontainers.image.revision: '$revision'"
+[[ -n "$version" && "$version" != unknown ]] || fail "label org.opencontainers.image.version: '$version'"
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -86,6 +95,10 @@ status="$(in_image /usr/local/bin/kvserve client health --addr "127.0.0.1:$grpc_
   || fail "health check failed: $status"
 echo "smoke-image: health: $status"
 [[ "$status" == *SERVING* && "$status" != *NOT_SERVING* ]] || fail "health is '$status'"
+live="$(in_image /usr/local/bin/kvserve client health --addr "127.0.0.1:$grpc_port" --timeout 4 \
+  --service kvserve.liveness)" || fail "liveness check failed: $live"
+[[ "$live" == SERVING ]] || fail "liveness is '$live'"
+echo "smoke-image: liveness: $live"
 
 prompt="Once upon a time"
 if denied="$(in_image /usr/local/bin/kvserve client generate --addr "127.0.0.1:$grpc_port" \

@@ -63,8 +63,11 @@ int Generate(const std::vector<std::string>& args) {
   FlagSet flags("client generate");
   AddConnectionFlags(flags);
   flags.String("prompt", "", "prompt text");
-  flags.Int("max-tokens", 256, "tokens to generate at most");
-  AddSamplingFlags(flags, "random seed; -1 = one chosen by the server");
+  // The API's defaults (generation.proto): a flag not given leaves its field unset, so the
+  // server's defaults apply, and the defaults shown are those.
+  flags.Int("max-tokens", 0,
+            "tokens to generate at most; not given: the server's limits.default_max_tokens");
+  AddSamplingFlags(flags, "random seed; -1 = one chosen by the server", /*top_p=*/1.0);
   flags.Repeated("stop", "stop string (repeatable)");
   flags.String("request-id", "", "request id echoed in the server's log");
   flags.Bool("stream", "print the completion as it is generated");
@@ -78,13 +81,19 @@ int Generate(const std::vector<std::string>& args) {
   v1::GenerateRequest request;
   request.set_text(prompt);
   request.set_request_id(flags.GetString("request-id"));
-  request.set_max_tokens(static_cast<int32_t>(flags.GetInt("max-tokens")));
+  if (flags.IsSet("max-tokens")) {
+    request.set_max_tokens(static_cast<int32_t>(flags.GetInt("max-tokens")));
+  }
   v1::SamplingParams* sampling = request.mutable_sampling();
-  sampling->set_temperature(static_cast<float>(flags.GetFloat("temperature")));
-  sampling->set_top_k(static_cast<int32_t>(flags.GetInt("top-k")));
-  sampling->set_top_p(static_cast<float>(flags.GetFloat("top-p")));
-  sampling->set_min_p(static_cast<float>(flags.GetFloat("min-p")));
-  sampling->set_repetition_penalty(static_cast<float>(flags.GetFloat("repetition-penalty")));
+  if (flags.IsSet("temperature")) {
+    sampling->set_temperature(static_cast<float>(flags.GetFloat("temperature")));
+  }
+  if (flags.IsSet("top-k")) sampling->set_top_k(static_cast<int32_t>(flags.GetInt("top-k")));
+  if (flags.IsSet("top-p")) sampling->set_top_p(static_cast<float>(flags.GetFloat("top-p")));
+  if (flags.IsSet("min-p")) sampling->set_min_p(static_cast<float>(flags.GetFloat("min-p")));
+  if (flags.IsSet("repetition-penalty")) {
+    sampling->set_repetition_penalty(static_cast<float>(flags.GetFloat("repetition-penalty")));
+  }
   if (flags.GetInt("seed") >= 0) sampling->set_seed(static_cast<uint64_t>(flags.GetInt("seed")));
   for (const std::string& stop : flags.GetRepeated("stop")) request.add_stop(stop);
   request.set_cache_salt(flags.GetString("cache-salt"));

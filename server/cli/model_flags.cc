@@ -52,10 +52,10 @@ absl::StatusOr<engine::LocalModelOptions> LocalModelOptionsFromFlags(const FlagS
   return options;
 }
 
-void AddSamplingFlags(FlagSet& flags, const char* seed_help) {
+void AddSamplingFlags(FlagSet& flags, const char* seed_help, double top_p) {
   flags.Float("temperature", 1.0, "sampling temperature; 0 = greedy");
   flags.Int("top-k", 0, "keep the k most probable tokens; 0 = off");
-  flags.Float("top-p", 0.9, "nucleus sampling mass in (0, 1]");
+  flags.Float("top-p", top_p, "nucleus sampling mass in (0, 1]");
   flags.Float("min-p", 0.0, "drop tokens below min-p times the top probability");
   flags.Float("repetition-penalty", 1.0, "penalty on tokens already seen; 1 = off");
   flags.Int("seed", -1, seed_help);

@@ -21,8 +21,8 @@ absl::StatusOr<engine::LocalModelOptions> LocalModelOptionsFromFlags(const FlagS
 
 // Declares the sampling flags that `kvserve generate` and `kvserve client generate` share:
 // --temperature, --top-k, --top-p, --min-p, --repetition-penalty and --seed (-1 when not given;
-// `seed_help` says what the command does then).
-void AddSamplingFlags(FlagSet& flags, const char* seed_help);
+// `seed_help` says what the command does then). `top_p` is --top-p's default.
+void AddSamplingFlags(FlagSet& flags, const char* seed_help, double top_p = 0.9);
 
 }  // namespace kvserve::server
 

@@ -26,8 +26,10 @@
 #include "server/cli/commands.h"
 #include "server/cli/flags.h"
 #include "server/config/config_reload.h"
+#include "server/config/file_change_poller.h"
 #include "server/config/server_config.h"
 #include "server/grpc/grpc_server.h"
+#include "server/grpc/liveness_watchdog.h"
 #include "spdlog/spdlog.h"
 
 namespace kvserve::server {
@@ -213,12 +215,36 @@ int RunServeCommand(const std::vector<std::string>& args) {
   spdlog::info("listening on {} ({}{})", (*server)->bound_address(),
                (*server)->tls() ? "TLS" : "plaintext",
                (*server)->api_keys_required() ? ", API keys required" : "");
+  // Liveness (liveness_watchdog.h): the engine loop's progress, reported as kvserve.liveness.
+  auto watchdog = std::make_unique<LivenessWatchdog>(
+      [e = engine->get()] {
+        const engine::EngineStats s = e->Stats();
+        return LivenessSample{s.steps, s.step_time, s.running_requests + s.waiting_requests};
+      },
+      [srv = server->get()](bool live) { srv->SetHealthStatus(kLivenessService, live); },
+      absl::Seconds(config->liveness_stall_seconds), absl::Milliseconds(500));
+  // Key rotation without SIGHUP: the keys file is read again when its content changes.
+  FileChangePoller keys_poller((*server)->api_keys_required() ? config->api_keys_file : "");
+  const absl::Duration keys_poll = absl::Seconds(config->api_keys_poll_seconds);
+  absl::Time next_keys_poll = absl::Now() + keys_poll;
   while (!signals->drain().WaitForNotificationWithTimeout(absl::Milliseconds(100))) {
     if (signals->TakeReload()) {
       Reload(flags.GetString("config"), flags.GetRepeated("set"), **server, *config);
+      if ((*server)->api_keys_required()) keys_poller.Reset(config->api_keys_file);
+    }
+    if (keys_poll > absl::ZeroDuration() && absl::Now() >= next_keys_poll) {
+      next_keys_poll = absl::Now() + keys_poll;
+      if (keys_poller.Changed()) {
+        spdlog::info("{} changed: reloading the API keys", keys_poller.path());
+        if (absl::Status s = (*server)->ReloadApiKeys(keys_poller.path()); !s.ok()) {
+          spdlog::error("API keys not reloaded, keeping the old ones: {}",
+                        std::string(s.message()));
+        }
+      }
     }
   }
   const int code = Drain(**server, **engine, *signals, config->drain_timeout_seconds);
+  watchdog.reset();
   server->reset();
   engine->reset();
   return code;

@@ -66,6 +66,16 @@ std::vector<ConfigKey> BuildKeys() {
       [](ServerConfig& c, double v) { c.drain_timeout_seconds = v; },
       [](const ServerConfig& c) { return c.drain_timeout_seconds; },
       "on shutdown, seconds running requests may take to finish"));
+  keys.push_back(FloatKey(
+      "server.liveness_stall_seconds", 1, 86400,
+      [](ServerConfig& c, double v) { c.liveness_stall_seconds = v; },
+      [](const ServerConfig& c) { return c.liveness_stall_seconds; },
+      "seconds without engine progress, with requests queued, before kvserve.liveness fails"));
+  keys.push_back(FloatKey(
+      "server.api_keys_poll_seconds", 0, 86400,
+      [](ServerConfig& c, double v) { c.api_keys_poll_seconds = v; },
+      [](const ServerConfig& c) { return c.api_keys_poll_seconds; },
+      "seconds between checks of api_keys_file for new keys; 0 = only on SIGHUP"));
   keys.push_back(PathKey(
       "server.api_keys_file",
       [](ServerConfig& c, std::string v) { c.api_keys_file = std::move(v); },

@@ -24,6 +24,17 @@ struct TlsConfig {
   bool enabled() const { return !cert_file.empty() && !key_file.empty(); }
 };
 
+// limits.max_tokens when the file does not set it: bounded, so that server.drain_timeout_seconds
+// can cover the longest request (deploy/README.md, "Drain and the longest request").
+inline constexpr int32_t kDefaultMaxTokensLimit = 2048;
+
+// The engine options a config starts from: the engine's defaults, with limits.max_tokens bounded.
+inline engine::EngineOptions DefaultEngineOptions() {
+  engine::EngineOptions options;
+  options.max_tokens_limit = kDefaultMaxTokensLimit;
+  return options;
+}
+
 struct ServerConfig {
   std::string source;  // the file it was read from ("" for defaults only)
   // Where each key that was set got its value: "FILE:LINE" or "--set key=value". Keys left at
@@ -38,7 +49,9 @@ struct ServerConfig {
   std::string address = "127.0.0.1:50051";   // server.address
   int64_t max_message_bytes = 4 << 20;       // server.max_message_bytes
   int32_t max_streams_per_connection = 100;  // server.max_streams_per_connection
-  double drain_timeout_seconds = 30;         // server.drain_timeout_seconds
+  double drain_timeout_seconds = 120;        // server.drain_timeout_seconds (deploy/README.md)
+  double liveness_stall_seconds = 60;        // server.liveness_stall_seconds
+  double api_keys_poll_seconds = 2;          // server.api_keys_poll_seconds (0 = SIGHUP only)
   std::string api_keys_file;                 // server.api_keys_file: one key per line
   bool auth_on_loopback = false;             // server.auth_on_loopback
   // server.allow_unauthenticated: serve a non-loopback address without API keys (otherwise a
@@ -62,7 +75,7 @@ struct ServerConfig {
   std::string log_level = "info";            // logging.level: trace|debug|info|warn|error|off
 
   // kv_cache:, scheduler:, limits:, engine: map onto the engine options.
-  engine::EngineOptions engine;
+  engine::EngineOptions engine = DefaultEngineOptions();
 };
 
 // Reads and validates a config file, then applies overrides ("kv_cache.format=int8").

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/grpc/liveness_watchdog.h"
 #include "spdlog/spdlog.h"
 
 namespace kvserve::server {
@@ -164,6 +165,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
     health->SetServingStatus(true);
     health->SetServingStatus(v1::Generation::service_full_name(), true);
     health->SetServingStatus(v1::Memory::service_full_name(), true);
+    health->SetServingStatus(kLivenessService, true);
   }
   return server;
 }
@@ -178,6 +180,12 @@ absl::Status GrpcServer::ReloadApiKeys(const std::string& path) {
   authenticator_->SetKeys(*std::move(keys));
   spdlog::info("API keys reloaded ({} keys)", count);
   return absl::OkStatus();
+}
+
+void GrpcServer::SetHealthStatus(const std::string& service, bool serving) {
+  if (server_ != nullptr && server_->GetHealthCheckService() != nullptr) {
+    server_->GetHealthCheckService()->SetServingStatus(service, serving);
+  }
 }
 
 void GrpcServer::BeginDrain() {

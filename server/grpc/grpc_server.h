@@ -58,6 +58,10 @@ class GrpcServer {
   // Thread-safe.
   absl::Status ReloadApiKeys(const std::string& path);
 
+  // Sets the grpc.health.v1 status of one service (kLivenessService: liveness_watchdog.h).
+  // BeginDrain sets every service NOT_SERVING; a later call sets this one again. Thread-safe.
+  void SetHealthStatus(const std::string& service, bool serving);
+
  private:
   GrpcServer() = default;
 

@@ -171,6 +171,8 @@ server:
   max_message_bytes: 1048576
   max_streams_per_connection: 7
   drain_timeout_seconds: 2.5
+  liveness_stall_seconds: 7.5
+  api_keys_poll_seconds: 0.5
   api_keys_file: keys.txt
   auth_on_loopback: true
   allow_unauthenticated: true
@@ -249,6 +251,8 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   EXPECT_EQ(c.max_message_bytes, 1048576);
   EXPECT_EQ(c.max_streams_per_connection, 7);
   EXPECT_DOUBLE_EQ(c.drain_timeout_seconds, 2.5);
+  EXPECT_DOUBLE_EQ(c.liveness_stall_seconds, 7.5);
+  EXPECT_DOUBLE_EQ(c.api_keys_poll_seconds, 0.5);
   EXPECT_TRUE(fs::equivalent(c.api_keys_file, dir.Path("keys.txt")));
   EXPECT_TRUE(c.auth_on_loopback);
   EXPECT_TRUE(c.allow_unauthenticated);

@@ -3,6 +3,7 @@
 // compose services, provisioning paths) resolves, and ports, paths and the drain timeout agree
 // with configs/server.yaml as the server itself loads it. The container's --set overrides are
 // loaded by the real config loader.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -28,6 +29,19 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string Root() { return SourceDir(); }
+
+// Seconds of margin between the end of the drain and the kill (SIGKILL after the grace period).
+constexpr double kGraceMarginSeconds = 5;
+// grpc.health.v1 service name of the liveness check (server/grpc/liveness_watchdog.h).
+constexpr char kLivenessService[] = "kvserve.liveness";
+// The per-token latency of one decoding request when the batch is full, and an allowance for the
+// prefill of the longest prompt, measured as deploy/README.md ("Drain and the longest request")
+// describes. The drain timeout must cover max_tokens such steps plus the prefill.
+constexpr double kSecondsPerTokenFullBatch = 0.045;
+constexpr double kPrefillAllowanceSeconds = 5;
+
+// sha256 of a file, lower-case hex (sha256sum).
+std::string Sha256(const std::string& path);
 
 std::string ReadText(const std::string& path) {
   std::ifstream in(path);
@@ -103,6 +117,9 @@ class DeployTest : public ::testing::Test {
       } else if (key == "server.api_keys_file") {
         EXPECT_EQ(value, "/etc/kvserve/secrets/api-keys") << where;
         value = keys;
+      } else if (key == "server.tls.cert_file" || key == "server.tls.key_file") {
+        EXPECT_TRUE(absl::StartsWith(value, "/etc/kvserve/tls/")) << where << ": " << value;
+        value = dir.Write(fs::path(value).filename().string(), "PEM\n");
       }
       overrides.push_back(absl::StrCat(key, "=", value));
     }
@@ -221,7 +238,9 @@ TEST_F(DeployTest, ComposeReferencesResolveAndAgreeWithTheConfig) {
   EXPECT_EQ(health[2], "client");
   EXPECT_EQ(health[3], "health");
   EXPECT_EQ(PortOf(health[5]), grpc_port_);
-  EXPECT_GT(std::stod(kv["stop_grace_period"].as<std::string>()), config_.drain_timeout_seconds);
+  // docker stop waits stop_grace_period, then kills: the whole drain and a margin must fit.
+  EXPECT_GE(std::stod(kv["stop_grace_period"].as<std::string>()),
+            config_.drain_timeout_seconds + kGraceMarginSeconds);
 
   // Prometheus scrapes the kvserve service on the metrics port.
   const YAML::Node prom = Load("deploy/prometheus/prometheus.yml");
@@ -237,6 +256,12 @@ TEST_F(DeployTest, ComposeReferencesResolveAndAgreeWithTheConfig) {
                        << metrics_port_;
   EXPECT_EQ(mounts["prometheus:/etc/prometheus/prometheus.yml"],
             (deploy / "prometheus/prometheus.yml").lexically_normal().string());
+  // Its rule files are mounted beside it.
+  for (const YAML::Node& f : prom["rule_files"]) {
+    EXPECT_EQ(mounts["prometheus:/etc/prometheus/" + f.as<std::string>()],
+              (deploy / "prometheus" / f.as<std::string>()).lexically_normal().string());
+  }
+  EXPECT_GE(prom["rule_files"].size(), 1u);
 
   // Grafana: the provisioned data source is the compose Prometheus; the provider's path is where
   // the dashboards are mounted.
@@ -333,20 +358,49 @@ TEST_P(KubernetesTest, ReferencesResolveAndAgreeWithTheConfig) {
   const std::map<std::string, std::string> sets = SetFlags(Strings(c["args"]));
   ExpectContainerSetsLoad(sets, variant + " Deployment args");
 
-  // Health probes through gRPC health on the gRPC port; the grace period covers the drain.
+  // Health probes: grpc.health.v1 on the gRPC port; readiness asks about the whole server
+  // (NOT_SERVING while draining), liveness about kvserve.liveness (NOT_SERVING only when the
+  // engine loop is wedged; it stays SERVING through a drain). With TLS the kubelet's gRPC probe
+  // cannot connect: the image's client runs instead, trusting the Secret's CA.
+  const bool tls = sets.contains("server.tls.cert_file");
   for (const char* probe : {"startupProbe", "readinessProbe", "livenessProbe"}) {
-    ASSERT_TRUE(c[probe]["grpc"]) << probe;
-    EXPECT_EQ(c[probe]["grpc"]["port"].as<int>(), grpc_port_) << probe;
+    const std::string service = std::string(probe) == "livenessProbe" ? kLivenessService : "";
+    if (!tls) {
+      ASSERT_TRUE(c[probe]["grpc"]) << probe;
+      EXPECT_EQ(c[probe]["grpc"]["port"].as<int>(), grpc_port_) << probe;
+      EXPECT_EQ(c[probe]["grpc"]["service"] ? c[probe]["grpc"]["service"].as<std::string>() : "",
+                service)
+          << probe;
+      continue;
+    }
+    ASSERT_TRUE(c[probe]["exec"]) << probe;
+    const std::vector<std::string> cmd = Strings(c[probe]["exec"]["command"]);
+    ASSERT_GE(cmd.size(), 3u) << probe;
+    EXPECT_EQ(cmd[0], "/usr/local/bin/kvserve") << probe;
+    EXPECT_EQ(cmd[1], "client") << probe;
+    EXPECT_EQ(cmd[2], "health") << probe;
+    std::map<std::string, std::string> flag;
+    for (size_t i = 3; i + 1 < cmd.size(); i += 2) flag[cmd[i]] = cmd[i + 1];
+    EXPECT_EQ(flag["--addr"], absl::StrCat("localhost:", grpc_port_)) << probe;
+    EXPECT_EQ(flag["--service"], service) << probe;
+    EXPECT_EQ(fs::path(flag["--tls-ca"]).parent_path(),
+              fs::path(sets.at("server.tls.cert_file")).parent_path())
+        << probe;
+    EXPECT_EQ(fs::path(flag["--tls-ca"]).filename(), "ca.crt") << probe;
+    EXPECT_LE(std::stod(flag["--timeout"]), c[probe]["timeoutSeconds"].as<double>(1)) << probe;
   }
-  // Health is NOT_SERVING while draining: liveness must not restart the container before the
-  // drain is over.
-  EXPECT_GT(c["livenessProbe"]["periodSeconds"].as<double>() *
-                c["livenessProbe"]["failureThreshold"].as<double>(),
-            config_.drain_timeout_seconds);
+  // The grace period covers the preStop pause, the whole drain and a margin; the drain covers
+  // the longest request the config allows (ExpectDrainFitsTheLongestRequest).
   const std::vector<std::string> pre_stop = Strings(c["lifecycle"]["preStop"]["exec"]["command"]);
   ASSERT_EQ(pre_stop.size(), 2u);
   EXPECT_GE(spec["terminationGracePeriodSeconds"].as<double>(),
-            config_.drain_timeout_seconds + std::stod(pre_stop[1]) + 1);
+            std::stod(pre_stop[1]) + config_.drain_timeout_seconds + kGraceMarginSeconds);
+  // No replica count of its own: the autoscaler owns it.
+  EXPECT_FALSE(dep["spec"]["replicas"]) << variant << ": `replicas` fights the autoscaler";
+  // A config change rolls the pods: the template carries the config's checksum.
+  EXPECT_EQ(pod["metadata"]["annotations"]["kvserve.io/config-sha256"].as<std::string>(""),
+            Sha256(Root() + "/configs/server.yaml"))
+      << "run deploy/scripts/k8s-configmap.sh";
   EXPECT_EQ(pod["metadata"]["annotations"]["prometheus.io/port"].as<std::string>(),
             std::to_string(metrics_port_));
   EXPECT_EQ(spec["securityContext"]["runAsUser"].as<int>(), 10001);
@@ -374,11 +428,32 @@ TEST_P(KubernetesTest, ReferencesResolveAndAgreeWithTheConfig) {
       EXPECT_TRUE(objects.Get("PersistentVolumeClaim",
                               v["persistentVolumeClaim"]["claimName"].as<std::string>()));
       EXPECT_TRUE(absl::StartsWith(sets.at("model.path"), mount_of[name] + "/"));
+    } else if (v["secret"] && name == "tls") {
+      // A kubernetes.io/tls Secret (cert-manager's keys), mounted as a folder.
+      const std::string secret = v["secret"]["secretName"].as<std::string>();
+      EXPECT_TRUE(absl::StrContains(ReadText(Root() + "/deploy/README.md"), secret));
+      EXPECT_EQ(sets.at("server.tls.cert_file"), mount_of[name] + "/tls.crt");
+      EXPECT_EQ(sets.at("server.tls.key_file"), mount_of[name] + "/tls.key");
+      const YAML::Node cert = Load("deploy/k8s/" + variant + "/certificate.yaml");
+      EXPECT_EQ(cert["kind"].as<std::string>(), "Certificate");
+      EXPECT_EQ(cert["spec"]["secretName"].as<std::string>(), secret);
+      std::set<std::string> names;
+      for (const YAML::Node& n : cert["spec"]["dnsNames"]) names.insert(n.as<std::string>());
+      EXPECT_TRUE(names.contains("localhost")) << "the probes connect to localhost";
+      EXPECT_TRUE(names.contains("kvserve"));
+      EXPECT_TRUE(names.contains("kvserve-headless"));
     } else if (v["secret"]) {
-      // Created by the operator (deploy/README.md says how).
+      // Created by the operator (deploy/README.md says how). Mounted as a folder, not with
+      // subPath, so that an updated Secret reaches the pod and the server's poll of
+      // server.api_keys_file picks the new keys up.
       EXPECT_TRUE(absl::StrContains(ReadText(Root() + "/deploy/README.md"),
                                     v["secret"]["secretName"].as<std::string>()));
       EXPECT_EQ(sets.at("server.api_keys_file"), mount_of[name] + "/api-keys");
+      for (const YAML::Node& m : c["volumeMounts"]) {
+        if (m["name"].as<std::string>() == name) {
+          EXPECT_FALSE(m["subPath"]) << name;
+        }
+      }
     } else {
       ADD_FAILURE() << "unexpected volume " << name;
     }
@@ -401,6 +476,17 @@ TEST_P(KubernetesTest, ReferencesResolveAndAgreeWithTheConfig) {
   const YAML::Node sm = objects.Get("ServiceMonitor", "kvserve");
   const YAML::Node svc = objects.Get("Service", "kvserve");
   EXPECT_TRUE(LabelsMatch(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]));
+  // The label a Prometheus Operator's serviceMonitorSelector / ruleSelector matches
+  // (kube-prometheus-stack: release=<Helm release>), on the ServiceMonitor and the rules alike.
+  ASSERT_TRUE(sm["metadata"]["labels"]["release"]) << "ServiceMonitor without a release label";
+  const YAML::Node rule = objects.Get("PrometheusRule", "kvserve");
+  ASSERT_TRUE(rule) << "no PrometheusRule kvserve";
+  EXPECT_EQ(rule["metadata"]["labels"]["release"].as<std::string>(""),
+            sm["metadata"]["labels"]["release"].as<std::string>());
+  // Its groups are deploy/prometheus/alerts.yml's.
+  EXPECT_EQ(YAML::Dump(rule["spec"]["groups"]),
+            YAML::Dump(Load("deploy/prometheus/alerts.yml")["groups"]))
+      << "run deploy/scripts/k8s-configmap.sh";
   std::set<std::string> svc_ports;
   for (const YAML::Node& p : svc["spec"]["ports"]) svc_ports.insert(p["name"].as<std::string>());
   EXPECT_TRUE(svc_ports.contains(sm["spec"]["endpoints"][0]["port"].as<std::string>()));
@@ -425,19 +511,93 @@ TEST_P(KubernetesTest, ReferencesResolveAndAgreeWithTheConfig) {
         << m["pods"]["metric"]["name"] << " has no prometheus-adapter rule";
   }
 
-  // Resources: GPU pods ask for a GPU, CPU pods size the compute threads to their CPU request.
-  const YAML::Node res = c["resources"];
-  if (variant == "gpu") {
-    EXPECT_EQ(res["limits"]["nvidia.com/gpu"].as<std::string>(), "1");
-    EXPECT_EQ(c["image"].as<std::string>(), "kvserve:cuda");
+  // The autoscaler keeps at least two replicas, so that one serves while another drains or is
+  // evicted; the disruption budget lets one go at a time and never all.
+  const int min_replicas = hpa["spec"]["minReplicas"].as<int>();
+  EXPECT_GE(min_replicas, 2);
+  EXPECT_LE(min_replicas, hpa["spec"]["maxReplicas"].as<int>());
+  const YAML::Node pdb = objects.Get("PodDisruptionBudget", "kvserve");
+  ASSERT_TRUE(pdb) << variant << ": no PodDisruptionBudget";
+  EXPECT_TRUE(LabelsMatch(pdb["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"]));
+  if (pdb["spec"]["maxUnavailable"]) {
+    EXPECT_GE(pdb["spec"]["maxUnavailable"].as<int>(), 1) << "a budget of 0 blocks node drains";
+    EXPECT_LT(pdb["spec"]["maxUnavailable"].as<int>(), min_replicas);
   } else {
-    EXPECT_FALSE(res["limits"]["nvidia.com/gpu"]);
-    EXPECT_EQ(sets.at("engine.threads"), res["requests"]["cpu"].as<std::string>());
+    EXPECT_LT(pdb["spec"]["minAvailable"].as<int>(), min_replicas);
+    EXPECT_GE(pdb["spec"]["minAvailable"].as<int>(), 1);
   }
+
+  // The network policy selects the pods and admits only their named ports.
+  const YAML::Node np = objects.Get("NetworkPolicy", "kvserve");
+  ASSERT_TRUE(np) << variant << ": no NetworkPolicy";
+  EXPECT_TRUE(LabelsMatch(np["spec"]["podSelector"]["matchLabels"], pod["metadata"]["labels"]));
+  std::set<std::string> admitted;
+  for (const YAML::Node& rule : np["spec"]["ingress"]) {
+    ASSERT_TRUE(rule["from"]) << "an ingress rule without `from` admits everyone";
+    for (const YAML::Node& p : rule["ports"]) {
+      const std::string port = p["port"].as<std::string>();
+      EXPECT_TRUE(ports.contains(port)) << "no container port " << port;
+      admitted.insert(port);
+    }
+  }
+  EXPECT_EQ(admitted, (std::set<std::string>{"grpc", "metrics"}));
+  // The router's pods are among those admitted to gRPC.
+  Objects router;
+  Kustomize("deploy/envoy", router);
+  bool router_admitted = false;
+  for (const YAML::Node& from : np["spec"]["ingress"][0]["from"]) {
+    router_admitted |= LabelsMatch(
+        from["podSelector"]["matchLabels"],
+        router.Get("Deployment", "kvserve-router")["spec"]["template"]["metadata"]["labels"]);
+  }
+  EXPECT_TRUE(router_admitted);
+
+  // Resources: the forward pass runs on the CPU; the compute threads match the CPU request.
+  const YAML::Node res = c["resources"];
+  EXPECT_FALSE(res["limits"]["nvidia.com/gpu"]);
+  EXPECT_FALSE(res["requests"]["nvidia.com/gpu"]);
+  EXPECT_EQ(sets.at("engine.threads"), res["requests"]["cpu"].as<std::string>());
   EXPECT_TRUE(res["requests"]["memory"]);
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, KubernetesTest, ::testing::Values("cpu", "gpu"));
+INSTANTIATE_TEST_SUITE_P(Variants, KubernetesTest, ::testing::Values("cpu", "tls"));
+
+// The server runs the forward pass on the CPU: no manifest asks for a GPU or schedules on GPU
+// nodes, and no deploy file says the forward pass runs on one.
+TEST(DeployGpuTest, NothingClaimsAGpu) {
+  for (const auto& entry : fs::recursive_directory_iterator(Root() + "/deploy")) {
+    if (!entry.is_regular_file()) continue;
+    const std::string text = ReadText(entry.path().string());
+    const std::string name = entry.path().string();
+    for (const char* claim : {"nvidia.com/gpu", "NVIDIA_VISIBLE_DEVICES", "kvserve:cuda",
+                              "gpu.present", "runtimeClassName"}) {
+      EXPECT_FALSE(absl::StrContains(text, claim)) << name << " mentions " << claim;
+    }
+  }
+  EXPECT_FALSE(fs::exists(Root() + "/deploy/k8s/gpu"));
+  EXPECT_FALSE(absl::StrContains(ReadText(Root() + "/Dockerfile"), "NVIDIA_VISIBLE_DEVICES"));
+  EXPECT_TRUE(absl::StrContains(ReadText(Root() + "/deploy/README.md"),
+                                "The forward pass runs on the CPU"));
+}
+
+// The drain lets the longest request the config allows finish: limits.max_tokens is bounded,
+// and server.drain_timeout_seconds covers that many decode steps at the per-token latency
+// measured under a full batch, plus the prefill of the longest prompt (deploy/README.md,
+// "Drain and the longest request", gives the measurement).
+TEST_F(DeployTest, DrainFitsTheLongestRequest) {
+  const int32_t max_tokens = config_.engine.max_tokens_limit;
+  ASSERT_GT(max_tokens, 0) << "limits.max_tokens unbounded: no drain timeout fits";
+  const ServerConfig defaults;
+  EXPECT_EQ(defaults.engine.max_tokens_limit, max_tokens) << "built-in default and config differ";
+  EXPECT_EQ(defaults.drain_timeout_seconds, config_.drain_timeout_seconds);
+  const double longest = kPrefillAllowanceSeconds + max_tokens * kSecondsPerTokenFullBatch;
+  EXPECT_GE(config_.drain_timeout_seconds, longest)
+      << max_tokens << " tokens at " << kSecondsPerTokenFullBatch << " s each + "
+      << kPrefillAllowanceSeconds << " s prefill";
+  const std::string readme = ReadText(Root() + "/deploy/README.md");
+  EXPECT_TRUE(absl::StrContains(readme, "## Drain and the longest request"));
+  EXPECT_TRUE(absl::StrContains(readme, absl::StrCat("limits.max_tokens: ", max_tokens)));
+}
 
 // ---- Prefix-affinity router -----------------------------------------------------------------
 
@@ -448,6 +608,15 @@ TEST_F(DeployTest, EnvoyHashesThePrefixHeaderOntoTheReplicas) {
   const YAML::Node route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"];
   ASSERT_TRUE(route["hash_policy"]) << "no hash_policy";
   EXPECT_EQ(route["hash_policy"][0]["header"]["header_name"].as<std::string>(), kPrefixHashHeader);
+  // A draining replica refuses new calls with UNAVAILABLE: the router retries them on another.
+  const YAML::Node retry = route["retry_policy"];
+  ASSERT_TRUE(retry) << "no retry_policy";
+  const std::vector<std::string> retry_on =
+      absl::StrSplit(retry["retry_on"].as<std::string>(), ',');
+  EXPECT_NE(std::find(retry_on.begin(), retry_on.end(), "unavailable"), retry_on.end());
+  EXPECT_GE(retry["num_retries"].as<int>(), 1);
+  EXPECT_EQ(retry["retry_host_predicate"][0]["name"].as<std::string>(),
+            "envoy.retry_host_predicates.previous_hosts");
   const std::string cluster_name = route["cluster"].as<std::string>();
   YAML::Node cluster;
   for (const YAML::Node& cl : envoy["static_resources"]["clusters"]) {
@@ -495,6 +664,58 @@ bool Have(const std::string& program) {
   return RunProcess({"/bin/sh", "-c", "command -v " + program}).exit_code == 0;
 }
 
+std::string Sha256(const std::string& path) {
+  const ProcessResult r = RunProcess({"/usr/bin/sha256sum", path});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  return r.out.substr(0, r.out.find(' '));
+}
+
+// The alert rules are valid and behave as their unit tests say (deploy/prometheus/alerts_test.yml).
+TEST(DeployToolsTest, PromtoolUnitTestsTheAlertRules) {
+  if (!Have("promtool")) GTEST_SKIP() << "promtool not installed (Debian package 'prometheus')";
+  const ProcessResult check = RunProcess({"/usr/bin/env", "promtool", "check", "rules",
+                                          Root() + "/deploy/prometheus/alerts.yml"});
+  EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
+  const ProcessResult test = RunProcess({"/usr/bin/env", "promtool", "test", "rules",
+                                         Root() + "/deploy/prometheus/alerts_test.yml"});
+  EXPECT_EQ(test.exit_code, 0) << test.out << test.err;
+}
+
+// Every alert uses only metrics the server exports (docs/metrics.md) or Prometheus' own `up`,
+// and each of the required conditions has an alert.
+TEST(DeployAlertsTest, RulesUseExportedMetrics) {
+  const std::string docs = ReadText(Root() + "/docs/metrics.md");
+  const YAML::Node rules = Load("deploy/prometheus/alerts.yml");
+  std::set<std::string> alerts;
+  for (const YAML::Node& group : rules["groups"]) {
+    for (const YAML::Node& rule : group["rules"]) {
+      alerts.insert(rule["alert"].as<std::string>());
+      const std::string expr = rule["expr"].as<std::string>();
+      size_t pos = 0;
+      while ((pos = expr.find("kvserve_", pos)) != std::string::npos) {
+        size_t end = pos;
+        while (end < expr.size() && (std::isalnum(static_cast<unsigned char>(expr[end])) ||
+                                     expr[end] == '_')) {
+          ++end;
+        }
+        std::string metric = expr.substr(pos, end - pos);
+        for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+          if (absl::EndsWith(metric, suffix) && !absl::StrContains(docs, "`" + metric + "`")) {
+            metric = metric.substr(0, metric.size() - std::string(suffix).size());
+          }
+        }
+        EXPECT_TRUE(absl::StrContains(docs, "| `" + metric + "` |"))
+            << rule["alert"] << " uses " << metric << ", not in docs/metrics.md";
+        pos = end;
+      }
+    }
+  }
+  for (const char* a : {"KvserveTargetDown", "KvserveHighErrorRatio", "KvserveTtftP99High",
+                        "KvserveQueueBacklog", "KvserveKvPressure", "KvservePreemptionRate"}) {
+    EXPECT_TRUE(alerts.contains(a)) << "no alert " << a;
+  }
+}
+
 TEST(DeployToolsTest, PromtoolAcceptsThePrometheusConfig) {
   if (!Have("promtool")) GTEST_SKIP() << "promtool not installed (Debian package 'prometheus')";
   const ProcessResult r = RunProcess({"/usr/bin/env", "promtool", "check", "config",
@@ -508,10 +729,12 @@ TEST(DeployToolsTest, KustomizeBuildsEveryVariant) {
   for (const auto& [dir, kinds] : std::vector<std::pair<std::string, std::set<std::string>>>{
            {"deploy/k8s/cpu",
             {"ConfigMap", "Service", "ServiceMonitor", "HorizontalPodAutoscaler",
-             "PersistentVolumeClaim", "Deployment"}},
-           {"deploy/k8s/gpu",
+             "PersistentVolumeClaim", "Deployment", "PodDisruptionBudget", "NetworkPolicy",
+             "PrometheusRule"}},
+           {"deploy/k8s/tls",
             {"ConfigMap", "Service", "ServiceMonitor", "HorizontalPodAutoscaler",
-             "PersistentVolumeClaim", "Deployment"}},
+             "PersistentVolumeClaim", "Deployment", "PodDisruptionBudget", "NetworkPolicy",
+             "PrometheusRule"}},
            {"deploy/envoy", {"ConfigMap", "Service", "Deployment"}}}) {
     const ProcessResult r =
         RunProcess({"/usr/bin/env", "kubectl", "kustomize", Root() + "/" + dir});
