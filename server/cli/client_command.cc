@@ -3,6 +3,7 @@
 //   generate   prints the prompt followed by the completion and a newline, like `kvserve
 //              generate` (--stream prints each piece as it arrives); sends the prefix-affinity
 //              routing header x-kvserve-prefix-hash (server/routing/prefix_hash.h)
+//   chat       a conversation through Generation.Chat (client_chat.cc)
 //   health     prints the grpc.health.v1 status; exit 0 only when SERVING
 //   info       prints the model and KV-cache description
 //   tokenize   prints the token ids of --text
@@ -33,6 +34,7 @@ constexpr char kClientUsage[] =
     "\n"
     "commands:\n"
     "  generate   generate text on a server (--prompt TEXT [--stream])\n"
+    "  chat       chat with the served model (interactive, or --message TEXT for one turn)\n"
     "  health     print the server's health: SERVING or NOT_SERVING\n"
     "  info       print the served model and its KV cache\n"
     "  tokenize   print the token ids of --text\n"
@@ -209,6 +211,7 @@ int RunClientCommand(const std::vector<std::string>& args) {
   const std::string& command = args[0];
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   if (command == "generate") return Generate(rest);
+  if (command == "chat") return RunClientChat(rest);
   if (command == "health") return Health(rest);
   if (command == "info") return Info(rest);
   if (command == "tokenize") return Tokenize(rest);

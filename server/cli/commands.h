@@ -15,6 +15,8 @@ int RunProfileCommand(const std::vector<std::string>& args);
 int RunServeCommand(const std::vector<std::string>& args);
 // `kvserve client <generate|health|info|tokenize> ...`: calls a running server.
 int RunClientCommand(const std::vector<std::string>& args);
+// `kvserve client chat` (client_chat.cc).
+int RunClientChat(const std::vector<std::string>& args);
 // `kvserve mkmodel --shape tiny|110m|1b-gqa|custom ... --out FILE`: a synthetic GGUF model.
 int RunMkmodelCommand(const std::vector<std::string>& args);
 // `kvserve bench --addr HOST:PORT ...`: the serving benchmark (a gRPC load generator).
