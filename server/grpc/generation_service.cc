@@ -160,7 +160,7 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
     size += 1 + VarintBytes(pieces.back().size()) + pieces.back().size();
   }
   if (!ids.empty()) size += 1 + VarintBytes(ids_bytes) + ids_bytes;
-  if (static_cast<int64_t>(size) > options_.max_message_bytes) {
+  if (options_.max_message_bytes > 0 && static_cast<int64_t>(size) > options_.max_message_bytes) {
     return FinishNow(context,
                      absl::ResourceExhaustedError(absl::StrCat(
                          "the response would be ", size, " bytes (", ids.size(),

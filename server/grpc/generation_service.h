@@ -37,11 +37,11 @@ struct GenerationServiceOptions {
   int32_t default_max_tokens = 256;  // max_tokens of a request that leaves it unset
   int64_t kv_block_bytes = 0;        // for GetModelInfo
   int64_t max_prompt_bytes = 0;      // limits.max_prompt_bytes; 0 = derived from the model
-  int64_t max_message_bytes = 4 << 20;  // server.max_message_bytes: Tokenize sizes its answer
   const ApiKeyAuthenticator* authenticator = nullptr;  // null: no key required
   ServerMetrics* metrics = nullptr;                    // request histograms; null: none
   RequestOutcomes* outcomes = nullptr;                 // how the calls ended; null: not counted
-  int64_t max_message_bytes = 0;  // server.max_message_bytes: larger responses fail; 0: no bound
+  // server.max_message_bytes: larger responses fail (Tokenize sizes its answer first); 0: no bound.
+  int64_t max_message_bytes = 0;
 };
 
 using GenerationServiceBase = v1::Generation::WithRawCallbackMethod_Generate<
@@ -55,6 +55,8 @@ class GenerationService final : public GenerationServiceBase {
 
   // From now on every call fails with UNAVAILABLE ("the server is shutting down").
   void BeginDrain() { draining_.store(true, std::memory_order_release); }
+  // The limits requests are checked against (derived values filled in).
+  const RequestLimits& limits() const { return limits_; }
   // Waits until no Generate or Complete call is in flight (their last messages written), or the
   // timeout passes. True when none is.
   bool WaitForCalls(absl::Duration timeout) { return calls_.WaitIdle(timeout); }
