@@ -66,7 +66,7 @@ def start_flood(args, grpc, pb, pb_grpc, options):
             with lock:
                 outcomes[key] = outcomes.get(key, 0) + 1
 
-    threads = [threading.Thread(target=flood, args=(i,)) for i in range(args.clients)]
+    threads = [threading.Thread(target=flood, args=(i,), daemon=True) for i in range(args.clients)]
     for t in threads:
         t.start()
 
