@@ -104,7 +104,8 @@ std::vector<ConfigKey> BuildKeys() {
       "server.keepalive_timeout_seconds", 0.001, 3600,
       [](ServerConfig& c, double v) { c.keepalive_timeout_seconds = v; },
       [](const ServerConfig& c) { return c.keepalive_timeout_seconds; },
-      "a connection whose client does not answer a ping within this is closed, its calls cancelled"));
+      "a connection whose client does not answer a ping within this is closed, its calls "
+      "cancelled"));
   keys.push_back(PathKey(
       "server.tls.cert_file",
       [](ServerConfig& c, std::string v) { c.tls.cert_file = std::move(v); },

@@ -383,7 +383,8 @@ absl::Status ConfigLoader::Validate() {
   if (c.max_request_bytes != 0 && c.max_request_bytes < 1024) {
     return KeyError("server.max_request_bytes",
                     absl::StrCat("must be 0 (derived from the prompt limits) or in [1024, "
-                                 "2147483647], got ", c.max_request_bytes));
+                                 "2147483647], got ",
+                                 c.max_request_bytes));
   }
   // A non-loopback listener without keys would serve anyone who can reach it.
   if (!IsLoopbackAddress(c.address) && c.api_keys_file.empty() && !c.allow_unauthenticated) {

@@ -146,8 +146,8 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
                                         : DefaultMaxRequestBytes(server->service_->limits());
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_request_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
-  spdlog::info("request messages: at most {} bytes (server.max_request_bytes{})",
-               max_request_bytes, config.max_request_bytes > 0 ? "" : ", derived");
+  spdlog::info("request messages: at most {} bytes (server.max_request_bytes{})", max_request_bytes,
+               config.max_request_bytes > 0 ? "" : ", derived");
   // HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: one connection cannot open more calls than this; a
   // client's further calls wait (in the client) for one of its own to end. The engine's
   // scheduler.max_waiting_requests bounds the calls of all connections together.
@@ -165,9 +165,9 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
   // client that does not answer within keepalive_timeout_seconds (a stopped or vanished process,
   // a dead network path) has its connection closed and its calls cancelled, which ends their
   // requests and frees their KV blocks.
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
-                             config.keepalive_seconds > 0 ? ToChannelMs(config.keepalive_seconds)
-                                                          : std::numeric_limits<int>::max());
+  const int keepalive_ms = config.keepalive_seconds > 0 ? ToChannelMs(config.keepalive_seconds)
+                                                        : std::numeric_limits<int>::max();
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, keepalive_ms);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
                              ToChannelMs(config.keepalive_timeout_seconds));
   // Clients' own keepalive pings are accepted down to one every 10 s, with or without a call in

@@ -282,8 +282,8 @@ TEST(HardeningTest, FloodOfHugePromptsLeavesSmallRequestsServedAndMemoryBounded)
   EXPECT_EQ("Once upon a time" + small.text + "\n", expected);
   // Before the byte limit, each call tokenized its whole text: hundreds of MB; before the request
   // message limit, each was received and parsed whole: about 120 MB.
-  EXPECT_LT(rss_during - rss_before, 50 * 1024) << "RSS grew from " << rss_before << " KiB to "
-                                                << rss_during << " KiB";
+  EXPECT_LT(rss_during - rss_before, 50 * 1024)
+      << "RSS grew from " << rss_before << " KiB to " << rss_during << " KiB";
   std::printf("RSS %lld KiB before the flood, %lld KiB during it\n",
               static_cast<long long>(rss_before), static_cast<long long>(rss_during));
 }
