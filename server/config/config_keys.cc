@@ -55,7 +55,12 @@ std::vector<ConfigKey> BuildKeys() {
       "server.max_message_bytes", 1024, 2147483647,
       [](ServerConfig& c, int64_t v) { c.max_message_bytes = v; },
       [](const ServerConfig& c) { return c.max_message_bytes; },
-      "largest gRPC message received or sent, bytes"));
+      "largest gRPC response message sent, bytes"));
+  keys.push_back(IntKey(
+      "server.max_request_bytes", 0, 2147483647,
+      [](ServerConfig& c, int64_t v) { c.max_request_bytes = v; },
+      [](const ServerConfig& c) { return c.max_request_bytes; },
+      "largest gRPC request message accepted, bytes; 0 = derived from the prompt limits"));
   keys.push_back(IntKey(
       "server.max_streams_per_connection", 1, 65536,
       [](ServerConfig& c, int64_t v) { c.max_streams_per_connection = static_cast<int32_t>(v); },
@@ -100,6 +105,17 @@ std::vector<ConfigKey> BuildKeys() {
       [](ServerConfig& c, double v) { c.max_connection_idle_seconds = v; },
       [](const ServerConfig& c) { return c.max_connection_idle_seconds; },
       "a connection with no call for this long is closed (GOAWAY); 0 = never"));
+  keys.push_back(FloatKey(
+      "server.keepalive_seconds", 0, 86400,
+      [](ServerConfig& c, double v) { c.keepalive_seconds = v; },
+      [](const ServerConfig& c) { return c.keepalive_seconds; },
+      "interval of the HTTP/2 pings the server sends on each connection, seconds; 0 = never"));
+  keys.push_back(FloatKey(
+      "server.keepalive_timeout_seconds", 0.001, 3600,
+      [](ServerConfig& c, double v) { c.keepalive_timeout_seconds = v; },
+      [](const ServerConfig& c) { return c.keepalive_timeout_seconds; },
+      "a connection whose client does not answer a ping within this is closed, its calls "
+      "cancelled"));
   keys.push_back(PathKey(
       "server.tls.cert_file",
       [](ServerConfig& c, std::string v) { c.tls.cert_file = std::move(v); },

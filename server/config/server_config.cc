@@ -380,6 +380,12 @@ absl::Status ConfigLoader::Validate() {
     return KeyError("server.auth_on_loopback",
                     "is true but server.api_keys_file is not set (no keys to check)");
   }
+  if (c.max_request_bytes != 0 && c.max_request_bytes < 1024) {
+    return KeyError("server.max_request_bytes",
+                    absl::StrCat("must be 0 (derived from the prompt limits) or in [1024, "
+                                 "2147483647], got ",
+                                 c.max_request_bytes));
+  }
   // A non-loopback listener without keys would serve anyone who can reach it.
   if (!IsLoopbackAddress(c.address) && c.api_keys_file.empty() && !c.allow_unauthenticated) {
     return KeyError("server.address",

@@ -47,7 +47,10 @@ struct ServerConfig {
 
   // server:
   std::string address = "127.0.0.1:50051";   // server.address
-  int64_t max_message_bytes = 4 << 20;       // server.max_message_bytes
+  int64_t max_message_bytes = 4 << 20;       // server.max_message_bytes (responses)
+  // server.max_request_bytes: largest request message gRPC accepts, bytes; 0 = derived from the
+  // prompt limits (see DefaultMaxRequestBytes in server/grpc/request_validation.h).
+  int64_t max_request_bytes = 0;
   int32_t max_streams_per_connection = 100;  // server.max_streams_per_connection
   double drain_timeout_seconds = 120;        // server.drain_timeout_seconds (deploy/README.md)
   double liveness_stall_seconds = 60;        // server.liveness_stall_seconds
@@ -59,6 +62,8 @@ struct ServerConfig {
   bool allow_unauthenticated = false;
   double handshake_timeout_seconds = 10;       // server.handshake_timeout_seconds
   double max_connection_idle_seconds = 300;    // server.max_connection_idle_seconds (0 = off)
+  double keepalive_seconds = 60;               // server.keepalive_seconds (0 = off)
+  double keepalive_timeout_seconds = 20;       // server.keepalive_timeout_seconds
   TlsConfig tls;                             // server.tls.{cert_file,key_file}
 
   // limits:

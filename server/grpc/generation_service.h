@@ -40,8 +40,7 @@ struct GenerationServiceOptions {
   const ApiKeyAuthenticator* authenticator = nullptr;  // null: no key required
   ServerMetrics* metrics = nullptr;                    // request histograms; null: none
   RequestOutcomes* outcomes = nullptr;                 // how the calls ended; null: not counted
-  // server.max_message_bytes: larger responses fail, and Tokenize sizes its answer before it is
-  // built; 0: no bound.
+  // server.max_message_bytes: larger responses fail (Tokenize sizes its answer first); 0: no bound.
   int64_t max_message_bytes = 0;
 };
 
@@ -56,6 +55,8 @@ class GenerationService final : public GenerationServiceBase {
 
   // From now on every call fails with UNAVAILABLE ("the server is shutting down").
   void BeginDrain() { draining_.store(true, std::memory_order_release); }
+  // The limits requests are checked against (derived values filled in).
+  const RequestLimits& limits() const { return limits_; }
   // Waits until no Generate or Complete call is in flight (their last messages written), or the
   // timeout passes. True when none is.
   bool WaitForCalls(absl::Duration timeout) { return calls_.WaitIdle(timeout); }

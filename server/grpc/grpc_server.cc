@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -39,6 +40,11 @@ std::string WithPort(const std::string& address, int port) {
   if (colon == std::string::npos) return address;
   return absl::StrCat(address.substr(0, colon + 1), port);
 }
+
+// The most often a client may ping with no data (its own keepalive), and how many pings more
+// often than that the server tolerates before it closes the connection (GOAWAY).
+constexpr int kMinClientPingIntervalMs = 10'000;
+constexpr int kMaxClientPingStrikes = 2;
 
 // Seconds as a channel argument's milliseconds (an int), at least 1.
 int ToChannelMs(double seconds) {
@@ -134,8 +140,15 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
   grpc::ServerBuilder builder;
   // Without this a second server could bind the same port (gRPC sets SO_REUSEPORT by default).
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  // Requests are bounded by what the limits let a request carry, not by the response size: gRPC
+  // refuses a larger message with RESOURCE_EXHAUSTED before any handler parses it.
+  const int64_t max_request_bytes = config.max_request_bytes > 0
+                                        ? config.max_request_bytes
+                                        : DefaultMaxRequestBytes(server->service_->limits());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(max_request_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  spdlog::info("request messages: at most {} bytes (server.max_request_bytes{})", max_request_bytes,
+               config.max_request_bytes > 0 ? "" : ", derived");
   // HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: one connection cannot open more calls than this; a
   // client's further calls wait (in the client) for one of its own to end. The engine's
   // scheduler.max_waiting_requests bounds the calls of all connections together.
@@ -149,6 +162,22 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
     builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
                                ToChannelMs(config.max_connection_idle_seconds));
   }
+  // Keepalive: the server sends an HTTP/2 PING on each connection every keepalive_seconds; a
+  // client that does not answer within keepalive_timeout_seconds (a stopped or vanished process,
+  // a dead network path) has its connection closed and its calls cancelled, which ends their
+  // requests and frees their KV blocks.
+  const int keepalive_ms = config.keepalive_seconds > 0 ? ToChannelMs(config.keepalive_seconds)
+                                                        : std::numeric_limits<int>::max();
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, keepalive_ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                             ToChannelMs(config.keepalive_timeout_seconds));
+  // Clients' own keepalive pings are accepted down to one every 10 s, with or without a call in
+  // flight (gRPC's defaults: one every 5 minutes, or 2 hours with no call; after two pings
+  // sooner than that, GOAWAY). PERMIT_WITHOUT_CALLS also lets the server ping idle connections.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             kMinClientPingIntervalMs);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, kMaxClientPingStrikes);
   builder.AddListeningPort(config.address, credentials, &server->port_);
   builder.RegisterService(server->service_.get());
   builder.RegisterService(server->memory_service_.get());

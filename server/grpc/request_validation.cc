@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <string>
 #include <utility>
@@ -164,6 +165,13 @@ absl::Status FillRetention(const v1::GenerateRequest& in, std::vector<engine::Re
 int64_t DefaultMaxPromptBytes(int32_t max_prompt_tokens, const engine::Tokenizer& tokenizer) {
   return static_cast<int64_t>(std::max<int32_t>(max_prompt_tokens, 1)) *
          static_cast<int64_t>(tokenizer.max_token_bytes());
+}
+
+int64_t DefaultMaxRequestBytes(const RequestLimits& limits) {
+  constexpr int64_t kMaxIdBytes = 5;  // a varint of a non-negative int32
+  const int64_t ids = std::max<int64_t>({limits.max_prompt_tokens, limits.max_tokens_limit, 1});
+  const int64_t bytes = limits.max_prompt_bytes + kMaxIdBytes * ids + kRequestFieldsBytes;
+  return std::min<int64_t>(bytes, std::numeric_limits<int32_t>::max());
 }
 
 absl::StatusOr<engine::EngineRequest> BuildEngineRequest(const v1::GenerateRequest& request,

@@ -32,6 +32,14 @@ struct RequestLimits {
 // The byte bound no text of at most `max_prompt_tokens` tokens can exceed.
 int64_t DefaultMaxPromptBytes(int32_t max_prompt_tokens, const engine::Tokenizer& tokenizer);
 
+// The largest request message gRPC needs to accept under `limits` (server.max_request_bytes = 0):
+// the longest text prompt (limits.max_prompt_bytes) plus the longest list of token ids a request
+// may carry (max(max_prompt_tokens, max_tokens_limit) ids of at most 5 bytes each: a prompt of
+// ids, or a Detokenize call on a whole output) plus kRequestFieldsBytes for the other fields
+// (request id, stop strings, cache salt, retention hints, sampling, framing). At most 2^31 - 1.
+int64_t DefaultMaxRequestBytes(const RequestLimits& limits);
+inline constexpr int64_t kRequestFieldsBytes = 16 << 10;
+
 // Bounds on the sizes of a request's lists and strings.
 inline constexpr int kMaxStopStrings = 16;
 inline constexpr int kMaxStopBytes = 256;

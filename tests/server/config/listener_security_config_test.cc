@@ -1,6 +1,8 @@
 // A listener that anyone on the network can reach needs API keys, or an explicit opt-out; and the
 // connection bounds and the prompt byte limit load as configured.
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -90,6 +92,33 @@ TEST_F(ListenerSecurityConfigTest, ConnectionBoundsAndPromptBytesDefaultsAndRang
   bad = Load("model:\n  path: m.gguf\nlimits:\n  max_prompt_bytes: -1\n");
   ASSERT_FALSE(bad.ok());
   EXPECT_THAT(bad.status().message(), HasSubstr(At(4) + " limits.max_prompt_bytes"));
+}
+
+TEST_F(ListenerSecurityConfigTest, RequestBytesAndKeepaliveDefaultsAndRanges) {
+  absl::StatusOr<ServerConfig> defaults = Load("model:\n  path: m.gguf\n");
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->max_request_bytes, 0);
+  EXPECT_DOUBLE_EQ(defaults->keepalive_seconds, 60);
+  EXPECT_DOUBLE_EQ(defaults->keepalive_timeout_seconds, 20);
+  absl::StatusOr<ServerConfig> off =
+      Load("model:\n  path: m.gguf\nserver:\n  keepalive_seconds: 0\n");
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_DOUBLE_EQ(off->keepalive_seconds, 0);
+  for (const auto& [yaml, key] : std::vector<std::pair<std::string, std::string>>{
+           {"  max_request_bytes: 100\n", "server.max_request_bytes: must be 0"},
+           {"  max_request_bytes: -1\n", "server.max_request_bytes"},
+           {"  max_request_bytes: 2147483648\n", "server.max_request_bytes"},
+           {"  keepalive_seconds: -1\n", "server.keepalive_seconds"},
+           {"  keepalive_timeout_seconds: 0\n", "server.keepalive_timeout_seconds"}}) {
+    SCOPED_TRACE(yaml);
+    absl::StatusOr<ServerConfig> bad = Load("model:\n  path: m.gguf\nserver:\n" + yaml);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_THAT(bad.status().message(), HasSubstr(At(4) + " " + key));
+  }
+  absl::StatusOr<ServerConfig> bad =
+      Load("model:\n  path: m.gguf\n", {"server.max_request_bytes=1023"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr("--set server.max_request_bytes=1023"));
 }
 
 }  // namespace

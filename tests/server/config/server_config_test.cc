@@ -169,6 +169,7 @@ constexpr char kWorkedConfig[] = R"(model:
 server:
   address: 0.0.0.0:6000
   max_message_bytes: 1048576
+  max_request_bytes: 65536
   max_streams_per_connection: 7
   drain_timeout_seconds: 2.5
   liveness_stall_seconds: 7.5
@@ -178,6 +179,8 @@ server:
   allow_unauthenticated: true
   handshake_timeout_seconds: 2.5
   max_connection_idle_seconds: 60
+  keepalive_seconds: 30
+  keepalive_timeout_seconds: 5
   tls:
     cert_file: tls/cert.pem
     key_file: KEY_FILE
@@ -249,6 +252,7 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   EXPECT_EQ(c.engine.model.tokenizer_path, c.tokenizer_path);
   EXPECT_EQ(c.address, "0.0.0.0:6000");
   EXPECT_EQ(c.max_message_bytes, 1048576);
+  EXPECT_EQ(c.max_request_bytes, 65536);
   EXPECT_EQ(c.max_streams_per_connection, 7);
   EXPECT_DOUBLE_EQ(c.drain_timeout_seconds, 2.5);
   EXPECT_DOUBLE_EQ(c.liveness_stall_seconds, 7.5);
@@ -258,6 +262,8 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   EXPECT_TRUE(c.allow_unauthenticated);
   EXPECT_DOUBLE_EQ(c.handshake_timeout_seconds, 2.5);
   EXPECT_DOUBLE_EQ(c.max_connection_idle_seconds, 60);
+  EXPECT_DOUBLE_EQ(c.keepalive_seconds, 30);
+  EXPECT_DOUBLE_EQ(c.keepalive_timeout_seconds, 5);
   EXPECT_EQ(c.max_prompt_bytes, 4096);
   EXPECT_TRUE(fs::equivalent(c.tls.cert_file, dir.Path("tls/cert.pem")));
   EXPECT_EQ(c.tls.key_file, key_file);  // absolute paths are kept as written

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -108,16 +109,17 @@ TEST(HardeningTest, ClientTextCannotForgeLogLinesOrSendEscapes) {
 
 TEST(HardeningTest, OversizedPromptsAndTokenizeCallsAreRefusedNamingTheLimit) {
   ServerProcess server;
-  ASSERT_TRUE(server.Start());
+  // A byte limit well inside the derived request-message limit (the model's own is 14,329).
+  ASSERT_TRUE(server.Start({"limits.max_prompt_bytes=20000"}));
   auto stub = server.Stub();
-  const std::string big(3 << 20, 'a');
+  const std::string big(30000, 'a');
   {
     grpc::ClientContext context;
     v1::CompleteResponse response;
     const grpc::Status status = stub->Complete(&context, GreedyRequest(big, 4), &response);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_THAT(status.error_message(),
-                AllOf(HasSubstr("text: the prompt has 3145728 bytes"),
+                AllOf(HasSubstr("text: the prompt has 30000 bytes"),
                       HasSubstr("limits.max_prompt_bytes")));
   }
   {
@@ -145,6 +147,72 @@ TEST(HardeningTest, OversizedPromptsAndTokenizeCallsAreRefusedNamingTheLimit) {
   }
 }
 
+// Request messages are bounded by what the limits let a request carry (server.max_request_bytes,
+// derived by default), not by the 4 MiB response limit: gRPC refuses a larger one before any
+// handler parses it.
+TEST(HardeningTest, RequestMessagesAreBoundedByThePromptLimits) {
+  ServerProcess server;
+  ASSERT_TRUE(server.Start());
+  auto stub = server.Stub();
+  grpc::ClientContext info_context;
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub->GetModelInfo(&info_context, v1::GetModelInfoRequest(), &info).ok());
+  // stories260K: 2,047 prompt tokens x 7 bytes (its longest piece) = 14,329 text bytes, plus
+  // 5 bytes for each of max(2,047, 2,048) ids, plus 16 KiB for the other fields.
+  const int64_t limit = 14329 + 5 * 2048 + 16384;
+  ASSERT_EQ(info.max_prompt_tokens(), 2047);
+  ASSERT_EQ(info.max_tokens_limit(), 2048);
+  EXPECT_THAT(server.Stderr(),
+              HasSubstr(absl::StrCat("request messages: at most ", limit, " bytes")));
+  for (const size_t bytes : {size_t{3} << 20, static_cast<size_t>(limit) + 1}) {
+    SCOPED_TRACE(bytes);
+    grpc::ClientContext context;
+    v1::TokenizeRequest request;
+    request.set_text(std::string(bytes, 'a'));
+    v1::TokenizeResponse response;
+    const grpc::Status status = stub->Tokenize(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_THAT(status.error_message(), HasSubstr("larger than max"));
+  }
+  {
+    // Just inside the message limit: refused by the handler, naming the prompt byte limit.
+    grpc::ClientContext context;
+    v1::CompleteResponse response;
+    const grpc::Status status = stub->Complete(
+        &context, GreedyRequest(std::string(static_cast<size_t>(limit) - 100, 'a'), 4), &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("limits.max_prompt_bytes"));
+  }
+  {
+    // The largest lists of ids a request may carry fit: a whole context to Detokenize (ids of
+    // up to 3 varint bytes here), and a prompt of max_prompt_tokens ids with every other field
+    // at its largest.
+    grpc::ClientContext context;
+    v1::DetokenizeRequest request;
+    for (int i = 0; i < info.context_length(); ++i) request.add_token_ids(400 + i % 100);
+    v1::DetokenizeResponse response;
+    EXPECT_TRUE(stub->Detokenize(&context, request, &response).ok());
+    grpc::ClientContext generate_context;
+    v1::GenerateRequest generate = TokenPrompt(info.max_prompt_tokens(), 200, 1);
+    generate.set_request_id(std::string(128, 'r'));
+    generate.set_cache_salt(std::string(256, 's'));
+    for (int i = 0; i < 16; ++i) generate.add_stop(std::string(256, 'a' + i));
+    v1::CompleteResponse completion;
+    const grpc::Status status = stub->Complete(&generate_context, generate, &completion);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+  }
+  {
+    ServerProcess tight;
+    ASSERT_TRUE(tight.Start({"server.max_request_bytes=2048"}));
+    EXPECT_THAT(tight.Stderr(), HasSubstr("request messages: at most 2048 bytes"));
+    grpc::ClientContext context;
+    v1::CompleteResponse response;
+    const grpc::Status status =
+        tight.Stub()->Complete(&context, GreedyRequest(std::string(4096, 'a'), 4), &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+}
+
 TEST(HardeningTest, TokenizeResponseIsSizedBeforeItIsBuilt) {
   ServerProcess server;
   ASSERT_TRUE(server.Start({"server.max_message_bytes=4096", "limits.max_prompt_bytes=4000"}));
@@ -165,8 +233,9 @@ TEST(HardeningTest, TokenizeResponseIsSizedBeforeItIsBuilt) {
   EXPECT_TRUE(stub->Tokenize(&small_context, request, &response).ok());
 }
 
-// A flood of ~4 MiB prompts and Tokenize calls from 8 clients: each is refused before it is
-// tokenized, the server's memory stays bounded, and a small request is still served.
+// A flood of ~4 MiB prompts and Tokenize calls from 8 clients: each is refused by the request
+// message limit before any handler parses it, the server's memory stays bounded, and a small
+// request is still served.
 TEST(HardeningTest, FloodOfHugePromptsLeavesSmallRequestsServedAndMemoryBounded) {
   ServerProcess server;
   ASSERT_TRUE(server.Start());
@@ -196,8 +265,8 @@ TEST(HardeningTest, FloodOfHugePromptsLeavesSmallRequestsServedAndMemoryBounded)
           v1::TokenizeResponse response;
           status = stub->Tokenize(&context, request, &response);
         }
-        if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT &&
-            status.error_message().find("limits.max_prompt_bytes") != std::string::npos) {
+        if (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED &&
+            status.error_message().find("larger than max") != std::string::npos) {
           refused.fetch_add(1);
         }
       }
@@ -211,9 +280,12 @@ TEST(HardeningTest, FloodOfHugePromptsLeavesSmallRequestsServedAndMemoryBounded)
   for (std::thread& t : flood) t.join();
   ASSERT_TRUE(small.status.ok()) << small.status.error_message();
   EXPECT_EQ("Once upon a time" + small.text + "\n", expected);
-  // Before the byte limit, each call tokenized its whole text: hundreds of MB.
-  EXPECT_LT(rss_during - rss_before, 100 * 1024) << "RSS grew from " << rss_before << " KiB to "
-                                                 << rss_during << " KiB";
+  // Before the byte limit, each call tokenized its whole text: hundreds of MB; before the request
+  // message limit, each was received and parsed whole: about 120 MB.
+  EXPECT_LT(rss_during - rss_before, 50 * 1024)
+      << "RSS grew from " << rss_before << " KiB to " << rss_during << " KiB";
+  std::printf("RSS %lld KiB before the flood, %lld KiB during it\n",
+              static_cast<long long>(rss_before), static_cast<long long>(rss_during));
 }
 
 // ---- Item: an IPv6 metrics address is refused at validation ----------------------------------

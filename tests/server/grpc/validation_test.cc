@@ -125,7 +125,7 @@ TEST(GrpcValidationTest, EveryBadFieldIsInvalidArgumentNamingIt) {
 
 TEST(GrpcValidationTest, OversizedRequestIsResourceExhausted) {
   ServerProcess server;
-  ASSERT_TRUE(server.Start({"server.max_message_bytes=4096"}));
+  ASSERT_TRUE(server.Start({"server.max_request_bytes=4096"}));
   auto stub = server.Stub();
   grpc::ClientContext context;
   v1::CompleteResponse response;
