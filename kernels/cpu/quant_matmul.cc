@@ -44,20 +44,40 @@ struct Unpacked {
   float mw;
 };
 
+// Rounded as llama.cpp rounds its activations (quantize_row_q8_0 / q8_K), so that scores agree
+// with it closely: blocks of 32 scale by amax / 127 with the scale stored as FP16 and values
+// rounded half away from zero; blocks of 256 scale by -max / 127 (max the value of largest
+// magnitude), values rounded to nearest even.
 template <int QK>
 void QuantizeActs(const float* x, int64_t cols, ActBlock<QK>* out) {
   for (int64_t b = 0; b < cols / QK; ++b) {
     const float* xb = x + b * QK;
-    float amax = 0;
-    for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(xb[j]));
-    const float d = amax / 127;
-    const float id = d > 0 ? 1.0f / d : 0.0f;
+    float amax = 0, max = 0;
+    for (int j = 0; j < QK; ++j) {
+      if (std::fabs(xb[j]) > amax) {
+        amax = std::fabs(xb[j]);
+        max = xb[j];
+      }
+    }
     ActBlock<QK>& a = out[b];
-    a.d = d;
+    int q[QK];
+    if (amax == 0) {
+      a.d = 0;
+      for (int j = 0; j < QK; ++j) q[j] = 0;
+    } else if constexpr (QK == kQK) {
+      const float d = amax / 127;
+      const float id = 1.0f / d;
+      a.d = Fp16ToFloat(FloatToFp16(d));
+      for (int j = 0; j < QK; ++j) q[j] = static_cast<int>(std::round(xb[j] * id));
+    } else {
+      const float iscale = -127.0f / max;
+      a.d = 1.0f / iscale;
+      for (int j = 0; j < QK; ++j) q[j] = static_cast<int>(std::nearbyint(iscale * xb[j]));
+    }
     for (int s = 0; s < QK / 16; ++s) {
       int sum = 0;
       for (int l = 0; l < 16; ++l) {
-        const int v = std::min(127, std::max(-127, static_cast<int>(std::lrintf(xb[16 * s + l] * id))));
+        const int v = std::min(127, std::max(-127, q[16 * s + l]));
         a.q[16 * s + l] = static_cast<int8_t>(v);
         sum += v;
       }

@@ -49,7 +49,7 @@ std::vector<float> RandomX(std::mt19937& rng, int64_t count) {
 }
 
 // Against the reference dequantization and a double dot product: the activations are rounded
-// to 8 bits per block (error <= d/2 = amax/254 per element), plus float rounding.
+// to 8 bits per block (error <= d/2 = amax/254 per element), plus scale and float rounding.
 TEST(QuantMatMulTest, EveryTypeAndPathMatchesTheReferenceDequantization) {
   std::mt19937 rng(3);
   for (DType t : kQuantTypes) {
@@ -75,7 +75,8 @@ TEST(QuantMatMulTest, EveryTypeAndPathMatchesTheReferenceDequantization) {
                   const int64_t c = b * bs + j;
                   const double wv = w.values[r * cols + c];
                   ref += wv * x[i * cols + c];
-                  tol += std::fabs(wv) * (amax / 254.0) + 1e-6 * std::fabs(wv * x[i * cols + c]);
+                  // Plus the FP16 rounding of a 32-block's scale (relative 2^-11).
+                  tol += std::fabs(wv) * (amax / 254.0) + 1e-3 * std::fabs(wv * x[i * cols + c]);
                 }
               }
               ASSERT_NEAR(y[i * rows + r], ref, tol + 1e-6)
