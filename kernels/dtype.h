@@ -11,9 +11,28 @@
 
 namespace kvserve::kernels {
 
-enum class DType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
+// Dense types, then ggml's block-quantized weight types (layouts in kernels/weight_formats.h).
+enum class DType : uint8_t {
+  kF32 = 0,
+  kF16 = 1,
+  kBF16 = 2,
+  kQ4_0 = 16,
+  kQ4_1 = 17,
+  kQ5_0 = 18,
+  kQ5_1 = 19,
+  kQ8_0 = 20,
+  kQ2_K = 21,
+  kQ3_K = 22,
+  kQ4_K = 23,
+  kQ5_K = 24,
+  kQ6_K = 25,
+};
 
-constexpr int DTypeBytes(DType t) { return t == DType::kF32 ? 4 : 2; }
+constexpr bool IsQuantized(DType t) { return static_cast<uint8_t>(t) >= 16; }
+// Bytes per element of a dense type; 0 for a quantized one (see WeightRowBytes).
+constexpr int DTypeBytes(DType t) {
+  return t == DType::kF32 ? 4 : (t == DType::kF16 || t == DType::kBF16) ? 2 : 0;
+}
 std::string_view DTypeName(DType t);
 
 // A row-major weight matrix [rows, cols] viewed in place (for example inside a memory-mapped file).

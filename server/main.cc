@@ -16,6 +16,7 @@ constexpr char kUsage[] =
     "commands:\n"
     "  generate   generate text offline with a local model\n"
     "  perplexity score a text with a local model (KV formats and policies applied)\n"
+    "  score      teacher-forced NLL and top-1 per token of one sequence (--text or --ids)\n"
     "  profile    KV memory per format for a model shape; measures the real pool\n"
     "  serve      run the gRPC server (kvserve serve --config configs/server.yaml)\n"
     "  client     call a running server: generate, health, info, tokenize, stats\n"
@@ -44,6 +45,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 2, argv + argc);
   if (command == "generate") return kvserve::server::RunGenerateCommand(args);
   if (command == "perplexity") return kvserve::server::RunPerplexityCommand(args);
+  if (command == "score") return kvserve::server::RunScoreCommand(args);
   if (command == "profile") return kvserve::server::RunProfileCommand(args);
   if (command == "serve") return kvserve::server::RunServeCommand(args);
   if (command == "client") return kvserve::server::RunClientCommand(args);

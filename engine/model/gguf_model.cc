@@ -14,6 +14,7 @@
 #include "engine/common/status_macros.h"
 #include "engine/model/model_limits.h"
 #include "kernels/dtype.h"
+#include "kernels/weight_formats.h"
 
 namespace kvserve::engine {
 namespace {
@@ -36,9 +37,67 @@ std::string NeString(const std::vector<int64_t>& ne) {
   return out + "]";
 }
 
+// The kernels' type for a GGUF tensor type usable in place; nullopt for any other.
+std::optional<DType> KernelType(GgmlType t) {
+  switch (t) {
+    case GgmlType::kF32: return DType::kF32;
+    case GgmlType::kF16: return DType::kF16;
+    case GgmlType::kBF16: return DType::kBF16;
+    case GgmlType::kQ4_0: return DType::kQ4_0;
+    case GgmlType::kQ4_1: return DType::kQ4_1;
+    case GgmlType::kQ5_0: return DType::kQ5_0;
+    case GgmlType::kQ5_1: return DType::kQ5_1;
+    case GgmlType::kQ8_0: return DType::kQ8_0;
+    case GgmlType::kQ2_K: return DType::kQ2_K;
+    case GgmlType::kQ3_K: return DType::kQ3_K;
+    case GgmlType::kQ4_K: return DType::kQ4_K;
+    case GgmlType::kQ5_K: return DType::kQ5_K;
+    case GgmlType::kQ6_K: return DType::kQ6_K;
+    default: return std::nullopt;
+  }
+}
+
+// A vocabulary of ids only: the file's token strings and types, for a tokenizer model this
+// build cannot run (see LoadGgufModel).
+absl::StatusOr<Vocabulary> IdsOnlyVocabulary(const GgufFile& file) {
+  auto tokens = file.GetArrayOf<std::string>("tokenizer.ggml.tokens");
+  if (!tokens.ok()) return Required(tokens.status());
+  if (tokens->empty() || tokens->size() > static_cast<size_t>(kMaxVocab)) {
+    return absl::InvalidArgumentError(absl::StrCat(file.name(), ": tokenizer.ggml.tokens has ",
+                                                   tokens->size(), " tokens (1 to ", kMaxVocab,
+                                                   " allowed)"));
+  }
+  Vocabulary vocab;
+  const int32_t n = static_cast<int32_t>(tokens->size());
+  vocab.pieces.assign(tokens->begin(), tokens->end());
+  vocab.scores.assign(tokens->size(), 0.0f);
+  vocab.types.assign(tokens->size(), TokenType::kNormal);
+  if (auto types = file.GetArrayOf<int32_t>("tokenizer.ggml.token_type");
+      types.ok() && types->size() == tokens->size()) {
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t t = (*types)[i];
+      if (t >= static_cast<int32_t>(TokenType::kNormal) &&
+          t <= static_cast<int32_t>(TokenType::kByte)) {
+        vocab.types[i] = static_cast<TokenType>(t);
+      }
+    }
+  }
+  for (auto [key, id] : {std::pair{"tokenizer.ggml.bos_token_id", &vocab.bos_id},
+                         std::pair{"tokenizer.ggml.eos_token_id", &vocab.eos_id}}) {
+    if (!file.HasKey(key)) continue;
+    auto v = file.GetInteger(key);
+    if (v.ok() && *v >= 0 && *v < n) *id = static_cast<int32_t>(*v);
+  }
+  if (file.HasKey("tokenizer.ggml.add_bos_token")) {
+    if (auto b = file.GetBool("tokenizer.ggml.add_bos_token"); b.ok()) vocab.add_bos = *b;
+  }
+  return vocab;
+}
+
 class GgufModel final : public LoadedModel {
  public:
-  explicit GgufModel(GgufFile file) : file_(std::move(file)) {
+  GgufModel(GgufFile file, bool ids_only_vocabulary)
+      : file_(std::move(file)), ids_only_vocabulary_(ids_only_vocabulary) {
     path_ = file_.name();
     file_format_ = "gguf";
   }
@@ -59,6 +118,7 @@ class GgufModel final : public LoadedModel {
   absl::StatusOr<const float*> OwnedF32(const GgufTensorInfo& info);
 
   GgufFile file_;
+  bool ids_only_vocabulary_ = false;
   std::vector<std::vector<float>> owned_f32_;
   std::vector<std::vector<uint16_t>> owned_u16_;
 };
@@ -101,7 +161,8 @@ absl::Status GgufModel::ReadConfig() {
   KVSERVE_ASSIGN_OR_RETURN(c.num_kv_heads,
                            ReadDim("llama.attention.head_count_kv", kMaxHeads, c.num_heads));
   KVSERVE_ASSIGN_OR_RETURN(c.context_length, ReadDim("llama.context_length", kMaxContext));
-  if (c.dim % c.num_heads != 0) {
+  const bool explicit_head_dim = file_.HasKey("llama.attention.key_length");
+  if (!explicit_head_dim && c.dim % c.num_heads != 0) {
     return Error(absl::StrCat("llama.embedding_length ", c.dim,
                               " is not a multiple of llama.attention.head_count ", c.num_heads));
   }
@@ -111,6 +172,16 @@ absl::Status GgufModel::ReadConfig() {
                               c.num_kv_heads));
   }
   c.head_dim = c.dim / c.num_heads;
+  if (explicit_head_dim) {
+    KVSERVE_ASSIGN_OR_RETURN(c.head_dim, ReadDim("llama.attention.key_length", kMaxModelDim));
+    KVSERVE_ASSIGN_OR_RETURN(const int value_length,
+                             ReadDim("llama.attention.value_length", kMaxModelDim, c.head_dim));
+    if (value_length != c.head_dim) {
+      return Error(absl::StrCat("llama.attention.value_length = ", value_length,
+                                " differs from llama.attention.key_length = ", c.head_dim,
+                                " (not supported)"));
+    }
+  }
   if (c.head_dim % 2 != 0) {
     return Error(absl::StrCat("head_dim ", c.head_dim, " is odd; RoPE needs pairs"));
   }
@@ -136,6 +207,35 @@ absl::Status GgufModel::ReadConfig() {
     }
     c.rope_freq_base = static_cast<float>(base);
   }
+  // Rope scaling: none, linear (positions divided by the factor) or llama3 (frequency factors
+  // from rope_freqs.weight); anything else changes the math in ways not implemented here.
+  std::string scaling = "none";
+  if (file_.HasKey("llama.rope.scaling.type")) {
+    KVSERVE_ASSIGN_OR_RETURN(scaling, file_.GetString("llama.rope.scaling.type"));
+  }
+  if (scaling == "linear") {
+    KVSERVE_ASSIGN_OR_RETURN(const double factor, file_.GetFloat("llama.rope.scaling.factor"));
+    if (!(factor > 0.0 && std::isfinite(factor))) {
+      return Error(absl::StrCat("llama.rope.scaling.factor = ", factor, " must be finite and > 0"));
+    }
+    c.rope_freq_scale = static_cast<float>(1.0 / factor);
+  } else if (scaling == "llama3") {
+    if (file_.FindTensor("rope_freqs.weight") == nullptr) {
+      return Error("llama.rope.scaling.type 'llama3' needs the tensor 'rope_freqs.weight'");
+    }
+  } else if (scaling != "none") {
+    return absl::UnimplementedError(absl::StrCat(
+        file_.name(), ": llama.rope.scaling.type '", scaling,
+        "' is not supported (supported: none, linear, llama3 with rope_freqs.weight)"));
+  }
+  for (std::string_view key : {"llama.rope.scaling.attn_factor", "llama.rope.scaling.yarn_log_multiplier",
+                               "llama.attention.logit_softcapping", "llama.final_logit_softcapping"}) {
+    if (file_.HasKey(key)) {
+      return absl::UnimplementedError(absl::StrCat(file_.name(), ": metadata key '", Sv(key),
+                                                   "' changes the model's math and is not "
+                                                   "supported"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -147,22 +247,24 @@ absl::StatusOr<const GgufTensorInfo*> GgufModel::Tensor(
     return Error(absl::StrCat("tensor '", name, "' has shape ", NeString(info->ne), ", expected ",
                               NeString(expected_ne), " (ggml order, ne[0] = columns)"));
   }
-  switch (info->type) {
-    case GgmlType::kF32:
-    case GgmlType::kF16:
-    case GgmlType::kBF16:
-    case GgmlType::kQ8_0:
-      return info;
-    default:
-      return Error(absl::StrCat("tensor '", name, "' has unsupported type ",
-                                GgmlTypeLabel(static_cast<uint32_t>(info->type)),
-                                " (supported: F32, F16, BF16, Q8_0)"));
+  const std::optional<DType> type = KernelType(info->type);
+  if (!type.has_value()) {
+    return Error(absl::StrCat("tensor '", name, "' has unsupported type ",
+                              GgmlTypeLabel(static_cast<uint32_t>(info->type)),
+                              " (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, "
+                              "Q3_K, Q4_K, Q5_K, Q6_K)"));
   }
+  if (info->ne[0] % kernels::DTypeBlockSize(*type) != 0) {
+    return Error(absl::StrCat("tensor '", name, "' has ", info->ne[0], " columns, not a multiple of ",
+                              kernels::DTypeBlockSize(*type), " (the ", Sv(kernels::DTypeName(*type)),
+                              " block size)"));
+  }
+  return info;
 }
 
 absl::StatusOr<const float*> GgufModel::OwnedF32(const GgufTensorInfo& info) {
   std::vector<float> values(static_cast<size_t>(info.num_elements));
-  KVSERVE_RETURN_IF_ERROR(DecodeToF32(info.type, info.data, info.num_elements, values.data()));
+  kernels::DequantizeRow(*KernelType(info.type), info.data, info.num_elements, values.data());
   owned_f32_.push_back(std::move(values));
   return owned_f32_.back().data();
 }
@@ -194,9 +296,9 @@ absl::StatusOr<WeightView> GgufModel::Matrix(const std::string& name, int64_t ro
         view.data = owned_u16_.back().data();
       }
       return view;
-    default:  // Q8_0
-      view.dtype = DType::kF32;
-      KVSERVE_ASSIGN_OR_RETURN(view.data, OwnedF32(*info));
+    default:  // block-quantized: used in place (blocks are read with unaligned-safe loads)
+      view.dtype = *KernelType(info->type);
+      view.data = info->data;
       return view;
   }
 }
@@ -212,7 +314,12 @@ absl::StatusOr<const float*> GgufModel::Vector(const std::string& name, int64_t 
 
 absl::Status GgufModel::Build() {
   KVSERVE_RETURN_IF_ERROR(ReadConfig());
-  KVSERVE_ASSIGN_OR_RETURN(vocab_, ReadGgufVocabulary(file_));
+  absl::StatusOr<Vocabulary> vocab = ReadGgufVocabulary(file_);
+  if (!vocab.ok() && absl::IsUnimplemented(vocab.status()) && ids_only_vocabulary_) {
+    vocab = IdsOnlyVocabulary(file_);
+  }
+  if (!vocab.ok()) return vocab.status();
+  vocab_ = *std::move(vocab);
   ModelConfig& c = config_;
   c.vocab_size = vocab_.size();
 
@@ -240,6 +347,17 @@ absl::Status GgufModel::Build() {
     KVSERVE_ASSIGN_OR_RETURN(w.w_up, Matrix(p + "ffn_up.weight", c.hidden_dim, c.dim));
   }
   KVSERVE_ASSIGN_OR_RETURN(weights_.final_norm, Vector("output_norm.weight", c.dim));
+  if (file_.FindTensor("rope_freqs.weight") != nullptr) {
+    KVSERVE_ASSIGN_OR_RETURN(weights_.rope_freq_factors,
+                             Vector("rope_freqs.weight", c.head_dim / 2));
+    for (int i = 0; i < c.head_dim / 2; ++i) {
+      const float f = weights_.rope_freq_factors[i];
+      if (!(f > 0.0f && std::isfinite(f))) {
+        return Error(absl::StrCat("tensor 'rope_freqs.weight' element ", i, " = ", f,
+                                  " must be finite and > 0"));
+      }
+    }
+  }
   if (file_.FindTensor("output.weight") != nullptr) {
     KVSERVE_ASSIGN_OR_RETURN(weights_.output, Matrix("output.weight", c.vocab_size, c.dim));
     c.tied_classifier = false;
@@ -321,8 +439,9 @@ absl::StatusOr<Vocabulary> ReadGgufVocabulary(const GgufFile& file) {
   return vocab;
 }
 
-absl::StatusOr<std::unique_ptr<LoadedModel>> LoadGgufModel(GgufFile file) {
-  auto model = std::make_unique<GgufModel>(std::move(file));
+absl::StatusOr<std::unique_ptr<LoadedModel>> LoadGgufModel(GgufFile file,
+                                                           bool ids_only_vocabulary) {
+  auto model = std::make_unique<GgufModel>(std::move(file), ids_only_vocabulary);
   KVSERVE_RETURN_IF_ERROR(model->Build());
   return std::unique_ptr<LoadedModel>(std::move(model));
 }

@@ -32,7 +32,11 @@ namespace kvserve::engine {
 
 // Takes ownership of the parsed file: the model's weight views point into its bytes. When `file`
 // was parsed from caller-owned bytes (GgufFile::Parse(span, name)), those must outlive the model.
-absl::StatusOr<std::unique_ptr<LoadedModel>> LoadGgufModel(GgufFile file);
+// With `ids_only_vocabulary`, an unsupported tokenizer model (Unimplemented from
+// ReadGgufVocabulary) gives a vocabulary of the file's token strings and ids only (for scoring
+// and generating token ids) instead of the error.
+absl::StatusOr<std::unique_ptr<LoadedModel>> LoadGgufModel(GgufFile file,
+                                                           bool ids_only_vocabulary = false);
 
 // The vocabulary stored in tokenizer.ggml.*: model (must be "llama"), tokens (U+2581 replaced by
 // ' '), scores, token_type (all of the same length), bos/eos/unknown_token_id (defaults 1/2/0,

@@ -33,6 +33,8 @@ LlamaModel::LlamaModel(const LoadedModel& model, kernels::ThreadPool* pool)
   // Not zeroed: PackWeightPanels writes every byte of a matrix's panels (padding rows included).
   panels_.reset(new float[floats]);
   for (size_t i = 0; i < matrices.size(); ++i) {
+    // Quantized matrices are used in place: their MatMul is batch-invariant without panels.
+    if (kernels::IsQuantized(matrices[i]->dtype)) continue;
     cpu::PackWeightPanels(*matrices[i], panels_.get() + offsets[i]);
     matrices[i]->panels = panels_.get() + offsets[i];
   }
@@ -83,7 +85,8 @@ absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, const BlockPool& k
   const int32_t* slot_block = slot_block_.data() + t0;
   const int32_t* slot_offset = slot_offset_.data() + t0;
   float* rope = rope_.data() + t0 * (c.head_dim / 2 * 2);
-  cpu::RopeTable(positions, n, c.head_dim, c.rope_freq_base, rope);
+  cpu::RopeTable(positions, n, c.head_dim, c.rope_freq_base, rope, c.rope_freq_scale,
+                 w.rope_freq_factors);
   cpu::EmbeddingGather(w.token_embedding, batch.tokens.data() + t0, n, x);
 
   cpu::AttentionBatch ab;

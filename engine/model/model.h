@@ -1,7 +1,7 @@
 // A loaded Llama-family model: hyper-parameters, weight views and vocabulary.
 //
-// Weights are views into a memory-mapped file where the file's type is usable directly (F32, F16,
-// BF16); other types (Q8_0) are converted to F32 at load into buffers the model owns. A
+// Weights are views into a memory-mapped file: F32, F16, BF16 and the block-quantized types of
+// kernels/weight_formats.h are used in place (norm vectors of other types are converted to F32). A
 // LoadedModel is immutable after loading and safe to share between threads.
 #ifndef KVSERVE_ENGINE_MODEL_MODEL_H_
 #define KVSERVE_ENGINE_MODEL_MODEL_H_
@@ -30,6 +30,7 @@ struct ModelConfig {
   int context_length = 0;        // tokens the model was trained for (or the file declares)
   float rms_norm_eps = 1e-5f;
   float rope_freq_base = 10000.0f;
+  float rope_freq_scale = 1.0f;  // linear rope scaling: 1 / rope.scaling.factor
   bool tied_classifier = false;  // output projection shares the token embedding
 
   int kv_dim() const { return num_kv_heads * head_dim; }
@@ -52,6 +53,7 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;     // [num_layers]
   const float* final_norm = nullptr;    // [dim]
   kernels::WeightView output;           // [vocab_size, dim] (== token_embedding when tied)
+  const float* rope_freq_factors = nullptr;  // [head_dim / 2] (rope_freqs.weight), or none
 };
 
 class LoadedModel {
@@ -73,13 +75,17 @@ class LoadedModel {
 };
 
 // Loads a model file, detecting the format by its contents:
-//  * GGUF v3 (magic "GGUF"), architecture `llama`, tensors F32 / F16 / BF16 / Q8_0, vocabulary from
-//    tokenizer.ggml.* (model "llama"); `tokenizer_path` must be empty or is ignored with a warning.
+//  * GGUF v3 (magic "GGUF"), architecture `llama`, tensors F32 / F16 / BF16 / Q4_0 / Q4_1 / Q5_0 /
+//    Q5_1 / Q8_0 / Q2_K..Q6_K, vocabulary from tokenizer.ggml.* (model "llama"); `tokenizer_path`
+//    must be empty or is ignored with a warning. With `ids_only_vocabulary`, a vocabulary whose
+//    tokenizer model is not supported still loads (its token strings, no merges or scores) so that
+//    the model can score and generate token ids; the tokenizer built from it is not usable.
 //  * llama2.c checkpoint (.bin, 7 int32 header); vocabulary from `tokenizer_path`, or when empty
 //    from tok<vocab_size>.bin or tokenizer.bin in the model's directory.
 // Errors are InvalidArgument / NotFound naming the file and the tensor, key or byte offset.
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& model_path,
-                                                       const std::string& tokenizer_path = "");
+                                                       const std::string& tokenizer_path = "",
+                                                       bool ids_only_vocabulary = false);
 
 }  // namespace kvserve::engine
 

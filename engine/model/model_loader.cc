@@ -53,7 +53,8 @@ std::string WeightTypes(const LoadedModel& model) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& model_path,
-                                                       const std::string& tokenizer_path) {
+                                                       const std::string& tokenizer_path,
+                                                       bool ids_only_vocabulary) {
   KVSERVE_ASSIGN_OR_RETURN(MappedFile file, MappedFile::Open(model_path));
   if (file.size() < kLlama2cHeaderBytes) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -67,7 +68,7 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& model_
                    model_path, tokenizer_path);
     }
     KVSERVE_ASSIGN_OR_RETURN(GgufFile gguf, GgufFile::Parse(std::move(file)));
-    KVSERVE_ASSIGN_OR_RETURN(model, LoadGgufModel(std::move(gguf)));
+    KVSERVE_ASSIGN_OR_RETURN(model, LoadGgufModel(std::move(gguf), ids_only_vocabulary));
   } else if (LooksLikeLlama2c(file)) {
     KVSERVE_ASSIGN_OR_RETURN(model, LoadLlama2cModel(std::move(file), tokenizer_path));
   } else {

@@ -21,6 +21,7 @@
 
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant_matmul.h"
 #include "kernels/cpu/simd.h"
 
 namespace kvserve::kernels::cpu {
@@ -398,6 +399,8 @@ void MatMulDispatch(const float* x, int64_t n, const WeightView& w, float* y, Th
       MatMulTyped<V>(x, n, static_cast<const Bf16*>(w.data), w.rows, w.cols, y, pool,
                      static_cast<const Bf16*>(w.panels));
       return;
+    default:
+      break;
   }
   KVSERVE_KERNEL_CHECK(false, "MatMul: unknown weight dtype");
 }
@@ -408,6 +411,10 @@ void MatMul(const float* x, int64_t n, const WeightView& w, float* y, ThreadPool
   if (n <= 0 || w.rows <= 0) return;
   if (w.cols <= 0) {
     std::fill(y, y + n * w.rows, 0.0f);
+    return;
+  }
+  if (IsQuantized(w.dtype)) {  // on the blocks directly; batch-invariant without panels
+    QuantMatMul(x, n, w, y, pool);
     return;
   }
   // Rows of <= 8 values fill a narrow register exactly; a wide one would be half empty. The
@@ -424,6 +431,7 @@ void MatMul(const float* x, int64_t n, const WeightView& w, float* y, ThreadPool
 namespace kvserve::kernels::cpu {
 
 int64_t WeightPanelBytes(const WeightView& w) {
+  if (IsQuantized(w.dtype)) return 0;
   const int64_t panels = (w.rows + kWeightPanelRows - 1) / kWeightPanelRows;
   return panels * kWeightPanelRows * w.cols * DTypeBytes(w.dtype);
 }
@@ -439,6 +447,8 @@ void PackWeightPanels(const WeightView& w, void* out) {
     case DType::kBF16:
       PackPanelsTyped(static_cast<const Bf16*>(w.data), w.rows, w.cols, static_cast<Bf16*>(out));
       return;
+    default:
+      break;
   }
   KVSERVE_KERNEL_CHECK(false, "PackWeightPanels: unknown weight dtype");
 }

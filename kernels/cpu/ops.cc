@@ -8,6 +8,7 @@
 
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/simd.h"
+#include "kernels/weight_formats.h"
 
 namespace kvserve::kernels::cpu {
 namespace {
@@ -87,13 +88,16 @@ int64_t ArgMax(const float* x, int64_t n) {
   return best;
 }
 
-void RopeTable(const int32_t* positions, int64_t n, int head_dim, float freq_base, float* cos_sin) {
+void RopeTable(const int32_t* positions, int64_t n, int head_dim, float freq_base, float* cos_sin,
+               float freq_scale, const float* freq_factors) {
   KVSERVE_KERNEL_CHECK(head_dim <= kMaxRopeHeadDim, "RopeTable: head_dim too large");
   const int pairs = head_dim / 2;
   double inv_freq[kMaxRopeHeadDim / 2];
   const double log_base = std::log(static_cast<double>(freq_base));
   for (int i = 0; i < pairs; ++i) {
     inv_freq[i] = std::exp(-log_base * (2.0 * i) / head_dim);
+    if (freq_scale != 1.0f) inv_freq[i] *= freq_scale;
+    if (freq_factors != nullptr) inv_freq[i] /= freq_factors[i];
   }
   for (int64_t t = 0; t < n; ++t) {
     const double pos = positions[t];
@@ -187,6 +191,15 @@ void EmbeddingGather(const WeightView& table, const int32_t* ids, int64_t n, flo
     case DType::kBF16:
       GatherRows(static_cast<const simd::Bf16*>(table.data), table.rows, table.cols, ids, n, out);
       return;
+    default: {
+      const int64_t row_bytes = WeightRowBytes(table.dtype, table.cols);
+      for (int64_t t = 0; t < n; ++t) {
+        KVSERVE_KERNEL_CHECK(ids[t] >= 0 && ids[t] < table.rows, "EmbeddingGather: id out of range");
+        DequantizeRow(table.dtype, static_cast<const uint8_t*>(table.data) + ids[t] * row_bytes,
+                      table.cols, out + t * table.cols);
+      }
+      return;
+    }
   }
   KVSERVE_KERNEL_CHECK(false, "EmbeddingGather: unknown dtype");
 }

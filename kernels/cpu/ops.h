@@ -11,7 +11,8 @@
 
 namespace kvserve::kernels::cpu {
 
-// y[n, w.rows] = x[n, w.cols] * W^T, with W [w.rows, w.cols] in F32, F16 or BF16.
+// y[n, w.rows] = x[n, w.cols] * W^T, with W [w.rows, w.cols] in F32, F16 or BF16, or a
+// block-quantized type (quant_matmul.h: always batch-invariant, w.panels unused).
 //
 // With w.panels set (PackWeightPanels), every output y[i, r] is the fused multiply-add chain
 // over the columns in ascending order, whatever n, the row of x, the tiling and the split over
@@ -23,7 +24,8 @@ void MatMul(const float* x, int64_t n, const WeightView& w, float* y, ThreadPool
 // The panel layout: W's rows in panels of kWeightPanelRows (the last one zero-padded); panel p
 // holds W[p * kWeightPanelRows + j][c] at element c * kWeightPanelRows + j, in W's dtype.
 inline constexpr int64_t kWeightPanelRows = 32;
-// Bytes PackWeightPanels writes for w.
+// Bytes PackWeightPanels writes for w; 0 for quantized weights, which MatMul uses in place
+// (their path sums in one fixed order without panels).
 int64_t WeightPanelBytes(const WeightView& w);
 // Packs w (row-major, any DType) into `out` (WeightPanelBytes(w) bytes, any alignment).
 void PackWeightPanels(const WeightView& w, void* out);
@@ -42,9 +44,12 @@ void RopeAdjacentPairs(float* x, const int32_t* positions, int64_t n, int num_he
 
 // The rotation RopeAdjacentPairs applies, as a table computed once and applied to many tensors
 // (the queries and keys of every layer share their tokens' positions):
-// cos_sin[t][i] = (cos, sin) of positions[t] * freq_base^(-2i / head_dim), i < head_dim / 2.
+// cos_sin[t][i] = (cos, sin) of positions[t] * freq_base^(-2i / head_dim), i < head_dim / 2,
+// times freq_scale (linear rope scaling) and divided by freq_factors[i] when given (Llama 3.1's
+// rope_freqs.weight, [head_dim / 2]).
 void RopeTable(const int32_t* positions, int64_t n, int head_dim, float freq_base,
-               float* cos_sin);  // cos_sin: [n, head_dim / 2, 2]
+               float* cos_sin,  // cos_sin: [n, head_dim / 2, 2]
+               float freq_scale = 1.0f, const float* freq_factors = nullptr);
 // x [n, num_heads, head_dim] rotated in place by a RopeTable of the same n and head_dim; gives
 // exactly what RopeAdjacentPairs gives.
 void RopeAdjacentPairsTable(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim);
@@ -55,7 +60,8 @@ void SwiGlu(const float* gate, const float* up, int64_t n, float* out);
 // x[i] += y[i].
 void AddInPlace(float* x, const float* y, int64_t n);
 
-// out[t, :] = table[ids[t], :] for a [vocab, dim] table of any DType.
+// out[t, :] = table[ids[t], :] for a [vocab, dim] table of any DType (quantized rows are
+// dequantized one gathered row at a time).
 void EmbeddingGather(const WeightView& table, const int32_t* ids, int64_t n, float* out);
 
 // Numerically stable softmax in place over x[n].

@@ -10,6 +10,8 @@ namespace kvserve::server {
 
 int RunGenerateCommand(const std::vector<std::string>& args);
 int RunPerplexityCommand(const std::vector<std::string>& args);
+// `kvserve score --model M (--text T | --ids "1 2 3") [--json]`: teacher-forced NLL per token.
+int RunScoreCommand(const std::vector<std::string>& args);
 int RunProfileCommand(const std::vector<std::string>& args);
 // `kvserve serve --config FILE [--set key=value ...] [--check]`: the gRPC server.
 int RunServeCommand(const std::vector<std::string>& args);

@@ -225,12 +225,12 @@ TEST_F(GgufMalformedTest, BadTensorInfoFields) {
 
 TEST_F(GgufMalformedTest, UnsupportedTensorType) {
   GgufWriter w = Copy([](const std::string& n) { return n != "blk.1.attn_v.weight"; });
-  // Q4_0: 32-element blocks of 18 bytes; a valid GGUF type the loader does not support.
-  ASSERT_TRUE(w.AddRawTensor("blk.1.attn_v.weight", {64, 32}, GgmlType::kQ4_0,
+  // IQ4_NL: 32-element blocks of 18 bytes; a valid GGUF type the loader does not support.
+  ASSERT_TRUE(w.AddRawTensor("blk.1.attn_v.weight", {64, 32}, GgmlType::kIQ4_NL,
                              std::vector<uint8_t>(64 * 32 / 32 * 18))
                   .ok());
   ExpectLoadError(w, absl::StatusCode::kInvalidArgument,
-                  {"tensor 'blk.1.attn_v.weight' has unsupported type Q4_0 (2)"});
+                  {"tensor 'blk.1.attn_v.weight' has unsupported type IQ4_NL (20)"});
 }
 
 TEST_F(GgufMalformedTest, MissingTensor) {

@@ -14,6 +14,7 @@
 #include "engine/model/model.h"
 #include "gtest/gtest.h"
 #include "kernels/dtype.h"
+#include "kernels/weight_formats.h"
 #include "tests/engine/model/model_test_util.h"
 
 namespace kvserve::engine {
@@ -31,8 +32,15 @@ float ViewElement(const WeightView& v, int64_t i) {
       return kernels::Fp16ToFloat(static_cast<const uint16_t*>(v.data)[i]);
     case DType::kBF16:
       return kernels::Bf16ToFloat(static_cast<const uint16_t*>(v.data)[i]);
+    default: {  // block-quantized, used in place: the reference dequantization of its block
+      const int64_t bs = kernels::DTypeBlockSize(v.dtype);
+      float block[kernels::kQK_K];
+      kernels::DequantizeRow(
+          v.dtype, static_cast<const uint8_t*>(v.data) + i / bs * kernels::DTypeBlockBytes(v.dtype),
+          bs, block);
+      return block[i % bs];
+    }
   }
-  return NAN;
 }
 
 // The largest error a stored type may add to x (x from the F32 original, `block` its Q8_0 block).
@@ -105,7 +113,8 @@ Counts CheckVariant(const std::string& label, TypeRule rule, DType expected_matr
     const GgmlType stored = rule(*info);
     EXPECT_EQ(v.rows, info->ne[1]) << name;
     EXPECT_EQ(v.cols, info->ne[0]) << name;
-    EXPECT_EQ(v.dtype, stored == GgmlType::kQ8_0 ? DType::kF32 : expected_matrix_dtype) << name;
+    // Q8_0 matrices are used in place, not expanded to F32.
+    EXPECT_EQ(v.dtype, stored == GgmlType::kQ8_0 ? DType::kQ8_0 : expected_matrix_dtype) << name;
     if (stored == GgmlType::kF32) {
       EXPECT_EQ(v.dtype, DType::kF32) << name;
     }

@@ -9,6 +9,7 @@
 
 #include "engine/model/model.h"
 #include "kernels/dtype.h"
+#include "kernels/weight_formats.h"
 
 namespace kvserve::testing {
 
@@ -21,8 +22,17 @@ inline double WeightAt(const kernels::WeightView& w, int64_t r, int64_t c) {
       return kernels::Fp16ToFloat(static_cast<const uint16_t*>(w.data)[i]);
     case kernels::DType::kBF16:
       return kernels::Bf16ToFloat(static_cast<const uint16_t*>(w.data)[i]);
+    default: {  // block-quantized: the reference dequantization of the element's block
+      const int64_t bs = kernels::DTypeBlockSize(w.dtype);
+      float block[kernels::kQK_K];
+      kernels::DequantizeRow(w.dtype,
+                             static_cast<const uint8_t*>(w.data) +
+                                 r * kernels::WeightRowBytes(w.dtype, w.cols) +
+                                 c / bs * kernels::DTypeBlockBytes(w.dtype),
+                             bs, block);
+      return block[c % bs];
+    }
   }
-  return 0;
 }
 
 // y = W x, in double precision.

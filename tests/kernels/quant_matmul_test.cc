@@ -1,0 +1,143 @@
+#include "kernels/cpu/quant_matmul.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/thread_pool.h"
+#include "kernels/weight_formats.h"
+
+namespace kvserve::kernels::cpu {
+namespace {
+
+const DType kQuantTypes[] = {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1,
+                             DType::kQ8_0, DType::kQ2_K, DType::kQ3_K, DType::kQ4_K,
+                             DType::kQ5_K, DType::kQ6_K};
+const QuantKernel kPaths[] = {QuantKernel::kScalar, QuantKernel::kAvx2, QuantKernel::kAvx512Vnni};
+
+struct QuantMatrix {
+  DType t;
+  int64_t rows, cols;
+  std::vector<uint8_t> bytes;
+  std::vector<float> values;  // reference dequantization
+  WeightView view() const { return WeightView{t, bytes.data(), rows, cols, nullptr}; }
+};
+
+QuantMatrix RandomQuant(std::mt19937& rng, DType t, int64_t rows, int64_t cols) {
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  std::vector<float> raw(rows * cols);
+  for (float& v : raw) v = normal(rng);
+  QuantMatrix m{t, rows, cols, std::vector<uint8_t>(rows * WeightRowBytes(t, cols)),
+                std::vector<float>(rows * cols)};
+  for (int64_t r = 0; r < rows; ++r) {
+    QuantizeRow(t, raw.data() + r * cols, cols, m.bytes.data() + r * WeightRowBytes(t, cols));
+    DequantizeRow(t, m.bytes.data() + r * WeightRowBytes(t, cols), cols, m.values.data() + r * cols);
+  }
+  return m;
+}
+
+std::vector<float> RandomX(std::mt19937& rng, int64_t count) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(count);
+  for (float& v : x) v = normal(rng);
+  return x;
+}
+
+// Against the reference dequantization and a double dot product: the activations are rounded
+// to 8 bits per block (error <= d/2 = amax/254 per element), plus scale and float rounding.
+TEST(QuantMatMulTest, EveryTypeAndPathMatchesTheReferenceDequantization) {
+  std::mt19937 rng(3);
+  for (DType t : kQuantTypes) {
+    const int64_t bs = DTypeBlockSize(t);
+    for (QuantKernel k : kPaths) {
+      if (!QuantKernelSupported(k)) continue;
+      for (int64_t n : {1, 3, 8}) {
+        for (int64_t rows : {1, 5, 33}) {
+          const int64_t cols = 2 * std::max<int64_t>(bs, 128);
+          const QuantMatrix w = RandomQuant(rng, t, rows, cols);
+          const std::vector<float> x = RandomX(rng, n * cols);
+          std::vector<float> y(n * rows, -1.0f);
+          QuantMatMulWith(k, x.data(), n, w.view(), y.data(), nullptr);
+          for (int64_t i = 0; i < n; ++i) {
+            for (int64_t r = 0; r < rows; ++r) {
+              double ref = 0, tol = 0;
+              for (int64_t b = 0; b < cols / bs; ++b) {
+                double amax = 0;
+                for (int64_t j = 0; j < bs; ++j) {
+                  amax = std::max(amax, std::fabs(double{x[i * cols + b * bs + j]}));
+                }
+                for (int64_t j = 0; j < bs; ++j) {
+                  const int64_t c = b * bs + j;
+                  const double wv = w.values[r * cols + c];
+                  ref += wv * x[i * cols + c];
+                  // Plus the FP16 rounding of a 32-block's scale (relative 2^-11).
+                  tol += std::fabs(wv) * (amax / 254.0) + 1e-3 * std::fabs(wv * x[i * cols + c]);
+                }
+              }
+              ASSERT_NEAR(y[i * rows + r], ref, tol + 1e-6)
+                  << DTypeName(t) << " " << QuantKernelName(k) << " n=" << n << " r=" << r;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// The SIMD paths compute the same integers as the scalar one and combine them identically.
+TEST(QuantMatMulTest, SimdPathsAreBitwiseEqualToScalar) {
+  std::mt19937 rng(4);
+  for (DType t : kQuantTypes) {
+    const int64_t cols = 512, rows = 19, n = 5;
+    const QuantMatrix w = RandomQuant(rng, t, rows, cols);
+    const std::vector<float> x = RandomX(rng, n * cols);
+    std::vector<float> scalar(n * rows), simd(n * rows);
+    QuantMatMulWith(QuantKernel::kScalar, x.data(), n, w.view(), scalar.data(), nullptr);
+    for (QuantKernel k : {QuantKernel::kAvx2, QuantKernel::kAvx512Vnni}) {
+      if (!QuantKernelSupported(k)) continue;
+      QuantMatMulWith(k, x.data(), n, w.view(), simd.data(), nullptr);
+      EXPECT_EQ(0, std::memcmp(scalar.data(), simd.data(), scalar.size() * 4))
+          << DTypeName(t) << " " << QuantKernelName(k);
+    }
+  }
+}
+
+// A row's outputs are the same bits alone, in a batch of 7, and on 1 or 2 threads.
+TEST(QuantMatMulTest, BatchAndThreadInvariant) {
+  std::mt19937 rng(5);
+  ThreadPool two(2);
+  for (DType t : kQuantTypes) {
+    const int64_t cols = 768, rows = 300, n = 7;
+    const QuantMatrix w = RandomQuant(rng, t, rows, cols);
+    const std::vector<float> x = RandomX(rng, n * cols);
+    std::vector<float> alone(rows), batch(n * rows), threaded(n * rows);
+    MatMul(x.data() + 3 * cols, 1, w.view(), alone.data(), nullptr);
+    MatMul(x.data(), n, w.view(), batch.data(), nullptr);
+    MatMul(x.data(), n, w.view(), threaded.data(), &two);
+    EXPECT_EQ(0, std::memcmp(alone.data(), batch.data() + 3 * rows, rows * 4)) << DTypeName(t);
+    EXPECT_EQ(0, std::memcmp(batch.data(), threaded.data(), batch.size() * 4)) << DTypeName(t);
+  }
+}
+
+TEST(QuantMatMulTest, EmbeddingGatherDequantizesTheGatheredRows) {
+  std::mt19937 rng(6);
+  for (DType t : {DType::kQ6_K, DType::kQ4_0, DType::kQ8_0}) {
+    const QuantMatrix w = RandomQuant(rng, t, 10, 256);
+    const int32_t ids[] = {7, 0, 7, 9};
+    std::vector<float> out(4 * 256);
+    EmbeddingGather(w.view(), ids, 4, out.data());
+    for (int k = 0; k < 4; ++k) {
+      for (int c = 0; c < 256; ++c) {
+        ASSERT_EQ(out[k * 256 + c], w.values[ids[k] * 256 + c]) << DTypeName(t);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kvserve::kernels::cpu
