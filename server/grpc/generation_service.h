@@ -37,11 +37,11 @@ struct GenerationServiceOptions {
   int32_t default_max_tokens = 256;  // max_tokens of a request that leaves it unset
   int64_t kv_block_bytes = 0;        // for GetModelInfo
   int64_t max_prompt_bytes = 0;      // limits.max_prompt_bytes; 0 = derived from the model
-  int64_t max_message_bytes = 4 << 20;  // server.max_message_bytes: Tokenize sizes its answer
   const ApiKeyAuthenticator* authenticator = nullptr;  // null: no key required
   ServerMetrics* metrics = nullptr;                    // request histograms; null: none
   RequestOutcomes* outcomes = nullptr;                 // how the calls ended; null: not counted
-  int64_t max_message_bytes = 0;  // server.max_message_bytes: larger responses fail; 0: no bound
+  // server.max_message_bytes: larger responses fail, and Tokenize sizes its answer by it.
+  int64_t max_message_bytes = 4 << 20;
 };
 
 using GenerationServiceBase = v1::Generation::WithRawCallbackMethod_Generate<
