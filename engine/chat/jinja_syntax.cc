@@ -709,7 +709,9 @@ class Parser {
       if (!items.empty()) {
         if (!SkipOp(",")) break;
         comma = true;
-        if (Cur().type == Tok::kBlockEnd || Cur().type == Tok::kVarEnd || IsName("if")) break;
+        if (Cur().type == Tok::kBlockEnd || Cur().type == Tok::kVarEnd || IsOp(")") || IsName("if")) {
+          break;
+        }
       }
       KVSERVE_ASSIGN_OR_RETURN(ExprPtr e, ParseExpression(with_condexpr));
       items.push_back(std::move(e));
