@@ -9,10 +9,14 @@ jinja2 is set up as Hugging Face's apply_chat_template sets it up: an ImmutableS
 with trim_blocks, lstrip_blocks and the loopcontrols extension, and a raise_exception global.
 
 usage: render_reference.py TEMPLATE_DIR OUT.json [CASES_PER_TEMPLATE]
+       render_reference.py --gguf MODEL.gguf MESSAGES.json [--no-generation-prompt]
+The second form prints what jinja2 renders for MESSAGES.json with the GGUF's
+tokenizer.chat_template and the texts of its BOS and EOS tokens (what `kvserve render` prints).
 """
 import json
 import os
 import random
+import struct
 import sys
 
 try:
@@ -107,7 +111,67 @@ def make_conversation(rng, name):
     return messages, variables
 
 
+def read_gguf_metadata(path):
+    """The metadata of a GGUF file (v2/v3, little-endian) as a dict."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"GGUF":
+        raise ValueError("%s is not a GGUF file" % path)
+    pos = 8
+    _, count = struct.unpack_from("<QQ", data, pos)
+    pos += 16
+    scalar = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
+              12: "d"}
+
+    def string():
+        nonlocal pos
+        (n,) = struct.unpack_from("<Q", data, pos)
+        pos += 8
+        pos += n
+        return data[pos - n:pos].decode("utf-8")
+
+    def value(kind):
+        nonlocal pos
+        if kind == 8:
+            return string()
+        if kind == 9:
+            element, n = struct.unpack_from("<IQ", data, pos)
+            pos += 12
+            return [value(element) for _ in range(n)]
+        (v,) = struct.unpack_from("<" + scalar[kind], data, pos)
+        pos += struct.calcsize(scalar[kind])
+        return v
+
+    metadata = {}
+    for _ in range(count):
+        key = string()
+        (kind,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        metadata[key] = value(kind)
+    return metadata
+
+
+def render_gguf(args):
+    metadata = read_gguf_metadata(args[0])
+    with open(args[1], encoding="utf-8") as f:
+        messages = json.load(f)
+    tokens = metadata.get("tokenizer.ggml.tokens", [])
+    bos_id = metadata.get("tokenizer.ggml.bos_token_id")
+    eos_id = metadata.get("tokenizer.ggml.eos_token_id")
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    text = env.from_string(metadata["tokenizer.chat_template"]).render(
+        messages=messages, add_generation_prompt="--no-generation-prompt" not in args,
+        bos_token=tokens[bos_id] if bos_id is not None else "",
+        eos_token=tokens[eos_id] if eos_id is not None else "")
+    sys.stdout.buffer.write(text.encode("utf-8"))
+
+
 def main():
+    if sys.argv[1] == "--gguf":
+        render_gguf(sys.argv[2:])
+        return
     template_dir, out_path = sys.argv[1], sys.argv[2]
     per_template = int(sys.argv[3]) if len(sys.argv) > 3 else 40
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
