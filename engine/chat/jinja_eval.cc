@@ -16,6 +16,10 @@
 namespace kvserve::engine::chat {
 namespace {
 
+// Bounds that keep a hostile or broken template from exhausting memory or the stack.
+constexpr int64_t kMaxTextBytes = int64_t{64} << 20;  // the rendered prompt, any string
+constexpr int kMaxCallDepth = 200;                     // nested macro calls
+
 const std::set<std::string, std::less<>>& FilterNames() {
   static const auto* names = new std::set<std::string, std::less<>>{
       "abs",     "capitalize", "count",     "d",       "default", "e",      "escape",
@@ -332,6 +336,11 @@ absl::StatusOr<Value> Arithmetic(const std::string& op, const Value& a, const Va
     const Value& count = (a.is_string() || a.is_list()) ? b : a;
     if (count.is_int() || count.is_bool()) {
       int64_t n = std::max<int64_t>(0, count.as_int());
+      const int64_t unit = seq.is_string() ? static_cast<int64_t>(seq.text().size())
+                                           : static_cast<int64_t>(seq.list().size());
+      if (unit > 0 && n > kMaxTextBytes / unit) {
+        return absl::ResourceExhaustedError("repetition result too large");
+      }
       if (seq.is_string()) {
         Text out;
         for (int64_t i = 0; i < n; ++i) out.Append(seq.text());
@@ -350,17 +359,34 @@ absl::StatusOr<Value> Arithmetic(const std::string& op, const Value& a, const Va
     }
     if (!floats) {
       int64_t x = a.as_int(), y = b.as_int();
-      if (op == "+") return Value::Int(x + y);
-      if (op == "-") return Value::Int(x - y);
-      if (op == "*") return Value::Int(x * y);
+      int64_t r = 0;
+      const auto overflow = []() -> absl::Status {
+        return absl::UnimplementedError("integer overflow: values beyond 64 bits are not supported");
+      };
+      if (op == "+") {
+        if (__builtin_add_overflow(x, y, &r)) return overflow();
+        return Value::Int(r);
+      }
+      if (op == "-") {
+        if (__builtin_sub_overflow(x, y, &r)) return overflow();
+        return Value::Int(r);
+      }
+      if (op == "*") {
+        if (__builtin_mul_overflow(x, y, &r)) return overflow();
+        return Value::Int(r);
+      }
       if (op == "//" || op == "%") {
         if (y == 0) return absl::InvalidArgumentError("integer division or modulo by zero");
         return Value::Int(op == "//" ? FloorDiv(x, y) : FloorMod(x, y));
       }
       if (op == "**") {
         if (y < 0) return Value::Float(std::pow(static_cast<double>(x), static_cast<double>(y)));
-        int64_t r = 1;
-        for (int64_t i = 0; i < y; ++i) r *= x;
+        r = 1;
+        for (int64_t i = 0; i < y; ++i) {
+          if (__builtin_mul_overflow(r, x, &r)) return overflow();
+          if (r == 0 || r == 1) break;
+        }
+        if (r == 1 && x == -1 && y % 2 == 1) r = -1;
         return Value::Int(r);
       }
     } else {
@@ -490,6 +516,11 @@ class Evaluator {
   absl::Status Exec(const StmtList& body, Text& out) {
     for (const auto& stmt : body) {
       KVSERVE_RETURN_IF_ERROR(ExecOne(*stmt, out));
+      if (static_cast<int64_t>(out.size()) > kMaxTextBytes) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "line ", stmt->line, ", column ", stmt->column, ": the rendered text exceeds ",
+            kMaxTextBytes >> 20, " MiB"));
+      }
       if (flow_ != Flow::kNormal) return absl::OkStatus();
     }
     return absl::OkStatus();
@@ -631,6 +662,11 @@ class Evaluator {
   Value MakeMacro(const Stmt& s) {
     const Stmt* macro = &s;
     return Value::Callable(s.text, [this, macro](CallArgs& args) -> absl::StatusOr<Value> {
+      if (call_depth_ >= kMaxCallDepth) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("macro '", macro->text, "': calls nested deeper than ", kMaxCallDepth));
+      }
+      ++call_depth_;
       auto frame = std::make_shared<Frame>();
       if (args.positional.size() > macro->params.size()) {
         return absl::InvalidArgumentError(
@@ -663,6 +699,7 @@ class Evaluator {
       if (status.ok()) status = Exec(macro->body, out);
       scopes_ = std::move(saved);
       flow_ = Flow::kNormal;
+      --call_depth_;
       if (!status.ok()) return status;
       return Value::String(std::move(out));
     });
@@ -1607,6 +1644,7 @@ class Evaluator {
 
   std::vector<std::shared_ptr<Frame>> scopes_;
   Flow flow_ = Flow::kNormal;
+  int call_depth_ = 0;
 };
 
 absl::Status CheckExpr(const Expr* e) {

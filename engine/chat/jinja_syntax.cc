@@ -512,6 +512,13 @@ class Parser {
   }
 
   absl::Status ParseStatement(StmtList& out) {
+    if (++depth_ > kMaxDepth) return ErrorAt(Cur(), "blocks nested too deeply");
+    absl::Status status = ParseStatementInner(out);
+    --depth_;
+    return status;
+  }
+
+  absl::Status ParseStatementInner(StmtList& out) {
     const Token tag = Cur();
     const std::string& name = tag.text;
     if (name == "if") return ParseIf(out);
@@ -723,6 +730,13 @@ class Parser {
   }
 
   absl::StatusOr<ExprPtr> ParseExpression(bool with_condexpr) {
+    if (++depth_ > kMaxDepth) return ErrorAt(Cur(), "expression nested too deeply");
+    absl::StatusOr<ExprPtr> e = ParseExpressionInner(with_condexpr);
+    --depth_;
+    return e;
+  }
+
+  absl::StatusOr<ExprPtr> ParseExpressionInner(bool with_condexpr) {
     if (!with_condexpr) return ParseOr();
     KVSERVE_ASSIGN_OR_RETURN(ExprPtr expr, ParseOr());
     while (IsName("if")) {
@@ -737,13 +751,34 @@ class Parser {
       node->args.push_back(std::move(cond));
       node->args.push_back(std::move(expr));
       node->args.push_back(std::move(otherwise));
+      KVSERVE_RETURN_IF_ERROR(Grow(*node));
       expr = std::move(node);
     }
     return expr;
   }
 
-  ExprPtr Binary(const Token& t, std::string op, ExprPtr a, ExprPtr b) {
+  // Sets node.height from its children; an error past kMaxHeight (chains of postfix operators,
+  // filters and conditions are built by loops, not recursion, so depth_ does not bound them).
+  absl::Status Grow(Expr& node) {
+    int h = 0;
+    for (const auto& a : node.args) {
+      if (a) h = std::max(h, a->height);
+    }
+    for (const auto& [k, a] : node.kwargs) h = std::max(h, a->height);
+    node.height = h + 1;
+    if (node.height > kMaxHeight) {
+      return absl::InvalidArgumentError(absl::StrCat("template syntax error at line ", node.line,
+                                                     ", column ", node.column,
+                                                     ": expression too long"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<ExprPtr> Binary(const Token& t, std::string op, ExprPtr a, ExprPtr b) {
+    const int height = 1 + std::max(a->height, b->height);
+    if (height > kMaxHeight) return ErrorAt(t, "expression too long");
     auto node = NewExpr(Expr::Kind::kBinary, t);
+    node->height = height;
     node->name = std::move(op);
     node->args.push_back(std::move(a));
     node->args.push_back(std::move(b));
@@ -756,7 +791,7 @@ class Parser {
       const Token t = Cur();
       Next();
       KVSERVE_ASSIGN_OR_RETURN(ExprPtr right, ParseAnd());
-      left = Binary(t, "or", std::move(left), std::move(right));
+      KVSERVE_ASSIGN_OR_RETURN(left, Binary(t, "or", std::move(left), std::move(right)));
     }
     return left;
   }
@@ -767,7 +802,7 @@ class Parser {
       const Token t = Cur();
       Next();
       KVSERVE_ASSIGN_OR_RETURN(ExprPtr right, ParseNot());
-      left = Binary(t, "and", std::move(left), std::move(right));
+      KVSERVE_ASSIGN_OR_RETURN(left, Binary(t, "and", std::move(left), std::move(right)));
     }
     return left;
   }
@@ -776,7 +811,10 @@ class Parser {
     if (IsName("not")) {
       const Token t = Cur();
       Next();
-      KVSERVE_ASSIGN_OR_RETURN(ExprPtr operand, ParseNot());
+      if (++depth_ > kMaxDepth) return ErrorAt(t, "expression nested too deeply");
+      absl::StatusOr<ExprPtr> inner = ParseNot();
+      --depth_;
+      KVSERVE_ASSIGN_OR_RETURN(ExprPtr operand, std::move(inner));
       auto node = NewExpr(Expr::Kind::kUnary, t);
       node->name = "not";
       node->args.push_back(std::move(operand));
@@ -808,7 +846,7 @@ class Parser {
       }
       if (++count > 1) return ErrorAt(t, "chained comparisons are not supported");
       KVSERVE_ASSIGN_OR_RETURN(ExprPtr right, ParseMath1());
-      left = Binary(t, op, std::move(left), std::move(right));
+      KVSERVE_ASSIGN_OR_RETURN(left, Binary(t, op, std::move(left), std::move(right)));
     }
     return left;
   }
@@ -819,7 +857,7 @@ class Parser {
       const Token t = Cur();
       Next();
       KVSERVE_ASSIGN_OR_RETURN(ExprPtr right, ParseConcat());
-      left = Binary(t, t.text, std::move(left), std::move(right));
+      KVSERVE_ASSIGN_OR_RETURN(left, Binary(t, t.text, std::move(left), std::move(right)));
     }
     return left;
   }
@@ -830,7 +868,7 @@ class Parser {
       const Token t = Cur();
       Next();
       KVSERVE_ASSIGN_OR_RETURN(ExprPtr right, ParseMath2());
-      left = Binary(t, "~", std::move(left), std::move(right));
+      KVSERVE_ASSIGN_OR_RETURN(left, Binary(t, "~", std::move(left), std::move(right)));
     }
     return left;
   }
@@ -841,7 +879,7 @@ class Parser {
       const Token t = Cur();
       Next();
       KVSERVE_ASSIGN_OR_RETURN(ExprPtr right, ParsePow());
-      left = Binary(t, t.text, std::move(left), std::move(right));
+      KVSERVE_ASSIGN_OR_RETURN(left, Binary(t, t.text, std::move(left), std::move(right)));
     }
     return left;
   }
@@ -852,12 +890,19 @@ class Parser {
       const Token t = Cur();
       Next();
       KVSERVE_ASSIGN_OR_RETURN(ExprPtr right, ParseUnary(true));
-      left = Binary(t, "**", std::move(left), std::move(right));
+      KVSERVE_ASSIGN_OR_RETURN(left, Binary(t, "**", std::move(left), std::move(right)));
     }
     return left;
   }
 
   absl::StatusOr<ExprPtr> ParseUnary(bool with_filter) {
+    if (++depth_ > kMaxDepth) return ErrorAt(Cur(), "expression nested too deeply");
+    absl::StatusOr<ExprPtr> node = ParseUnaryInner(with_filter);
+    --depth_;
+    return node;
+  }
+
+  absl::StatusOr<ExprPtr> ParseUnaryInner(bool with_filter) {
     ExprPtr node;
     if (IsOp("-") || IsOp("+")) {
       const Token t = Cur();
@@ -964,6 +1009,7 @@ class Parser {
 
   absl::StatusOr<ExprPtr> ParsePostfix(ExprPtr node) {
     while (true) {
+      KVSERVE_RETURN_IF_ERROR(Grow(*node));
       const Token t = Cur();
       if (IsOp(".")) {
         Next();
@@ -1083,6 +1129,7 @@ class Parser {
       KVSERVE_ASSIGN_OR_RETURN(filter->name, ParseDottedName());
       filter->args.push_back(std::move(node));
       if (IsOp("(")) KVSERVE_RETURN_IF_ERROR(ParseCallArgs(*filter));
+      KVSERVE_RETURN_IF_ERROR(Grow(*filter));
       node = std::move(filter);
     }
     return node;
@@ -1110,6 +1157,7 @@ class Parser {
           KVSERVE_ASSIGN_OR_RETURN(arg, ParsePostfix(std::move(arg)));
           test->args.push_back(std::move(arg));
         }
+        KVSERVE_RETURN_IF_ERROR(Grow(*test));
         node = std::move(test);
       } else if (IsOp("(")) {
         KVSERVE_ASSIGN_OR_RETURN(node, ParseCall(std::move(node)));
@@ -1119,9 +1167,13 @@ class Parser {
     }
   }
 
+  static constexpr int kMaxDepth = 200;    // nesting of blocks and of expressions
+  static constexpr int kMaxHeight = 1000;  // a chain of binary operators
+
   std::vector<Token> toks_;
   size_t pos_ = 0;
   int loop_depth_ = 0;
+  int depth_ = 0;
 };
 
 }  // namespace

@@ -50,6 +50,7 @@ struct Expr {
   Value value;
   std::string name;  // name, attribute, filter, test or operator
   bool negated = false;
+  int height = 1;  // of the subtree (bounded by the parser)
   std::vector<ExprPtr> args;
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
 };

@@ -316,6 +316,36 @@ TEST(JinjaFeatureTest, UnsupportedConstructsFailInsteadOfRenderingSomethingElse)
   EXPECT_EQ(RenderSource("{{ u|upper }}").status().code(), absl::StatusCode::kUnimplemented);
 }
 
+TEST(JinjaFeatureTest, HostileTemplatesFailCleanly) {
+  // Nesting and chains past the parser's bounds.
+  std::string deep = "{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}";
+  EXPECT_THAT(ChatTemplate::Parse(deep).status().message(), HasSubstr("nested too deeply"));
+  std::string nots = "{{ ";
+  for (int i = 0; i < 5000; ++i) nots += "not ";
+  EXPECT_THAT(ChatTemplate::Parse(nots + "1 }}").status().message(), HasSubstr("nested too deeply"));
+  std::string chain = "{{ 1";
+  for (int i = 0; i < 5000; ++i) chain += " + 1";
+  EXPECT_THAT(ChatTemplate::Parse(chain + " }}").status().message(), HasSubstr("expression too long"));
+  std::string filters = "{{ 'x'";
+  for (int i = 0; i < 5000; ++i) filters += "|trim";
+  EXPECT_THAT(ChatTemplate::Parse(filters + " }}").status().message(),
+              HasSubstr("expression too long"));
+  std::string blocks;
+  for (int i = 0; i < 5000; ++i) blocks += "{% if true %}";
+  EXPECT_THAT(ChatTemplate::Parse(blocks).status().message(), HasSubstr("nested too deeply"));
+  // Work past the evaluator's bounds.
+  EXPECT_EQ(RenderSource("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}").status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(RenderSource("{{ 'x' * 1000000000000 }}").status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(RenderSource("{% for i in range(1000) %}{{ 'y' * 100000 }}{% endfor %}").status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(RenderSource("{{ 9223372036854775807 + 1 }}").status().code(),
+            absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(RenderSource("{{ 2 ** 64 }}").status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(*RenderSource("{{ (-1) ** 3 }} {{ 0 ** 0 }} {{ 2 ** 62 }}"), "-1 1 4611686018427387904");
+}
+
 const char kChatMl[] =
     "{% for message in messages %}{{ '<|im_start|>' + message.role + '\\n' + message.content | trim "
     "+ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' "

@@ -108,6 +108,27 @@ def make_conversation(rng, name):
                              "name": "get_weather", "arguments": {"city": "Paris <FR>"}}}]})
         messages.append({"role": "tool", "content": "{\"temp\": 21}"})
         messages.append({"role": "tool", "content": "sunny"})
+    if "Llama" in name and rng.random() < 0.2:
+        # Tool calls and results, the ipython role, builtin tools.
+        messages.append({"role": "assistant", "tool_calls": [{"type": "function", "function": {
+            "name": rng.choice(["brave_search", "get_weather"]),
+            "arguments": {"query": "weather <Paris>", "n": "3"}}}]})
+        messages.append({"role": rng.choice(["tool", "ipython"]),
+                         "content": rng.choice([{"temp": 21, "sky": "clear"}, "21 degrees", [1, 2]])})
+        if rng.random() < 0.5:
+            variables["builtin_tools"] = ["brave_search", "code_interpreter"]
+        if rng.random() < 0.3:
+            variables["tools_in_user_message"] = False
+            variables["tools"] = TOOLS[:1]
+    if "Mistral" in name and rng.random() < 0.2:
+        messages.append({"role": "assistant", "tool_calls": [{"id": rng.choice(["abcDEF123", "short"]),
+                         "function": {"name": "add", "arguments": {"a": 1, "b": 2.5}}}]})
+        messages.append({"role": "tool", "tool_call_id": "abcDEF123",
+                         "content": rng.choice(["3.5", {"content": "wrapped"}])})
+        messages.append({"role": "user", "content": "thanks"})
+    if "Qwen3" in name and rng.random() < 0.1:
+        messages.append({"role": "assistant", "content": "ok",
+                         "reasoning_content": rng.choice(["explicit reasoning", None])})
     return messages, variables
 
 
