@@ -342,8 +342,16 @@ absl::StatusOr<Value> Arithmetic(const std::string& op, const Value& a, const Va
         return absl::ResourceExhaustedError("repetition result too large");
       }
       if (seq.is_string()) {
+        const Text& t = seq.text();
+        if (t.Runs().size() <= 1) {  // one provenance: repeat the bytes directly
+          std::string repeated;
+          repeated.reserve(static_cast<size_t>(n) * t.size());
+          for (int64_t i = 0; i < n; ++i) repeated += t.str();
+          return Value::String(Text(std::move(repeated), t.empty() || t.FromTemplateAt(0)),
+                               seq.markup());
+        }
         Text out;
-        for (int64_t i = 0; i < n; ++i) out.Append(seq.text());
+        for (int64_t i = 0; i < n; ++i) out.Append(t);
         return Value::String(std::move(out), seq.markup());
       }
       ValueList items;
