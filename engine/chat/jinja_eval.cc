@@ -27,7 +27,7 @@ const std::set<std::string, std::less<>>& FilterNames() {
       "length",  "list",       "lower",     "map",     "max",     "min",    "reject",
       "rejectattr", "replace", "reverse",   "safe",    "select",  "selectattr", "sort",
       "string",  "sum",        "title",     "tojson",  "trim",    "unique", "upper",
-      "wordcount", "dictsort"};
+      "dictsort"};
   return *names;
 }
 
@@ -1255,7 +1255,65 @@ class Evaluator {
     return Value::String(v.ToText());
   }
 
+  // The parameters each filter takes (jinja2's names, in order); a call with more positional
+  // arguments or another keyword is an error rather than an argument silently ignored.
+  static absl::Status CheckFilterArgs(const std::string& name, const CallArgs& a) {
+    static const auto* kParams = new std::map<std::string, std::vector<std::string>, std::less<>>{
+        {"trim", {"chars"}},
+        {"tojson", {"indent"}},
+        {"replace", {"old", "new", "count"}},
+        {"default", {"default_value", "boolean"}},
+        {"d", {"default_value", "boolean"}},
+        {"join", {"d", "attribute"}},
+        {"int", {"default", "base"}},
+        {"float", {"default"}},
+        {"indent", {"width", "first", "blank"}},
+        {"unique", {"case_sensitive"}},
+        {"sort", {"reverse", "case_sensitive", "attribute"}},
+        {"sum", {"attribute", "start"}},
+        {"min", {"case_sensitive"}},
+        {"max", {"case_sensitive"}},
+    };
+    if (name == "map" || name == "select" || name == "reject" || name == "selectattr" ||
+        name == "rejectattr") {
+      for (const auto& [k, v] : a.keyword) {
+        if (name != "map" || (k != "attribute" && k != "default")) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("filter '", name, "' got an unexpected keyword argument '", k, "'"));
+        }
+      }
+      return absl::OkStatus();
+    }
+    auto it = kParams->find(name);
+    const std::vector<std::string> none;
+    const std::vector<std::string>& params = it == kParams->end() ? none : it->second;
+    if (a.positional.size() > params.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("filter '", name, "' takes at most ",
+                                                     params.size(), " argument(s), got ",
+                                                     a.positional.size()));
+    }
+    for (const auto& [k, v] : a.keyword) {
+      if (std::find(params.begin(), params.end(), k) == params.end()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("filter '", name, "' got an unexpected keyword argument '", k, "'"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Lower-cases ASCII strings for jinja2's case-insensitive comparisons; non-ASCII strings are
+  // refused (jinja2 would fold them with Unicode rules).
+  static absl::StatusOr<Value> FoldCase(const Value& v) {
+    if (!v.is_string()) return v;
+    if (!IsAscii(v.str())) {
+      return absl::UnimplementedError(
+          "case-insensitive comparison of non-ASCII strings is not supported");
+    }
+    return Value::String(MapAscii(v.text(), [](size_t, char c) { return Lower(c); }));
+  }
+
   absl::StatusOr<Value> RunFilter(const std::string& name, const Value& v, CallArgs& a) {
+    KVSERVE_RETURN_IF_ERROR(CheckFilterArgs(name, a));
     if (name == "trim") {
       Value s = SoftStr(v);
       return Value::String(StripImpl(s.text(), a.Get(0, "chars", Value::None()), true, true),
@@ -1326,6 +1384,10 @@ class Evaluator {
     }
     if (name == "int") {
       Value fallback = a.Get(0, "default", Value::Int(0));
+      Value base = a.Get(1, "base", Value::Int(10));
+      if (!base.is_int() || base.as_int() != 10) {
+        return absl::UnimplementedError("int: only base 10 is supported");
+      }
       if (v.is_int() || v.is_bool()) return Value::Int(v.as_int());
       if (v.is_float()) {
         if (!std::isfinite(v.as_float())) return fallback;
@@ -1448,13 +1510,17 @@ class Evaluator {
     }
     if (name == "unique") {
       KVSERVE_ASSIGN_OR_RETURN(ValueList items, Iterate(v));
+      const bool case_sensitive = a.Get(0, "case_sensitive", Value::Bool(false)).Truthy();
       ValueList out;
+      ValueList seen;
       for (const Value& item : items) {
-        bool seen = false;
-        for (const Value& o : out) {
-          if (o == item) seen = true;
+        Value key = item;
+        if (!case_sensitive) {
+          KVSERVE_ASSIGN_OR_RETURN(key, FoldCase(item));
         }
-        if (!seen) out.push_back(item);
+        if (std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
+        seen.push_back(key);
+        out.push_back(item);
       }
       return Value::List(std::move(out));
     }
@@ -1477,6 +1543,9 @@ class Evaluator {
     if (name == "sum" || name == "min" || name == "max") {
       KVSERVE_ASSIGN_OR_RETURN(ValueList items, Iterate(v));
       if (name == "sum") {
+        if (!a.Get(0, "attribute", Value::None()).is_none()) {
+          return absl::UnimplementedError("sum: attribute= is not supported");
+        }
         Value total = a.Get(1, "start", Value::Int(0));
         for (const Value& item : items) {
           KVSERVE_ASSIGN_OR_RETURN(total, Arithmetic("+", total, item));
@@ -1484,16 +1553,18 @@ class Evaluator {
         return total;
       }
       if (items.empty()) return Value::Undefined("No aggregated item, sequence was empty.");
+      const bool case_sensitive = a.Get(0, "case_sensitive", Value::Bool(false)).Truthy();
       Value best = items[0];
       for (const Value& item : items) {
-        KVSERVE_ASSIGN_OR_RETURN(int c, Compare(item, best, "<"));
+        Value x = item, y = best;
+        if (!case_sensitive) {
+          KVSERVE_ASSIGN_OR_RETURN(x, FoldCase(item));
+          KVSERVE_ASSIGN_OR_RETURN(y, FoldCase(best));
+        }
+        KVSERVE_ASSIGN_OR_RETURN(int c, Compare(x, y, "<"));
         if ((name == "min" && c < 0) || (name == "max" && c > 0)) best = item;
       }
       return best;
-    }
-    if (name == "wordcount") {
-      KVSERVE_ASSIGN_OR_RETURN(Value words, Split(SoftStr(v), Value::None(), Value::Int(-1), false));
-      return Value::Int(static_cast<int64_t>(words.list().size()));
     }
     return absl::UnimplementedError(absl::StrCat("no filter named '", name, "'"));
   }

@@ -180,6 +180,9 @@ const FeatureCase kFeatureCases[] = {
     {"count_replace_reverse",
      "{{ xs|count }} {{ 'aaa'|replace('a', 'b', 2) }} {{ xs|reverse|list }} {{ 'abc'|reverse }} {{ [3,1,2,1]|unique|list }} {{ [3,1,2]|sort }} {{ ['b','A','c']|sort }} {{ [3,1,2]|sort(reverse=true) }} {{ people|sort(attribute='name')|map(attribute='name')|join }} {{ -3|abs }} {{ d|dictsort }} {{ xs|sum }} {{ xs|min }} {{ xs|max }}",
      "4 bba [4, 3, 2, 1] cba [3, 1, 2] [1, 2, 3] ['A', 'b', 'c'] [3, 2, 1] AnnBobCy 3 [('a', 1), ('b', 2)] 10 1 4"},
+    {"case_insensitive_aggregates",
+     "{{ ['A', 'a', 'b', 'B']|unique|list }} {{ ['b', 'A', 'c']|max }} {{ ['b', 'A', 'c']|min }} {{ ['b', 'a']|unique(case_sensitive=true)|list }}",
+     "['A', 'b'] c A ['b', 'a']"},
     {"escape_safe",
      "{{ '<a href=\"x\">&'|e }} {{ '<b>'|safe }}",
      "&lt;a href=&#34;x&#34;&gt;&amp; <b>"},
@@ -211,6 +214,8 @@ const FeatureCase kErrorCases[] = {
     {"list_append", "{{ xs.append(5) }}", "access to attribute 'append' of 'list' object is unsafe."},
     {"tojson_undefined", "{{ nothing|tojson }}", "Object of type Undefined is not JSON serializable"},
     {"division_by_zero", "{{ 1 / 0 }}", "division by zero"},
+    {"tojson_unknown_keyword", "{{ 'x'|tojson(ensure_ascii=false) }}", "do_tojson() got an unexpected keyword argument 'ensure_ascii'"},
+    {"trim_too_many_args", "{{ 'x'|trim('a', 'b') }}", "do_trim() takes from 1 to 2 positional arguments but 3 were given"},
 };
 
 Value Person(const char* name, const char* role, int age) {
