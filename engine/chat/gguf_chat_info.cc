@@ -16,8 +16,8 @@ absl::StatusOr<std::string> TokenText(const GgufFile& file, const char* id_key) 
                            file.GetArrayOf<std::string>("tokenizer.ggml.tokens"));
   if (id < 0 || id >= static_cast<int64_t>(tokens.size())) {
     return absl::InvalidArgumentError(absl::StrCat(file.name(), ": ", id_key, " = ", id,
-                                                   " is outside the vocabulary of ",
-                                                   tokens.size(), " tokens"));
+                                                   " is outside the vocabulary of ", tokens.size(),
+                                                   " tokens"));
   }
   return tokens[static_cast<size_t>(id)];
 }

@@ -18,27 +18,26 @@ namespace {
 
 // Bounds that keep a hostile or broken template from exhausting memory or the stack.
 constexpr int64_t kMaxTextBytes = int64_t{64} << 20;  // the rendered prompt, any string
-constexpr int kMaxCallDepth = 200;                     // nested macro calls
+constexpr int kMaxCallDepth = 200;                    // nested macro calls
 
 const std::set<std::string, std::less<>>& FilterNames() {
   static const auto* names = new std::set<std::string, std::less<>>{
-      "abs",     "capitalize", "count",     "d",       "default", "e",      "escape",
-      "first",   "float",      "indent",    "int",     "items",   "join",   "last",
-      "length",  "list",       "lower",     "map",     "max",     "min",    "reject",
-      "rejectattr", "replace", "reverse",   "safe",    "select",  "selectattr", "sort",
-      "string",  "sum",        "title",     "tojson",  "trim",    "unique", "upper",
-      "dictsort"};
+      "abs",   "capitalize", "count",      "d",       "default", "e",          "escape",  "first",
+      "float", "indent",     "int",        "items",   "join",    "last",       "length",  "list",
+      "lower", "map",        "max",        "min",     "reject",  "rejectattr", "replace", "reverse",
+      "safe",  "select",     "selectattr", "sort",    "string",  "sum",        "title",   "tojson",
+      "trim",  "unique",     "upper",      "dictsort"};
   return *names;
 }
 
 const std::set<std::string, std::less<>>& TestNames() {
   static const auto* names = new std::set<std::string, std::less<>>{
-      "boolean", "callable", "defined", "divisibleby", "eq",       "equalto", "even",
-      "false",   "float",    "ge",      "greaterthan", "gt",       "in",      "integer",
-      "iterable", "le",      "lessthan", "lower",      "lt",       "mapping", "ne",
-      "none",    "number",   "odd",     "sameas",      "sequence", "string",  "true",
-      "undefined", "upper",  "==",      "!=",          "<",        "<=",      ">",
-      ">="};
+      "boolean", "callable", "defined",  "divisibleby", "eq",          "equalto",
+      "even",    "false",    "float",    "ge",          "greaterthan", "gt",
+      "in",      "integer",  "iterable", "le",          "lessthan",    "lower",
+      "lt",      "mapping",  "ne",       "none",        "number",      "odd",
+      "sameas",  "sequence", "string",   "true",        "undefined",   "upper",
+      "==",      "!=",       "<",        "<=",          ">",           ">="};
   return *names;
 }
 
@@ -101,7 +100,8 @@ Text StripImpl(const Text& text, const Value& chars, bool left, bool right) {
 }
 
 bool IsAscii(std::string_view s) {
-  return std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return static_cast<unsigned char>(c) < 0x80; });
 }
 
 // Maps each byte of an ASCII text, keeping provenance.
@@ -125,8 +125,8 @@ bool IsAlpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); 
 absl::StatusOr<Value> CaseMap(const Value& v, std::string_view how) {
   const Text& t = v.text();
   if (!IsAscii(t.str())) {
-    return absl::UnimplementedError(
-        absl::StrCat("'", std::string(how), "' of non-ASCII text is not supported by this renderer"));
+    return absl::UnimplementedError(absl::StrCat(
+        "'", std::string(how), "' of non-ASCII text is not supported by this renderer"));
   }
   Text out;
   if (how == "upper") {
@@ -197,7 +197,8 @@ absl::StatusOr<int> Compare(const Value& a, const Value& b, std::string_view op)
   }
   if (a.is_undefined()) return UndefinedError(a);
   if (b.is_undefined()) return UndefinedError(b);
-  return absl::InvalidArgumentError(absl::StrCat("'", std::string(op), "' not supported between instances of '",
+  return absl::InvalidArgumentError(absl::StrCat("'", std::string(op),
+                                                 "' not supported between instances of '",
                                                  TypeName(a), "' and '", TypeName(b), "'"));
 }
 
@@ -207,8 +208,8 @@ absl::StatusOr<bool> Contains(const Value& container, const Value& item) {
       return false;
     case Value::Kind::kString:
       if (!item.is_string()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "'in <string>' requires string as left operand, not ", TypeName(item)));
+        return absl::InvalidArgumentError(
+            absl::StrCat("'in <string>' requires string as left operand, not ", TypeName(item)));
       }
       return container.str().find(item.str()) != std::string::npos;
     case Value::Kind::kList:
@@ -249,8 +250,7 @@ absl::StatusOr<ValueList> Iterate(const Value& v) {
       return chars;
     }
     default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("'", TypeName(v), "' object is not iterable"));
+      return absl::InvalidArgumentError(absl::StrCat("'", TypeName(v), "' object is not iterable"));
   }
 }
 
@@ -355,7 +355,8 @@ absl::StatusOr<Value> Arithmetic(const std::string& op, const Value& a, const Va
         return Value::String(std::move(out), seq.markup());
       }
       ValueList items;
-      for (int64_t i = 0; i < n; ++i) items.insert(items.end(), seq.list().begin(), seq.list().end());
+      for (int64_t i = 0; i < n; ++i)
+        items.insert(items.end(), seq.list().begin(), seq.list().end());
       return Value::List(std::move(items));
     }
   }
@@ -369,7 +370,8 @@ absl::StatusOr<Value> Arithmetic(const std::string& op, const Value& a, const Va
       int64_t x = a.as_int(), y = b.as_int();
       int64_t r = 0;
       const auto overflow = []() -> absl::Status {
-        return absl::UnimplementedError("integer overflow: values beyond 64 bits are not supported");
+        return absl::UnimplementedError(
+            "integer overflow: values beyond 64 bits are not supported");
       };
       if (op == "+") {
         if (__builtin_add_overflow(x, y, &r)) return overflow();
@@ -443,11 +445,12 @@ class Evaluator {
   enum class Flow { kNormal, kBreak, kContinue };
 
   void AddBuiltins(Frame& g) {
-    g.vars["raise_exception"] = Value::Callable("raise_exception", [](CallArgs& args) -> absl::StatusOr<Value> {
-      Value msg = args.Get(0, "message", Value::TemplateString(""));
-      return absl::InvalidArgumentError(
-          absl::StrCat("chat template error: ", msg.ToText().str()));
-    });
+    g.vars["raise_exception"] =
+        Value::Callable("raise_exception", [](CallArgs& args) -> absl::StatusOr<Value> {
+          Value msg = args.Get(0, "message", Value::TemplateString(""));
+          return absl::InvalidArgumentError(
+              absl::StrCat("chat template error: ", msg.ToText().str()));
+        });
     g.vars["namespace"] = Value::Callable("namespace", [](CallArgs& args) -> absl::StatusOr<Value> {
       ValueDict attrs;
       for (const Value& p : args.positional) {
@@ -470,10 +473,12 @@ class Evaluator {
     g.vars["range"] = Value::Callable("range", [](CallArgs& args) -> absl::StatusOr<Value> {
       std::vector<int64_t> n;
       for (const Value& p : args.positional) {
-        if (!p.is_int() && !p.is_bool()) return absl::InvalidArgumentError("range() takes integers");
+        if (!p.is_int() && !p.is_bool())
+          return absl::InvalidArgumentError("range() takes integers");
         n.push_back(p.as_int());
       }
-      if (n.empty() || n.size() > 3) return absl::InvalidArgumentError("range() takes 1 to 3 arguments");
+      if (n.empty() || n.size() > 3)
+        return absl::InvalidArgumentError("range() takes 1 to 3 arguments");
       int64_t start = n.size() == 1 ? 0 : n[0];
       int64_t stop = n.size() == 1 ? n[0] : n[1];
       int64_t step = n.size() == 3 ? n[2] : 1;
@@ -512,8 +517,8 @@ class Evaluator {
     }
     KVSERVE_ASSIGN_OR_RETURN(ValueList items, Iterate(v));
     if (items.size() != targets.size()) {
-      return absl::InvalidArgumentError(absl::StrCat("cannot unpack ", items.size(),
-                                                     " values into ", targets.size(), " names"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot unpack ", items.size(), " values into ", targets.size(), " names"));
     }
     for (size_t i = 0; i < targets.size(); ++i) Assign(targets[i], items[i]);
     return absl::OkStatus();
@@ -525,9 +530,9 @@ class Evaluator {
     for (const auto& stmt : body) {
       KVSERVE_RETURN_IF_ERROR(ExecOne(*stmt, out));
       if (static_cast<int64_t>(out.size()) > kMaxTextBytes) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "line ", stmt->line, ", column ", stmt->column, ": the rendered text exceeds ",
-            kMaxTextBytes >> 20, " MiB"));
+        return absl::ResourceExhaustedError(
+            absl::StrCat("line ", stmt->line, ", column ", stmt->column,
+                         ": the rendered text exceeds ", kMaxTextBytes >> 20, " MiB"));
       }
       if (flow_ != Flow::kNormal) return absl::OkStatus();
     }
@@ -558,9 +563,9 @@ class Evaluator {
         if (s.attr_target) {
           KVSERVE_ASSIGN_OR_RETURN(Value ns, Eval(*s.attr_target));
           if (!ns.is_namespace()) {
-            return At(s.line, s.column,
-                      absl::InvalidArgumentError(
-                          "cannot assign attribute on non-namespace object"));
+            return At(
+                s.line, s.column,
+                absl::InvalidArgumentError("cannot assign attribute on non-namespace object"));
           }
           ns.Set(s.targets[0], v);
           return absl::OkStatus();
@@ -647,9 +652,10 @@ class Evaluator {
       loop.Set("previtem", i > 0 ? items[i - 1] : Value::Undefined("there is no previous item"));
       loop.Set("nextitem", i + 1 < n ? items[i + 1] : Value::Undefined("there is no next item"));
       loop.Set("cycle", Value::Callable("cycle", [i](CallArgs& args) -> absl::StatusOr<Value> {
-        if (args.positional.empty()) return absl::InvalidArgumentError("no items for cycling given");
-        return args.positional[static_cast<size_t>(i) % args.positional.size()];
-      }));
+                 if (args.positional.empty())
+                   return absl::InvalidArgumentError("no items for cycling given");
+                 return args.positional[static_cast<size_t>(i) % args.positional.size()];
+               }));
       scopes_.push_back(std::make_shared<Frame>());
       absl::Status st = AssignTargets(s.targets, items[i]);
       if (st.ok()) {
@@ -677,9 +683,9 @@ class Evaluator {
       ++call_depth_;
       auto frame = std::make_shared<Frame>();
       if (args.positional.size() > macro->params.size()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("macro '", macro->text, "' takes not more than ", macro->params.size(),
-                         " argument(s)"));
+        return absl::InvalidArgumentError(absl::StrCat("macro '", macro->text,
+                                                       "' takes not more than ",
+                                                       macro->params.size(), " argument(s)"));
       }
       std::vector<std::shared_ptr<Frame>> saved = scopes_;
       scopes_.resize(2);
@@ -887,8 +893,8 @@ class Evaluator {
   // ---- attribute and item access ----
 
   static Value NoAttribute(const Value& obj, std::string_view name) {
-    return Value::Undefined(absl::StrCat("'", TypeName(obj), " object' has no attribute '", std::string(name),
-                                         "'"));
+    return Value::Undefined(
+        absl::StrCat("'", TypeName(obj), " object' has no attribute '", std::string(name), "'"));
   }
 
   absl::StatusOr<Value> GetAttr(const Value& obj, const std::string& name) {
@@ -926,12 +932,12 @@ class Evaluator {
                                obj.markup());
         }
       }
-      return Value::Undefined(absl::StrCat("'", TypeName(obj), " object' has no element ",
-                                           key.Repr()));
+      return Value::Undefined(
+          absl::StrCat("'", TypeName(obj), " object' has no element ", key.Repr()));
     }
     if (key.is_string()) return GetAttr(obj, key.str());
-    return Value::Undefined(absl::StrCat("'", TypeName(obj), " object' has no element ",
-                                         key.Repr()));
+    return Value::Undefined(
+        absl::StrCat("'", TypeName(obj), " object' has no element ", key.Repr()));
   }
 
   // Bound methods of str, dict and list.
@@ -960,9 +966,8 @@ class Evaluator {
           const std::string& s = self.str();
           for (const Value& o : options) {
             if (!o.is_string()) {
-              return absl::InvalidArgumentError(
-                  absl::StrCat(name, " first arg must be str or a tuple of str, not ",
-                               TypeName(o)));
+              return absl::InvalidArgumentError(absl::StrCat(
+                  name, " first arg must be str or a tuple of str, not ", TypeName(o)));
             }
             const std::string& p = o.str();
             bool hit = p.size() <= s.size() &&
@@ -1084,7 +1089,8 @@ class Evaluator {
       if (name == "pop" || name == "update" || name == "setdefault" || name == "clear" ||
           name == "popitem") {
         return bind([name](CallArgs&) -> absl::StatusOr<Value> {
-          return absl::InvalidArgumentError("dict." + name + "() is not allowed: values are immutable");
+          return absl::InvalidArgumentError("dict." + name +
+                                            "() is not allowed: values are immutable");
         });
       }
       return std::nullopt;
@@ -1093,7 +1099,8 @@ class Evaluator {
       if (name == "append" || name == "extend" || name == "pop" || name == "insert" ||
           name == "remove" || name == "sort" || name == "reverse" || name == "clear") {
         return bind([name](CallArgs&) -> absl::StatusOr<Value> {
-          return absl::InvalidArgumentError("list." + name + "() is not allowed: values are immutable");
+          return absl::InvalidArgumentError("list." + name +
+                                            "() is not allowed: values are immutable");
         });
       }
       if (name == "index" || name == "count") {
@@ -1328,8 +1335,8 @@ class Evaluator {
       if (!indent.is_none() && !indent.is_int()) {
         return absl::UnimplementedError("tojson: indent must be an integer");
       }
-      KVSERVE_ASSIGN_OR_RETURN(std::string json,
-                               ToJson(v, indent.is_none() ? -1 : static_cast<int>(indent.as_int())));
+      KVSERVE_ASSIGN_OR_RETURN(
+          std::string json, ToJson(v, indent.is_none() ? -1 : static_cast<int>(indent.as_int())));
       return Value::String(Text(std::move(json), AllStringsFromTemplate(v)), true);
     }
     if (name == "string") return SoftStr(v);
@@ -1337,7 +1344,8 @@ class Evaluator {
       return CaseMap(SoftStr(v), name);
     }
     if (name == "replace") {
-      return Replace(SoftStr(v), a.Get(0, "old"), a.Get(1, "new"), a.Get(2, "count", Value::Int(-1)));
+      return Replace(SoftStr(v), a.Get(0, "old"), a.Get(1, "new"),
+                     a.Get(2, "count", Value::Int(-1)));
     }
     if (name == "default" || name == "d") {
       Value fallback = a.Get(0, "default_value", Value::TemplateString(""));
@@ -1356,7 +1364,8 @@ class Evaluator {
     }
     if (name == "items") {
       if (v.is_undefined()) return Value::List();
-      if (!v.is_dict()) return absl::InvalidArgumentError("items: can only get item pairs from a mapping");
+      if (!v.is_dict())
+        return absl::InvalidArgumentError("items: can only get item pairs from a mapping");
       ValueList out;
       for (const auto& [k, x] : v.dict()) out.push_back(Value::Tuple({k, x}));
       return Value::List(std::move(out));
@@ -1424,7 +1433,8 @@ class Evaluator {
     if (name == "abs") {
       if (v.is_float()) return Value::Float(std::fabs(v.as_float()));
       if (v.is_number()) return Value::Int(std::llabs(v.as_int()));
-      return absl::InvalidArgumentError(absl::StrCat("bad operand type for abs(): '", TypeName(v), "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad operand type for abs(): '", TypeName(v), "'"));
     }
     if (name == "indent") return Indent(v, a);
     if (name == "escape" || name == "e") {
@@ -1603,9 +1613,11 @@ class Evaluator {
     size_t start = 0;
     while (true) {
       size_t dot = path.find('.', start);
-      std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+      std::string part =
+          path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
       Value key = Value::TemplateString(part);
-      if (!part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      if (!part.empty() &&
+          std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; })) {
         key = Value::Int(std::stoll(part));
       }
       KVSERVE_ASSIGN_OR_RETURN(cur, GetItem(cur, key));
@@ -1623,7 +1635,8 @@ class Evaluator {
     if (width.is_string()) {
       indention = width.text();
     } else if (width.is_int()) {
-      indention = Text(std::string(static_cast<size_t>(std::max<int64_t>(0, width.as_int())), ' '), true);
+      indention =
+          Text(std::string(static_cast<size_t>(std::max<int64_t>(0, width.as_int())), ' '), true);
     } else {
       return absl::InvalidArgumentError("indent: width must be an integer or a string");
     }
@@ -1708,7 +1721,8 @@ class Evaluator {
     if (name == "lower" || name == "upper") {
       if (!v.is_string()) return false;
       if (!IsAscii(v.str())) {
-        return absl::UnimplementedError("the '" + name + "' test of non-ASCII text is not supported");
+        return absl::UnimplementedError("the '" + name +
+                                        "' test of non-ASCII text is not supported");
       }
       bool cased = false;
       for (char c : v.str()) {
@@ -1730,8 +1744,7 @@ absl::Status CheckExpr(const Expr* e) {
   if (e == nullptr) return absl::OkStatus();
   if (e->kind == Expr::Kind::kFilter && !FilterNames().count(e->name)) {
     return absl::InvalidArgumentError(absl::StrCat("template error at line ", e->line, ", column ",
-                                                   e->column, ": no filter named '", e->name,
-                                                   "'"));
+                                                   e->column, ": no filter named '", e->name, "'"));
   }
   if (e->kind == Expr::Kind::kTest && !TestNames().count(e->name)) {
     return absl::InvalidArgumentError(absl::StrCat("template error at line ", e->line, ", column ",

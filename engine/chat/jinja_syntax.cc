@@ -13,8 +13,19 @@
 namespace kvserve::engine::chat {
 namespace {
 
-enum class Tok { kData, kVarBegin, kVarEnd, kBlockBegin, kBlockEnd, kName, kString, kInt, kFloat,
-                 kOp, kEof };
+enum class Tok {
+  kData,
+  kVarBegin,
+  kVarEnd,
+  kBlockBegin,
+  kBlockEnd,
+  kName,
+  kString,
+  kInt,
+  kFloat,
+  kOp,
+  kEof
+};
 
 struct Token {
   Tok type = Tok::kEof;
@@ -183,8 +194,8 @@ class Lexer {
   absl::Status Error(size_t pos, std::string_view message) const {
     int line, column;
     Locate(pos, &line, &column);
-    return absl::InvalidArgumentError(
-        absl::StrCat("template syntax error at line ", line, ", column ", column, ": ", std::string(message)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "template syntax error at line ", line, ", column ", column, ": ", std::string(message)));
   }
 
   // Lexes the inside of a {{ }} or {% %} tag starting at `pos`; returns the position after its
@@ -278,9 +289,9 @@ class Lexer {
         pos = p + 1;
         continue;
       }
-      static constexpr std::string_view kOps[] = {
-          "//", "**", "==", "!=", ">=", "<=", "+", "-", "/", "*", "%", "~", "[", "]", "(", ")",
-          "{",  "}",  ">",  "<",  "=",  ".",  ":", "|", ",", ";"};
+      static constexpr std::string_view kOps[] = {"//", "**", "==", "!=", ">=", "<=", "+", "-", "/",
+                                                  "*",  "%",  "~",  "[",  "]",  "(",  ")", "{", "}",
+                                                  ">",  "<",  "=",  ".",  ":",  "|",  ",", ";"};
       std::string_view op;
       for (std::string_view candidate : kOps) {
         if (s.substr(pos, candidate.size()) == candidate) {
@@ -288,7 +299,9 @@ class Lexer {
           break;
         }
       }
-      if (op.empty()) return Error(pos, absl::StrCat("unexpected character '", std::string(s.substr(pos, 1)), "'"));
+      if (op.empty())
+        return Error(pos,
+                     absl::StrCat("unexpected character '", std::string(s.substr(pos, 1)), "'"));
       if (op == "(" || op == "[" || op == "{") {
         balance.push_back(op == "(" ? ')' : op == "[" ? ']' : '}');
       } else if (op == ")" || op == "]" || op == "}") {
@@ -425,7 +438,8 @@ class Parser {
   }
   absl::Status ErrorAt(const Token& t, std::string_view message) const {
     return absl::InvalidArgumentError(absl::StrCat("template syntax error at line ", t.line,
-                                                   ", column ", t.column, ": ", std::string(message)));
+                                                   ", column ", t.column, ": ",
+                                                   std::string(message)));
   }
   std::string Describe(const Token& t) const {
     if (t.type == Tok::kName || t.type == Tok::kOp) return absl::StrCat("'", t.text, "'");
@@ -433,7 +447,8 @@ class Parser {
   }
   absl::Status ExpectOp(std::string_view op) {
     if (!SkipOp(op)) {
-      return ErrorAt(Cur(), absl::StrCat("expected '", std::string(op), "', got ", Describe(Cur())));
+      return ErrorAt(Cur(),
+                     absl::StrCat("expected '", std::string(op), "', got ", Describe(Cur())));
     }
     return absl::OkStatus();
   }
@@ -554,8 +569,8 @@ class Parser {
       return absl::OkStatus();
     }
     static const std::set<std::string> kUnsupported = {
-        "include", "extends", "import", "from", "block", "raw", "call", "with", "autoescape",
-        "do", "trans", "pluralize", "endraw"};
+        "include", "extends",    "import", "from",  "block",     "raw",   "call",
+        "with",    "autoescape", "do",     "trans", "pluralize", "endraw"};
     if (kUnsupported.count(name)) {
       return ErrorAt(tag, absl::StrCat("the '", name, "' tag is not supported"));
     }
@@ -601,7 +616,8 @@ class Parser {
     auto stmt = NewStmt(Stmt::Kind::kFor, Cur());
     Next();
     KVSERVE_RETURN_IF_ERROR(ParseTargets(stmt->targets));
-    if (!SkipName("in")) return ErrorAt(Cur(), absl::StrCat("expected 'in', got ", Describe(Cur())));
+    if (!SkipName("in"))
+      return ErrorAt(Cur(), absl::StrCat("expected 'in', got ", Describe(Cur())));
     KVSERVE_ASSIGN_OR_RETURN(stmt->expr, ParseTuple(false));
     if (SkipName("if")) {
       KVSERVE_ASSIGN_OR_RETURN(stmt->condition, ParseExpression(true));
@@ -716,7 +732,8 @@ class Parser {
       if (!items.empty()) {
         if (!SkipOp(",")) break;
         comma = true;
-        if (Cur().type == Tok::kBlockEnd || Cur().type == Tok::kVarEnd || IsOp(")") || IsName("if")) {
+        if (Cur().type == Tok::kBlockEnd || Cur().type == Tok::kVarEnd || IsOp(")") ||
+            IsName("if")) {
           break;
         }
       }
@@ -829,9 +846,8 @@ class Parser {
     while (true) {
       const Token t = Cur();
       std::string op;
-      if (t.type == Tok::kOp &&
-          (t.text == "==" || t.text == "!=" || t.text == "<" || t.text == "<=" || t.text == ">" ||
-           t.text == ">=")) {
+      if (t.type == Tok::kOp && (t.text == "==" || t.text == "!=" || t.text == "<" ||
+                                 t.text == "<=" || t.text == ">" || t.text == ">=")) {
         op = t.text;
         Next();
       } else if (IsName("in")) {

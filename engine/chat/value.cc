@@ -537,9 +537,8 @@ absl::Status JsonValue(const Value& v, int indent, int level, std::string& out) 
           absl::StrCat("tojson: '", v.name().empty() ? "value" : v.name(),
                        "' is undefined (Object of type Undefined is not JSON serializable)"));
     default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("tojson: a ", v.is_namespace() ? "namespace" : "function",
-                       " is not JSON serializable"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tojson: a ", v.is_namespace() ? "namespace" : "function", " is not JSON serializable"));
   }
 }
 

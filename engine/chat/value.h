@@ -60,8 +60,18 @@ using ValueDict = std::vector<std::pair<Value, Value>>;
 struct CallArgs;
 class Value {
  public:
-  enum class Kind { kUndefined, kNone, kBool, kInt, kFloat, kString, kList, kDict, kNamespace,
-                    kCallable };
+  enum class Kind {
+    kUndefined,
+    kNone,
+    kBool,
+    kInt,
+    kFloat,
+    kString,
+    kList,
+    kDict,
+    kNamespace,
+    kCallable
+  };
   using Function = std::function<absl::StatusOr<Value>(CallArgs& args)>;
 
   Value() = default;  // undefined

@@ -54,7 +54,8 @@ Value ValueFromJson(const Json& j) {
 
 absl::StatusOr<std::string> ReadFile(const std::string& path, const char* flag) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read ", flag, " file '", path, "'"));
+  if (!in)
+    return absl::InvalidArgumentError(absl::StrCat("cannot read ", flag, " file '", path, "'"));
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
@@ -67,7 +68,8 @@ absl::StatusOr<Value> ReadMessages(const std::string& path) {
   if (!text.ok()) return text.status();
   Json j = Json::parse(*text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) {
-    return absl::InvalidArgumentError(absl::StrCat("--messages file '", path, "' is not valid JSON"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--messages file '", path, "' is not valid JSON"));
   }
   if (j.is_object() && j.contains("messages")) j = j["messages"];
   if (!j.is_array()) {
@@ -76,8 +78,8 @@ absl::StatusOr<Value> ReadMessages(const std::string& path) {
   }
   for (size_t i = 0; i < j.size(); ++i) {
     if (!j[i].is_object() || !j[i].contains("role") || !j[i]["role"].is_string()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--messages file '", path, "': message ", i, " must be an object with a string \"role\""));
+      return absl::InvalidArgumentError(absl::StrCat("--messages file '", path, "': message ", i,
+                                                     " must be an object with a string \"role\""));
     }
   }
   return ValueFromJson(j);
@@ -137,7 +139,8 @@ int RunRenderCommand(const std::vector<std::string>& args) {
   std::string source;
   std::string source_name;
   if (flags.IsSet("chat-template")) {
-    absl::StatusOr<std::string> text = ReadFile(flags.GetString("chat-template"), "--chat-template");
+    absl::StatusOr<std::string> text =
+        ReadFile(flags.GetString("chat-template"), "--chat-template");
     if (!text.ok()) {
       std::fprintf(stderr, "kvserve render: %s\n", std::string(text.status().message()).c_str());
       return 2;
@@ -170,7 +173,8 @@ int RunRenderCommand(const std::vector<std::string>& args) {
   if (flags.GetBool("segments")) {
     for (const engine::chat::PromptSegment& s : prompt->segments) {
       Json line = {{"text", s.text}, {"from_template", s.from_template}};
-      std::fputs((line.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n").c_str(), stdout);
+      std::fputs((line.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n").c_str(),
+                 stdout);
     }
   } else {
     const std::string text = prompt->Text();

@@ -38,8 +38,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     options.bos_token = "<s>";
     options.eos_token = "</s>";
     options.content_is_inert = inert;
-    options.variables = {{"tools", Value::List({Value::Dict({{Value::String("name"),
-                                                              Value::String("f")}})})}};
+    options.variables = {
+        {"tools", Value::List({Value::Dict({{Value::String("name"), Value::String("f")}})})}};
     absl::StatusOr<RenderedPrompt> prompt = chat_template->Render(messages, options);
     if (!prompt.ok()) continue;
     std::string joined;

@@ -99,17 +99,19 @@ TEST(ChatTemplateReferenceTest, MatchesJinja2OnGeneratedConversations) {
     for (auto it = c["variables"].begin(); it != c["variables"].end(); ++it) {
       options.variables.emplace_back(it.key(), FromJson(it.value()));
     }
-    absl::StatusOr<RenderedPrompt> got = templates.at(name).RenderValue(FromJson(c["messages"]), options);
+    absl::StatusOr<RenderedPrompt> got =
+        templates.at(name).RenderValue(FromJson(c["messages"]), options);
     if (c.contains("error")) {
-      EXPECT_FALSE(got.ok()) << name << " renders a case jinja2 rejects (" << c["error"] << "): "
-                             << c["messages"].dump();
+      EXPECT_FALSE(got.ok()) << name << " renders a case jinja2 rejects (" << c["error"]
+                             << "): " << c["messages"].dump();
       ++rejected[name];
       continue;
     }
     ASSERT_TRUE(got.ok()) << name << ": " << got.status() << "\nmessages: " << c["messages"].dump()
                           << "\nvariables: " << c["variables"].dump();
     EXPECT_EQ(got->Text(), c["expected"].get<std::string>())
-        << name << "\nmessages: " << c["messages"].dump() << "\nvariables: " << c["variables"].dump()
+        << name << "\nmessages: " << c["messages"].dump()
+        << "\nvariables: " << c["variables"].dump()
         << "\nadd_generation_prompt: " << c["add_generation_prompt"];
     ++rendered[name];
   }

@@ -21,201 +21,219 @@ struct FeatureCase {
 };
 
 const FeatureCase kFeatureCases[] = {
-    {"trim_blocks",
-     "{% if true %}\nyes\n{% endif %}\nafter",
-     "yes\nafter"},
-    {"lstrip_blocks",
-     "a\n    {% if true %}\n    b\n    {% endif %}\nc",
-     "a\n    b\nc"},
-    {"lstrip_keeps_expr_indent",
-     "a\n    {{ 'x' }}\n",
-     "a\n    x"},
-    {"minus_both_sides",
-     "a  \n  {%- if true -%}  \n  b  \n  {%- endif -%}  \n  c",
-     "abc"},
-    {"expression_minus",
-     "a  {{- ' b ' -}}  c",
-     "a b c"},
-    {"plus_disables_lstrip",
-     "  {%+ if true %}x{% endif %}",
-     "  x"},
-    {"comment_trims",
-     "{# c #}\nline\n  {# indented #}\nnext",
-     "line\nnext"},
-    {"comment_minus",
-     "x  {#- c -#}  y",
-     "xy"},
-    {"trailing_newline_dropped",
-     "text\n",
-     "text"},
-    {"crlf_normalized",
-     "a\r\nb\rc",
-     "a\nb\nc"},
-    {"var_no_trim",
-     "{{ 'a' }}\nb",
-     "a\nb"},
-    {"lstrip_mid_line_kept",
-     "x  {% if true %}y{% endif %}",
-     "x  y"},
+    {"trim_blocks", "{% if true %}\nyes\n{% endif %}\nafter", "yes\nafter"},
+    {"lstrip_blocks", "a\n    {% if true %}\n    b\n    {% endif %}\nc", "a\n    b\nc"},
+    {"lstrip_keeps_expr_indent", "a\n    {{ 'x' }}\n", "a\n    x"},
+    {"minus_both_sides", "a  \n  {%- if true -%}  \n  b  \n  {%- endif -%}  \n  c", "abc"},
+    {"expression_minus", "a  {{- ' b ' -}}  c", "a b c"},
+    {"plus_disables_lstrip", "  {%+ if true %}x{% endif %}", "  x"},
+    {"comment_trims", "{# c #}\nline\n  {# indented #}\nnext", "line\nnext"},
+    {"comment_minus", "x  {#- c -#}  y", "xy"},
+    {"trailing_newline_dropped", "text\n", "text"},
+    {"crlf_normalized", "a\r\nb\rc", "a\nb\nc"},
+    {"var_no_trim", "{{ 'a' }}\nb", "a\nb"},
+    {"lstrip_mid_line_kept", "x  {% if true %}y{% endif %}", "x  y"},
     {"loop_vars",
-     "{% for x in xs %}{{ loop.index }}{{ loop.index0 }}{{ loop.first }}{{ loop.last }}{{ loop.length }}{{ loop.revindex }}{{ loop.revindex0 }}|{% endfor %}",
+     "{% for x in xs %}{{ loop.index }}{{ loop.index0 }}{{ loop.first }}{{ loop.last }}{{ "
+     "loop.length }}{{ loop.revindex }}{{ loop.revindex0 }}|{% endfor %}",
      "10TrueFalse443|21FalseFalse432|32FalseFalse421|43FalseTrue410|"},
     {"loop_filter",
      "{% for x in xs if x > 1 %}{{ x }}/{{ loop.index }}/{{ loop.length }} {% endfor %}",
      "2/1/3 3/2/3 4/3/3 "},
-    {"loop_else",
-     "{% for x in [] %}x{% else %}empty{% endfor %}",
-     "empty"},
-    {"loop_unpack",
-     "{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}",
-     "b=2;a=1;"},
-    {"loop_dict_keys",
-     "{% for k in d %}{{ k }}{% endfor %}",
-     "ba"},
+    {"loop_else", "{% for x in [] %}x{% else %}empty{% endfor %}", "empty"},
+    {"loop_unpack", "{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}", "b=2;a=1;"},
+    {"loop_dict_keys", "{% for k in d %}{{ k }}{% endfor %}", "ba"},
     {"loop_string",
-     "{% for c in 'h\xc3""\xa9""y' %}[{{ c }}]{% endfor %}",
-     "[h][\xc3""\xa9""][y]"},
+     "{% for c in 'h\xc3"
+     "\xa9"
+     "y' %}[{{ c }}]{% endfor %}",
+     "[h][\xc3"
+     "\xa9"
+     "][y]"},
     {"break_continue",
-     "{% for x in xs %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 4 %}{% break %}{% endif %}{{ x }}{% endfor %}",
+     "{% for x in xs %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 4 %}{% break %}{% endif "
+     "%}{{ x }}{% endfor %}",
      "13"},
-    {"loop_scope",
-     "{% set y = 0 %}{% for x in xs %}{% set y = x %}{% endfor %}{{ y }}",
-     "0"},
+    {"loop_scope", "{% set y = 0 %}{% for x in xs %}{% set y = x %}{% endfor %}{{ y }}", "0"},
     {"loop_prev_next_cycle",
-     "{% for x in xs %}{{ loop.previtem is defined }}{{ loop.nextitem }}{{ loop.cycle('a','b') }} {% endfor %}",
+     "{% for x in xs %}{{ loop.previtem is defined }}{{ loop.nextitem }}{{ loop.cycle('a','b') }} "
+     "{% endfor %}",
      "False2a True3b True4a Trueb "},
     {"nested_loops",
-     "{% for a in [1,2] %}{% for b in 'xy' %}{{ a }}{{ b }}{{ loop.index }} {% endfor %}{% endfor %}",
+     "{% for a in [1,2] %}{% for b in 'xy' %}{{ a }}{{ b }}{{ loop.index }} {% endfor %}{% endfor "
+     "%}",
      "1x1 1y2 2x1 2y2 "},
-    {"range",
-     "{% for i in range(3) %}{{ i }}{% endfor %}{{ range(1, 10, 3)|list }}",
+    {"range", "{% for i in range(3) %}{{ i }}{% endfor %}{{ range(1, 10, 3)|list }}",
      "012[1, 4, 7]"},
     {"if_elif_else",
-     "{% for x in xs %}{% if x == 1 %}one{% elif x == 2 %}two{% else %}many{% endif %} {% endfor %}",
+     "{% for x in xs %}{% if x == 1 %}one{% elif x == 2 %}two{% else %}many{% endif %} {% endfor "
+     "%}",
      "one two many many "},
-    {"set_and_block_set",
-     "{% set a = 'x' ~ 1 %}{% set b %}in {{ a }}{% endset %}{{ b }}|{{ a }}",
+    {"set_and_block_set", "{% set a = 'x' ~ 1 %}{% set b %}in {{ a }}{% endset %}{{ b }}|{{ a }}",
      "in x1|x1"},
-    {"set_tuple",
-     "{% set a, b = [1, 2] %}{{ b }}{{ a }}",
-     "21"},
+    {"set_tuple", "{% set a, b = [1, 2] %}{{ b }}{{ a }}", "21"},
     {"namespace",
-     "{% set ns = namespace(count=0, found=false) %}{% for x in xs %}{% set ns.count = ns.count + x %}{% endfor %}{{ ns.count }} {{ ns.found }} {{ ns.missing is defined }}",
+     "{% set ns = namespace(count=0, found=false) %}{% for x in xs %}{% set ns.count = ns.count + "
+     "x %}{% endfor %}{{ ns.count }} {{ ns.found }} {{ ns.missing is defined }}",
      "10 False False"},
     {"macro",
-     "{% macro greet(name, punct='!') %}Hi {{ name }}{{ punct }}{% endmacro %}{{ greet('a') }} {{ greet('b', punct='?') }} {{ greet(name='c') }}",
+     "{% macro greet(name, punct='!') %}Hi {{ name }}{{ punct }}{% endmacro %}{{ greet('a') }} {{ "
+     "greet('b', punct='?') }} {{ greet(name='c') }}",
      "Hi a! Hi b? Hi c!"},
-    {"filter_block",
-     "{% filter upper %}abc {{ 'd' }}{% endfilter %}",
-     "ABC D"},
+    {"filter_block", "{% filter upper %}abc {{ 'd' }}{% endfilter %}", "ABC D"},
     {"tests",
-     "{{ n is none }}{{ n is defined }}{{ nothing is defined }}{{ nothing is undefined }}{{ s is string }}{{ d is mapping }}{{ xs is iterable }}{{ s is iterable }}{{ 1 is number }}{{ f is number }}{{ xs is sequence }}{{ t is true }}{{ 1 is true }}{{ false is false }}{{ 3 is odd }}{{ 4 is even }}{{ 9 is divisibleby 3 }}{{ 2 is in xs }}{{ 'x' is eq 'x' }}{{ 1 is integer }}{{ f is float }}{{ t is boolean }}",
+     "{{ n is none }}{{ n is defined }}{{ nothing is defined }}{{ nothing is undefined }}{{ s is "
+     "string }}{{ d is mapping }}{{ xs is iterable }}{{ s is iterable }}{{ 1 is number }}{{ f is "
+     "number }}{{ xs is sequence }}{{ t is true }}{{ 1 is true }}{{ false is false }}{{ 3 is odd "
+     "}}{{ 4 is even }}{{ 9 is divisibleby 3 }}{{ 2 is in xs }}{{ 'x' is eq 'x' }}{{ 1 is integer "
+     "}}{{ f is float }}{{ t is boolean }}",
      "TrueTrueFalseTrueTrueTrueTrueTrueTrueTrueTrueTrueFalseTrueTrueTrueTrueTrueTrueTrueTrueTrue"},
-    {"is_not",
-     "{{ n is not none }}{{ s is not mapping }}",
-     "FalseTrue"},
+    {"is_not", "{{ n is not none }}{{ s is not mapping }}", "FalseTrue"},
     {"arithmetic",
-     "{{ 1 + 2 * 3 }} {{ (1 + 2) * 3 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 4 / 2 }} {{ 2 ** 10 }} {{ 1.5 + 1 }} {{ -f }} {{ 7.5 // 2 }}",
+     "{{ 1 + 2 * 3 }} {{ (1 + 2) * 3 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 / "
+     "2 }} {{ 4 / 2 }} {{ 2 ** 10 }} {{ 1.5 + 1 }} {{ -f }} {{ 7.5 // 2 }}",
      "7 9 3 -4 1 2 3.5 2.0 1024 2.5 -1.5 3.0"},
-    {"concat_tilde",
-     "{{ 'a' ~ 1 ~ none ~ true ~ nothing }}",
-     "a1NoneTrue"},
-    {"string_list_ops",
-     "{{ 'ab' * 3 }} {{ [1] + [2, 3] }} {{ 'a' + 'b' }}",
-     "ababab [1, 2, 3] ab"},
-    {"and_or_values",
-     "{{ 0 or 'x' }} {{ 1 and 'y' }} {{ none or [] }} {{ '' and 1 }} {{ not 0 }}",
+    {"concat_tilde", "{{ 'a' ~ 1 ~ none ~ true ~ nothing }}", "a1NoneTrue"},
+    {"string_list_ops", "{{ 'ab' * 3 }} {{ [1] + [2, 3] }} {{ 'a' + 'b' }}", "ababab [1, 2, 3] ab"},
+    {"and_or_values", "{{ 0 or 'x' }} {{ 1 and 'y' }} {{ none or [] }} {{ '' and 1 }} {{ not 0 }}",
      "x y []  True"},
     {"comparisons",
-     "{{ 1 < 2 }}{{ 2 <= 1 }}{{ 'a' < 'b' }}{{ 1 == 1.0 }}{{ 1 == true }}{{ 'a' != 'b' }}{{ [1,2] < [1,3] }}{{ n == none }}",
+     "{{ 1 < 2 }}{{ 2 <= 1 }}{{ 'a' < 'b' }}{{ 1 == 1.0 }}{{ 1 == true }}{{ 'a' != 'b' }}{{ [1,2] "
+     "< [1,3] }}{{ n == none }}",
      "TrueFalseTrueTrueTrueTrueTrueTrue"},
     {"in_not_in",
      "{{ 'ell' in 'hello' }}{{ 3 in xs }}{{ 'a' in d }}{{ 'z' not in d }}{{ 5 not in xs }}",
      "TrueTrueTrueTrueTrue"},
-    {"ternary",
-     "{{ 'yes' if t else 'no' }}|{{ 'yes' if n else 'no' }}|{{ 'only' if n }}|",
+    {"ternary", "{{ 'yes' if t else 'no' }}|{{ 'yes' if n else 'no' }}|{{ 'only' if n }}|",
      "yes|no||"},
     {"precedence_filter_binds_tighter",
      "{{ 'x' + s | trim + 'y' }} {{ xs | length - 1 }} {{ not n is none }}",
      "xHello Worldy 3 False"},
     {"subscripts",
-     "{{ 'hello'[1:] }} {{ 'hello'[::-1] }} {{ xs[-1] }} {{ xs[1:3] }} {{ u[1] }} {{ xs[::2] }} {{ xs[10] }}|{{ u[-3:] }} {{ xs[:-1] }} {{ xs[3:0:-1] }} {{ d['a'] }} {{ d.b }} {{ xs.0 }}",
-     "ello olleh 4 [2, 3] \xc3""\xa9"" [1, 3] | \xe6""\x97""\xa5""\xe6""\x9c""\xac"" [1, 2, 3] [4, 3, 2] 1 2 1"},
+     "{{ 'hello'[1:] }} {{ 'hello'[::-1] }} {{ xs[-1] }} {{ xs[1:3] }} {{ u[1] }} {{ xs[::2] }} {{ "
+     "xs[10] }}|{{ u[-3:] }} {{ xs[:-1] }} {{ xs[3:0:-1] }} {{ d['a'] }} {{ d.b }} {{ xs.0 }}",
+     "ello olleh 4 [2, 3] \xc3"
+     "\xa9"
+     " [1, 3] | \xe6"
+     "\x97"
+     "\xa5"
+     "\xe6"
+     "\x9c"
+     "\xac"
+     " [1, 2, 3] [4, 3, 2] 1 2 1"},
     {"repr",
-     "{{ [1, 'a', none, true, 1.5, {'k': (1,)}, \"it's\"] }} {{ {'a': [1], 'b': 'x'} }} {{ (1, 2) }}",
+     "{{ [1, 'a', none, true, 1.5, {'k': (1,)}, \"it's\"] }} {{ {'a': [1], 'b': 'x'} }} {{ (1, 2) "
+     "}}",
      "[1, 'a', None, True, 1.5, {'k': (1,)}, \"it's\"] {'a': [1], 'b': 'x'} (1, 2)"},
     {"floats",
-     "{{ 1e20 }} {{ 0.1 + 0.2 }} {{ 1.0 }} {{ 1e-5 }} {{ 123456789012345678.0 }} {{ 0.0001 }} {{ 2.5e-3 }} {{ 1_000 }}",
+     "{{ 1e20 }} {{ 0.1 + 0.2 }} {{ 1.0 }} {{ 1e-5 }} {{ 123456789012345678.0 }} {{ 0.0001 }} {{ "
+     "2.5e-3 }} {{ 1_000 }}",
      "1e+20 0.30000000000000004 1.0 1e-05 1.2345678901234568e+17 0.0001 0.0025 1000"},
-    {"string_escapes",
-     "{{ 'a\\tb\\\\c\\'d\\u00e9\\x41' }}|{{ \"q\\\"\" }}|{{ 'adj' 'acent' }}",
-     "a\tb\\c'd\xc3""\xa9""A|q\"|adjacent"},
+    {"string_escapes", "{{ 'a\\tb\\\\c\\'d\\u00e9\\x41' }}|{{ \"q\\\"\" }}|{{ 'adj' 'acent' }}",
+     "a\tb\\c'd\xc3"
+     "\xa9"
+     "A|q\"|adjacent"},
     {"undefined",
-     "[{{ nothing }}|{{ nothing|length }}|{% for x in nothing %}x{% endfor %}|{{ d.nokey }}|{{ d.nokey is defined }}|{{ nothing|default('dflt') }}|{{ ''|default('e', true) }}|{{ 'x' in nothing }}]",
+     "[{{ nothing }}|{{ nothing|length }}|{% for x in nothing %}x{% endfor %}|{{ d.nokey }}|{{ "
+     "d.nokey is defined }}|{{ nothing|default('dflt') }}|{{ ''|default('e', true) }}|{{ 'x' in "
+     "nothing }}]",
      "[|0|||False|dflt|e|False]"},
     {"trim_filters",
-     "[{{ s|trim }}][{{ '--x--'|trim('-') }}][{{ u|length }}][{{ s|upper }}][{{ s|lower }}][{{ 'hello wORLD-x'|title }}][{{ 'hELLO'|capitalize }}]",
+     "[{{ s|trim }}][{{ '--x--'|trim('-') }}][{{ u|length }}][{{ s|upper }}][{{ s|lower }}][{{ "
+     "'hello wORLD-x'|title }}][{{ 'hELLO'|capitalize }}]",
      "[Hello World][x][14][  HELLO WORLD  ][  hello world  ][Hello World-X][Hello]"},
     {"tojson",
-     "{{ d|tojson }} {{ {'z': [1, 2.5, none, true], 'a': '<b>&\\'q\\'\"\xc3""\xa9""\xf0""\x9f""\x98""\x80""\\n'}|tojson }} {{ 'x'|tojson }} {{ []|tojson }} {{ {}|tojson }}",
-     "{\"a\": 1, \"b\": 2} {\"a\": \"\\u003cb\\u003e\\u0026\\u0027q\\u0027\\\"\\u00e9\\ud83d\\ude00\\n\", \"z\": [1, 2.5, null, true]} \"x\" [] {}"},
-    {"tojson_indent",
-     "{{ {'b': [1, {'c': []}], 'a': 'x'}|tojson(indent=2) }}",
+     "{{ d|tojson }} {{ {'z': [1, 2.5, none, true], 'a': '<b>&\\'q\\'\"\xc3"
+     "\xa9"
+     "\xf0"
+     "\x9f"
+     "\x98"
+     "\x80"
+     "\\n'}|tojson }} {{ 'x'|tojson }} {{ []|tojson }} {{ {}|tojson }}",
+     "{\"a\": 1, \"b\": 2} {\"a\": "
+     "\"\\u003cb\\u003e\\u0026\\u0027q\\u0027\\\"\\u00e9\\ud83d\\ude00\\n\", \"z\": [1, 2.5, null, "
+     "true]} \"x\" [] {}"},
+    {"tojson_indent", "{{ {'b': [1, {'c': []}], 'a': 'x'}|tojson(indent=2) }}",
      "{\n  \"a\": \"x\",\n  \"b\": [\n    1,\n    {\n      \"c\": []\n    }\n  ]\n}"},
     {"join_first_last",
-     "{{ xs|join(', ') }} {{ xs|first }} {{ xs|last }} {{ 'abc'|first }} {{ people|join('/', attribute='name') }} {{ []|first is defined }}",
+     "{{ xs|join(', ') }} {{ xs|first }} {{ xs|last }} {{ 'abc'|first }} {{ people|join('/', "
+     "attribute='name') }} {{ []|first is defined }}",
      "1, 2, 3, 4 1 4 a Ann/Bob/Cy False"},
     {"list_items_string",
-     "{{ 'ab'|list }} {{ d|items|list }} {{ d|list }} {{ xs|string }} {{ 12|string ~ 'x' }} {{ d.keys()|list }} {{ d.values()|list }}",
+     "{{ 'ab'|list }} {{ d|items|list }} {{ d|list }} {{ xs|string }} {{ 12|string ~ 'x' }} {{ "
+     "d.keys()|list }} {{ d.values()|list }}",
      "['a', 'b'] [('b', 2), ('a', 1)] ['b', 'a'] [1, 2, 3, 4] 12x ['b', 'a'] [2, 1]"},
     {"int_float",
-     "{{ '42'|int + 1 }} {{ 'x'|int }} {{ 'x'|int(7) }} {{ 3.9|int }} {{ '2.5'|float }} {{ 3|float }} {{ ' 12 '|int }}",
+     "{{ '42'|int + 1 }} {{ 'x'|int }} {{ 'x'|int(7) }} {{ 3.9|int }} {{ '2.5'|float }} {{ 3|float "
+     "}} {{ ' 12 '|int }}",
      "43 0 7 3 2.5 3.0 12"},
     {"select_map",
-     "{{ people|selectattr('role', 'equalto', 'user')|map(attribute='name')|join(',') }} {{ people|rejectattr('role', 'equalto', 'user')|map(attribute='name')|list }} {{ people|selectattr('age')|list|length }} {{ xs|select('odd')|list }} {{ xs|reject('even')|list }} {{ ['a','b']|map('upper')|join }} {{ people|map(attribute='age', default=0)|list }}",
+     "{{ people|selectattr('role', 'equalto', 'user')|map(attribute='name')|join(',') }} {{ "
+     "people|rejectattr('role', 'equalto', 'user')|map(attribute='name')|list }} {{ "
+     "people|selectattr('age')|list|length }} {{ xs|select('odd')|list }} {{ "
+     "xs|reject('even')|list }} {{ ['a','b']|map('upper')|join }} {{ people|map(attribute='age', "
+     "default=0)|list }}",
      "Ann,Cy ['Bob'] 2 [1, 3] [1, 3] AB [30, 25, 0]"},
     {"indent",
-     "[{{ 'a\\nb\\n\\nc'|indent }}][{{ 'a\\nb'|indent(2, true) }}][{{ 'a\\n\\nb'|indent(width='> ', blank=true) }}]",
+     "[{{ 'a\\nb\\n\\nc'|indent }}][{{ 'a\\nb'|indent(2, true) }}][{{ 'a\\n\\nb'|indent(width='> "
+     "', blank=true) }}]",
      "[a\n    b\n\n    c][  a\n  b][a\n> \n> b]"},
     {"count_replace_reverse",
-     "{{ xs|count }} {{ 'aaa'|replace('a', 'b', 2) }} {{ xs|reverse|list }} {{ 'abc'|reverse }} {{ [3,1,2,1]|unique|list }} {{ [3,1,2]|sort }} {{ ['b','A','c']|sort }} {{ [3,1,2]|sort(reverse=true) }} {{ people|sort(attribute='name')|map(attribute='name')|join }} {{ -3|abs }} {{ d|dictsort }} {{ xs|sum }} {{ xs|min }} {{ xs|max }}",
-     "4 bba [4, 3, 2, 1] cba [3, 1, 2] [1, 2, 3] ['A', 'b', 'c'] [3, 2, 1] AnnBobCy 3 [('a', 1), ('b', 2)] 10 1 4"},
+     "{{ xs|count }} {{ 'aaa'|replace('a', 'b', 2) }} {{ xs|reverse|list }} {{ 'abc'|reverse }} {{ "
+     "[3,1,2,1]|unique|list }} {{ [3,1,2]|sort }} {{ ['b','A','c']|sort }} {{ "
+     "[3,1,2]|sort(reverse=true) }} {{ people|sort(attribute='name')|map(attribute='name')|join }} "
+     "{{ -3|abs }} {{ d|dictsort }} {{ xs|sum }} {{ xs|min }} {{ xs|max }}",
+     "4 bba [4, 3, 2, 1] cba [3, 1, 2] [1, 2, 3] ['A', 'b', 'c'] [3, 2, 1] AnnBobCy 3 [('a', 1), "
+     "('b', 2)] 10 1 4"},
     {"case_insensitive_aggregates",
-     "{{ ['A', 'a', 'b', 'B']|unique|list }} {{ ['b', 'A', 'c']|max }} {{ ['b', 'A', 'c']|min }} {{ ['b', 'a']|unique(case_sensitive=true)|list }}",
+     "{{ ['A', 'a', 'b', 'B']|unique|list }} {{ ['b', 'A', 'c']|max }} {{ ['b', 'A', 'c']|min }} "
+     "{{ ['b', 'a']|unique(case_sensitive=true)|list }}",
      "['A', 'b'] c A ['b', 'a']"},
-    {"escape_safe",
-     "{{ '<a href=\"x\">&'|e }} {{ '<b>'|safe }}",
+    {"escape_safe", "{{ '<a href=\"x\">&'|e }} {{ '<b>'|safe }}",
      "&lt;a href=&#34;x&#34;&gt;&amp; <b>"},
     {"str_methods",
-     "[{{ s.strip() }}][{{ s.lstrip() }}][{{ s.rstrip() }}][{{ 'xxhixx'.strip('x') }}][{{ s.startswith('  He') }}][{{ s.endswith(('d', 'x')) }}][{{ 'a,b,,c'.split(',') }}][{{ ' a  b \\n c '.split() }}][{{ 'a,b,c'.split(',', 1) }}][{{ 'a,b,c'.rsplit(',', 1) }}][{{ 'aXbXc'.replace('X', '-') }}][{{ 'hello'.find('l') }}][{{ 'h\xc3""\xa9""llo'.find('l') }}][{{ 'a\\nb\\r\\nc'.splitlines() }}][{{ '-'.join(['a', 'b']) }}][{{ 'banana'.count('an') }}][{{ 'Hi There'.upper() }}][{{ 'x'.title() }}]",
-     "[Hello World][Hello World  ][  Hello World][hi][True][False][['a', 'b', '', 'c']][['a', 'b', 'c']][['a', 'b,c']][['a,b', 'c']][a-b-c][2][2][['a', 'b', 'c']][a-b][2][HI THERE][X]"},
+     "[{{ s.strip() }}][{{ s.lstrip() }}][{{ s.rstrip() }}][{{ 'xxhixx'.strip('x') }}][{{ "
+     "s.startswith('  He') }}][{{ s.endswith(('d', 'x')) }}][{{ 'a,b,,c'.split(',') }}][{{ ' a  b "
+     "\\n c '.split() }}][{{ 'a,b,c'.split(',', 1) }}][{{ 'a,b,c'.rsplit(',', 1) }}][{{ "
+     "'aXbXc'.replace('X', '-') }}][{{ 'hello'.find('l') }}][{{ 'h\xc3"
+     "\xa9"
+     "llo'.find('l') }}][{{ 'a\\nb\\r\\nc'.splitlines() }}][{{ '-'.join(['a', 'b']) }}][{{ "
+     "'banana'.count('an') }}][{{ 'Hi There'.upper() }}][{{ 'x'.title() }}]",
+     "[Hello World][Hello World  ][  Hello World][hi][True][False][['a', 'b', '', 'c']][['a', 'b', "
+     "'c']][['a', 'b,c']][['a,b', 'c']][a-b-c][2][2][['a', 'b', 'c']][a-b][2][HI THERE][X]"},
     {"dict_methods",
      "{{ d.get('a') }} {{ d.get('zz') }} {{ d.get('zz', 5) }} {{ d['missing'] is defined }}",
      "1 None 5 False"},
     {"markup_concat",
-     "{{ '\"k\": ' + ('<v>'|tojson) }} {{ ('<v>'|tojson) + '&' }} {{ ('x'|tojson)[:-1] + '\"' }} {{ 'a' ~ ('<'|tojson) }}",
+     "{{ '\"k\": ' + ('<v>'|tojson) }} {{ ('<v>'|tojson) + '&' }} {{ ('x'|tojson)[:-1] + '\"' }} "
+     "{{ 'a' ~ ('<'|tojson) }}",
      "&#34;k&#34;: \"\\u003cv\\u003e\" \"\\u003cv\\u003e\"&amp; \"x&#34; a\"\\u003c\""},
     {"dict_list_literals",
-     "{{ {'a': 1, 'b': [1, 2]}['b'][1] }} {{ [1, 2, 3,][1:] }} {{ {'x': 1}.x }}",
-     "2 [2, 3] 1"},
+     "{{ {'a': 1, 'b': [1, 2]}['b'][1] }} {{ [1, 2, 3,][1:] }} {{ {'x': 1}.x }}", "2 [2, 3] 1"},
 };
 
 const FeatureCase kErrorCases[] = {
     {"undefined_attribute_of_undefined", "{{ nothing.x }}", "'nothing' is undefined"},
-    {"raise_exception", "{{ raise_exception('Conversation roles must alternate') }}", "Conversation roles must alternate"},
+    {"raise_exception", "{{ raise_exception('Conversation roles must alternate') }}",
+     "Conversation roles must alternate"},
     {"str_plus_int", "{{ 'a' + 1 }}", "can only concatenate str (not \"int\") to str"},
     {"undefined_plus", "{{ nothing + 'a' }}", "'nothing' is undefined"},
     {"missing_attr_chain", "{{ d.nokey.x }}", "'dict object' has no attribute 'nokey'"},
     {"iterate_int", "{% for x in 3 %}{% endfor %}", "'int' object is not iterable"},
     {"compare_types", "{{ 1 < 'a' }}", "'<' not supported between instances of 'int' and 'str'"},
-    {"in_string_non_string", "{{ 1 in 'abc' }}", "'in <string>' requires string as left operand, not int"},
+    {"in_string_non_string", "{{ 1 in 'abc' }}",
+     "'in <string>' requires string as left operand, not int"},
     {"call_undefined", "{{ nothing() }}", "'nothing' is undefined"},
     {"set_attr_on_dict", "{% set d.x = 1 %}", "cannot assign attribute on non-namespace object"},
-    {"list_append", "{{ xs.append(5) }}", "access to attribute 'append' of 'list' object is unsafe."},
-    {"tojson_undefined", "{{ nothing|tojson }}", "Object of type Undefined is not JSON serializable"},
+    {"list_append", "{{ xs.append(5) }}",
+     "access to attribute 'append' of 'list' object is unsafe."},
+    {"tojson_undefined", "{{ nothing|tojson }}",
+     "Object of type Undefined is not JSON serializable"},
     {"division_by_zero", "{{ 1 / 0 }}", "division by zero"},
-    {"tojson_unknown_keyword", "{{ 'x'|tojson(ensure_ascii=false) }}", "do_tojson() got an unexpected keyword argument 'ensure_ascii'"},
-    {"trim_too_many_args", "{{ 'x'|trim('a', 'b') }}", "do_trim() takes from 1 to 2 positional arguments but 3 were given"},
+    {"tojson_unknown_keyword", "{{ 'x'|tojson(ensure_ascii=false) }}",
+     "do_tojson() got an unexpected keyword argument 'ensure_ascii'"},
+    {"trim_too_many_args", "{{ 'x'|trim('a', 'b') }}",
+     "do_trim() takes from 1 to 2 positional arguments but 3 were given"},
 };
 
 Value Person(const char* name, const char* role, int age) {
@@ -282,7 +300,8 @@ TEST(JinjaFeatureTest, RuntimeErrorsNameLineAndColumn) {
   absl::StatusOr<std::string> got = RenderSource("line one\n{{ 'a' + 1 }}");
   ASSERT_FALSE(got.ok());
   EXPECT_THAT(got.status().message(), HasSubstr("line 2, column"));
-  EXPECT_THAT(got.status().message(), HasSubstr("unsupported operand type(s) for +: 'str' and 'int'"));
+  EXPECT_THAT(got.status().message(),
+              HasSubstr("unsupported operand type(s) for +: 'str' and 'int'"));
   got = RenderSource("{{ missing.attr }}");
   ASSERT_FALSE(got.ok());
   EXPECT_THAT(got.status().message(), HasSubstr("'missing' is undefined"));
@@ -294,7 +313,8 @@ TEST(JinjaSyntaxTest, ErrorsNameLineAndColumn) {
     const char* message;
   };
   const Case cases[] = {
-      {"{% if x %}never closed", "line 1, column 23: unexpected end of template, expected 'elif' or 'else' or 'endif'"},
+      {"{% if x %}never closed",
+       "line 1, column 23: unexpected end of template, expected 'elif' or 'else' or 'endif'"},
       {"ok\n  {{ x + }}", "line 2, column 10: unexpected '}}'"},
       {"{% frobnicate %}", "line 1, column 4: unknown tag 'frobnicate'"},
       {"{% include 'other.jinja' %}", "line 1, column 4: the 'include' tag is not supported"},
@@ -327,10 +347,12 @@ TEST(JinjaFeatureTest, HostileTemplatesFailCleanly) {
   EXPECT_THAT(ChatTemplate::Parse(deep).status().message(), HasSubstr("nested too deeply"));
   std::string nots = "{{ ";
   for (int i = 0; i < 5000; ++i) nots += "not ";
-  EXPECT_THAT(ChatTemplate::Parse(nots + "1 }}").status().message(), HasSubstr("nested too deeply"));
+  EXPECT_THAT(ChatTemplate::Parse(nots + "1 }}").status().message(),
+              HasSubstr("nested too deeply"));
   std::string chain = "{{ 1";
   for (int i = 0; i < 5000; ++i) chain += " + 1";
-  EXPECT_THAT(ChatTemplate::Parse(chain + " }}").status().message(), HasSubstr("expression too long"));
+  EXPECT_THAT(ChatTemplate::Parse(chain + " }}").status().message(),
+              HasSubstr("expression too long"));
   std::string filters = "{{ 'x'";
   for (int i = 0; i < 5000; ++i) filters += "|trim";
   EXPECT_THAT(ChatTemplate::Parse(filters + " }}").status().message(),
@@ -343,27 +365,32 @@ TEST(JinjaFeatureTest, HostileTemplatesFailCleanly) {
             absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(RenderSource("{{ 'x' * 1000000000000 }}").status().code(),
             absl::StatusCode::kResourceExhausted);
-  EXPECT_EQ(RenderSource("{% for i in range(1000) %}{{ 'y' * 100000 }}{% endfor %}").status().code(),
-            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(
+      RenderSource("{% for i in range(1000) %}{{ 'y' * 100000 }}{% endfor %}").status().code(),
+      absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(RenderSource("{{ 9223372036854775807 + 1 }}").status().code(),
             absl::StatusCode::kUnimplemented);
   EXPECT_EQ(RenderSource("{{ 2 ** 64 }}").status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_EQ(*RenderSource("{{ (-1) ** 3 }} {{ 0 ** 0 }} {{ 2 ** 62 }}"), "-1 1 4611686018427387904");
+  EXPECT_EQ(*RenderSource("{{ (-1) ** 3 }} {{ 0 ** 0 }} {{ 2 ** 62 }}"),
+            "-1 1 4611686018427387904");
 }
 
 const char kChatMl[] =
-    "{% for message in messages %}{{ '<|im_start|>' + message.role + '\\n' + message.content | trim "
+    "{% for message in messages %}{{ '<|im_start|>' + message.role + '\\n' + message.content | "
+    "trim "
     "+ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' "
     "}}{% endif %}";
 
 TEST(ChatTemplateTest, RendersMessagesWithTheStandardVariables) {
   absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(
       "{{ bos_token }}{% for m in messages %}[{{ m.role }}:{{ m.content }}{% if m.name is defined "
-      "%}/{{ m.name }}{% endif %}]{% endfor %}{% if add_generation_prompt %}>{% else %}{{ eos_token "
+      "%}/{{ m.name }}{% endif %}]{% endfor %}{% if add_generation_prompt %}>{% else %}{{ "
+      "eos_token "
       "}}{% endif %}{{ extra }}");
   ASSERT_TRUE(t.ok()) << t.status();
-  std::vector<ChatMessage> messages = {{"system", Value::String("sys"), {}},
-                                       {"user", Value::String("hi"), {{"name", Value::String("ann")}}}};
+  std::vector<ChatMessage> messages = {
+      {"system", Value::String("sys"), {}},
+      {"user", Value::String("hi"), {{"name", Value::String("ann")}}}};
   RenderOptions options;
   options.bos_token = "<s>";
   options.eos_token = "</s>";
@@ -405,15 +432,14 @@ TEST(ChatTemplateTest, ProvenanceSurvivesStringMethodsAndSlices) {
   ASSERT_TRUE(t.ok()) << t.status();
   RenderOptions options;
   options.bos_token = "<bos>";
-  absl::StatusOr<RenderedPrompt> r =
-      t->Render({{"user", Value::String(" axb|c ")}}, options);
+  absl::StatusOr<RenderedPrompt> r = t->Render({{"user", Value::String(" axb|c ")}}, options);
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->Text(),
-            "<A> a<X>b|c <B>|A> axb|c <B|<A> axb<J>c <B>|\" axb|c \"|LIT<bos>");
+  EXPECT_EQ(r->Text(), "<A> a<X>b|c <B>|A> axb|c <B|<A> axb<J>c <B>|\" axb|c \"|LIT<bos>");
   const std::vector<PromptSegment> expected = {
-      {"<A>", true},  {" a", false}, {"<X>", true},  {"b|c ", false}, {"<B>|A>", true},
-      {" axb|c ", false}, {"<B|<A>", true}, {" axb", false}, {"<J>", true}, {"c ", false},
-      {"<B>|", true}, {"\" axb|c \"", false}, {"|LIT<bos>", true},
+      {"<A>", true},       {" a", false},      {"<X>", true},    {"b|c ", false},
+      {"<B>|A>", true},    {" axb|c ", false}, {"<B|<A>", true}, {" axb", false},
+      {"<J>", true},       {"c ", false},      {"<B>|", true},   {"\" axb|c \"", false},
+      {"|LIT<bos>", true},
   };
   EXPECT_EQ(r->segments, expected);
 }
@@ -459,9 +485,10 @@ TEST(ValueTest, JsonMatchesPythonHtmlSafeDumps) {
   v.Set("m", Value::String("\xf0\x9f\x98\x80<&>'\x01"));
   absl::StatusOr<std::string> json = ToJson(v, -1);
   ASSERT_TRUE(json.ok());
-  EXPECT_EQ(*json,
-            "{\"a\": [null, false, -3], \"m\": \"\\ud83d\\ude00\\u003c\\u0026\\u003e\\u0027\\u0001\", "
-            "\"z\": 0.5}");
+  EXPECT_EQ(
+      *json,
+      "{\"a\": [null, false, -3], \"m\": \"\\ud83d\\ude00\\u003c\\u0026\\u003e\\u0027\\u0001\", "
+      "\"z\": 0.5}");
   EXPECT_FALSE(ToJson(Value::Undefined("x"), -1).ok());
 }
 

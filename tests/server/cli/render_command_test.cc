@@ -31,8 +31,8 @@ ProcessResult Render(const std::vector<std::string>& args) {
 
 // jinja2's render, or nullopt-like empty result with exit code 3 when jinja2 is missing.
 ProcessResult Reference(const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {"/usr/bin/python3",
-                                   SourceDir() + "/tests/engine/chat/render_reference.py", "--gguf"};
+  std::vector<std::string> argv = {
+      "/usr/bin/python3", SourceDir() + "/tests/engine/chat/render_reference.py", "--gguf"};
   argv.insert(argv.end(), args.begin(), args.end());
   return RunProcess(argv, absl::Seconds(60));
 }
@@ -77,8 +77,8 @@ TEST(RenderCommandTest, ChatTemplateFileOverridesTheModels) {
   const std::string model = VocabPath("ggml-vocab-phi-3.gguf");
   if (!std::filesystem::exists(model)) GTEST_SKIP() << "no " << model;
   ScratchDir dir;
-  const std::string messages =
-      dir.Write("m.json", R"([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])");
+  const std::string messages = dir.Write(
+      "m.json", R"([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])");
   const std::string tmpl = dir.Write("t.jinja",
                                      "{% for m in messages %}{{ m.role[0] }}={{ m.content }};"
                                      "{% endfor %}{{ eos_token }}{{ add_generation_prompt }}\n");
