@@ -943,7 +943,50 @@ class Evaluator {
   // Bound methods of str, dict and list.
   std::optional<Value> Method(const Value& obj, const std::string& name) {
     using F = Value::Function;
-    auto bind = [&](F fn) { return Value::Callable(name, std::move(fn)); };
+    // Arity of each method (Python's): positional arguments at most, and the keywords it takes;
+    // calls outside it fail instead of ignoring arguments.
+    struct Arity {
+      size_t max_positional;
+      std::vector<std::string> keywords;
+    };
+    static const auto* kArity = new std::map<std::string, Arity, std::less<>>{
+        {"strip", {1, {}}},
+        {"lstrip", {1, {}}},
+        {"rstrip", {1, {}}},
+        {"startswith", {1, {}}},
+        {"endswith", {1, {}}},
+        {"split", {2, {"sep", "maxsplit"}}},
+        {"rsplit", {2, {"sep", "maxsplit"}}},
+        {"replace", {3, {}}},
+        {"find", {1, {}}},
+        {"count", {1, {}}},
+        {"index", {1, {}}},
+        {"join", {1, {}}},
+        {"format", {1000, {}}},
+        {"get", {2, {}}},
+    };
+    const std::string type = TypeName(obj);
+    auto bind = [&](F fn) {
+      auto it = kArity->find(name);
+      const Arity arity = it != kArity->end() ? it->second : Arity{0, {}};
+      return Value::Callable(
+          name,
+          [fn = std::move(fn), arity, name = name, type](CallArgs& a) -> absl::StatusOr<Value> {
+            if (a.positional.size() > arity.max_positional) {
+              return absl::InvalidArgumentError(
+                  absl::StrCat(type, ".", name, "() takes at most ", arity.max_positional,
+                               " argument(s) here (", a.positional.size(), " given)"));
+            }
+            for (const auto& [k, v] : a.keyword) {
+              if (std::find(arity.keywords.begin(), arity.keywords.end(), k) ==
+                  arity.keywords.end()) {
+                return absl::InvalidArgumentError(absl::StrCat(
+                    type, ".", name, "() got an unexpected keyword argument '", k, "'"));
+              }
+            }
+            return fn(a);
+          });
+    };
     if (obj.is_string()) {
       const Value self = obj;
       if (name == "strip" || name == "lstrip" || name == "rstrip") {

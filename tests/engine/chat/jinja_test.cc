@@ -201,6 +201,8 @@ const FeatureCase kFeatureCases[] = {
      "'banana'.count('an') }}][{{ 'Hi There'.upper() }}][{{ 'x'.title() }}]",
      "[Hello World][Hello World  ][  Hello World][hi][True][False][['a', 'b', '', 'c']][['a', 'b', "
      "'c']][['a', 'b,c']][['a,b', 'c']][a-b-c][2][2][['a', 'b', 'c']][a-b][2][HI THERE][X]"},
+    {"split_keywords", "{{ 'a b c'.split(maxsplit=1) }} {{ 'a,b,c'.split(sep=',') }}",
+     "['a', 'b c'] ['a', 'b', 'c']"},
     {"dict_methods",
      "{{ d.get('a') }} {{ d.get('zz') }} {{ d.get('zz', 5) }} {{ d['missing'] is defined }}",
      "1 None 5 False"},
@@ -232,6 +234,9 @@ const FeatureCase kErrorCases[] = {
     {"division_by_zero", "{{ 1 / 0 }}", "division by zero"},
     {"tojson_unknown_keyword", "{{ 'x'|tojson(ensure_ascii=false) }}",
      "do_tojson() got an unexpected keyword argument 'ensure_ascii'"},
+    {"strip_keyword", "{{ 'x'.strip(chars='x') }}", "str.strip() takes no keyword arguments"},
+    {"upper_with_argument", "{{ 'x'.upper(1) }}", "str.upper() takes no arguments (1 given)"},
+    {"get_three_args", "{{ d.get('a', 1, 2) }}", "get expected at most 2 arguments, got 3"},
     {"trim_too_many_args", "{{ 'x'|trim('a', 'b') }}",
      "do_trim() takes from 1 to 2 positional arguments but 3 were given"},
 };
