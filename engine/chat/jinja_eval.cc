@@ -76,27 +76,43 @@ absl::Status UndefinedError(const Value& v) {
 // Python's str.strip family on code points.
 Text StripImpl(const Text& text, const Value& chars, bool left, bool right) {
   const std::string& s = text.str();
-  std::vector<size_t> offsets = CodePointOffsets(s);
   std::set<uint32_t> set;
   const bool by_chars = chars.is_string();
   if (by_chars) {
     size_t p = 0;
     while (p < chars.str().size()) set.insert(DecodeUtf8(chars.str(), &p));
   }
-  auto strip_at = [&](size_t idx) {
-    size_t p = offsets[idx];
-    uint32_t cp = DecodeUtf8(s, &p);
-    return by_chars ? set.count(cp) > 0 : IsPythonSpace(cp);
-  };
+  auto strip = [&](uint32_t cp) { return by_chars ? set.count(cp) > 0 : IsPythonSpace(cp); };
   size_t begin = 0;
-  size_t end = offsets.size() - 1;
+  size_t end = s.size();
   if (left) {
-    while (begin < end && strip_at(begin)) ++begin;
+    while (begin < end) {
+      size_t next = begin;
+      if (!strip(DecodeUtf8(s, &next))) break;
+      begin = next;
+    }
   }
   if (right) {
-    while (end > begin && strip_at(end - 1)) --end;
+    while (end > begin) {
+      // The code point that ends at `end`: step back over continuation bytes (at most 3), and
+      // check that decoding from there consumes exactly up to `end`.
+      size_t start = end - 1;
+      while (start > begin && end - start < 4 &&
+             (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80) {
+        --start;
+      }
+      size_t next = start;
+      uint32_t cp = DecodeUtf8(s, &next);
+      if (next != end) {  // not one well-formed sequence: the last byte stands alone
+        start = end - 1;
+        next = start;
+        cp = DecodeUtf8(s, &next);
+      }
+      if (!strip(cp)) break;
+      end = start;
+    }
   }
-  return text.Substr(offsets[begin], offsets[end] - offsets[begin]);
+  return text.Substr(begin, end - begin);
 }
 
 bool IsAscii(std::string_view s) {
@@ -639,23 +655,35 @@ class Evaluator {
     const int64_t n = static_cast<int64_t>(items.size());
     Value cycle_items;
     for (int64_t i = 0; i < n; ++i) {
-      Value loop = Value::Dict();
-      loop.Set("index", Value::Int(i + 1));
-      loop.Set("index0", Value::Int(i));
-      loop.Set("revindex", Value::Int(n - i));
-      loop.Set("revindex0", Value::Int(n - i - 1));
-      loop.Set("first", Value::Bool(i == 0));
-      loop.Set("last", Value::Bool(i == n - 1));
-      loop.Set("length", Value::Int(n));
-      loop.Set("depth", Value::Int(1));
-      loop.Set("depth0", Value::Int(0));
-      loop.Set("previtem", i > 0 ? items[i - 1] : Value::Undefined("there is no previous item"));
-      loop.Set("nextitem", i + 1 < n ? items[i + 1] : Value::Undefined("there is no next item"));
-      loop.Set("cycle", Value::Callable("cycle", [i](CallArgs& args) -> absl::StatusOr<Value> {
-                 if (args.positional.empty())
-                   return absl::InvalidArgumentError("no items for cycling given");
-                 return args.positional[static_cast<size_t>(i) % args.positional.size()];
-               }));
+      static const auto* kLoopKeys = new std::vector<Value>{
+          Value::TemplateString("index"),    Value::TemplateString("index0"),
+          Value::TemplateString("revindex"), Value::TemplateString("revindex0"),
+          Value::TemplateString("first"),    Value::TemplateString("last"),
+          Value::TemplateString("length"),   Value::TemplateString("depth"),
+          Value::TemplateString("depth0"),   Value::TemplateString("previtem"),
+          Value::TemplateString("nextitem"), Value::TemplateString("cycle")};
+      const std::vector<Value>& k = *kLoopKeys;
+      Value loop = Value::Dict({
+          {k[0], Value::Int(i + 1)},
+          {k[1], Value::Int(i)},
+          {k[2], Value::Int(n - i)},
+          {k[3], Value::Int(n - i - 1)},
+          {k[4], Value::Bool(i == 0)},
+          {k[5], Value::Bool(i == n - 1)},
+          {k[6], Value::Int(n)},
+          {k[7], Value::Int(1)},
+          {k[8], Value::Int(0)},
+          {k[9], i > 0 ? items[i - 1] : Value::Undefined("there is no previous item")},
+          {k[10], i + 1 < n ? items[i + 1] : Value::Undefined("there is no next item")},
+          {k[11], Value::Callable(
+                      "cycle",
+                      [i](CallArgs& args) -> absl::StatusOr<Value> {
+                        if (args.positional.empty()) {
+                          return absl::InvalidArgumentError("no items for cycling given");
+                        }
+                        return args.positional[static_cast<size_t>(i) % args.positional.size()];
+                      })},
+      });
       scopes_.push_back(std::make_shared<Frame>());
       absl::Status st = AssignTargets(s.targets, items[i]);
       if (st.ok()) {

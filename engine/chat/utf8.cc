@@ -4,6 +4,9 @@ namespace kvserve::engine::chat {
 
 uint32_t DecodeUtf8(std::string_view s, size_t* pos) {
   const size_t i = *pos;
+  // A byte that starts no well-formed sequence decodes as U+DC80..U+DCFF (Python's
+  // surrogateescape), so it is never whitespace or any other character.
+  const uint32_t invalid = 0xDC00 | static_cast<unsigned char>(s[i]);
   const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
   const unsigned char c = b(i);
   int len = 0;
@@ -22,23 +25,23 @@ uint32_t DecodeUtf8(std::string_view s, size_t* pos) {
     cp = c & 0x07;
   } else {
     *pos = i + 1;
-    return c;
+    return invalid;
   }
   if (i + len > s.size()) {
     *pos = i + 1;
-    return c;
+    return invalid;
   }
   for (int k = 1; k < len; ++k) {
     if ((b(i + k) & 0xC0) != 0x80) {
       *pos = i + 1;
-      return c;
+      return invalid;
     }
     cp = (cp << 6) | (b(i + k) & 0x3F);
   }
   if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
       (len == 4 && (cp < 0x10000 || cp > 0x10FFFF))) {
     *pos = i + 1;
-    return c;
+    return invalid;
   }
   *pos = i + len;
   return cp;

@@ -11,7 +11,8 @@
 namespace kvserve::engine::chat {
 
 // Decodes the code point at *pos and advances *pos past it. A byte that does not start a
-// well-formed sequence decodes as itself (one byte), so every byte string has a decoding.
+// well-formed sequence decodes alone, as U+DC80..U+DCFF (Python's surrogateescape), so every byte
+// string has a decoding and a stray byte is never taken for whitespace.
 uint32_t DecodeUtf8(std::string_view s, size_t* pos);
 void AppendUtf8(uint32_t cp, std::string& out);
 // Byte offset of each code point, plus s.size() at the end.

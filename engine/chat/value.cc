@@ -14,74 +14,70 @@ namespace kvserve::engine::chat {
 
 // ---- Text -------------------------------------------------------------------------------------
 
+bool Text::FromTemplateAt(size_t i) const {
+  auto it = std::upper_bound(runs_.begin(), runs_.end(), i,
+                             [](size_t pos, const auto& run) { return pos < run.first; });
+  return it != runs_.end() && it->second;
+}
+
 bool Text::AllFromTemplate() const {
-  if (mask_.empty()) return uniform_ || text_.empty();
-  return std::all_of(mask_.begin(), mask_.end(), [](bool b) { return b; });
+  return std::all_of(runs_.begin(), runs_.end(), [](const auto& run) { return run.second; });
+}
+
+void Text::AddRun(size_t end, bool from_template) {
+  if (!runs_.empty() && runs_.back().second == from_template) {
+    runs_.back().first = end;
+  } else {
+    runs_.emplace_back(end, from_template);
+  }
 }
 
 void Text::Append(std::string_view text, bool from_template) {
   if (text.empty()) return;
-  if (text_.empty() && mask_.empty()) {
-    text_.assign(text);
-    uniform_ = from_template;
-    return;
-  }
-  if (mask_.empty() && uniform_ == from_template) {
-    text_.append(text);
-    return;
-  }
-  if (mask_.empty()) mask_.assign(text_.size(), uniform_);
   text_.append(text);
-  mask_.insert(mask_.end(), text.size(), from_template);
+  AddRun(text_.size(), from_template);
 }
 
 void Text::Append(const Text& other) {
-  if (other.mask_.empty()) {
-    Append(other.text_, other.uniform_);
-    return;
-  }
-  if (mask_.empty()) mask_.assign(text_.size(), uniform_);
+  const size_t base = text_.size();
   text_.append(other.text_);
-  mask_.insert(mask_.end(), other.mask_.begin(), other.mask_.end());
+  for (const auto& [end, from_template] : other.runs_) AddRun(base + end, from_template);
 }
 
 Text Text::Substr(size_t pos, size_t len) const {
   pos = std::min(pos, text_.size());
   len = std::min(len, text_.size() - pos);
   Text out;
-  if (mask_.empty()) {
-    out.text_ = text_.substr(pos, len);
-    out.uniform_ = uniform_;
-    return out;
-  }
-  for (size_t i = pos; i < pos + len;) {
-    size_t j = i;
-    while (j < pos + len && mask_[j] == mask_[i]) ++j;
-    out.Append(std::string_view(text_).substr(i, j - i), mask_[i]);
-    i = j;
+  if (len == 0) return out;
+  out.text_ = text_.substr(pos, len);
+  const size_t end = pos + len;
+  auto it = std::upper_bound(runs_.begin(), runs_.end(), pos,
+                             [](size_t p, const auto& run) { return p < run.first; });
+  for (; it != runs_.end(); ++it) {
+    out.AddRun(std::min(it->first, end) - pos, it->second);
+    if (it->first >= end) break;
   }
   return out;
 }
 
 void Text::SetProvenance(bool from_template) {
-  mask_.clear();
-  uniform_ = from_template;
+  runs_.clear();
+  if (!text_.empty()) runs_.emplace_back(text_.size(), from_template);
 }
 
 std::vector<std::pair<size_t, bool>> Text::Runs() const {
   std::vector<std::pair<size_t, bool>> runs;
-  if (text_.empty()) return runs;
-  if (mask_.empty()) {
-    runs.emplace_back(text_.size(), uniform_);
-    return runs;
-  }
-  for (size_t i = 0; i < mask_.size();) {
-    size_t j = i;
-    while (j < mask_.size() && mask_[j] == mask_[i]) ++j;
-    runs.emplace_back(j - i, mask_[i]);
-    i = j;
+  size_t start = 0;
+  for (const auto& [end, from_template] : runs_) {
+    runs.emplace_back(end - start, from_template);
+    start = end;
   }
   return runs;
+}
+
+const Text& Value::EmptyText() {
+  static const Text* empty = new Text();
+  return *empty;
 }
 
 // ---- Value ------------------------------------------------------------------------------------
@@ -119,7 +115,7 @@ Value Value::TemplateString(std::string s) { return String(Text(std::move(s), tr
 Value Value::String(Text text, bool markup) {
   Value v;
   v.kind_ = Kind::kString;
-  v.text_ = std::move(text);
+  v.text_ = std::make_shared<const Text>(std::move(text));
   v.markup_ = markup;
   return v;
 }
@@ -183,7 +179,7 @@ bool Value::Truthy() const {
     case Kind::kFloat:
       return f_ != 0;
     case Kind::kString:
-      return !text_.empty();
+      return !text().empty();
     case Kind::kList:
       return !list_->empty();
     case Kind::kDict:
@@ -363,7 +359,7 @@ Text Value::ToText() const {
     case Kind::kUndefined:
       return Text();
     case Kind::kString:
-      return text_;
+      return text();
     case Kind::kNone:
     case Kind::kBool:
     case Kind::kInt:

@@ -27,12 +27,15 @@ namespace kvserve::engine::chat {
 class Text {
  public:
   Text() = default;
-  Text(std::string text, bool from_template) : text_(std::move(text)), uniform_(from_template) {}
+  Text(std::string text, bool from_template) : text_(std::move(text)) {
+    if (!text_.empty()) runs_.emplace_back(text_.size(), from_template);
+  }
 
   const std::string& str() const { return text_; }
   size_t size() const { return text_.size(); }
   bool empty() const { return text_.empty(); }
-  bool FromTemplateAt(size_t i) const { return mask_.empty() ? uniform_ : mask_[i]; }
+  // REQUIRES: i < size().
+  bool FromTemplateAt(size_t i) const;
   // True when every byte came from the template (an empty Text counts as such).
   bool AllFromTemplate() const;
 
@@ -47,9 +50,11 @@ class Text {
   std::vector<std::pair<size_t, bool>> Runs() const;
 
  private:
+  void AddRun(size_t end, bool from_template);
+
   std::string text_;
-  std::vector<bool> mask_;  // empty: every byte has provenance uniform_
-  bool uniform_ = true;
+  // (end offset, from_template) of each maximal run, in order; empty iff text_ is.
+  std::vector<std::pair<size_t, bool>> runs_;
 };
 
 class Value;
@@ -107,8 +112,8 @@ class Value {
   bool as_bool() const { return b_; }
   int64_t as_int() const { return is_bool() ? (b_ ? 1 : 0) : i_; }
   double as_float() const { return is_float() ? f_ : static_cast<double>(as_int()); }
-  const Text& text() const { return text_; }
-  const std::string& str() const { return text_.str(); }
+  const Text& text() const { return text_ ? *text_ : EmptyText(); }
+  const std::string& str() const { return text().str(); }
   bool markup() const { return markup_; }  // jinja2 Markup (tojson's result)
   ValueList& list() const { return *list_; }
   ValueDict& dict() const { return *dict_; }  // dict items or namespace attributes
@@ -138,7 +143,9 @@ class Value {
   bool markup_ = false;
   int64_t i_ = 0;
   double f_ = 0;
-  Text text_;
+  static const Text& EmptyText();
+
+  std::shared_ptr<const Text> text_;  // strings: shared, so copies of a Value are cheap
   std::string name_;
   std::shared_ptr<ValueList> list_;
   std::shared_ptr<ValueDict> dict_;

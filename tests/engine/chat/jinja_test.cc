@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "engine/chat/chat_template.h"
+#include "engine/chat/jinja_eval.h"
 #include "engine/chat/value.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -203,6 +204,76 @@ const FeatureCase kFeatureCases[] = {
      "'c']][['a', 'b,c']][['a,b', 'c']][a-b-c][2][2][['a', 'b', 'c']][a-b][2][HI THERE][X]"},
     {"split_keywords", "{{ 'a b c'.split(maxsplit=1) }} {{ 'a,b,c'.split(sep=',') }}",
      "['a', 'b c'] ['a', 'b', 'c']"},
+    {"unicode_strip",
+     "[{{ '  \xe3"
+     "\x80"
+     "\x80"
+     "h\xc3"
+     "\xa9"
+     "llo w\xc3"
+     "\xb6"
+     "rld\xe3"
+     "\x80"
+     "\x80"
+     "\xc2"
+     "\xa0"
+     "\xe2"
+     "\x80"
+     "\xa9"
+     " '|trim }}][{{ '\xc3"
+     "\xa9"
+     "\xc3"
+     "\xa9"
+     "x\xc3"
+     "\xa9"
+     "\xc3"
+     "\xa9"
+     "'.strip('\xc3"
+     "\xa9"
+     "') }}][{{ '\xc3"
+     "\xa9"
+     " '.rstrip() }}][{{ '\xf0"
+     "\x9f"
+     "\x98"
+     "\x80"
+     "\xe3"
+     "\x80"
+     "\x80"
+     "'.rstrip() }}][{{ '\xe3"
+     "\x80"
+     "\x80"
+     "\xf0"
+     "\x9f"
+     "\x98"
+     "\x80"
+     "'.lstrip() }}][{{ '\xe2"
+     "\x80"
+     "\x8b"
+     " x \xe2"
+     "\x80"
+     "\x8b"
+     "'|trim }}]",
+     "[h\xc3"
+     "\xa9"
+     "llo w\xc3"
+     "\xb6"
+     "rld][x][\xc3"
+     "\xa9"
+     "][\xf0"
+     "\x9f"
+     "\x98"
+     "\x80"
+     "][\xf0"
+     "\x9f"
+     "\x98"
+     "\x80"
+     "][\xe2"
+     "\x80"
+     "\x8b"
+     " x \xe2"
+     "\x80"
+     "\x8b"
+     "]"},
     {"dict_methods",
      "{{ d.get('a') }} {{ d.get('zz') }} {{ d.get('zz', 5) }} {{ d['missing'] is defined }}",
      "1 None 5 False"},
@@ -470,6 +541,13 @@ TEST(ChatTemplateTest, MissingContentIsUndefinedAndNoneIsNone) {
       t->Render({{"assistant", Value(), {}}, {"assistant", Value::None(), {}}}, RenderOptions());
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->Text(), "False/False;True/True;");
+}
+
+TEST(ValueTest, StrayBytesAreNeverWhitespace) {
+  // A lone 0xA0 or 0x85 byte is not NBSP or NEL: only well-formed sequences are characters.
+  const Text text("\xa0 x \x85\xc3", false);
+  EXPECT_EQ(PythonStrip(text, Value::None(), true, true).str(), "\xa0 x \x85\xc3");
+  EXPECT_EQ(PythonStrip(Text("\xc2\xa0 x \xc2\x85", false), Value::None(), true, true).str(), "x");
 }
 
 TEST(ValueTest, PythonReprOfFloatsAndStrings) {
