@@ -2,6 +2,7 @@
 // conversations, must give exactly what Python's jinja2 gives (render_reference.py writes the
 // expected renders at test time), and fail where jinja2 fails.
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -60,7 +61,9 @@ std::string ReadFile(const fs::path& path) {
 
 // Runs the reference script; empty when python3-jinja2 is missing.
 std::string GenerateReference(int per_template) {
-  const fs::path out = fs::path(testing::TempDir()) / "chat_template_reference.json";
+  // Per process: test runs of several checkouts may share the temporary directory.
+  const fs::path out = fs::path(testing::TempDir()) /
+                       ("chat_template_reference." + std::to_string(getpid()) + ".json");
   const fs::path script =
       fs::path(KVSERVE_SOURCE_DIR) / "tests" / "engine" / "chat" / "render_reference.py";
   const std::string cmd = "/usr/bin/python3 '" + script.string() + "' '" + kTemplateDir.string() +
@@ -68,7 +71,10 @@ std::string GenerateReference(int per_template) {
   const int rc = std::system(cmd.c_str());
   if (WIFEXITED(rc) && WEXITSTATUS(rc) == 3) return "";
   EXPECT_EQ(rc, 0) << cmd;
-  return ReadFile(out);
+  std::string text = ReadFile(out);
+  std::error_code ignored;
+  fs::remove(out, ignored);
+  return text;
 }
 
 TEST(ChatTemplateReferenceTest, MatchesJinja2OnGeneratedConversations) {
