@@ -16,6 +16,7 @@ build_pkgs=(
   python3-grpcio python3-protobuf openssl prometheus
   python3
   clang libclang-rt-14-dev
+  nlohmann-json3-dev python3-jinja2
 )
 runtime_pkgs=(
   libabsl20220623 libspdlog1.10 libfmt9 libyaml-cpp0.7 libgrpc++1.51 libgrpc29 libprotobuf32

@@ -23,6 +23,7 @@ constexpr char kUsage[] =
     "  mkmodel    write a GGUF model with random weights at a named shape (tiny, 110m, 1b-gqa)\n"
     "  bench      serving benchmark: load a running server and report latency and throughput\n"
     "  calibrate  per-layer KV formats under a bits/element budget, by measured sensitivity\n"
+    "  render     render a conversation with a model's chat template and print the prompt\n"
     "\n"
     "Run 'kvserve <command> --help' for the flags of a command.\n";
 
@@ -52,6 +53,7 @@ int main(int argc, char** argv) {
   if (command == "mkmodel") return kvserve::server::RunMkmodelCommand(args);
   if (command == "bench") return kvserve::server::RunBenchCommand(args);
   if (command == "calibrate") return kvserve::server::RunCalibrateCommand(args);
+  if (command == "render") return kvserve::server::RunRenderCommand(args);
   if (command == "--help" || command == "-h" || command == "help") {
     std::fputs(kUsage, stdout);
     return 0;

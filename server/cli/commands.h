@@ -25,6 +25,8 @@ int RunMkmodelCommand(const std::vector<std::string>& args);
 int RunBenchCommand(const std::vector<std::string>& args);
 // `kvserve calibrate --model M --text T --budget-bits B [--out FILE]`: per-layer KV formats.
 int RunCalibrateCommand(const std::vector<std::string>& args);
+// `kvserve render --model M --messages FILE.json [--chat-template FILE]`: a chat prompt.
+int RunRenderCommand(const std::vector<std::string>& args);
 
 }  // namespace kvserve::server
 
