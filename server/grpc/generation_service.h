@@ -41,7 +41,6 @@ struct GenerationServiceOptions {
   const ApiKeyAuthenticator* authenticator = nullptr;  // null: no key required
   ServerMetrics* metrics = nullptr;                    // request histograms; null: none
   RequestOutcomes* outcomes = nullptr;                 // how the calls ended; null: not counted
-  int64_t max_message_bytes = 0;  // server.max_message_bytes: larger responses fail; 0: no bound
 };
 
 using GenerationServiceBase = v1::Generation::WithRawCallbackMethod_Generate<
