@@ -22,6 +22,7 @@ constexpr char kUsage[] =
     "  mkmodel    write a GGUF model with random weights at a named shape (tiny, 110m, 1b-gqa)\n"
     "  bench      serving benchmark: load a running server and report latency and throughput\n"
     "  calibrate  per-layer KV formats under a bits/element budget, by measured sensitivity\n"
+    "  tokenize   token ids of a text under a GGUF file's vocabulary (vocab-only files too)\n"
     "\n"
     "Run 'kvserve <command> --help' for the flags of a command.\n";
 
@@ -50,6 +51,7 @@ int main(int argc, char** argv) {
   if (command == "mkmodel") return kvserve::server::RunMkmodelCommand(args);
   if (command == "bench") return kvserve::server::RunBenchCommand(args);
   if (command == "calibrate") return kvserve::server::RunCalibrateCommand(args);
+  if (command == "tokenize") return kvserve::server::RunTokenizeCommand(args);
   if (command == "--help" || command == "-h" || command == "help") {
     std::fputs(kUsage, stdout);
     return 0;

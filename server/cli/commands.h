@@ -21,6 +21,9 @@ int RunMkmodelCommand(const std::vector<std::string>& args);
 int RunBenchCommand(const std::vector<std::string>& args);
 // `kvserve calibrate --model M --text T --budget-bits B [--out FILE]`: per-layer KV formats.
 int RunCalibrateCommand(const std::vector<std::string>& args);
+// `kvserve tokenize --model PATH (--text T | --text-file F) [--add-special] [--parse-special]`:
+// the token ids of a text under a GGUF file's vocabulary, on one line.
+int RunTokenizeCommand(const std::vector<std::string>& args);
 
 }  // namespace kvserve::server
 
