@@ -2,6 +2,7 @@
 // pre-tokenizers against ICU's regex engine, special-token handling and the end-of-generation set.
 #include "engine/tokenizer/bpe_tokenizer.h"
 
+#include <cctype>
 #include <cstdint>
 #include <map>
 #include <random>
@@ -10,6 +11,7 @@
 
 #include "engine/common/status_macros.h"
 #include "engine/model/gguf_model.h"
+#include "engine/model/gguf_writer.h"
 #include "engine/tokenizer/pre_tokenizer.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "gmock/gmock.h"
@@ -159,6 +161,51 @@ TEST(PreTokenizerTest, UnknownPreIsAnErrorNamingIt) {
   auto tok = Tokenizer::Create(std::move(vocab));
   ASSERT_FALSE(tok.ok());
   EXPECT_THAT(tok.status().message(), HasSubstr("'made-up-pre'"));
+}
+
+// A vocab-only GGUF (no tensors, architecture "made-up") with the given tokenizer keys.
+absl::StatusOr<Vocabulary> ReadWrittenVocab(const std::string& model, const std::string& pre) {
+  GgufWriter w;
+  w.SetString("general.architecture", "made-up");
+  w.SetString("tokenizer.ggml.model", model);
+  w.SetString("tokenizer.ggml.pre", pre);
+  w.SetArray("tokenizer.ggml.tokens",
+             GgufArray(std::vector<std::string>{"a", "b", "ab", "<|endoftext|>"}));
+  w.SetArray("tokenizer.ggml.token_type", GgufArray(std::vector<int32_t>{1, 1, 1, 3}));
+  w.SetArray("tokenizer.ggml.merges", GgufArray(std::vector<std::string>{"a b"}));
+  auto bytes = w.Serialize();
+  KVSERVE_CHECK(bytes.ok());
+  static std::vector<std::string>* keep = new std::vector<std::string>();
+  keep->push_back(*std::move(bytes));
+  auto file = GgufFile::Parse(
+      absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(keep->back().data()),
+                                keep->back().size()),
+      "written.gguf");
+  if (!file.ok()) return file.status();
+  return ReadGgufVocabulary(*file);
+}
+
+TEST(VocabLoadingTest, VocabOnlyGgufOfAnyArchitecture) {
+  auto vocab = ReadWrittenVocab("gpt2", "gpt-2");
+  ASSERT_TRUE(vocab.ok()) << vocab.status();
+  EXPECT_EQ(vocab->kind, TokenizerKind::kByteLevelBpe);
+  EXPECT_EQ(vocab->bos_id, 3);  // no bos_token_id: <|endoftext|>
+  EXPECT_EQ(vocab->eos_id, 3);
+  EXPECT_FALSE(vocab->add_bos);
+  const Tokenizer tok(*std::move(vocab));
+  EXPECT_THAT(tok.Encode("abab", EncodeOptions{}), ElementsAre(2, 2));
+}
+
+TEST(VocabLoadingTest, UnknownPreOrModelInAGgufIsAnErrorNamingIt) {
+  auto bad_pre = ReadWrittenVocab("gpt2", "bogus-pre");
+  ASSERT_FALSE(bad_pre.ok());
+  EXPECT_EQ(bad_pre.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad_pre.status().message(), HasSubstr("'bogus-pre'"));
+  EXPECT_THAT(bad_pre.status().message(), HasSubstr("tokenizer.ggml.pre"));
+  EXPECT_THAT(bad_pre.status().message(), HasSubstr("written.gguf"));
+  auto bad_model = ReadWrittenVocab("bert", "default");
+  ASSERT_FALSE(bad_model.ok());
+  EXPECT_THAT(bad_model.status().message(), HasSubstr("'bert'"));
 }
 
 // ---- byte mapping and merges ------------------------------------------------------------------
