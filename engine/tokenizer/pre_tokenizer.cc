@@ -46,7 +46,7 @@ constexpr std::string_view kDeepseekLlmLetters =
     "\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2"
     "\U000118a0-\U000118df\U0001e900-\U0001e943]+";
 
-enum class StageKind { kRegex, kGpt2, kLlama3 };
+enum class StageKind { kRegex, kGpt2, kLlama3, kTrailingSpace };
 
 struct StageSpec {
   std::string_view regex;
@@ -93,7 +93,7 @@ const std::vector<PreSpec>& PreSpecs() {
           {kDeepseekLlmLetters, StageKind::kRegex, 0},
           {"\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+", StageKind::kRegex,
            0},
-          {R"(\s+$)", StageKind::kRegex, 0},
+          {R"(\s+$)", StageKind::kTrailingSpace, 0},
           {kCjkRegex, StageKind::kRegex, 0},
           {R"(\p{N}+)", StageKind::kRegex, 0}}},
     };
@@ -317,6 +317,18 @@ void SplitLlama3(std::string_view text, int max_digits, std::vector<Char>& chars
   }
 }
 
+// \s+$: the white space that ends the piece, split from what precedes it. (A backtracking regex
+// engine takes quadratic time on a long run of white space that does not end the piece.)
+void SplitTrailingSpace(std::string_view text, std::vector<Char>& chars,
+                        std::vector<std::string_view>* out) {
+  DecodeChars(text, &chars);
+  size_t k = chars.size() - 1;
+  while (k > 0 && chars[k - 1].cls == kSpace) --k;
+  const size_t begin = chars[k].offset;
+  if (begin > 0) out->push_back(text.substr(0, begin));
+  if (begin < text.size()) out->push_back(text.substr(begin));
+}
+
 // Rewrites \s and \S as the White_Space property (ICU's \s is a narrower set).
 std::string ToIcuPattern(std::string_view regex) {
   return absl::StrReplaceAll(std::string(regex), {{R"(\s)", R"(\p{White_Space})"},
@@ -338,6 +350,9 @@ struct PreTokenizer::Stage {
         return;
       case StageKind::kLlama3:
         SplitLlama3(text, max_digits, chars, out);
+        return;
+      case StageKind::kTrailingSpace:
+        SplitTrailingSpace(text, chars, out);
         return;
       case StageKind::kRegex:
         break;

@@ -121,7 +121,8 @@ std::string RandomText(std::mt19937& rng, int length) {
 
 TEST(PreTokenizerTest, FastSplittersEqualIcuRegex) {
   std::mt19937 rng(1234);
-  for (const std::string pre : {"llama-bpe", "qwen2", "gpt-2", "starcoder", "falcon", "default"}) {
+  for (const std::string pre : {"llama-bpe", "qwen2", "gpt-2", "starcoder", "falcon", "default",
+                               "deepseek-llm"}) {
     auto fast = PreTokenizer::Create(pre, PreTokenizer::Engine::kFast);
     auto regex = PreTokenizer::Create(pre, PreTokenizer::Engine::kRegex);
     ASSERT_TRUE(fast.ok()) << fast.status();
@@ -147,6 +148,20 @@ TEST(PreTokenizerTest, Llama3SplitsAsTheReferenceRegex) {
   // Categories beyond ASCII: Cyrillic letters, Arabic-Indic digits, an ideographic space.
   pre->Split("\xD0\x96\xD0\xB8\xD9\xA1\xD9\xA2\xE3\x80\x80x", &pieces);
   EXPECT_THAT(pieces, ElementsAre("\xD0\x96\xD0\xB8", "\xD9\xA1\xD9\xA2", "\xE3\x80\x80x"));
+}
+
+TEST(PreTokenizerTest, LongWhiteSpaceRunsTakeLinearTime) {
+  // 200k spaces before a digit: a backtracking \s+$ would take ~10^10 steps.
+  const std::string text = std::string(200000, ' ') + "5";
+  for (const std::string pre : {"deepseek-llm", "llama-bpe", "gpt-2", "falcon"}) {
+    auto p = PreTokenizer::Create(pre);
+    ASSERT_TRUE(p.ok());
+    std::vector<std::string_view> pieces;
+    p->Split(text, &pieces);
+    std::string joined;
+    for (const std::string_view piece : pieces) joined += piece;
+    EXPECT_EQ(joined, text) << pre;
+  }
 }
 
 TEST(PreTokenizerTest, UnknownPreIsAnErrorNamingIt) {
