@@ -62,7 +62,8 @@ int Bench(const std::string& label, const std::string& vocab_path, const std::st
 int BenchRegexEngine(const std::string& vocab_path, const std::string& text, int runs) {
   auto vocab = kvserve::engine::ReadGgufVocabularyFile(vocab_path);
   if (!vocab.ok()) return 1;
-  auto bpe = kvserve::engine::BpeTokenizer::Create(*vocab, kvserve::engine::PreTokenizer::Engine::kRegex);
+  auto bpe =
+      kvserve::engine::BpeTokenizer::Create(*vocab, kvserve::engine::PreTokenizer::Engine::kRegex);
   if (!bpe.ok()) return 1;
   std::vector<double> seconds;
   size_t tokens = 0;
@@ -106,8 +107,8 @@ int main(int argc, char** argv) {
   }
   const std::string vocab_dir = std::string(KVSERVE_SOURCE_DIR) + "/../shared/vocab/";
   std::printf("text %s, %d runs, one thread\n", text_path.c_str(), runs);
-  int rc = Bench("llama-bpe (Llama 3, BPE)", vocab_dir + "ggml-vocab-llama-bpe.derived.gguf",
-                 text, runs);
+  int rc = Bench("llama-bpe (Llama 3, BPE)", vocab_dir + "ggml-vocab-llama-bpe.derived.gguf", text,
+                 runs);
   rc |= BenchRegexEngine(vocab_dir + "ggml-vocab-llama-bpe.derived.gguf", text, runs);
   rc |= Bench("llama-spm (SentencePiece)", vocab_dir + "ggml-vocab-llama-spm.gguf", text, runs);
   return rc;

@@ -362,18 +362,18 @@ absl::StatusOr<Vocabulary> ReadGgufVocabulary(const GgufFile& file) {
   }
   KVSERVE_ASSIGN_OR_RETURN(
       vocab.bos_id, OptionalTokenId(file, "tokenizer.ggml.bos_token_id", default_special, n));
-  KVSERVE_ASSIGN_OR_RETURN(vocab.eos_id,
-                           OptionalTokenId(file, "tokenizer.ggml.eos_token_id",
-                                           byte_level ? default_special : 2, n));
-  KVSERVE_ASSIGN_OR_RETURN(
-      vocab.unk_id, OptionalTokenId(file, "tokenizer.ggml.unknown_token_id", byte_level ? -1 : 0, n));
+  KVSERVE_ASSIGN_OR_RETURN(vocab.eos_id, OptionalTokenId(file, "tokenizer.ggml.eos_token_id",
+                                                         byte_level ? default_special : 2, n));
+  KVSERVE_ASSIGN_OR_RETURN(vocab.unk_id, OptionalTokenId(file, "tokenizer.ggml.unknown_token_id",
+                                                         byte_level ? -1 : 0, n));
   KVSERVE_ASSIGN_OR_RETURN(vocab.eot_id,
                            OptionalTokenId(file, "tokenizer.ggml.eot_token_id", -1, n));
   KVSERVE_ASSIGN_OR_RETURN(vocab.eom_id,
                            OptionalTokenId(file, "tokenizer.ggml.eom_token_id", -1, n));
   KVSERVE_ASSIGN_OR_RETURN(vocab.add_bos,
                            OptionalBool(file, "tokenizer.ggml.add_bos_token", !byte_level));
-  KVSERVE_ASSIGN_OR_RETURN(vocab.add_eos, OptionalBool(file, "tokenizer.ggml.add_eos_token", false));
+  KVSERVE_ASSIGN_OR_RETURN(vocab.add_eos,
+                           OptionalBool(file, "tokenizer.ggml.add_eos_token", false));
   KVSERVE_ASSIGN_OR_RETURN(vocab.add_space_prefix,
                            OptionalBool(file, "tokenizer.ggml.add_space_prefix", !byte_level));
   if (byte_level) vocab.add_space_prefix = false;

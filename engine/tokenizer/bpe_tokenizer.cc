@@ -169,9 +169,8 @@ absl::StatusOr<BpeTokenizer> BpeTokenizer::Create(const Vocabulary& vocab,
     const std::string& merge = vocab.merges[rank];
     const size_t space = merge.find(' ', 1);
     if (space == std::string::npos || space + 1 >= merge.size()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tokenizer.ggml.merges[", rank, "] = '", merge,
-                       "' is not two tokens separated by a space"));
+      return absl::InvalidArgumentError(absl::StrCat("tokenizer.ggml.merges[", rank, "] = '", merge,
+                                                     "' is not two tokens separated by a space"));
     }
     const std::string_view left(merge.data(), space);
     const std::string_view right(merge.data() + space + 1, merge.size() - space - 1);

@@ -43,9 +43,8 @@ class BpeTokenizer {
  public:
   // `vocab.kind` must be kByteLevelBpe. Errors (InvalidArgument): an unknown `pre` (the message
   // names it), a malformed merge.
-  static absl::StatusOr<BpeTokenizer> Create(const Vocabulary& vocab,
-                                             PreTokenizer::Engine engine =
-                                                 PreTokenizer::Engine::kFast);
+  static absl::StatusOr<BpeTokenizer> Create(
+      const Vocabulary& vocab, PreTokenizer::Engine engine = PreTokenizer::Engine::kFast);
 
   // Appends the tokens of `text` (plain text with no special tokens in it): pre-split, then BPE
   // within each piece.

@@ -182,8 +182,7 @@ void DecodeChars(std::string_view text, std::vector<Char>* chars) {
       ++i;
       continue;
     }
-    chars->push_back(
-        {static_cast<uint32_t>(i), cp, ClassifyCodePoint(static_cast<UChar32>(cp))});
+    chars->push_back({static_cast<uint32_t>(i), cp, ClassifyCodePoint(static_cast<UChar32>(cp))});
     i += need;
   }
   chars->push_back({static_cast<uint32_t>(n), 0, kOther});
@@ -331,8 +330,8 @@ void SplitTrailingSpace(std::string_view text, std::vector<Char>& chars,
 
 // Rewrites \s and \S as the White_Space property (ICU's \s is a narrower set).
 std::string ToIcuPattern(std::string_view regex) {
-  return absl::StrReplaceAll(std::string(regex), {{R"(\s)", R"(\p{White_Space})"},
-                                                  {R"(\S)", R"(\P{White_Space})"}});
+  return absl::StrReplaceAll(std::string(regex),
+                             {{R"(\s)", R"(\p{White_Space})"}, {R"(\S)", R"(\P{White_Space})"}});
 }
 
 }  // namespace
@@ -400,9 +399,9 @@ absl::StatusOr<PreTokenizer> PreTokenizer::Create(std::string_view pre, Engine e
     if (s.name == pre) spec = &s;
   }
   if (spec == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("pre-tokenizer '", std::string(pre),
-                                                   "' (tokenizer.ggml.pre) is not supported; known: ",
-                                                   KnownNames()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("pre-tokenizer '", std::string(pre),
+                     "' (tokenizer.ggml.pre) is not supported; known: ", KnownNames()));
   }
   PreTokenizer p;
   p.name_ = std::string(pre);
@@ -415,12 +414,13 @@ absl::StatusOr<PreTokenizer> PreTokenizer::Create(std::string_view pre, Engine e
       const std::string pattern = ToIcuPattern(s.regex);
       UErrorCode status = U_ZERO_ERROR;
       UParseError parse_error;
-      stage->pattern.reset(icu::RegexPattern::compile(
-          icu::UnicodeString::fromUTF8(icu::StringPiece(pattern.data(),
-                                                        static_cast<int32_t>(pattern.size()))),
-          0, parse_error, status));
+      stage->pattern.reset(
+          icu::RegexPattern::compile(icu::UnicodeString::fromUTF8(icu::StringPiece(
+                                         pattern.data(), static_cast<int32_t>(pattern.size()))),
+                                     0, parse_error, status));
       if (U_FAILURE(status)) {
-        return absl::InternalError(absl::StrCat("pre-tokenizer '", std::string(pre), "': expression ", std::string(s.regex),
+        return absl::InternalError(absl::StrCat("pre-tokenizer '", std::string(pre),
+                                                "': expression ", std::string(s.regex),
                                                 " does not compile: ", u_errorName(status)));
       }
     }

@@ -148,16 +148,15 @@ absl::Status ValidateVocabulary(const Vocabulary& vocab) {
   if (vocab.kind == TokenizerKind::kByteLevelBpe) {
     if (!PreTokenizer::IsKnown(vocab.pre)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "pre-tokenizer '", vocab.pre, "' (tokenizer.ggml.pre) is not supported; known: ",
-          PreTokenizer::KnownNames()));
+          "pre-tokenizer '", vocab.pre,
+          "' (tokenizer.ggml.pre) is not supported; known: ", PreTokenizer::KnownNames()));
     }
     for (size_t i = 0; i < vocab.merges.size(); ++i) {
       const std::string& merge = vocab.merges[i];
       const size_t space = merge.find(' ', 1);
       if (space == std::string::npos || space + 1 >= merge.size()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("tokenizer.ggml.merges[", i, "] = '", merge,
-                         "' is not two tokens separated by a space"));
+        return absl::InvalidArgumentError(absl::StrCat("tokenizer.ggml.merges[", i, "] = '", merge,
+                                                       "' is not two tokens separated by a space"));
       }
     }
   }
@@ -169,10 +168,23 @@ namespace {
 // Texts of tokens that end a generation when the vocabulary has them as control or user-defined
 // tokens (the chat formats' end-of-turn markers).
 constexpr std::string_view kEndOfGenerationNames[] = {
-    "<|eot_id|>",      "<|eom_id|>",    "<|im_end|>", "<end_of_turn>", "<|end|>",
-    "<|endoftext|>",   "<|return|>",    "<|call|>",   "</s>",          "<|end_of_text|>",
-    "<EOT>",           "<|EOT|>",       "<end_of_utterance>",
-    "<\xEF\xBD\x9C" "end\xE2\x96\x81" "of\xE2\x96\x81" "sentence\xEF\xBD\x9C>",  // DeepSeek
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|im_end|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "<|endoftext|>",
+    "<|return|>",
+    "<|call|>",
+    "</s>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "<|EOT|>",
+    "<end_of_utterance>",
+    "<\xEF\xBD\x9C"
+    "end\xE2\x96\x81"
+    "of\xE2\x96\x81"
+    "sentence\xEF\xBD\x9C>",  // DeepSeek
 };
 
 }  // namespace
@@ -209,9 +221,9 @@ Tokenizer::Tokenizer(Vocabulary vocab) : vocab_(std::move(vocab)) {
     max_special_bytes_ = std::max(max_special_bytes_, text.size());
   }
   for (auto& bucket : specials_) {
-    std::stable_sort(bucket.begin(), bucket.end(), [](const SpecialToken& a, const SpecialToken& b) {
-      return a.text.size() > b.text.size();
-    });
+    std::stable_sort(
+        bucket.begin(), bucket.end(),
+        [](const SpecialToken& a, const SpecialToken& b) { return a.text.size() > b.text.size(); });
   }
   std::sort(eog.begin(), eog.end());
   eog.erase(std::unique(eog.begin(), eog.end()), eog.end());
@@ -349,9 +361,9 @@ void Tokenizer::EncodePlain(std::string_view text, bool first_fragment,
     bpe_->Encode(text, out);
     return;
   }
-  const auto ids = SpmEncodeAtMost(text, /*add_bos=*/false,
-                                   first_fragment && vocab_.add_space_prefix,
-                                   std::numeric_limits<size_t>::max());
+  const auto ids =
+      SpmEncodeAtMost(text, /*add_bos=*/false, first_fragment && vocab_.add_space_prefix,
+                      std::numeric_limits<size_t>::max());
   out->insert(out->end(), ids->begin(), ids->end());
 }
 
@@ -388,8 +400,8 @@ std::vector<int32_t> Tokenizer::EncodeWithSpecials(std::string_view text, bool b
   return out;
 }
 
-std::optional<std::vector<int32_t>> Tokenizer::SpmEncodeAtMost(std::string_view text,
-                                                               bool add_bos, bool add_prefix,
+std::optional<std::vector<int32_t>> Tokenizer::SpmEncodeAtMost(std::string_view text, bool add_bos,
+                                                               bool add_prefix,
                                                                size_t max_tokens) const {
   std::vector<int32_t> out;
   if (add_bos) out.push_back(vocab_.bos_id);

@@ -185,7 +185,7 @@ class Tokenizer {
   std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>> piece_to_id_;
   std::array<int32_t, 256> byte_to_id_;  // -1 where the vocabulary has no "<0xAB>" piece
   bool has_byte_fallback_ = false;
-  size_t max_piece_bytes_ = 0;  // longest matchable piece, in bytes
+  size_t max_piece_bytes_ = 0;    // longest matchable piece, in bytes
   size_t max_special_bytes_ = 0;  // longest special token text, in bytes
 };
 

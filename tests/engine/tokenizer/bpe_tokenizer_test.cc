@@ -107,10 +107,10 @@ std::string Utf8(uint32_t cp) {
 // punctuation, symbols, emoji.
 std::string RandomText(std::mt19937& rng, int length) {
   static const std::vector<uint32_t> pool = {
-      'a',    'Z',    's',    'S',    't',    'r',    'e',    'v',    'l',    'L',    'm',
-      'd',    'D',    '0',    '7',    '\'',   ' ',    ' ',    ' ',    '\t',   '\n',   '\r',
-      '\v',   '!',    '.',    ',',    '$',    '+',    '<',    '|',    '`',    '^',    '~',
-      '"',    '(',    0xA0,   0x85,   0x3000, 0x2028, 0x1680, 0xE9,   0x4E2D, 0x3042, 0x0416,
+      'a',    'Z',    's',    'S',    't',     'r',    'e',    'v',    'l',     'L',    'm',
+      'd',    'D',    '0',    '7',    '\'',    ' ',    ' ',    ' ',    '\t',    '\n',   '\r',
+      '\v',   '!',    '.',    ',',    '$',     '+',    '<',    '|',    '`',     '^',    '~',
+      '"',    '(',    0xA0,   0x85,   0x3000,  0x2028, 0x1680, 0xE9,   0x4E2D,  0x3042, 0x0416,
       0x05D0, 0x0661, 0x00B2, 0x2167, 0x1F600, 0x2014, 0x00BF, 0x0301, 0x1D400, 0xFF01, 0x00B5,
   };
   std::uniform_int_distribution<size_t> pick(0, pool.size() - 1);
@@ -121,8 +121,8 @@ std::string RandomText(std::mt19937& rng, int length) {
 
 TEST(PreTokenizerTest, FastSplittersEqualIcuRegex) {
   std::mt19937 rng(1234);
-  for (const std::string pre : {"llama-bpe", "qwen2", "gpt-2", "starcoder", "falcon", "default",
-                               "deepseek-llm"}) {
+  for (const std::string pre :
+       {"llama-bpe", "qwen2", "gpt-2", "starcoder", "falcon", "default", "deepseek-llm"}) {
     auto fast = PreTokenizer::Create(pre, PreTokenizer::Engine::kFast);
     auto regex = PreTokenizer::Create(pre, PreTokenizer::Engine::kRegex);
     ASSERT_TRUE(fast.ok()) << fast.status();
@@ -226,7 +226,7 @@ TEST(VocabLoadingTest, UnknownPreOrModelInAGgufIsAnErrorNamingIt) {
 // ---- byte mapping and merges ------------------------------------------------------------------
 
 TEST(ByteMappingTest, RoundTripsEveryByte) {
-  EXPECT_EQ(ByteToUnicode(' '), 0x120u);  // "Ġ"
+  EXPECT_EQ(ByteToUnicode(' '), 0x120u);   // "Ġ"
   EXPECT_EQ(ByteToUnicode('\n'), 0x10Au);  // "Ċ"
   EXPECT_EQ(ByteToUnicode('A'), static_cast<uint32_t>('A'));
   std::string all;
@@ -242,10 +242,20 @@ Vocabulary TinyVocab(std::string pre) {
   Vocabulary v;
   v.kind = TokenizerKind::kByteLevelBpe;
   v.pre = std::move(pre);
-  v.pieces = {"<|endoftext|>", "a", "b", "c", "\xC4\xA0", "bc", "ab", "abc", "<|im_end|>",
-              "<special>", "\xC4\xA0" "a"};
-  v.types = {TokenType::kControl, TokenType::kNormal, TokenType::kNormal, TokenType::kNormal,
-             TokenType::kNormal,  TokenType::kNormal, TokenType::kNormal, TokenType::kNormal,
+  v.pieces = {"<|endoftext|>",
+              "a",
+              "b",
+              "c",
+              "\xC4\xA0",
+              "bc",
+              "ab",
+              "abc",
+              "<|im_end|>",
+              "<special>",
+              "\xC4\xA0"
+              "a"};
+  v.types = {TokenType::kControl, TokenType::kNormal,      TokenType::kNormal, TokenType::kNormal,
+             TokenType::kNormal,  TokenType::kNormal,      TokenType::kNormal, TokenType::kNormal,
              TokenType::kControl, TokenType::kUserDefined, TokenType::kNormal};
   v.scores.assign(v.pieces.size(), 0.0f);
   v.merges = {"b c", "a b", "a bc", "\xC4\xA0 a"};
@@ -349,7 +359,8 @@ TEST(EndOfGenerationTest, Llama3SetHasEosAndEotId) {
   EXPECT_FALSE(tok.IsEndOfGeneration(128000));
   EXPECT_FALSE(tok.IsEndOfGeneration(128008));
 
-  // Llama 3.1 names 128008 <|eom_id|>: it joins the set by name, and by tokenizer.ggml.eom_token_id.
+  // Llama 3.1 names 128008 <|eom_id|>: it joins the set by name, and by
+  // tokenizer.ggml.eom_token_id.
   Vocabulary v = tok.vocab();
   v.pieces[128008] = "<|eom_id|>";
   EXPECT_THAT(Tokenizer(v).end_of_generation_ids(), ElementsAre(128001, 128008, 128009));
@@ -371,8 +382,7 @@ TEST(EndOfGenerationTest, OtherVocabularies) {
   const Tokenizer& ds = VocabTokenizer("ggml-vocab-deepseek-coder.gguf");
   EXPECT_THAT(ds.end_of_generation_ids(), ElementsAre(32014, 32021));
   // gpt-2: only <|endoftext|>.
-  EXPECT_THAT(VocabTokenizer("ggml-vocab-gpt-2.gguf").end_of_generation_ids(),
-              ElementsAre(50256));
+  EXPECT_THAT(VocabTokenizer("ggml-vocab-gpt-2.gguf").end_of_generation_ids(), ElementsAre(50256));
 }
 
 // ---- decoding and streaming -------------------------------------------------------------------

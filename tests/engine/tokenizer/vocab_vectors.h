@@ -16,10 +16,14 @@ inline std::string VocabDir() { return std::string(KVSERVE_SOURCE_DIR) + "/../sh
 // Every vocab fixture, by file name.
 inline const std::vector<std::string>& VocabFiles() {
   static const std::vector<std::string> files = {
-      "ggml-vocab-llama-spm.gguf",   "ggml-vocab-phi-3.gguf",
-      "ggml-vocab-gpt-2.gguf",       "ggml-vocab-starcoder.gguf",
-      "ggml-vocab-refact.gguf",      "ggml-vocab-falcon.gguf",
-      "ggml-vocab-mpt.gguf",         "ggml-vocab-deepseek-coder.gguf",
+      "ggml-vocab-llama-spm.gguf",
+      "ggml-vocab-phi-3.gguf",
+      "ggml-vocab-gpt-2.gguf",
+      "ggml-vocab-starcoder.gguf",
+      "ggml-vocab-refact.gguf",
+      "ggml-vocab-falcon.gguf",
+      "ggml-vocab-mpt.gguf",
+      "ggml-vocab-deepseek-coder.gguf",
       "ggml-vocab-llama-bpe.derived.gguf",
   };
   return files;
