@@ -12,7 +12,8 @@
 // parse_special, control tokens (and user-defined tokens of an SPM vocabulary) are too, so that
 // "<|im_start|>" in the text becomes that token. Without parse_special a control token is never
 // produced from text. add_special prepends BOS when the vocabulary's add_bos (add_bos_token) and
-// appends EOS when its add_eos (add_eos_token).
+// appends EOS when its add_eos (add_eos_token). With special parsing, the SentencePiece dummy
+// prefix goes only before text that begins the input, not after a special token.
 //
 // End of generation: end_of_generation_ids() is EOS plus every EOT/EOM-like token the vocabulary
 // declares (tokenizer.ggml.eot_token_id, eom_token_id) or names as a control or user-defined token
