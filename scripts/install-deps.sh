@@ -12,7 +12,7 @@ build_pkgs=(
   libabsl-dev libspdlog-dev libfmt-dev libyaml-cpp-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libgtest-dev libgmock-dev libbenchmark-dev
-  libxxhash-dev prometheus-cpp-dev
+  libxxhash-dev prometheus-cpp-dev libicu-dev
   python3-grpcio python3-protobuf openssl prometheus
   python3
   clang libclang-rt-14-dev
@@ -20,7 +20,7 @@ build_pkgs=(
 )
 runtime_pkgs=(
   libabsl20220623 libspdlog1.10 libfmt9 libyaml-cpp0.7 libgrpc++1.51 libgrpc29 libprotobuf32
-  libxxhash0 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 ca-certificates
+  libxxhash0 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 ca-certificates libicu72
 )
 
 pkgs=("${build_pkgs[@]}")

@@ -24,6 +24,7 @@ constexpr char kUsage[] =
     "  bench      serving benchmark: load a running server and report latency and throughput\n"
     "  calibrate  per-layer KV formats under a bits/element budget, by measured sensitivity\n"
     "  render     render a conversation with a model's chat template and print the prompt\n"
+    "  tokenize   token ids of a text under a GGUF file's vocabulary (vocab-only files too)\n"
     "\n"
     "Run 'kvserve <command> --help' for the flags of a command.\n";
 
@@ -54,6 +55,7 @@ int main(int argc, char** argv) {
   if (command == "bench") return kvserve::server::RunBenchCommand(args);
   if (command == "calibrate") return kvserve::server::RunCalibrateCommand(args);
   if (command == "render") return kvserve::server::RunRenderCommand(args);
+  if (command == "tokenize") return kvserve::server::RunTokenizeCommand(args);
   if (command == "--help" || command == "-h" || command == "help") {
     std::fputs(kUsage, stdout);
     return 0;

@@ -13,6 +13,7 @@
 #include "absl/strings/str_replace.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/model_limits.h"
+#include "engine/tokenizer/pre_tokenizer.h"
 #include "kernels/dtype.h"
 #include "kernels/weight_formats.h"
 
@@ -390,35 +391,57 @@ absl::StatusOr<int32_t> OptionalTokenId(const GgufFile& file, std::string_view k
 absl::StatusOr<Vocabulary> ReadGgufVocabulary(const GgufFile& file) {
   auto model = file.GetString("tokenizer.ggml.model");
   if (!model.ok()) return Required(model.status());
-  if (*model != "llama") {
-    return absl::UnimplementedError(
-        absl::StrCat(file.name(), ": tokenizer model '", *model,
-                     "' is not supported (only 'llama', SentencePiece BPE)"));
+  Vocabulary vocab;
+  if (*model == "llama") {
+    vocab.kind = TokenizerKind::kSentencePiece;
+  } else if (*model == "gpt2") {
+    vocab.kind = TokenizerKind::kByteLevelBpe;
+  } else {
+    return absl::UnimplementedError(absl::StrCat(
+        file.name(), ": tokenizer model '", *model,
+        "' (tokenizer.ggml.model) is not supported (only 'llama', SentencePiece BPE, and 'gpt2', "
+        "byte-level BPE)"));
   }
+  const bool byte_level = vocab.kind == TokenizerKind::kByteLevelBpe;
   auto tokens = file.GetArrayOf<std::string>("tokenizer.ggml.tokens");
   if (!tokens.ok()) return Required(tokens.status());
-  auto scores = file.GetArrayOf<float>("tokenizer.ggml.scores");
-  if (!scores.ok()) return Required(scores.status());
-  auto types = file.GetArrayOf<int32_t>("tokenizer.ggml.token_type");
-  if (!types.ok()) return Required(types.status());
   if (tokens->empty() || tokens->size() > static_cast<size_t>(kMaxVocab)) {
     return absl::InvalidArgumentError(absl::StrCat(file.name(), ": tokenizer.ggml.tokens has ",
                                                    tokens->size(), " tokens (1 to ", kMaxVocab,
                                                    " allowed)"));
   }
-  if (scores->size() != tokens->size() || types->size() != tokens->size()) {
+  // Byte-level vocabularies carry no scores, and may leave out the token types (all normal).
+  absl::Span<const float> scores;
+  if (!byte_level || file.HasKey("tokenizer.ggml.scores")) {
+    auto s = file.GetArrayOf<float>("tokenizer.ggml.scores");
+    if (!s.ok()) return Required(s.status());
+    scores = *s;
+  }
+  absl::Span<const int32_t> types;
+  if (!byte_level || file.HasKey("tokenizer.ggml.token_type")) {
+    auto t = file.GetArrayOf<int32_t>("tokenizer.ggml.token_type");
+    if (!t.ok()) return Required(t.status());
+    types = *t;
+  }
+  if ((!byte_level && scores.size() != tokens->size()) ||
+      (!scores.empty() && scores.size() != tokens->size()) ||
+      (!byte_level && types.size() != tokens->size()) ||
+      (!types.empty() && types.size() != tokens->size())) {
     return absl::InvalidArgumentError(
         absl::StrCat(file.name(), ": tokenizer.ggml.tokens has ", tokens->size(),
-                     " entries but tokenizer.ggml.scores has ", scores->size(),
-                     " and tokenizer.ggml.token_type has ", types->size()));
+                     " entries but tokenizer.ggml.scores has ", scores.size(),
+                     " and tokenizer.ggml.token_type has ", types.size()));
   }
-  Vocabulary vocab;
   const int32_t n = static_cast<int32_t>(tokens->size());
   vocab.pieces.reserve(tokens->size());
   vocab.types.reserve(tokens->size());
   for (int32_t i = 0; i < n; ++i) {
-    vocab.pieces.push_back(absl::StrReplaceAll((*tokens)[i], {{"\xE2\x96\x81", " "}}));
-    const int32_t type = (*types)[i];
+    if (byte_level) {
+      vocab.pieces.push_back((*tokens)[i]);
+    } else {
+      vocab.pieces.push_back(absl::StrReplaceAll((*tokens)[i], {{"\xE2\x96\x81", " "}}));
+    }
+    const int32_t type = types.empty() ? static_cast<int32_t>(TokenType::kNormal) : types[i];
     if (type < static_cast<int32_t>(TokenType::kNormal) ||
         type > static_cast<int32_t>(TokenType::kByte)) {
       return absl::InvalidArgumentError(absl::StrCat(file.name(), ": tokenizer.ggml.token_type[", i,
@@ -426,17 +449,58 @@ absl::StatusOr<Vocabulary> ReadGgufVocabulary(const GgufFile& file) {
     }
     vocab.types.push_back(static_cast<TokenType>(type));
   }
-  vocab.scores.assign(scores->begin(), scores->end());
-  KVSERVE_ASSIGN_OR_RETURN(vocab.bos_id,
-                           OptionalTokenId(file, "tokenizer.ggml.bos_token_id", 1, n));
-  KVSERVE_ASSIGN_OR_RETURN(vocab.eos_id,
-                           OptionalTokenId(file, "tokenizer.ggml.eos_token_id", 2, n));
-  KVSERVE_ASSIGN_OR_RETURN(vocab.unk_id,
-                           OptionalTokenId(file, "tokenizer.ggml.unknown_token_id", 0, n));
-  KVSERVE_ASSIGN_OR_RETURN(vocab.add_bos, OptionalBool(file, "tokenizer.ggml.add_bos_token", true));
+  if (scores.empty()) {
+    vocab.scores.assign(tokens->size(), 0.0f);
+  } else {
+    vocab.scores.assign(scores.begin(), scores.end());
+  }
+  if (byte_level) {
+    auto merges = file.GetArrayOf<std::string>("tokenizer.ggml.merges");
+    if (!merges.ok()) return Required(merges.status());
+    vocab.merges.assign(merges->begin(), merges->end());
+    vocab.pre = "default";
+    if (file.HasKey("tokenizer.ggml.pre")) {
+      KVSERVE_ASSIGN_OR_RETURN(vocab.pre, file.GetString("tokenizer.ggml.pre"));
+    }
+    if (!PreTokenizer::IsKnown(vocab.pre)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file.name(), ": pre-tokenizer '", vocab.pre,
+          "' (tokenizer.ggml.pre) is not supported; known: ", PreTokenizer::KnownNames()));
+    }
+  }
+  // Byte-level files without BOS/EOS ids: the "<|endoftext|>" token when there is one.
+  int32_t default_special = byte_level ? 0 : 1;
+  if (byte_level) {
+    for (int32_t i = 0; i < n; ++i) {
+      if (vocab.pieces[static_cast<size_t>(i)] == "<|endoftext|>") {
+        default_special = i;
+        break;
+      }
+    }
+  }
+  KVSERVE_ASSIGN_OR_RETURN(
+      vocab.bos_id, OptionalTokenId(file, "tokenizer.ggml.bos_token_id", default_special, n));
+  KVSERVE_ASSIGN_OR_RETURN(vocab.eos_id, OptionalTokenId(file, "tokenizer.ggml.eos_token_id",
+                                                         byte_level ? default_special : 2, n));
+  KVSERVE_ASSIGN_OR_RETURN(vocab.unk_id, OptionalTokenId(file, "tokenizer.ggml.unknown_token_id",
+                                                         byte_level ? -1 : 0, n));
+  KVSERVE_ASSIGN_OR_RETURN(vocab.eot_id,
+                           OptionalTokenId(file, "tokenizer.ggml.eot_token_id", -1, n));
+  KVSERVE_ASSIGN_OR_RETURN(vocab.eom_id,
+                           OptionalTokenId(file, "tokenizer.ggml.eom_token_id", -1, n));
+  KVSERVE_ASSIGN_OR_RETURN(vocab.add_bos,
+                           OptionalBool(file, "tokenizer.ggml.add_bos_token", !byte_level));
+  KVSERVE_ASSIGN_OR_RETURN(vocab.add_eos,
+                           OptionalBool(file, "tokenizer.ggml.add_eos_token", false));
   KVSERVE_ASSIGN_OR_RETURN(vocab.add_space_prefix,
-                           OptionalBool(file, "tokenizer.ggml.add_space_prefix", true));
+                           OptionalBool(file, "tokenizer.ggml.add_space_prefix", !byte_level));
+  if (byte_level) vocab.add_space_prefix = false;
   return vocab;
+}
+
+absl::StatusOr<Vocabulary> ReadGgufVocabularyFile(const std::string& path) {
+  KVSERVE_ASSIGN_OR_RETURN(GgufFile file, GgufFile::Open(path));
+  return ReadGgufVocabulary(file);
 }
 
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadGgufModel(GgufFile file,

@@ -22,6 +22,7 @@
 #define KVSERVE_ENGINE_MODEL_GGUF_MODEL_H_
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "engine/model/gguf.h"
@@ -38,10 +39,21 @@ namespace kvserve::engine {
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadGgufModel(GgufFile file,
                                                            bool ids_only_vocabulary = false);
 
-// The vocabulary stored in tokenizer.ggml.*: model (must be "llama"), tokens (U+2581 replaced by
-// ' '), scores, token_type (all of the same length), bos/eos/unknown_token_id (defaults 1/2/0,
-// each inside the vocabulary), add_bos_token and add_space_prefix (default true).
+// The vocabulary stored in tokenizer.ggml.*; nothing else of the file is read (neither the
+// architecture nor any tensor), so vocab-only files of any architecture load.
+//   model "llama" (SentencePiece): tokens (U+2581 replaced by ' '), scores, token_type (all of the
+//     same length), bos/eos/unknown_token_id (defaults 1/2/0), add_bos_token and add_space_prefix
+//     (default true).
+//   model "gpt2" (byte-level BPE): tokens (as stored), token_type (default: all normal), merges,
+//     pre (default "default"; an unknown value is InvalidArgument naming it), bos/eos_token_id
+//     (default: the "<|endoftext|>" token, else 0), unknown_token_id (default: none),
+//     add_bos_token (default false).
+//   Both: eot_token_id and eom_token_id (default: none), add_eos_token (default false); every id
+//   inside the vocabulary. Another model is Unimplemented naming it.
 absl::StatusOr<Vocabulary> ReadGgufVocabulary(const GgufFile& file);
+
+// Opens the GGUF file at `path` and reads its vocabulary (ReadGgufVocabulary).
+absl::StatusOr<Vocabulary> ReadGgufVocabularyFile(const std::string& path);
 
 }  // namespace kvserve::engine
 

@@ -13,6 +13,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
+#include "engine/tokenizer/bpe_tokenizer.h"
+#include "engine/tokenizer/pre_tokenizer.h"
 
 namespace kvserve::engine {
 namespace {
@@ -136,8 +138,56 @@ absl::Status ValidateVocabulary(const Vocabulary& vocab) {
     return absl::InvalidArgumentError(
         absl::StrCat("unk_id ", vocab.unk_id, " outside the vocabulary of ", size, " tokens"));
   }
+  for (const auto& [name, id] : {std::pair<std::string_view, int32_t>{"eot_id", vocab.eot_id},
+                                 std::pair<std::string_view, int32_t>{"eom_id", vocab.eom_id}}) {
+    if (id != -1 && !in_range(id)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(std::string(name), " ", id, " outside the vocabulary of ", size, " tokens"));
+    }
+  }
+  if (vocab.kind == TokenizerKind::kByteLevelBpe) {
+    if (!PreTokenizer::IsKnown(vocab.pre)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "pre-tokenizer '", vocab.pre,
+          "' (tokenizer.ggml.pre) is not supported; known: ", PreTokenizer::KnownNames()));
+    }
+    for (size_t i = 0; i < vocab.merges.size(); ++i) {
+      const std::string& merge = vocab.merges[i];
+      const size_t space = merge.find(' ', 1);
+      if (space == std::string::npos || space + 1 >= merge.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("tokenizer.ggml.merges[", i, "] = '", merge,
+                                                       "' is not two tokens separated by a space"));
+      }
+    }
+  }
   return absl::OkStatus();
 }
+
+namespace {
+
+// Texts of tokens that end a generation when the vocabulary has them as control or user-defined
+// tokens (the chat formats' end-of-turn markers).
+constexpr std::string_view kEndOfGenerationNames[] = {
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|im_end|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "<|endoftext|>",
+    "<|return|>",
+    "<|call|>",
+    "</s>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "<|EOT|>",
+    "<end_of_utterance>",
+    "<\xEF\xBD\x9C"
+    "end\xE2\x96\x81"
+    "of\xE2\x96\x81"
+    "sentence\xEF\xBD\x9C>",  // DeepSeek
+};
+
+}  // namespace
 
 absl::StatusOr<Tokenizer> Tokenizer::Create(Vocabulary vocab) {
   KVSERVE_RETURN_IF_ERROR(ValidateVocabulary(vocab));
@@ -149,6 +199,50 @@ Tokenizer::Tokenizer(Vocabulary vocab) : vocab_(std::move(vocab)) {
   KVSERVE_CHECK(valid.ok()) << valid.ToString();
   byte_to_id_.fill(-1);
   const int32_t n = vocab_.size();
+  const bool byte_level = vocab_.kind == TokenizerKind::kByteLevelBpe;
+
+  // Special tokens split out of text, and the end-of-generation set (both kinds).
+  std::vector<int32_t> eog = {vocab_.eos_id};
+  if (vocab_.eot_id >= 0) eog.push_back(vocab_.eot_id);
+  if (vocab_.eom_id >= 0) eog.push_back(vocab_.eom_id);
+  for (int32_t id = 0; id < n; ++id) {
+    const TokenType type = vocab_.types[static_cast<size_t>(id)];
+    if (type != TokenType::kControl && type != TokenType::kUserDefined) continue;
+    const std::string& text = vocab_.pieces[static_cast<size_t>(id)];
+    for (const std::string_view name : kEndOfGenerationNames) {
+      if (text == name) eog.push_back(id);
+    }
+    if (text.empty()) continue;
+    // A byte-level vocabulary's user-defined tokens are always split out; everything else only
+    // with parse_special.
+    const bool always = byte_level && type == TokenType::kUserDefined;
+    specials_[static_cast<uint8_t>(text[0])].push_back({text, id, /*control=*/!always});
+    has_user_defined_specials_ = has_user_defined_specials_ || always;
+    max_special_bytes_ = std::max(max_special_bytes_, text.size());
+  }
+  for (auto& bucket : specials_) {
+    std::stable_sort(
+        bucket.begin(), bucket.end(),
+        [](const SpecialToken& a, const SpecialToken& b) { return a.text.size() > b.text.size(); });
+  }
+  std::sort(eog.begin(), eog.end());
+  eog.erase(std::unique(eog.begin(), eog.end()), eog.end());
+  end_of_generation_ids_ = std::move(eog);
+
+  if (byte_level) {
+    vocab_.add_space_prefix = false;
+    auto bpe = BpeTokenizer::Create(vocab_);
+    KVSERVE_CHECK(bpe.ok()) << bpe.status().ToString();
+    bpe_ = std::make_shared<const BpeTokenizer>(*std::move(bpe));
+    bytes_ = bpe_->token_bytes();
+    for (int32_t id = 0; id < n; ++id) {
+      const TokenType type = vocab_.types[static_cast<size_t>(id)];
+      if (type == TokenType::kNormal || type == TokenType::kUserDefined) {
+        max_piece_bytes_ = std::max(max_piece_bytes_, bytes_[static_cast<size_t>(id)].size());
+      }
+    }
+    return;
+  }
   bytes_.resize(static_cast<size_t>(n));
   piece_to_id_.reserve(static_cast<size_t>(n));
   for (int32_t id = 0; id < n; ++id) {
@@ -205,14 +299,110 @@ void Tokenizer::AppendFallback(std::string_view bytes, std::vector<int32_t>* ids
   }
 }
 
+bool Tokenizer::IsEndOfGeneration(int32_t id) const {
+  return std::binary_search(end_of_generation_ids_.begin(), end_of_generation_ids_.end(), id);
+}
+
 std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) const {
   return *EncodeAtMost(text, add_bos, std::numeric_limits<size_t>::max());
 }
 
-size_t Tokenizer::max_token_bytes() const { return std::max<size_t>(max_piece_bytes_, 4); }
+std::vector<int32_t> Tokenizer::Encode(std::string_view text, const EncodeOptions& options) const {
+  return *EncodeAtMost(text, options, std::numeric_limits<size_t>::max());
+}
+
+size_t Tokenizer::max_token_bytes() const {
+  return std::max<size_t>({max_piece_bytes_, max_special_bytes_, 4});
+}
 
 std::optional<std::vector<int32_t>> Tokenizer::EncodeAtMost(std::string_view text, bool add_bos,
                                                             size_t max_tokens) const {
+  if (bpe_ == nullptr) {
+    return SpmEncodeAtMost(text, add_bos, vocab_.add_space_prefix, max_tokens);
+  }
+  return BoundedEncode(text, add_bos && vocab_.add_bos, /*eos=*/false, /*parse_special=*/false,
+                       max_tokens);
+}
+
+std::optional<std::vector<int32_t>> Tokenizer::EncodeAtMost(std::string_view text,
+                                                            const EncodeOptions& options,
+                                                            size_t max_tokens) const {
+  const bool bos = options.add_special && vocab_.add_bos;
+  const bool eos = options.add_special && vocab_.add_eos;
+  if (bpe_ == nullptr && !options.parse_special) {
+    auto ids = SpmEncodeAtMost(text, bos, vocab_.add_space_prefix,
+                               eos && max_tokens > 0 ? max_tokens - 1 : max_tokens);
+    if (ids.has_value() && eos) ids->push_back(vocab_.eos_id);
+    if (ids.has_value() && ids->size() > max_tokens) return std::nullopt;
+    return ids;
+  }
+  return BoundedEncode(text, bos, eos, options.parse_special, max_tokens);
+}
+
+std::optional<std::vector<int32_t>> Tokenizer::BoundedEncode(std::string_view text, bool bos,
+                                                             bool eos, bool parse_special,
+                                                             size_t max_tokens) const {
+  // Each token stands for at most max_token_bytes() bytes of text.
+  const size_t fixed = (bos ? 1 : 0) + (eos ? 1 : 0);
+  if (fixed > max_tokens) return std::nullopt;
+  if (max_tokens != std::numeric_limits<size_t>::max() &&
+      (text.size() + max_token_bytes() - 1) / max_token_bytes() > max_tokens - fixed) {
+    return std::nullopt;
+  }
+  std::vector<int32_t> ids = EncodeWithSpecials(text, bos, eos, parse_special);
+  if (ids.size() > max_tokens) return std::nullopt;
+  return ids;
+}
+
+void Tokenizer::EncodePlain(std::string_view text, bool first_fragment,
+                            std::vector<int32_t>* out) const {
+  if (text.empty()) return;
+  if (bpe_ != nullptr) {
+    bpe_->Encode(text, out);
+    return;
+  }
+  const auto ids =
+      SpmEncodeAtMost(text, /*add_bos=*/false, first_fragment && vocab_.add_space_prefix,
+                      std::numeric_limits<size_t>::max());
+  out->insert(out->end(), ids->begin(), ids->end());
+}
+
+std::vector<int32_t> Tokenizer::EncodeWithSpecials(std::string_view text, bool bos, bool eos,
+                                                   bool parse_special) const {
+  std::vector<int32_t> out;
+  if (bos) out.push_back(vocab_.bos_id);
+  if (!parse_special && !has_user_defined_specials_) {
+    EncodePlain(text, /*first_fragment=*/true, &out);
+  } else {
+    size_t start = 0;
+    size_t i = 0;
+    while (i < text.size()) {
+      const SpecialToken* match = nullptr;
+      for (const SpecialToken& special : specials_[static_cast<uint8_t>(text[i])]) {
+        if ((parse_special || !special.control) &&
+            text.compare(i, special.text.size(), special.text) == 0) {
+          match = &special;
+          break;
+        }
+      }
+      if (match == nullptr) {
+        ++i;
+        continue;
+      }
+      EncodePlain(text.substr(start, i - start), /*first_fragment=*/start == 0, &out);
+      out.push_back(match->id);
+      i += match->text.size();
+      start = i;
+    }
+    EncodePlain(text.substr(start), /*first_fragment=*/start == 0, &out);
+  }
+  if (eos) out.push_back(vocab_.eos_id);
+  return out;
+}
+
+std::optional<std::vector<int32_t>> Tokenizer::SpmEncodeAtMost(std::string_view text, bool add_bos,
+                                                               bool add_prefix,
+                                                               size_t max_tokens) const {
   std::vector<int32_t> out;
   if (add_bos) out.push_back(vocab_.bos_id);
   if (out.size() > max_tokens) return std::nullopt;
@@ -224,7 +414,7 @@ std::optional<std::vector<int32_t>> Tokenizer::EncodeAtMost(std::string_view tex
   }
 
   std::string prefixed;
-  if (vocab_.add_space_prefix) {
+  if (add_prefix) {
     prefixed.reserve(text.size() + 1);
     prefixed.push_back(' ');
     prefixed.append(text);

@@ -1,7 +1,25 @@
-// SentencePiece-style BPE tokenizer (the "llama"/SPM tokenizer of llama2.c and llama.cpp) and a
-// streaming detokenizer that turns generated token ids into UTF-8 text deltas.
+// The tokenizer of a model, of one of two kinds (Vocabulary::kind), and a streaming detokenizer
+// that turns generated token ids into UTF-8 text deltas.
+//   * kSentencePiece: SentencePiece-style BPE (the "llama"/SPM tokenizer of llama2.c and
+//     llama.cpp), described below.
+//   * kByteLevelBpe: GPT-2 style byte-level BPE (tokenizer.ggml.model "gpt2"): the text is split
+//     by the vocabulary's pre-tokenizer (pre_tokenizer.h) and each piece is merged by rank
+//     (bpe_tokenizer.h). Every byte sequence is representable; TokenBytes gives a token's raw
+//     bytes (the byte mapping undone), so one token may hold part of a multi-byte character.
 //
-// Encoding (Tokenizer::Encode):
+// Special tokens (both kinds, with EncodeOptions): user-defined tokens of a byte-level vocabulary
+// are always split out of the text before BPE (leftmost, then longest match first); with
+// parse_special, control tokens (and user-defined tokens of an SPM vocabulary) are too, so that
+// "<|im_start|>" in the text becomes that token. Without parse_special a control token is never
+// produced from text. add_special prepends BOS when the vocabulary's add_bos (add_bos_token) and
+// appends EOS when its add_eos (add_eos_token). With special parsing, the SentencePiece dummy
+// prefix goes only before text that begins the input, not after a special token.
+//
+// End of generation: end_of_generation_ids() is EOS plus every EOT/EOM-like token the vocabulary
+// declares (tokenizer.ggml.eot_token_id, eom_token_id) or names as a control or user-defined token
+// ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", ...).
+//
+// SentencePiece encoding (Tokenizer::Encode):
 //   1. When vocab.add_space_prefix is set and the text is non-empty, a ' ' is prepended
 //      (SentencePiece's dummy prefix).
 //   2. The text is split into UTF-8 code points. A well-formed code point whose text is a piece
@@ -28,6 +46,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -42,9 +61,19 @@
 namespace kvserve::engine {
 
 // Checks what the Tokenizer relies on: a non-empty vocabulary, pieces/scores/types of equal
-// length, finite scores, bos_id and eos_id in range, unk_id in range or -1 (no unknown token:
-// unrepresentable text is then dropped). Returns InvalidArgument naming the problem.
+// length, finite scores, bos_id and eos_id in range, unk_id, eot_id and eom_id in range or -1 (no
+// unknown token: unrepresentable text is then dropped), and for a byte-level vocabulary a known
+// `pre` and well-formed merges. Returns InvalidArgument naming the problem.
 absl::Status ValidateVocabulary(const Vocabulary& vocab);
+
+class BpeTokenizer;
+
+struct EncodeOptions {
+  // Prepend BOS when the vocabulary's add_bos, append EOS when its add_eos.
+  bool add_special = false;
+  // Control tokens written in the text become those tokens.
+  bool parse_special = false;
+};
 
 // Immutable after construction; every method is const and safe to call from many threads at once.
 // The Tokenizer holds its own copy of the Vocabulary (pass an rvalue to move it in). Copyable and
@@ -58,10 +87,12 @@ class Tokenizer {
   // Create() for vocabularies read from untrusted files.
   explicit Tokenizer(Vocabulary vocab);
 
-  // Token ids of `text` (see the file comment), preceded by BOS when `add_bos`. Never fails: any
+  // Token ids of `text` (see the file comment), preceded by BOS when `add_bos` (for a byte-level
+  // vocabulary: when `add_bos` and the vocabulary's add_bos). No special parsing. Never fails: any
   // byte sequence, including invalid UTF-8 and NUL bytes, is accepted.
   // REQUIRES: text.size() < 2^31 - 1 bytes (callers cap prompts far below that).
   std::vector<int32_t> Encode(std::string_view text, bool add_bos) const;
+  std::vector<int32_t> Encode(std::string_view text, const EncodeOptions& options) const;
 
   // Encode with a bound: the tokens of `text` (BOS included) when there are at most `max_tokens`,
   // std::nullopt otherwise. Gives up as soon as the text is known to need more: a lower bound on
@@ -70,6 +101,12 @@ class Tokenizer {
   // length. The same tokens as Encode when it returns them.
   std::optional<std::vector<int32_t>> EncodeAtMost(std::string_view text, bool add_bos,
                                                    size_t max_tokens) const;
+  // The same with options. For a byte-level vocabulary, or with parse_special, the text is refused
+  // by its length first (more than max_tokens x max_token_bytes() bytes) and otherwise encoded
+  // whole, then counted.
+  std::optional<std::vector<int32_t>> EncodeAtMost(std::string_view text,
+                                                   const EncodeOptions& options,
+                                                   size_t max_tokens) const;
 
   // The most bytes of text one token can stand for: the longest matchable piece, and at least 4
   // (an unknown token may stand for one code point). A text longer than
@@ -77,7 +114,8 @@ class Tokenizer {
   size_t max_token_bytes() const;
 
   // The raw bytes token `id` stands for: a byte piece gives its single byte, a normal or
-  // user-defined piece its text; control, unknown and unused tokens and invalid ids give "".
+  // user-defined piece its text (for a byte-level vocabulary, a normal token's text with the byte
+  // mapping undone); control, unknown and unused tokens and invalid ids give "".
   std::string TokenBytes(int32_t id) const;
 
   // Concatenated TokenBytes of `ids` with the dummy-prefix rule of the file comment. When
@@ -97,6 +135,12 @@ class Tokenizer {
   int32_t unk_id() const { return vocab_.unk_id; }
   int32_t vocab_size() const { return vocab_.size(); }
   const Vocabulary& vocab() const { return vocab_; }
+  TokenizerKind kind() const { return vocab_.kind; }
+  // The pre-tokenizer name of a byte-level vocabulary ("" for SentencePiece).
+  const std::string& pre() const { return vocab_.pre; }
+  // Sorted ids whose generation ends a sequence (see the file comment); never empty.
+  const std::vector<int32_t>& end_of_generation_ids() const { return end_of_generation_ids_; }
+  bool IsEndOfGeneration(int32_t id) const;
   // True when the vocabulary has at least one "<0xAB>" byte piece (byte fallback is used).
   bool has_byte_fallback() const { return has_byte_fallback_; }
 
@@ -113,13 +157,37 @@ class Tokenizer {
   // Appends the fallback tokens of `bytes`: one code point that is not a piece, or one byte that
   // is not part of well-formed UTF-8.
   void AppendFallback(std::string_view bytes, std::vector<int32_t>* ids) const;
+  // The SentencePiece algorithm; the dummy prefix only when `add_prefix`.
+  std::optional<std::vector<int32_t>> SpmEncodeAtMost(std::string_view text, bool add_bos,
+                                                      bool add_prefix, size_t max_tokens) const;
+
+  // Tokens of text that contains no special token to split out (SPM or BPE).
+  void EncodePlain(std::string_view text, bool first_fragment, std::vector<int32_t>* out) const;
+  // The general path: special tokens split out, then EncodePlain on the text between them.
+  // Refuses by length, then EncodeWithSpecials and a count.
+  std::optional<std::vector<int32_t>> BoundedEncode(std::string_view text, bool bos, bool eos,
+                                                    bool parse_special, size_t max_tokens) const;
+  std::vector<int32_t> EncodeWithSpecials(std::string_view text, bool bos, bool eos,
+                                          bool parse_special) const;
+
+  struct SpecialToken {
+    std::string text;
+    int32_t id;
+    bool control;  // only split out with parse_special
+  };
 
   Vocabulary vocab_;
+  std::shared_ptr<const BpeTokenizer> bpe_;  // kByteLevelBpe
+  // Tokens split out of text before BPE, by first byte, longest first.
+  std::array<std::vector<SpecialToken>, 256> specials_;
+  bool has_user_defined_specials_ = false;
+  std::vector<int32_t> end_of_generation_ids_;
   std::vector<std::string> bytes_;  // [vocab_size] what each token decodes to
   std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>> piece_to_id_;
   std::array<int32_t, 256> byte_to_id_;  // -1 where the vocabulary has no "<0xAB>" piece
   bool has_byte_fallback_ = false;
-  size_t max_piece_bytes_ = 0;  // longest matchable piece, in bytes
+  size_t max_piece_bytes_ = 0;    // longest matchable piece, in bytes
+  size_t max_special_bytes_ = 0;  // longest special token text, in bytes
 };
 
 // Turns a stream of token ids into UTF-8 text deltas for a client. Every string returned by Feed()

@@ -27,6 +27,9 @@ int RunBenchCommand(const std::vector<std::string>& args);
 int RunCalibrateCommand(const std::vector<std::string>& args);
 // `kvserve render --model M --messages FILE.json [--chat-template FILE]`: a chat prompt.
 int RunRenderCommand(const std::vector<std::string>& args);
+// `kvserve tokenize --model PATH (--text T | --text-file F) [--add-special] [--parse-special]`:
+// the token ids of a text under a GGUF file's vocabulary, on one line.
+int RunTokenizeCommand(const std::vector<std::string>& args);
 
 }  // namespace kvserve::server
 

@@ -329,8 +329,14 @@ TEST_F(GgufMalformedTest, BadModelMetadata) {
   }
   {
     GgufWriter w = Copy();
+    w.SetString("tokenizer.ggml.model", "bert");
+    ExpectLoadError(w, absl::StatusCode::kUnimplemented, {"tokenizer model 'bert'"});
+  }
+  {
+    // Byte-level BPE needs its merges.
+    GgufWriter w = Copy();
     w.SetString("tokenizer.ggml.model", "gpt2");
-    ExpectLoadError(w, absl::StatusCode::kUnimplemented, {"tokenizer model 'gpt2'"});
+    ExpectLoadError(w, absl::StatusCode::kInvalidArgument, {"tokenizer.ggml.merges"});
   }
   {
     GgufWriter w = Copy();
