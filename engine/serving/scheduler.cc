@@ -167,8 +167,9 @@ void Scheduler::Finish(Sequence* s, FinishReason reason, absl::Status status, ab
 
 void Scheduler::EmitToken(Sequence* s, int32_t token, absl::Time now) {
   const EngineRequest& r = s->req;
-  if (!r.ignore_eos &&
-      (token == model_->eos_id() || (r.stop_at_bos && token == model_->bos_id()))) {
+  // EOS and every end-of-turn token of the vocabulary (<|eot_id|>, <|im_end|>, ...) end it.
+  if (!r.ignore_eos && (token == model_->eos_id() || tokenizer_->IsEndOfGeneration(token) ||
+                        (r.stop_at_bos && token == model_->bos_id()))) {
     Finish(s, FinishReason::kEos, absl::OkStatus(), now);
     return;
   }

@@ -400,6 +400,45 @@ std::vector<int32_t> Tokenizer::EncodeWithSpecials(std::string_view text, bool b
   return out;
 }
 
+std::vector<int32_t> Tokenizer::EncodeParts(absl::Span<const TextPart> parts) const {
+  std::string text;
+  std::vector<size_t> ends;  // ends[k]: end of part k in `text`
+  for (const TextPart& p : parts) {
+    text.append(p.text);
+    ends.push_back(text.size());
+  }
+  std::vector<int32_t> out;
+  size_t start = 0;
+  size_t part = 0;  // the part holding byte i
+  size_t i = 0;
+  while (i < text.size()) {
+    while (ends[part] <= i) ++part;
+    const SpecialToken* match = nullptr;
+    for (const SpecialToken& special : specials_[static_cast<uint8_t>(text[i])]) {
+      // A control token only inside one part that parses them.
+      if (special.control &&
+          (!parts[part].parse_special || i + special.text.size() > ends[part])) {
+        continue;
+      }
+      if (text.compare(i, special.text.size(), special.text) == 0) {
+        match = &special;
+        break;
+      }
+    }
+    if (match == nullptr) {
+      ++i;
+      continue;
+    }
+    EncodePlain(std::string_view(text).substr(start, i - start), /*first_fragment=*/start == 0,
+                &out);
+    out.push_back(match->id);
+    i += match->text.size();
+    start = i;
+  }
+  EncodePlain(std::string_view(text).substr(start), /*first_fragment=*/start == 0, &out);
+  return out;
+}
+
 std::optional<std::vector<int32_t>> Tokenizer::SpmEncodeAtMost(std::string_view text, bool add_bos,
                                                                bool add_prefix,
                                                                size_t max_tokens) const {

@@ -108,6 +108,20 @@ class Tokenizer {
                                                    const EncodeOptions& options,
                                                    size_t max_tokens) const;
 
+  // A span of text and whether control tokens may be parsed in it (see EncodeParts).
+  struct TextPart {
+    std::string_view text;
+    bool parse_special = false;
+  };
+  // Token ids of a text given in parts, as a chat template renders it (template text, where
+  // control tokens such as "<|im_start|>" are meant, and message text, where they are not):
+  // control tokens are split out only where they lie wholly inside a part with parse_special;
+  // user-defined tokens everywhere, as Encode does; and the text between two split-out tokens is
+  // encoded as one piece even where it spans parts. So the ids equal Encode(concatenation,
+  // {.parse_special = true}) whenever no part without parse_special holds control-token text.
+  // No BOS or EOS is added (a template writes its own).
+  std::vector<int32_t> EncodeParts(absl::Span<const TextPart> parts) const;
+
   // The most bytes of text one token can stand for: the longest matchable piece, and at least 4
   // (an unknown token may stand for one code point). A text longer than
   // n x max_token_bytes() bytes has more than n tokens.

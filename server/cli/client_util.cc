@@ -186,6 +186,11 @@ std::string FormatModelInfo(const v1::ModelInfo& info) {
   absl::StrAppend(&out, "max_prompt_tokens:   ", info.max_prompt_tokens(), "\n");
   absl::StrAppend(&out, "max_tokens_limit:    ", info.max_tokens_limit(), "\n");
   absl::StrAppend(&out, "default_max_tokens:  ", info.default_max_tokens(), "\n");
+  absl::StrAppend(&out, "tokenizer:           ", info.tokenizer(),
+                  info.tokenizer_pre().empty() ? "" : " (pre " + info.tokenizer_pre() + ")", "\n");
+  absl::StrAppend(&out, "chat_template:       ", info.has_chat_template() ? "yes" : "no", "\n");
+  absl::StrAppend(&out, "end_of_generation:   ", absl::StrJoin(info.end_of_generation_ids(), " "),
+                  "\n");
   return out;
 }
 

@@ -45,6 +45,11 @@ std::vector<ConfigKey> BuildKeys() {
       "model.tokenizer", [](ServerConfig& c, std::string v) { c.tokenizer_path = std::move(v); },
       [](const ServerConfig& c) { return c.tokenizer_path; },
       "tokenizer file for llama2.c checkpoints; empty = look beside the model"));
+  keys.push_back(PathKey(
+      "model.chat_template",
+      [](ServerConfig& c, std::string v) { c.chat_template_path = std::move(v); },
+      [](const ServerConfig& c) { return c.chat_template_path; },
+      "Jinja chat template file for Chat; empty = the model's tokenizer.chat_template"));
 
   // server:
   keys.push_back(StringKey(

@@ -369,6 +369,8 @@ absl::Status ConfigLoader::Validate() {
   for (const auto& [key, value] :
        std::vector<std::pair<std::string, std::string>>{{"model.path", c.model_path},
                                                         {"model.tokenizer", c.tokenizer_path},
+                                                        {"model.chat_template",
+                                                         c.chat_template_path},
                                                         {"server.api_keys_file", c.api_keys_file},
                                                         {"server.tls.cert_file", c.tls.cert_file},
                                                         {"server.tls.key_file", c.tls.key_file}}) {

@@ -44,6 +44,7 @@ struct ServerConfig {
   // model:
   std::string model_path;       // model.path (relative paths resolve against the config file)
   std::string tokenizer_path;   // model.tokenizer
+  std::string chat_template_path;  // model.chat_template ("" = the model's own template)
 
   // server:
   std::string address = "127.0.0.1:50051";   // server.address

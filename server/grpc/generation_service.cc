@@ -67,6 +67,7 @@ GenerationService::GenerationService(engine::Engine* engine, GenerationServiceOp
               options.max_prompt_bytes > 0
                   ? options.max_prompt_bytes
                   : DefaultMaxPromptBytes(engine->max_prompt_tokens(), engine->tokenizer())},
+      chat_{options_.chat_template.get(), options_.bos_token, options_.eos_token},
       seed_base_(RandomBase()) {
   spdlog::info("text prompts: at most {} bytes, {} tokens", limits_.max_prompt_bytes,
                limits_.max_prompt_tokens);
@@ -86,12 +87,18 @@ absl::Status GenerationService::Admit(const grpc::CallbackServerContext& context
 }
 
 absl::StatusOr<std::shared_ptr<engine::RequestStream>> GenerationService::Submit(
-    grpc::CallbackServerContext* context, const grpc::ByteBuffer& request, int32_t* prompt_tokens) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer& request, int32_t* prompt_tokens,
+    bool chat_only) {
   if (absl::Status s = Admit(*context); !s.ok()) return s;
   v1::GenerateRequest message;
   if (absl::Status s = ParseRequest(request, &message); !s.ok()) return s;
-  auto engine_request =
-      BuildEngineRequest(message, engine_->tokenizer(), limits_, NextSeed(), DeadlineOf(*context));
+  if (chat_only && message.prompt_case() != v1::GenerateRequest::kChat) {
+    return absl::InvalidArgumentError(
+        "chat: required (Chat and ChatComplete take a conversation; use Generate or Complete for "
+        "text or token ids)");
+  }
+  auto engine_request = BuildEngineRequest(message, engine_->tokenizer(), limits_, NextSeed(),
+                                           DeadlineOf(*context), &chat_);
   if (!engine_request.ok()) return engine_request.status();
   *prompt_tokens = static_cast<int32_t>(engine_request->prompt.size());
   if (spdlog::should_log(spdlog::level::debug)) {
@@ -134,6 +141,30 @@ grpc::ServerUnaryReactor* GenerationService::Complete(grpc::CallbackServerContex
                            Info("Complete", prompt_tokens, *context));
 }
 
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Chat(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
+  int32_t prompt_tokens = 0;
+  auto stream = Submit(context, *request, &prompt_tokens, /*chat_only=*/true);
+  if (!stream.ok()) {
+    LogRejected("Chat", stream.status());
+    return FailedGenerateCall(ToGrpcStatus(stream.status()));
+  }
+  return StartGenerateCall(*std::move(stream), Info("Chat", prompt_tokens, *context));
+}
+
+grpc::ServerUnaryReactor* GenerationService::ChatComplete(grpc::CallbackServerContext* context,
+                                                          const grpc::ByteBuffer* request,
+                                                          grpc::ByteBuffer* response) {
+  int32_t prompt_tokens = 0;
+  auto stream = Submit(context, *request, &prompt_tokens, /*chat_only=*/true);
+  if (!stream.ok()) {
+    LogRejected("ChatComplete", stream.status());
+    return FinishNow(context, stream.status());
+  }
+  return StartCompleteCall(*std::move(stream), response,
+                           Info("ChatComplete", prompt_tokens, *context));
+}
+
 grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,
                                                       const grpc::ByteBuffer* request,
                                                       grpc::ByteBuffer* response) {
@@ -147,8 +178,20 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
                                   " are accepted (limits.max_prompt_bytes)")));
   }
   const engine::Tokenizer& tokenizer = engine_->tokenizer();
-  const bool add_bos = message.has_add_bos() ? message.add_bos() : tokenizer.vocab().add_bos;
-  const std::vector<int32_t> ids = tokenizer.Encode(message.text(), add_bos);
+  // BOS: add_bos when set, else add_special when set, else what the vocabulary asks for; EOS
+  // only with add_special and a vocabulary that asks for it.
+  const engine::Vocabulary& vocab = tokenizer.vocab();
+  const bool bos = message.has_add_bos()       ? message.add_bos()
+                   : message.has_add_special() ? message.add_special() && vocab.add_bos
+                                               : vocab.add_bos;
+  const bool eos = message.has_add_special() && message.add_special() && vocab.add_eos;
+  engine::EncodeOptions encode;
+  encode.parse_special = message.parse_special();
+  std::vector<int32_t> ids;
+  if (bos) ids.push_back(tokenizer.bos_id());
+  const std::vector<int32_t> body = tokenizer.Encode(message.text(), encode);
+  ids.insert(ids.end(), body.begin(), body.end());
+  if (eos) ids.push_back(tokenizer.eos_id());
   // The response's size, computed before it is built: packed ids, then one string per piece.
   std::vector<std::string> pieces;
   pieces.reserve(ids.size());
@@ -230,6 +273,12 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   response->set_max_prompt_tokens(limits_.max_prompt_tokens);
   response->set_max_tokens_limit(limits_.max_tokens_limit);
   response->set_default_max_tokens(std::min(limits_.default_max_tokens, limits_.max_tokens_limit));
+  const engine::Tokenizer& tokenizer = engine_->tokenizer();
+  response->set_tokenizer(tokenizer.kind() == engine::TokenizerKind::kByteLevelBpe ? "bpe"
+                                                                                   : "spm");
+  response->set_tokenizer_pre(tokenizer.pre());
+  response->set_has_chat_template(chat_.chat_template != nullptr);
+  for (int32_t id : tokenizer.end_of_generation_ids()) response->add_end_of_generation_ids(id);
   return FinishNow(context, absl::OkStatus());
 }
 

@@ -42,12 +42,19 @@ struct GenerationServiceOptions {
   RequestOutcomes* outcomes = nullptr;                 // how the calls ended; null: not counted
   // server.max_message_bytes: larger responses fail (Tokenize sizes its answer first); 0: no bound.
   int64_t max_message_bytes = 0;
+  // Chat: the template conversations are rendered with (null: Chat is refused naming
+  // model.chat_template) and the BOS/EOS texts it writes.
+  std::shared_ptr<const engine::chat::ChatTemplate> chat_template;
+  std::string bos_token;
+  std::string eos_token;
 };
 
 using GenerationServiceBase = v1::Generation::WithRawCallbackMethod_Generate<
-    v1::Generation::WithRawCallbackMethod_Complete<v1::Generation::WithRawCallbackMethod_Tokenize<
-        v1::Generation::WithCallbackMethod_Detokenize<
-            v1::Generation::WithCallbackMethod_GetModelInfo<v1::Generation::Service>>>>>;
+    v1::Generation::WithRawCallbackMethod_Complete<v1::Generation::WithRawCallbackMethod_Chat<
+        v1::Generation::WithRawCallbackMethod_ChatComplete<
+            v1::Generation::WithRawCallbackMethod_Tokenize<
+                v1::Generation::WithCallbackMethod_Detokenize<
+                    v1::Generation::WithCallbackMethod_GetModelInfo<v1::Generation::Service>>>>>>>;
 
 class GenerationService final : public GenerationServiceBase {
  public:
@@ -66,6 +73,12 @@ class GenerationService final : public GenerationServiceBase {
   grpc::ServerUnaryReactor* Complete(grpc::CallbackServerContext* context,
                                      const grpc::ByteBuffer* request,
                                      grpc::ByteBuffer* response) override;
+  // Generate and Complete for a `chat` prompt (any other prompt is INVALID_ARGUMENT).
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Chat(grpc::CallbackServerContext* context,
+                                                   const grpc::ByteBuffer* request) override;
+  grpc::ServerUnaryReactor* ChatComplete(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
                                      const grpc::ByteBuffer* request,
                                      grpc::ByteBuffer* response) override;
@@ -79,10 +92,11 @@ class GenerationService final : public GenerationServiceBase {
  private:
   // Draining and authentication.
   absl::Status Admit(const grpc::CallbackServerContext& context) const;
-  // Admit, parse, validate and submit. Fills *prompt_tokens.
+  // Admit, parse, validate and submit. Fills *prompt_tokens. With `chat_only`, a prompt other
+  // than `chat` is refused.
   absl::StatusOr<std::shared_ptr<engine::RequestStream>> Submit(
       grpc::CallbackServerContext* context, const grpc::ByteBuffer& request,
-      int32_t* prompt_tokens);
+      int32_t* prompt_tokens, bool chat_only = false);
   uint64_t NextSeed();
   CallInfo Info(const char* method, int32_t prompt_tokens,
                 const grpc::CallbackServerContext& context);
@@ -90,6 +104,7 @@ class GenerationService final : public GenerationServiceBase {
   engine::Engine* const engine_;
   const GenerationServiceOptions options_;
   const RequestLimits limits_;
+  const ChatSettings chat_;
   std::atomic<bool> draining_{false};
   const uint64_t seed_base_;
   std::atomic<uint64_t> seed_counter_{0};

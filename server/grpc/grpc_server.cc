@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/grpc/chat_setup.h"
 #include "server/grpc/liveness_watchdog.h"
 #include "spdlog/spdlog.h"
 
@@ -128,6 +129,13 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
   options.authenticator = server->authenticator_.get();
   options.metrics = server->metrics_.get();
   options.outcomes = &server->outcomes_;
+  absl::StatusOr<ChatSetup> chat = LoadChatTemplate(config.chat_template_path, config.model_path);
+  if (!chat.ok()) return chat.status();
+  options.chat_template = chat->chat_template;
+  if (options.chat_template != nullptr) spdlog::info("chat template from {}", chat->source);
+  const engine::Vocabulary& vocab = engine->tokenizer().vocab();
+  options.bos_token = vocab.pieces[static_cast<size_t>(vocab.bos_id)];
+  options.eos_token = vocab.pieces[static_cast<size_t>(vocab.eos_id)];
   server->service_ = std::make_unique<GenerationService>(engine, options);
   MemoryServiceOptions memory_options;
   memory_options.min_watch_interval = absl::Milliseconds(config.min_watch_interval_ms);

@@ -69,8 +69,84 @@ absl::Status FillSampling(const v1::SamplingParams& in, uint64_t random_seed,
   return absl::OkStatus();
 }
 
+// Renders and tokenizes a chat prompt.
+absl::Status FillChatPrompt(const v1::ChatPrompt& in, const engine::Tokenizer& tokenizer,
+                            const RequestLimits& limits, const ChatSettings* chat,
+                            std::vector<int32_t>* prompt) {
+  if (chat == nullptr || chat->chat_template == nullptr) {
+    return Invalid("chat", "the model has no chat template (tokenizer.chat_template) and the "
+                           "server sets none (model.chat_template)");
+  }
+  if (in.messages().empty()) return Invalid("chat.messages", "must not be empty");
+  if (in.messages_size() > kMaxChatMessages) {
+    return Invalid("chat.messages", absl::StrCat("at most ", kMaxChatMessages,
+                                                 " messages are accepted, got ",
+                                                 in.messages_size()));
+  }
+  const int64_t max_bytes = limits.max_prompt_bytes > 0
+                                ? limits.max_prompt_bytes
+                                : DefaultMaxPromptBytes(limits.max_prompt_tokens, tokenizer);
+  int64_t bytes = 0;
+  std::vector<engine::chat::ChatMessage> messages;
+  messages.reserve(in.messages_size());
+  for (int i = 0; i < in.messages_size(); ++i) {
+    const v1::ChatMessage& m = in.messages(i);
+    if (m.role().empty() || m.role().size() > static_cast<size_t>(kMaxChatRoleBytes)) {
+      return Invalid(absl::StrCat("chat.messages[", i, "].role"),
+                     absl::StrCat("must be 1 to ", kMaxChatRoleBytes, " bytes, got ",
+                                  m.role().size()));
+    }
+    for (const std::string* text : {&m.role(), &m.content()}) {
+      if (const size_t bad = FindInvalidUtf8(*text); bad != std::string_view::npos) {
+        return Invalid(absl::StrCat("chat.messages[", i, "].",
+                                    text == &m.role() ? "role" : "content"),
+                       absl::StrCat("not valid UTF-8 (byte ", bad, ")"));
+      }
+    }
+    bytes += static_cast<int64_t>(m.role().size() + m.content().size());
+    if (bytes > max_bytes) {
+      return Invalid("chat.messages", absl::StrCat("the messages hold more than ", max_bytes,
+                                                   " bytes; at most ", max_bytes,
+                                                   " are accepted (limits.max_prompt_bytes)"));
+    }
+    engine::chat::ChatMessage message;
+    message.role = m.role();
+    message.content = engine::chat::Value::String(m.content());
+    messages.push_back(std::move(message));
+  }
+  engine::chat::RenderOptions options;
+  options.add_generation_prompt = !in.has_add_generation_prompt() || in.add_generation_prompt();
+  options.bos_token = chat->bos_token;
+  options.eos_token = chat->eos_token;
+  options.content_is_inert = !in.parse_special_in_content();
+  absl::StatusOr<engine::chat::RenderedPrompt> rendered =
+      chat->chat_template->Render(messages, options);
+  if (!rendered.ok()) {
+    // The template refused the conversation (raise_exception: roles out of order, a system
+    // message it does not take ...) or cannot render it: the caller learns why.
+    return absl::Status(rendered.status().code(),
+                        absl::StrCat("chat: ", rendered.status().message()));
+  }
+  // The template's own text adds to the messages' bytes; bound the tokenizer's work by it too.
+  int64_t rendered_bytes = 0;
+  std::vector<engine::Tokenizer::TextPart> parts;
+  for (const engine::chat::PromptSegment& segment : rendered->segments) {
+    rendered_bytes += static_cast<int64_t>(segment.text.size());
+    parts.push_back({segment.text, segment.from_template});
+  }
+  const int64_t max_tokens = limits.max_prompt_tokens;
+  if (rendered_bytes > max_tokens * static_cast<int64_t>(tokenizer.max_token_bytes())) {
+    return Invalid("chat", absl::StrCat("the rendered prompt has more than ", max_tokens,
+                                        " tokens; at most ", max_tokens, " are accepted"));
+  }
+  *prompt = tokenizer.EncodeParts(parts);
+  if (prompt->empty()) return Invalid("chat", "the rendered prompt gives no tokens");
+  return absl::OkStatus();
+}
+
 absl::Status FillPrompt(const v1::GenerateRequest& in, const engine::Tokenizer& tokenizer,
-                        const RequestLimits& limits, std::vector<int32_t>* prompt) {
+                        const RequestLimits& limits, const ChatSettings* chat,
+                        std::vector<int32_t>* prompt) {
   std::string field;
   switch (in.prompt_case()) {
     case v1::GenerateRequest::kText: {
@@ -114,8 +190,15 @@ absl::Status FillPrompt(const v1::GenerateRequest& in, const engine::Tokenizer& 
       prompt->assign(ids.begin(), ids.end());
       break;
     }
+    case v1::GenerateRequest::kChat: {
+      field = "chat";
+      if (absl::Status s = FillChatPrompt(in.chat(), tokenizer, limits, chat, prompt); !s.ok()) {
+        return s;
+      }
+      break;
+    }
     case v1::GenerateRequest::PROMPT_NOT_SET:
-      return Invalid("prompt", "set one of text or token_ids");
+      return Invalid("prompt", "set one of text, token_ids or chat");
   }
   if (static_cast<int64_t>(prompt->size()) > limits.max_prompt_tokens) {
     return Invalid(field, absl::StrCat("the prompt has ", prompt->size(), " tokens; at most ",
@@ -177,12 +260,14 @@ int64_t DefaultMaxRequestBytes(const RequestLimits& limits) {
 absl::StatusOr<engine::EngineRequest> BuildEngineRequest(const v1::GenerateRequest& request,
                                                          const engine::Tokenizer& tokenizer,
                                                          const RequestLimits& limits,
-                                                         uint64_t random_seed,
-                                                         absl::Time deadline) {
+                                                         uint64_t random_seed, absl::Time deadline,
+                                                         const ChatSettings* chat) {
   engine::EngineRequest out;
   if (absl::Status s = CheckRequestId(request.request_id()); !s.ok()) return s;
   out.id = request.request_id();
-  if (absl::Status s = FillPrompt(request, tokenizer, limits, &out.prompt); !s.ok()) return s;
+  if (absl::Status s = FillPrompt(request, tokenizer, limits, chat, &out.prompt); !s.ok()) {
+    return s;
+  }
   if (absl::Status s = FillSampling(request.sampling(), random_seed, &out.sampling); !s.ok()) {
     return s;
   }

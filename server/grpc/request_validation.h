@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "engine/chat/chat_template.h"
 #include "engine/serving/request.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "kvserve/v1/generation.pb.h"
@@ -28,6 +29,19 @@ struct RequestLimits {
   // max_prompt_tokens x the tokenizer's max_token_bytes() (see DefaultMaxPromptBytes).
   int64_t max_prompt_bytes = 0;
 };
+
+// How a `chat` prompt is rendered: the chat template (null when the model has none and
+// model.chat_template is unset: chat prompts are then refused naming that key) and the texts of
+// the BOS and EOS tokens, which templates write themselves.
+struct ChatSettings {
+  const engine::chat::ChatTemplate* chat_template = nullptr;
+  std::string bos_token;
+  std::string eos_token;
+};
+
+// Bounds on a chat prompt's messages.
+inline constexpr int kMaxChatMessages = 4096;
+inline constexpr int kMaxChatRoleBytes = 64;
 
 // The byte bound no text of at most `max_prompt_tokens` tokens can exceed.
 int64_t DefaultMaxPromptBytes(int32_t max_prompt_tokens, const engine::Tokenizer& tokenizer);
@@ -55,11 +69,14 @@ inline constexpr int32_t kDefaultRetentionPriority = 35;
 // known to exceed limits.max_prompt_tokens, so the work is bounded by the limits, not by the
 // request; the text prompt is tokenized with `tokenizer` (BOS first when the vocabulary asks for it); unset sampling fields take the defaults
 // documented in generation.proto (an unset seed becomes `random_seed`); `deadline` is the call's
-// deadline (InfiniteFuture() for none).
+// deadline (InfiniteFuture() for none). A `chat` prompt is rendered with `chat` (its messages'
+// text, up to limits.max_prompt_bytes in all, never parsed as control tokens unless the request
+// asks for it: Tokenizer::EncodeParts) and tokenized without BOS (the template writes it).
 absl::StatusOr<engine::EngineRequest> BuildEngineRequest(const v1::GenerateRequest& request,
                                                          const engine::Tokenizer& tokenizer,
                                                          const RequestLimits& limits,
-                                                         uint64_t random_seed, absl::Time deadline);
+                                                         uint64_t random_seed, absl::Time deadline,
+                                                         const ChatSettings* chat = nullptr);
 
 }  // namespace kvserve::server
 
