@@ -93,7 +93,7 @@ void SetUniform(Unpacked* u, int subs, int16_t sc, int16_t o) {
   }
 }
 
-void Unpack(DType t, const uint8_t* p, Unpacked* u) {
+__attribute__((always_inline)) inline void Unpack(DType t, const uint8_t* p, Unpacked* u) {
   switch (t) {
     case DType::kQ8_0: {
       const auto* b = reinterpret_cast<const BlockQ8_0*>(p);
@@ -319,17 +319,18 @@ KVSERVE_TARGET_VNNI inline int32_t DotVnni(const Unpacked& u, const int8_t* x) {
 }
 #endif
 
-// Output rows [r0, r1) of y for all n activation rows; every output summed in block order.
+// Output rows [r0, r1) of y for all n activation rows; every output summed in block order. T is
+// a compile-time constant, so Unpack's type switch folds away.
 #define KVSERVE_QUANT_ROWS(NAME, ATTR, DOT)                                                      \
-  template <int QK>                                                                              \
-  ATTR void NAME(DType t, const uint8_t* w, int64_t row_bytes, int64_t block_bytes, int64_t nb,  \
+  template <int QK, DType T>                                                                     \
+  ATTR void NAME(const uint8_t* w, int64_t row_bytes, int64_t block_bytes, int64_t nb,           \
                  int64_t r0, int64_t r1, const ActBlock<QK>* xq, int64_t n, float* y,            \
                  int64_t ldy) {                                                                  \
     Unpacked u;                                                                                  \
     for (int64_t r = r0; r < r1; ++r) {                                                          \
       for (int64_t i = 0; i < n; ++i) y[i * ldy + r] = 0.0f;                                     \
       for (int64_t b = 0; b < nb; ++b) {                                                         \
-        Unpack(t, w + r * row_bytes + b * block_bytes, &u);                                      \
+        Unpack(T, w + r * row_bytes + b * block_bytes, &u);                                      \
         for (int64_t i = 0; i < n; ++i) {                                                        \
           const ActBlock<QK>& a = xq[i * nb + b];                                                \
           y[i * ldy + r] += Combine<QK>(u, a, DOT<QK>(u, a.q));                                  \
@@ -342,6 +343,68 @@ KVSERVE_QUANT_ROWS(RowsScalar, , DotScalar)
 #if defined(KVSERVE_QUANT_X86)
 KVSERVE_QUANT_ROWS(RowsAvx2, KVSERVE_TARGET_AVX2, DotAvx2)
 KVSERVE_QUANT_ROWS(RowsVnni, KVSERVE_TARGET_VNNI, DotVnni)
+#endif
+
+// The generic row kernel for type t, chosen once per row range.
+template <int QK>
+using RowsFn = void (*)(const uint8_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                        const ActBlock<QK>*, int64_t, float*, int64_t);
+
+#define KVSERVE_QUANT_PICK(FN, QK, t)                                                  \
+  [&]() -> RowsFn<QK> {                                                                \
+    if constexpr (QK == kQK) {                                                         \
+      switch (t) {                                                                     \
+        case DType::kQ8_0: return FN<QK, DType::kQ8_0>;                                \
+        case DType::kQ4_0: return FN<QK, DType::kQ4_0>;                                \
+        case DType::kQ4_1: return FN<QK, DType::kQ4_1>;                                \
+        case DType::kQ5_0: return FN<QK, DType::kQ5_0>;                                \
+        case DType::kQ5_1: return FN<QK, DType::kQ5_1>;                                \
+        default: break;                                                                \
+      }                                                                                \
+    } else {                                                                           \
+      switch (t) {                                                                     \
+        case DType::kQ2_K: return FN<QK, DType::kQ2_K>;                                \
+        case DType::kQ3_K: return FN<QK, DType::kQ3_K>;                                \
+        case DType::kQ4_K: return FN<QK, DType::kQ4_K>;                                \
+        case DType::kQ5_K: return FN<QK, DType::kQ5_K>;                                \
+        case DType::kQ6_K: return FN<QK, DType::kQ6_K>;                                \
+        default: break;                                                                \
+      }                                                                                \
+    }                                                                                  \
+    KVSERVE_KERNEL_CHECK(false, "QuantMatMul: block size does not match the type");    \
+    return nullptr;                                                                    \
+  }()
+
+#if defined(KVSERVE_QUANT_X86)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+#define KVSERVE_QNS x86_avx2
+#define KVSERVE_QVNNI 0
+#include "kernels/cpu/quant_matmul_x86.inc"
+#undef KVSERVE_QNS
+#undef KVSERVE_QVNNI
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"))), apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
+#endif
+#define KVSERVE_QNS x86_vnni
+#define KVSERVE_QVNNI 1
+#include "kernels/cpu/quant_matmul_x86.inc"
+#undef KVSERVE_QNS
+#undef KVSERVE_QVNNI
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
 #endif
 
 // Multiply-accumulates below which a MatMul stays on the calling thread.
@@ -358,18 +421,41 @@ void Run(QuantKernel k, const float* x, int64_t n, const WeightView& w, float* y
   const auto* base = static_cast<const uint8_t*>(w.data);
   const int64_t block_bytes = DTypeBlockBytes(w.dtype);
   const int64_t row_bytes = nb * block_bytes;
+  // One dispatch per row range: a per-type SIMD kernel where there is one (it may leave a few
+  // tail rows), the generic per-type kernel for the rest. Both give the same bits per output.
   auto rows = [&](int64_t r0, int64_t r1) {
     switch (k) {
 #if defined(KVSERVE_QUANT_X86)
-      case QuantKernel::kAvx512Vnni:
-        RowsVnni<QK>(w.dtype, base, row_bytes, block_bytes, nb, r0, r1, xq, n, y, w.rows);
+      case QuantKernel::kAvx512Vnni: {
+        int64_t done = r0;
+        if constexpr (QK == kQK) {
+          x86_vnni::Rows32(w.dtype, base, row_bytes, nb, r0, r1, xq, n, y, w.rows, &done);
+        } else {
+          x86_vnni::Rows256(w.dtype, base, row_bytes, nb, r0, r1, xq, n, y, w.rows, &done);
+        }
+        if (done < r1) {
+          KVSERVE_QUANT_PICK(RowsVnni, QK, w.dtype)(base, row_bytes, block_bytes, nb, done, r1, xq,
+                                                    n, y, w.rows);
+        }
         return;
-      case QuantKernel::kAvx2:
-        RowsAvx2<QK>(w.dtype, base, row_bytes, block_bytes, nb, r0, r1, xq, n, y, w.rows);
+      }
+      case QuantKernel::kAvx2: {
+        int64_t done = r0;
+        if constexpr (QK == kQK) {
+          x86_avx2::Rows32(w.dtype, base, row_bytes, nb, r0, r1, xq, n, y, w.rows, &done);
+        } else {
+          x86_avx2::Rows256(w.dtype, base, row_bytes, nb, r0, r1, xq, n, y, w.rows, &done);
+        }
+        if (done < r1) {
+          KVSERVE_QUANT_PICK(RowsAvx2, QK, w.dtype)(base, row_bytes, block_bytes, nb, done, r1, xq,
+                                                    n, y, w.rows);
+        }
         return;
+      }
 #endif
       default:
-        RowsScalar<QK>(w.dtype, base, row_bytes, block_bytes, nb, r0, r1, xq, n, y, w.rows);
+        KVSERVE_QUANT_PICK(RowsScalar, QK, w.dtype)(base, row_bytes, block_bytes, nb, r0, r1, xq, n,
+                                                    y, w.rows);
     }
   };
   if (pool == nullptr || pool->num_threads() == 1 || n * w.rows * w.cols < kMinParallelMacs) {

@@ -139,5 +139,61 @@ TEST(QuantMatMulTest, EmbeddingGatherDequantizesTheGatheredRows) {
   }
 }
 
+// Blocks of random bytes exercise every code, scale and min (Q8_0 -128, Q6_K scale -128, 6-bit
+// scales and mins of 63, ...), with finite FP16 scales; activations include an all-zero block
+// and single spikes. Row counts leave tails after the SIMD kernels' groups of rows. Every path
+// must give the scalar path's bits, and each row the same bits alone as in the batch.
+TEST(QuantMatMulTest, SimdPathsMatchScalarOnArbitraryBlocks) {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> scale(-0.02f, 0.02f);
+  for (DType t : kQuantTypes) {
+    const int64_t cols = 512, rows = 37;
+    const int64_t bb = DTypeBlockBytes(t), blocks = rows * cols / DTypeBlockSize(t);
+    std::vector<uint8_t> bytes(rows * WeightRowBytes(t, cols));
+    for (uint8_t& v : bytes) v = static_cast<uint8_t>(byte(rng));
+    // Offsets of the FP16 fields of a block.
+    std::vector<int64_t> halves;
+    switch (t) {
+      case DType::kQ4_1: case DType::kQ5_1: case DType::kQ4_K: case DType::kQ5_K:
+        halves = {0, 2};
+        break;
+      case DType::kQ2_K:
+        halves = {bb - 4, bb - 2};
+        break;
+      case DType::kQ3_K: case DType::kQ6_K:
+        halves = {bb - 2};
+        break;
+      default:
+        halves = {0};
+    }
+    for (int64_t b = 0; b < blocks; ++b) {
+      for (int64_t o : halves) {
+        const uint16_t h = FloatToFp16(scale(rng));
+        std::memcpy(bytes.data() + b * bb + o, &h, 2);
+      }
+    }
+    const WeightView w{t, bytes.data(), rows, cols, nullptr};
+    for (int64_t n : {1, 2, 9}) {
+      std::vector<float> x = RandomX(rng, n * cols);
+      std::fill(x.begin(), x.begin() + 256, 0.0f);
+      x[n * cols - 1] = 1e4f;
+      x[n * cols / 2] = -3e3f;
+      std::vector<float> scalar(n * rows), simd(n * rows), alone(rows);
+      QuantMatMulWith(QuantKernel::kScalar, x.data(), n, w, scalar.data(), nullptr);
+      for (QuantKernel k : {QuantKernel::kAvx2, QuantKernel::kAvx512Vnni}) {
+        if (!QuantKernelSupported(k)) continue;
+        QuantMatMulWith(k, x.data(), n, w, simd.data(), nullptr);
+        EXPECT_EQ(0, std::memcmp(scalar.data(), simd.data(), scalar.size() * 4))
+            << DTypeName(t) << " " << QuantKernelName(k) << " n=" << n;
+        QuantMatMulWith(k, x.data() + (n - 1) * cols, 1, w, alone.data(), nullptr);
+        EXPECT_EQ(0, std::memcmp(alone.data(), scalar.data() + (n - 1) * rows, rows * 4))
+            << DTypeName(t) << " " << QuantKernelName(k) << " n=" << n;
+      }
+      for (float v : scalar) ASSERT_TRUE(std::isfinite(v)) << DTypeName(t);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace kvserve::kernels::cpu
