@@ -28,6 +28,7 @@
 #include "server/config/config_reload.h"
 #include "server/config/file_change_poller.h"
 #include "server/config/server_config.h"
+#include "server/grpc/chat_setup.h"
 #include "server/grpc/grpc_server.h"
 #include "server/grpc/liveness_watchdog.h"
 #include "spdlog/spdlog.h"
@@ -202,6 +203,13 @@ int RunServeCommand(const std::vector<std::string>& args) {
       std::string(kernels::KvFormatName(config->engine.model.kv_format)),
       config->engine.model.block_size,
       static_cast<double>(config->engine.model.kv_budget_bytes) / (1 << 20));
+  // A chat template that cannot be read or parsed is a config error (model.chat_template).
+  if (absl::StatusOr<ChatSetup> chat =
+          LoadChatTemplate(config->chat_template_path, config->model_path);
+      !chat.ok()) {
+    std::fprintf(stderr, "kvserve serve: %s\n", std::string(chat.status().message()).c_str());
+    return 2;
+  }
   if (flags.GetBool("check")) {
     std::printf("%s: OK\n", config->source.c_str());
     return 0;

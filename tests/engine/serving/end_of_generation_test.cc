@@ -33,7 +33,7 @@ GenerationRequest Greedy(const Tokenizer& tok, bool ignore_eos) {
   return r;
 }
 
-TEST(EndOfGenerationTest, AnEndOfTurnTokenEndsTheGenerationLikeEos) {
+TEST(ServingEndOfGenerationTest, AnEndOfTurnTokenEndsTheGenerationLikeEos) {
   const std::string original = testing_util::ModelPath("stories260K.gguf");
   auto base = Open(original);
   ASSERT_NE(base, nullptr);
