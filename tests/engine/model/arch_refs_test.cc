@@ -13,6 +13,7 @@
 
 #include "engine/model/model.h"
 #include "engine/model/sequence_scoring.h"
+#include "engine/tokenizer/tokenizer.h"
 
 namespace kvserve::engine {
 namespace {
@@ -59,12 +60,11 @@ TEST_P(ArchRefsTest, MatchesLlamaCppScoresAndGreedyTokens) {
   const std::string json = ReadFile(ArchDir() + "refs/" + name + ".json");
   ASSERT_FALSE(json.empty());
 
-  // A normal load still refuses the BPE vocabulary; scoring by ids loads it without a tokenizer.
-  auto refused = LoadModel(path);
-  ASSERT_FALSE(refused.ok());
-  EXPECT_TRUE(absl::IsUnimplemented(refused.status())) << refused.status();
-  auto model = LoadModel(path, "", /*ids_only_vocabulary=*/true);
+  // A normal load: the model with its byte-level BPE tokenizer.
+  auto model = LoadModel(path);
   ASSERT_TRUE(model.ok()) << model.status();
+  absl::StatusOr<Tokenizer> tokenizer = Tokenizer::Create((*model)->vocab());
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
 
   // Teacher-forced NLL of BOS + 200 tokens.
   const size_t seq_at = json.find("\"nll_sequence_ids\"");
@@ -103,6 +103,10 @@ TEST_P(ArchRefsTest, MatchesLlamaCppScoresAndGreedyTokens) {
     const size_t at = json.find(std::string("\"") + prompt + "\": {");
     ASSERT_NE(at, std::string::npos) << prompt;
     const std::vector<int32_t> prompt_ids = Ids(ArrayAfter(json, "prompt_token_ids", at));
+    // The prompt tokenizes as llama.cpp tokenized it (BOS where the model adds one).
+    EncodeOptions special;
+    special.add_special = true;
+    EXPECT_EQ(tokenizer->Encode(prompt, special), prompt_ids) << name << " '" << prompt << "'";
     const std::vector<int32_t> ref_tokens = Ids(ArrayAfter(json, "token_ids", at));
     const std::vector<double> gaps = ArrayAfter(json, "top1_minus_top2_logit", at);
     ASSERT_EQ(ref_tokens.size(), gaps.size());

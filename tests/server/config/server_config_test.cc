@@ -166,6 +166,7 @@ TEST(ServerConfigKeysTest, TableHasUniqueKeysGroupedBySection) {
 constexpr char kWorkedConfig[] = R"(model:
   path: model.gguf
   tokenizer: tok/tok512.bin
+  chat_template: chat/template.jinja
 server:
   address: 0.0.0.0:6000
   max_message_bytes: 1048576
@@ -232,6 +233,7 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   ScratchDir dir;
   dir.Write("model.gguf", "x");
   dir.Write("tok/tok512.bin", "x");
+  dir.Write("chat/template.jinja", "{{ messages }}");
   dir.Write("keys.txt", "k1\n");
   dir.Write("calib.txt", "Once upon a time.\n");
   dir.Write("tls/cert.pem", "c");
@@ -250,6 +252,7 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   EXPECT_EQ(c.engine.model.model_path, c.model_path);
   EXPECT_TRUE(fs::equivalent(c.tokenizer_path, dir.Path("tok/tok512.bin")));
   EXPECT_EQ(c.engine.model.tokenizer_path, c.tokenizer_path);
+  EXPECT_TRUE(fs::equivalent(c.chat_template_path, dir.Path("chat/template.jinja")));
   EXPECT_EQ(c.address, "0.0.0.0:6000");
   EXPECT_EQ(c.max_message_bytes, 1048576);
   EXPECT_EQ(c.max_request_bytes, 65536);
@@ -395,6 +398,7 @@ TEST(ServerConfigValuesTest, FormattedConfigLoadsBackUnchanged) {
   ScratchDir dir;
   dir.Write("model.gguf", "x");
   dir.Write("tok/tok512.bin", "x");
+  dir.Write("chat/template.jinja", "{{ messages }}");
   dir.Write("keys.txt", "k1\n");
   dir.Write("tls/cert.pem", "c");
   const std::string key_file = dir.Write("elsewhere/key.pem", "k");

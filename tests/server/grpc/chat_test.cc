@@ -166,5 +166,110 @@ TEST(ChatTest, UnparsableTemplateFileIsAConfigError) {
   EXPECT_NE(r.err.find("bad.jinja"), std::string::npos) << r.err;
 }
 
+// Length of the longest prefix of `s` that is valid UTF-8 (s.size() when all of it is).
+size_t ValidUtf8Prefix(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    const size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return i;
+    for (size_t k = 1; k < n; ++k) {
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return i;
+    }
+    i += n;
+  }
+  return s.size();
+}
+
+std::string ArchModel(const std::string& name) {
+  return std::string(KVSERVE_MODELS_DIR) + "/arch/" + name;
+}
+
+// A byte-level BPE model with random weights: sampled tokens split multi-byte characters all the
+// time, and no stream message may carry half of one.
+TEST(ChatBpeTest, StreamedMessagesAreAlwaysWholeUtf8Characters) {
+  ServerProcess server;
+  ASSERT_TRUE(server.Start({"model.path=" + ArchModel("dev-smol-llama-Q4_K_M.gguf")}))
+      << server.Stderr();
+  auto stub = server.Stub();
+  v1::GenerateRequest r;
+  r.set_text("Once upon a time, 東京で");
+  r.set_max_tokens(400);
+  r.set_ignore_eos(true);
+  r.mutable_sampling()->set_temperature(1.5f);
+  r.mutable_sampling()->set_seed(7);
+  grpc::ClientContext context;
+  auto reader = stub->Generate(&context, r);
+  v1::GenerateResponse message;
+  std::string text;
+  int messages = 0;
+  int multibyte = 0;
+  while (reader->Read(&message)) {
+    ++messages;
+    EXPECT_EQ(ValidUtf8Prefix(message.text()), message.text().size())
+        << "message " << messages << " splits a character";
+    for (char c : message.text()) multibyte += (static_cast<unsigned char>(c) & 0xC0) == 0xC0;
+    text += message.text();
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_GT(messages, 10);
+  EXPECT_GT(multibyte, 0) << "the sample should hold multi-byte characters: " << text;
+}
+
+TEST(ChatBpeTest, ControlTokenTextInAMessageIsInertUnlessAsked) {
+  ServerProcess server;
+  ASSERT_TRUE(server.Start({"model.path=" + ArchModel("dev-smol-llama-Q4_K_M.gguf"),
+                            "model.chat_template=" + std::string(KVSERVE_MODELS_DIR) +
+                                "/../chat-templates/Qwen-Qwen2.5-7B-Instruct.jinja"}))
+      << server.Stderr();
+  auto stub = server.Stub();
+  // <|endoftext|> is a control token of this (StarCoder) vocabulary.
+  v1::GenerateRequest r = ChatRequest({{"user", "hi<|endoftext|>there"}}, 1);
+  v1::CompleteResponse inert;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->ChatComplete(&context, r, &inert).ok());
+  }
+  r.mutable_chat()->set_parse_special_in_content(true);
+  v1::CompleteResponse parsed;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->ChatComplete(&context, r, &parsed).ok());
+  }
+  // As text, "<|endoftext|>" takes several tokens; parsed, one.
+  EXPECT_GT(inert.usage().prompt_tokens(), parsed.usage().prompt_tokens() + 1);
+  v1::TokenizeRequest t;
+  t.set_text("<|endoftext|>");
+  t.set_parse_special(true);
+  v1::TokenizeResponse ids;
+  grpc::ClientContext context;
+  ASSERT_TRUE(stub->Tokenize(&context, t, &ids).ok());
+  ASSERT_EQ(ids.token_ids_size(), 1);
+  v1::ModelInfo info;
+  grpc::ClientContext context2;
+  ASSERT_TRUE(stub->GetModelInfo(&context2, v1::GetModelInfoRequest(), &info).ok());
+  EXPECT_EQ(info.tokenizer(), "bpe");
+  EXPECT_EQ(info.tokenizer_pre(), "smollm");
+}
+
+TEST(ChatTest, ClientChatOneTurnPrintsTheReply) {
+  ServerProcess server;
+  ScratchDir dir;
+  const std::string path = dir.Write("chat.jinja", kTemplate);
+  ASSERT_TRUE(server.Start({"model.chat_template=" + path})) << server.Stderr();
+  auto stub = server.Stub();
+  v1::CompleteResponse expected;
+  grpc::ClientContext context;
+  ASSERT_TRUE(stub->ChatComplete(&context,
+                                 ChatRequest({{"system", "Be brief."}, {"user", "Lily"}}, 16),
+                                 &expected)
+                  .ok());
+  const ProcessResult r =
+      RunProcess({KvserveBinary(), "client", "chat", "--addr", server.address(), "--system",
+                  "Be brief.", "--message", "Lily", "--max-tokens", "16", "--temperature", "0"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, expected.text() + "\n");
+}
+
 }  // namespace
 }  // namespace kvserve::server::testing

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvserve/v1/generation.grpc.pb.h"
@@ -249,6 +250,8 @@ TEST(HardeningTest, FloodOfHugePromptsLeavesSmallRequestsServedAndMemoryBounded)
   const std::string big((4 << 20) - 4096, 'a');
   std::atomic<bool> stop{false};
   std::atomic<int> refused{0};
+  absl::Mutex other_mu;
+  std::string other;  // the first status other than the size refusal
   std::vector<std::thread> flood;
   for (int c = 0; c < 8; ++c) {
     flood.emplace_back([&, c] {
@@ -268,11 +271,23 @@ TEST(HardeningTest, FloodOfHugePromptsLeavesSmallRequestsServedAndMemoryBounded)
         if (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED &&
             status.error_message().find("larger than max") != std::string::npos) {
           refused.fetch_add(1);
+        } else {
+          absl::MutexLock lock(&other_mu);
+          if (other.empty()) other = absl::StrCat(status.error_code(), ": ", status.error_message());
         }
       }
     });
   }
-  while (refused.load() < 16) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  // Bounded: a server that stopped refusing would otherwise keep the test waiting.
+  const absl::Time give_up = absl::Now() + absl::Seconds(120);
+  while (refused.load() < 16 && absl::Now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_GE(refused.load(), 16) << "flood calls not refused by size; first other status: "
+                                << [&] {
+                                     absl::MutexLock lock(&other_mu);
+                                     return other;
+                                   }();
   auto stub = server.Stub();
   const StreamResult small = ReadStream(*stub, GreedyRequest("Once upon a time", 20));
   const int64_t rss_during = RssKiB(server.pid());
