@@ -237,6 +237,19 @@ TEST(HardeningTest, TokenizeResponseIsSizedBeforeItIsBuilt) {
 // A flood of ~4 MiB prompts and Tokenize calls from 8 clients: each is refused by the request
 // message limit before any handler parses it, the server's memory stays bounded, and a small
 // request is still served.
+// Whether this build (and so the server binary built beside it) runs under AddressSanitizer.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAddressSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kAddressSanitizer = true;
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+
 TEST(HardeningTest, FloodOfHugePromptsLeavesSmallRequestsServedAndMemoryBounded) {
   ServerProcess server;
   ASSERT_TRUE(server.Start());
@@ -297,8 +310,12 @@ TEST(HardeningTest, FloodOfHugePromptsLeavesSmallRequestsServedAndMemoryBounded)
   EXPECT_EQ("Once upon a time" + small.text + "\n", expected);
   // Before the byte limit, each call tokenized its whole text: hundreds of MB; before the request
   // message limit, each was received and parsed whole: about 120 MB.
-  EXPECT_LT(rss_during - rss_before, 50 * 1024)
-      << "RSS grew from " << rss_before << " KiB to " << rss_during << " KiB";
+  // Under AddressSanitizer freed memory sits in its quarantine (256 MB by default), so resident
+  // memory says nothing about what the server holds: the bound is checked in normal builds.
+  if (!kAddressSanitizer) {
+    EXPECT_LT(rss_during - rss_before, 50 * 1024)
+        << "RSS grew from " << rss_before << " KiB to " << rss_during << " KiB";
+  }
   std::printf("RSS %lld KiB before the flood, %lld KiB during it\n",
               static_cast<long long>(rss_before), static_cast<long long>(rss_during));
 }

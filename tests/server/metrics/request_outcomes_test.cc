@@ -82,7 +82,7 @@ TEST(RequestOutcomesTest, StatusCodesMapOntoTheStatusLabel) {
   EXPECT_EQ(OutcomeOf(absl::StatusCode::kDeadlineExceeded), RequestOutcome::kDeadlineExceeded);
   EXPECT_EQ(OutcomeOf(absl::StatusCode::kResourceExhausted), RequestOutcome::kFailed);
   EXPECT_EQ(OutcomeOf(absl::StatusCode::kUnavailable), RequestOutcome::kFailed);
-  EXPECT_EQ(RequestOutcomeName(RequestOutcome::kDeadlineExceeded), "deadline_exceeded");
+  EXPECT_STREQ(RequestOutcomeName(RequestOutcome::kDeadlineExceeded), "deadline_exceeded");
 }
 
 TEST(RequestOutcomesServerTest, ExpiredDeadlinesAreCountedAsDeadlineExceeded) {
