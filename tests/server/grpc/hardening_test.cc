@@ -311,9 +311,11 @@ TEST(HardeningTest, FloodOfHugePromptsLeavesSmallRequestsServedAndMemoryBounded)
   // Before the byte limit, each call tokenized its whole text: hundreds of MB; before the request
   // message limit, each was received and parsed whole: about 120 MB.
   // Under AddressSanitizer freed memory sits in its quarantine (256 MB by default), so resident
-  // memory says nothing about what the server holds: the bound is checked in normal builds.
+  // memory says nothing about what the server holds: the bound is checked in normal builds. Eight
+  // 4 MiB messages in flight alone are 32 MiB; measured growth is 19-40 MiB, so the bound leaves
+  // room for a loaded machine while still failing at the ~120 MB a whole-message parse cost.
   if (!kAddressSanitizer) {
-    EXPECT_LT(rss_during - rss_before, 50 * 1024)
+    EXPECT_LT(rss_during - rss_before, 64 * 1024)
         << "RSS grew from " << rss_before << " KiB to " << rss_during << " KiB";
   }
   std::printf("RSS %lld KiB before the flood, %lld KiB during it\n",
