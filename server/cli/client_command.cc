@@ -86,17 +86,7 @@ int Generate(const std::vector<std::string>& args) {
   if (flags.IsSet("max-tokens")) {
     request.set_max_tokens(static_cast<int32_t>(flags.GetInt("max-tokens")));
   }
-  v1::SamplingParams* sampling = request.mutable_sampling();
-  if (flags.IsSet("temperature")) {
-    sampling->set_temperature(static_cast<float>(flags.GetFloat("temperature")));
-  }
-  if (flags.IsSet("top-k")) sampling->set_top_k(static_cast<int32_t>(flags.GetInt("top-k")));
-  if (flags.IsSet("top-p")) sampling->set_top_p(static_cast<float>(flags.GetFloat("top-p")));
-  if (flags.IsSet("min-p")) sampling->set_min_p(static_cast<float>(flags.GetFloat("min-p")));
-  if (flags.IsSet("repetition-penalty")) {
-    sampling->set_repetition_penalty(static_cast<float>(flags.GetFloat("repetition-penalty")));
-  }
-  if (flags.GetInt("seed") >= 0) sampling->set_seed(static_cast<uint64_t>(flags.GetInt("seed")));
+  SetSamplingFromFlags(flags, request.mutable_sampling());
   for (const std::string& stop : flags.GetRepeated("stop")) request.add_stop(stop);
   request.set_cache_salt(flags.GetString("cache-salt"));
   const int64_t prefix_hash_bytes = flags.GetInt("prefix-hash-bytes");

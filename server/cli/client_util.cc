@@ -194,4 +194,17 @@ std::string FormatModelInfo(const v1::ModelInfo& info) {
   return out;
 }
 
+void SetSamplingFromFlags(const FlagSet& flags, v1::SamplingParams* sampling) {
+  if (flags.IsSet("temperature")) {
+    sampling->set_temperature(static_cast<float>(flags.GetFloat("temperature")));
+  }
+  if (flags.IsSet("top-k")) sampling->set_top_k(static_cast<int32_t>(flags.GetInt("top-k")));
+  if (flags.IsSet("top-p")) sampling->set_top_p(static_cast<float>(flags.GetFloat("top-p")));
+  if (flags.IsSet("min-p")) sampling->set_min_p(static_cast<float>(flags.GetFloat("min-p")));
+  if (flags.IsSet("repetition-penalty")) {
+    sampling->set_repetition_penalty(static_cast<float>(flags.GetFloat("repetition-penalty")));
+  }
+  if (flags.GetInt("seed") >= 0) sampling->set_seed(static_cast<uint64_t>(flags.GetInt("seed")));
+}
+
 }  // namespace kvserve::server

@@ -40,6 +40,10 @@ absl::StatusOr<std::string> CheckHealth(const std::shared_ptr<grpc::Channel>& ch
 // Model info as "key: value" lines.
 std::string FormatModelInfo(const v1::ModelInfo& info);
 
+// Sets the fields of `sampling` whose flags (AddSamplingFlags) were given; the others stay unset,
+// so the server's defaults apply. A negative --seed leaves the seed to the server.
+void SetSamplingFromFlags(const FlagSet& flags, v1::SamplingParams* sampling);
+
 }  // namespace kvserve::server
 
 #endif  // KVSERVE_SERVER_CLI_CLIENT_UTIL_H_

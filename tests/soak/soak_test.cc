@@ -56,19 +56,6 @@
 namespace kvserve::server::testing {
 namespace {
 
-// Whether this build (and so the server binary built beside it) runs under AddressSanitizer.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kAddressSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kAddressSanitizer = true;
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
-
 constexpr int kMaxTokens = 40;  // the longest generation; references run this long
 
 int EnvInt(const char* name, int fallback) {

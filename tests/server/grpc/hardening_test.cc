@@ -237,19 +237,6 @@ TEST(HardeningTest, TokenizeResponseIsSizedBeforeItIsBuilt) {
 // A flood of ~4 MiB prompts and Tokenize calls from 8 clients: each is refused by the request
 // message limit before any handler parses it, the server's memory stays bounded, and a small
 // request is still served.
-// Whether this build (and so the server binary built beside it) runs under AddressSanitizer.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kAddressSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kAddressSanitizer = true;
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
-
 TEST(HardeningTest, FloodOfHugePromptsLeavesSmallRequestsServedAndMemoryBounded) {
   ServerProcess server;
   ASSERT_TRUE(server.Start());

@@ -22,6 +22,19 @@
 
 namespace kvserve::server::testing {
 
+// Whether this build (and so the server binary built beside it) runs under AddressSanitizer.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAddressSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kAddressSanitizer = true;
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+
 std::string KvserveBinary();
 std::string ModelPath();  // stories260K.gguf
 std::string SourceDir();
