@@ -64,12 +64,16 @@ absl::StatusOr<std::vector<GenerationResult>> BatchGenerator::Run(
     KVSERVE_RETURN_IF_ERROR(r.sampling.Validate());
   }
 
+  KvCacheManagerOptions ko;
+  ko.prefix_index = prefix_index_;
+  ko.model_identity = model_identity_;
+  KvCacheManager kv(pool_, kv_policy_, ko);
+  LlamaModelRunner runner(model_, pool_);
   SchedulerOptions so;
   so.max_running = static_cast<int32_t>(std::max<size_t>(1, requests.size()));
   so.max_batch_tokens = options_.max_batch_tokens;
-  so.prefix_index = prefix_index_;
-  so.model_identity = model_identity_;
-  Scheduler scheduler(model_, pool_, kv_policy_, tokenizer_, so);
+  so.end = EndRulesOf(*model_);
+  Scheduler scheduler(&kv, &runner, tokenizer_, so);
   std::vector<std::shared_ptr<RequestStream>> streams;
   const absl::Time start = absl::Now();
   for (size_t i = 0; i < requests.size(); ++i) {
@@ -105,7 +109,7 @@ absl::StatusOr<std::vector<GenerationResult>> BatchGenerator::Run(
   preemptions_ = scheduler.counters().preemptions;
   cached_prompt_tokens_ = scheduler.counters().cached_prompt_tokens;
   step_time_ = scheduler.counters().step_time;
-  demotion_time_ = scheduler.counters().demotion_time;
+  demotion_time_ = kv.counters().demotion_time;
   if (!failure.ok()) return failure;
   return results;
 }

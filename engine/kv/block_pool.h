@@ -105,6 +105,8 @@ class BlockPool {
   void Release(BlockId id);
 
   int ref_count(BlockId id) const { return meta_[id].ref_count; }
+  // Ids handed out so far are [0, num_block_ids()).
+  int64_t num_block_ids() const { return static_cast<int64_t>(meta_.size()); }
   LayoutId layout_of(BlockId id) const { return meta_[id].layout; }
   const BlockLayout& layout(LayoutId id) const { return layouts_[id]; }
   int num_layouts() const { return static_cast<int>(layouts_.size()); }

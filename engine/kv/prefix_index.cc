@@ -169,7 +169,10 @@ PrefixMatch PrefixIndex::Lookup(absl::Span<const int32_t> tokens, const PrefixKe
   for (BlockId b : match.blocks) {
     Entry& e = entries_[b];
     ++e.hit_count;
-    if (e.users++ == 0) ++in_use_blocks_;
+    if (e.users++ == 0) {
+      ++in_use_blocks_;
+      in_use_bytes_ += e.bytes;
+    }
     e.last_use = now;
     UpdateEvictable(b, now);
   }
@@ -179,7 +182,8 @@ PrefixMatch PrefixIndex::Lookup(absl::Span<const int32_t> tokens, const PrefixKe
 absl::StatusOr<PrefixIndex::InsertResult> PrefixIndex::Insert(BlockId block, BlockId parent,
                                                               absl::Span<const int32_t> tokens,
                                                               const PrefixKeys& keys,
-                                                              const BlockRetention& retention) {
+                                                              const BlockRetention& retention,
+                                                              int64_t bytes) {
   if (static_cast<int64_t>(tokens.size()) != block_size_) {
     return absl::InvalidArgumentError(absl::StrCat("only full blocks are cached: got ",
                                                    tokens.size(), " tokens, block_size is ",
@@ -216,7 +220,10 @@ absl::StatusOr<PrefixIndex::InsertResult> PrefixIndex::Insert(BlockId block, Blo
     counters_.hash_collisions += collisions;
     if (existing != kNoBlock) {
       Entry& e = entries_[existing];
-      if (e.users++ == 0) ++in_use_blocks_;
+      if (e.users++ == 0) {
+      ++in_use_blocks_;
+      in_use_bytes_ += e.bytes;
+    }
       ++e.hit_count;
       e.last_use = now;
       UpdateEvictable(existing, now);
@@ -235,7 +242,10 @@ absl::StatusOr<PrefixIndex::InsertResult> PrefixIndex::Insert(BlockId block, Blo
   e.parent = parent;
   e.keys_id = InternKeys(key_bytes);
   e.users = 1;
+  e.bytes = bytes;
   ++in_use_blocks_;
+  in_use_bytes_ += bytes;
+  cached_bytes_ += bytes;
   e.last_use = now;
   e.retention = retention;
   e.hash = hash;
@@ -259,7 +269,10 @@ bool PrefixIndex::Acquire(BlockId block) {
   if (!Contains(block)) return false;
   const absl::Time now = Now();
   Entry& e = entries_[block];
-  if (e.users++ == 0) ++in_use_blocks_;
+  if (e.users++ == 0) {
+      ++in_use_blocks_;
+      in_use_bytes_ += e.bytes;
+    }
   e.last_use = now;
   UpdateEvictable(block, now);
   return true;
@@ -270,7 +283,10 @@ bool PrefixIndex::Release(BlockId block) {
   const absl::Time now = Now();
   Entry& e = entries_[block];
   KVSERVE_CHECK(e.users > 0) << "release of cached block " << block << " that has no users";
-  if (--e.users == 0) --in_use_blocks_;
+  if (--e.users == 0) {
+    --in_use_blocks_;
+    in_use_bytes_ -= e.bytes;
+  }
   e.last_use = now;
   UpdateEvictable(block, now);
   return true;
@@ -340,7 +356,11 @@ void PrefixIndex::RemoveLeaf(BlockId block, bool update_parent, absl::Time now) 
     siblings.erase(std::find(siblings.begin(), siblings.end(), block));
   }
   UnrefKeys(e.keys_id);
-  if (e.users > 0) --in_use_blocks_;
+  if (e.users > 0) {
+    --in_use_blocks_;
+    in_use_bytes_ -= e.bytes;
+  }
+  cached_bytes_ -= e.bytes;
   e = Entry{};
   --cached_blocks_;
   if (update_parent && parent != kNoBlock) UpdateEvictable(parent, now);

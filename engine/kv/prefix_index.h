@@ -124,11 +124,12 @@ class PrefixIndex {
   // sequence counts as a user of the returned block.
   // On a duplicate (inserted = false) the caller switches the sequence to the returned block
   // (pool AddRef) and frees its own copy; the existing block's hit count grows by one.
+  // `bytes` is the block's size, summed in idle_bytes() while no sequence uses it.
   // Errors: InvalidArgument (wrong token count, negative id, parent with other keys),
   // FailedPrecondition (`block` already cached, `parent` not cached: keep the block private).
   absl::StatusOr<InsertResult> Insert(BlockId block, BlockId parent,
                                       absl::Span<const int32_t> tokens, const PrefixKeys& keys,
-                                      const BlockRetention& retention = {});
+                                      const BlockRetention& retention = {}, int64_t bytes = 0);
 
   // The longest cached chain for `tokens` (full blocks only). No side effects: for planning
   // (e.g. admission: how many blocks must still be allocated).
@@ -167,6 +168,8 @@ class PrefixIndex {
   int64_t evictable_blocks() const { return evictable_blocks_; }
   // Cached blocks no sequence uses: the "cached, reusable" role of the memory accounting.
   int64_t idle_blocks() const { return cached_blocks_ - in_use_blocks_; }
+  // Their bytes: the sum of the `bytes` each was inserted with.
+  int64_t idle_bytes() const { return cached_bytes_ - in_use_bytes_; }
   int32_t block_size() const { return block_size_; }
   const PrefixIndexCounters& counters() const { return counters_; }
   const BlockEvictionPolicy& policy() const { return *policy_; }
@@ -179,6 +182,7 @@ class PrefixIndex {
     BlockId next_same_hash = kNoBlock;  // collision chain of by_hash_
     uint32_t keys_id = 0;
     int32_t users = 0;
+    int64_t bytes = 0;  // as given to Insert
     int64_t hit_count = 0;
     absl::Time last_use;
     BlockRetention retention;
@@ -226,6 +230,8 @@ class PrefixIndex {
   int64_t cached_blocks_ = 0;
   int64_t evictable_blocks_ = 0;
   int64_t in_use_blocks_ = 0;  // cached blocks with users > 0
+  int64_t cached_bytes_ = 0;   // bytes of the cached blocks
+  int64_t in_use_bytes_ = 0;   // of which in blocks with users > 0
   PrefixIndexCounters counters_;
 };
 

@@ -19,15 +19,18 @@ class Engine::Impl {
       : options_(std::move(options)),
         local_(std::move(local)),
         token_eviction_(std::move(token_eviction)) {
+    KvCacheManagerOptions ko;
+    ko.prefix_index = local_->prefix_index();  // null when prefix_cache.enabled is false
+    ko.model_identity = local_->model_identity();
+    ko.token_eviction = token_eviction_.get();
+    kv_ = std::make_unique<KvCacheManager>(&local_->kv_pool(), &local_->kv_policy(), ko);
+    runner_ = std::make_unique<LlamaModelRunner>(&local_->model(), &local_->kv_pool());
     SchedulerOptions so;
-    so.token_eviction = token_eviction_.get();
     so.policy = options_.policy;
     so.max_running = options_.max_running_requests;
     so.max_batch_tokens = options_.max_batch_tokens;
-    so.prefix_index = local_->prefix_index();  // null when prefix_cache.enabled is false
-    so.model_identity = local_->model_identity();
-    scheduler_ = std::make_unique<Scheduler>(&local_->model(), &local_->kv_pool(),
-                                             &local_->kv_policy(), &local_->tokenizer(), so);
+    so.end = EndRulesOf(local_->model());
+    scheduler_ = std::make_unique<Scheduler>(kv_.get(), runner_.get(), &local_->tokenizer(), so);
     const int32_t context = local_->config().context_length;
     max_prompt_ = options_.max_prompt_tokens > 0
                       ? std::min(options_.max_prompt_tokens, context - 1)
@@ -197,33 +200,25 @@ class Engine::Impl {
   // Engine thread, between steps.
   PrefixFlushResult FlushPrefixCacheOnEngineThread() {
     PrefixFlushResult result;
-    PrefixIndex* index = local_->prefix_index();
-    if (index == nullptr) return result;
-    BlockPool& pool = local_->kv_pool();
-    for (BlockId b : index->Clear()) {
-      ++result.blocks;
-      result.bytes += pool.layout(pool.layout_of(b)).block_bytes;
-      pool.Release(b);
-    }
+    kv_->FlushPrefixCache(&result.blocks, &result.bytes);
     return result;
   }
 
   void PublishStats() {
-    const BlockPool& pool = local_->kv_pool();
     const SchedulerCounters& c = scheduler_->counters();
+    const KvCacheCounters& kc = kv_->counters();
+    const KvCacheStats kv = kv_->Stats();
     EngineStats s;
-    s.kv = pool.Stats();
+    s.kv = kv.pool;
     s.top_requests = scheduler_->TopRequestsByKv(options_.top_requests);
-    s.kv_budget_bytes = pool.budget_bytes();
-    s.kv_allocated_bytes = pool.allocated_bytes();
-    s.kv_used_bytes = pool.used_bytes();
-    s.kv_used_blocks = pool.used_blocks();
-    if (PrefixIndex* index = local_->prefix_index()) {
-      s.kv_cached_blocks = index->idle_blocks();
-      s.prefix_cached_blocks = index->cached_blocks();
-      s.kv_cached_bytes = std::min(
-          s.kv_cached_blocks * pool.layout(local_->kv_policy().cold_layout()).block_bytes,
-          s.kv_used_bytes);
+    s.kv_budget_bytes = kv.pool.budget_bytes;
+    s.kv_allocated_bytes = kv.pool.allocated_bytes;
+    s.kv_used_bytes = kv.pool.used_bytes;
+    s.kv_used_blocks = kv.pool.used_blocks;
+    s.kv_cached_blocks = kv.cached_blocks;
+    s.kv_cached_bytes = kv.cached_bytes;
+    s.prefix_cached_blocks = kv.indexed_blocks;
+    if (const PrefixIndex* index = kv_->prefix_index()) {
       const PrefixIndexCounters& pc = index->counters();
       s.prefix_eviction_policy = pc.policy;
       s.prefix_queries = pc.queries;
@@ -233,13 +228,13 @@ class Engine::Impl {
       s.prefix_erased_blocks = pc.evicted(PrefixEvictionReason::kErase);
       s.prefix_flushed_blocks = pc.evicted(PrefixEvictionReason::kClear);
     }
-    s.scheduler_prefix_evictions = c.prefix_evictions;
+    s.scheduler_prefix_evictions = kc.prefix_evictions;
     s.token_eviction_policy = token_eviction_->config().policy;
     s.token_eviction_budget = token_eviction_->config().budget_tokens;
-    s.tokens_evicted = c.tokens_evicted;
-    s.token_eviction_events = c.token_eviction_events;
-    s.kv_free_blocks = pool.AvailableBlocks(local_->kv_layout());
-    s.kv_block_bytes = pool.layout(local_->kv_layout()).block_bytes;
+    s.tokens_evicted = kc.tokens_evicted;
+    s.token_eviction_events = kc.token_eviction_events;
+    s.kv_free_blocks = kv.free_blocks;
+    s.kv_block_bytes = kv.block_bytes;
     s.running_requests = scheduler_->num_running();
     s.waiting_requests = scheduler_->num_waiting();
     s.requests_finished = c.finished;
@@ -258,7 +253,9 @@ class Engine::Impl {
   const EngineOptions options_;
   std::unique_ptr<LocalModel> local_;
   std::unique_ptr<TokenEvictionSettings> token_eviction_;
-  std::unique_ptr<Scheduler> scheduler_;  // engine thread only
+  std::unique_ptr<KvCacheManager> kv_;       // engine thread only
+  std::unique_ptr<LlamaModelRunner> runner_;  // engine thread only
+  std::unique_ptr<Scheduler> scheduler_;      // engine thread only
   int32_t max_prompt_ = 0;
   int32_t max_tokens_ = 0;
 

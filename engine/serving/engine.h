@@ -59,8 +59,7 @@ struct EngineStats {
   int64_t kv_used_blocks = 0;       // active + cached
   int64_t kv_cached_blocks = 0;     // cached for prefix reuse, used by no request (reusable)
   int64_t prefix_cached_blocks = 0;  // every block in the prefix index (in use or not)
-  // Bytes of the kv_cached_blocks: cached blocks are stored in the long-term (cold) layout
-  // (sink blocks kept in the window format are counted at that size too).
+  // Exact bytes of the kv_cached_blocks (each counted in the layout it is stored in).
   int64_t kv_cached_bytes = 0;
   int64_t kv_free_blocks = 0;       // blocks of the default layout that can still be allocated
   int64_t kv_block_bytes = 0;       // bytes of one block of the default layout

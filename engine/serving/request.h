@@ -10,22 +10,13 @@
 #include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "engine/kv/eviction/block_eviction_policy.h"  // RetentionHint
 #include "engine/sampling/sampler.h"
 
 namespace kvserve::engine {
 
 enum class FinishReason { kNone, kLength, kEos, kStop, kCancelled };
 std::string_view FinishReasonName(FinishReason r);
-
-// Retention hint for the KV blocks of a token range of the prompt (used by the `priority` block
-// eviction policy): keep them at `priority` (0..100, higher is kept longer) for `duration`, after
-// which they fall back to the default priority. end_token < 0 means "to the end of the prompt".
-struct RetentionHint {
-  int32_t start_token = 0;
-  int32_t end_token = -1;
-  int32_t priority = 35;
-  absl::Duration duration = absl::InfiniteDuration();
-};
 
 // Per-request token eviction (bounds the sequence's KV to a token budget; lossy). An empty
 // policy and a zero budget take the server's configured defaults; both are checked against the

@@ -102,6 +102,16 @@ std::vector<std::string> BlockEvictionPolicyNames();
 absl::Status RegisterBlockEvictionPolicy(absl::string_view name,
                                          BlockEvictionPolicyFactory factory);
 
+// Retention hint for the KV blocks of a token range of the prompt (used by the `priority` block
+// eviction policy): keep them at `priority` (0..100, higher is kept longer) for `duration`, after
+// which they fall back to the default priority. end_token < 0 means "to the end of the prompt".
+struct RetentionHint {
+  int32_t start_token = 0;
+  int32_t end_token = -1;
+  int32_t priority = 35;
+  absl::Duration duration = absl::InfiniteDuration();
+};
+
 // The retention of the block that starts at token `block_index * block_size` of a prompt, from
 // per-token-range hints (TensorRT-LLM's rule: a block takes the hint of the range that contains
 // its first token; blocks outside every range get the default). `Hint` is any type with fields

@@ -50,9 +50,12 @@ struct PrefillRun {
 };
 
 PrefillRun Prefill(LocalModel& lm, int prompt_len, int64_t max_batch_tokens, int max_tokens) {
+  KvCacheManager kv(&lm.kv_pool(), &lm.kv_policy(), KvCacheManagerOptions{});
+  LlamaModelRunner runner(&lm.model(), &lm.kv_pool());
   SchedulerOptions so;
   so.max_batch_tokens = max_batch_tokens;
-  Scheduler sched(&lm.model(), &lm.kv_pool(), &lm.kv_policy(), &lm.tokenizer(), so);
+  so.end = EndRulesOf(lm.model());
+  Scheduler sched(&kv, &runner, &lm.tokenizer(), so);
   EngineRequest r;
   r.id = "r";
   r.prompt = Prompt(prompt_len, lm.config().vocab_size);
