@@ -123,8 +123,9 @@ class BlockPool {
   absl::Status SetKeyBasis(std::vector<float> basis);
   // Layer `layer`'s basis [num_kv_heads][head_dim][key_rank], or null when none was set.
   const float* key_basis(int layer) const;
-  // Raw bytes of a block (for copy-on-write and tests).
-  uint8_t* block_data(BlockId id) const { return data_[id]; }
+  // Raw bytes of a block (for copy-on-write, demotion and tests), read-only and writable.
+  const uint8_t* block_data(BlockId id) const { return data_[id]; }
+  uint8_t* mutable_block_data(BlockId id) { return data_[id]; }
 
   const KvGeometry& geometry() const { return geometry_; }
   int64_t budget_bytes() const { return budget_bytes_; }

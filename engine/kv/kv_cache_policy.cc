@@ -182,7 +182,7 @@ absl::Status KvCachePolicy::Demote(SequenceKv& seq, int64_t tokens) const {
                                        g.block_size, block.data() + (2 * l + 1) * region_floats);
     }
     KVSERVE_ASSIGN_OR_RETURN(BlockId fresh, seq.ReplaceBlock(b, cold_layout_));
-    uint8_t* dst = pool_->block_data(fresh);
+    uint8_t* dst = pool_->mutable_block_data(fresh);
     for (int l = 0; l < g.num_layers; ++l) {
       const kernels::KvLayerRegion& r = cold.regions[l];
       if (!kernels::cpu::QuantizeKvRegion(r.format, kernels::KvRole::kKey,

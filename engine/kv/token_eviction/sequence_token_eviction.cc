@@ -75,7 +75,7 @@ absl::StatusOr<KvCompactionStats> CompactSequenceKv(BlockPool& pool, SequenceKv&
     out.assign(block_floats, 0.0f);
     const BlockId id = seq.block_table()[b];
     const BlockLayout& layout = pool.layout(pool.layout_of(id));
-    const uint8_t* base = pool.block_data(id);
+    const uint8_t* base = pool.mutable_block_data(id);
     const int rows = static_cast<int>(std::min<int64_t>(bs, num_slots - b * bs));
     for (int l = 0; l < g.num_layers; ++l) {
       const kernels::KvLayerRegion& r = layout.regions[l];
@@ -147,7 +147,7 @@ absl::StatusOr<KvCompactionStats> CompactSequenceKv(BlockPool& pool, SequenceKv&
       if (target == write_layout) seq.set_demoted_blocks(std::min(seq.demoted_blocks(), b));
     }
     const BlockLayout& out_layout = pool.layout(pool.layout_of(id));
-    uint8_t* base = pool.block_data(id);
+    uint8_t* base = pool.mutable_block_data(id);
     for (int l = 0; l < g.num_layers; ++l) {
       const kernels::KvLayerRegion& r = out_layout.regions[l];
       if (!kernels::cpu::QuantizeKvRegion(r.format, kernels::KvRole::kKey,

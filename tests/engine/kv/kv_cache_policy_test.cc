@@ -120,7 +120,7 @@ TEST(KvCachePolicyTest, DemotionConvertsExactlyTheEligibleBlocks) {
   std::vector<std::vector<float>> values(7, std::vector<float>(5 * 2 * region));
   for (int b = 0; b < 7; ++b) {
     for (float& x : values[b]) x = dist(rng);
-    uint8_t* base = pool.block_data(seq.block_table()[b]);
+    uint8_t* base = pool.mutable_block_data(seq.block_table()[b]);
     for (int l = 0; l < 5; ++l) {
       const auto& r = pool.layout(p->write_layout()).regions[l];
       ASSERT_TRUE(kernels::cpu::QuantizeKvRegion(KvFormat::kFp32, kernels::KvRole::kKey,
