@@ -4,7 +4,8 @@
 // no user (reusable, dropped first when memory is needed), `free` is the rest of the budget:
 //   active_bytes + cached_bytes + free_bytes = capacity_bytes
 //   sum over formats of total_bytes = value_bytes + scale_bytes + padding_bytes = used_bytes
-// Cached blocks are full blocks in the long-term layout (EngineStats::kv_cached_bytes).
+// Cached bytes are exact: each idle cached block counted in the layout it is stored in (the sink
+// blocks a window keeps in the window format included; EngineStats::kv_cached_bytes).
 #ifndef KVSERVE_SERVER_GRPC_MEMORY_STATS_H_
 #define KVSERVE_SERVER_GRPC_MEMORY_STATS_H_
 
