@@ -12,9 +12,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
-#include "server/cli/client_util.h"
 #include "server/grpc/liveness_watchdog.h"
 #include "tests/server/grpc/server_process.h"
+#include "tools/client_util.h"
 
 namespace kvserve::server::testing {
 namespace {

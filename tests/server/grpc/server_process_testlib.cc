@@ -15,8 +15,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "server/cli/client_util.h"
 #include "tests/server/grpc/server_process.h"
+#include "tools/client_util.h"
 
 namespace kvserve::server::testing {
 namespace {
