@@ -14,7 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
-#include "engine/generation/local_model.h"
+#include "engine/runtime/local_model.h"
 #include "spdlog/spdlog.h"
 
 namespace {

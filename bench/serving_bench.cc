@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
-#include "engine/serving/engine.h"
+#include "engine/runtime/engine.h"
 #include "spdlog/spdlog.h"
 
 namespace {

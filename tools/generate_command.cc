@@ -4,7 +4,7 @@
 #include <random>
 
 #include "absl/strings/str_format.h"
-#include "engine/generation/local_model.h"
+#include "engine/runtime/local_model.h"
 #include "kernels/kv_format.h"
 #include "spdlog/spdlog.h"
 #include "tools/commands.h"

@@ -5,7 +5,7 @@
 #define KVSERVE_TOOLS_MODEL_FLAGS_H_
 
 #include "absl/status/statusor.h"
-#include "engine/generation/local_model.h"
+#include "engine/runtime/local_model.h"
 #include "tools/flags.h"
 
 namespace kvserve::server {

@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_format.h"
 #include "engine/eval/perplexity.h"
-#include "engine/generation/local_model.h"
+#include "engine/runtime/local_model.h"
 #include "kernels/kv_format.h"
 #include "spdlog/spdlog.h"
 #include "tools/commands.h"

@@ -20,7 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
-#include "engine/serving/engine.h"
+#include "engine/runtime/engine.h"
 #include "google/protobuf/stubs/logging.h"
 #include "kernels/kv_format.h"
 #include "server/config/config_reload.h"

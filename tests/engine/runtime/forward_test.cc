@@ -7,8 +7,8 @@
 #include <random>
 #include <string>
 
-#include "engine/generation/local_model.h"
 #include "engine/kv/sequence_kv.h"
+#include "engine/runtime/local_model.h"
 #include "gtest/gtest.h"
 #include "tests/engine/testing/reference_llama.h"
 

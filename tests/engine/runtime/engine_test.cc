@@ -1,6 +1,6 @@
 // The threaded serving engine: submission, streaming, cancellation, deadlines, queue limits,
 // priorities and shutdown.
-#include "engine/serving/engine.h"
+#include "engine/runtime/engine.h"
 
 #include <memory>
 #include <string>

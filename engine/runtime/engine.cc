@@ -1,4 +1,4 @@
-#include "engine/serving/engine.h"
+#include "engine/runtime/engine.h"
 
 #include <algorithm>
 #include <atomic>

@@ -1,10 +1,10 @@
-#include "engine/generation/lowrank_calibration.h"
+#include "engine/runtime/lowrank_calibration.h"
 
 #include <algorithm>
 
 #include "absl/strings/str_format.h"
+#include "engine/common/documents.h"
 #include "engine/common/status_macros.h"
-#include "engine/eval/perplexity.h"
 #include "engine/kv/block_pool.h"
 #include "engine/kv/lowrank_basis.h"
 #include "engine/kv/sequence_kv.h"

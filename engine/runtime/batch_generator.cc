@@ -1,4 +1,4 @@
-#include "engine/generation/batch_generator.h"
+#include "engine/runtime/batch_generator.h"
 
 #include <limits>
 #include <memory>

@@ -5,8 +5,8 @@
 // The basis is computed when the engine starts (kv_cache.lowrank_text names the text; nothing
 // is stored in the repository or written beside the model), which costs one forward pass over
 // the text: a few seconds for a few hundred short documents on a small model.
-#ifndef KVSERVE_ENGINE_GENERATION_LOWRANK_CALIBRATION_H_
-#define KVSERVE_ENGINE_GENERATION_LOWRANK_CALIBRATION_H_
+#ifndef KVSERVE_ENGINE_RUNTIME_LOWRANK_CALIBRATION_H_
+#define KVSERVE_ENGINE_RUNTIME_LOWRANK_CALIBRATION_H_
 
 #include <cstdint>
 #include <string_view>
@@ -34,4 +34,4 @@ absl::StatusOr<std::vector<float>> ComputeLowrankKeyBasis(LlamaModel& model,
 
 }  // namespace kvserve::engine
 
-#endif  // KVSERVE_ENGINE_GENERATION_LOWRANK_CALIBRATION_H_
+#endif  // KVSERVE_ENGINE_RUNTIME_LOWRANK_CALIBRATION_H_

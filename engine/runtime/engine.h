@@ -12,8 +12,8 @@
 // sees only delay, and greedy output is unchanged).
 //
 // Thread-safety: Submit, Stats, BeginShutdown, WaitIdle and the accessors are thread-safe.
-#ifndef KVSERVE_ENGINE_SERVING_ENGINE_H_
-#define KVSERVE_ENGINE_SERVING_ENGINE_H_
+#ifndef KVSERVE_ENGINE_RUNTIME_ENGINE_H_
+#define KVSERVE_ENGINE_RUNTIME_ENGINE_H_
 
 #include <cstdint>
 #include <map>
@@ -22,8 +22,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "engine/generation/local_model.h"
 #include "engine/kv/token_eviction/token_eviction_settings.h"
+#include "engine/runtime/local_model.h"
 #include "engine/serving/request.h"
 #include "engine/serving/request_stream.h"
 #include "engine/serving/scheduler.h"
@@ -144,4 +144,4 @@ class Engine {
 
 }  // namespace kvserve::engine
 
-#endif  // KVSERVE_ENGINE_SERVING_ENGINE_H_
+#endif  // KVSERVE_ENGINE_RUNTIME_ENGINE_H_

@@ -1,4 +1,4 @@
-#include "engine/generation/local_model.h"
+#include "engine/runtime/local_model.h"
 
 #include <fstream>
 #include <sstream>
@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_format.h"
 #include "engine/common/status_macros.h"
-#include "engine/generation/lowrank_calibration.h"
+#include "engine/runtime/lowrank_calibration.h"
 
 namespace kvserve::engine {
 namespace {

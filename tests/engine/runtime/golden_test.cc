@@ -1,7 +1,7 @@
 // Golden tests: the real stories260K model reproduces its published greedy continuation.
 #include <string>
 
-#include "engine/generation/local_model.h"
+#include "engine/runtime/local_model.h"
 #include "gtest/gtest.h"
 
 namespace kvserve::engine {

@@ -4,8 +4,8 @@
 //
 // Thread-safety: the tokenizer and the loaded model are immutable and may be used from any
 // thread; the forward pass, block pool and generator belong to one thread at a time.
-#ifndef KVSERVE_ENGINE_GENERATION_LOCAL_MODEL_H_
-#define KVSERVE_ENGINE_GENERATION_LOCAL_MODEL_H_
+#ifndef KVSERVE_ENGINE_RUNTIME_LOCAL_MODEL_H_
+#define KVSERVE_ENGINE_RUNTIME_LOCAL_MODEL_H_
 
 #include <cstdint>
 #include <map>
@@ -13,12 +13,12 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "engine/generation/batch_generator.h"
 #include "engine/kv/block_pool.h"
 #include "engine/kv/kv_cache_policy.h"
 #include "engine/kv/prefix_index.h"
 #include "engine/model/llama_model.h"
 #include "engine/model/model.h"
+#include "engine/runtime/batch_generator.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/kv_format.h"
@@ -35,7 +35,7 @@ struct LocalModelOptions {
   kernels::KvFormat kv_window_format = kernels::KvFormat::kFp16;
   // lowrank layers (experimental): coefficients per key, and the calibration text file whose
   // keys define each layer's and KV head's basis (computed at start-up; see
-  // engine/generation/lowrank_calibration.h). Required when any layer is lowrank.
+  // engine/runtime/lowrank_calibration.h). Required when any layer is lowrank.
   int32_t kv_lowrank_rank = 0;
   std::string kv_lowrank_text;
   int64_t kv_budget_bytes = 256ll << 20;
@@ -88,4 +88,4 @@ class LocalModel {
 
 }  // namespace kvserve::engine
 
-#endif  // KVSERVE_ENGINE_GENERATION_LOCAL_MODEL_H_
+#endif  // KVSERVE_ENGINE_RUNTIME_LOCAL_MODEL_H_

@@ -3,8 +3,8 @@
 // engine thread. Used by `kvserve generate`, the benchmarks and the tests.
 //
 // Thread-safety: none; one Run at a time.
-#ifndef KVSERVE_ENGINE_GENERATION_BATCH_GENERATOR_H_
-#define KVSERVE_ENGINE_GENERATION_BATCH_GENERATOR_H_
+#ifndef KVSERVE_ENGINE_RUNTIME_BATCH_GENERATOR_H_
+#define KVSERVE_ENGINE_RUNTIME_BATCH_GENERATOR_H_
 
 #include <cstdint>
 #include <functional>
@@ -79,4 +79,4 @@ class BatchGenerator {
 
 }  // namespace kvserve::engine
 
-#endif  // KVSERVE_ENGINE_GENERATION_BATCH_GENERATOR_H_
+#endif  // KVSERVE_ENGINE_RUNTIME_BATCH_GENERATOR_H_

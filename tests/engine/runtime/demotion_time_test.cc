@@ -1,6 +1,6 @@
 // The generator reports how much of its step time went into demoting blocks (quantize-on-write),
 // which decode_bench turns into the share recorded in bench/RESULTS.md.
-#include "engine/generation/local_model.h"
+#include "engine/runtime/local_model.h"
 #include "gtest/gtest.h"
 
 namespace kvserve::engine {
