@@ -137,7 +137,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  // As `kvserve serve` does (tools/kvserve_main.cc); --mutex-checks 1 keeps Abseil's lock-order checks.
+  // As `kvserve serve` does (tools/kvserve_main.cc); --mutex-checks 1 keeps Abseil's lock-order
+  // checks.
   if (!mutex_checks) absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   EngineOptions o;
   o.model.model_path = model;
