@@ -22,7 +22,7 @@
 #include "tools/commands.h"
 #include "tools/flags.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 namespace {
 
 int Usage(const FlagSet& flags, const std::string& message) {
@@ -191,4 +191,4 @@ int RunBenchCommand(const std::vector<std::string>& args) {
   return report->failed == 0 ? 0 : 1;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 namespace {
 
 class Parser {
@@ -339,4 +339,4 @@ JsonWriter& JsonWriter::Bool(bool v) {
   return *this;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

@@ -12,7 +12,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 
 struct JsonValue {
   enum class Kind { kNull, kBool, kNumber, kString, kArray, kObject };
@@ -51,6 +51,6 @@ class JsonWriter {
   bool after_key_ = false;
 };
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools
 
 #endif  // KVSERVE_TOOLS_BENCH_JSON_H_

@@ -17,7 +17,7 @@
 #include "tools/bench_json.h"
 #include "tools/client_util.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -529,4 +529,4 @@ std::string ReportToJson(const BenchReport& r,
   return w.str() + "\n";
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

@@ -27,7 +27,7 @@
 #include "tools/bench_stats.h"
 #include "tools/bench_workload.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 
 // Prepares each call's context (API key, deadline). May be empty.
 using ContextPreparer = std::function<absl::Status(grpc::ClientContext*)>;
@@ -126,6 +126,6 @@ std::string FormatReport(const BenchReport& report);
 std::string ReportToJson(const BenchReport& report,
                          const std::vector<std::pair<std::string, std::string>>& settings);
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools
 
 #endif  // KVSERVE_TOOLS_BENCH_RUNNER_H_

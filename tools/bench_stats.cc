@@ -4,7 +4,7 @@
 #include <cmath>
 #include <numeric>
 
-namespace kvserve::server {
+namespace kvserve::tools {
 
 double Percentile(const std::vector<double>& sorted, double q) {
   if (sorted.empty()) return 0;
@@ -29,4 +29,4 @@ LatencySummary Summarize(std::vector<double> samples) {
   return s;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

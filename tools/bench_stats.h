@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-namespace kvserve::server {
+namespace kvserve::tools {
 
 struct LatencySummary {
   int64_t count = 0;
@@ -24,6 +24,6 @@ double Percentile(const std::vector<double>& sorted, double q);
 // Every field of LatencySummary; all zero for an empty input. Takes the samples by value (sorts).
 LatencySummary Summarize(std::vector<double> samples);
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools
 
 #endif  // KVSERVE_TOOLS_BENCH_STATS_H_

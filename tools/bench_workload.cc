@@ -10,7 +10,7 @@
 #include "absl/strings/strip.h"
 #include "tools/bench_json.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 namespace {
 
 // Uniform over the vocabulary without BOS and EOS.
@@ -277,4 +277,4 @@ std::vector<double> ArrivalTimes(int64_t n, double rate, double burstiness, uint
   return times;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

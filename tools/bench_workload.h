@@ -19,7 +19,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 
 // One request of the benchmark.
 struct BenchRequest {
@@ -75,6 +75,6 @@ absl::StatusOr<std::vector<BenchRequest>> ParseTrace(std::string_view text,
 // request at time 0.
 std::vector<double> ArrivalTimes(int64_t n, double rate, double burstiness, uint64_t seed);
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools
 
 #endif  // KVSERVE_TOOLS_BENCH_WORKLOAD_H_

@@ -11,7 +11,7 @@
 #include "tools/flags.h"
 #include "tools/model_flags.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 namespace {
 
 int Usage(const FlagSet& flags, const std::string& message) {
@@ -129,4 +129,4 @@ int RunCalibrateCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

@@ -20,7 +20,7 @@
 #include "tools/flags.h"
 #include "tools/model_flags.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 namespace {
 
 void WriteOut(const std::string& s) {
@@ -133,4 +133,4 @@ int RunClientChat(const std::vector<std::string>& args) {
   return 0;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

@@ -26,7 +26,12 @@
 #include "tools/model_flags.h"
 #include "tools/stats_command.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
+
+using server::kDefaultPrefixHashBytes;
+using server::kPrefixHashHeader;
+using server::PrefixHashHeaderValue;
+
 namespace {
 
 constexpr char kClientUsage[] =
@@ -214,4 +219,4 @@ int RunClientCommand(const std::vector<std::string>& args) {
   return 2;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

@@ -13,7 +13,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "spdlog/spdlog.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 namespace {
 
 double Ms(const google::protobuf::Duration& d) { return d.seconds() * 1e3 + d.nanos() / 1e6; }
@@ -207,4 +207,4 @@ void SetSamplingFromFlags(const FlagSet& flags, v1::SamplingParams* sampling) {
   if (flags.GetInt("seed") >= 0) sampling->set_seed(static_cast<uint64_t>(flags.GetInt("seed")));
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

@@ -12,7 +12,7 @@
 #include "kvserve/v1/generation.pb.h"
 #include "tools/flags.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 
 // Declares --addr, --api-key, --tls, --tls-ca, --timeout.
 void AddConnectionFlags(FlagSet& flags);
@@ -44,6 +44,6 @@ std::string FormatModelInfo(const v1::ModelInfo& info);
 // so the server's defaults apply. A negative --seed leaves the seed to the server.
 void SetSamplingFromFlags(const FlagSet& flags, v1::SamplingParams* sampling);
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools
 
 #endif  // KVSERVE_TOOLS_CLIENT_UTIL_H_

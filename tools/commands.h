@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-namespace kvserve::server {
+namespace kvserve::tools {
 
 int RunGenerateCommand(const std::vector<std::string>& args);
 int RunPerplexityCommand(const std::vector<std::string>& args);
@@ -31,6 +31,6 @@ int RunRenderCommand(const std::vector<std::string>& args);
 // the token ids of a text under a GGUF file's vocabulary, on one line.
 int RunTokenizeCommand(const std::vector<std::string>& args);
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools
 
 #endif  // KVSERVE_TOOLS_COMMANDS_H_

@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 
 void FlagSet::String(const std::string& name, std::string default_value, std::string help) {
   flags_[name] = Flag{Kind::kString, std::move(default_value), {}, std::move(help)};
@@ -159,4 +159,4 @@ std::string FlagSet::Usage() const {
   return out;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

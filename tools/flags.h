@@ -14,7 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 
 class FlagSet {
  public:
@@ -60,6 +60,6 @@ class FlagSet {
   bool help_ = false;
 };
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools
 
 #endif  // KVSERVE_TOOLS_FLAGS_H_

@@ -11,7 +11,7 @@
 #include "tools/flags.h"
 #include "tools/model_flags.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 
 int RunGenerateCommand(const std::vector<std::string>& args) {
   FlagSet flags("generate");
@@ -101,4 +101,4 @@ int RunGenerateCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

@@ -45,17 +45,17 @@ int main(int argc, char** argv) {
   }
   const std::string command = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);
-  if (command == "generate") return kvserve::server::RunGenerateCommand(args);
-  if (command == "perplexity") return kvserve::server::RunPerplexityCommand(args);
-  if (command == "score") return kvserve::server::RunScoreCommand(args);
-  if (command == "profile") return kvserve::server::RunProfileCommand(args);
-  if (command == "serve") return kvserve::server::RunServeCommand(args);
-  if (command == "client") return kvserve::server::RunClientCommand(args);
-  if (command == "mkmodel") return kvserve::server::RunMkmodelCommand(args);
-  if (command == "bench") return kvserve::server::RunBenchCommand(args);
-  if (command == "calibrate") return kvserve::server::RunCalibrateCommand(args);
-  if (command == "render") return kvserve::server::RunRenderCommand(args);
-  if (command == "tokenize") return kvserve::server::RunTokenizeCommand(args);
+  if (command == "generate") return kvserve::tools::RunGenerateCommand(args);
+  if (command == "perplexity") return kvserve::tools::RunPerplexityCommand(args);
+  if (command == "score") return kvserve::tools::RunScoreCommand(args);
+  if (command == "profile") return kvserve::tools::RunProfileCommand(args);
+  if (command == "serve") return kvserve::tools::RunServeCommand(args);
+  if (command == "client") return kvserve::tools::RunClientCommand(args);
+  if (command == "mkmodel") return kvserve::tools::RunMkmodelCommand(args);
+  if (command == "bench") return kvserve::tools::RunBenchCommand(args);
+  if (command == "calibrate") return kvserve::tools::RunCalibrateCommand(args);
+  if (command == "render") return kvserve::tools::RunRenderCommand(args);
+  if (command == "tokenize") return kvserve::tools::RunTokenizeCommand(args);
   if (command == "--help" || command == "-h" || command == "help") {
     std::fputs(kUsage, stdout);
     return 0;

@@ -15,7 +15,7 @@
 #include "tools/commands.h"
 #include "tools/flags.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 namespace {
 
 int Usage(const FlagSet& flags, const std::string& message) {
@@ -103,4 +103,4 @@ int RunMkmodelCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

@@ -6,7 +6,7 @@
 #include "engine/kv/kv_cache_policy.h"
 #include "kernels/kv_format.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 
 void AddLocalModelFlags(FlagSet& flags) {
   flags.String("model", "", "model file: GGUF, or a llama2.c checkpoint (.bin)");
@@ -61,4 +61,4 @@ void AddSamplingFlags(FlagSet& flags, const char* seed_help, double top_p) {
   flags.Int("seed", -1, seed_help);
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

@@ -8,7 +8,7 @@
 #include "engine/runtime/local_model.h"
 #include "tools/flags.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 
 // Declares --model (required), --tokenizer, --kv-format, --layer-formats, --recent-window,
 // --sink-tokens, --window-format, --kv-budget-mb, --block-size, --threads, --lowrank-rank and
@@ -24,6 +24,6 @@ absl::StatusOr<engine::LocalModelOptions> LocalModelOptionsFromFlags(const FlagS
 // `seed_help` says what the command does then). `top_p` is --top-p's default.
 void AddSamplingFlags(FlagSet& flags, const char* seed_help, double top_p = 0.9);
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools
 
 #endif  // KVSERVE_TOOLS_MODEL_FLAGS_H_

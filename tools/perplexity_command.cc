@@ -12,7 +12,7 @@
 #include "tools/flags.h"
 #include "tools/model_flags.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 
 int RunPerplexityCommand(const std::vector<std::string>& args) {
   FlagSet flags("perplexity");
@@ -149,4 +149,4 @@ int RunPerplexityCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

@@ -18,7 +18,7 @@
 #include "tools/commands.h"
 #include "tools/flags.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 namespace {
 
 using kernels::KvFormat;
@@ -274,4 +274,4 @@ int RunProfileCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

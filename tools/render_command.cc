@@ -14,7 +14,7 @@
 #include "tools/commands.h"
 #include "tools/flags.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 namespace {
 
 using Json = nlohmann::ordered_json;  // keeps the keys of each message in file order
@@ -183,4 +183,4 @@ int RunRenderCommand(const std::vector<std::string>& args) {
   return std::fflush(stdout) == 0 ? 0 : 1;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

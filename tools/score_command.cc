@@ -20,7 +20,7 @@
 #include "tools/commands.h"
 #include "tools/flags.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 
 int RunScoreCommand(const std::vector<std::string>& args) {
   FlagSet flags("score");
@@ -91,4 +91,4 @@ int RunScoreCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

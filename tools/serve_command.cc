@@ -33,7 +33,21 @@
 #include "tools/commands.h"
 #include "tools/flags.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
+
+using server::ChatSetup;
+using server::CheckServerFiles;
+using server::ConfigChanges;
+using server::FileChangePoller;
+using server::GrpcServer;
+using server::kLivenessService;
+using server::LivenessSample;
+using server::LivenessWatchdog;
+using server::LoadChatTemplate;
+using server::LoadServerConfig;
+using server::LocateConfigError;
+using server::ServerConfig;
+
 namespace {
 
 // SIGUSR2 only tells the watcher thread to exit.
@@ -258,4 +272,4 @@ int RunServeCommand(const std::vector<std::string>& args) {
   return code;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

@@ -11,7 +11,7 @@
 #include "tools/client_util.h"
 #include "tools/flags.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 namespace {
 
 std::string Bytes(int64_t b) {
@@ -149,4 +149,4 @@ int RunClientStats(const std::vector<std::string>& args) {
   return 0;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

@@ -12,7 +12,7 @@
 
 #include "kvserve/v1/memory.pb.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 
 // The snapshot as aligned "label  value" rows grouped by section (bytes in MiB and bytes).
 std::string FormatMemoryStats(const v1::MemoryStats& stats);
@@ -21,6 +21,6 @@ std::string FormatMemoryStats(const v1::MemoryStats& stats);
 // 2 (bad flags).
 int RunClientStats(const std::vector<std::string>& args);
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools
 
 #endif  // KVSERVE_TOOLS_STATS_COMMAND_H_

@@ -13,7 +13,7 @@
 #include "tools/commands.h"
 #include "tools/flags.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 
 int RunTokenizeCommand(const std::vector<std::string>& args) {
   FlagSet flags("tokenize");
@@ -70,4 +70,4 @@ int RunTokenizeCommand(const std::vector<std::string>& args) {
   return std::fflush(stdout) == 0 ? 0 : 1;
 }
 
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

@@ -10,12 +10,12 @@
 #include "tools/bench_runner.h"
 #include "tools/bench_workload.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 namespace {
 
-using testing::KvserveBinary;
-using testing::RunProcess;
-using testing::ServerProcess;
+using server::testing::KvserveBinary;
+using server::testing::RunProcess;
+using server::testing::ServerProcess;
 
 TEST(BenchEndToEndTest, CountsAgreeWithTheServer) {
   ServerProcess server;
@@ -186,4 +186,4 @@ TEST(BenchEndToEndTest, BadFlagsAndBadTracesAreClearErrors) {
 }
 
 }  // namespace
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

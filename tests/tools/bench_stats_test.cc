@@ -4,7 +4,7 @@
 #include "gtest/gtest.h"
 #include "tools/bench_json.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 namespace {
 
 TEST(BenchStatsTest, OneToTen) {
@@ -87,4 +87,4 @@ TEST(BenchJsonTest, WriterOutputParsesBack) {
 }
 
 }  // namespace
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

@@ -7,7 +7,7 @@
 
 #include "gtest/gtest.h"
 
-namespace kvserve::server {
+namespace kvserve::tools {
 namespace {
 
 ModelLimits Limits() {
@@ -196,4 +196,4 @@ TEST(ParseTraceTest, ErrorsNameTheFileAndLine) {
 }
 
 }  // namespace
-}  // namespace kvserve::server
+}  // namespace kvserve::tools

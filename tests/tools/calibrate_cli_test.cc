@@ -10,8 +10,16 @@
 #include "server/config/server_config.h"
 #include "tests/server/grpc/server_process.h"
 
-namespace kvserve::server::testing {
+namespace kvserve::tools {
 namespace {
+
+using ::kvserve::server::LoadServerConfig;
+using ::kvserve::server::ServerConfig;
+using ::kvserve::server::testing::KvserveBinary;
+using ::kvserve::server::testing::ModelPath;
+using ::kvserve::server::testing::ProcessResult;
+using ::kvserve::server::testing::RunProcess;
+using ::kvserve::server::testing::ScratchDir;
 
 std::string EvalText() { return std::string(KVSERVE_EVAL_DIR) + "/tinystories_valid_a.txt"; }
 
@@ -89,4 +97,4 @@ TEST(CalibrateCliTest, BadFlagsAreUsageErrorsNamingTheFlag) {
 }
 
 }  // namespace
-}  // namespace kvserve::server::testing
+}  // namespace kvserve::tools

@@ -8,8 +8,18 @@
 #include "gtest/gtest.h"
 #include "tests/server/grpc/server_process.h"
 
-namespace kvserve::server::testing {
+namespace kvserve::tools {
 namespace {
+
+using ::kvserve::server::testing::HealthStatus;
+using ::kvserve::server::testing::KvserveBinary;
+using ::kvserve::server::testing::ModelPath;
+using ::kvserve::server::testing::OfflineGreedy;
+using ::kvserve::server::testing::ProcessResult;
+using ::kvserve::server::testing::RunProcess;
+using ::kvserve::server::testing::ScratchDir;
+using ::kvserve::server::testing::ServerProcess;
+using ::kvserve::server::testing::SourceDir;
 
 ProcessResult Client(const std::vector<std::string>& args) {
   std::vector<std::string> argv = {KvserveBinary(), "client"};
@@ -135,4 +145,4 @@ TEST(ServeClientCliTest, ServeCheckRejectsABrokenConfigNamingTheKey) {
 }
 
 }  // namespace
-}  // namespace kvserve::server::testing
+}  // namespace kvserve::tools

@@ -13,9 +13,14 @@
 #include "gtest/gtest.h"
 #include "tests/server/grpc/server_process.h"
 
-namespace kvserve::server::testing {
+namespace kvserve::tools {
 namespace {
 
+using ::kvserve::server::testing::KvserveBinary;
+using ::kvserve::server::testing::ProcessResult;
+using ::kvserve::server::testing::RunProcess;
+using ::kvserve::server::testing::ScratchDir;
+using ::kvserve::server::testing::SourceDir;
 using ::testing::HasSubstr;
 
 std::string VocabPath(const std::string& name) { return SourceDir() + "/../shared/vocab/" + name; }
@@ -150,4 +155,4 @@ TEST(RenderCommandTest, BadInputIsAClearError) {
 }
 
 }  // namespace
-}  // namespace kvserve::server::testing
+}  // namespace kvserve::tools

@@ -15,12 +15,15 @@
 #include "tests/engine/tokenizer/vocab_vectors.h"
 #include "tests/server/grpc/server_process.h"
 
-namespace kvserve::server::testing {
+namespace kvserve::tools {
 namespace {
 
 using ::kvserve::engine::testing::ReadVocabVectors;
 using ::kvserve::engine::testing::VocabDir;
 using ::kvserve::engine::testing::VocabFiles;
+using ::kvserve::server::testing::KvserveBinary;
+using ::kvserve::server::testing::ProcessResult;
+using ::kvserve::server::testing::RunProcess;
 using ::testing::HasSubstr;
 
 ProcessResult Tokenize(const std::vector<std::string>& args) {
@@ -104,4 +107,4 @@ TEST_F(TokenizeCliTest, Errors) {
 }
 
 }  // namespace
-}  // namespace kvserve::server::testing
+}  // namespace kvserve::tools

@@ -107,7 +107,7 @@ TEST(LivenessWatchdogTest, ReportsAWedgedEngineAndItsRecovery) {
 std::string Health(const std::shared_ptr<grpc::Channel>& channel, const std::string& service) {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  auto status = CheckHealth(channel, &context, service);
+  auto status = tools::CheckHealth(channel, &context, service);
   if (!status.ok()) return absl::StatusCodeToString(status.status().code());
   return *status;
 }
