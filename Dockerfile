@@ -35,6 +35,7 @@ COPY proto proto
 COPY kernels kernels
 COPY engine engine
 COPY server server
+COPY tools tools
 COPY scripts scripts
 # Portable x86-64 code (AVX2/FMA), not tuned to the build machine. KVSERVE_JOBS caps the
 # parallel compile jobs (default: every CPU). A ccache cache mount keeps compiled objects between

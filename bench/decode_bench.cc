@@ -14,7 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
-#include "engine/generation/local_model.h"
+#include "engine/runtime/local_model.h"
 #include "spdlog/spdlog.h"
 
 namespace {
@@ -67,7 +67,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  // As `kvserve serve` does (server/main.cc); --mutex-checks 1 keeps Abseil's lock-order checks.
+  // As `kvserve serve` does (tools/kvserve_main.cc); --mutex-checks 1 keeps Abseil's lock-order
+  // checks.
   if (!mutex_checks) absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   LocalModelOptions o;
   o.model_path = model;

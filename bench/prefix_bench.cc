@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/serving/engine.h"
+#include "engine/runtime/engine.h"
 #include "spdlog/spdlog.h"
 
 namespace {

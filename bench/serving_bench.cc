@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
-#include "engine/serving/engine.h"
+#include "engine/runtime/engine.h"
 #include "spdlog/spdlog.h"
 
 namespace {
@@ -137,7 +137,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  // As `kvserve serve` does (server/main.cc); --mutex-checks 1 keeps Abseil's lock-order checks.
+  // As `kvserve serve` does (tools/kvserve_main.cc); --mutex-checks 1 keeps Abseil's lock-order
+  // checks.
   if (!mutex_checks) absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   EngineOptions o;
   o.model.model_path = model;

@@ -41,12 +41,13 @@ export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$supp/
 cd "$build"
 if (($# == 0)) && [[ "$kind" == thread ]]; then
   # The engine's concurrent parts (scheduler, engine, block pool, request streams, prefix
-  # admission), then every server test but the two dashboard suites: they read protobuf map
-  # fields that the uninstrumented libprotobuf filled, and protobuf's headers give MapFieldBase
-  # two more members under TSan than the library was built with (docs/reliability.md).
+  # admission), then every server and kvserve-command (tools) test but the two dashboard suites:
+  # they read protobuf map fields that the uninstrumented libprotobuf filled, and protobuf's
+  # headers give MapFieldBase two more members under TSan than the library was built with
+  # (docs/reliability.md).
   ctest --output-on-failure -j "$jobs" --timeout 1800 \
     -R 'Scheduler|BlockPool|Engine|RequestStream|Prefix|TokenEvictionServing|KvCapacity' -E soak
-  ctest --output-on-failure -j "$jobs" --timeout 1800 -L server \
+  ctest --output-on-failure -j "$jobs" --timeout 1800 -L 'server|tools' \
     -E 'GrafanaDashboardTest|DashboardAgainstServerTest'
   exit 0
 fi

@@ -28,7 +28,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/eval/perplexity.h"
-#include "engine/generation/local_model.h"
+#include "engine/runtime/local_model.h"
 #include "kernels/kv_format.h"
 
 namespace kvserve::engine {

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/generation/local_model.h"
+#include "engine/runtime/local_model.h"
 #include "kernels/kv_format.h"
 
 namespace kvserve::engine {

@@ -16,8 +16,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/generation/local_model.h"
+#include "engine/common/documents.h"
 #include "engine/kv/token_eviction/token_eviction_policy.h"
+#include "engine/runtime/local_model.h"
 
 namespace kvserve::engine {
 
@@ -56,8 +57,7 @@ struct PerplexityResult {
   int64_t peak_kv_slots = 0;         // most KV slots one document held at once
 };
 
-// Splits, strips and drops empty documents (see above).
-std::vector<std::string_view> SplitDocuments(std::string_view text, std::string_view separator);
+// SplitDocuments (engine/common/documents.h) splits, strips and drops empty documents.
 
 absl::StatusOr<PerplexityResult> EvaluatePerplexity(LocalModel& model, std::string_view text,
                                                     const PerplexityOptions& options);

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/serving/engine.h"
+#include "engine/runtime/engine.h"
 
 namespace kvserve::server {
 

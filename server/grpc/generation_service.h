@@ -24,7 +24,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
-#include "engine/serving/engine.h"
+#include "engine/runtime/engine.h"
 #include "grpcpp/grpcpp.h"
 #include "kvserve/v1/generation.grpc.pb.h"
 #include "server/grpc/auth.h"

@@ -18,7 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "engine/serving/engine.h"
+#include "engine/runtime/engine.h"
 #include "grpcpp/grpcpp.h"
 #include "server/config/server_config.h"
 #include "server/grpc/auth.h"

@@ -23,7 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "engine/serving/engine.h"
+#include "engine/runtime/engine.h"
 #include "grpcpp/grpcpp.h"
 #include "kvserve/v1/memory.grpc.pb.h"
 #include "server/grpc/auth.h"

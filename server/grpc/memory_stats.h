@@ -10,7 +10,7 @@
 #define KVSERVE_SERVER_GRPC_MEMORY_STATS_H_
 
 #include "absl/time/time.h"
-#include "engine/serving/engine.h"
+#include "engine/runtime/engine.h"
 #include "kvserve/v1/memory.pb.h"
 
 namespace kvserve::server {

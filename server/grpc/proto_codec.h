@@ -18,7 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "engine/generation/batch_generator.h"
+#include "engine/runtime/batch_generator.h"
 #include "google/protobuf/duration.pb.h"
 #include "google/protobuf/message.h"
 #include "grpcpp/grpcpp.h"

@@ -19,7 +19,7 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "engine/serving/engine.h"
+#include "engine/runtime/engine.h"
 #include "engine/serving/request.h"
 #include "server/metrics/request_outcomes.h"
 

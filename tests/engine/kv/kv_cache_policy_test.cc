@@ -5,7 +5,7 @@
 #include <sstream>
 
 #include "engine/eval/perplexity.h"
-#include "engine/generation/local_model.h"
+#include "engine/runtime/local_model.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/kv_quantize.h"
 

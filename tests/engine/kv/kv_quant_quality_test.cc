@@ -8,9 +8,9 @@
 #include <string>
 
 #include "engine/eval/perplexity.h"
-#include "engine/generation/local_model.h"
 #include "engine/kv/block_pool.h"
 #include "engine/kv/kv_cache_policy.h"
+#include "engine/runtime/local_model.h"
 #include "gtest/gtest.h"
 #include "kernels/kv_format.h"
 

@@ -17,10 +17,10 @@
 #include <vector>
 
 #include "engine/eval/perplexity.h"
-#include "engine/generation/local_model.h"
 #include "engine/kv/block_pool.h"
 #include "engine/kv/kv_cache_policy.h"
 #include "engine/kv/sequence_kv.h"
+#include "engine/runtime/local_model.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/kv_quantize.h"
 #include "kernels/cpu/paged_attention.h"

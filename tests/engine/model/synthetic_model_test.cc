@@ -13,9 +13,9 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "engine/generation/local_model.h"
 #include "engine/model/gguf.h"
 #include "engine/model/model.h"
+#include "engine/runtime/local_model.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 

@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/generation/local_model.h"
 #include "engine/model/gguf.h"
 #include "engine/model/gguf_writer.h"
+#include "engine/runtime/local_model.h"
 #include "gtest/gtest.h"
 #include "tests/engine/model/model_test_util.h"
 

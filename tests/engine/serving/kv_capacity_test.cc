@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/generation/local_model.h"
+#include "engine/runtime/local_model.h"
 #include "engine/serving/scheduler.h"
 #include "gtest/gtest.h"
 

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/serving/engine.h"
+#include "engine/runtime/engine.h"
 #include "gtest/gtest.h"
 
 namespace kvserve::engine {

@@ -7,7 +7,7 @@
 #include <tuple>
 #include <vector>
 
-#include "engine/generation/local_model.h"
+#include "engine/runtime/local_model.h"
 #include "gtest/gtest.h"
 #include "kernels/kv_format.h"
 

@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/generation/local_model.h"
+#include "engine/runtime/local_model.h"
 #include "gtest/gtest.h"
 
 namespace kvserve::engine {

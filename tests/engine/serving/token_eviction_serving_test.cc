@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "engine/kv/token_eviction/token_eviction_settings.h"
-#include "engine/serving/engine.h"
+#include "engine/runtime/engine.h"
 #include "gtest/gtest.h"
 
 namespace kvserve::engine {

@@ -428,7 +428,7 @@ TEST(DockerfileBuildInputsTest, FindsTheIncludedAndGlobbedInputs) {
   CollectCMakeInputs(root, root / "CMakeLists.txt", ImageStages()["build"], cpu);
   for (const char* p : {"CMakeLists.txt", "cmake/sanitizers.cmake", "proto/CMakeLists.txt",
                         "proto/kvserve/v1", "kernels", "kernels/cpu", "engine", "server",
-                        "server/main.cc"}) {
+                        "tools", "tools/kvserve_main.cc"}) {
     EXPECT_TRUE(cpu.paths.contains(p)) << p << " not found among: " << absl::StrJoin(cpu.log, ", ");
   }
   // Tests, benchmarks, the TSan helper and the CUDA kernels are not read by this configuration.
@@ -447,7 +447,8 @@ TEST(DockerfileBuildInputsTest, ReportsEachMissingCopy) {
   const std::string dockerfile = ReadFile(root / "Dockerfile");
   for (const char* copy :
        {"COPY cmake cmake\n", "COPY proto proto\n", "COPY kernels kernels\n",
-        "COPY engine engine\n", "COPY server server\n", "COPY scripts scripts\n",
+        "COPY engine engine\n", "COPY server server\n", "COPY tools tools\n",
+        "COPY scripts scripts\n",
         "COPY CMakeLists.txt ./\n", "COPY scripts/install-deps.sh scripts/install-deps.sh\n"}) {
     ASSERT_TRUE(absl::StrContains(dockerfile, copy)) << copy;
     const std::string broken = absl::StrReplaceAll(dockerfile, {{copy, "\n"}});
@@ -467,7 +468,7 @@ TEST(DockerfileBuildInputsTest, DockerIgnoreKeepsTheBuildInputs) {
   EXPECT_TRUE(Ignored(ignore, "build/kvserve"));
   EXPECT_TRUE(Ignored(ignore, "build-asan/CMakeCache.txt"));
   EXPECT_FALSE(Ignored(ignore, "cmake/sanitizers.cmake"));
-  EXPECT_FALSE(Ignored(ignore, "server/main.cc"));
+  EXPECT_FALSE(Ignored(ignore, "tools/kvserve_main.cc"));
   EXPECT_FALSE(Ignored(ignore, "configs/server.yaml"));
 }
 

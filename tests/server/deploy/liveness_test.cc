@@ -12,9 +12,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
-#include "server/cli/client_util.h"
 #include "server/grpc/liveness_watchdog.h"
 #include "tests/server/grpc/server_process.h"
+#include "tools/client_util.h"
 
 namespace kvserve::server::testing {
 namespace {
@@ -107,7 +107,7 @@ TEST(LivenessWatchdogTest, ReportsAWedgedEngineAndItsRecovery) {
 std::string Health(const std::shared_ptr<grpc::Channel>& channel, const std::string& service) {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  auto status = CheckHealth(channel, &context, service);
+  auto status = tools::CheckHealth(channel, &context, service);
   if (!status.ok()) return absl::StatusCodeToString(status.status().code());
   return *status;
 }

@@ -15,8 +15,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "server/cli/client_util.h"
 #include "tests/server/grpc/server_process.h"
+#include "tools/client_util.h"
 
 namespace kvserve::server::testing {
 namespace {
@@ -416,7 +416,7 @@ StreamResult ReadStream(v1::Generation::Stub& stub, const v1::GenerateRequest& r
 std::string HealthStatus(const std::shared_ptr<grpc::Channel>& channel) {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  auto status = CheckHealth(channel, &context, "");
+  auto status = tools::CheckHealth(channel, &context, "");
   if (!status.ok()) return absl::StatusCodeToString(status.status().code());
   return *status;
 }
