@@ -30,6 +30,8 @@
 
 #if defined(KVSERVE_HAVE_CUDA)
 #include "kernels/cuda/cuda_backend.h"
+#else
+#include "kernels/cpu/cpu_backend.h"
 #endif
 
 namespace kvserve::kernels {
@@ -38,6 +40,12 @@ namespace {
 #if defined(KVSERVE_HAVE_CUDA)
 // Built into the GPU test binary: "cuda" joins the registry (unavailable without a device).
 const bool kCudaRegistered = (cuda::RegisterCudaBackend(), true);
+#else
+// Without a device backend, a second CPU backend stands in as a peer, so that the comparison
+// against the CPU (uploads, pointer arrays, tolerances) runs on every machine.
+const bool kTwinRegistered = RegisterBackend("cpu-twin", [](std::string*) {
+  return std::unique_ptr<Backend>(new cpu::CpuBackend);
+});
 #endif
 
 constexpr double kUnit = 1.0 / (1 << 24);  // float's unit roundoff
