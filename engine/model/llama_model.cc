@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "engine/common/status_macros.h"
 
 namespace kvserve::engine {
 
@@ -34,6 +35,8 @@ LlamaModel::LlamaModel(const LoadedModel& model, kernels::ThreadPool* pool,
   }
   // Not zeroed: PrepareWeight writes every byte it uses.
   panels_.reset(backend_->Alloc(bytes));
+  KVSERVE_CHECK(panels_ != nullptr) << "backend " << backend_->name() << ": cannot allocate "
+                                    << bytes << " bytes for the prepared weights";
   auto* base = static_cast<uint8_t*>(panels_.get());
   for (size_t i = 0; i < matrices.size(); ++i) {
     if (backend_->PreparedWeightBytes(*matrices[i]) == 0) continue;  // used in place
