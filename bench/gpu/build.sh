@@ -19,9 +19,9 @@ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVSERVE_CUDA=
   -DKVSERVE_NATIVE=OFF "-DKVSERVE_CUDA_ARCHS=$archs" -DKVSERVE_BUILD_TESTS=ON \
   -DKVSERVE_BUILD_BENCH=ON
 cmake --build "$build" -j "${KVSERVE_JOBS:-$(nproc)}" --target gpu_kernels_test gpu_gemm_test \
-  gpu_kernels_bench
+  gpu_backend_conformance_test gpu_kernels_bench
 mkdir -p "$build/bin"
 cp "$build/tests/gpu/gpu_kernels_test" "$build/tests/gpu/gpu_gemm_test" \
-  "$build/bench/gpu/gpu_kernels_bench" "$build/bin/"
+  "$build/tests/gpu/gpu_backend_conformance_test" "$build/bench/gpu/gpu_kernels_bench" "$build/bin/"
 cp "$root/bench/gpu/check.sh" "$build/bin/"
 echo "carry: $build/bin ($(du -sh "$build/bin" | cut -f1))"

@@ -44,6 +44,21 @@ else
   [[ $rc -ne 0 ]] && status=1
 fi
 
+echo "== gpu_backend_conformance_test (every Backend op on \"cuda\" against the CPU backend)"
+if [[ ! -x "$bin/gpu_backend_conformance_test" ]]; then
+  echo "gpu_backend_conformance_test: not run, missing (rebuild with bench/gpu/build.sh)"
+  status=1
+elif ldd "$bin/gpu_backend_conformance_test" | grep -q "not found"; then
+  echo "gpu_backend_conformance_test: not run, libraries missing:"
+  ldd "$bin/gpu_backend_conformance_test" | grep "not found"
+else
+  timeout 120 "$bin/gpu_backend_conformance_test" --gtest_brief=1 2>&1 |
+    tee "$out/gpu_backend_conformance_test.log"
+  rc=${PIPESTATUS[0]}
+  echo "gpu_backend_conformance_test: exit $rc"
+  [[ $rc -ne 0 ]] && status=1
+fi
+
 echo "== gpu_kernels_bench"
 # shellcheck disable=SC2086
 timeout 200 "$bin/gpu_kernels_bench" ${KVSERVE_GPU_BENCH_ARGS:-} 2>&1 | tee "$out/gpu_kernels_bench.log"

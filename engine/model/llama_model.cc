@@ -3,17 +3,20 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <string>
 
 #include "absl/strings/str_format.h"
-#include "kernels/cpu/ops.h"
-#include "kernels/cpu/paged_attention.h"
+#include "engine/common/status_macros.h"
 
 namespace kvserve::engine {
 
-namespace cpu = kernels::cpu;
-
-LlamaModel::LlamaModel(const LoadedModel& model, kernels::ThreadPool* pool)
-    : model_(model), pool_(pool), weights_(model.weights()) {
+LlamaModel::LlamaModel(const LoadedModel& model, kernels::ThreadPool* pool,
+                       kernels::Backend* backend)
+    : model_(model),
+      pool_(pool),
+      backend_(backend != nullptr ? backend : kernels::DefaultCpuBackend()),
+      weights_(model.weights()),
+      panels_(nullptr, BackendFree{backend_}) {
   std::vector<kernels::WeightView*> matrices;
   for (LayerWeights& lw : weights_.layers) {
     for (kernels::WeightView* m :
@@ -22,21 +25,22 @@ LlamaModel::LlamaModel(const LoadedModel& model, kernels::ThreadPool* pool)
     }
   }
   matrices.push_back(&weights_.output);
-  // One allocation (in floats, so every panel set starts 4-byte aligned; 64-byte rounding keeps
-  // each matrix's panels on their own cache lines).
+  // One allocation of backend memory (64-byte rounding keeps each matrix's prepared copy on its
+  // own cache lines).
   std::vector<int64_t> offsets;
-  int64_t floats = 0;
+  int64_t bytes = 0;
   for (const kernels::WeightView* m : matrices) {
-    offsets.push_back(floats);
-    floats += (cpu::WeightPanelBytes(*m) / 4 + 15) / 16 * 16;
+    offsets.push_back(bytes);
+    bytes += (backend_->PreparedWeightBytes(*m) + 63) / 64 * 64;
   }
-  // Not zeroed: PackWeightPanels writes every byte of a matrix's panels (padding rows included).
-  panels_.reset(new float[floats]);
+  // Not zeroed: PrepareWeight writes every byte it uses.
+  panels_.reset(backend_->Alloc(bytes));
+  KVSERVE_CHECK(panels_ != nullptr) << "backend " << backend_->name() << ": cannot allocate "
+                                    << bytes << " bytes for the prepared weights";
+  auto* base = static_cast<uint8_t*>(panels_.get());
   for (size_t i = 0; i < matrices.size(); ++i) {
-    // Quantized matrices are used in place: their MatMul is batch-invariant without panels.
-    if (kernels::IsQuantized(matrices[i]->dtype)) continue;
-    cpu::PackWeightPanels(*matrices[i], panels_.get() + offsets[i]);
-    matrices[i]->panels = panels_.get() + offsets[i];
+    if (backend_->PreparedWeightBytes(*matrices[i]) == 0) continue;  // used in place
+    backend_->PrepareWeight(matrices[i], base + offsets[i]);
   }
 }
 
@@ -85,11 +89,15 @@ absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, const BlockPool& k
   const int32_t* slot_block = slot_block_.data() + t0;
   const int32_t* slot_offset = slot_offset_.data() + t0;
   float* rope = rope_.data() + t0 * (c.head_dim / 2 * 2);
-  cpu::RopeTable(positions, n, c.head_dim, c.rope_freq_base, rope, c.rope_freq_scale,
-                 w.rope_freq_factors);
-  cpu::EmbeddingGather(w.token_embedding, batch.tokens.data() + t0, n, x);
+  kernels::Backend& be = *backend_;
+  const kernels::ExecContext ctx{pool};
+  be.RopeTable(positions, n,
+               kernels::RopeParams{c.head_dim, c.rope_freq_base, c.rope_freq_scale,
+                                   w.rope_freq_factors},
+               rope, ctx);
+  be.EmbeddingGather(w.token_embedding, batch.tokens.data() + t0, n, x, ctx);
 
-  cpu::AttentionBatch ab;
+  kernels::AttentionBatch ab;
   ab.num_tokens = n;
   ab.num_heads = c.num_heads;
   ab.q = q;
@@ -105,18 +113,19 @@ absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, const BlockPool& k
       ab.seq_score_head_stride = batch.seq_score_head_stride.data();
     }
   }
+  const kernels::KvWrite kv_write{k, v, n, slot_block, slot_offset};
 
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w.layers[l];
     const kernels::PagedKvLayerView view = kv.LayerView(l);
     // Attention block.
-    cpu::RmsNorm(x, lw.attn_norm, n, dim, c.rms_norm_eps, xb);
-    cpu::MatMul(xb, n, lw.wq, q, pool);
-    cpu::MatMul(xb, n, lw.wk, k, pool);
-    cpu::MatMul(xb, n, lw.wv, v, pool);
-    cpu::RopeAdjacentPairsTable(q, rope, n, c.num_heads, c.head_dim);
-    cpu::RopeAdjacentPairsTable(k, rope, n, c.num_kv_heads, c.head_dim);
-    if (!cpu::WriteKv(k, v, n, slot_block, slot_offset, view)) {
+    be.RmsNorm(x, lw.attn_norm, n, dim, c.rms_norm_eps, xb, ctx);
+    be.MatMul(xb, n, lw.wq, q, ctx);
+    be.MatMul(xb, n, lw.wk, k, ctx);
+    be.MatMul(xb, n, lw.wv, v, ctx);
+    be.Rope(q, rope, n, c.num_heads, c.head_dim, ctx);
+    be.Rope(k, rope, n, c.num_kv_heads, c.head_dim, ctx);
+    if (!be.WriteKv(kv_write, view, ctx)) {
       return absl::InternalError(
           absl::StrFormat("non-finite or out-of-range K/V values in layer %d", l));
     }
@@ -129,16 +138,16 @@ absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, const BlockPool& k
         }
       }
     }
-    cpu::PagedAttention(ab, view, pool);
-    cpu::MatMul(att, n, lw.wo, xb, pool);
-    cpu::AddInPlace(x, xb, n * dim);
+    be.PagedAttention(ab, view, ctx);
+    be.MatMul(att, n, lw.wo, xb, ctx);
+    be.Add(x, xb, n * dim, ctx);
     // Feed-forward block.
-    cpu::RmsNorm(x, lw.ffn_norm, n, dim, c.rms_norm_eps, xb);
-    cpu::MatMul(xb, n, lw.w_gate, gate, pool);
-    cpu::MatMul(xb, n, lw.w_up, up, pool);
-    cpu::SwiGlu(gate, up, n * hidden, gate);
-    cpu::MatMul(gate, n, lw.w_down, xb, pool);
-    cpu::AddInPlace(x, xb, n * dim);
+    be.RmsNorm(x, lw.ffn_norm, n, dim, c.rms_norm_eps, xb, ctx);
+    be.MatMul(xb, n, lw.w_gate, gate, ctx);
+    be.MatMul(xb, n, lw.w_up, up, ctx);
+    be.SwiGlu(gate, up, n * hidden, gate, ctx);
+    be.MatMul(gate, n, lw.w_down, xb, ctx);
+    be.Add(x, xb, n * dim, ctx);
   }
   return absl::OkStatus();
 }
@@ -147,6 +156,11 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const BlockPool& kv,
   const ModelConfig& c = model_.config();
   const int64_t n = batch.num_tokens();
   if (n == 0) return absl::OkStatus();
+  if (!backend_->host_memory()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "backend \"%s\" keeps its data in device memory; this model runner needs a host-memory "
+        "backend", std::string(backend_->name())));
+  }
   if (static_cast<int64_t>(batch.positions.size()) != n ||
       static_cast<int64_t>(batch.seq.size()) != n ||
       static_cast<int64_t>(batch.kv_slot.size()) != n) {
@@ -206,11 +220,13 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const BlockPool& kv,
     if (r1 <= r0) return;
     const ModelWeights& w = weights_;
     const int64_t dim = c.dim;
+    const kernels::ExecContext ctx{pool};
     for (int64_t r = r0; r < r1; ++r) {
-      cpu::RmsNorm(x_.data() + batch.logits_rows[r] * dim, w.final_norm, 1, dim, c.rms_norm_eps,
-                   final_.data() + r * dim);
+      backend_->RmsNorm(x_.data() + batch.logits_rows[r] * dim, w.final_norm, 1, dim,
+                        c.rms_norm_eps, final_.data() + r * dim, ctx);
     }
-    cpu::MatMul(final_.data() + r0 * dim, r1 - r0, w.output, logits + r0 * w.output.rows, pool);
+    backend_->MatMul(final_.data() + r0 * dim, r1 - r0, w.output, logits + r0 * w.output.rows,
+                     ctx);
   };
   int64_t cuts[kMaxParts + 1];
   const int parts = SplitBySequence(batch, cuts);

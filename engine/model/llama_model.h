@@ -1,4 +1,5 @@
-// The Llama-family forward pass on the CPU over the paged KV cache.
+// The Llama-family forward pass over the paged KV cache, every op through a kernels::Backend
+// (kernels/backend.h; the CPU backend by default).
 //
 // Forward() runs one step for a ForwardBatch: embeds the tokens, and for every layer computes
 // RMSNorm -> Q/K/V projections -> RoPE -> K/V written into their paged slots (in each block's
@@ -17,8 +18,14 @@
 // compute each token from its own row and its sequence's KV only; so a token's logits are
 // bitwise the same whatever else is in the batch and however its prompt was chunked.
 //
+// Backend: the runner keeps its scratch in host memory and the pool's blocks are host memory,
+// so the backend must be a host-memory one (Backend::host_memory(); Forward refuses others with
+// FailedPrecondition) that may be called from several threads at once, as the CPU backend may.
+// The weight matrices are prepared (Backend::PrepareWeight) once, in the constructor.
+//
 // Thread-safety: one Forward at a time per LlamaModel (it owns scratch buffers). The LoadedModel
-// must outlive it. The pool is only read through layer views; the caller allocated the blocks.
+// and the backend must outlive it. The pool is only read through layer views; the caller
+// allocated the blocks.
 #ifndef KVSERVE_ENGINE_MODEL_LLAMA_MODEL_H_
 #define KVSERVE_ENGINE_MODEL_LLAMA_MODEL_H_
 
@@ -30,17 +37,22 @@
 #include "engine/kv/block_pool.h"
 #include "engine/model/forward_batch.h"
 #include "engine/model/model.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace kvserve::engine {
 
 class LlamaModel {
  public:
-  // `pool` may be null (single-threaded).
-  LlamaModel(const LoadedModel& model, kernels::ThreadPool* pool);
+  // `pool` may be null (single-threaded). `backend` null: kernels::DefaultCpuBackend().
+  LlamaModel(const LoadedModel& model, kernels::ThreadPool* pool,
+             kernels::Backend* backend = nullptr);
+  LlamaModel(const LlamaModel&) = delete;
+  LlamaModel& operator=(const LlamaModel&) = delete;
 
   const ModelConfig& config() const { return model_.config(); }
   const LoadedModel& loaded() const { return model_; }
+  kernels::Backend* backend() const { return backend_; }
   int32_t bos_id() const { return model_.vocab().bos_id; }
   int32_t eos_id() const { return model_.vocab().eos_id; }
 
@@ -67,12 +79,20 @@ class LlamaModel {
   // is too small or cannot be split evenly (one long prompt), and then the kernels split.
   int SplitBySequence(const ForwardBatch& batch, int64_t* cuts);
 
+  // Frees backend memory.
+  struct BackendFree {
+    kernels::Backend* backend;
+    void operator()(void* p) const { backend->Free(p); }
+  };
+
   const LoadedModel& model_;
   kernels::ThreadPool* pool_;
-  // The model's weights with every matrix also packed into MatMul panels (owned by panels_),
-  // so that each row of a batch is computed exactly as it would be alone.
+  kernels::Backend* backend_;
+  // The model's weights with every matrix prepared by the backend (the CPU: packed into MatMul
+  // panels, owned by panels_), so that each row of a batch is computed exactly as it would be
+  // alone.
   ModelWeights weights_;
-  std::unique_ptr<float[]> panels_;
+  std::unique_ptr<void, BackendFree> panels_;
   int64_t capacity_ = 0;
   // Scratch, [capacity_, width] each.
   std::vector<float> x_, xb_, q_, k_, v_, att_, gate_, up_;

@@ -6,37 +6,16 @@
 
 #include <cstdint>
 
+#include "kernels/attention_batch.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/kv_format.h"
 
 namespace kvserve::kernels::cpu {
 
-// A batch of query tokens from several sequences (mixed prefill and decode).
-// Token t belongs to sequence token_seq[t] and attends to KV slots [0, token_kv_len[t]) of that
-// sequence, where slot s lives in block seq_block_tables[seq][s / block_size] at offset
-// s % block_size. Causality is expressed by token_kv_len alone (the engine sets it to the slot of
-// the token itself + 1), which also lets token eviction drop slots without changing the kernel.
-struct AttentionBatch {
-  int64_t num_tokens = 0;
-  int num_heads = 0;     // query heads
-  const float* q = nullptr;               // [num_tokens, num_heads, head_dim]
-  float* out = nullptr;                   // [num_tokens, num_heads, head_dim]
-  const int32_t* token_seq = nullptr;     // [num_tokens]
-  const int32_t* token_kv_len = nullptr;  // [num_tokens], >= 1
-  const int32_t* const* seq_block_tables = nullptr;  // [num_seqs][blocks of that sequence]
-  float scale = 1.0f;                     // usually 1 / sqrt(head_dim)
-  // Optional accumulated attention (token eviction by heavy hitters). When non-null, for every
-  // token t whose sequence s = token_seq[t] has seq_scores[s] != nullptr, the kernel adds the
-  // softmax weight of slot j, summed over all query heads, to seq_scores[s][j] for each
-  // j < token_kv_len[t]. Weights come from the same pass that computes `out` (the numerators
-  // exp(s - m) it already has, rescaled once per span by the final max and sum): no second
-  // pass over K. Adds are atomic, so tokens of one sequence may run on several threads.
-  float* const* seq_scores = nullptr;  // [num_seqs][slots of that sequence], or null
-  // Optional, with seq_scores: per sequence, 0 (the sum over all query heads goes to row 0, as
-  // above) or a row stride in floats: then the weights of KV head g, summed over the query heads
-  // of its group, go to seq_scores[s][g * stride + j] instead (per-head token eviction).
-  const int64_t* seq_score_head_stride = nullptr;  // [num_seqs], or null (all 0)
-};
+// The batch and write contract shared with the CUDA kernels (kernels/attention_batch.h); the
+// launch fields of AttentionBatch (max_kv_len, workspace) are ignored here.
+using kernels::AttentionBatch;
+using kernels::KvWrite;
 
 // Writes K and V of num_tokens tokens into their slots: token t goes to physical block
 // slot_block[t] at in-block offset slot_offset[t]. Converts to the block's format on the way
@@ -49,6 +28,9 @@ struct AttentionBatch {
 bool WriteKv(const float* k, const float* v,  // [num_tokens, num_kv_heads, head_dim] each
              int64_t num_tokens, const int32_t* slot_block, const int32_t* slot_offset,
              const PagedKvLayerView& cache);
+inline bool WriteKv(const KvWrite& w, const PagedKvLayerView& cache) {
+  return WriteKv(w.k, w.v, w.num_tokens, w.slot_block, w.slot_offset, cache);
+}
 
 // out = softmax(q K^T * scale) V for every token and head of the batch.
 void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache, ThreadPool* pool);

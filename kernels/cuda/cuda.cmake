@@ -2,7 +2,8 @@
 #
 #   kvserve_kernels_cuda       attention, quantize-on-write, dense ops, device arena; static CUDA
 #                              runtime, no library beyond kvserve_kernels (the CPU twins).
-#   kvserve_kernels_cuda_blas  the cuBLAS GEMM wrapper (links the shared cuBLAS).
+#   kvserve_kernels_cuda_blas  the cuBLAS GEMM wrapper (links the shared cuBLAS) and the "cuda"
+#                              kernels::Backend built on all of them (cuda_backend.h).
 # Few translation units on purpose: the kernels build for every architecture in
 # KVSERVE_CUDA_ARCHS, and CI compiles them on every run.
 set(KVSERVE_CUDA_ARCHS "80;90" CACHE STRING "CUDA architectures the kernels are compiled for")
@@ -52,6 +53,7 @@ target_include_directories(kvserve_kernels_cuda PUBLIC ${PROJECT_SOURCE_DIR})
 target_link_libraries(kvserve_kernels_cuda PUBLIC kvserve_kernels CUDA::cudart_static)
 target_compile_definitions(kvserve_kernels_cuda PUBLIC KVSERVE_HAVE_CUDA=1)
 
-add_library(kvserve_kernels_cuda_blas STATIC ${CMAKE_CURRENT_LIST_DIR}/gemm.cu)
+add_library(kvserve_kernels_cuda_blas STATIC ${CMAKE_CURRENT_LIST_DIR}/gemm.cu
+    ${CMAKE_CURRENT_LIST_DIR}/cuda_backend.cu)
 kvserve_cuda_target_options(kvserve_kernels_cuda_blas)
 target_link_libraries(kvserve_kernels_cuda_blas PUBLIC kvserve_kernels_cuda CUDA::cublas)

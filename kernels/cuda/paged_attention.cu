@@ -268,19 +268,31 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// slot_scores[seq][s] += sum over heads of exp2(logit - max) / sum, for slots s < kv_len.
+// Per token t of a sequence s with seq_scores[s] set: seq_scores[s][g * stride + j] += the sum,
+// over the query heads of KV head g, of exp2(logit - max) / sum, for slots j < kv_len; with a
+// head stride of 0 (or none) every query head adds to row 0.
 __global__ void __launch_bounds__(kThreads) ScoreKernel(const PartitionParams p) {
   const AttentionBatch& b = p.b;
   const int64_t t = blockIdx.x;
+  const int32_t seq = b.token_seq[t];
+  float* const row = b.seq_scores[seq];
+  if (row == nullptr) return;  // uniform over the thread block
+  const int64_t head_stride =
+      b.seq_score_head_stride != nullptr ? b.seq_score_head_stride[seq] : 0;
+  const int rows = head_stride > 0 ? p.cache.shape.num_kv_heads : 1;
+  const int heads_per_row = b.num_heads / rows;
   const int kv_len = b.token_kv_len[t];
-  float* out = b.slot_scores + b.token_seq[t] * b.score_stride;
-  for (int s = blockIdx.y * kThreads + threadIdx.x; s < kv_len; s += gridDim.y * kThreads) {
-    float sum = 0.0f;
-    for (int h = 0; h < b.num_heads; ++h) {
-      const int64_t th = t * b.num_heads + h;
-      sum += exp2f(p.ws_logits[th * b.max_kv_len + s] - p.ws_final[2 * th]) / p.ws_final[2 * th + 1];
+  for (int r = 0; r < rows; ++r) {
+    float* out = row + r * head_stride;
+    for (int s = blockIdx.y * kThreads + threadIdx.x; s < kv_len; s += gridDim.y * kThreads) {
+      float sum = 0.0f;
+      for (int h = r * heads_per_row; h < (r + 1) * heads_per_row; ++h) {
+        const int64_t th = t * b.num_heads + h;
+        sum += exp2f(p.ws_logits[th * b.max_kv_len + s] - p.ws_final[2 * th]) /
+               p.ws_final[2 * th + 1];
+      }
+      atomicAdd(out + s, sum);
     }
-    atomicAdd(out + s, sum);
   }
 }
 
@@ -343,7 +355,7 @@ void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache, 
   KVSERVE_CUDA_REQUIRE(batch.max_kv_len >= 1, "cuda::PagedAttention: max_kv_len must be >= 1");
   const int splits = MaxSplits(s.block_size, batch.max_kv_len);
   KVSERVE_CUDA_REQUIRE(splits <= 65535, "cuda::PagedAttention: context too long");
-  const bool scores = batch.slot_scores != nullptr;
+  const bool scores = batch.seq_scores != nullptr;
   const int64_t need = PagedAttentionWorkspaceBytes(batch.num_tokens, batch.num_heads, s.head_dim,
                                                     s.block_size, batch.max_kv_len, scores);
   KVSERVE_CUDA_REQUIRE(batch.workspace_bytes >= need && (need == 0 || batch.workspace != nullptr),

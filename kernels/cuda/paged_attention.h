@@ -17,6 +17,7 @@
 
 #include <cstdint>
 
+#include "kernels/attention_batch.h"
 #include "kernels/cuda/runtime.h"
 #include "kernels/kv_format.h"
 
@@ -27,26 +28,13 @@ inline constexpr int kAttentionPartitionBlocks = 64;
 // Largest head_dim the attention kernels support.
 inline constexpr int kAttentionMaxHeadDim = 256;
 
-// The CUDA form of cpu::AttentionBatch (same fields and meaning; device pointers), plus what the
-// launch needs from the host: the largest token_kv_len of the batch and the workspace.
-struct AttentionBatch {
-  int64_t num_tokens = 0;
-  int num_heads = 0;                      // query heads
-  const float* q = nullptr;               // [num_tokens, num_heads, head_dim]
-  float* out = nullptr;                   // [num_tokens, num_heads, head_dim]
-  const int32_t* token_seq = nullptr;     // [num_tokens]
-  const int32_t* token_kv_len = nullptr;  // [num_tokens], >= 1
-  const int32_t* const* seq_block_tables = nullptr;  // [num_seqs] -> [blocks of that sequence]
-  float scale = 1.0f;
-  int max_kv_len = 0;           // host value: >= every token_kv_len[t]
-  void* workspace = nullptr;    // PagedAttentionWorkspaceBytes(...) bytes of device memory
-  int64_t workspace_bytes = 0;  // size of `workspace`
-  // Attention scores for token eviction (h2o): when set, every token t adds, for each slot s it
-  // attends to, the softmax probability of s summed over its query heads to
-  // slot_scores[token_seq[t] * score_stride + s]. Accumulates (the caller zeroes or decays).
-  float* slot_scores = nullptr;  // [num_seqs][score_stride]
-  int64_t score_stride = 0;      // >= the slots of every sequence
-};
+// The batch and write contract shared with the CPU kernels (kernels/attention_batch.h), with
+// device pointers. The launch fields are required here: max_kv_len (a host value >= every
+// token_kv_len[t]) and the workspace (PagedAttentionWorkspaceBytes bytes of device memory).
+// Scores (seq_scores, seq_score_head_stride) mean what they mean on the CPU; seq_scores and
+// seq_score_head_stride are device arrays, and every seq_scores[s] a device pointer or null.
+using kernels::AttentionBatch;
+using kernels::KvWrite;
 
 // Device bytes of workspace PagedAttention needs for this batch shape (0 when no token is split
 // and no scores are asked for).
@@ -65,6 +53,9 @@ void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache, 
 void WriteKv(const float* k, const float* v,  // [num_tokens, num_kv_heads, head_dim] each
              int64_t num_tokens, const int32_t* slot_block, const int32_t* slot_offset,
              const PagedKvLayerView& cache, Stream stream);
+inline void WriteKv(const KvWrite& w, const PagedKvLayerView& cache, Stream stream) {
+  WriteKv(w.k, w.v, w.num_tokens, w.slot_block, w.slot_offset, cache, stream);
+}
 
 }  // namespace kvserve::kernels::cuda
 

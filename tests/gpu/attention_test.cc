@@ -359,8 +359,9 @@ TEST(GpuPagedAttentionTest, AccumulatesSlotScores) {
   b.seq_block_tables = d_tables.get();
   b.scale = scale;
   b.max_kv_len = lens[1];
-  b.slot_scores = d_scores.get();
-  b.score_stride = stride;
+  DeviceBuffer<float*> d_score_rows(
+      std::vector<float*>{d_scores.get(), d_scores.get() + stride});
+  b.seq_scores = d_score_rows.get();
   b.workspace_bytes = PagedAttentionWorkspaceBytes(n, heads, hd, bs, b.max_kv_len, true);
   DeviceBuffer<uint8_t> ws(static_cast<size_t>(b.workspace_bytes));
   ws.Fill(0xFF);

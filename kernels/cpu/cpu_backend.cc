@@ -1,0 +1,87 @@
+#include "kernels/cpu/cpu_backend.h"
+
+#include <cstring>
+#include <new>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/paged_attention.h"
+
+namespace kvserve::kernels::cpu {
+
+namespace {
+constexpr std::align_val_t kAlign{64};
+}  // namespace
+
+void* CpuBackend::Alloc(int64_t bytes) {
+  return ::operator new(static_cast<size_t>(bytes > 0 ? bytes : 1), kAlign, std::nothrow);
+}
+
+void CpuBackend::Free(void* p) {
+  if (p != nullptr) ::operator delete(p, kAlign);
+}
+
+void CpuBackend::CopyIn(void* dst, const void* host_src, int64_t bytes) {
+  if (bytes > 0) std::memcpy(dst, host_src, static_cast<size_t>(bytes));
+}
+
+void CpuBackend::CopyOut(void* host_dst, const void* src, int64_t bytes) {
+  if (bytes > 0) std::memcpy(host_dst, src, static_cast<size_t>(bytes));
+}
+
+int64_t CpuBackend::PreparedWeightBytes(const WeightView& w) const {
+  return IsQuantized(w.dtype) ? 0 : WeightPanelBytes(w);
+}
+
+void CpuBackend::PrepareWeight(WeightView* w, void* storage) const {
+  // Quantized matrices are used in place: their MatMul is batch-invariant without panels.
+  if (IsQuantized(w->dtype)) return;
+  PackWeightPanels(*w, storage);
+  w->panels = storage;
+}
+
+void CpuBackend::MatMul(const float* x, int64_t n, const WeightView& w, float* y,
+                        const ExecContext& ctx) {
+  cpu::MatMul(x, n, w, y, ctx.pool);
+}
+
+void CpuBackend::EmbeddingGather(const WeightView& table, const int32_t* ids, int64_t n,
+                                 float* out, const ExecContext& ctx) {
+  cpu::EmbeddingGather(table, ids, n, out);
+}
+
+void CpuBackend::RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps,
+                         float* out, const ExecContext& ctx) {
+  cpu::RmsNorm(x, weight, n, dim, eps, out);
+}
+
+void CpuBackend::RopeTable(const int32_t* positions, int64_t n, const RopeParams& rope,
+                           float* cos_sin, const ExecContext& ctx) {
+  cpu::RopeTable(positions, n, rope.head_dim, rope.freq_base, cos_sin, rope.freq_scale,
+                 rope.freq_factors);
+}
+
+void CpuBackend::Rope(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim,
+                      const ExecContext& ctx) {
+  cpu::RopeAdjacentPairsTable(x, cos_sin, n, num_heads, head_dim);
+}
+
+void CpuBackend::SwiGlu(const float* gate, const float* up, int64_t n, float* out,
+                        const ExecContext& ctx) {
+  cpu::SwiGlu(gate, up, n, out);
+}
+
+void CpuBackend::Add(float* x, const float* y, int64_t n, const ExecContext& ctx) {
+  cpu::AddInPlace(x, y, n);
+}
+
+bool CpuBackend::WriteKv(const KvWrite& w, const PagedKvLayerView& cache,
+                         const ExecContext& ctx) {
+  return cpu::WriteKv(w, cache);
+}
+
+void CpuBackend::PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache,
+                                const ExecContext& ctx) {
+  cpu::PagedAttention(batch, cache, ctx.pool);
+}
+
+}  // namespace kvserve::kernels::cpu

@@ -1,0 +1,217 @@
+#include "kernels/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/ops.h"
+#include "kernels/cuda/paged_attention.h"
+#include "kernels/cuda/runtime.h"
+
+namespace kvserve::kernels::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+// Largest head_dim of the rope table (as on the CPU).
+constexpr int kMaxRopeHeadDim = 1024;
+
+unsigned GridFor(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(std::min<int64_t>(blocks, 65535 * 16));
+}
+
+// cos_sin[t][i] = (cos, sin) of positions[t] * inv_freq[i], computed in double as on the CPU.
+struct RopeFreqs {
+  double inv_freq[kMaxRopeHeadDim / 2];
+};
+
+__global__ void RopeTableKernel(const int32_t* positions, int64_t n, int pairs,
+                                const RopeFreqs* freqs, const float* freq_factors,
+                                float* cos_sin) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n * pairs;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / pairs;
+    const int p = static_cast<int>(i % pairs);
+    double inv = freqs->inv_freq[p];
+    if (freq_factors != nullptr) inv /= freq_factors[p];
+    const double angle = static_cast<double>(positions[t]) * inv;
+    cos_sin[2 * i] = static_cast<float>(cos(angle));
+    cos_sin[2 * i + 1] = static_cast<float>(sin(angle));
+  }
+}
+
+// x [n, num_heads, head_dim] rotated by the table: one thread per (token, head, pair).
+__global__ void RopeApplyKernel(float* x, const float* cos_sin, int64_t n, int num_heads,
+                                int head_dim) {
+  const int pairs = head_dim / 2;
+  const int64_t total = n * num_heads * pairs;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int p = static_cast<int>(i % pairs);
+    const int64_t th = i / pairs;  // token * num_heads + head
+    const int64_t t = th / num_heads;
+    const float c = cos_sin[(t * pairs + p) * 2];
+    const float s = cos_sin[(t * pairs + p) * 2 + 1];
+    float* xh = x + th * head_dim;
+    const float a = xh[2 * p], b = xh[2 * p + 1];
+    // Products rounded before the sum, as the CPU op computes them.
+    xh[2 * p] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+    xh[2 * p + 1] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+  }
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(Gemm gemm) : gemm_(std::move(gemm)) {}
+  ~CudaBackend() override {
+    if (workspace_ != nullptr) cudaFree(workspace_);
+    if (freqs_ != nullptr) cudaFree(freqs_);
+  }
+
+  std::string_view name() const override { return "cuda"; }
+
+  bool host_memory() const override { return false; }
+  void* Alloc(int64_t bytes) override {
+    void* p = nullptr;
+    if (cudaMalloc(&p, static_cast<size_t>(std::max<int64_t>(bytes, 1))) != cudaSuccess) {
+      return nullptr;
+    }
+    return p;
+  }
+  void Free(void* p) override {
+    if (p != nullptr) cudaFree(p);
+  }
+  void CopyIn(void* dst, const void* host_src, int64_t bytes) override {
+    if (bytes > 0) {
+      KVSERVE_CUDA_CHECK(cudaMemcpy(dst, host_src, static_cast<size_t>(bytes),
+                                    cudaMemcpyHostToDevice));
+    }
+  }
+  void CopyOut(void* host_dst, const void* src, int64_t bytes) override {
+    if (bytes > 0) {
+      KVSERVE_CUDA_CHECK(cudaMemcpy(host_dst, src, static_cast<size_t>(bytes),
+                                    cudaMemcpyDeviceToHost));
+    }
+  }
+  bool Synchronize(std::string* error) override { return cuda::Synchronize(nullptr, error); }
+
+  bool SupportsWeight(DType t) const override { return !IsQuantized(t); }
+  bool SupportsKvRead(KvFormat f) const override { return f != KvFormat::kLowrank; }
+  bool SupportsKvWrite(KvFormat f) const override { return KvFormatTokenWritable(f); }
+
+  int64_t PreparedWeightBytes(const WeightView& w) const override { return 0; }
+  void PrepareWeight(WeightView* w, void* storage) const override {}
+
+  void MatMul(const float* x, int64_t n, const WeightView& w, float* y,
+              const ExecContext& ctx) override {
+    gemm_.MatMul(x, n, w, y, StreamOf(ctx));
+  }
+  void EmbeddingGather(const WeightView& table, const int32_t* ids, int64_t n, float* out,
+                       const ExecContext& ctx) override {
+    cuda::EmbeddingGather(table, ids, n, out, StreamOf(ctx));
+  }
+  void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out,
+               const ExecContext& ctx) override {
+    cuda::RmsNorm(x, weight, n, dim, eps, out, StreamOf(ctx));
+  }
+  void RopeTable(const int32_t* positions, int64_t n, const RopeParams& rope, float* cos_sin,
+                 const ExecContext& ctx) override {
+    if (n <= 0) return;
+    KVSERVE_CUDA_REQUIRE(rope.head_dim > 0 && rope.head_dim <= kMaxRopeHeadDim,
+                         "cuda RopeTable: head_dim out of range");
+    const int pairs = rope.head_dim / 2;
+    // The frequencies exactly as the CPU computes them (host double math), uploaded once per
+    // call: a few KiB.
+    RopeFreqs host;
+    const double log_base = std::log(static_cast<double>(rope.freq_base));
+    for (int i = 0; i < pairs; ++i) {
+      host.inv_freq[i] = std::exp(-log_base * (2.0 * i) / rope.head_dim);
+      if (rope.freq_scale != 1.0f) host.inv_freq[i] *= rope.freq_scale;
+    }
+    const cudaStream_t stream = StreamOf(ctx);
+    if (freqs_ == nullptr) KVSERVE_CUDA_CHECK(cudaMalloc(&freqs_, sizeof(RopeFreqs)));
+    // Synchronous with respect to earlier work on the stream that may still read freqs_.
+    KVSERVE_CUDA_CHECK(cudaStreamSynchronize(stream));
+    KVSERVE_CUDA_CHECK(cudaMemcpy(freqs_, &host, sizeof(double) * pairs, cudaMemcpyHostToDevice));
+    RopeTableKernel<<<GridFor(n * pairs), kThreads, 0, stream>>>(positions, n, pairs, freqs_,
+                                                                  rope.freq_factors, cos_sin);
+    KVSERVE_CUDA_CHECK(cudaGetLastError());
+  }
+  void Rope(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim,
+            const ExecContext& ctx) override {
+    const int64_t total = n * num_heads * (head_dim / 2);
+    if (total <= 0) return;
+    RopeApplyKernel<<<GridFor(total), kThreads, 0, StreamOf(ctx)>>>(x, cos_sin, n, num_heads,
+                                                                     head_dim);
+    KVSERVE_CUDA_CHECK(cudaGetLastError());
+  }
+  void SwiGlu(const float* gate, const float* up, int64_t n, float* out,
+              const ExecContext& ctx) override {
+    cuda::SwiGlu(gate, up, n, out, StreamOf(ctx));
+  }
+  void Add(float* x, const float* y, int64_t n, const ExecContext& ctx) override {
+    cuda::AddInPlace(x, y, n, StreamOf(ctx));
+  }
+  bool WriteKv(const KvWrite& w, const PagedKvLayerView& cache, const ExecContext& ctx) override {
+    cuda::WriteKv(w, cache, StreamOf(ctx));
+    return true;
+  }
+  void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache,
+                      const ExecContext& ctx) override {
+    if (batch.num_tokens <= 0) return;
+    AttentionBatch b = batch;
+    const cudaStream_t stream = StreamOf(ctx);
+    if (b.workspace == nullptr) {
+      const int64_t need = PagedAttentionWorkspaceBytes(
+          b.num_tokens, b.num_heads, cache.shape.head_dim, cache.shape.block_size, b.max_kv_len,
+          b.seq_scores != nullptr);
+      if (need > workspace_bytes_) {
+        if (workspace_ != nullptr) {
+          KVSERVE_CUDA_CHECK(cudaStreamSynchronize(stream));
+          KVSERVE_CUDA_CHECK(cudaFree(workspace_));
+          workspace_ = nullptr;
+        }
+        KVSERVE_CUDA_CHECK(cudaMalloc(&workspace_, static_cast<size_t>(need)));
+        workspace_bytes_ = need;
+      }
+      b.workspace = workspace_;
+      b.workspace_bytes = workspace_bytes_;
+    }
+    cuda::PagedAttention(b, cache, stream);
+  }
+
+ private:
+  static cudaStream_t StreamOf(const ExecContext& ctx) {
+    return static_cast<cudaStream_t>(ctx.stream);
+  }
+
+  Gemm gemm_;
+  void* workspace_ = nullptr;
+  int64_t workspace_bytes_ = 0;
+  RopeFreqs* freqs_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> CreateCudaBackend(std::string* error) {
+  if (DeviceCount() == 0) {
+    if (error != nullptr) *error = "no CUDA device";
+    return nullptr;
+  }
+  Gemm gemm;
+  std::string why;
+  if (!Gemm::Create(&gemm, &why)) {
+    if (error != nullptr) *error = why;
+    return nullptr;
+  }
+  return std::make_unique<CudaBackend>(std::move(gemm));
+}
+
+void RegisterCudaBackend() {
+  static const bool registered = RegisterBackend("cuda", CreateCudaBackend);
+  (void)registered;
+}
+
+}  // namespace kvserve::kernels::cuda
