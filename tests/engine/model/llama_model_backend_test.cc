@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/generation/local_model.h"
+#include "engine/runtime/local_model.h"
 #include "engine/kv/sequence_kv.h"
 #include "engine/model/llama_model.h"
 #include "gtest/gtest.h"
