@@ -327,108 +327,128 @@ Value Concat(const Value& a, const Value& b) {
   return Value::String(std::move(out), false);
 }
 
+// "+" on two strings (markupsafe escapes a plain side joined to Markup) or two lists (or two
+// tuples); nullopt for other operands.
+std::optional<Value> AddSequences(const Value& a, const Value& b) {
+  if (a.is_string() && b.is_string()) {
+    if (a.markup() == b.markup()) {
+      Value out = Concat(a, b);
+      return a.markup() ? Value::String(out.text(), true) : out;
+    }
+    // str + Markup (or the reverse): markupsafe escapes the plain side.
+    Text left = a.markup() ? a.text() : HtmlEscape(a.text());
+    left.Append(b.markup() ? b.text() : HtmlEscape(b.text()));
+    return Value::String(std::move(left), true);
+  }
+  if (a.is_list() && b.is_list() && a.is_tuple() == b.is_tuple()) {
+    ValueList items = a.list();
+    items.insert(items.end(), b.list().begin(), b.list().end());
+    return a.is_tuple() ? Value::Tuple(std::move(items)) : Value::List(std::move(items));
+  }
+  return std::nullopt;
+}
+
+// "*" of a string or list (either side) by an int or bool count (negative counts as 0), bounded
+// by kMaxTextBytes; nullopt when the other side is not a count.
+std::optional<absl::StatusOr<Value>> RepeatSequence(const Value& a, const Value& b) {
+  const Value& seq = (a.is_string() || a.is_list()) ? a : b;
+  const Value& count = (a.is_string() || a.is_list()) ? b : a;
+  if (!count.is_int() && !count.is_bool()) return std::nullopt;
+  int64_t n = std::max<int64_t>(0, count.as_int());
+  const int64_t unit = seq.is_string() ? static_cast<int64_t>(seq.text().size())
+                                       : static_cast<int64_t>(seq.list().size());
+  if (unit > 0 && n > kMaxTextBytes / unit) {
+    return absl::ResourceExhaustedError("repetition result too large");
+  }
+  if (seq.is_string()) {
+    const Text& t = seq.text();
+    if (t.Runs().size() <= 1) {  // one provenance: repeat the bytes directly
+      std::string repeated;
+      repeated.reserve(static_cast<size_t>(n) * t.size());
+      for (int64_t i = 0; i < n; ++i) repeated += t.str();
+      return Value::String(Text(std::move(repeated), t.empty() || t.FromTemplateAt(0)),
+                           seq.markup());
+    }
+    Text out;
+    for (int64_t i = 0; i < n; ++i) out.Append(t);
+    return Value::String(std::move(out), seq.markup());
+  }
+  ValueList items;
+  for (int64_t i = 0; i < n; ++i) items.insert(items.end(), seq.list().begin(), seq.list().end());
+  return Value::List(std::move(items));
+}
+
+// + - * // % ** on two 64-bit ints (Python semantics; overflow is an error, a negative power a
+// float); nullopt for other operators.
+std::optional<absl::StatusOr<Value>> IntArithmetic(const std::string& op, int64_t x, int64_t y) {
+  int64_t r = 0;
+  const auto overflow = []() -> absl::Status {
+    return absl::UnimplementedError("integer overflow: values beyond 64 bits are not supported");
+  };
+  if (op == "+") {
+    if (__builtin_add_overflow(x, y, &r)) return overflow();
+    return Value::Int(r);
+  }
+  if (op == "-") {
+    if (__builtin_sub_overflow(x, y, &r)) return overflow();
+    return Value::Int(r);
+  }
+  if (op == "*") {
+    if (__builtin_mul_overflow(x, y, &r)) return overflow();
+    return Value::Int(r);
+  }
+  if (op == "//" || op == "%") {
+    if (y == 0) return absl::InvalidArgumentError("integer division or modulo by zero");
+    return Value::Int(op == "//" ? FloorDiv(x, y) : FloorMod(x, y));
+  }
+  if (op == "**") {
+    if (y < 0) return Value::Float(std::pow(static_cast<double>(x), static_cast<double>(y)));
+    r = 1;
+    for (int64_t i = 0; i < y; ++i) {
+      if (__builtin_mul_overflow(r, x, &r)) return overflow();
+      if (r == 0 || r == 1) break;
+    }
+    if (r == 1 && x == -1 && y % 2 == 1) r = -1;
+    return Value::Int(r);
+  }
+  return std::nullopt;
+}
+
+// + - * // % ** on two doubles (Python's floor division and modulo); nullopt for other
+// operators.
+std::optional<absl::StatusOr<Value>> FloatArithmetic(const std::string& op, double x, double y) {
+  if (op == "+") return Value::Float(x + y);
+  if (op == "-") return Value::Float(x - y);
+  if (op == "*") return Value::Float(x * y);
+  if (op == "//" || op == "%") {
+    if (y == 0) return absl::InvalidArgumentError("float division or modulo by zero");
+    double m = std::fmod(x, y);
+    if (m != 0 && ((m < 0) != (y < 0))) m += y;
+    if (op == "%") return Value::Float(m);
+    return Value::Float(std::floor((x - m) / y + 0.5));
+  }
+  if (op == "**") return Value::Float(std::pow(x, y));
+  return std::nullopt;
+}
+
 absl::StatusOr<Value> Arithmetic(const std::string& op, const Value& a, const Value& b) {
   if (a.is_undefined()) return UndefinedError(a);
   if (b.is_undefined()) return UndefinedError(b);
   if (op == "+") {
-    if (a.is_string() && b.is_string()) {
-      if (a.markup() == b.markup()) {
-        Value out = Concat(a, b);
-        return a.markup() ? Value::String(out.text(), true) : out;
-      }
-      // str + Markup (or the reverse): markupsafe escapes the plain side.
-      Text left = a.markup() ? a.text() : HtmlEscape(a.text());
-      left.Append(b.markup() ? b.text() : HtmlEscape(b.text()));
-      return Value::String(std::move(left), true);
-    }
-    if (a.is_list() && b.is_list() && a.is_tuple() == b.is_tuple()) {
-      ValueList items = a.list();
-      items.insert(items.end(), b.list().begin(), b.list().end());
-      return a.is_tuple() ? Value::Tuple(std::move(items)) : Value::List(std::move(items));
-    }
+    if (std::optional<Value> sum = AddSequences(a, b)) return *std::move(sum);
   }
   if (op == "*" && (a.is_string() || a.is_list() || b.is_string() || b.is_list())) {
-    const Value& seq = (a.is_string() || a.is_list()) ? a : b;
-    const Value& count = (a.is_string() || a.is_list()) ? b : a;
-    if (count.is_int() || count.is_bool()) {
-      int64_t n = std::max<int64_t>(0, count.as_int());
-      const int64_t unit = seq.is_string() ? static_cast<int64_t>(seq.text().size())
-                                           : static_cast<int64_t>(seq.list().size());
-      if (unit > 0 && n > kMaxTextBytes / unit) {
-        return absl::ResourceExhaustedError("repetition result too large");
-      }
-      if (seq.is_string()) {
-        const Text& t = seq.text();
-        if (t.Runs().size() <= 1) {  // one provenance: repeat the bytes directly
-          std::string repeated;
-          repeated.reserve(static_cast<size_t>(n) * t.size());
-          for (int64_t i = 0; i < n; ++i) repeated += t.str();
-          return Value::String(Text(std::move(repeated), t.empty() || t.FromTemplateAt(0)),
-                               seq.markup());
-        }
-        Text out;
-        for (int64_t i = 0; i < n; ++i) out.Append(t);
-        return Value::String(std::move(out), seq.markup());
-      }
-      ValueList items;
-      for (int64_t i = 0; i < n; ++i)
-        items.insert(items.end(), seq.list().begin(), seq.list().end());
-      return Value::List(std::move(items));
-    }
+    if (std::optional<absl::StatusOr<Value>> r = RepeatSequence(a, b)) return *std::move(r);
   }
   if (a.is_number() && b.is_number()) {
-    const bool floats = a.is_float() || b.is_float();
     if (op == "/") {
       if (b.as_float() == 0) return absl::InvalidArgumentError("division by zero");
       return Value::Float(a.as_float() / b.as_float());
     }
-    if (!floats) {
-      int64_t x = a.as_int(), y = b.as_int();
-      int64_t r = 0;
-      const auto overflow = []() -> absl::Status {
-        return absl::UnimplementedError(
-            "integer overflow: values beyond 64 bits are not supported");
-      };
-      if (op == "+") {
-        if (__builtin_add_overflow(x, y, &r)) return overflow();
-        return Value::Int(r);
-      }
-      if (op == "-") {
-        if (__builtin_sub_overflow(x, y, &r)) return overflow();
-        return Value::Int(r);
-      }
-      if (op == "*") {
-        if (__builtin_mul_overflow(x, y, &r)) return overflow();
-        return Value::Int(r);
-      }
-      if (op == "//" || op == "%") {
-        if (y == 0) return absl::InvalidArgumentError("integer division or modulo by zero");
-        return Value::Int(op == "//" ? FloorDiv(x, y) : FloorMod(x, y));
-      }
-      if (op == "**") {
-        if (y < 0) return Value::Float(std::pow(static_cast<double>(x), static_cast<double>(y)));
-        r = 1;
-        for (int64_t i = 0; i < y; ++i) {
-          if (__builtin_mul_overflow(r, x, &r)) return overflow();
-          if (r == 0 || r == 1) break;
-        }
-        if (r == 1 && x == -1 && y % 2 == 1) r = -1;
-        return Value::Int(r);
-      }
-    } else {
-      double x = a.as_float(), y = b.as_float();
-      if (op == "+") return Value::Float(x + y);
-      if (op == "-") return Value::Float(x - y);
-      if (op == "*") return Value::Float(x * y);
-      if (op == "//" || op == "%") {
-        if (y == 0) return absl::InvalidArgumentError("float division or modulo by zero");
-        double m = std::fmod(x, y);
-        if (m != 0 && ((m < 0) != (y < 0))) m += y;
-        if (op == "%") return Value::Float(m);
-        return Value::Float(std::floor((x - m) / y + 0.5));
-      }
-      if (op == "**") return Value::Float(std::pow(x, y));
-    }
+    std::optional<absl::StatusOr<Value>> r = a.is_float() || b.is_float()
+                                                 ? FloatArithmetic(op, a.as_float(), b.as_float())
+                                                 : IntArithmetic(op, a.as_int(), b.as_int());
+    if (r.has_value()) return *std::move(r);
   }
   if (op == "%" && a.is_string()) {
     return absl::UnimplementedError("printf-style string formatting ('%') is not supported");
@@ -775,27 +795,10 @@ class Evaluator {
       case Expr::Kind::kName:
         return Lookup(e.name);
       case Expr::Kind::kList:
-      case Expr::Kind::kTuple: {
-        ValueList items;
-        for (const auto& a : e.args) {
-          KVSERVE_ASSIGN_OR_RETURN(Value v, Eval(*a));
-          items.push_back(std::move(v));
-        }
-        return e.kind == Expr::Kind::kList ? Value::List(std::move(items))
-                                           : Value::Tuple(std::move(items));
-      }
-      case Expr::Kind::kDict: {
-        Value d = Value::Dict();
-        for (size_t i = 0; i + 1 < e.args.size(); i += 2) {
-          KVSERVE_ASSIGN_OR_RETURN(Value k, Eval(*e.args[i]));
-          KVSERVE_ASSIGN_OR_RETURN(Value v, Eval(*e.args[i + 1]));
-          if (k.is_list() || k.is_dict()) {
-            return absl::InvalidArgumentError(absl::StrCat("unhashable type: '", TypeName(k), "'"));
-          }
-          d.Set(k, v);
-        }
-        return d;
-      }
+      case Expr::Kind::kTuple:
+        return EvalSequence(e);
+      case Expr::Kind::kDict:
+        return EvalDict(e);
       case Expr::Kind::kGetAttr: {
         KVSERVE_ASSIGN_OR_RETURN(Value obj, Eval(*e.args[0]));
         return GetAttr(obj, e.name);
@@ -807,16 +810,8 @@ class Evaluator {
       }
       case Expr::Kind::kSlice:
         return EvalSlice(e);
-      case Expr::Kind::kCall: {
-        KVSERVE_ASSIGN_OR_RETURN(Value fn, Eval(*e.args[0]));
-        KVSERVE_ASSIGN_OR_RETURN(CallArgs args, EvalArgs(e, 1));
-        if (fn.is_undefined()) return UndefinedError(fn);
-        if (!fn.is_callable()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("'", TypeName(fn), "' object is not callable"));
-        }
-        return fn.function()(args);
-      }
+      case Expr::Kind::kCall:
+        return EvalCall(e);
       case Expr::Kind::kFilter: {
         KVSERVE_ASSIGN_OR_RETURN(Value base, Eval(*e.args[0]));
         return CallFilter(e, base);
@@ -827,28 +822,73 @@ class Evaluator {
         KVSERVE_ASSIGN_OR_RETURN(bool r, RunTest(e.name, base, args));
         return Value::Bool(r != e.negated);
       }
-      case Expr::Kind::kUnary: {
-        KVSERVE_ASSIGN_OR_RETURN(Value v, Eval(*e.args[0]));
-        if (e.name == "not") return Value::Bool(!v.Truthy());
-        if (v.is_undefined()) return UndefinedError(v);
-        if (!v.is_number()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("bad operand type for unary ", e.name, ": '", TypeName(v), "'"));
-        }
-        if (e.name == "+") return v.is_float() ? v : Value::Int(v.as_int());
-        return v.is_float() ? Value::Float(-v.as_float()) : Value::Int(-v.as_int());
-      }
+      case Expr::Kind::kUnary:
+        return EvalUnary(e);
       case Expr::Kind::kBinary:
         return EvalBinary(e);
-      case Expr::Kind::kCondition: {
-        KVSERVE_ASSIGN_OR_RETURN(Value c, Eval(*e.args[0]));
-        if (c.Truthy()) return Eval(*e.args[1]);
-        if (e.args[2]) return Eval(*e.args[2]);
-        return Value::Undefined("the inline if-expression on line " + std::to_string(e.line) +
-                                " evaluated to false and no else section was defined.");
-      }
+      case Expr::Kind::kCondition:
+        return EvalCondition(e);
     }
     return absl::InternalError("unknown expression");
+  }
+
+  // A list or tuple display: its items evaluated in order.
+  absl::StatusOr<Value> EvalSequence(const Expr& e) {
+    ValueList items;
+    for (const auto& a : e.args) {
+      KVSERVE_ASSIGN_OR_RETURN(Value v, Eval(*a));
+      items.push_back(std::move(v));
+    }
+    return e.kind == Expr::Kind::kList ? Value::List(std::move(items))
+                                       : Value::Tuple(std::move(items));
+  }
+
+  // A dict display (args: key, value, key, ...); lists and dicts cannot be keys.
+  absl::StatusOr<Value> EvalDict(const Expr& e) {
+    Value d = Value::Dict();
+    for (size_t i = 0; i + 1 < e.args.size(); i += 2) {
+      KVSERVE_ASSIGN_OR_RETURN(Value k, Eval(*e.args[i]));
+      KVSERVE_ASSIGN_OR_RETURN(Value v, Eval(*e.args[i + 1]));
+      if (k.is_list() || k.is_dict()) {
+        return absl::InvalidArgumentError(absl::StrCat("unhashable type: '", TypeName(k), "'"));
+      }
+      d.Set(k, v);
+    }
+    return d;
+  }
+
+  // A call: the callee, then the arguments, are evaluated; the callee must be callable.
+  absl::StatusOr<Value> EvalCall(const Expr& e) {
+    KVSERVE_ASSIGN_OR_RETURN(Value fn, Eval(*e.args[0]));
+    KVSERVE_ASSIGN_OR_RETURN(CallArgs args, EvalArgs(e, 1));
+    if (fn.is_undefined()) return UndefinedError(fn);
+    if (!fn.is_callable()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", TypeName(fn), "' object is not callable"));
+    }
+    return fn.function()(args);
+  }
+
+  // "not" on any value; unary + and - on numbers (+ turns a bool into an int).
+  absl::StatusOr<Value> EvalUnary(const Expr& e) {
+    KVSERVE_ASSIGN_OR_RETURN(Value v, Eval(*e.args[0]));
+    if (e.name == "not") return Value::Bool(!v.Truthy());
+    if (v.is_undefined()) return UndefinedError(v);
+    if (!v.is_number()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad operand type for unary ", e.name, ": '", TypeName(v), "'"));
+    }
+    if (e.name == "+") return v.is_float() ? v : Value::Int(v.as_int());
+    return v.is_float() ? Value::Float(-v.as_float()) : Value::Int(-v.as_int());
+  }
+
+  // "a if c else b"; without an else, a false condition gives an undefined value.
+  absl::StatusOr<Value> EvalCondition(const Expr& e) {
+    KVSERVE_ASSIGN_OR_RETURN(Value c, Eval(*e.args[0]));
+    if (c.Truthy()) return Eval(*e.args[1]);
+    if (e.args[2]) return Eval(*e.args[2]);
+    return Value::Undefined("the inline if-expression on line " + std::to_string(e.line) +
+                            " evaluated to false and no else section was defined.");
   }
 
   absl::StatusOr<Value> EvalBinary(const Expr& e) {
@@ -968,9 +1008,24 @@ class Evaluator {
         absl::StrCat("'", TypeName(obj), " object' has no element ", key.Repr()));
   }
 
-  // Bound methods of str, dict and list.
+  // Bound methods of str, dict and list; nullopt when `obj` has no method `name`.
   std::optional<Value> Method(const Value& obj, const std::string& name) {
-    using F = Value::Function;
+    std::optional<Value::Function> fn;
+    if (obj.is_string()) {
+      fn = StringTransformMethod(obj, name);
+      if (!fn) fn = StringQueryMethod(obj, name);
+    } else if (obj.is_dict()) {
+      fn = DictMethod(obj, name);
+    } else if (obj.is_list()) {
+      fn = ListMethod(obj, name);
+    }
+    if (!fn) return std::nullopt;
+    return BindMethod(TypeName(obj), name, std::move(*fn));
+  }
+
+  // Method `name` of a value of type `type` as a callable that checks the call against the
+  // method's arity before running `fn`.
+  static Value BindMethod(const std::string& type, const std::string& name, Value::Function fn) {
     // Arity of each method (Python's): positional arguments at most, and the keywords it takes;
     // calls outside it fail instead of ignoring arguments.
     struct Arity {
@@ -993,202 +1048,218 @@ class Evaluator {
         {"format", {1000, {}}},
         {"get", {2, {}}},
     };
-    const std::string type = TypeName(obj);
-    auto bind = [&](F fn) {
-      auto it = kArity->find(name);
-      const Arity arity = it != kArity->end() ? it->second : Arity{0, {}};
-      return Value::Callable(
-          name,
-          [fn = std::move(fn), arity, name = name, type](CallArgs& a) -> absl::StatusOr<Value> {
-            if (a.positional.size() > arity.max_positional) {
+    auto it = kArity->find(name);
+    const Arity arity = it != kArity->end() ? it->second : Arity{0, {}};
+    return Value::Callable(
+        name, [fn = std::move(fn), arity, name = name, type](CallArgs& a) -> absl::StatusOr<Value> {
+          if (a.positional.size() > arity.max_positional) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(type, ".", name, "() takes at most ", arity.max_positional,
+                             " argument(s) here (", a.positional.size(), " given)"));
+          }
+          for (const auto& [k, v] : a.keyword) {
+            if (std::find(arity.keywords.begin(), arity.keywords.end(), k) ==
+                arity.keywords.end()) {
               return absl::InvalidArgumentError(
-                  absl::StrCat(type, ".", name, "() takes at most ", arity.max_positional,
-                               " argument(s) here (", a.positional.size(), " given)"));
+                  absl::StrCat(type, ".", name, "() got an unexpected keyword argument '", k, "'"));
             }
-            for (const auto& [k, v] : a.keyword) {
-              if (std::find(arity.keywords.begin(), arity.keywords.end(), k) ==
-                  arity.keywords.end()) {
-                return absl::InvalidArgumentError(absl::StrCat(
-                    type, ".", name, "() got an unexpected keyword argument '", k, "'"));
-              }
-            }
-            return fn(a);
-          });
-    };
-    if (obj.is_string()) {
-      const Value self = obj;
-      if (name == "strip" || name == "lstrip" || name == "rstrip") {
-        return bind([self, name](CallArgs& a) -> absl::StatusOr<Value> {
-          Value chars = a.Get(0, "chars", Value::None());
-          if (!chars.is_none() && !chars.is_string()) {
-            return absl::InvalidArgumentError(name + " arg must be None or str");
           }
-          return Value::String(StripImpl(self.text(), chars, name != "rstrip", name != "lstrip"),
-                               self.markup());
+          return fn(a);
         });
-      }
-      if (name == "startswith" || name == "endswith") {
-        return bind([self, name](CallArgs& a) -> absl::StatusOr<Value> {
-          Value arg = a.Get(0, "prefix");
-          ValueList options = arg.is_tuple() ? arg.list() : ValueList{arg};
-          if (a.positional.size() > 1) {
-            return absl::UnimplementedError(name + " with start/end is not supported");
+  }
+
+  // str methods that build a new value from the string: strip, split, replace, case
+  // mapping, splitlines, join, format.
+  static std::optional<Value::Function> StringTransformMethod(const Value& obj,
+                                                              const std::string& name) {
+    using F = Value::Function;
+    const Value self = obj;
+    if (name == "strip" || name == "lstrip" || name == "rstrip") {
+      return F([self, name](CallArgs& a) -> absl::StatusOr<Value> {
+        Value chars = a.Get(0, "chars", Value::None());
+        if (!chars.is_none() && !chars.is_string()) {
+          return absl::InvalidArgumentError(name + " arg must be None or str");
+        }
+        return Value::String(StripImpl(self.text(), chars, name != "rstrip", name != "lstrip"),
+                             self.markup());
+      });
+    }
+    if (name == "split" || name == "rsplit") {
+      return F([self, name](CallArgs& a) -> absl::StatusOr<Value> {
+        return Split(self, a.Get(0, "sep", Value::None()), a.Get(1, "maxsplit", Value::Int(-1)),
+                     name == "rsplit");
+      });
+    }
+    if (name == "replace") {
+      return F([self](CallArgs& a) -> absl::StatusOr<Value> {
+        return Replace(self, a.Get(0, "old"), a.Get(1, "new"), a.Get(2, "count", Value::Int(-1)));
+      });
+    }
+    if (name == "upper" || name == "lower" || name == "title" || name == "capitalize") {
+      return F([self, name](CallArgs&) { return CaseMap(self, name); });
+    }
+    if (name == "splitlines") {
+      return F([self](CallArgs&) -> absl::StatusOr<Value> { return SplitLines(self.text()); });
+    }
+    if (name == "join") {
+      return F([self](CallArgs& a) -> absl::StatusOr<Value> {
+        KVSERVE_ASSIGN_OR_RETURN(ValueList items, Iterate(a.Get(0, "iterable")));
+        Text out;
+        for (size_t i = 0; i < items.size(); ++i) {
+          if (!items[i].is_string()) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "sequence item ", i, ": expected str instance, ", TypeName(items[i]), " found"));
           }
-          const std::string& s = self.str();
-          for (const Value& o : options) {
-            if (!o.is_string()) {
-              return absl::InvalidArgumentError(absl::StrCat(
-                  name, " first arg must be str or a tuple of str, not ", TypeName(o)));
-            }
-            const std::string& p = o.str();
-            bool hit = p.size() <= s.size() &&
-                       (name == "startswith" ? s.compare(0, p.size(), p) == 0
-                                             : s.compare(s.size() - p.size(), p.size(), p) == 0);
-            if (hit) return Value::Bool(true);
+          if (i > 0) out.Append(self.text());
+          out.Append(items[i].text());
+        }
+        return Value::String(std::move(out));
+      });
+    }
+    if (name == "format") {
+      return F([](CallArgs&) -> absl::StatusOr<Value> {
+        return absl::UnimplementedError("str.format is not supported");
+      });
+    }
+    return std::nullopt;
+  }
+
+  // str methods that test or search the string: startswith/endswith, find/count/index,
+  // isspace/isdigit/isalpha/isalnum.
+  static std::optional<Value::Function> StringQueryMethod(const Value& obj,
+                                                          const std::string& name) {
+    using F = Value::Function;
+    const Value self = obj;
+    if (name == "startswith" || name == "endswith") {
+      return F([self, name](CallArgs& a) -> absl::StatusOr<Value> {
+        Value arg = a.Get(0, "prefix");
+        ValueList options = arg.is_tuple() ? arg.list() : ValueList{arg};
+        if (a.positional.size() > 1) {
+          return absl::UnimplementedError(name + " with start/end is not supported");
+        }
+        const std::string& s = self.str();
+        for (const Value& o : options) {
+          if (!o.is_string()) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(name, " first arg must be str or a tuple of str, not ", TypeName(o)));
           }
-          return Value::Bool(false);
-        });
-      }
-      if (name == "split" || name == "rsplit") {
-        return bind([self, name](CallArgs& a) -> absl::StatusOr<Value> {
-          return Split(self, a.Get(0, "sep", Value::None()), a.Get(1, "maxsplit", Value::Int(-1)),
-                       name == "rsplit");
-        });
-      }
-      if (name == "replace") {
-        return bind([self](CallArgs& a) -> absl::StatusOr<Value> {
-          return Replace(self, a.Get(0, "old"), a.Get(1, "new"), a.Get(2, "count", Value::Int(-1)));
-        });
-      }
-      if (name == "upper" || name == "lower" || name == "title" || name == "capitalize") {
-        return bind([self, name](CallArgs&) { return CaseMap(self, name); });
-      }
-      if (name == "find" || name == "count" || name == "index") {
-        return bind([self, name](CallArgs& a) -> absl::StatusOr<Value> {
-          Value sub = a.Get(0, "sub");
-          if (!sub.is_string()) return absl::InvalidArgumentError(name + " takes a string");
-          const std::string& s = self.str();
-          if (name == "count") {
-            if (sub.str().empty()) return Value::Int(static_cast<int64_t>(CodePointCount(s)) + 1);
-            int64_t n = 0;
-            for (size_t p = s.find(sub.str()); p != std::string::npos;
-                 p = s.find(sub.str(), p + sub.str().size())) {
-              ++n;
-            }
-            return Value::Int(n);
+          const std::string& p = o.str();
+          bool hit = p.size() <= s.size() &&
+                     (name == "startswith" ? s.compare(0, p.size(), p) == 0
+                                           : s.compare(s.size() - p.size(), p.size(), p) == 0);
+          if (hit) return Value::Bool(true);
+        }
+        return Value::Bool(false);
+      });
+    }
+    if (name == "find" || name == "count" || name == "index") {
+      return F([self, name](CallArgs& a) -> absl::StatusOr<Value> {
+        Value sub = a.Get(0, "sub");
+        if (!sub.is_string()) return absl::InvalidArgumentError(name + " takes a string");
+        const std::string& s = self.str();
+        if (name == "count") {
+          if (sub.str().empty()) return Value::Int(static_cast<int64_t>(CodePointCount(s)) + 1);
+          int64_t n = 0;
+          for (size_t p = s.find(sub.str()); p != std::string::npos;
+               p = s.find(sub.str(), p + sub.str().size())) {
+            ++n;
           }
-          size_t p = s.find(sub.str());
-          if (p == std::string::npos) {
-            if (name == "index") return absl::InvalidArgumentError("substring not found");
-            return Value::Int(-1);
-          }
-          return Value::Int(static_cast<int64_t>(CodePointCount(s.substr(0, p))));
-        });
-      }
-      if (name == "join") {
-        return bind([self](CallArgs& a) -> absl::StatusOr<Value> {
-          KVSERVE_ASSIGN_OR_RETURN(ValueList items, Iterate(a.Get(0, "iterable")));
-          Text out;
-          for (size_t i = 0; i < items.size(); ++i) {
-            if (!items[i].is_string()) {
-              return absl::InvalidArgumentError(absl::StrCat(
-                  "sequence item ", i, ": expected str instance, ", TypeName(items[i]), " found"));
-            }
-            if (i > 0) out.Append(self.text());
-            out.Append(items[i].text());
-          }
-          return Value::String(std::move(out));
-        });
-      }
-      if (name == "splitlines") {
-        return bind([self](CallArgs&) -> absl::StatusOr<Value> { return SplitLines(self.text()); });
-      }
-      if (name == "isspace" || name == "isdigit" || name == "isalpha" || name == "isalnum") {
-        return bind([self, name](CallArgs&) -> absl::StatusOr<Value> {
-          const std::string& s = self.str();
-          if (s.empty()) return Value::Bool(false);
-          if (name == "isspace") {
-            size_t p = 0;
-            while (p < s.size()) {
-              if (!IsPythonSpace(DecodeUtf8(s, &p))) return Value::Bool(false);
-            }
-            return Value::Bool(true);
-          }
-          if (!IsAscii(s)) {
-            return absl::UnimplementedError(name + " of non-ASCII text is not supported");
-          }
-          for (char c : s) {
-            bool ok = name == "isdigit"   ? (c >= '0' && c <= '9')
-                      : name == "isalpha" ? IsAlpha(c)
-                                          : (IsAlpha(c) || (c >= '0' && c <= '9'));
-            if (!ok) return Value::Bool(false);
+          return Value::Int(n);
+        }
+        size_t p = s.find(sub.str());
+        if (p == std::string::npos) {
+          if (name == "index") return absl::InvalidArgumentError("substring not found");
+          return Value::Int(-1);
+        }
+        return Value::Int(static_cast<int64_t>(CodePointCount(s.substr(0, p))));
+      });
+    }
+    if (name == "isspace" || name == "isdigit" || name == "isalpha" || name == "isalnum") {
+      return F([self, name](CallArgs&) -> absl::StatusOr<Value> {
+        const std::string& s = self.str();
+        if (s.empty()) return Value::Bool(false);
+        if (name == "isspace") {
+          size_t p = 0;
+          while (p < s.size()) {
+            if (!IsPythonSpace(DecodeUtf8(s, &p))) return Value::Bool(false);
           }
           return Value::Bool(true);
-        });
-      }
-      if (name == "format") {
-        return bind([](CallArgs&) -> absl::StatusOr<Value> {
-          return absl::UnimplementedError("str.format is not supported");
-        });
-      }
-      return std::nullopt;
+        }
+        if (!IsAscii(s)) {
+          return absl::UnimplementedError(name + " of non-ASCII text is not supported");
+        }
+        for (char c : s) {
+          bool ok = name == "isdigit"   ? (c >= '0' && c <= '9')
+                    : name == "isalpha" ? IsAlpha(c)
+                                        : (IsAlpha(c) || (c >= '0' && c <= '9'));
+          if (!ok) return Value::Bool(false);
+        }
+        return Value::Bool(true);
+      });
     }
-    if (obj.is_dict()) {
+    return std::nullopt;
+  }
+
+  // dict methods: items/keys/values, get; mutating methods fail (values are immutable).
+  static std::optional<Value::Function> DictMethod(const Value& obj, const std::string& name) {
+    using F = Value::Function;
+    const Value self = obj;
+    if (name == "items" || name == "keys" || name == "values") {
+      return F([self, name](CallArgs&) -> absl::StatusOr<Value> {
+        ValueList out;
+        for (const auto& [k, v] : self.dict()) {
+          if (name == "items") {
+            out.push_back(Value::Tuple({k, v}));
+          } else {
+            out.push_back(name == "keys" ? k : v);
+          }
+        }
+        return Value::List(std::move(out));
+      });
+    }
+    if (name == "get") {
+      return F([self](CallArgs& a) -> absl::StatusOr<Value> {
+        Value key = a.Get(0, "key");
+        for (const auto& [k, v] : self.dict()) {
+          if (k == key) return v;
+        }
+        return a.Get(1, "default", Value::None());
+      });
+    }
+    if (name == "pop" || name == "update" || name == "setdefault" || name == "clear" ||
+        name == "popitem") {
+      return F([name](CallArgs&) -> absl::StatusOr<Value> {
+        return absl::InvalidArgumentError("dict." + name +
+                                          "() is not allowed: values are immutable");
+      });
+    }
+    return std::nullopt;
+  }
+
+  // list methods: index/count; mutating methods fail (values are immutable).
+  static std::optional<Value::Function> ListMethod(const Value& obj, const std::string& name) {
+    using F = Value::Function;
+    if (name == "append" || name == "extend" || name == "pop" || name == "insert" ||
+        name == "remove" || name == "sort" || name == "reverse" || name == "clear") {
+      return F([name](CallArgs&) -> absl::StatusOr<Value> {
+        return absl::InvalidArgumentError("list." + name +
+                                          "() is not allowed: values are immutable");
+      });
+    }
+    if (name == "index" || name == "count") {
       const Value self = obj;
-      if (name == "items" || name == "keys" || name == "values") {
-        return bind([self, name](CallArgs&) -> absl::StatusOr<Value> {
-          ValueList out;
-          for (const auto& [k, v] : self.dict()) {
-            if (name == "items") {
-              out.push_back(Value::Tuple({k, v}));
-            } else {
-              out.push_back(name == "keys" ? k : v);
-            }
+      return F([self, name](CallArgs& a) -> absl::StatusOr<Value> {
+        Value x = a.Get(0, "value");
+        int64_t n = 0;
+        for (size_t i = 0; i < self.list().size(); ++i) {
+          if (self.list()[i] == x) {
+            if (name == "index") return Value::Int(static_cast<int64_t>(i));
+            ++n;
           }
-          return Value::List(std::move(out));
-        });
-      }
-      if (name == "get") {
-        return bind([self](CallArgs& a) -> absl::StatusOr<Value> {
-          Value key = a.Get(0, "key");
-          for (const auto& [k, v] : self.dict()) {
-            if (k == key) return v;
-          }
-          return a.Get(1, "default", Value::None());
-        });
-      }
-      if (name == "pop" || name == "update" || name == "setdefault" || name == "clear" ||
-          name == "popitem") {
-        return bind([name](CallArgs&) -> absl::StatusOr<Value> {
-          return absl::InvalidArgumentError("dict." + name +
-                                            "() is not allowed: values are immutable");
-        });
-      }
-      return std::nullopt;
-    }
-    if (obj.is_list()) {
-      if (name == "append" || name == "extend" || name == "pop" || name == "insert" ||
-          name == "remove" || name == "sort" || name == "reverse" || name == "clear") {
-        return bind([name](CallArgs&) -> absl::StatusOr<Value> {
-          return absl::InvalidArgumentError("list." + name +
-                                            "() is not allowed: values are immutable");
-        });
-      }
-      if (name == "index" || name == "count") {
-        const Value self = obj;
-        return bind([self, name](CallArgs& a) -> absl::StatusOr<Value> {
-          Value x = a.Get(0, "value");
-          int64_t n = 0;
-          for (size_t i = 0; i < self.list().size(); ++i) {
-            if (self.list()[i] == x) {
-              if (name == "index") return Value::Int(static_cast<int64_t>(i));
-              ++n;
-            }
-          }
-          if (name == "index") return absl::InvalidArgumentError("value is not in list");
-          return Value::Int(n);
-        });
-      }
+        }
+        if (name == "index") return absl::InvalidArgumentError("value is not in list");
+        return Value::Int(n);
+      });
     }
     return std::nullopt;
   }
@@ -1392,14 +1463,21 @@ class Evaluator {
 
   absl::StatusOr<Value> RunFilter(const std::string& name, const Value& v, CallArgs& a) {
     KVSERVE_RETURN_IF_ERROR(CheckFilterArgs(name, a));
+    if (auto r = StringFilter(name, v, a)) return *std::move(r);
+    if (auto r = NumberFilter(name, v, a)) return *std::move(r);
+    if (auto r = SequenceFilter(name, v, a)) return *std::move(r);
+    if (auto r = OrderFilter(name, v, a)) return *std::move(r);
+    if (auto r = HigherOrderFilter(name, v, a)) return *std::move(r);
+    return absl::UnimplementedError(absl::StrCat("no filter named '", name, "'"));
+  }
+
+  // Filters on text (jinja2's string and HTML filters, tojson); nullopt for another name.
+  std::optional<absl::StatusOr<Value>> StringFilter(const std::string& name, const Value& v,
+                                                    CallArgs& a) {
     if (name == "trim") {
       Value s = SoftStr(v);
       return Value::String(StripImpl(s.text(), a.Get(0, "chars", Value::None()), true, true),
                            s.markup());
-    }
-    if (name == "length" || name == "count") {
-      KVSERVE_ASSIGN_OR_RETURN(int64_t n, Length(v));
-      return Value::Int(n);
     }
     if (name == "tojson") {
       Value indent = a.Get(0, "indent", Value::None());
@@ -1418,12 +1496,84 @@ class Evaluator {
       return Replace(SoftStr(v), a.Get(0, "old"), a.Get(1, "new"),
                      a.Get(2, "count", Value::Int(-1)));
     }
+    if (name == "indent") return Indent(v, a);
+    if (name == "escape" || name == "e") {
+      if (v.is_string() && v.markup()) return v;
+      return Value::String(HtmlEscape(SoftStr(v).text()), true);
+    }
+    if (name == "safe") return Value::String(SoftStr(v).text(), true);
+    return std::nullopt;
+  }
+
+  // Conversions to numbers, abs, and default/length; nullopt for another name.
+  std::optional<absl::StatusOr<Value>> NumberFilter(const std::string& name, const Value& v,
+                                                    CallArgs& a) {
     if (name == "default" || name == "d") {
       Value fallback = a.Get(0, "default_value", Value::TemplateString(""));
       const bool boolean = a.Get(1, "boolean", Value::Bool(false)).Truthy();
       if (v.is_undefined() || (boolean && !v.Truthy())) return fallback;
       return v;
     }
+    if (name == "length" || name == "count") {
+      KVSERVE_ASSIGN_OR_RETURN(int64_t n, Length(v));
+      return Value::Int(n);
+    }
+    if (name == "int") return IntFilter(v, a);
+    if (name == "float") {
+      Value fallback = a.Get(0, "default", Value::Float(0));
+      if (v.is_number()) return Value::Float(v.as_float());
+      if (v.is_string()) {
+        std::string s = StripImpl(v.text(), Value::None(), true, true).str();
+        char* end = nullptr;
+        double f = std::strtod(s.c_str(), &end);
+        if (!s.empty() && end && *end == '\0') return Value::Float(f);
+      }
+      return fallback;
+    }
+    if (name == "abs") {
+      if (v.is_float()) return Value::Float(std::fabs(v.as_float()));
+      if (v.is_number()) return Value::Int(std::llabs(v.as_int()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad operand type for abs(): '", TypeName(v), "'"));
+    }
+    return std::nullopt;
+  }
+
+  // The int filter: ints, bools, finite floats (truncated) and decimal strings; otherwise the
+  // default (only base 10).
+  absl::StatusOr<Value> IntFilter(const Value& v, CallArgs& a) {
+    Value fallback = a.Get(0, "default", Value::Int(0));
+    Value base = a.Get(1, "base", Value::Int(10));
+    if (!base.is_int() || base.as_int() != 10) {
+      return absl::UnimplementedError("int: only base 10 is supported");
+    }
+    if (v.is_int() || v.is_bool()) return Value::Int(v.as_int());
+    if (v.is_float()) {
+      if (!std::isfinite(v.as_float())) return fallback;
+      return Value::Int(static_cast<int64_t>(v.as_float()));
+    }
+    if (v.is_string()) {
+      std::string s = StripImpl(v.text(), Value::None(), true, true).str();
+      std::string digits;
+      for (char c : s) {
+        if (c != '_') digits += c;
+      }
+      char* end = nullptr;
+      errno = 0;
+      long long r = std::strtoll(digits.c_str(), &end, 10);
+      if (!digits.empty() && end && *end == '\0' && errno == 0) return Value::Int(r);
+      double f = std::strtod(digits.c_str(), &end);
+      if (!digits.empty() && end && *end == '\0' && std::isfinite(f)) {
+        return Value::Int(static_cast<int64_t>(f));
+      }
+    }
+    return fallback;
+  }
+
+  // Filters on lists, dicts and strings as sequences (but unique and sort); nullopt for another
+  // name.
+  std::optional<absl::StatusOr<Value>> SequenceFilter(const std::string& name, const Value& v,
+                                                      CallArgs& a) {
     if (name == "first" || name == "last") {
       KVSERVE_ASSIGN_OR_RETURN(ValueList items, Iterate(v));
       if (items.empty()) return Value::Undefined("No first item, sequence was empty.");
@@ -1462,57 +1612,6 @@ class Evaluator {
       }
       return Value::String(std::move(out));
     }
-    if (name == "int") {
-      Value fallback = a.Get(0, "default", Value::Int(0));
-      Value base = a.Get(1, "base", Value::Int(10));
-      if (!base.is_int() || base.as_int() != 10) {
-        return absl::UnimplementedError("int: only base 10 is supported");
-      }
-      if (v.is_int() || v.is_bool()) return Value::Int(v.as_int());
-      if (v.is_float()) {
-        if (!std::isfinite(v.as_float())) return fallback;
-        return Value::Int(static_cast<int64_t>(v.as_float()));
-      }
-      if (v.is_string()) {
-        std::string s = StripImpl(v.text(), Value::None(), true, true).str();
-        std::string digits;
-        for (char c : s) {
-          if (c != '_') digits += c;
-        }
-        char* end = nullptr;
-        errno = 0;
-        long long r = std::strtoll(digits.c_str(), &end, 10);
-        if (!digits.empty() && end && *end == '\0' && errno == 0) return Value::Int(r);
-        double f = std::strtod(digits.c_str(), &end);
-        if (!digits.empty() && end && *end == '\0' && std::isfinite(f)) {
-          return Value::Int(static_cast<int64_t>(f));
-        }
-      }
-      return fallback;
-    }
-    if (name == "float") {
-      Value fallback = a.Get(0, "default", Value::Float(0));
-      if (v.is_number()) return Value::Float(v.as_float());
-      if (v.is_string()) {
-        std::string s = StripImpl(v.text(), Value::None(), true, true).str();
-        char* end = nullptr;
-        double f = std::strtod(s.c_str(), &end);
-        if (!s.empty() && end && *end == '\0') return Value::Float(f);
-      }
-      return fallback;
-    }
-    if (name == "abs") {
-      if (v.is_float()) return Value::Float(std::fabs(v.as_float()));
-      if (v.is_number()) return Value::Int(std::llabs(v.as_int()));
-      return absl::InvalidArgumentError(
-          absl::StrCat("bad operand type for abs(): '", TypeName(v), "'"));
-    }
-    if (name == "indent") return Indent(v, a);
-    if (name == "escape" || name == "e") {
-      if (v.is_string() && v.markup()) return v;
-      return Value::String(HtmlEscape(SoftStr(v).text()), true);
-    }
-    if (name == "safe") return Value::String(SoftStr(v).text(), true);
     if (name == "reverse") {
       if (v.is_string()) {
         KVSERVE_ASSIGN_OR_RETURN(ValueList chars, Iterate(v));
@@ -1524,71 +1623,12 @@ class Evaluator {
       std::reverse(items.begin(), items.end());
       return Value::List(std::move(items));
     }
-    if (name == "map") {
-      KVSERVE_ASSIGN_OR_RETURN(ValueList items, Iterate(v));
-      ValueList out;
-      Value attribute = a.Get(99, "attribute", Value::None());
-      if (!attribute.is_none()) {
-        Value fallback = a.Get(99, "default");
-        for (const Value& item : items) {
-          KVSERVE_ASSIGN_OR_RETURN(Value x, AttributeOf(item, attribute));
-          if (x.is_undefined() && !fallback.is_undefined()) x = fallback;
-          out.push_back(x);
-        }
-        return Value::List(std::move(out));
-      }
-      if (a.positional.empty() || !a.positional[0].is_string()) {
-        return absl::InvalidArgumentError("map: expected a filter name or attribute=");
-      }
-      const std::string filter = a.positional[0].str();
-      if (!FilterNames().count(filter)) {
-        return absl::InvalidArgumentError(absl::StrCat("no filter named '", filter, "'"));
-      }
-      CallArgs rest;
-      rest.positional.assign(a.positional.begin() + 1, a.positional.end());
-      rest.keyword = a.keyword;
-      for (const Value& item : items) {
-        KVSERVE_ASSIGN_OR_RETURN(Value x, RunFilter(filter, item, rest));
-        out.push_back(x);
-      }
-      return Value::List(std::move(out));
-    }
-    if (name == "select" || name == "reject" || name == "selectattr" || name == "rejectattr") {
-      KVSERVE_ASSIGN_OR_RETURN(ValueList items, Iterate(v));
-      const bool by_attr = name == "selectattr" || name == "rejectattr";
-      const bool keep_when = name == "select" || name == "selectattr";
-      size_t next = 0;
-      Value attribute;
-      if (by_attr) {
-        if (a.positional.empty()) return absl::InvalidArgumentError(name + ": missing attribute");
-        attribute = a.positional[next++];
-      }
-      std::string test;
-      if (next < a.positional.size()) {
-        if (!a.positional[next].is_string()) return absl::InvalidArgumentError(name + ": bad test");
-        test = a.positional[next++].str();
-        if (!TestNames().count(test)) {
-          return absl::InvalidArgumentError(absl::StrCat("no test named '", test, "'"));
-        }
-      }
-      CallArgs test_args;
-      test_args.positional.assign(a.positional.begin() + next, a.positional.end());
-      ValueList out;
-      for (const Value& item : items) {
-        Value x = item;
-        if (by_attr) {
-          KVSERVE_ASSIGN_OR_RETURN(x, AttributeOf(item, attribute));
-        }
-        bool r;
-        if (test.empty()) {
-          r = x.Truthy();
-        } else {
-          KVSERVE_ASSIGN_OR_RETURN(r, RunTest(test, x, test_args));
-        }
-        if (r == keep_when) out.push_back(item);
-      }
-      return Value::List(std::move(out));
-    }
+    return std::nullopt;
+  }
+
+  // unique and sort (case-insensitive unless asked); nullopt for another name.
+  std::optional<absl::StatusOr<Value>> OrderFilter(const std::string& name, const Value& v,
+                                                   CallArgs& a) {
     if (name == "unique") {
       KVSERVE_ASSIGN_OR_RETURN(ValueList items, Iterate(v));
       const bool case_sensitive = a.Get(0, "case_sensitive", Value::Bool(false)).Truthy();
@@ -1621,33 +1661,116 @@ class Evaluator {
                         attribute.is_none() ? std::string() : attribute.ToText().str(),
                         case_sensitive);
     }
-    if (name == "sum" || name == "min" || name == "max") {
-      KVSERVE_ASSIGN_OR_RETURN(ValueList items, Iterate(v));
-      if (name == "sum") {
-        if (!a.Get(0, "attribute", Value::None()).is_none()) {
-          return absl::UnimplementedError("sum: attribute= is not supported");
-        }
-        Value total = a.Get(1, "start", Value::Int(0));
-        for (const Value& item : items) {
-          KVSERVE_ASSIGN_OR_RETURN(total, Arithmetic("+", total, item));
-        }
-        return total;
-      }
-      if (items.empty()) return Value::Undefined("No aggregated item, sequence was empty.");
-      const bool case_sensitive = a.Get(0, "case_sensitive", Value::Bool(false)).Truthy();
-      Value best = items[0];
-      for (const Value& item : items) {
-        Value x = item, y = best;
-        if (!case_sensitive) {
-          KVSERVE_ASSIGN_OR_RETURN(x, FoldCase(item));
-          KVSERVE_ASSIGN_OR_RETURN(y, FoldCase(best));
-        }
-        KVSERVE_ASSIGN_OR_RETURN(int c, Compare(x, y, "<"));
-        if ((name == "min" && c < 0) || (name == "max" && c > 0)) best = item;
-      }
-      return best;
+    return std::nullopt;
+  }
+
+  // Filters that apply a filter, a test or an attribute to each item, and aggregates;
+  // nullopt for another name.
+  std::optional<absl::StatusOr<Value>> HigherOrderFilter(const std::string& name, const Value& v,
+                                                         CallArgs& a) {
+    if (name == "map") return MapFilter(v, a);
+    if (name == "select" || name == "reject" || name == "selectattr" || name == "rejectattr") {
+      return SelectFilter(name, v, a);
     }
-    return absl::UnimplementedError(absl::StrCat("no filter named '", name, "'"));
+    if (name == "sum" || name == "min" || name == "max") return AggregateFilter(name, v, a);
+    return std::nullopt;
+  }
+
+  // map(attribute=..., default=...) or map("filter", args...).
+  absl::StatusOr<Value> MapFilter(const Value& v, CallArgs& a) {
+    KVSERVE_ASSIGN_OR_RETURN(ValueList items, Iterate(v));
+    ValueList out;
+    Value attribute = a.Get(99, "attribute", Value::None());
+    if (!attribute.is_none()) {
+      Value fallback = a.Get(99, "default");
+      for (const Value& item : items) {
+        KVSERVE_ASSIGN_OR_RETURN(Value x, AttributeOf(item, attribute));
+        if (x.is_undefined() && !fallback.is_undefined()) x = fallback;
+        out.push_back(x);
+      }
+      return Value::List(std::move(out));
+    }
+    if (a.positional.empty() || !a.positional[0].is_string()) {
+      return absl::InvalidArgumentError("map: expected a filter name or attribute=");
+    }
+    const std::string filter = a.positional[0].str();
+    if (!FilterNames().count(filter)) {
+      return absl::InvalidArgumentError(absl::StrCat("no filter named '", filter, "'"));
+    }
+    CallArgs rest;
+    rest.positional.assign(a.positional.begin() + 1, a.positional.end());
+    rest.keyword = a.keyword;
+    for (const Value& item : items) {
+      KVSERVE_ASSIGN_OR_RETURN(Value x, RunFilter(filter, item, rest));
+      out.push_back(x);
+    }
+    return Value::List(std::move(out));
+  }
+
+  // select/reject (by a test, or truthiness) and selectattr/rejectattr (of an attribute).
+  absl::StatusOr<Value> SelectFilter(const std::string& name, const Value& v, CallArgs& a) {
+    KVSERVE_ASSIGN_OR_RETURN(ValueList items, Iterate(v));
+    const bool by_attr = name == "selectattr" || name == "rejectattr";
+    const bool keep_when = name == "select" || name == "selectattr";
+    size_t next = 0;
+    Value attribute;
+    if (by_attr) {
+      if (a.positional.empty()) return absl::InvalidArgumentError(name + ": missing attribute");
+      attribute = a.positional[next++];
+    }
+    std::string test;
+    if (next < a.positional.size()) {
+      if (!a.positional[next].is_string()) return absl::InvalidArgumentError(name + ": bad test");
+      test = a.positional[next++].str();
+      if (!TestNames().count(test)) {
+        return absl::InvalidArgumentError(absl::StrCat("no test named '", test, "'"));
+      }
+    }
+    CallArgs test_args;
+    test_args.positional.assign(a.positional.begin() + next, a.positional.end());
+    ValueList out;
+    for (const Value& item : items) {
+      Value x = item;
+      if (by_attr) {
+        KVSERVE_ASSIGN_OR_RETURN(x, AttributeOf(item, attribute));
+      }
+      bool r;
+      if (test.empty()) {
+        r = x.Truthy();
+      } else {
+        KVSERVE_ASSIGN_OR_RETURN(r, RunTest(test, x, test_args));
+      }
+      if (r == keep_when) out.push_back(item);
+    }
+    return Value::List(std::move(out));
+  }
+
+  // sum (from start=, by +), min and max (case-insensitive unless asked).
+  absl::StatusOr<Value> AggregateFilter(const std::string& name, const Value& v, CallArgs& a) {
+    KVSERVE_ASSIGN_OR_RETURN(ValueList items, Iterate(v));
+    if (name == "sum") {
+      if (!a.Get(0, "attribute", Value::None()).is_none()) {
+        return absl::UnimplementedError("sum: attribute= is not supported");
+      }
+      Value total = a.Get(1, "start", Value::Int(0));
+      for (const Value& item : items) {
+        KVSERVE_ASSIGN_OR_RETURN(total, Arithmetic("+", total, item));
+      }
+      return total;
+    }
+    if (items.empty()) return Value::Undefined("No aggregated item, sequence was empty.");
+    const bool case_sensitive = a.Get(0, "case_sensitive", Value::Bool(false)).Truthy();
+    Value best = items[0];
+    for (const Value& item : items) {
+      Value x = item, y = best;
+      if (!case_sensitive) {
+        KVSERVE_ASSIGN_OR_RETURN(x, FoldCase(item));
+        KVSERVE_ASSIGN_OR_RETURN(y, FoldCase(best));
+      }
+      KVSERVE_ASSIGN_OR_RETURN(int c, Compare(x, y, "<"));
+      if ((name == "min" && c < 0) || (name == "max" && c > 0)) best = item;
+    }
+    return best;
   }
 
   absl::StatusOr<Value> SortValues(ValueList items, bool reverse, const std::string& attribute,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <optional>
 #include <set>
 
 #include "absl/status/status.h"
@@ -203,118 +204,148 @@ class Lexer {
   absl::StatusOr<size_t> LexTag(bool block, size_t pos, bool* line_starting) {
     std::string_view s = src_;
     std::vector<char> balance;
-    const std::string_view end = block ? "%}" : "}}";
     while (true) {
       pos = SkipSpace(s, pos);
       if (pos >= s.size()) return Error(pos, block ? "missing '%}'" : "missing '}}'");
       if (balance.empty()) {
-        size_t after = std::string_view::npos;
-        if (s[pos] == '-' && s.substr(pos + 1, 2) == end) {
-          after = SkipSpace(s, pos + 3);
-        } else if (block && s[pos] == '+' && s.substr(pos + 1, 2) == end) {
-          after = pos + 3;
-        } else if (s.substr(pos, 2) == end) {
-          after = pos + 2;
-          if (block && after < s.size() && s[after] == '\n') ++after;
-        }
-        if (after != std::string_view::npos) {
-          Emit(block ? Tok::kBlockEnd : Tok::kVarEnd, "", pos);
-          *line_starting = after > 0 && s[after - 1] == '\n';
-          return after;
+        if (std::optional<size_t> after = LexTagEnd(block, pos)) {
+          *line_starting = *after > 0 && s[*after - 1] == '\n';
+          return *after;
         }
       }
       const char c = s[pos];
       if (std::isdigit(static_cast<unsigned char>(c))) {
-        size_t p = pos;
-        auto digits = [&]() {
-          size_t q = p;
-          while (q < s.size() && (std::isdigit(static_cast<unsigned char>(s[q])) ||
-                                  (s[q] == '_' && q + 1 < s.size() &&
-                                   std::isdigit(static_cast<unsigned char>(s[q + 1]))))) {
-            ++q;
-          }
-          p = q;
-        };
-        digits();
-        bool is_float = false;
-        if (p + 1 < s.size() && s[p] == '.' && std::isdigit(static_cast<unsigned char>(s[p + 1]))) {
-          ++p;
-          digits();
-          is_float = true;
-        }
-        if (p < s.size() && (s[p] == 'e' || s[p] == 'E')) {
-          size_t q = p + 1;
-          if (q < s.size() && (s[q] == '+' || s[q] == '-')) ++q;
-          if (q < s.size() && std::isdigit(static_cast<unsigned char>(s[q]))) {
-            p = q;
-            digits();
-            is_float = true;
-          }
-        }
-        std::string number;
-        for (size_t k = pos; k < p; ++k) {
-          if (s[k] != '_') number += s[k];
-        }
-        Emit(is_float ? Tok::kFloat : Tok::kInt, number, pos);
-        if (is_float) {
-          tokens_.back().float_value = std::strtod(number.c_str(), nullptr);
-        } else {
-          errno = 0;
-          tokens_.back().int_value = std::strtoll(number.c_str(), nullptr, 10);
-          if (errno == ERANGE) return Error(pos, "integer literal out of range");
-        }
-        pos = p;
-        continue;
+        KVSERVE_ASSIGN_OR_RETURN(pos, LexNumber(pos));
+      } else if (std::isalpha(static_cast<unsigned char>(c)) || c == '_') {
+        pos = LexName(pos);
+      } else if (c == '\'' || c == '"') {
+        KVSERVE_ASSIGN_OR_RETURN(pos, LexString(pos));
+      } else {
+        KVSERVE_ASSIGN_OR_RETURN(pos, LexOp(pos, balance));
       }
-      if (std::isalpha(static_cast<unsigned char>(c)) || c == '_') {
-        size_t p = pos;
-        while (p < s.size() && (std::isalnum(static_cast<unsigned char>(s[p])) || s[p] == '_')) ++p;
-        Emit(Tok::kName, std::string(s.substr(pos, p - pos)), pos);
-        pos = p;
-        continue;
-      }
-      if (c == '\'' || c == '"') {
-        std::string value;
-        size_t p = pos + 1;
-        while (true) {
-          if (p >= s.size()) return Error(pos, "unterminated string literal");
-          if (s[p] == c) break;
-          if (s[p] == '\\' && p + 1 < s.size()) {
-            KVSERVE_RETURN_IF_ERROR(Unescape(s, &p, value));
-            continue;
-          }
-          value += s[p++];
-        }
-        Emit(Tok::kString, std::move(value), pos);
-        pos = p + 1;
-        continue;
-      }
-      static constexpr std::string_view kOps[] = {"//", "**", "==", "!=", ">=", "<=", "+", "-", "/",
-                                                  "*",  "%",  "~",  "[",  "]",  "(",  ")", "{", "}",
-                                                  ">",  "<",  "=",  ".",  ":",  "|",  ",", ";"};
-      std::string_view op;
-      for (std::string_view candidate : kOps) {
-        if (s.substr(pos, candidate.size()) == candidate) {
-          op = candidate;
-          break;
-        }
-      }
-      if (op.empty())
-        return Error(pos,
-                     absl::StrCat("unexpected character '", std::string(s.substr(pos, 1)), "'"));
-      if (op == "(" || op == "[" || op == "{") {
-        balance.push_back(op == "(" ? ')' : op == "[" ? ']' : '}');
-      } else if (op == ")" || op == "]" || op == "}") {
-        if (balance.empty()) return Error(pos, absl::StrCat("unexpected '", std::string(op), "'"));
-        if (balance.back() != op[0]) {
-          return Error(pos, absl::StrCat("unexpected '", std::string(op), "', expected '",
-                                         std::string(1, balance.back()), "'"));
-        }
-        balance.pop_back();
-      }
-      Emit(Tok::kOp, std::string(op), pos);
-      pos += op.size();
     }
+  }
+
+  // When the tag's end (with its whitespace control) is at `pos`: emits the end token and
+  // returns the position after it (and after the whitespace it strips).
+  std::optional<size_t> LexTagEnd(bool block, size_t pos) {
+    std::string_view s = src_;
+    const std::string_view end = block ? "%}" : "}}";
+    size_t after = std::string_view::npos;
+    if (s[pos] == '-' && s.substr(pos + 1, 2) == end) {
+      after = SkipSpace(s, pos + 3);
+    } else if (block && s[pos] == '+' && s.substr(pos + 1, 2) == end) {
+      after = pos + 3;
+    } else if (s.substr(pos, 2) == end) {
+      after = pos + 2;
+      if (block && after < s.size() && s[after] == '\n') ++after;
+    }
+    if (after == std::string_view::npos) return std::nullopt;
+    Emit(block ? Tok::kBlockEnd : Tok::kVarEnd, "", pos);
+    return after;
+  }
+
+  // Lexes an int or float literal (Python syntax, '_' between digits) at `pos`, which holds a
+  // digit; returns the position after it.
+  absl::StatusOr<size_t> LexNumber(size_t pos) {
+    std::string_view s = src_;
+    size_t p = pos;
+    auto digits = [&]() {
+      size_t q = p;
+      while (q < s.size() && (std::isdigit(static_cast<unsigned char>(s[q])) ||
+                              (s[q] == '_' && q + 1 < s.size() &&
+                               std::isdigit(static_cast<unsigned char>(s[q + 1]))))) {
+        ++q;
+      }
+      p = q;
+    };
+    digits();
+    bool is_float = false;
+    if (p + 1 < s.size() && s[p] == '.' && std::isdigit(static_cast<unsigned char>(s[p + 1]))) {
+      ++p;
+      digits();
+      is_float = true;
+    }
+    if (p < s.size() && (s[p] == 'e' || s[p] == 'E')) {
+      size_t q = p + 1;
+      if (q < s.size() && (s[q] == '+' || s[q] == '-')) ++q;
+      if (q < s.size() && std::isdigit(static_cast<unsigned char>(s[q]))) {
+        p = q;
+        digits();
+        is_float = true;
+      }
+    }
+    std::string number;
+    for (size_t k = pos; k < p; ++k) {
+      if (s[k] != '_') number += s[k];
+    }
+    Emit(is_float ? Tok::kFloat : Tok::kInt, number, pos);
+    if (is_float) {
+      tokens_.back().float_value = std::strtod(number.c_str(), nullptr);
+    } else {
+      errno = 0;
+      tokens_.back().int_value = std::strtoll(number.c_str(), nullptr, 10);
+      if (errno == ERANGE) return Error(pos, "integer literal out of range");
+    }
+    return p;
+  }
+
+  // Lexes a name at `pos` (a letter or '_'); returns the position after it.
+  size_t LexName(size_t pos) {
+    std::string_view s = src_;
+    size_t p = pos;
+    while (p < s.size() && (std::isalnum(static_cast<unsigned char>(s[p])) || s[p] == '_')) ++p;
+    Emit(Tok::kName, std::string(s.substr(pos, p - pos)), pos);
+    return p;
+  }
+
+  // Lexes a string literal whose quote is at `pos`; returns the position after its closing quote.
+  absl::StatusOr<size_t> LexString(size_t pos) {
+    std::string_view s = src_;
+    const char c = s[pos];
+    std::string value;
+    size_t p = pos + 1;
+    while (true) {
+      if (p >= s.size()) return Error(pos, "unterminated string literal");
+      if (s[p] == c) break;
+      if (s[p] == '\\' && p + 1 < s.size()) {
+        KVSERVE_RETURN_IF_ERROR(Unescape(s, &p, value));
+        continue;
+      }
+      value += s[p++];
+    }
+    Emit(Tok::kString, std::move(value), pos);
+    return p + 1;
+  }
+
+  // Lexes an operator at `pos`, keeping brackets balanced (`balance` holds the closers
+  // expected); returns the position after it.
+  absl::StatusOr<size_t> LexOp(size_t pos, std::vector<char>& balance) {
+    std::string_view s = src_;
+    static constexpr std::string_view kOps[] = {"//", "**", "==", "!=", ">=", "<=", "+", "-", "/",
+                                                "*",  "%",  "~",  "[",  "]",  "(",  ")", "{", "}",
+                                                ">",  "<",  "=",  ".",  ":",  "|",  ",", ";"};
+    std::string_view op;
+    for (std::string_view candidate : kOps) {
+      if (s.substr(pos, candidate.size()) == candidate) {
+        op = candidate;
+        break;
+      }
+    }
+    if (op.empty())
+      return Error(pos, absl::StrCat("unexpected character '", std::string(s.substr(pos, 1)), "'"));
+    if (op == "(" || op == "[" || op == "{") {
+      balance.push_back(op == "(" ? ')' : op == "[" ? ']' : '}');
+    } else if (op == ")" || op == "]" || op == "}") {
+      if (balance.empty()) return Error(pos, absl::StrCat("unexpected '", std::string(op), "'"));
+      if (balance.back() != op[0]) {
+        return Error(pos, absl::StrCat("unexpected '", std::string(op), "', expected '",
+                                       std::string(1, balance.back()), "'"));
+      }
+      balance.pop_back();
+    }
+    Emit(Tok::kOp, std::string(op), pos);
+    return pos + op.size();
   }
 
   // Python's unicode-escape for one backslash sequence at *p.
@@ -937,34 +968,15 @@ class Parser {
     return node;
   }
 
+  // A literal, a name, a parenthesized expression or tuple, or a list or dict display.
   absl::StatusOr<ExprPtr> ParsePrimary() {
     const Token t = Cur();
     switch (t.type) {
-      case Tok::kName: {
+      case Tok::kName:
         Next();
-        auto node = NewExpr(Expr::Kind::kLiteral, t);
-        if (t.text == "true" || t.text == "True") {
-          node->value = Value::Bool(true);
-        } else if (t.text == "false" || t.text == "False") {
-          node->value = Value::Bool(false);
-        } else if (t.text == "none" || t.text == "None") {
-          node->value = Value::None();
-        } else {
-          node->kind = Expr::Kind::kName;
-          node->name = t.text;
-        }
-        return node;
-      }
-      case Tok::kString: {
-        std::string text;
-        while (Cur().type == Tok::kString) {
-          text += Cur().text;
-          Next();
-        }
-        auto node = NewExpr(Expr::Kind::kLiteral, t);
-        node->value = Value::TemplateString(std::move(text));
-        return node;
-      }
+        return NameOrConstant(t);
+      case Tok::kString:
+        return ParseStrings(t);
       case Tok::kInt: {
         Next();
         auto node = NewExpr(Expr::Kind::kLiteral, t);
@@ -978,49 +990,87 @@ class Parser {
         return node;
       }
       case Tok::kOp:
-        if (t.text == "(") {
-          Next();
-          if (SkipOp(")")) return NewExpr(Expr::Kind::kTuple, t);
-          KVSERVE_ASSIGN_OR_RETURN(ExprPtr inner, ParseTuple(true));
-          KVSERVE_RETURN_IF_ERROR(ExpectOp(")"));
-          return inner;
-        }
-        if (t.text == "[") {
-          Next();
-          auto node = NewExpr(Expr::Kind::kList, t);
-          while (!IsOp("]")) {
-            if (!node->args.empty()) {
-              KVSERVE_RETURN_IF_ERROR(ExpectOp(","));
-              if (IsOp("]")) break;
-            }
-            KVSERVE_ASSIGN_OR_RETURN(ExprPtr item, ParseExpression(true));
-            node->args.push_back(std::move(item));
-          }
-          Next();
-          return node;
-        }
-        if (t.text == "{") {
-          Next();
-          auto node = NewExpr(Expr::Kind::kDict, t);
-          while (!IsOp("}")) {
-            if (!node->args.empty()) {
-              KVSERVE_RETURN_IF_ERROR(ExpectOp(","));
-              if (IsOp("}")) break;
-            }
-            KVSERVE_ASSIGN_OR_RETURN(ExprPtr key, ParseExpression(true));
-            KVSERVE_RETURN_IF_ERROR(ExpectOp(":"));
-            KVSERVE_ASSIGN_OR_RETURN(ExprPtr value, ParseExpression(true));
-            node->args.push_back(std::move(key));
-            node->args.push_back(std::move(value));
-          }
-          Next();
-          return node;
-        }
+        if (t.text == "(") return ParseParenthesized(t);
+        if (t.text == "[") return ParseListDisplay(t);
+        if (t.text == "{") return ParseDictDisplay(t);
         break;
       default:
         break;
     }
     return ErrorAt(t, absl::StrCat("unexpected ", Describe(t)));
+  }
+
+  // The name token `t` (already consumed): true/false/none (either case) or a variable name.
+  ExprPtr NameOrConstant(const Token& t) {
+    auto node = NewExpr(Expr::Kind::kLiteral, t);
+    if (t.text == "true" || t.text == "True") {
+      node->value = Value::Bool(true);
+    } else if (t.text == "false" || t.text == "False") {
+      node->value = Value::Bool(false);
+    } else if (t.text == "none" || t.text == "None") {
+      node->value = Value::None();
+    } else {
+      node->kind = Expr::Kind::kName;
+      node->name = t.text;
+    }
+    return node;
+  }
+
+  // Adjacent string literals, concatenated, from `t` (the current token) on.
+  ExprPtr ParseStrings(const Token& t) {
+    std::string text;
+    while (Cur().type == Tok::kString) {
+      text += Cur().text;
+      Next();
+    }
+    auto node = NewExpr(Expr::Kind::kLiteral, t);
+    node->value = Value::TemplateString(std::move(text));
+    return node;
+  }
+
+  // "()" (the empty tuple) or "(" expression or tuple ")"; `t` is the current "(".
+  absl::StatusOr<ExprPtr> ParseParenthesized(const Token& t) {
+    Next();
+    if (SkipOp(")")) return NewExpr(Expr::Kind::kTuple, t);
+    KVSERVE_ASSIGN_OR_RETURN(ExprPtr inner, ParseTuple(true));
+    KVSERVE_RETURN_IF_ERROR(ExpectOp(")"));
+    return inner;
+  }
+
+  // "[" items "]" with an optional trailing comma; `t` is the current "[".
+  absl::StatusOr<ExprPtr> ParseListDisplay(const Token& t) {
+    Next();
+    auto node = NewExpr(Expr::Kind::kList, t);
+    while (!IsOp("]")) {
+      if (!node->args.empty()) {
+        KVSERVE_RETURN_IF_ERROR(ExpectOp(","));
+        if (IsOp("]")) break;
+      }
+      KVSERVE_ASSIGN_OR_RETURN(ExprPtr item, ParseExpression(true));
+      node->args.push_back(std::move(item));
+    }
+    Next();
+    return node;
+  }
+
+  // "{" key ":" value pairs "}" with an optional trailing comma (args: key, value, key, ...);
+  // `t` is the current "{".
+  absl::StatusOr<ExprPtr> ParseDictDisplay(const Token& t) {
+    Next();
+    auto node = NewExpr(Expr::Kind::kDict, t);
+    while (!IsOp("}")) {
+      if (!node->args.empty()) {
+        KVSERVE_RETURN_IF_ERROR(ExpectOp(","));
+        if (IsOp("}")) break;
+      }
+      KVSERVE_ASSIGN_OR_RETURN(ExprPtr key, ParseExpression(true));
+      KVSERVE_RETURN_IF_ERROR(ExpectOp(":"));
+      KVSERVE_ASSIGN_OR_RETURN(ExprPtr value, ParseExpression(true));
+      node->args.push_back(std::move(key));
+      node->args.push_back(std::move(value));
+    }
+    Next();
+    return node;
   }
 
   absl::StatusOr<ExprPtr> ParsePostfix(ExprPtr node) {

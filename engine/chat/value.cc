@@ -447,11 +447,82 @@ void JsonString(std::string_view s, std::string& out) {
   out += '"';
 }
 
+absl::Status JsonValue(const Value& v, int indent, int level, std::string& out);
+
+// Starts a new line indented `indent * level` spaces.
+void JsonNewline(int indent, int level, std::string& out) {
+  out += '\n';
+  out.append(static_cast<size_t>(indent * level), ' ');
+}
+
+// A float as Python's json writes it: NaN, Infinity, -Infinity or its repr.
+void JsonFloat(double f, std::string& out) {
+  if (std::isnan(f)) {
+    out += "NaN";
+  } else if (std::isinf(f)) {
+    out += f > 0 ? "Infinity" : "-Infinity";
+  } else {
+    out += PythonFloatRepr(f);
+  }
+}
+
+// A list: "[]" when empty; items one per line when indent >= 0, else ", "-separated.
+absl::Status JsonList(const Value& v, int indent, int level, std::string& out) {
+  if (v.list().empty()) {
+    out += "[]";
+    return absl::OkStatus();
+  }
+  out += '[';
+  for (size_t i = 0; i < v.list().size(); ++i) {
+    if (i > 0) out += indent >= 0 ? "," : ", ";
+    if (indent >= 0) JsonNewline(indent, level + 1, out);
+    KVSERVE_RETURN_IF_ERROR(JsonValue(v.list()[i], indent, level + 1, out));
+  }
+  if (indent >= 0) JsonNewline(indent, level, out);
+  out += ']';
+  return absl::OkStatus();
+}
+
+// A dict key as Python's json writes it (keys of other kinds are an error).
+absl::StatusOr<std::string> JsonDictKey(const Value& k) {
+  if (k.is_string()) return k.str();
+  if (k.is_bool()) return std::string(k.as_bool() ? "true" : "false");
+  if (k.is_none()) return std::string("null");
+  if (k.is_int()) return std::to_string(k.as_int());
+  if (k.is_float()) return PythonFloatRepr(k.as_float());
+  return absl::InvalidArgumentError("tojson: keys must be str, int, float, bool or None");
+}
+
+// A dict with its keys converted to strings and sorted (stable): "{}" when empty; items one per
+// line when indent >= 0, else ", "-separated.
+absl::Status JsonDict(const Value& v, int indent, int level, std::string& out) {
+  if (v.dict().empty()) {
+    out += "{}";
+    return absl::OkStatus();
+  }
+  std::vector<std::pair<std::string, const Value*>> items;
+  for (const auto& [k, x] : v.dict()) {
+    KVSERVE_ASSIGN_OR_RETURN(std::string key, JsonDictKey(k));
+    items.emplace_back(std::move(key), &x);
+  }
+  std::stable_sort(items.begin(), items.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  out += '{';
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += indent >= 0 ? "," : ", ";
+    if (indent >= 0) JsonNewline(indent, level + 1, out);
+    JsonString(items[i].first, out);
+    out += ": ";
+    KVSERVE_RETURN_IF_ERROR(JsonValue(*items[i].second, indent, level + 1, out));
+  }
+  if (indent >= 0) JsonNewline(indent, level, out);
+  out += '}';
+  return absl::OkStatus();
+}
+
+// Appends `v` as JSON (Python's json.dumps with the given indent; < 0: one line) at nesting
+// `level`; undefined values, namespaces and functions are errors.
 absl::Status JsonValue(const Value& v, int indent, int level, std::string& out) {
-  auto newline = [&](int lvl) {
-    out += '\n';
-    out.append(static_cast<size_t>(indent * lvl), ' ');
-  };
   switch (v.kind()) {
     case Value::Kind::kNone:
       out += "null";
@@ -462,72 +533,16 @@ absl::Status JsonValue(const Value& v, int indent, int level, std::string& out) 
     case Value::Kind::kInt:
       out += std::to_string(v.as_int());
       return absl::OkStatus();
-    case Value::Kind::kFloat: {
-      double f = v.as_float();
-      if (std::isnan(f)) {
-        out += "NaN";
-      } else if (std::isinf(f)) {
-        out += f > 0 ? "Infinity" : "-Infinity";
-      } else {
-        out += PythonFloatRepr(f);
-      }
+    case Value::Kind::kFloat:
+      JsonFloat(v.as_float(), out);
       return absl::OkStatus();
-    }
     case Value::Kind::kString:
       JsonString(v.str(), out);
       return absl::OkStatus();
-    case Value::Kind::kList: {
-      if (v.list().empty()) {
-        out += "[]";
-        return absl::OkStatus();
-      }
-      out += '[';
-      for (size_t i = 0; i < v.list().size(); ++i) {
-        if (i > 0) out += indent >= 0 ? "," : ", ";
-        if (indent >= 0) newline(level + 1);
-        KVSERVE_RETURN_IF_ERROR(JsonValue(v.list()[i], indent, level + 1, out));
-      }
-      if (indent >= 0) newline(level);
-      out += ']';
-      return absl::OkStatus();
-    }
-    case Value::Kind::kDict: {
-      if (v.dict().empty()) {
-        out += "{}";
-        return absl::OkStatus();
-      }
-      std::vector<std::pair<std::string, const Value*>> items;
-      for (const auto& [k, x] : v.dict()) {
-        std::string key;
-        if (k.is_string()) {
-          key = k.str();
-        } else if (k.is_bool()) {
-          key = k.as_bool() ? "true" : "false";
-        } else if (k.is_none()) {
-          key = "null";
-        } else if (k.is_int()) {
-          key = std::to_string(k.as_int());
-        } else if (k.is_float()) {
-          key = PythonFloatRepr(k.as_float());
-        } else {
-          return absl::InvalidArgumentError("tojson: keys must be str, int, float, bool or None");
-        }
-        items.emplace_back(std::move(key), &x);
-      }
-      std::stable_sort(items.begin(), items.end(),
-                       [](const auto& a, const auto& b) { return a.first < b.first; });
-      out += '{';
-      for (size_t i = 0; i < items.size(); ++i) {
-        if (i > 0) out += indent >= 0 ? "," : ", ";
-        if (indent >= 0) newline(level + 1);
-        JsonString(items[i].first, out);
-        out += ": ";
-        KVSERVE_RETURN_IF_ERROR(JsonValue(*items[i].second, indent, level + 1, out));
-      }
-      if (indent >= 0) newline(level);
-      out += '}';
-      return absl::OkStatus();
-    }
+    case Value::Kind::kList:
+      return JsonList(v, indent, level, out);
+    case Value::Kind::kDict:
+      return JsonDict(v, indent, level, out);
     case Value::Kind::kUndefined:
       return absl::InvalidArgumentError(
           absl::StrCat("tojson: '", v.name().empty() ? "value" : v.name(),

@@ -112,6 +112,12 @@ class GgufModel final : public LoadedModel {
   absl::StatusOr<int> ReadDim(std::string_view key, int64_t max_value,
                               std::optional<int64_t> default_value = std::nullopt) const;
   absl::Status ReadConfig();
+  // Parts of ReadConfig, in the order it runs them; each fills its fields of config_.
+  absl::Status ReadArchitecture();             // architecture (only llama) and name
+  absl::Status ReadShape();                    // dims, layers, heads, context, head_dim
+  absl::Status ReadNormAndRopeBase();          // rms_norm_eps, rope_freq_base
+  absl::Status ReadRopeScaling();              // rope_freq_scale (none, linear or llama3)
+  absl::Status RejectUnsupportedKeys() const;  // keys that change the math
   absl::StatusOr<const GgufTensorInfo*> Tensor(const std::string& name,
                                                const std::vector<int64_t>& expected_ne) const;
   absl::StatusOr<WeightView> Matrix(const std::string& name, int64_t rows, int64_t cols);
@@ -142,6 +148,14 @@ absl::StatusOr<int> GgufModel::ReadDim(std::string_view key, int64_t max_value,
 }
 
 absl::Status GgufModel::ReadConfig() {
+  KVSERVE_RETURN_IF_ERROR(ReadArchitecture());
+  KVSERVE_RETURN_IF_ERROR(ReadShape());
+  KVSERVE_RETURN_IF_ERROR(ReadNormAndRopeBase());
+  KVSERVE_RETURN_IF_ERROR(ReadRopeScaling());
+  return RejectUnsupportedKeys();
+}
+
+absl::Status GgufModel::ReadArchitecture() {
   auto arch = file_.GetString("general.architecture");
   if (!arch.ok()) return Required(arch.status());
   if (*arch != "llama") {
@@ -155,6 +169,11 @@ absl::Status GgufModel::ReadConfig() {
   } else {
     c.name = std::filesystem::path(file_.name()).stem().string();
   }
+  return absl::OkStatus();
+}
+
+absl::Status GgufModel::ReadShape() {
+  ModelConfig& c = config_;
   KVSERVE_ASSIGN_OR_RETURN(c.dim, ReadDim("llama.embedding_length", kMaxModelDim));
   KVSERVE_ASSIGN_OR_RETURN(c.hidden_dim, ReadDim("llama.feed_forward_length", kMaxHiddenDim));
   KVSERVE_ASSIGN_OR_RETURN(c.num_layers, ReadDim("llama.block_count", kMaxLayers));
@@ -194,6 +213,11 @@ absl::Status GgufModel::ReadConfig() {
                                 c.head_dim, " (partial rotary embeddings are not supported)"));
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status GgufModel::ReadNormAndRopeBase() {
+  ModelConfig& c = config_;
   auto eps = file_.GetFloat("llama.attention.layer_norm_rms_epsilon");
   if (!eps.ok()) return Required(eps.status());
   if (!(*eps > 0.0 && *eps < 1.0)) {
@@ -208,6 +232,11 @@ absl::Status GgufModel::ReadConfig() {
     }
     c.rope_freq_base = static_cast<float>(base);
   }
+  return absl::OkStatus();
+}
+
+absl::Status GgufModel::ReadRopeScaling() {
+  ModelConfig& c = config_;
   // Rope scaling: none, linear (positions divided by the factor) or llama3 (frequency factors
   // from rope_freqs.weight); anything else changes the math in ways not implemented here.
   std::string scaling = "none";
@@ -229,6 +258,10 @@ absl::Status GgufModel::ReadConfig() {
         file_.name(), ": llama.rope.scaling.type '", scaling,
         "' is not supported (supported: none, linear, llama3 with rope_freqs.weight)"));
   }
+  return absl::OkStatus();
+}
+
+absl::Status GgufModel::RejectUnsupportedKeys() const {
   for (std::string_view key : {"llama.rope.scaling.attn_factor", "llama.rope.scaling.yarn_log_multiplier",
                                "llama.attention.logit_softcapping", "llama.final_logit_softcapping"}) {
     if (file_.HasKey(key)) {
@@ -386,23 +419,30 @@ absl::StatusOr<int32_t> OptionalTokenId(const GgufFile& file, std::string_view k
   return static_cast<int32_t>(id);
 }
 
-}  // namespace
-
-absl::StatusOr<Vocabulary> ReadGgufVocabulary(const GgufFile& file) {
+// The tokenizer kind named by tokenizer.ggml.model: 'llama' (SentencePiece BPE) or 'gpt2'
+// (byte-level BPE).
+absl::StatusOr<TokenizerKind> ReadTokenizerKind(const GgufFile& file) {
   auto model = file.GetString("tokenizer.ggml.model");
   if (!model.ok()) return Required(model.status());
-  Vocabulary vocab;
-  if (*model == "llama") {
-    vocab.kind = TokenizerKind::kSentencePiece;
-  } else if (*model == "gpt2") {
-    vocab.kind = TokenizerKind::kByteLevelBpe;
-  } else {
-    return absl::UnimplementedError(absl::StrCat(
-        file.name(), ": tokenizer model '", *model,
-        "' (tokenizer.ggml.model) is not supported (only 'llama', SentencePiece BPE, and 'gpt2', "
-        "byte-level BPE)"));
-  }
-  const bool byte_level = vocab.kind == TokenizerKind::kByteLevelBpe;
+  if (*model == "llama") return TokenizerKind::kSentencePiece;
+  if (*model == "gpt2") return TokenizerKind::kByteLevelBpe;
+  return absl::UnimplementedError(absl::StrCat(
+      file.name(), ": tokenizer model '", *model,
+      "' (tokenizer.ggml.model) is not supported (only 'llama', SentencePiece BPE, and 'gpt2', "
+      "byte-level BPE)"));
+}
+
+// The token strings, scores and types, each pointing into `file`. Byte-level vocabularies carry
+// no scores, and may leave out the token types (all normal): those spans may then be empty;
+// otherwise each has one entry per token.
+struct TokenArrays {
+  absl::Span<const std::string> tokens;
+  absl::Span<const float> scores;
+  absl::Span<const int32_t> types;
+};
+
+absl::StatusOr<TokenArrays> ReadTokenArrays(const GgufFile& file, bool byte_level) {
+  TokenArrays a;
   auto tokens = file.GetArrayOf<std::string>("tokenizer.ggml.tokens");
   if (!tokens.ok()) return Required(tokens.status());
   if (tokens->empty() || tokens->size() > static_cast<size_t>(kMaxVocab)) {
@@ -410,38 +450,43 @@ absl::StatusOr<Vocabulary> ReadGgufVocabulary(const GgufFile& file) {
                                                    tokens->size(), " tokens (1 to ", kMaxVocab,
                                                    " allowed)"));
   }
-  // Byte-level vocabularies carry no scores, and may leave out the token types (all normal).
-  absl::Span<const float> scores;
+  a.tokens = *tokens;
   if (!byte_level || file.HasKey("tokenizer.ggml.scores")) {
     auto s = file.GetArrayOf<float>("tokenizer.ggml.scores");
     if (!s.ok()) return Required(s.status());
-    scores = *s;
+    a.scores = *s;
   }
-  absl::Span<const int32_t> types;
   if (!byte_level || file.HasKey("tokenizer.ggml.token_type")) {
     auto t = file.GetArrayOf<int32_t>("tokenizer.ggml.token_type");
     if (!t.ok()) return Required(t.status());
-    types = *t;
+    a.types = *t;
   }
-  if ((!byte_level && scores.size() != tokens->size()) ||
-      (!scores.empty() && scores.size() != tokens->size()) ||
-      (!byte_level && types.size() != tokens->size()) ||
-      (!types.empty() && types.size() != tokens->size())) {
+  if ((!byte_level && a.scores.size() != a.tokens.size()) ||
+      (!a.scores.empty() && a.scores.size() != a.tokens.size()) ||
+      (!byte_level && a.types.size() != a.tokens.size()) ||
+      (!a.types.empty() && a.types.size() != a.tokens.size())) {
     return absl::InvalidArgumentError(
-        absl::StrCat(file.name(), ": tokenizer.ggml.tokens has ", tokens->size(),
-                     " entries but tokenizer.ggml.scores has ", scores.size(),
-                     " and tokenizer.ggml.token_type has ", types.size()));
+        absl::StrCat(file.name(), ": tokenizer.ggml.tokens has ", a.tokens.size(),
+                     " entries but tokenizer.ggml.scores has ", a.scores.size(),
+                     " and tokenizer.ggml.token_type has ", a.types.size()));
   }
-  const int32_t n = static_cast<int32_t>(tokens->size());
-  vocab.pieces.reserve(tokens->size());
-  vocab.types.reserve(tokens->size());
+  return a;
+}
+
+// Fills vocab.pieces (SentencePiece's U+2581 turned into spaces unless byte-level), vocab.types
+// (each checked to be a token type) and vocab.scores (zeros when the file has none).
+absl::Status FillPieces(const GgufFile& file, const TokenArrays& a, bool byte_level,
+                        Vocabulary& vocab) {
+  const int32_t n = static_cast<int32_t>(a.tokens.size());
+  vocab.pieces.reserve(a.tokens.size());
+  vocab.types.reserve(a.tokens.size());
   for (int32_t i = 0; i < n; ++i) {
     if (byte_level) {
-      vocab.pieces.push_back((*tokens)[i]);
+      vocab.pieces.push_back(a.tokens[i]);
     } else {
-      vocab.pieces.push_back(absl::StrReplaceAll((*tokens)[i], {{"\xE2\x96\x81", " "}}));
+      vocab.pieces.push_back(absl::StrReplaceAll(a.tokens[i], {{"\xE2\x96\x81", " "}}));
     }
-    const int32_t type = types.empty() ? static_cast<int32_t>(TokenType::kNormal) : types[i];
+    const int32_t type = a.types.empty() ? static_cast<int32_t>(TokenType::kNormal) : a.types[i];
     if (type < static_cast<int32_t>(TokenType::kNormal) ||
         type > static_cast<int32_t>(TokenType::kByte)) {
       return absl::InvalidArgumentError(absl::StrCat(file.name(), ": tokenizer.ggml.token_type[", i,
@@ -449,25 +494,36 @@ absl::StatusOr<Vocabulary> ReadGgufVocabulary(const GgufFile& file) {
     }
     vocab.types.push_back(static_cast<TokenType>(type));
   }
-  if (scores.empty()) {
-    vocab.scores.assign(tokens->size(), 0.0f);
+  if (a.scores.empty()) {
+    vocab.scores.assign(a.tokens.size(), 0.0f);
   } else {
-    vocab.scores.assign(scores.begin(), scores.end());
+    vocab.scores.assign(a.scores.begin(), a.scores.end());
   }
-  if (byte_level) {
-    auto merges = file.GetArrayOf<std::string>("tokenizer.ggml.merges");
-    if (!merges.ok()) return Required(merges.status());
-    vocab.merges.assign(merges->begin(), merges->end());
-    vocab.pre = "default";
-    if (file.HasKey("tokenizer.ggml.pre")) {
-      KVSERVE_ASSIGN_OR_RETURN(vocab.pre, file.GetString("tokenizer.ggml.pre"));
-    }
-    if (!PreTokenizer::IsKnown(vocab.pre)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          file.name(), ": pre-tokenizer '", vocab.pre,
-          "' (tokenizer.ggml.pre) is not supported; known: ", PreTokenizer::KnownNames()));
-    }
+  return absl::OkStatus();
+}
+
+// Byte-level BPE only: vocab.merges (required) and vocab.pre (default "default"; must be a
+// known pre-tokenizer).
+absl::Status ReadByteLevelMerges(const GgufFile& file, Vocabulary& vocab) {
+  auto merges = file.GetArrayOf<std::string>("tokenizer.ggml.merges");
+  if (!merges.ok()) return Required(merges.status());
+  vocab.merges.assign(merges->begin(), merges->end());
+  vocab.pre = "default";
+  if (file.HasKey("tokenizer.ggml.pre")) {
+    KVSERVE_ASSIGN_OR_RETURN(vocab.pre, file.GetString("tokenizer.ggml.pre"));
   }
+  if (!PreTokenizer::IsKnown(vocab.pre)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        file.name(), ": pre-tokenizer '", vocab.pre,
+        "' (tokenizer.ggml.pre) is not supported; known: ", PreTokenizer::KnownNames()));
+  }
+  return absl::OkStatus();
+}
+
+// Special token ids and add-BOS/EOS/space flags, from their metadata keys or the defaults of
+// the tokenizer kind; vocab.pieces must be filled.
+absl::Status ReadSpecialTokens(const GgufFile& file, bool byte_level, Vocabulary& vocab) {
+  const int32_t n = static_cast<int32_t>(vocab.pieces.size());
   // Byte-level files without BOS/EOS ids: the "<|endoftext|>" token when there is one.
   int32_t default_special = byte_level ? 0 : 1;
   if (byte_level) {
@@ -495,6 +551,21 @@ absl::StatusOr<Vocabulary> ReadGgufVocabulary(const GgufFile& file) {
   KVSERVE_ASSIGN_OR_RETURN(vocab.add_space_prefix,
                            OptionalBool(file, "tokenizer.ggml.add_space_prefix", !byte_level));
   if (byte_level) vocab.add_space_prefix = false;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<Vocabulary> ReadGgufVocabulary(const GgufFile& file) {
+  Vocabulary vocab;
+  KVSERVE_ASSIGN_OR_RETURN(vocab.kind, ReadTokenizerKind(file));
+  const bool byte_level = vocab.kind == TokenizerKind::kByteLevelBpe;
+  KVSERVE_ASSIGN_OR_RETURN(const TokenArrays arrays, ReadTokenArrays(file, byte_level));
+  KVSERVE_RETURN_IF_ERROR(FillPieces(file, arrays, byte_level, vocab));
+  if (byte_level) {
+    KVSERVE_RETURN_IF_ERROR(ReadByteLevelMerges(file, vocab));
+  }
+  KVSERVE_RETURN_IF_ERROR(ReadSpecialTokens(file, byte_level, vocab));
   return vocab;
 }
 

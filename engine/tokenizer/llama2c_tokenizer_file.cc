@@ -116,69 +116,71 @@ std::string ReplaceMetaSpace(std::string_view bytes) {
   return out;
 }
 
-}  // namespace
-
-absl::StatusOr<Vocabulary> ParseLlama2cTokenizer(std::string_view contents, std::string_view name,
-                                                 int32_t expected_vocab_size) {
-  const std::string file(name);
-  auto error = [&](const std::string& message) {
-    return absl::InvalidArgumentError(absl::StrCat(file, ": ", message));
-  };
-  if (expected_vocab_size <= 0) {
-    return error(
-        absl::StrCat("expected vocabulary size must be positive, got ", expected_vocab_size));
-  }
-  Reader r(contents);
+// Reads the header's max_token_length (checked to be 1..kMaxLlama2cTokenLength). On error
+// returns a message without the file name prefix.
+std::optional<std::string> ReadMaxTokenLength(Reader& r, int32_t* max_token_length) {
   if (r.Remaining() < 4) {
-    return error(absl::StrCat("truncated at byte 0 reading max_token_length (the file is ",
-                              r.size(), " bytes)"));
+    return absl::StrCat("truncated at byte 0 reading max_token_length (the file is ", r.size(),
+                        " bytes)");
   }
-  const int32_t max_token_length = static_cast<int32_t>(r.ReadU32());
-  if (max_token_length <= 0 || max_token_length > kMaxLlama2cTokenLength) {
-    return error(absl::StrCat("max_token_length at byte 0 is ", max_token_length, ", expected 1..",
-                              kMaxLlama2cTokenLength));
+  *max_token_length = static_cast<int32_t>(r.ReadU32());
+  if (*max_token_length <= 0 || *max_token_length > kMaxLlama2cTokenLength) {
+    return absl::StrCat("max_token_length at byte 0 is ", *max_token_length, ", expected 1..",
+                        kMaxLlama2cTokenLength);
   }
+  return std::nullopt;
+}
 
-  Vocabulary vocab;
-  vocab.pieces.reserve(static_cast<size_t>(expected_vocab_size));
-  vocab.scores.reserve(static_cast<size_t>(expected_vocab_size));
-  vocab.types.reserve(static_cast<size_t>(expected_vocab_size));
-  for (int32_t i = 0; i < expected_vocab_size; ++i) {
+// Reads `count` token records into vocab.pieces (meta spaces replaced) and vocab.scores. On
+// error returns a message without the file name prefix.
+std::optional<std::string> ReadTokens(Reader& r, int32_t count, int32_t max_token_length,
+                                      Vocabulary& vocab) {
+  vocab.pieces.reserve(static_cast<size_t>(count));
+  vocab.scores.reserve(static_cast<size_t>(count));
+  vocab.types.reserve(static_cast<size_t>(count));
+  for (int32_t i = 0; i < count; ++i) {
     if (r.Remaining() == 0) {
-      return error(absl::StrCat("holds ", i, " tokens, expected ", expected_vocab_size,
-                                " (the file ends at byte ", r.offset(), ")"));
+      return absl::StrCat("holds ", i, " tokens, expected ", count, " (the file ends at byte ",
+                          r.offset(), ")");
     }
     RawToken token;
     if (std::optional<std::string> message = ReadToken(r, i, max_token_length, &token)) {
-      return error(*message);
+      return message;
     }
     vocab.pieces.push_back(ReplaceMetaSpace(token.bytes));
     vocab.scores.push_back(token.score);
   }
+  return std::nullopt;
+}
 
-  if (r.Remaining() > 0) {
-    // Either more tokens than expected, or garbage after the last one: tell them apart.
-    const size_t trailing_at = r.offset();
-    const size_t trailing = r.Remaining();
-    int32_t extra = 0;
-    bool whole_tokens = true;
-    while (r.Remaining() > 0) {
-      RawToken token;
-      if (ReadToken(r, expected_vocab_size + extra, max_token_length, &token)) {
-        whole_tokens = false;
-        break;
-      }
-      ++extra;
+// The error message for bytes left after the expected tokens (the reader is not at the end):
+// either more whole tokens than expected, or garbage after the last one.
+std::string DescribeTrailing(Reader& r, int32_t expected_vocab_size, int32_t max_token_length) {
+  const size_t trailing_at = r.offset();
+  const size_t trailing = r.Remaining();
+  int32_t extra = 0;
+  bool whole_tokens = true;
+  while (r.Remaining() > 0) {
+    RawToken token;
+    if (ReadToken(r, expected_vocab_size + extra, max_token_length, &token)) {
+      whole_tokens = false;
+      break;
     }
-    if (whole_tokens) {
-      return error(absl::StrCat("holds ", expected_vocab_size + extra, " tokens, expected ",
-                                expected_vocab_size));
-    }
-    return error(absl::StrCat(trailing, " trailing bytes at byte ", trailing_at, " after token ",
-                              expected_vocab_size - 1, " (the last expected token)"));
+    ++extra;
   }
+  if (whole_tokens) {
+    return absl::StrCat("holds ", expected_vocab_size + extra, " tokens, expected ",
+                        expected_vocab_size);
+  }
+  return absl::StrCat(trailing, " trailing bytes at byte ", trailing_at, " after token ",
+                      expected_vocab_size - 1, " (the last expected token)");
+}
 
-  for (int32_t i = 0; i < expected_vocab_size; ++i) {
+// Fills vocab.types from the pieces: byte pieces, <unk> at 0, and <s>/</s> at 1 and 2 (whose
+// "\n<s>\n" spellings are normalized).
+void AssignTokenTypes(Vocabulary& vocab) {
+  const int32_t n = static_cast<int32_t>(vocab.pieces.size());
+  for (int32_t i = 0; i < n; ++i) {
     std::string& piece = vocab.pieces[static_cast<size_t>(i)];
     TokenType type = TokenType::kNormal;
     if (IsBytePiece(piece)) {
@@ -194,6 +196,34 @@ absl::StatusOr<Vocabulary> ParseLlama2cTokenizer(std::string_view contents, std:
     }
     vocab.types.push_back(type);
   }
+}
+
+}  // namespace
+
+absl::StatusOr<Vocabulary> ParseLlama2cTokenizer(std::string_view contents, std::string_view name,
+                                                 int32_t expected_vocab_size) {
+  const std::string file(name);
+  auto error = [&](const std::string& message) {
+    return absl::InvalidArgumentError(absl::StrCat(file, ": ", message));
+  };
+  if (expected_vocab_size <= 0) {
+    return error(
+        absl::StrCat("expected vocabulary size must be positive, got ", expected_vocab_size));
+  }
+  Reader r(contents);
+  int32_t max_token_length = 0;
+  if (std::optional<std::string> message = ReadMaxTokenLength(r, &max_token_length)) {
+    return error(*message);
+  }
+  Vocabulary vocab;
+  if (std::optional<std::string> message =
+          ReadTokens(r, expected_vocab_size, max_token_length, vocab)) {
+    return error(*message);
+  }
+  if (r.Remaining() > 0) {
+    return error(DescribeTrailing(r, expected_vocab_size, max_token_length));
+  }
+  AssignTokenTypes(vocab);
   vocab.unk_id = 0;
   vocab.bos_id = 1;
   vocab.eos_id = 2;

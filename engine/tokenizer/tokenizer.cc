@@ -109,6 +109,109 @@ struct BigramLess {
   }
 };
 
+// The initial SentencePiece symbols of `text`: one per code point that is a piece
+// (lookup(unit) >= 0), fallback tokens (fallback(unit, &ids)) for the rest, each ill-formed
+// byte on its own. prev/next are left unset. Returns false as soon as a lower bound on the final
+// token count passes max_tokens (fixed_tokens are already counted): fallback tokens never
+// merge, and a merged token covers at most max_piece_bytes bytes of matchable text; the rest of
+// the text is then not looked at.
+template <typename Lookup, typename Fallback>
+bool ScanSymbols(std::string_view text, size_t max_piece_bytes, size_t fixed_tokens,
+                 size_t max_tokens, const Lookup& lookup, const Fallback& fallback_of,
+                 std::vector<Symbol>* symbols) {
+  symbols->reserve(text.size());
+  std::vector<int32_t> fallback;
+  const size_t piece_bytes = std::max<size_t>(max_piece_bytes, 1);
+  size_t mergeable_bytes = 0;
+  for (size_t pos = 0; pos < text.size();) {
+    if (fixed_tokens + (mergeable_bytes + piece_bytes - 1) / piece_bytes > max_tokens) {
+      return false;
+    }
+    size_t length = 0;
+    const Utf8Scan scan = ScanUtf8(text.substr(pos), &length);
+    if (scan != Utf8Scan::kValid) length = 1;  // each byte of ill-formed text on its own
+    const std::string_view unit = text.substr(pos, length);
+    const int32_t id = scan == Utf8Scan::kValid ? lookup(unit) : -1;
+    if (id >= 0) {
+      symbols->push_back({0, 0, static_cast<uint32_t>(pos), static_cast<uint32_t>(length), id,
+                          /*mergeable=*/true});
+      mergeable_bytes += length;
+    } else {
+      fallback.clear();
+      fallback_of(unit, &fallback);
+      // Split the unit's bytes among its fallback tokens (one per byte, or one for all).
+      for (size_t k = 0; k < fallback.size(); ++k) {
+        const size_t begin = pos + (fallback.size() == 1 ? 0 : k);
+        const size_t bytes = fallback.size() == 1 ? length : 1;
+        symbols->push_back({0, 0, static_cast<uint32_t>(begin), static_cast<uint32_t>(bytes),
+                            fallback[k], /*mergeable=*/false});
+        if (fallback[k] >= 0) ++fixed_tokens;
+      }
+    }
+    pos += length;
+  }
+  return true;
+}
+
+// Links the symbols into a list in order (prev/next; -1 at the ends).
+void LinkSymbols(std::vector<Symbol>& symbols) {
+  const auto count = static_cast<int32_t>(symbols.size());
+  for (int32_t i = 0; i < count; ++i) {
+    symbols[static_cast<size_t>(i)].prev = i - 1;
+    symbols[static_cast<size_t>(i)].next = i + 1 < count ? i + 1 : -1;
+  }
+}
+
+// Repeatedly merges the pair of live, mergeable neighbours whose concatenated text is a piece
+// (lookup(text) >= 0) with the highest score (the leftmost on ties). A merged-away symbol keeps
+// length 0 and is unlinked.
+template <typename Lookup>
+void MergeSymbols(std::string_view text, const std::vector<float>& scores, const Lookup& lookup,
+                  std::vector<Symbol>& symbols) {
+  const auto count = static_cast<int32_t>(symbols.size());
+  std::priority_queue<Bigram, std::vector<Bigram>, BigramLess> queue;
+  auto try_add = [&](int32_t left, int32_t right) {
+    if (left < 0 || right < 0) return;
+    const Symbol& l = symbols[static_cast<size_t>(left)];
+    const Symbol& r = symbols[static_cast<size_t>(right)];
+    if (!l.mergeable || !r.mergeable) return;
+    const uint32_t length = l.length + r.length;
+    const int32_t id = lookup(text.substr(l.begin, length));
+    if (id < 0) return;
+    queue.push({scores[static_cast<size_t>(id)], left, right, length, id});
+  };
+  for (int32_t i = 1; i < count; ++i) try_add(i - 1, i);
+
+  while (!queue.empty()) {
+    const Bigram bigram = queue.top();
+    queue.pop();
+    Symbol& l = symbols[static_cast<size_t>(bigram.left)];
+    Symbol& r = symbols[static_cast<size_t>(bigram.right)];
+    // Symbols only grow, so an unchanged combined length of two live neighbours means unchanged
+    // text.
+    if (l.length == 0 || r.length == 0 || l.next != bigram.right ||
+        l.length + r.length != bigram.length) {
+      continue;
+    }
+    l.length += r.length;
+    l.id = bigram.id;
+    l.next = r.next;
+    if (r.next >= 0) symbols[static_cast<size_t>(r.next)].prev = bigram.left;
+    r.length = 0;
+    try_add(l.prev, bigram.left);
+    try_add(bigram.left, l.next);
+  }
+}
+
+// Appends the ids of the linked symbols, from the first, skipping dropped text (id -1).
+void AppendSymbolIds(const std::vector<Symbol>& symbols, std::vector<int32_t>* out) {
+  out->reserve(out->size() + symbols.size());
+  for (int32_t i = symbols.empty() ? -1 : 0; i >= 0; i = symbols[static_cast<size_t>(i)].next) {
+    const int32_t id = symbols[static_cast<size_t>(i)].id;
+    if (id >= 0) out->push_back(id);
+  }
+}
+
 }  // namespace
 
 absl::Status ValidateVocabulary(const Vocabulary& vocab) {
@@ -462,87 +565,17 @@ std::optional<std::vector<int32_t>> Tokenizer::SpmEncodeAtMost(std::string_view 
   KVSERVE_CHECK(text.size() < static_cast<size_t>(INT32_MAX))
       << "text of " << text.size() << " bytes";
 
-  // Initial symbols: one per code point that is a piece, fallback tokens for the rest.
   std::vector<Symbol> symbols;
-  symbols.reserve(text.size());
-  std::vector<int32_t> fallback;
-  // A lower bound on the final token count, kept as the text is scanned: fallback tokens never
-  // merge, and a merged token covers at most max_piece_bytes_ bytes of matchable text. Once it
-  // passes max_tokens the rest of the text is not looked at.
-  const size_t piece_bytes = std::max<size_t>(max_piece_bytes_, 1);
-  size_t fixed_tokens = out.size();
-  size_t mergeable_bytes = 0;
-  for (size_t pos = 0; pos < text.size();) {
-    if (fixed_tokens + (mergeable_bytes + piece_bytes - 1) / piece_bytes > max_tokens) {
-      return std::nullopt;
-    }
-    size_t length = 0;
-    const Utf8Scan scan = ScanUtf8(text.substr(pos), &length);
-    if (scan != Utf8Scan::kValid) length = 1;  // each byte of ill-formed text on its own
-    const std::string_view unit = text.substr(pos, length);
-    const int32_t id = scan == Utf8Scan::kValid ? LookupPiece(unit) : -1;
-    if (id >= 0) {
-      symbols.push_back({0, 0, static_cast<uint32_t>(pos), static_cast<uint32_t>(length), id,
-                         /*mergeable=*/true});
-      mergeable_bytes += length;
-    } else {
-      fallback.clear();
-      AppendFallback(unit, &fallback);
-      // Split the unit's bytes among its fallback tokens (one per byte, or one for all).
-      for (size_t k = 0; k < fallback.size(); ++k) {
-        const size_t begin = pos + (fallback.size() == 1 ? 0 : k);
-        const size_t bytes = fallback.size() == 1 ? length : 1;
-        symbols.push_back({0, 0, static_cast<uint32_t>(begin), static_cast<uint32_t>(bytes),
-                           fallback[k], /*mergeable=*/false});
-        if (fallback[k] >= 0) ++fixed_tokens;
-      }
-    }
-    pos += length;
-  }
-  const auto count = static_cast<int32_t>(symbols.size());
-  for (int32_t i = 0; i < count; ++i) {
-    symbols[static_cast<size_t>(i)].prev = i - 1;
-    symbols[static_cast<size_t>(i)].next = i + 1 < count ? i + 1 : -1;
-  }
-
-  std::priority_queue<Bigram, std::vector<Bigram>, BigramLess> queue;
-  auto try_add = [&](int32_t left, int32_t right) {
-    if (left < 0 || right < 0) return;
-    const Symbol& l = symbols[static_cast<size_t>(left)];
-    const Symbol& r = symbols[static_cast<size_t>(right)];
-    if (!l.mergeable || !r.mergeable) return;
-    const uint32_t length = l.length + r.length;
-    const int32_t id = LookupPiece(text.substr(l.begin, length));
-    if (id < 0) return;
-    queue.push({vocab_.scores[static_cast<size_t>(id)], left, right, length, id});
+  const auto lookup = [this](std::string_view piece) { return LookupPiece(piece); };
+  const auto fallback = [this](std::string_view unit, std::vector<int32_t>* ids) {
+    AppendFallback(unit, ids);
   };
-  for (int32_t i = 1; i < count; ++i) try_add(i - 1, i);
-
-  while (!queue.empty()) {
-    const Bigram bigram = queue.top();
-    queue.pop();
-    Symbol& l = symbols[static_cast<size_t>(bigram.left)];
-    Symbol& r = symbols[static_cast<size_t>(bigram.right)];
-    // Symbols only grow, so an unchanged combined length of two live neighbours means unchanged
-    // text.
-    if (l.length == 0 || r.length == 0 || l.next != bigram.right ||
-        l.length + r.length != bigram.length) {
-      continue;
-    }
-    l.length += r.length;
-    l.id = bigram.id;
-    l.next = r.next;
-    if (r.next >= 0) symbols[static_cast<size_t>(r.next)].prev = bigram.left;
-    r.length = 0;
-    try_add(l.prev, bigram.left);
-    try_add(bigram.left, l.next);
+  if (!ScanSymbols(text, max_piece_bytes_, out.size(), max_tokens, lookup, fallback, &symbols)) {
+    return std::nullopt;
   }
-
-  out.reserve(out.size() + symbols.size());
-  for (int32_t i = count > 0 ? 0 : -1; i >= 0; i = symbols[static_cast<size_t>(i)].next) {
-    const int32_t id = symbols[static_cast<size_t>(i)].id;
-    if (id >= 0) out.push_back(id);
-  }
+  LinkSymbols(symbols);
+  MergeSymbols(text, vocab_.scores, lookup, symbols);
+  AppendSymbolIds(symbols, &out);
   if (out.size() > max_tokens) return std::nullopt;
   return out;
 }

@@ -34,139 +34,213 @@ absl::StatusOr<KvCompactionStats> CompactSequenceKv(BlockPool& pool, SequenceKv&
                            allocate);
 }
 
-absl::StatusOr<KvCompactionStats> CompactSequenceKv(BlockPool& pool, SequenceKv& seq,
-                                                    int64_t num_slots,
-                                                    absl::Span<const std::vector<int32_t>> keeps,
-                                                    LayoutId write_layout,
-                                                    const BlockAllocator& allocate) {
-  const KvGeometry& g = pool.geometry();
-  const int bs = g.block_size;
-  const int64_t units = static_cast<int64_t>(keeps.size());
-  KVSERVE_CHECK(units == 1 || units == g.num_layers ||
-                units == static_cast<int64_t>(g.num_layers) * g.num_kv_heads)
-      << "compaction plan with " << units << " units";
-  const int64_t new_len = static_cast<int64_t>(keeps[0].size());
-  const int64_t old_blocks = static_cast<int64_t>(seq.block_table().size());
-  for (const std::vector<int32_t>& keep : keeps) {
-    KVSERVE_CHECK(num_slots <= seq.capacity_slots() &&
-                  static_cast<int64_t>(keep.size()) == new_len && new_len <= num_slots &&
-                  (keep.empty() || keep.back() < num_slots))
-        << "compaction plan outside the sequence";
-  }
-  // The plan of (layer l, KV head h): one for all, one per layer, or one per layer and head.
-  auto unit_keep = [&](int l, int h) -> const std::vector<int32_t>& {
-    if (units == 1) return keeps[0];
-    if (units == g.num_layers) return keeps[l];
-    return keeps[static_cast<int64_t>(l) * g.num_kv_heads + h];
-  };
-  const int64_t new_blocks = (new_len + bs - 1) / bs;
-  const int64_t first = FirstChangedBlock(keeps, bs);
-  const kernels::KvRegionShape shape = g.RegionShape();  // key_rank for lowrank keys
-  const size_t region = static_cast<size_t>(g.num_kv_heads) * bs * g.head_dim;
-  const size_t block_floats = 2 * static_cast<size_t>(g.num_layers) * region;
-  KvCompactionStats stats;
+namespace {
 
-  // Source blocks decoded once each: [layer][K, V][head][slot][dim].
-  std::map<int64_t, std::vector<float>> decoded;
-  auto source = [&](int64_t b) -> const float* {
-    auto it = decoded.find(b);
-    if (it != decoded.end()) return it->second.data();
-    std::vector<float>& out = decoded[b];
-    out.assign(block_floats, 0.0f);
-    const BlockId id = seq.block_table()[b];
-    const BlockLayout& layout = pool.layout(pool.layout_of(id));
-    const uint8_t* base = pool.mutable_block_data(id);
-    const int rows = static_cast<int>(std::min<int64_t>(bs, num_slots - b * bs));
-    for (int l = 0; l < g.num_layers; ++l) {
+// One compaction of a sequence's KV in place: source blocks are decoded to floats once each,
+// kept rows are gathered into a staging block, and each destination block from the first
+// changed one on is re-quantized (into a fresh block when the old one is shared or must change
+// layout).
+class KvCompactor {
+ public:
+  KvCompactor(BlockPool& pool, SequenceKv& seq, int64_t num_slots,
+              absl::Span<const std::vector<int32_t>> keeps, LayoutId write_layout,
+              const BlockAllocator& allocate)
+      : pool_(pool),
+        seq_(seq),
+        g_(pool.geometry()),
+        bs_(g_.block_size),
+        num_slots_(num_slots),
+        keeps_(keeps),
+        write_layout_(write_layout),
+        allocate_(allocate),
+        units_(static_cast<int64_t>(keeps.size())),
+        shape_(g_.RegionShape()),  // key_rank for lowrank keys
+        region_(static_cast<size_t>(g_.num_kv_heads) * bs_ * g_.head_dim),
+        block_floats_(2 * static_cast<size_t>(g_.num_layers) * region_) {}
+
+  // Checks the plan (CHECK-fails on a malformed one) and runs the compaction.
+  absl::StatusOr<KvCompactionStats> Run() {
+    CheckPlan();
+    const int64_t new_len = static_cast<int64_t>(keeps_[0].size());
+    const int64_t old_blocks = static_cast<int64_t>(seq_.block_table().size());
+    const int64_t new_blocks = (new_len + bs_ - 1) / bs_;
+    const int64_t first = FirstChangedBlock(keeps_, bs_);
+    KvCompactionStats stats;
+    std::vector<float> stage(block_floats_);
+    for (int64_t b = first; b < new_blocks; ++b) {
+      const int rows = static_cast<int>(std::min<int64_t>(bs_, new_len - b * bs_));
+      GatherRows(b, rows, stage);
+      DropDecodedBefore(NextMinSourceBlock(b, new_len, old_blocks));
+      if (b == new_blocks - 1) {
+        // Every source row is decoded: free the tail before any allocation below.
+        stats.blocks_freed = old_blocks - new_blocks;
+        seq_.Truncate(new_blocks);
+        decoded_.clear();
+      }
+      KVSERVE_ASSIGN_OR_RETURN(const BlockId id, WritableBlock(b, rows, stats));
+      KVSERVE_RETURN_IF_ERROR(WriteBlock(id, b, rows, stage));
+      ++stats.blocks_rewritten;
+    }
+    if (new_blocks <= first) {
+      stats.blocks_freed = old_blocks - new_blocks;
+      seq_.Truncate(new_blocks);
+    }
+    return stats;
+  }
+
+ private:
+  // Every unit holds one plan per layer/head split and every plan keeps the same number of
+  // slots, in range of the sequence.
+  void CheckPlan() const {
+    KVSERVE_CHECK(units_ == 1 || units_ == g_.num_layers ||
+                  units_ == static_cast<int64_t>(g_.num_layers) * g_.num_kv_heads)
+        << "compaction plan with " << units_ << " units";
+    const int64_t new_len = static_cast<int64_t>(keeps_[0].size());
+    for (const std::vector<int32_t>& keep : keeps_) {
+      KVSERVE_CHECK(num_slots_ <= seq_.capacity_slots() &&
+                    static_cast<int64_t>(keep.size()) == new_len && new_len <= num_slots_ &&
+                    (keep.empty() || keep.back() < num_slots_))
+          << "compaction plan outside the sequence";
+    }
+  }
+
+  // The plan of (layer l, KV head h): one for all, one per layer, or one per layer and head.
+  const std::vector<int32_t>& UnitKeep(int l, int h) const {
+    if (units_ == 1) return keeps_[0];
+    if (units_ == g_.num_layers) return keeps_[l];
+    return keeps_[static_cast<int64_t>(l) * g_.num_kv_heads + h];
+  }
+
+  // Source block b decoded (once) to floats: [layer][K, V][head][slot][dim].
+  const float* Source(int64_t b) {
+    auto it = decoded_.find(b);
+    if (it != decoded_.end()) return it->second.data();
+    std::vector<float>& out = decoded_[b];
+    out.assign(block_floats_, 0.0f);
+    const BlockId id = seq_.block_table()[b];
+    const BlockLayout& layout = pool_.layout(pool_.layout_of(id));
+    const uint8_t* base = pool_.mutable_block_data(id);
+    const int rows = static_cast<int>(std::min<int64_t>(bs_, num_slots_ - b * bs_));
+    for (int l = 0; l < g_.num_layers; ++l) {
       const kernels::KvLayerRegion& r = layout.regions[l];
-      kernels::cpu::DequantizeKvRegion(r.format, kernels::KvRole::kKey, base + r.k_offset, shape,
-                                       rows, out.data() + (2 * l) * region, pool.key_basis(l));
-      kernels::cpu::DequantizeKvRegion(r.format, kernels::KvRole::kValue, base + r.v_offset, shape,
-                                       rows, out.data() + (2 * l + 1) * region);
+      kernels::cpu::DequantizeKvRegion(r.format, kernels::KvRole::kKey, base + r.k_offset, shape_,
+                                       rows, out.data() + (2 * l) * region_, pool_.key_basis(l));
+      kernels::cpu::DequantizeKvRegion(r.format, kernels::KvRole::kValue, base + r.v_offset, shape_,
+                                       rows, out.data() + (2 * l + 1) * region_);
     }
     return out.data();
-  };
+  }
 
-  std::vector<float> stage(block_floats);
-  for (int64_t b = first; b < new_blocks; ++b) {
-    const int rows = static_cast<int>(std::min<int64_t>(bs, new_len - b * bs));
+  // Fills `stage` (zeroed first) with the kept rows of destination block b.
+  void GatherRows(int64_t b, int rows, std::vector<float>& stage) {
     std::fill(stage.begin(), stage.end(), 0.0f);
     for (int r = 0; r < rows; ++r) {
-      for (size_t part = 0; part < 2 * static_cast<size_t>(g.num_layers); ++part) {
-        for (int h = 0; h < g.num_kv_heads; ++h) {
-          const int32_t src = unit_keep(static_cast<int>(part / 2), h)[b * bs + r];
-          const float* from = source(src / bs);
-          const int so = src % bs;
-          const float* in = from + part * region + (static_cast<size_t>(h) * bs + so) * g.head_dim;
-          std::copy(in, in + g.head_dim,
-                    stage.data() + part * region + (static_cast<size_t>(h) * bs + r) * g.head_dim);
+      for (size_t part = 0; part < 2 * static_cast<size_t>(g_.num_layers); ++part) {
+        for (int h = 0; h < g_.num_kv_heads; ++h) {
+          const int32_t src = UnitKeep(static_cast<int>(part / 2), h)[b * bs_ + r];
+          const float* from = Source(src / bs_);
+          const int so = src % bs_;
+          const float* in =
+              from + part * region_ + (static_cast<size_t>(h) * bs_ + so) * g_.head_dim;
+          std::copy(
+              in, in + g_.head_dim,
+              stage.data() + part * region_ + (static_cast<size_t>(h) * bs_ + r) * g_.head_dim);
         }
       }
     }
-    // Later dest blocks read only source blocks at or after their first kept slot.
-    int64_t next_min = old_blocks;
-    if ((b + 1) * bs < new_len) {
-      for (const std::vector<int32_t>& keep : keeps) {
-        next_min = std::min<int64_t>(next_min, keep[(b + 1) * bs] / bs);
-      }
-    }
-    decoded.erase(decoded.begin(), decoded.lower_bound(next_min));
-    if (b == new_blocks - 1) {
-      // Every source row is decoded: free the tail before any allocation below.
-      stats.blocks_freed = old_blocks - new_blocks;
-      seq.Truncate(new_blocks);
-      decoded.clear();
-    }
+  }
 
-    BlockId id = seq.block_table()[b];
-    const LayoutId layout = pool.layout_of(id);
-    const bool shared = pool.ref_count(id) > 1;
-    const bool relayout = layout != write_layout && rows < bs;
-    if (shared || relayout) {
-      const LayoutId target = relayout ? write_layout : layout;
-      absl::StatusOr<BlockId> fresh = allocate(target);
-      if (!fresh.ok() && !shared) {
-        pool.Release(id);  // ours alone: free it, then its bytes serve the new block
-        fresh = allocate(target);
-        if (!fresh.ok()) {
-          seq.ForgetReleased(b);
-          return fresh.status();
-        }
-      } else if (!fresh.ok()) {
-        return fresh.status();
-      } else if (!shared) {
-        pool.Release(id);
+  // Later dest blocks read only source blocks at or after their first kept slot: the lowest
+  // source block that destination blocks after b read (old_blocks when b is the last).
+  int64_t NextMinSourceBlock(int64_t b, int64_t new_len, int64_t old_blocks) const {
+    int64_t next_min = old_blocks;
+    if ((b + 1) * bs_ < new_len) {
+      for (const std::vector<int32_t>& keep : keeps_) {
+        next_min = std::min<int64_t>(next_min, keep[(b + 1) * bs_] / bs_);
       }
-      if (shared) {
-        seq.SetBlock(b, *fresh);  // drops our reference to the shared block
-      } else {
-        seq.AssignReleased(b, *fresh);
-      }
-      id = *fresh;
-      ++stats.blocks_replaced;
-      if (target == write_layout) seq.set_demoted_blocks(std::min(seq.demoted_blocks(), b));
     }
-    const BlockLayout& out_layout = pool.layout(pool.layout_of(id));
-    uint8_t* base = pool.mutable_block_data(id);
-    for (int l = 0; l < g.num_layers; ++l) {
+    return next_min;
+  }
+
+  void DropDecodedBefore(int64_t block) {
+    decoded_.erase(decoded_.begin(), decoded_.lower_bound(block));
+  }
+
+  // The block that destination block b is written into: the current one, or a fresh one
+  // (counted in stats.blocks_replaced) when the current one is shared or a partial block must
+  // change to write_layout. On allocation failure the sequence stays consistent.
+  absl::StatusOr<BlockId> WritableBlock(int64_t b, int rows, KvCompactionStats& stats) {
+    const BlockId id = seq_.block_table()[b];
+    const LayoutId layout = pool_.layout_of(id);
+    const bool shared = pool_.ref_count(id) > 1;
+    const bool relayout = layout != write_layout_ && rows < bs_;
+    if (!shared && !relayout) return id;
+    const LayoutId target = relayout ? write_layout_ : layout;
+    absl::StatusOr<BlockId> fresh = allocate_(target);
+    if (!fresh.ok() && !shared) {
+      pool_.Release(id);  // ours alone: free it, then its bytes serve the new block
+      fresh = allocate_(target);
+      if (!fresh.ok()) {
+        seq_.ForgetReleased(b);
+        return fresh.status();
+      }
+    } else if (!fresh.ok()) {
+      return fresh.status();
+    } else if (!shared) {
+      pool_.Release(id);
+    }
+    if (shared) {
+      seq_.SetBlock(b, *fresh);  // drops our reference to the shared block
+    } else {
+      seq_.AssignReleased(b, *fresh);
+    }
+    ++stats.blocks_replaced;
+    if (target == write_layout_) seq_.set_demoted_blocks(std::min(seq_.demoted_blocks(), b));
+    return *fresh;
+  }
+
+  // Quantizes `stage` (rows of destination block b) into block id, layer by layer.
+  absl::Status WriteBlock(BlockId id, int64_t b, int rows, const std::vector<float>& stage) {
+    const BlockLayout& out_layout = pool_.layout(pool_.layout_of(id));
+    uint8_t* base = pool_.mutable_block_data(id);
+    for (int l = 0; l < g_.num_layers; ++l) {
       const kernels::KvLayerRegion& r = out_layout.regions[l];
       if (!kernels::cpu::QuantizeKvRegion(r.format, kernels::KvRole::kKey,
-                                          stage.data() + (2 * l) * region, shape, rows,
-                                          base + r.k_offset, pool.key_basis(l)) ||
+                                          stage.data() + (2 * l) * region_, shape_, rows,
+                                          base + r.k_offset, pool_.key_basis(l)) ||
           !kernels::cpu::QuantizeKvRegion(r.format, kernels::KvRole::kValue,
-                                          stage.data() + (2 * l + 1) * region, shape, rows,
+                                          stage.data() + (2 * l + 1) * region_, shape_, rows,
                                           base + r.v_offset)) {
         return absl::InternalError(absl::StrFormat(
             "token eviction: non-finite K/V in layer %d while compacting block %d", l, b));
       }
     }
-    ++stats.blocks_rewritten;
+    return absl::OkStatus();
   }
-  if (new_blocks <= first) {
-    stats.blocks_freed = old_blocks - new_blocks;
-    seq.Truncate(new_blocks);
-  }
-  return stats;
+
+  BlockPool& pool_;
+  SequenceKv& seq_;
+  const KvGeometry& g_;
+  const int bs_;
+  const int64_t num_slots_;
+  const absl::Span<const std::vector<int32_t>> keeps_;
+  const LayoutId write_layout_;
+  const BlockAllocator& allocate_;
+  const int64_t units_;
+  const kernels::KvRegionShape shape_;
+  const size_t region_;
+  const size_t block_floats_;
+  std::map<int64_t, std::vector<float>> decoded_;
+};
+
+}  // namespace
+
+absl::StatusOr<KvCompactionStats> CompactSequenceKv(BlockPool& pool, SequenceKv& seq,
+                                                    int64_t num_slots,
+                                                    absl::Span<const std::vector<int32_t>> keeps,
+                                                    LayoutId write_layout,
+                                                    const BlockAllocator& allocate) {
+  return KvCompactor(pool, seq, num_slots, keeps, write_layout, allocate).Run();
 }
 
 SequenceTokenEviction::SequenceTokenEviction(const TokenEvictionPolicy* policy,
