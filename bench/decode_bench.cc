@@ -116,8 +116,8 @@ int main(int argc, char** argv) {
       if (r == 0) continue;  // warm-up
       tps.push_back(static_cast<double>(b) * tokens / s);
       step_ms.push_back(1e3 * s / (*lm)->generator().steps());
-      demotion_share.push_back(absl::FDivDuration((*lm)->generator().demotion_time(),
-                                                  (*lm)->generator().step_time()));
+      demotion_share.push_back(
+          absl::FDivDuration((*lm)->generator().demotion_time(), (*lm)->generator().step_time()));
     }
     const double m = Median(tps);
     if (b == 1) single = m;

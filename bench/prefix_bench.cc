@@ -68,8 +68,7 @@ StreamEvent Wait(RequestStream& s, int64_t* tokens = nullptr) {
     }
   }
   if (!final_event.status.ok()) {
-    std::fprintf(stderr, "request failed: %s\n",
-                 std::string(final_event.status.message()).c_str());
+    std::fprintf(stderr, "request failed: %s\n", std::string(final_event.status.message()).c_str());
     std::exit(1);
   }
   return final_event;
@@ -121,9 +120,10 @@ void Ttft(const EngineOptions& base, int reps) {
 }
 
 void Shared(const EngineOptions& base, int reps, int output_tokens) {
-  std::printf("shared: 64 requests, 400-token common prefix, 32-token unique suffix, %d output "
-              "tokens, median of %d\n",
-              output_tokens, reps);
+  std::printf(
+      "shared: 64 requests, 400-token common prefix, 32-token unique suffix, %d output "
+      "tokens, median of %d\n",
+      output_tokens, reps);
   double on_tps = 0, off_tps = 0;
   for (bool cache : {false, true}) {
     EngineOptions o = base;
@@ -156,9 +156,10 @@ void Shared(const EngineOptions& base, int reps, int output_tokens) {
     }
     const double m = Median(tps);
     (cache ? on_tps : off_tps) = m;
-    std::printf("  prefix cache %-3s: %.0f tokens/s (prompt + output), %.1f%% of prompt tokens "
-                "cached\n",
-                cache ? "on" : "off", m, 100 * Median(hit));
+    std::printf(
+        "  prefix cache %-3s: %.0f tokens/s (prompt + output), %.1f%% of prompt tokens "
+        "cached\n",
+        cache ? "on" : "off", m, 100 * Median(hit));
   }
   std::printf("  throughput on / off: %.2fx\n", on_tps / off_tps);
 }
@@ -173,9 +174,10 @@ void Zipf(const EngineOptions& base, int tenants, int requests, int kv_blocks, u
   std::vector<double> weight(tenants);
   for (int t = 0; t < tenants; ++t) weight[t] = 1.0 / std::pow(t + 1, 1.1);
   const int pinned = tenants - 1;  // the least popular tenant
-  std::printf("zipf: %d tenants (256-token system prompts), %d requests, Zipf(1.1), KV budget %d "
-              "blocks of %lld bytes; tenant %d pinned at retention priority 100\n",
-              tenants, requests, kv_blocks, static_cast<long long>(block_bytes), pinned);
+  std::printf(
+      "zipf: %d tenants (256-token system prompts), %d requests, Zipf(1.1), KV budget %d "
+      "blocks of %lld bytes; tenant %d pinned at retention priority 100\n",
+      tenants, requests, kv_blocks, static_cast<long long>(block_bytes), pinned);
   std::printf("  %-9s %10s %22s %12s\n", "policy", "hit rate", "pinned prompt cached", "evictions");
   for (const char* policy : {"lru", "priority", "slru"}) {
     EngineOptions o = base;
@@ -227,14 +229,22 @@ int main(int argc, char** argv) {
   uint32_t seed = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--model") model = value;
-    else if (flag == "--mode") mode = value;
-    else if (flag == "--reps") reps = std::stoi(value);
-    else if (flag == "--output-tokens") output_tokens = std::stoi(value);
-    else if (flag == "--tenants") tenants = std::stoi(value);
-    else if (flag == "--requests") requests = std::stoi(value);
-    else if (flag == "--kv-blocks") kv_blocks = std::stoi(value);
-    else if (flag == "--seed") seed = static_cast<uint32_t>(std::stoul(value));
+    if (flag == "--model")
+      model = value;
+    else if (flag == "--mode")
+      mode = value;
+    else if (flag == "--reps")
+      reps = std::stoi(value);
+    else if (flag == "--output-tokens")
+      output_tokens = std::stoi(value);
+    else if (flag == "--tenants")
+      tenants = std::stoi(value);
+    else if (flag == "--requests")
+      requests = std::stoi(value);
+    else if (flag == "--kv-blocks")
+      kv_blocks = std::stoi(value);
+    else if (flag == "--seed")
+      seed = static_cast<uint32_t>(std::stoul(value));
     else {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
       return 2;

@@ -43,13 +43,20 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     const char* v = argv[i + 1];
-    if (a == "--model") model_path = v;
-    else if (a == "--rows") rows = std::atoll(v);
-    else if (a == "--cols") cols = std::atoll(v);
-    else if (a == "--n") n = std::atoll(v);
-    else if (a == "--reps") reps = std::atoi(v);
-    else if (a == "--steps") steps = std::atoi(v);
-    else if (a == "--threads") threads = std::atoi(v);
+    if (a == "--model")
+      model_path = v;
+    else if (a == "--rows")
+      rows = std::atoll(v);
+    else if (a == "--cols")
+      cols = std::atoll(v);
+    else if (a == "--n")
+      n = std::atoll(v);
+    else if (a == "--reps")
+      reps = std::atoi(v);
+    else if (a == "--steps")
+      steps = std::atoi(v);
+    else if (a == "--threads")
+      threads = std::atoi(v);
     else {
       std::fprintf(stderr, "unknown flag %s\n", a.c_str());
       return 2;
@@ -58,8 +65,8 @@ int main(int argc, char** argv) {
   kvserve::kernels::ThreadPool pool(threads);
   std::printf("quantized MatMul: path %s, W [%lld, %lld], n = %lld, %d thread(s), median of %d\n",
               kvserve::kernels::cpu::QuantKernelName(kvserve::kernels::cpu::BestQuantKernel()),
-              static_cast<long long>(rows), static_cast<long long>(cols),
-              static_cast<long long>(n), threads, reps);
+              static_cast<long long>(rows), static_cast<long long>(cols), static_cast<long long>(n),
+              threads, reps);
   std::printf("%-6s %12s %12s %10s\n", "type", "weight MB", "us/call", "GB/s");
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.0f, 0.05f);

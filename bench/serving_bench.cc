@@ -108,11 +108,10 @@ RunResult RunOnce(Engine& engine, int streams, int prompt_tokens, int output_tok
   const auto after = engine.Stats();
   const double step = absl::ToDoubleSeconds(after.step_time - before.step_time);
   // The scheduler's own time: the engine thread's wall time in steps outside the forward pass.
-  const double sched =
-      step - absl::ToDoubleSeconds(after.forward_time - before.forward_time);
+  const double sched = step - absl::ToDoubleSeconds(after.forward_time - before.forward_time);
   const double steps = static_cast<double>(std::max<int64_t>(1, after.steps - before.steps));
-  return {static_cast<double>(tokens) / seconds, step > 0 ? sched / step : 0,
-          1e6 * sched / steps, 1e6 * step / steps};
+  return {static_cast<double>(tokens) / seconds, step > 0 ? sched / step : 0, 1e6 * sched / steps,
+          1e6 * step / steps};
 }
 
 }  // namespace
@@ -125,13 +124,20 @@ int main(int argc, char** argv) {
   bool mutex_checks = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--model") model = value;
-    else if (flag == "--prompt-tokens") prompt_tokens = std::stoi(value);
-    else if (flag == "--output-tokens") output_tokens = std::stoi(value);
-    else if (flag == "--streams") streams = std::stoi(value);
-    else if (flag == "--reps") reps = std::stoi(value);
-    else if (flag == "--kv-format") format = value;
-    else if (flag == "--mutex-checks") mutex_checks = value == "1";
+    if (flag == "--model")
+      model = value;
+    else if (flag == "--prompt-tokens")
+      prompt_tokens = std::stoi(value);
+    else if (flag == "--output-tokens")
+      output_tokens = std::stoi(value);
+    else if (flag == "--streams")
+      streams = std::stoi(value);
+    else if (flag == "--reps")
+      reps = std::stoi(value);
+    else if (flag == "--kv-format")
+      format = value;
+    else if (flag == "--mutex-checks")
+      mutex_checks = value == "1";
     else {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
       return 2;
@@ -152,7 +158,8 @@ int main(int argc, char** argv) {
   std::printf(
       "model %s, KV %s, prompts %d tokens, outputs %d tokens, median of %d runs, mutex lock-order "
       "checks %s\n",
-      model.c_str(), format.c_str(), prompt_tokens, output_tokens, reps, mutex_checks ? "on" : "off");
+      model.c_str(), format.c_str(), prompt_tokens, output_tokens, reps,
+      mutex_checks ? "on" : "off");
   std::printf("%-8s %16s %12s %14s %16s %12s\n", "streams", "output tokens/s", "vs 1 stream",
               "step (us)", "scheduler (us)", "share");
   double single = 0;
@@ -168,8 +175,8 @@ int main(int argc, char** argv) {
     }
     const double m = Median(tps);
     if (n == 1) single = m;
-    std::printf("%-8d %16.0f %11.2fx %14.1f %16.1f %11.2f%%\n", n, m, m / single,
-                Median(step_us), Median(sched_us), 100 * Median(share));
+    std::printf("%-8d %16.0f %11.2fx %14.1f %16.1f %11.2f%%\n", n, m, m / single, Median(step_us),
+                Median(sched_us), 100 * Median(share));
   }
   return 0;
 }

@@ -19,13 +19,13 @@ namespace kvserve::kernels {
 // the token itself + 1), which also lets token eviction drop slots without changing the kernel.
 struct AttentionBatch {
   int64_t num_tokens = 0;
-  int num_heads = 0;                      // query heads
-  const float* q = nullptr;               // [num_tokens, num_heads, head_dim]
-  float* out = nullptr;                   // [num_tokens, num_heads, head_dim]
-  const int32_t* token_seq = nullptr;     // [num_tokens]
-  const int32_t* token_kv_len = nullptr;  // [num_tokens], >= 1
+  int num_heads = 0;                                 // query heads
+  const float* q = nullptr;                          // [num_tokens, num_heads, head_dim]
+  float* out = nullptr;                              // [num_tokens, num_heads, head_dim]
+  const int32_t* token_seq = nullptr;                // [num_tokens]
+  const int32_t* token_kv_len = nullptr;             // [num_tokens], >= 1
   const int32_t* const* seq_block_tables = nullptr;  // [num_seqs][blocks of that sequence]
-  float scale = 1.0f;                     // usually 1 / sqrt(head_dim)
+  float scale = 1.0f;                                // usually 1 / sqrt(head_dim)
   // Optional accumulated attention (token eviction by heavy hitters). When non-null, for every
   // token t whose sequence s = token_seq[t] has seq_scores[s] != nullptr, the kernel adds the
   // softmax weight of slot j, summed over all query heads, to seq_scores[s][j] for each
@@ -38,8 +38,8 @@ struct AttentionBatch {
   const int64_t* seq_score_head_stride = nullptr;  // [num_seqs], or null (all 0)
 
   // Launch parameters of device backends (the CPU ignores them).
-  int max_kv_len = 0;           // a HOST value: >= every token_kv_len[t]
-  void* workspace = nullptr;    // scratch memory the device kernels need (their header says how much)
+  int max_kv_len = 0;         // a HOST value: >= every token_kv_len[t]
+  void* workspace = nullptr;  // scratch memory the device kernels need (their header says how much)
   int64_t workspace_bytes = 0;  // size of `workspace`
 };
 
@@ -48,8 +48,8 @@ struct AttentionBatch {
 // (quantize-on-write). Which formats a backend writes one token at a time, and what it does with
 // whole-block formats, is said by its WriteKv (kernels/cpu/paged_attention.h, the CUDA twin).
 struct KvWrite {
-  const float* k = nullptr;              // [num_tokens, num_kv_heads, head_dim]
-  const float* v = nullptr;              // [num_tokens, num_kv_heads, head_dim]
+  const float* k = nullptr;  // [num_tokens, num_kv_heads, head_dim]
+  const float* v = nullptr;  // [num_tokens, num_kv_heads, head_dim]
   int64_t num_tokens = 0;
   const int32_t* slot_block = nullptr;   // [num_tokens]
   const int32_t* slot_offset = nullptr;  // [num_tokens]

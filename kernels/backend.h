@@ -68,8 +68,9 @@ class Backend {
   // Waits for the ops enqueued so far; false with `error` set when one failed.
   virtual bool Synchronize(std::string* error) = 0;
 
-  // ---- What runs here ----------------------------------------------------------------------------
-  // MatMul and EmbeddingGather over weights of type `t`.
+  // ---- What runs here
+  // ---------------------------------------------------------------------------- MatMul and
+  // EmbeddingGather over weights of type `t`.
   virtual bool SupportsWeight(DType t) const = 0;
   // PagedAttention over blocks in format `f`.
   virtual bool SupportsKvRead(KvFormat f) const = 0;
@@ -113,8 +114,7 @@ class Backend {
   // one run of consecutive tokens with offsets 0 .. block_size - 1. False when a value was
   // refused (not finite, or beyond a quantized format's range): that block's bytes are then
   // unspecified.
-  virtual bool WriteKv(const KvWrite& w, const PagedKvLayerView& cache,
-                       const ExecContext& ctx) = 0;
+  virtual bool WriteKv(const KvWrite& w, const PagedKvLayerView& cache, const ExecContext& ctx) = 0;
   // out = softmax(q K^T * scale) V over the paged KV for every token and head of the batch
   // (grouped-query: query head h reads KV head h / (num_heads / num_kv_heads)), plus the
   // optional accumulated scores.

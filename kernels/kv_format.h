@@ -62,8 +62,8 @@ enum class KvFormat : uint8_t {
   kFp8 = 3,  // E4M3
   kInt8 = 4,
   kInt4 = 5,
-  kNvfp4 = 6,  // E2M1 with E4M3 group scales
-  kInt2 = 7,   // experimental
+  kNvfp4 = 6,    // E2M1 with E4M3 group scales
+  kInt2 = 7,     // experimental
   kLowrank = 8,  // experimental: keys as rank-r coefficients on a per-head basis, values int8
 };
 inline constexpr int kNumKvFormats = 9;
@@ -191,7 +191,7 @@ struct KvRegionLayout {
 };
 
 KVSERVE_HOST_DEVICE constexpr KvRegionLayout KvRegionLayoutOf(KvFormat f, KvRole role,
-                                                          const KvRegionShape& s) {
+                                                              const KvRegionShape& s) {
   const KvScheme k = KvSchemeOf(f, role);
   const int64_t heads = s.num_kv_heads, bs = s.block_size, hd = s.head_dim;
   // Dims stored per row: lowrank keys keep key_rank coefficients.

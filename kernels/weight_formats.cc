@@ -307,7 +307,8 @@ void QuantQ4_K(const float* x, BlockQ4_K* b) {
   int q[kQK_K];
   QuantK4Like(x, 15, b, q);
   for (int j = 0; j < kQK_K; j += 64) {
-    for (int l = 0; l < 32; ++l) b->qs[j / 2 + l] = static_cast<uint8_t>(q[j + l] | (q[j + l + 32] << 4));
+    for (int l = 0; l < 32; ++l)
+      b->qs[j / 2 + l] = static_cast<uint8_t>(q[j + l] | (q[j + l + 32] << 4));
   }
 }
 
@@ -331,7 +332,7 @@ void Pack2Bit(const int* L, uint8_t* qs) {
   for (int j = 0; j < kQK_K; j += 128) {
     for (int l = 0; l < 32; ++l) {
       qs[j / 4 + l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) |
-                                            (L[j + l + 96] << 6));
+                                           (L[j + l + 96] << 6));
     }
   }
 }

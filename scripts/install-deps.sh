@@ -15,7 +15,7 @@ build_pkgs=(
   libxxhash-dev prometheus-cpp-dev libicu-dev
   python3-grpcio python3-protobuf openssl prometheus
   python3
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev clang-format clang-tidy
   nlohmann-json3-dev python3-jinja2
 )
 runtime_pkgs=(

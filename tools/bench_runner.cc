@@ -6,12 +6,12 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
-#include <mutex>
+#include <memory>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "kvserve/v1/generation.grpc.pb.h"
 #include "kvserve/v1/memory.grpc.pb.h"
 #include "tools/bench_json.h"
@@ -27,25 +27,32 @@ double Seconds(const google::protobuf::Duration& d) { return d.seconds() + d.nan
 
 double CpuSeconds(const timeval& tv) { return tv.tv_sec + tv.tv_usec / 1e6; }
 
-// Shared by the dispatcher and the stream callbacks.
+// Shared by the dispatcher and the stream callbacks (each holds a reference, so that the last
+// callback's unlock never touches a destroyed mutex).
 struct RunState {
-  std::mutex mu;
-  std::condition_variable cv;
-  int64_t in_flight = 0;
-  int64_t finished = 0;
-  int32_t peak_in_flight = 0;
+  absl::Mutex mu;
+  int64_t in_flight ABSL_GUARDED_BY(mu) = 0;
+  int64_t finished ABSL_GUARDED_BY(mu) = 0;
+  int32_t peak_in_flight ABSL_GUARDED_BY(mu) = 0;
+  // The dispatcher's conditions.
+  int64_t max_in_flight = 0;  // 0 = no cap
+  int64_t total = 0;
+  bool HasRoom() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return max_in_flight <= 0 || in_flight < max_in_flight;
+  }
+  bool AllFinished() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return finished == total; }
 };
 
 // One Generate stream. Deletes itself when done.
 class StreamCall : public grpc::ClientReadReactor<v1::GenerateResponse> {
  public:
   StreamCall(v1::Generation::Stub* stub, v1::GenerateRequest request, RequestRecord* record,
-             Clock::time_point bench_start, RunState* state)
+             Clock::time_point bench_start, std::shared_ptr<RunState> state)
       : stub_(stub),
         request_(std::move(request)),
         record_(record),
         bench_start_(bench_start),
-        state_(state) {}
+        state_(std::move(state)) {}
   grpc::ClientContext* context() { return &context_; }
   void Go() {
     start_ = Clock::now();
@@ -87,12 +94,9 @@ class StreamCall : public grpc::ClientReadReactor<v1::GenerateResponse> {
           absl::StrCat(GrpcCodeName(status.error_code()), ": ", status.error_message());
     }
     {
-      // Notified under the lock: once the dispatcher sees the last call finished it returns and
-      // destroys the state, so the condition variable must not be touched after the unlock.
-      std::lock_guard<std::mutex> lock(state_->mu);
+      absl::MutexLock lock(&state_->mu);
       --state_->in_flight;
       ++state_->finished;
-      state_->cv.notify_all();
     }
     delete this;
   }
@@ -106,7 +110,7 @@ class StreamCall : public grpc::ClientReadReactor<v1::GenerateResponse> {
   Clock::time_point bench_start_;
   Clock::time_point start_;
   Clock::time_point last_;
-  RunState* state_;
+  std::shared_ptr<RunState> state_;
 };
 
 // Samples Memory/GetStats until stopped; keeps the peaks.
@@ -132,7 +136,7 @@ class StatsSampler {
   }
 
   void Observe(const v1::MemoryStats& s) {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     ++summary_.samples;
     summary_.peak_used_bytes = std::max(summary_.peak_used_bytes, s.used_bytes());
     summary_.peak_active_bytes = std::max(summary_.peak_active_bytes, s.active_bytes());
@@ -144,25 +148,24 @@ class StatsSampler {
   void Start() {
     if (interval_ms_ <= 0) return;
     thread_ = std::thread([this] {
-      std::unique_lock<std::mutex> lock(stop_mu_);
-      while (!stop_) {
-        lock.unlock();
+      while (true) {
         if (auto s = Get(); s.ok()) Observe(*s);
-        lock.lock();
-        stop_cv_.wait_for(lock, std::chrono::milliseconds(interval_ms_), [this] { return stop_; });
+        absl::MutexLock lock(&stop_mu_);
+        if (stop_mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Milliseconds(interval_ms_))) {
+          return;
+        }
       }
     });
   }
   void Stop() {
     {
-      std::lock_guard<std::mutex> lock(stop_mu_);
+      absl::MutexLock lock(&stop_mu_);
       stop_ = true;
     }
-    stop_cv_.notify_all();
     if (thread_.joinable()) thread_.join();
   }
   ServerStatsSummary summary() {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     return summary_;
   }
 
@@ -171,11 +174,10 @@ class StatsSampler {
   ContextPreparer prepare_;
   int64_t interval_ms_;
   std::thread thread_;
-  std::mutex stop_mu_;
-  std::condition_variable stop_cv_;
-  bool stop_ = false;
-  std::mutex mu_;
-  ServerStatsSummary summary_;
+  absl::Mutex stop_mu_;
+  bool stop_ ABSL_GUARDED_BY(stop_mu_) = false;
+  absl::Mutex mu_;
+  ServerStatsSummary summary_ ABSL_GUARDED_BY(mu_);
 };
 
 void SummarizeReport(BenchReport& r) {
@@ -262,7 +264,10 @@ absl::StatusOr<BenchReport> RunBenchmark(const std::shared_ptr<grpc::Channel>& c
   auto stub = v1::Generation::NewStub(channel);
   StatsSampler sampler(channel, options.prepare_context, options.stats_interval_ms);
   absl::StatusOr<v1::MemoryStats> before = sampler.Get();
-  RunState state;
+  auto state_ptr = std::make_shared<RunState>();
+  RunState& state = *state_ptr;
+  state.max_in_flight = options.max_concurrency;
+  state.total = n;
 
   std::atomic<bool> progress_stop{false};
   std::thread progress;
@@ -271,7 +276,7 @@ absl::StatusOr<BenchReport> RunBenchmark(const std::shared_ptr<grpc::Channel>& c
       while (!progress_stop.load()) {
         int64_t finished;
         {
-          std::lock_guard<std::mutex> lock(state.mu);
+          absl::MutexLock lock(&state.mu);
           finished = state.finished;
         }
         options.progress(finished, n);
@@ -293,10 +298,7 @@ absl::StatusOr<BenchReport> RunBenchmark(const std::shared_ptr<grpc::Channel>& c
     std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(
                                               std::chrono::duration<double>(rec.scheduled_s)));
     {
-      std::unique_lock<std::mutex> lock(state.mu);
-      if (options.max_concurrency > 0) {
-        state.cv.wait(lock, [&] { return state.in_flight < options.max_concurrency; });
-      }
+      absl::MutexLock lock(&state.mu, absl::Condition(&state, &RunState::HasRoom));
       ++state.in_flight;
       state.peak_in_flight = std::max(state.peak_in_flight, static_cast<int32_t>(state.in_flight));
     }
@@ -312,12 +314,12 @@ absl::StatusOr<BenchReport> RunBenchmark(const std::shared_ptr<grpc::Channel>& c
     request.set_ignore_eos(options.ignore_eos);
     request.mutable_sampling()->set_temperature(options.temperature);
     request.mutable_sampling()->set_seed(options.seed + static_cast<uint64_t>(i));
-    auto* call = new StreamCall(stub.get(), std::move(request), &rec, start, &state);
+    auto* call = new StreamCall(stub.get(), std::move(request), &rec, start, state_ptr);
     if (options.prepare_context) {
       if (absl::Status s = options.prepare_context(call->context()); !s.ok()) {
         delete call;  // never started
         rec.error = absl::StrCat("INVALID_ARGUMENT: ", s.message());
-        std::lock_guard<std::mutex> lock(state.mu);
+        absl::MutexLock lock(&state.mu);
         --state.in_flight;
         ++state.finished;
         continue;
@@ -325,10 +327,7 @@ absl::StatusOr<BenchReport> RunBenchmark(const std::shared_ptr<grpc::Channel>& c
     }
     call->Go();
   }
-  {
-    std::unique_lock<std::mutex> lock(state.mu);
-    state.cv.wait(lock, [&] { return state.finished == n; });
-  }
+  { absl::MutexLock lock(&state.mu, absl::Condition(&state, &RunState::AllFinished)); }
   report.duration_s = Seconds(Clock::now() - start);
   rusage usage_after{};
   getrusage(RUSAGE_SELF, &usage_after);
@@ -338,7 +337,10 @@ absl::StatusOr<BenchReport> RunBenchmark(const std::shared_ptr<grpc::Channel>& c
   if (options.progress) options.progress(n, n);
   report.cpu_user_s = CpuSeconds(usage_after.ru_utime) - CpuSeconds(usage_before.ru_utime);
   report.cpu_system_s = CpuSeconds(usage_after.ru_stime) - CpuSeconds(usage_before.ru_stime);
-  report.peak_concurrency = state.peak_in_flight;
+  {
+    absl::MutexLock lock(&state.mu);
+    report.peak_concurrency = state.peak_in_flight;
+  }
 
   // The engine counts a request as finished just after it sends the last message: give the
   // counters a moment to catch up with what the client saw (at most 2 s).

@@ -67,8 +67,8 @@ int RunCalibrateCommand(const std::vector<std::string>& args) {
   }
   for (const char* count : {"context", "max-documents"}) {
     if (flags.GetInt(count) < 0) {
-      return Usage(flags, std::string("--") + count + ": must be >= 0, got " +
-                              flags.GetString(count));
+      return Usage(flags,
+                   std::string("--") + count + ": must be >= 0, got " + flags.GetString(count));
     }
   }
   options.perplexity.separator = flags.GetString("separator");

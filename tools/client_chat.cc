@@ -29,8 +29,7 @@ void WriteOut(const std::string& s) {
 }
 
 // The request of one turn: the conversation so far and the sampling flags.
-v1::GenerateRequest TurnRequest(const FlagSet& flags,
-                                const std::vector<v1::ChatMessage>& history) {
+v1::GenerateRequest TurnRequest(const FlagSet& flags, const std::vector<v1::ChatMessage>& history) {
   v1::GenerateRequest request;
   v1::ChatPrompt* chat = request.mutable_chat();
   for (const v1::ChatMessage& m : history) *chat->add_messages() = m;
@@ -58,8 +57,7 @@ absl::StatusOr<std::string> Turn(v1::Generation::Stub& stub, const FlagSet& flag
   WriteOut("\n");
   const grpc::Status status = reader->Finish();
   if (!status.ok()) {
-    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                        status.error_message());
+    return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
   }
   return reply;
 }

@@ -66,8 +66,8 @@ absl::Status FlagSet::SetValue(const std::string& name, Flag& flag, const std::s
     case Kind::kString:
       break;
   }
-  flag.value = (flag.kind == Kind::kBool) ? ((value == "true" || value == "1") ? "true" : "false")
-                                           : value;
+  flag.value =
+      (flag.kind == Kind::kBool) ? ((value == "true" || value == "1") ? "true" : "false") : value;
   flag.set = true;
   return absl::OkStatus();
 }

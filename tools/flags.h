@@ -24,7 +24,7 @@ class FlagSet {
   void String(const std::string& name, std::string default_value, std::string help);
   void Int(const std::string& name, int64_t default_value, std::string help);
   void Float(const std::string& name, double default_value, std::string help);
-  void Bool(const std::string& name, std::string help);  // false unless given
+  void Bool(const std::string& name, std::string help);      // false unless given
   void Repeated(const std::string& name, std::string help);  // may be given several times
   void Required(const std::string& name);
 

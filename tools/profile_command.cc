@@ -31,8 +31,7 @@ std::string HumanBytes(double b) {
     ++u;
   }
   // Two literal formats: clang checks StrFormat's format at compile time.
-  return u == 0 ? absl::StrFormat("%.0f %s", b, units[u])
-                : absl::StrFormat("%.2f %s", b, units[u]);
+  return u == 0 ? absl::StrFormat("%.0f %s", b, units[u]) : absl::StrFormat("%.2f %s", b, units[u]);
 }
 
 absl::StatusOr<std::vector<int64_t>> ParseList(const std::string& flag, const std::string& s) {
@@ -49,12 +48,11 @@ absl::StatusOr<std::vector<int64_t>> ParseList(const std::string& flag, const st
   return out;
 }
 
-std::string Svg(const engine::KvShape& shape, const std::vector<KvFormat>& formats,
-                int block_size, int64_t max_context) {
+std::string Svg(const engine::KvShape& shape, const std::vector<KvFormat>& formats, int block_size,
+                int64_t max_context) {
   const double w = 760, h = 460, left = 80, right = 150, top = 40, bottom = 50;
   const double max_bytes =
-      static_cast<double>(engine::KvSequenceBytes(shape, KvFormat::kFp32, block_size,
-                                                  max_context));
+      static_cast<double>(engine::KvSequenceBytes(shape, KvFormat::kFp32, block_size, max_context));
   const char* colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
   std::string svg = absl::StrFormat(
@@ -64,10 +62,11 @@ std::string Svg(const engine::KvShape& shape, const std::vector<KvFormat>& forma
       "%s (%d layers, %d KV heads, head_dim %d, block %d)</text>\n",
       w, h, left, shape.name, shape.num_layers, shape.num_kv_heads, shape.head_dim, block_size);
   const double pw = w - left - right, ph = h - top - bottom;
-  absl::StrAppendFormat(&svg,
-                        "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n"
-                        "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n",
-                        left, top + ph, left + pw, top + ph, left, top, left, top + ph);
+  absl::StrAppendFormat(
+      &svg,
+      "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n"
+      "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n",
+      left, top + ph, left + pw, top + ph, left, top, left, top + ph);
   for (int i = 0; i <= 4; ++i) {
     const double x = left + pw * i / 4, y = top + ph - ph * i / 4;
     absl::StrAppendFormat(&svg,
@@ -87,8 +86,8 @@ std::string Svg(const engine::KvShape& shape, const std::vector<KvFormat>& forma
     const int steps = 200;
     for (int i = 0; i <= steps; ++i) {
       const int64_t ctx = max_context * i / steps;
-      const double b = static_cast<double>(
-          engine::KvSequenceBytes(shape, formats[f], block_size, ctx));
+      const double b =
+          static_cast<double>(engine::KvSequenceBytes(shape, formats[f], block_size, ctx));
       absl::StrAppendFormat(&points, "%.1f,%.1f ", left + pw * i / steps,
                             top + ph - ph * b / max_bytes);
     }
@@ -184,7 +183,8 @@ int RunProfileCommand(const std::vector<std::string>& args) {
     shape = *s;
   } else {
     shape = {"custom", static_cast<int>(flags.GetInt("layers")),
-             static_cast<int>(flags.GetInt("kv-heads")), static_cast<int>(flags.GetInt("head-dim"))};
+             static_cast<int>(flags.GetInt("kv-heads")),
+             static_cast<int>(flags.GetInt("head-dim"))};
     if (shape.num_kv_heads < 1 || shape.head_dim < 1) {
       return usage_error("--kv-heads and --head-dim must be >= 1 with --layers");
     }
@@ -193,8 +193,8 @@ int RunProfileCommand(const std::vector<std::string>& args) {
   shape.key_rank = static_cast<int>(flags.GetInt("lowrank-rank"));
   for (KvFormat f : formats) {
     if (f == KvFormat::kLowrank && (shape.key_rank < 1 || shape.key_rank > shape.head_dim)) {
-      return usage_error(absl::StrFormat("--lowrank-rank: the lowrank format needs a rank in [1, %d]",
-                                         shape.head_dim));
+      return usage_error(absl::StrFormat(
+          "--lowrank-rank: the lowrank format needs a rank in [1, %d]", shape.head_dim));
     }
   }
   std::string report = absl::StrFormat(
@@ -217,9 +217,9 @@ int RunProfileCommand(const std::vector<std::string>& args) {
                           static_cast<double>(block) / fp16_block);
     for (int64_t ctx : *contexts) {
       for (int64_t b : *batches) {
-        absl::StrAppendFormat(
-            &report, " %16s",
-            HumanBytes(static_cast<double>(b * engine::KvSequenceBytes(shape, f, block_size, ctx))));
+        absl::StrAppendFormat(&report, " %16s",
+                              HumanBytes(static_cast<double>(
+                                  b * engine::KvSequenceBytes(shape, f, block_size, ctx))));
       }
     }
     report += "\n";
@@ -227,8 +227,8 @@ int RunProfileCommand(const std::vector<std::string>& args) {
   absl::StrAppend(&report, "\ncolumns: sequences x context tokens; whole blocks counted\n");
 
   if (local != nullptr) {
-    const int32_t tokens = static_cast<int32_t>(std::min<int64_t>(
-        flags.GetInt("measure-tokens"), local->config().context_length - 8));
+    const int32_t tokens = static_cast<int32_t>(
+        std::min<int64_t>(flags.GetInt("measure-tokens"), local->config().context_length - 8));
     absl::StrAppendFormat(&report,
                           "\nmeasured: the pool's used bytes while %s generates %d tokens\n",
                           shape.name, tokens);
@@ -248,8 +248,8 @@ int RunProfileCommand(const std::vector<std::string>& args) {
       if (!curve.ok() || curve->empty()) continue;
       for (size_t i = 0; i < curve->size(); i += std::max<size_t>(1, curve->size() / 4)) {
         const auto [t, bytes] = (*curve)[i];
-        absl::StrAppendFormat(&report, "%-10s %12d %16d %16d\n", kernels::KvFormatName(f), t,
-                              bytes, engine::KvSequenceBytes(shape, f, block_size, t));
+        absl::StrAppendFormat(&report, "%-10s %12d %16d %16d\n", kernels::KvFormatName(f), t, bytes,
+                              engine::KvSequenceBytes(shape, f, block_size, t));
       }
     }
   }

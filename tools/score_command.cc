@@ -44,7 +44,8 @@ int RunScoreCommand(const std::vector<std::string>& args) {
   if (text.empty() == ids_flag.empty()) return usage_error("give exactly one of --text and --ids");
   if (flags.GetInt("threads") < 1) return usage_error("--threads must be >= 1");
   std::vector<int32_t> ids;
-  for (absl::string_view part : absl::StrSplit(ids_flag, absl::ByAnyChar(" ,\t\n"), absl::SkipEmpty())) {
+  for (absl::string_view part :
+       absl::StrSplit(ids_flag, absl::ByAnyChar(" ,\t\n"), absl::SkipEmpty())) {
     int32_t id;
     if (!absl::SimpleAtoi(part, &id)) {
       return usage_error("--ids: '" + std::string(part) + "' is not a token id");
@@ -52,7 +53,8 @@ int RunScoreCommand(const std::vector<std::string>& args) {
     ids.push_back(id);
   }
   // Ids need no tokenizer: a model whose tokenizer is not supported still loads for them.
-  auto model = engine::LoadModel(flags.GetString("model"), "", /*ids_only_vocabulary=*/text.empty());
+  auto model =
+      engine::LoadModel(flags.GetString("model"), "", /*ids_only_vocabulary=*/text.empty());
   if (!model.ok()) {
     spdlog::error("{}", std::string(model.status().message()));
     return 1;
@@ -76,9 +78,11 @@ int RunScoreCommand(const std::vector<std::string>& args) {
     std::printf("{\"tokens\": [");
     for (size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? ", " : "", ids[i]);
     std::printf("], \"nll\": [");
-    for (size_t i = 0; i < scores->nll.size(); ++i) std::printf("%s%.6f", i ? ", " : "", scores->nll[i]);
+    for (size_t i = 0; i < scores->nll.size(); ++i)
+      std::printf("%s%.6f", i ? ", " : "", scores->nll[i]);
     std::printf("], \"top1\": [");
-    for (size_t i = 0; i < scores->top1.size(); ++i) std::printf("%s%d", i ? ", " : "", scores->top1[i]);
+    for (size_t i = 0; i < scores->top1.size(); ++i)
+      std::printf("%s%d", i ? ", " : "", scores->top1[i]);
     std::printf("], \"mean_nll\": %.8f}\n", scores->mean_nll);
   } else {
     std::printf("%zu tokens, %zu predicted: mean NLL %.5f nats (perplexity %.4f)\n", ids.size(),

@@ -105,8 +105,8 @@ class SignalWatcher {
 };
 
 // Reloads the config on SIGHUP (see config_reload.h). `running` is updated with what was applied.
-void Reload(const std::string& path, const std::vector<std::string>& overrides,
-            GrpcServer& server, ServerConfig& running) {
+void Reload(const std::string& path, const std::vector<std::string>& overrides, GrpcServer& server,
+            ServerConfig& running) {
   spdlog::info("received SIGHUP: reloading {}", path);
   auto loaded = LoadServerConfig(path, overrides);
   if (!loaded.ok()) {

@@ -28,14 +28,13 @@ namespace {
 
 using namespace kvserve::kernels;  // NOLINT: a benchmark's main file
 
-#define CHECK_CUDA(expr)                                                                  \
-  do {                                                                                    \
-    const cudaError_t e_ = (expr);                                                        \
-    if (e_ != cudaSuccess) {                                                              \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                  \
-                   cudaGetErrorString(e_));                                               \
-      std::exit(1);                                                                       \
-    }                                                                                     \
+#define CHECK_CUDA(expr)                                                                          \
+  do {                                                                                            \
+    const cudaError_t e_ = (expr);                                                                \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                               \
+    }                                                                                             \
   } while (0)
 
 struct Options {
@@ -79,9 +78,8 @@ double CopyBandwidth(const Options& o) {
   CHECK_CUDA(cudaMalloc(&a, bytes));
   CHECK_CUDA(cudaMalloc(&b, bytes));
   CHECK_CUDA(cudaMemset(a, 1, bytes));
-  const double ms = MedianMs(o.reps, [&] {
-    CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
-  });
+  const double ms =
+      MedianMs(o.reps, [&] { CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); });
   CHECK_CUDA(cudaFree(a));
   CHECK_CUDA(cudaFree(b));
   rows.push_back({"d2d copy", "-", "2 GiB", ms, 2.0 * bytes});  // read + write
@@ -127,8 +125,8 @@ void DecodeAttention(const Options& o, KvFormat f, int context) {
   CHECK_CUDA(cudaMalloc(&pool, num_blocks * block_bytes));
   for (int64_t b = 0; b < num_blocks; b += distinct) {
     const int64_t n = std::min<int64_t>(distinct, num_blocks - b);
-    CHECK_CUDA(cudaMemcpy(pool + b * block_bytes, sample.data(), n * block_bytes,
-                          cudaMemcpyHostToDevice));
+    CHECK_CUDA(
+        cudaMemcpy(pool + b * block_bytes, sample.data(), n * block_bytes, cudaMemcpyHostToDevice));
   }
   std::vector<uint8_t*> ptrs(num_blocks);
   for (int64_t b = 0; b < num_blocks; ++b) ptrs[b] = pool + b * block_bytes;
@@ -147,15 +145,15 @@ void DecodeAttention(const Options& o, KvFormat f, int context) {
   CHECK_CUDA(cudaMalloc(&d_region, sizeof(KvLayerRegion)));
   CHECK_CUDA(cudaMalloc(&d_ids, num_blocks * sizeof(int32_t)));
   CHECK_CUDA(cudaMalloc(&d_tables, o.batch * sizeof(int32_t*)));
-  CHECK_CUDA(cudaMemcpy(d_ptrs, ptrs.data(), num_blocks * sizeof(uint8_t*),
-                        cudaMemcpyHostToDevice));
+  CHECK_CUDA(
+      cudaMemcpy(d_ptrs, ptrs.data(), num_blocks * sizeof(uint8_t*), cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemcpy(d_layout, layout.data(), num_blocks * 2, cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemcpy(d_region, &region, sizeof(region), cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemcpy(d_ids, ids.data(), num_blocks * 4, cudaMemcpyHostToDevice));
   std::vector<const int32_t*> tables(o.batch);
   for (int i = 0; i < o.batch; ++i) tables[i] = d_ids + int64_t{i} * blocks_per_seq;
-  CHECK_CUDA(cudaMemcpy(d_tables, tables.data(), o.batch * sizeof(int32_t*),
-                        cudaMemcpyHostToDevice));
+  CHECK_CUDA(
+      cudaMemcpy(d_tables, tables.data(), o.batch * sizeof(int32_t*), cudaMemcpyHostToDevice));
   std::vector<int32_t> seq(o.batch), len(o.batch, context);
   std::iota(seq.begin(), seq.end(), 0);
   int32_t *d_seq, *d_len;
@@ -200,11 +198,11 @@ void DecodeAttention(const Options& o, KvFormat f, int context) {
   char shape[64];
   std::snprintf(shape, sizeof(shape), "b%d ctx %dK", o.batch, context / 1024);
   rows.push_back({"decode attention", std::string(KvFormatName(f)), shape, ms, bytes});
-  for (void* p : {static_cast<void*>(pool), static_cast<void*>(d_ptrs),
-                  static_cast<void*>(d_layout), static_cast<void*>(d_region),
-                  static_cast<void*>(d_ids), static_cast<void*>(d_tables),
-                  static_cast<void*>(d_seq), static_cast<void*>(d_len), static_cast<void*>(d_q),
-                  static_cast<void*>(d_out), batch.workspace}) {
+  for (void* p :
+       {static_cast<void*>(pool), static_cast<void*>(d_ptrs), static_cast<void*>(d_layout),
+        static_cast<void*>(d_region), static_cast<void*>(d_ids), static_cast<void*>(d_tables),
+        static_cast<void*>(d_seq), static_cast<void*>(d_len), static_cast<void*>(d_q),
+        static_cast<void*>(d_out), batch.workspace}) {
     CHECK_CUDA(cudaFree(p));
   }
 }
@@ -231,8 +229,8 @@ void QuantizeOnWrite(const Options& o, KvFormat f) {
   CHECK_CUDA(cudaMalloc(&ok, count));
   CHECK_CUDA(cudaMalloc(&tokens, count * 4));
   for (int64_t r = 0; r < count; r += 64) {
-    CHECK_CUDA(cudaMemcpy(src + r * src_bytes, sample.data(), 64 * src_bytes,
-                          cudaMemcpyHostToDevice));
+    CHECK_CUDA(
+        cudaMemcpy(src + r * src_bytes, sample.data(), 64 * src_bytes, cudaMemcpyHostToDevice));
   }
   std::vector<int32_t> tok(count, kBlock);
   CHECK_CUDA(cudaMemcpy(tokens, tok.data(), count * 4, cudaMemcpyHostToDevice));
@@ -252,8 +250,7 @@ void QuantizeOnWrite(const Options& o, KvFormat f) {
       std::exit(1);
     }
     rows.push_back({std::string("quantize-on-write ") + (role == KvRole::kKey ? "K" : "V"),
-                    "fp16->" + std::string(KvFormatName(f)),
-                    std::to_string(count) + " regions", ms,
+                    "fp16->" + std::string(KvFormatName(f)), std::to_string(count) + " regions", ms,
                     static_cast<double>(count) * static_cast<double>(src_bytes + dst_bytes)});
   }
   for (void* p : {static_cast<void*>(src), static_cast<void*>(dst), static_cast<void*>(ok),
@@ -289,8 +286,8 @@ int main(int argc, char** argv) {
               info.multiprocessors, info.total_bytes / 1073741824.0);
   const double copy_gbs = CopyBandwidth(o);
   for (int context : {8192, 32768}) {
-    for (KvFormat f : {KvFormat::kFp16, KvFormat::kInt8, KvFormat::kInt4, KvFormat::kFp8,
-                       KvFormat::kNvfp4}) {
+    for (KvFormat f :
+         {KvFormat::kFp16, KvFormat::kInt8, KvFormat::kInt4, KvFormat::kFp8, KvFormat::kNvfp4}) {
       DecodeAttention(o, f, context);
     }
   }

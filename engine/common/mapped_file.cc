@@ -75,8 +75,8 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
       ::close(fd);
       ::munmap(addr, static_cast<size_t>(size));
       if (n == 0) {
-        return absl::DataLossError(absl::StrCat(path, ": the file shrank while it was read (",
-                                                size, " bytes at open, ", done, " read)"));
+        return absl::DataLossError(absl::StrCat(path, ": the file shrank while it was read (", size,
+                                                " bytes at open, ", done, " read)"));
       }
       return ErrnoError(err, absl::StrCat("cannot read file at byte ", done), path);
     }

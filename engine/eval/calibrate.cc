@@ -68,8 +68,7 @@ absl::StatusOr<std::vector<int>> ChooseLayerFormats(const std::vector<std::vecto
   // Work in units of the bytes' gcd; the budget never needs more than every layer at the
   // largest candidate.
   const int64_t max_bytes = *std::max_element(bytes.begin(), bytes.end());
-  const int64_t capacity =
-      std::min(budget_bytes, static_cast<int64_t>(layers) * max_bytes) / unit;
+  const int64_t capacity = std::min(budget_bytes, static_cast<int64_t>(layers) * max_bytes) / unit;
   if (capacity > (int64_t{1} << 26)) {
     return absl::InvalidArgumentError("the byte budget is too fine-grained to solve exactly");
   }
@@ -188,12 +187,10 @@ absl::StatusOr<LayerSensitivity> MeasureLayerSensitivity(const LocalModelOptions
   return s;
 }
 
-absl::StatusOr<CalibrationChoice> ChooseCalibration(const LayerSensitivity& s,
-                                                    double budget_bits) {
+absl::StatusOr<CalibrationChoice> ChooseCalibration(const LayerSensitivity& s, double budget_bits) {
   if (!(budget_bits > 0) || !std::isfinite(budget_bits)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("budget must be a positive number of bits per element, got %g",
-                        budget_bits));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "budget must be a positive number of bits per element, got %g", budget_bits));
   }
   const std::vector<int64_t> bytes = CandidateBytes(s);
   const int64_t elements = 2ll * s.shape.block_size * s.shape.num_kv_heads * s.shape.head_dim;
@@ -265,8 +262,7 @@ absl::StatusOr<CalibrationResult> Calibrate(const LocalModelOptions& base, std::
   KVSERVE_ASSIGN_OR_RETURN(result.choice,
                            ChooseCalibration(result.sensitivity, options.budget_bits));
   KVSERVE_ASSIGN_OR_RETURN(
-      PerplexityResult r,
-      Measure(ApplyCalibration(base, result.choice), text, options.perplexity));
+      PerplexityResult r, Measure(ApplyCalibration(base, result.choice), text, options.perplexity));
   result.measured_perplexity = r.perplexity();
   if (options.progress) {
     options.progress(absl::StrFormat("chosen configuration: perplexity %.6f (predicted %.6f)",
@@ -293,13 +289,13 @@ std::string FormatCalibrationYaml(const CalibrationResult& r, const LocalModelOp
       "# Perplexity increase with only that layer in the format:\n",
       base.model_path, s.num_layers, s.shape.num_kv_heads, s.shape.head_dim, s.shape.block_size,
       text_name, s.documents, s.predicted_tokens, base.kv_recent_window, base.kv_sink_tokens,
-      Name(base.kv_window_format), r.choice.budget_bits, r.choice.average_bits,
-      Name(s.reference), s.reference_perplexity, r.measured_perplexity,
-      rel(r.measured_perplexity), r.choice.predicted_perplexity);
+      Name(base.kv_window_format), r.choice.budget_bits, r.choice.average_bits, Name(s.reference),
+      s.reference_perplexity, r.measured_perplexity, rel(r.measured_perplexity),
+      r.choice.predicted_perplexity);
   out += "#   layer";
   for (KvFormat f : s.formats) {
-    out += absl::StrFormat(" %11s", absl::StrFormat("%s %.2fb", Name(f),
-                                                    KvFormatBitsPerElement(f, s.shape)));
+    out += absl::StrFormat(
+        " %11s", absl::StrFormat("%s %.2fb", Name(f), KvFormatBitsPerElement(f, s.shape)));
   }
   out += "   chosen\n";
   for (int l = 0; l < s.num_layers; ++l) {
@@ -314,8 +310,8 @@ std::string FormatCalibrationYaml(const CalibrationResult& r, const LocalModelOp
       "  recent_window: %d\n"
       "  sink_tokens: %d\n"
       "  window_format: %s\n",
-      Name(chosen.kv_format), FormatLayerFormats(chosen.kv_layer_formats),
-      base.kv_recent_window, base.kv_sink_tokens, Name(base.kv_window_format));
+      Name(chosen.kv_format), FormatLayerFormats(chosen.kv_layer_formats), base.kv_recent_window,
+      base.kv_sink_tokens, Name(base.kv_window_format));
   return out;
 }
 

@@ -35,8 +35,8 @@ struct PerplexityTokenEviction {
 
 struct PerplexityOptions {
   std::string separator = "<|endoftext|>";
-  int32_t max_tokens = 0;    // per document, BOS included; 0 = the model's context length
-  int32_t chunk_tokens = 0;  // tokens per forward step; 0 = the KV block size
+  int32_t max_tokens = 0;     // per document, BOS included; 0 = the model's context length
+  int32_t chunk_tokens = 0;   // tokens per forward step; 0 = the KV block size
   int32_t max_documents = 0;  // 0 = all
   // Which documents to score, by their 0-based index in the text: all, the even-numbered ones
   // (0, 2, 4, ...) or the odd-numbered ones; lets a setting be chosen on one half and reported

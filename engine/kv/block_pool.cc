@@ -31,9 +31,9 @@ BlockPool::~BlockPool() {
 
 absl::StatusOr<LayoutId> BlockPool::RegisterLayout(const std::vector<kernels::KvFormat>& formats) {
   if (static_cast<int>(formats.size()) != geometry_.num_layers) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "KV layout lists %d layer formats; the model has %d layers", formats.size(),
-        geometry_.num_layers));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("KV layout lists %d layer formats; the model has %d layers", formats.size(),
+                        geometry_.num_layers));
   }
   for (size_t i = 0; i < layouts_.size(); ++i) {
     if (layouts_[i].layer_formats == formats) return static_cast<LayoutId>(i);
@@ -60,9 +60,9 @@ absl::StatusOr<LayoutId> BlockPool::RegisterLayout(const std::vector<kernels::Kv
     return absl::InvalidArgumentError("one KV block exceeds 4 GiB; lower kv_cache.block_size");
   }
   if (layout.block_bytes > budget_bytes_) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "one KV block takes %d bytes but the KV budget is %d bytes", layout.block_bytes,
-        budget_bytes_));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("one KV block takes %d bytes but the KV budget is %d bytes",
+                        layout.block_bytes, budget_bytes_));
   }
   const LayoutId id = static_cast<LayoutId>(layouts_.size());
   for (int l = 0; l < geometry_.num_layers; ++l) layer_regions_[l].push_back(layout.regions[l]);
@@ -91,8 +91,7 @@ BlockId BlockPool::NewId() {
 
 bool BlockPool::ReclaimBytes(int64_t needed, LayoutId keep) {
   // Returns the bytes of free blocks of other layouts to the heap until `needed` more bytes fit.
-  for (size_t l = 0; l < free_by_layout_.size() && allocated_bytes_ + needed > budget_bytes_;
-       ++l) {
+  for (size_t l = 0; l < free_by_layout_.size() && allocated_bytes_ + needed > budget_bytes_; ++l) {
     if (l == keep) continue;
     auto& list = free_by_layout_[l];
     while (!list.empty() && allocated_bytes_ + needed > budget_bytes_) {
@@ -118,9 +117,9 @@ absl::StatusOr<BlockId> BlockPool::Allocate(LayoutId layout) {
   } else {
     const int64_t bytes = layouts_[layout].block_bytes;
     if (!ReclaimBytes(bytes, layout)) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "KV block pool exhausted: %d of %d bytes in use by %d blocks", used_bytes_,
-          budget_bytes_, used_blocks_));
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("KV block pool exhausted: %d of %d bytes in use by %d blocks",
+                          used_bytes_, budget_bytes_, used_blocks_));
     }
     uint8_t* p = nullptr;
     try {

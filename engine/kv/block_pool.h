@@ -48,11 +48,11 @@ struct KvGeometry {
 
 // Per-layer formats of one block layout, with the byte offsets that result.
 struct BlockLayout {
-  std::vector<kernels::KvFormat> layer_formats;   // [num_layers]
-  std::vector<kernels::KvLayerRegion> regions;    // [num_layers]
-  int64_t block_bytes = 0;                        // total bytes of one block, padding included
-  int64_t value_bytes = 0;                        // of which element payload
-  int64_t scale_bytes = 0;                        // of which scales / zero points
+  std::vector<kernels::KvFormat> layer_formats;  // [num_layers]
+  std::vector<kernels::KvLayerRegion> regions;   // [num_layers]
+  int64_t block_bytes = 0;                       // total bytes of one block, padding included
+  int64_t value_bytes = 0;                       // of which element payload
+  int64_t scale_bytes = 0;                       // of which scales / zero points
 };
 
 // Exact byte accounting of the pool, by format and by role. Every figure is derived from the
@@ -69,11 +69,11 @@ struct KvFormatUsage {
 
 struct KvPoolStats {
   int64_t budget_bytes = 0;
-  int64_t allocated_bytes = 0;    // heap bytes held for blocks
-  int64_t used_bytes = 0;         // bytes of blocks with a reference
-  int64_t free_bytes = 0;         // allocated bytes of free blocks, kept for reuse
+  int64_t allocated_bytes = 0;  // heap bytes held for blocks
+  int64_t used_bytes = 0;       // bytes of blocks with a reference
+  int64_t free_bytes = 0;       // allocated bytes of free blocks, kept for reuse
   int64_t used_blocks = 0;
-  int64_t free_blocks = 0;        // free blocks that still hold bytes
+  int64_t free_blocks = 0;                    // free blocks that still hold bytes
   std::vector<KvFormatUsage> used_by_format;  // [kernels::kNumKvFormats], used blocks only
   int64_t fp16_equivalent_bytes = 0;          // what the used blocks would take in FP16
   // fp16_equivalent_bytes / used_bytes (0 when nothing is used).
@@ -154,10 +154,10 @@ class BlockPool {
   // Per layer: the region of that layer in each layout (what LayerView exposes).
   std::vector<std::vector<kernels::KvLayerRegion>> layer_regions_;
 
-  std::vector<BlockMeta> meta_;        // [id]
-  std::vector<uint8_t*> data_;         // [id] block bytes, or null
-  std::vector<uint16_t> data_layout_;  // [id] mirror of meta_.layout for kernels
-  std::vector<BlockId> spare_ids_;     // ids with no bytes, reusable
+  std::vector<BlockMeta> meta_;                       // [id]
+  std::vector<uint8_t*> data_;                        // [id] block bytes, or null
+  std::vector<uint16_t> data_layout_;                 // [id] mirror of meta_.layout for kernels
+  std::vector<BlockId> spare_ids_;                    // ids with no bytes, reusable
   std::vector<std::vector<BlockId>> free_by_layout_;  // free ids that still hold bytes
   std::vector<int64_t> used_by_layout_;               // blocks with a reference, per layout
 

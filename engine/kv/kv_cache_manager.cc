@@ -176,8 +176,8 @@ absl::Status KvCacheManager::Reserve(KvSequence* seq, int64_t slots, bool final_
   while (true) {
     absl::Status st =
         final_layouts
-            ? seq->kv_.Reserve(
-                  slots, [&](int64_t b) { return policy_->FinalLayout(b, seq->horizon()); })
+            ? seq->kv_.Reserve(slots,
+                               [&](int64_t b) { return policy_->FinalLayout(b, seq->horizon()); })
             : seq->kv_.Reserve(slots);
     if (st.ok() || st.code() != absl::StatusCode::kResourceExhausted) return st;
     if (!EvictOne()) return st;
@@ -262,7 +262,8 @@ absl::Status KvCacheManager::MakeRoom(KvSequence* seq, int64_t computed, int64_t
       if (id.ok() || !EvictOne()) return id;
     }
   };
-  absl::StatusOr<int64_t> evicted = seq->te_.Apply(*plan, *pool_, seq->kv_, slots, layout_, allocate);
+  absl::StatusOr<int64_t> evicted =
+      seq->te_.Apply(*plan, *pool_, seq->kv_, slots, layout_, allocate);
   if (!evicted.ok()) return evicted.status();
   seq->evicted_ += *evicted;
   counters_.tokens_evicted[std::string(seq->te_.policy()->name())] += *evicted;

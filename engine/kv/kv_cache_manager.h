@@ -59,7 +59,7 @@ struct KvCacheManagerOptions {
 
 // What a sequence asks of the KV cache, fixed when it is created.
 struct KvSequenceSpec {
-  std::string cache_salt;               // sequences with different salts never share blocks
+  std::string cache_salt;                // sequences with different salts never share blocks
   std::vector<RetentionHint> retention;  // retention of its cached prompt blocks
   // The prompt's length: tokens before it are computed as a prefill computes them, the rest
   // (generated) as decoding did, also when a preempted sequence recomputes them.
@@ -127,12 +127,12 @@ struct KvCacheCounters {
 
 // The pool's accounting with the prefix cache's share of it.
 struct KvCacheStats {
-  KvPoolStats pool;              // exact bytes by format and role
-  int64_t cached_blocks = 0;     // cached and used by no sequence (reusable)
-  int64_t cached_bytes = 0;      // their exact bytes
-  int64_t indexed_blocks = 0;    // every block in the prefix index (in use or not)
-  int64_t free_blocks = 0;       // blocks of the write layout that can still be allocated
-  int64_t block_bytes = 0;       // bytes of one block of the write layout
+  KvPoolStats pool;            // exact bytes by format and role
+  int64_t cached_blocks = 0;   // cached and used by no sequence (reusable)
+  int64_t cached_bytes = 0;    // their exact bytes
+  int64_t indexed_blocks = 0;  // every block in the prefix index (in use or not)
+  int64_t free_blocks = 0;     // blocks of the write layout that can still be allocated
+  int64_t block_bytes = 0;     // bytes of one block of the write layout
 };
 
 // Whether a waiting sequence can be admitted now.
@@ -222,8 +222,7 @@ class KvCacheManager {
   PrefixKeys KeysFor(const KvSequence& seq) const;
   // Bytes of the blocks `seq` still needs to hold `slots` tokens, each in the layout it is
   // allocated in (final layouts when `final_layouts`), from table index `from` on.
-  int64_t BytesNeeded(const KvSequence& seq, int64_t slots, bool final_layouts,
-                      int64_t from) const;
+  int64_t BytesNeeded(const KvSequence& seq, int64_t slots, bool final_layouts, int64_t from) const;
   // True when block `b` of the sequence may go to the prefix cache: its bytes are what any
   // request with the same tokens would compute for it.
   bool Shareable(const KvSequence& seq, int64_t b) const;

@@ -33,8 +33,8 @@ absl::StatusOr<std::map<int, kernels::KvFormat>> ParseLayerFormats(std::string_v
     const size_t colon = item.find(':');
     int layer = -1;
     std::optional<kernels::KvFormat> format;
-    if (colon != std::string::npos && colon > 0 &&
-        item.find_first_not_of("0123456789") == colon && colon <= 6) {
+    if (colon != std::string::npos && colon > 0 && item.find_first_not_of("0123456789") == colon &&
+        colon <= 6) {
       layer = std::stoi(item.substr(0, colon));
       format = kernels::ParseKvFormat(std::string_view(item).substr(colon + 1));
     }
@@ -63,8 +63,8 @@ absl::StatusOr<KvCachePolicy> KvCachePolicy::Create(BlockPool* pool,
                                                     const KvCachePolicyConfig& config) {
   const KvGeometry& g = pool->geometry();
   if (config.recent_window < 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "kv_cache.recent_window must be >= 0, got %d", config.recent_window));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("kv_cache.recent_window must be >= 0, got %d", config.recent_window));
   }
   if (config.sink_tokens < 0) {
     return absl::InvalidArgumentError(
@@ -92,9 +92,9 @@ absl::StatusOr<KvCachePolicy> KvCachePolicy::Create(BlockPool* pool,
           key, l, g.head_dim));
     }
     if (!kernels::KvFormatSupports(cold[l], shape)) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s: format %s cannot store layer %d (head_dim %d, block_size %d)", key,
-          kernels::KvFormatName(cold[l]), l, g.head_dim, g.block_size));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: format %s cannot store layer %d (head_dim %d, block_size %d)", key,
+                          kernels::KvFormatName(cold[l]), l, g.head_dim, g.block_size));
     }
   }
   bool needs_hot = config.recent_window > 0 || config.sink_tokens > 0;

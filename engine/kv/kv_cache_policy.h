@@ -34,10 +34,10 @@
 namespace kvserve::engine {
 
 struct KvCachePolicyConfig {
-  kernels::KvFormat format = kernels::KvFormat::kFp32;  // cold format of every layer
-  std::map<int, kernels::KvFormat> layer_formats;       // per-layer overrides (layer index)
-  int32_t recent_window = 0;                            // newest tokens kept hot
-  int32_t sink_tokens = 0;                              // first tokens kept hot
+  kernels::KvFormat format = kernels::KvFormat::kFp32;         // cold format of every layer
+  std::map<int, kernels::KvFormat> layer_formats;              // per-layer overrides (layer index)
+  int32_t recent_window = 0;                                   // newest tokens kept hot
+  int32_t sink_tokens = 0;                                     // first tokens kept hot
   kernels::KvFormat window_format = kernels::KvFormat::kFp16;  // format of hot blocks
 };
 

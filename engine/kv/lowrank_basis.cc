@@ -27,8 +27,8 @@ SymmetricEigen JacobiEigen(const std::vector<double>& input, int n) {
         if (apq == 0) continue;
         // Rotation zeroing a[p][q] (Golub & Van Loan, symmetric Schur decomposition).
         const double theta = (at(q, q) - at(p, p)) / (2 * apq);
-        const double t = (theta >= 0 ? 1.0 : -1.0) /
-                         (std::fabs(theta) + std::sqrt(theta * theta + 1));
+        const double t =
+            (theta >= 0 ? 1.0 : -1.0) / (std::fabs(theta) + std::sqrt(theta * theta + 1));
         const double c = 1 / std::sqrt(t * t + 1), s = t * c;
         for (int k = 0; k < n; ++k) {  // columns p, q of a
           const double akp = at(k, p), akq = at(k, q);
@@ -80,8 +80,8 @@ void KeyCovariance::Add(int layer, int head, const float* key) {
 
 absl::StatusOr<std::vector<float>> KeyCovariance::Basis(int rank) const {
   if (rank < 1 || rank > head_dim_) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("low-rank key rank must be in [1, head_dim = %d], got %d", head_dim_, rank));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "low-rank key rank must be in [1, head_dim = %d], got %d", head_dim_, rank));
   }
   std::vector<float> basis(static_cast<size_t>(num_layers_) * num_kv_heads_ * head_dim_ * rank);
   for (int l = 0; l < num_layers_; ++l) {

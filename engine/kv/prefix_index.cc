@@ -221,9 +221,9 @@ absl::StatusOr<PrefixIndex::InsertResult> PrefixIndex::Insert(BlockId block, Blo
     if (existing != kNoBlock) {
       Entry& e = entries_[existing];
       if (e.users++ == 0) {
-      ++in_use_blocks_;
-      in_use_bytes_ += e.bytes;
-    }
+        ++in_use_blocks_;
+        in_use_bytes_ += e.bytes;
+      }
       ++e.hit_count;
       e.last_use = now;
       UpdateEvictable(existing, now);
@@ -270,9 +270,9 @@ bool PrefixIndex::Acquire(BlockId block) {
   const absl::Time now = Now();
   Entry& e = entries_[block];
   if (e.users++ == 0) {
-      ++in_use_blocks_;
-      in_use_bytes_ += e.bytes;
-    }
+    ++in_use_blocks_;
+    in_use_bytes_ += e.bytes;
+  }
   e.last_use = now;
   UpdateEvictable(block, now);
   return true;

@@ -41,20 +41,34 @@ std::string NeString(const std::vector<int64_t>& ne) {
 // The kernels' type for a GGUF tensor type usable in place; nullopt for any other.
 std::optional<DType> KernelType(GgmlType t) {
   switch (t) {
-    case GgmlType::kF32: return DType::kF32;
-    case GgmlType::kF16: return DType::kF16;
-    case GgmlType::kBF16: return DType::kBF16;
-    case GgmlType::kQ4_0: return DType::kQ4_0;
-    case GgmlType::kQ4_1: return DType::kQ4_1;
-    case GgmlType::kQ5_0: return DType::kQ5_0;
-    case GgmlType::kQ5_1: return DType::kQ5_1;
-    case GgmlType::kQ8_0: return DType::kQ8_0;
-    case GgmlType::kQ2_K: return DType::kQ2_K;
-    case GgmlType::kQ3_K: return DType::kQ3_K;
-    case GgmlType::kQ4_K: return DType::kQ4_K;
-    case GgmlType::kQ5_K: return DType::kQ5_K;
-    case GgmlType::kQ6_K: return DType::kQ6_K;
-    default: return std::nullopt;
+    case GgmlType::kF32:
+      return DType::kF32;
+    case GgmlType::kF16:
+      return DType::kF16;
+    case GgmlType::kBF16:
+      return DType::kBF16;
+    case GgmlType::kQ4_0:
+      return DType::kQ4_0;
+    case GgmlType::kQ4_1:
+      return DType::kQ4_1;
+    case GgmlType::kQ5_0:
+      return DType::kQ5_0;
+    case GgmlType::kQ5_1:
+      return DType::kQ5_1;
+    case GgmlType::kQ8_0:
+      return DType::kQ8_0;
+    case GgmlType::kQ2_K:
+      return DType::kQ2_K;
+    case GgmlType::kQ3_K:
+      return DType::kQ3_K;
+    case GgmlType::kQ4_K:
+      return DType::kQ4_K;
+    case GgmlType::kQ5_K:
+      return DType::kQ5_K;
+    case GgmlType::kQ6_K:
+      return DType::kQ6_K;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -262,8 +276,9 @@ absl::Status GgufModel::ReadRopeScaling() {
 }
 
 absl::Status GgufModel::RejectUnsupportedKeys() const {
-  for (std::string_view key : {"llama.rope.scaling.attn_factor", "llama.rope.scaling.yarn_log_multiplier",
-                               "llama.attention.logit_softcapping", "llama.final_logit_softcapping"}) {
+  for (std::string_view key :
+       {"llama.rope.scaling.attn_factor", "llama.rope.scaling.yarn_log_multiplier",
+        "llama.attention.logit_softcapping", "llama.final_logit_softcapping"}) {
     if (file_.HasKey(key)) {
       return absl::UnimplementedError(absl::StrCat(file_.name(), ": metadata key '", Sv(key),
                                                    "' changes the model's math and is not "
@@ -289,9 +304,9 @@ absl::StatusOr<const GgufTensorInfo*> GgufModel::Tensor(
                               "Q3_K, Q4_K, Q5_K, Q6_K)"));
   }
   if (info->ne[0] % kernels::DTypeBlockSize(*type) != 0) {
-    return Error(absl::StrCat("tensor '", name, "' has ", info->ne[0], " columns, not a multiple of ",
-                              kernels::DTypeBlockSize(*type), " (the ", Sv(kernels::DTypeName(*type)),
-                              " block size)"));
+    return Error(absl::StrCat("tensor '", name, "' has ", info->ne[0],
+                              " columns, not a multiple of ", kernels::DTypeBlockSize(*type),
+                              " (the ", Sv(kernels::DTypeName(*type)), " block size)"));
   }
   return info;
 }

@@ -91,10 +91,10 @@ absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, const BlockPool& k
   float* rope = rope_.data() + t0 * (c.head_dim / 2 * 2);
   kernels::Backend& be = *backend_;
   const kernels::ExecContext ctx{pool};
-  be.RopeTable(positions, n,
-               kernels::RopeParams{c.head_dim, c.rope_freq_base, c.rope_freq_scale,
-                                   w.rope_freq_factors},
-               rope, ctx);
+  be.RopeTable(
+      positions, n,
+      kernels::RopeParams{c.head_dim, c.rope_freq_base, c.rope_freq_scale, w.rope_freq_factors},
+      rope, ctx);
   be.EmbeddingGather(w.token_embedding, batch.tokens.data() + t0, n, x, ctx);
 
   kernels::AttentionBatch ab;
@@ -159,7 +159,8 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const BlockPool& kv,
   if (!backend_->host_memory()) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "backend \"%s\" keeps its data in device memory; this model runner needs a host-memory "
-        "backend", std::string(backend_->name())));
+        "backend",
+        std::string(backend_->name())));
   }
   if (static_cast<int64_t>(batch.positions.size()) != n ||
       static_cast<int64_t>(batch.seq.size()) != n ||
@@ -225,8 +226,7 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const BlockPool& kv,
       backend_->RmsNorm(x_.data() + batch.logits_rows[r] * dim, w.final_norm, 1, dim,
                         c.rms_norm_eps, final_.data() + r * dim, ctx);
     }
-    backend_->MatMul(final_.data() + r0 * dim, r1 - r0, w.output, logits + r0 * w.output.rows,
-                     ctx);
+    backend_->MatMul(final_.data() + r0 * dim, r1 - r0, w.output, logits + r0 * w.output.rows, ctx);
   };
   int64_t cuts[kMaxParts + 1];
   const int parts = SplitBySequence(batch, cuts);

@@ -19,15 +19,15 @@ namespace kvserve::engine {
 
 struct ModelConfig {
   std::string architecture = "llama";
-  std::string name;              // general.name, or the file's stem
-  int dim = 0;                   // embedding width
-  int hidden_dim = 0;            // feed-forward width
+  std::string name;    // general.name, or the file's stem
+  int dim = 0;         // embedding width
+  int hidden_dim = 0;  // feed-forward width
   int num_layers = 0;
-  int num_heads = 0;             // query heads
-  int num_kv_heads = 0;          // key/value heads (GQA when < num_heads)
-  int head_dim = 0;              // dim / num_heads
+  int num_heads = 0;     // query heads
+  int num_kv_heads = 0;  // key/value heads (GQA when < num_heads)
+  int head_dim = 0;      // dim / num_heads
   int vocab_size = 0;
-  int context_length = 0;        // tokens the model was trained for (or the file declares)
+  int context_length = 0;  // tokens the model was trained for (or the file declares)
   float rms_norm_eps = 1e-5f;
   float rope_freq_base = 10000.0f;
   float rope_freq_scale = 1.0f;  // linear rope scaling: 1 / rope.scaling.factor
@@ -37,22 +37,22 @@ struct ModelConfig {
 };
 
 struct LayerWeights {
-  const float* attn_norm = nullptr;                // [dim]
-  kernels::WeightView wq;                          // [num_heads * head_dim, dim]
-  kernels::WeightView wk;                          // [num_kv_heads * head_dim, dim]
-  kernels::WeightView wv;                          // [num_kv_heads * head_dim, dim]
-  kernels::WeightView wo;                          // [dim, num_heads * head_dim]
-  const float* ffn_norm = nullptr;                 // [dim]
-  kernels::WeightView w_gate;                      // [hidden_dim, dim]   (llama2.c w1)
-  kernels::WeightView w_down;                      // [dim, hidden_dim]   (llama2.c w2)
-  kernels::WeightView w_up;                        // [hidden_dim, dim]   (llama2.c w3)
+  const float* attn_norm = nullptr;  // [dim]
+  kernels::WeightView wq;            // [num_heads * head_dim, dim]
+  kernels::WeightView wk;            // [num_kv_heads * head_dim, dim]
+  kernels::WeightView wv;            // [num_kv_heads * head_dim, dim]
+  kernels::WeightView wo;            // [dim, num_heads * head_dim]
+  const float* ffn_norm = nullptr;   // [dim]
+  kernels::WeightView w_gate;        // [hidden_dim, dim]   (llama2.c w1)
+  kernels::WeightView w_down;        // [dim, hidden_dim]   (llama2.c w2)
+  kernels::WeightView w_up;          // [hidden_dim, dim]   (llama2.c w3)
 };
 
 struct ModelWeights {
-  kernels::WeightView token_embedding;  // [vocab_size, dim]
-  std::vector<LayerWeights> layers;     // [num_layers]
-  const float* final_norm = nullptr;    // [dim]
-  kernels::WeightView output;           // [vocab_size, dim] (== token_embedding when tied)
+  kernels::WeightView token_embedding;       // [vocab_size, dim]
+  std::vector<LayerWeights> layers;          // [num_layers]
+  const float* final_norm = nullptr;         // [dim]
+  kernels::WeightView output;                // [vocab_size, dim] (== token_embedding when tied)
   const float* rope_freq_factors = nullptr;  // [head_dim / 2] (rope_freqs.weight), or none
 };
 

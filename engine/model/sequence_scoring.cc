@@ -42,9 +42,8 @@ absl::StatusOr<SequenceKv> MakeKv(const LlamaModel& model, int64_t tokens) {
 absl::Status CheckIds(const LoadedModel& model, absl::Span<const int32_t> ids, int64_t total) {
   const ModelConfig& c = model.config();
   if (total > c.context_length) {
-    return absl::InvalidArgumentError(absl::StrCat("sequence of ", total,
-                                                   " tokens exceeds the model's context of ",
-                                                   c.context_length));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sequence of ", total, " tokens exceeds the model's context of ", c.context_length));
   }
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= c.vocab_size) {

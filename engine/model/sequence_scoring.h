@@ -31,8 +31,8 @@ absl::StatusOr<SequenceScores> ScoreSequence(const LoadedModel& model,
                                              kernels::ThreadPool* pool, int chunk_tokens = 64);
 
 struct GreedyResult {
-  std::vector<int32_t> tokens;            // generated ids
-  std::vector<float> top1_minus_top2;     // logit gap at each step
+  std::vector<int32_t> tokens;         // generated ids
+  std::vector<float> top1_minus_top2;  // logit gap at each step
 };
 
 // Greedy (argmax, lowest id on ties) continuation of `prompt` by `steps` tokens.

@@ -25,10 +25,9 @@ std::string_view FinishReasonName(FinishReason r) {
   return "?";
 }
 
-BatchGenerator::BatchGenerator(LlamaModel* model, BlockPool* pool,
-                               const KvCachePolicy* kv_policy, const Tokenizer* tokenizer,
-                               Options options, PrefixIndex* prefix_index,
-                               std::string model_identity)
+BatchGenerator::BatchGenerator(LlamaModel* model, BlockPool* pool, const KvCachePolicy* kv_policy,
+                               const Tokenizer* tokenizer, Options options,
+                               PrefixIndex* prefix_index, std::string model_identity)
     : model_(model),
       pool_(pool),
       kv_policy_(kv_policy),
@@ -53,8 +52,7 @@ absl::StatusOr<std::vector<GenerationResult>> BatchGenerator::Run(
     for (int32_t t : r.prompt) {
       if (t < 0 || t >= config.vocab_size) {
         return absl::InvalidArgumentError(absl::StrFormat(
-            "request %d: token id %d is outside the vocabulary [0, %d)", i, t,
-            config.vocab_size));
+            "request %d: token id %d is outside the vocabulary [0, %d)", i, t, config.vocab_size));
       }
     }
     if (r.max_tokens < 1) {
@@ -77,8 +75,7 @@ absl::StatusOr<std::vector<GenerationResult>> BatchGenerator::Run(
   std::vector<std::shared_ptr<RequestStream>> streams;
   const absl::Time start = absl::Now();
   for (size_t i = 0; i < requests.size(); ++i) {
-    streams.push_back(
-        std::make_shared<RequestStream>("", std::numeric_limits<int64_t>::max()));
+    streams.push_back(std::make_shared<RequestStream>("", std::numeric_limits<int64_t>::max()));
     scheduler.Add(requests[i], streams.back(), start);
   }
   std::vector<GenerationResult> results(requests.size());

@@ -32,9 +32,8 @@ class Engine::Impl {
     so.end = EndRulesOf(local_->model());
     scheduler_ = std::make_unique<Scheduler>(kv_.get(), runner_.get(), &local_->tokenizer(), so);
     const int32_t context = local_->config().context_length;
-    max_prompt_ = options_.max_prompt_tokens > 0
-                      ? std::min(options_.max_prompt_tokens, context - 1)
-                      : context - 1;
+    max_prompt_ = options_.max_prompt_tokens > 0 ? std::min(options_.max_prompt_tokens, context - 1)
+                                                 : context - 1;
     max_tokens_ = options_.max_tokens_limit > 0 ? options_.max_tokens_limit : context;
     PublishStats();
     thread_ = std::thread([this] { Loop(); });
@@ -53,9 +52,9 @@ class Engine::Impl {
     absl::MutexLock lock(&mu_);
     if (!accepting_) return absl::UnavailableError("the server is shutting down");
     if (static_cast<int64_t>(incoming_.size()) + waiting_count_ >= options_.max_waiting_requests) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "the request queue is full (scheduler.max_waiting_requests = %d)",
-          options_.max_waiting_requests));
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("the request queue is full (scheduler.max_waiting_requests = %d)",
+                          options_.max_waiting_requests));
     }
     if (r.id.empty()) r.id = absl::StrFormat("req-%d", ++next_id_);
     auto stream = std::make_shared<RequestStream>(r.id, options_.stream_buffer_tokens);
@@ -78,13 +77,13 @@ class Engine::Impl {
       }
     }
     if (r.max_tokens < 1 || r.max_tokens > max_tokens_) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "max_tokens: must be in [1, %d], got %d", max_tokens_, r.max_tokens));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("max_tokens: must be in [1, %d], got %d", max_tokens_, r.max_tokens));
     }
     for (const RetentionHint& h : r.retention) {
       if (h.priority < 0 || h.priority > 100) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "retention.priority: must be in [0, 100], got %d", h.priority));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("retention.priority: must be in [0, 100], got %d", h.priority));
       }
     }
     KVSERVE_RETURN_IF_ERROR(
@@ -101,9 +100,8 @@ class Engine::Impl {
     absl::MutexLock lock(&mu_);
     if (stop_) return absl::UnavailableError("the engine stopped");
     const int64_t ticket = ++flush_requested_;
-    auto done = [this, ticket]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-      return flush_done_ >= ticket || stop_;
-    };
+    auto done = [this, ticket]()
+                    ABSL_SHARED_LOCKS_REQUIRED(mu_) { return flush_done_ >= ticket || stop_; };
     mu_.Await(absl::Condition(&done));
     if (flush_done_ < ticket) return absl::UnavailableError("the engine stopped");
     return flush_released_;
@@ -116,9 +114,8 @@ class Engine::Impl {
 
   bool WaitIdle(absl::Duration timeout) {
     absl::MutexLock lock(&mu_);
-    auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-      return incoming_.empty() && engine_idle_;
-    };
+    auto idle = [this]()
+                    ABSL_SHARED_LOCKS_REQUIRED(mu_) { return incoming_.empty() && engine_idle_; };
     return mu_.AwaitWithTimeout(absl::Condition(&idle), timeout);
   }
 
@@ -156,9 +153,8 @@ class Engine::Impl {
             return !incoming_.empty() || stop_ || abort_requested_ ||
                    flush_requested_ > flush_done_;
           };
-          mu_.AwaitWithTimeout(absl::Condition(&wake), scheduler_->idle()
-                                                           ? options_.idle_poll
-                                                           : absl::Milliseconds(1));
+          mu_.AwaitWithTimeout(absl::Condition(&wake),
+                               scheduler_->idle() ? options_.idle_poll : absl::Milliseconds(1));
         }
         if (stop_) break;
         if (flush_requested_ > flush_done_) {
@@ -253,7 +249,7 @@ class Engine::Impl {
   const EngineOptions options_;
   std::unique_ptr<LocalModel> local_;
   std::unique_ptr<TokenEvictionSettings> token_eviction_;
-  std::unique_ptr<KvCacheManager> kv_;       // engine thread only
+  std::unique_ptr<KvCacheManager> kv_;        // engine thread only
   std::unique_ptr<LlamaModelRunner> runner_;  // engine thread only
   std::unique_ptr<Scheduler> scheduler_;      // engine thread only
   int32_t max_prompt_ = 0;
@@ -268,8 +264,8 @@ class Engine::Impl {
   bool abort_requested_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status abort_status_ ABSL_GUARDED_BY(mu_);
   int64_t next_id_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t flush_requested_ ABSL_GUARDED_BY(mu_) = 0;  // FlushPrefixCache tickets issued
-  int64_t flush_done_ ABSL_GUARDED_BY(mu_) = 0;       // tickets served by the engine thread
+  int64_t flush_requested_ ABSL_GUARDED_BY(mu_) = 0;       // FlushPrefixCache tickets issued
+  int64_t flush_done_ ABSL_GUARDED_BY(mu_) = 0;            // tickets served by the engine thread
   PrefixFlushResult flush_released_ ABSL_GUARDED_BY(mu_);  // what the last flush released
 
   mutable absl::Mutex stats_mu_;
@@ -311,9 +307,7 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest requ
   return impl_->Submit(std::move(request));
 }
 EngineStats Engine::Stats() const { return impl_->Stats(); }
-absl::StatusOr<PrefixFlushResult> Engine::FlushPrefixCache() {
-  return impl_->FlushPrefixCache();
-}
+absl::StatusOr<PrefixFlushResult> Engine::FlushPrefixCache() { return impl_->FlushPrefixCache(); }
 void Engine::BeginShutdown() { impl_->BeginShutdown(); }
 bool Engine::WaitIdle(absl::Duration timeout) { return impl_->WaitIdle(timeout); }
 void Engine::AbortAll(const absl::Status& status) { impl_->AbortAll(status); }

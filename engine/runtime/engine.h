@@ -31,16 +31,16 @@
 namespace kvserve::engine {
 
 struct EngineOptions {
-  LocalModelOptions model;               // model, KV format, budget, block size, threads
+  LocalModelOptions model;  // model, KV format, budget, block size, threads
   SchedulingPolicy policy = SchedulingPolicy::kFcfs;
-  int32_t max_running_requests = 64;     // sequences in one batch at most
-  int64_t max_batch_tokens = 512;        // tokens per forward step (decodes + prefill chunks)
-  int32_t max_waiting_requests = 256;    // queue bound; beyond it Submit is ResourceExhausted
-  int32_t max_prompt_tokens = 0;         // 0 = the model's context - 1
-  int32_t max_tokens_limit = 0;          // upper bound for a request's max_tokens; 0 = context
-  int64_t stream_buffer_tokens = 256;    // undelivered tokens per stream before it is paused
+  int32_t max_running_requests = 64;   // sequences in one batch at most
+  int64_t max_batch_tokens = 512;      // tokens per forward step (decodes + prefill chunks)
+  int32_t max_waiting_requests = 256;  // queue bound; beyond it Submit is ResourceExhausted
+  int32_t max_prompt_tokens = 0;       // 0 = the model's context - 1
+  int32_t max_tokens_limit = 0;        // upper bound for a request's max_tokens; 0 = context
+  int64_t stream_buffer_tokens = 256;  // undelivered tokens per stream before it is paused
   absl::Duration idle_poll = absl::Milliseconds(50);  // engine thread wake-up when idle
-  int32_t top_requests = 10;             // requests listed in EngineStats::top_requests
+  int32_t top_requests = 10;  // requests listed in EngineStats::top_requests
   // Token eviction (YAML token_eviction.*): default policy and budget, and the limits a
   // request's override must respect.
   TokenEvictionConfig token_eviction;
@@ -54,23 +54,23 @@ struct EngineStats {
   std::vector<RequestKvEntry> top_requests;
   // KV pool.
   int64_t kv_budget_bytes = 0;
-  int64_t kv_allocated_bytes = 0;   // heap bytes held for block storage
-  int64_t kv_used_bytes = 0;        // bytes of blocks in use
-  int64_t kv_used_blocks = 0;       // active + cached
-  int64_t kv_cached_blocks = 0;     // cached for prefix reuse, used by no request (reusable)
+  int64_t kv_allocated_bytes = 0;    // heap bytes held for block storage
+  int64_t kv_used_bytes = 0;         // bytes of blocks in use
+  int64_t kv_used_blocks = 0;        // active + cached
+  int64_t kv_cached_blocks = 0;      // cached for prefix reuse, used by no request (reusable)
   int64_t prefix_cached_blocks = 0;  // every block in the prefix index (in use or not)
   // Exact bytes of the kv_cached_blocks (each counted in the layout it is stored in).
   int64_t kv_cached_bytes = 0;
-  int64_t kv_free_blocks = 0;       // blocks of the default layout that can still be allocated
-  int64_t kv_block_bytes = 0;       // bytes of one block of the default layout
+  int64_t kv_free_blocks = 0;  // blocks of the default layout that can still be allocated
+  int64_t kv_block_bytes = 0;  // bytes of one block of the default layout
   // Prefix cache (zero when it is disabled), counted since the engine started.
-  std::string prefix_eviction_policy;   // block eviction policy name ("" when disabled)
-  int64_t prefix_queries = 0;           // prefix lookups (one per admission)
-  int64_t prefix_query_tokens = 0;      // prompt tokens looked up
-  int64_t prefix_hit_tokens = 0;        // of which served from cached blocks
-  int64_t prefix_capacity_evictions = 0;  // cached blocks dropped by the policy for room
-  int64_t prefix_erased_blocks = 0;     // cached blocks erased (invalidated)
-  int64_t prefix_flushed_blocks = 0;    // cached blocks dropped by FlushPrefixCache
+  std::string prefix_eviction_policy;      // block eviction policy name ("" when disabled)
+  int64_t prefix_queries = 0;              // prefix lookups (one per admission)
+  int64_t prefix_query_tokens = 0;         // prompt tokens looked up
+  int64_t prefix_hit_tokens = 0;           // of which served from cached blocks
+  int64_t prefix_capacity_evictions = 0;   // cached blocks dropped by the policy for room
+  int64_t prefix_erased_blocks = 0;        // cached blocks erased (invalidated)
+  int64_t prefix_flushed_blocks = 0;       // cached blocks dropped by FlushPrefixCache
   int64_t scheduler_prefix_evictions = 0;  // evictions the scheduler asked for (out of blocks)
   // Token eviction, counted since the engine started.
   std::string token_eviction_policy;              // the configured default policy
@@ -84,11 +84,11 @@ struct EngineStats {
   int64_t requests_cancelled = 0;
   int64_t requests_failed = 0;
   int64_t preemptions = 0;
-  int64_t prompt_tokens = 0;        // prompt tokens computed (recomputation included)
+  int64_t prompt_tokens = 0;  // prompt tokens computed (recomputation included)
   int64_t generated_tokens = 0;
   int64_t steps = 0;
-  absl::Duration forward_time;      // total time inside the forward pass
-  absl::Duration step_time;         // total time of steps (scheduling, forward, sampling, stats)
+  absl::Duration forward_time;  // total time inside the forward pass
+  absl::Duration step_time;     // total time of steps (scheduling, forward, sampling, stats)
 };
 
 // What Engine::FlushPrefixCache released.

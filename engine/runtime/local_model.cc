@@ -11,8 +11,8 @@
 namespace kvserve::engine {
 namespace {
 
-absl::StatusOr<std::vector<float>> LowrankBasis(const LocalModelOptions& options,
-                                                LlamaModel& model, const Tokenizer& tokenizer) {
+absl::StatusOr<std::vector<float>> LowrankBasis(const LocalModelOptions& options, LlamaModel& model,
+                                                const Tokenizer& tokenizer) {
   const int head_dim = model.config().head_dim;
   if (options.kv_lowrank_rank < 1 || options.kv_lowrank_rank > head_dim) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -26,8 +26,8 @@ absl::StatusOr<std::vector<float>> LowrankBasis(const LocalModelOptions& options
   }
   std::ifstream in(options.kv_lowrank_text, std::ios::binary);
   if (!in) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "kv_cache.lowrank_text: cannot read '%s'", options.kv_lowrank_text));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("kv_cache.lowrank_text: cannot read '%s'", options.kv_lowrank_text));
   }
   std::stringstream text;
   text << in.rdbuf();

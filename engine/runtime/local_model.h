@@ -29,9 +29,9 @@ struct LocalModelOptions {
   std::string model_path;
   std::string tokenizer_path;  // llama2.c checkpoints only; empty = look beside the model
   kernels::KvFormat kv_format = kernels::KvFormat::kFp32;  // long-term format of every layer
-  std::map<int, kernels::KvFormat> kv_layer_formats;      // per-layer overrides
-  int32_t kv_recent_window = 0;                           // newest tokens kept in window format
-  int32_t kv_sink_tokens = 0;                             // first tokens kept in window format
+  std::map<int, kernels::KvFormat> kv_layer_formats;       // per-layer overrides
+  int32_t kv_recent_window = 0;                            // newest tokens kept in window format
+  int32_t kv_sink_tokens = 0;                              // first tokens kept in window format
   kernels::KvFormat kv_window_format = kernels::KvFormat::kFp16;
   // lowrank layers (experimental): coefficients per key, and the calibration text file whose
   // keys define each layer's and KV head's basis (computed at start-up; see
@@ -39,13 +39,13 @@ struct LocalModelOptions {
   int32_t kv_lowrank_rank = 0;
   std::string kv_lowrank_text;
   int64_t kv_budget_bytes = 256ll << 20;
-  int block_size = 16;              // tokens per KV block
-  int num_threads = 0;              // 0 = all online CPUs
-  int64_t max_batch_tokens = 512;   // per forward step
+  int block_size = 16;             // tokens per KV block
+  int num_threads = 0;             // 0 = all online CPUs
+  int64_t max_batch_tokens = 512;  // per forward step
   // Prefix reuse across requests (full blocks, chained hashes, verified hits).
   bool prefix_cache = true;
-  std::string prefix_hash = "xxh3_128";       // xxh3_128 | xxh64 | sha256
-  std::string block_eviction = "lru";         // lru | priority | slru
+  std::string prefix_hash = "xxh3_128";  // xxh3_128 | xxh64 | sha256
+  std::string block_eviction = "lru";    // lru | priority | slru
 };
 
 class LocalModel {

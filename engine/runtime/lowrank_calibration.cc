@@ -24,9 +24,9 @@ absl::StatusOr<std::vector<float>> ComputeLowrankKeyBasis(
   const int32_t cap = std::min(options.max_tokens, c.context_length);
   // A private FP32 pool sized for one document.
   const int64_t blocks = (cap + options.block_size - 1) / options.block_size;
-  BlockPool pool(geometry, blocks * kernels::KvLayerBytes(kernels::KvFormat::kFp32,
-                                                          geometry.RegionShape()) *
-                               geometry.num_layers);
+  BlockPool pool(geometry,
+                 blocks * kernels::KvLayerBytes(kernels::KvFormat::kFp32, geometry.RegionShape()) *
+                     geometry.num_layers);
   KVSERVE_ASSIGN_OR_RETURN(LayoutId layout, pool.RegisterUniformLayout(kernels::KvFormat::kFp32));
   KeyCovariance covariance(c.num_layers, c.num_kv_heads, c.head_dim);
   const kernels::KvRegionShape shape = geometry.RegionShape();
@@ -48,7 +48,8 @@ absl::StatusOr<std::vector<float>> ComputeLowrankKeyBasis(
     }
     KVSERVE_RETURN_IF_ERROR(model.Forward(batch, pool, nullptr));
     for (int64_t b = 0; b * shape.block_size < n; ++b) {
-      const int valid = static_cast<int>(std::min<int64_t>(shape.block_size, n - b * shape.block_size));
+      const int valid =
+          static_cast<int>(std::min<int64_t>(shape.block_size, n - b * shape.block_size));
       const uint8_t* data = pool.block_data(kv.block_table()[b]);
       for (int l = 0; l < c.num_layers; ++l) {
         const kernels::KvLayerRegion& r = pool.layout(layout).regions[l];
@@ -56,9 +57,9 @@ absl::StatusOr<std::vector<float>> ComputeLowrankKeyBasis(
                                          data + r.k_offset, shape, valid, keys.data());
         for (int h = 0; h < shape.num_kv_heads; ++h) {
           for (int t = 0; t < valid; ++t) {
-            covariance.Add(l, h,
-                           keys.data() + (static_cast<int64_t>(h) * shape.block_size + t) *
-                                             shape.head_dim);
+            covariance.Add(
+                l, h,
+                keys.data() + (static_cast<int64_t>(h) * shape.block_size + t) * shape.head_dim);
           }
         }
       }

@@ -19,18 +19,18 @@
 namespace kvserve::engine {
 
 struct LowrankCalibrationOptions {
-  int rank = 0;                           // coefficients per key, in [1, head_dim]
+  int rank = 0;                                  // coefficients per key, in [1, head_dim]
   std::string_view separator = "<|endoftext|>";  // documents of the text
-  int32_t max_tokens = 512;               // per document, BOS included
+  int32_t max_tokens = 512;                      // per document, BOS included
   int block_size = 16;
 };
 
 // Bases [num_layers][num_kv_heads][head_dim][rank] (BlockPool::SetKeyBasis). InvalidArgument
 // for a rank outside [1, head_dim] or a text with no document of 2 tokens or more.
 absl::StatusOr<std::vector<float>> ComputeLowrankKeyBasis(LlamaModel& model,
-                                                         const Tokenizer& tokenizer,
-                                                         std::string_view text,
-                                                         const LowrankCalibrationOptions& options);
+                                                          const Tokenizer& tokenizer,
+                                                          std::string_view text,
+                                                          const LowrankCalibrationOptions& options);
 
 }  // namespace kvserve::engine
 

@@ -29,7 +29,7 @@ struct ScheduledChunk {
   absl::Span<const int32_t> tokens;  // the sequence's tokens so far (prompt + generated)
   int64_t start = 0;
   int64_t count = 0;
-  int64_t slot_offset = 0;           // token i's K/V go to slot i - slot_offset
+  int64_t slot_offset = 0;               // token i's K/V go to slot i - slot_offset
   const BlockId* block_table = nullptr;  // covers every slot written in this step
   // Token eviction by attention: where the kernel adds this step's softmax weights (null:
   // none), with the strides of ForwardBatch::seq_score_layer_stride / seq_score_head_stride.
@@ -45,7 +45,7 @@ struct ScheduledChunk {
 struct ScheduledBatch {
   std::vector<ScheduledChunk> chunks;  // decodes first, then prefill chunks
   int64_t num_tokens = 0;
-  int64_t num_prefill_tokens = 0;      // tokens of the prefill chunks
+  int64_t num_prefill_tokens = 0;  // tokens of the prefill chunks
   bool empty() const { return num_tokens == 0; }
   void Clear() {
     chunks.clear();
@@ -56,10 +56,10 @@ struct ScheduledBatch {
 
 // What executing a ScheduledBatch gave.
 struct StepOutput {
-  absl::Status status;           // not OK: the step failed (nothing sampled)
+  absl::Status status;  // not OK: the step failed (nothing sampled)
   // One token per chunk with a sampler, in chunk order.
   std::vector<int32_t> sampled;
-  absl::Duration forward_time;   // wall time of the forward pass
+  absl::Duration forward_time;  // wall time of the forward pass
 };
 
 class ModelRunner {

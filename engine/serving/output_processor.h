@@ -31,7 +31,7 @@ struct OutputState {
   StreamingDetokenizer detok;
   std::string unsent_text;  // decoded, not sent yet
   std::vector<int32_t> unsent_ids;
-  size_t hold = 0;          // bytes at the end of unsent_text that may start a stop string
+  size_t hold = 0;  // bytes at the end of unsent_text that may start a stop string
 };
 
 class OutputProcessor {

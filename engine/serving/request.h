@@ -27,15 +27,15 @@ struct TokenEvictionRequest {
 };
 
 struct EngineRequest {
-  std::string id;                   // unique per live request; generated when empty
-  std::vector<int32_t> prompt;      // token ids, BOS included when wanted
+  std::string id;               // unique per live request; generated when empty
+  std::vector<int32_t> prompt;  // token ids, BOS included when wanted
   SamplingParams sampling;
-  int32_t max_tokens = 256;         // generated tokens at most
-  std::vector<std::string> stop;    // stop strings (not included in the output)
+  int32_t max_tokens = 256;       // generated tokens at most
+  std::vector<std::string> stop;  // stop strings (not included in the output)
   bool ignore_eos = false;
-  bool stop_at_bos = true;          // llama2.c models end a story with BOS
-  int32_t priority = 0;             // scheduling priority; higher runs first under `priority`
-  std::string cache_salt;           // requests with different salts never share KV blocks
+  bool stop_at_bos = true;  // llama2.c models end a story with BOS
+  int32_t priority = 0;     // scheduling priority; higher runs first under `priority`
+  std::string cache_salt;   // requests with different salts never share KV blocks
   std::vector<RetentionHint> retention;
   TokenEvictionRequest token_eviction;
   absl::Time deadline = absl::InfiniteFuture();
@@ -65,14 +65,14 @@ struct RequestKvUsage {
 struct StreamEvent {
   // Tokens generated since the previous event: one or a few, held inline.
   absl::InlinedVector<int32_t, 6> token_ids;
-  std::string text;                // their text: complete UTF-8 only, stop strings removed
+  std::string text;  // their text: complete UTF-8 only, stop strings removed
   bool final = false;
   FinishReason finish_reason = FinishReason::kNone;
   absl::Status status;
   RequestUsage usage;
   RequestTimings timings;
   RequestKvUsage kv;
-  int32_t preemptions = 0;         // times this request was preempted and recomputed
+  int32_t preemptions = 0;  // times this request was preempted and recomputed
 };
 
 }  // namespace kvserve::engine

@@ -12,7 +12,10 @@ namespace kvserve::engine {
 struct Scheduler::Sequence {
   Sequence(EngineRequest r, std::shared_ptr<RequestStream> st, const Tokenizer& tok,
            std::unique_ptr<KvSequence> k)
-      : req(std::move(r)), stream(std::move(st)), kv(std::move(k)), sampler(req.sampling),
+      : req(std::move(r)),
+        stream(std::move(st)),
+        kv(std::move(k)),
+        sampler(req.sampling),
         out(tok) {}
 
   EngineRequest req;
@@ -20,10 +23,10 @@ struct Scheduler::Sequence {
   std::unique_ptr<KvSequence> kv;
   Sampler sampler;
   OutputState out;
-  std::vector<int32_t> tokens;     // prompt + generated
-  int64_t processed = 0;           // tokens whose K/V were computed (evicted ones included)
+  std::vector<int32_t> tokens;  // prompt + generated
+  int64_t processed = 0;        // tokens whose K/V were computed (evicted ones included)
   int32_t generated = 0;
-  int64_t order = 0;               // admission order (larger = admitted later)
+  int64_t order = 0;  // admission order (larger = admitted later)
   int32_t preemptions = 0;
   absl::Time arrival;
   absl::Time first_scheduled = absl::InfiniteFuture();
@@ -270,9 +273,9 @@ void Scheduler::RemoveFinished() {
   }
   running_.swap(keep);
   order_stale_ = true;
-  waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(),
-                                [](const auto& p) { return p->done; }),
-                 waiting_.end());
+  waiting_.erase(
+      std::remove_if(waiting_.begin(), waiting_.end(), [](const auto& p) { return p->done; }),
+      waiting_.end());
 }
 
 void Scheduler::AbortAll(const absl::Status& status, absl::Time now) {
@@ -288,8 +291,8 @@ void Scheduler::EndCancelledAndExpired(absl::Time now) {
       Finish(s, FinishReason::kCancelled, absl::CancelledError("cancelled by the client"), now);
     } else if (now >= s->req.deadline) {
       Finish(s, FinishReason::kNone,
-             absl::DeadlineExceededError(absl::StrFormat(
-                 "deadline exceeded after %d generated tokens", s->generated)),
+             absl::DeadlineExceededError(
+                 absl::StrFormat("deadline exceeded after %d generated tokens", s->generated)),
              now);
     }
   };
@@ -342,9 +345,9 @@ void Scheduler::ReserveSlots(Sequence* s, absl::Time now) {
   while (!kv_->AllocateSlots(s->kv.get(), want).ok()) {
     if (!kv_->CanEverHold(*s->kv, want)) {
       Finish(s, FinishReason::kNone,
-             absl::ResourceExhaustedError(absl::StrFormat(
-                 "the KV budget of %d bytes cannot hold %d tokens of one sequence",
-                 kv_->budget_bytes(), want)),
+             absl::ResourceExhaustedError(
+                 absl::StrFormat("the KV budget of %d bytes cannot hold %d tokens of one sequence",
+                                 kv_->budget_bytes(), want)),
              now);
       return;
     }

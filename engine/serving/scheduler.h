@@ -63,12 +63,12 @@ struct SchedulerOptions {
 struct SchedulerCounters {
   int64_t steps = 0;
   int64_t preemptions = 0;
-  int64_t prompt_tokens = 0;     // tokens computed in prefill (recomputation included)
+  int64_t prompt_tokens = 0;         // tokens computed in prefill (recomputation included)
   int64_t cached_prompt_tokens = 0;  // prompt tokens served from the prefix cache
   int64_t generated_tokens = 0;
-  int64_t finished = 0;          // ended normally (length, eos, stop)
+  int64_t finished = 0;  // ended normally (length, eos, stop)
   int64_t cancelled = 0;
-  int64_t failed = 0;            // deadline, error, abort
+  int64_t failed = 0;  // deadline, error, abort
   // Wall time inside the forward pass, and of whole steps (with the engine's publication of its
   // statistics after each step). step_time - forward_time is the scheduler's own cost
   // (admission, batch building, sampling, detokenizing, stop strings, streaming, statistics).
@@ -168,7 +168,7 @@ class Scheduler {
   ScheduledBatch batch_;
   std::vector<Sequence*> chunk_seq_;
   std::vector<Sequence*> order_;  // running_ by priority, then admission
-  bool order_stale_ = true;        // running_ changed since order_ was built
+  bool order_stale_ = true;       // running_ changed since order_ was built
   std::vector<std::shared_ptr<RequestStream>> to_notify_;  // streams owed a Notify
   absl::Time step_start_;  // wall clock at the start of the current step
 };

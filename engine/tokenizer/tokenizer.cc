@@ -519,8 +519,7 @@ std::vector<int32_t> Tokenizer::EncodeParts(absl::Span<const TextPart> parts) co
     const SpecialToken* match = nullptr;
     for (const SpecialToken& special : specials_[static_cast<uint8_t>(text[i])]) {
       // A control token only inside one part that parses them.
-      if (special.control &&
-          (!parts[part].parse_special || i + special.text.size() > ends[part])) {
+      if (special.control && (!parts[part].parse_special || i + special.text.size() > ends[part])) {
         continue;
       }
       if (text.compare(i, special.text.size(), special.text) == 0) {

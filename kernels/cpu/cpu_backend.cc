@@ -44,8 +44,8 @@ void CpuBackend::MatMul(const float* x, int64_t n, const WeightView& w, float* y
   cpu::MatMul(x, n, w, y, ctx.pool);
 }
 
-void CpuBackend::EmbeddingGather(const WeightView& table, const int32_t* ids, int64_t n,
-                                 float* out, const ExecContext& ctx) {
+void CpuBackend::EmbeddingGather(const WeightView& table, const int32_t* ids, int64_t n, float* out,
+                                 const ExecContext& ctx) {
   cpu::EmbeddingGather(table, ids, n, out);
 }
 
@@ -74,8 +74,7 @@ void CpuBackend::Add(float* x, const float* y, int64_t n, const ExecContext& ctx
   cpu::AddInPlace(x, y, n);
 }
 
-bool CpuBackend::WriteKv(const KvWrite& w, const PagedKvLayerView& cache,
-                         const ExecContext& ctx) {
+bool CpuBackend::WriteKv(const KvWrite& w, const PagedKvLayerView& cache, const ExecContext& ctx) {
   return cpu::WriteKv(w, cache);
 }
 

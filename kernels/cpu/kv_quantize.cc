@@ -360,8 +360,8 @@ void EncodeQuantized(KvFormat f, KvRole role, const float* in, const KvRegionSha
 }
 
 // c = B^T k per token and head, stored as FP16. False when a coefficient leaves the FP16 range.
-bool EncodeLowrankKeys(const float* in, const KvRegionShape& shape, int tokens,
-                       const float* basis, uint8_t* region) {
+bool EncodeLowrankKeys(const float* in, const KvRegionShape& shape, int tokens, const float* basis,
+                       uint8_t* region) {
   const int hd = shape.head_dim, r = shape.key_rank, bs = shape.block_size;
   uint16_t* dst = reinterpret_cast<uint16_t*>(region);
   float c[kKvMaxChannelHeadDim];

@@ -278,7 +278,8 @@ KVSERVE_TARGET_AVX2 inline int32_t DotAvx2(const Unpacked& u, const int8_t* x) {
     const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u.w + 32 * c));
     const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * c));
     const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(xv, w));
-    const __m256i sc = _mm256_set_m128i(_mm_set1_epi16(u.sc[2 * c + 1]), _mm_set1_epi16(u.sc[2 * c]));
+    const __m256i sc =
+        _mm256_set_m128i(_mm_set1_epi16(u.sc[2 * c + 1]), _mm_set1_epi16(u.sc[2 * c]));
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc));
   }
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
@@ -321,22 +322,21 @@ KVSERVE_TARGET_VNNI inline int32_t DotVnni(const Unpacked& u, const int8_t* x) {
 
 // Output rows [r0, r1) of y for all n activation rows; every output summed in block order. T is
 // a compile-time constant, so Unpack's type switch folds away.
-#define KVSERVE_QUANT_ROWS(NAME, ATTR, DOT)                                                      \
-  template <int QK, DType T>                                                                     \
-  ATTR void NAME(const uint8_t* w, int64_t row_bytes, int64_t block_bytes, int64_t nb,           \
-                 int64_t r0, int64_t r1, const ActBlock<QK>* xq, int64_t n, float* y,            \
-                 int64_t ldy) {                                                                  \
-    Unpacked u;                                                                                  \
-    for (int64_t r = r0; r < r1; ++r) {                                                          \
-      for (int64_t i = 0; i < n; ++i) y[i * ldy + r] = 0.0f;                                     \
-      for (int64_t b = 0; b < nb; ++b) {                                                         \
-        Unpack(T, w + r * row_bytes + b * block_bytes, &u);                                      \
-        for (int64_t i = 0; i < n; ++i) {                                                        \
-          const ActBlock<QK>& a = xq[i * nb + b];                                                \
-          y[i * ldy + r] += Combine<QK>(u, a, DOT<QK>(u, a.q));                                  \
-        }                                                                                        \
-      }                                                                                          \
-    }                                                                                            \
+#define KVSERVE_QUANT_ROWS(NAME, ATTR, DOT)                                                        \
+  template <int QK, DType T>                                                                       \
+  ATTR void NAME(const uint8_t* w, int64_t row_bytes, int64_t block_bytes, int64_t nb, int64_t r0, \
+                 int64_t r1, const ActBlock<QK>* xq, int64_t n, float* y, int64_t ldy) {           \
+    Unpacked u;                                                                                    \
+    for (int64_t r = r0; r < r1; ++r) {                                                            \
+      for (int64_t i = 0; i < n; ++i) y[i * ldy + r] = 0.0f;                                       \
+      for (int64_t b = 0; b < nb; ++b) {                                                           \
+        Unpack(T, w + r * row_bytes + b * block_bytes, &u);                                        \
+        for (int64_t i = 0; i < n; ++i) {                                                          \
+          const ActBlock<QK>& a = xq[i * nb + b];                                                  \
+          y[i * ldy + r] += Combine<QK>(u, a, DOT<QK>(u, a.q));                                    \
+        }                                                                                          \
+      }                                                                                            \
+    }                                                                                              \
   }
 
 KVSERVE_QUANT_ROWS(RowsScalar, , DotScalar)
@@ -350,29 +350,41 @@ template <int QK>
 using RowsFn = void (*)(const uint8_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
                         const ActBlock<QK>*, int64_t, float*, int64_t);
 
-#define KVSERVE_QUANT_PICK(FN, QK, t)                                                  \
-  [&]() -> RowsFn<QK> {                                                                \
-    if constexpr (QK == kQK) {                                                         \
-      switch (t) {                                                                     \
-        case DType::kQ8_0: return FN<QK, DType::kQ8_0>;                                \
-        case DType::kQ4_0: return FN<QK, DType::kQ4_0>;                                \
-        case DType::kQ4_1: return FN<QK, DType::kQ4_1>;                                \
-        case DType::kQ5_0: return FN<QK, DType::kQ5_0>;                                \
-        case DType::kQ5_1: return FN<QK, DType::kQ5_1>;                                \
-        default: break;                                                                \
-      }                                                                                \
-    } else {                                                                           \
-      switch (t) {                                                                     \
-        case DType::kQ2_K: return FN<QK, DType::kQ2_K>;                                \
-        case DType::kQ3_K: return FN<QK, DType::kQ3_K>;                                \
-        case DType::kQ4_K: return FN<QK, DType::kQ4_K>;                                \
-        case DType::kQ5_K: return FN<QK, DType::kQ5_K>;                                \
-        case DType::kQ6_K: return FN<QK, DType::kQ6_K>;                                \
-        default: break;                                                                \
-      }                                                                                \
-    }                                                                                  \
-    KVSERVE_KERNEL_CHECK(false, "QuantMatMul: block size does not match the type");    \
-    return nullptr;                                                                    \
+#define KVSERVE_QUANT_PICK(FN, QK, t)                                               \
+  [&]() -> RowsFn<QK> {                                                             \
+    if constexpr (QK == kQK) {                                                      \
+      switch (t) {                                                                  \
+        case DType::kQ8_0:                                                          \
+          return FN<QK, DType::kQ8_0>;                                              \
+        case DType::kQ4_0:                                                          \
+          return FN<QK, DType::kQ4_0>;                                              \
+        case DType::kQ4_1:                                                          \
+          return FN<QK, DType::kQ4_1>;                                              \
+        case DType::kQ5_0:                                                          \
+          return FN<QK, DType::kQ5_0>;                                              \
+        case DType::kQ5_1:                                                          \
+          return FN<QK, DType::kQ5_1>;                                              \
+        default:                                                                    \
+          break;                                                                    \
+      }                                                                             \
+    } else {                                                                        \
+      switch (t) {                                                                  \
+        case DType::kQ2_K:                                                          \
+          return FN<QK, DType::kQ2_K>;                                              \
+        case DType::kQ3_K:                                                          \
+          return FN<QK, DType::kQ3_K>;                                              \
+        case DType::kQ4_K:                                                          \
+          return FN<QK, DType::kQ4_K>;                                              \
+        case DType::kQ5_K:                                                          \
+          return FN<QK, DType::kQ5_K>;                                              \
+        case DType::kQ6_K:                                                          \
+          return FN<QK, DType::kQ6_K>;                                              \
+        default:                                                                    \
+          break;                                                                    \
+      }                                                                             \
+    }                                                                               \
+    KVSERVE_KERNEL_CHECK(false, "QuantMatMul: block size does not match the type"); \
+    return nullptr;                                                                 \
   }()
 
 #if defined(KVSERVE_QUANT_X86)
@@ -389,7 +401,9 @@ using RowsFn = void (*)(const uint8_t*, int64_t, int64_t, int64_t, int64_t, int6
 #undef KVSERVE_QVNNI
 #if defined(__clang__)
 #pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"))), apply_to = function)
+#pragma clang attribute push(                                                      \
+    __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"))), \
+    apply_to = function)
 #else
 #pragma GCC pop_options
 #pragma GCC push_options
@@ -434,8 +448,8 @@ void Run(QuantKernel k, const float* x, int64_t n, const WeightView& w, float* y
           x86_vnni::Rows256(w.dtype, base, row_bytes, nb, r0, r1, xq, n, y, w.rows, &done);
         }
         if (done < r1) {
-          KVSERVE_QUANT_PICK(RowsVnni, QK, w.dtype)(base, row_bytes, block_bytes, nb, done, r1, xq,
-                                                    n, y, w.rows);
+          KVSERVE_QUANT_PICK(RowsVnni, QK, w.dtype)
+          (base, row_bytes, block_bytes, nb, done, r1, xq, n, y, w.rows);
         }
         return;
       }
@@ -447,15 +461,15 @@ void Run(QuantKernel k, const float* x, int64_t n, const WeightView& w, float* y
           x86_avx2::Rows256(w.dtype, base, row_bytes, nb, r0, r1, xq, n, y, w.rows, &done);
         }
         if (done < r1) {
-          KVSERVE_QUANT_PICK(RowsAvx2, QK, w.dtype)(base, row_bytes, block_bytes, nb, done, r1, xq,
-                                                    n, y, w.rows);
+          KVSERVE_QUANT_PICK(RowsAvx2, QK, w.dtype)
+          (base, row_bytes, block_bytes, nb, done, r1, xq, n, y, w.rows);
         }
         return;
       }
 #endif
       default:
-        KVSERVE_QUANT_PICK(RowsScalar, QK, w.dtype)(base, row_bytes, block_bytes, nb, r0, r1, xq, n,
-                                                    y, w.rows);
+        KVSERVE_QUANT_PICK(RowsScalar, QK, w.dtype)
+        (base, row_bytes, block_bytes, nb, r0, r1, xq, n, y, w.rows);
     }
   };
   if (pool == nullptr || pool->num_threads() == 1 || n * w.rows * w.cols < kMinParallelMacs) {

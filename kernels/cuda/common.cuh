@@ -15,15 +15,15 @@
 #include "kernels/kv_format.h"
 
 // A CUDA runtime call that must succeed (a failure is a broken invariant: prints and aborts).
-#define KVSERVE_CUDA_CHECK(expr)                                                               \
-  do {                                                                                         \
-    const cudaError_t kvserve_err_ = (expr);                                                   \
-    if (kvserve_err_ != cudaSuccess) {                                                         \
-      std::fprintf(stderr, "%s:%d: CUDA error %s: %s (%s)\n", __FILE__, __LINE__,              \
-                   cudaGetErrorName(kvserve_err_), cudaGetErrorString(kvserve_err_), #expr);   \
-      std::fflush(stderr);                                                                     \
-      std::abort();                                                                            \
-    }                                                                                          \
+#define KVSERVE_CUDA_CHECK(expr)                                                             \
+  do {                                                                                       \
+    const cudaError_t kvserve_err_ = (expr);                                                 \
+    if (kvserve_err_ != cudaSuccess) {                                                       \
+      std::fprintf(stderr, "%s:%d: CUDA error %s: %s (%s)\n", __FILE__, __LINE__,            \
+                   cudaGetErrorName(kvserve_err_), cudaGetErrorString(kvserve_err_), #expr); \
+      std::fflush(stderr);                                                                   \
+      std::abort();                                                                          \
+    }                                                                                        \
   } while (0)
 
 // A broken host-side precondition of a CUDA kernel wrapper.
@@ -71,8 +71,8 @@ __device__ __forceinline__ float LogScale(uint32_t code) {
 __device__ __forceinline__ float E4m3ToFloat(uint32_t code) {
   const int e = (code >> 3) & 15;
   const int m = code & 7;
-  const float v = e == 0 ? static_cast<float>(m) * 0x1p-9f
-                         : ldexpf(static_cast<float>(8 + m) * 0.125f, e - 7);
+  const float v =
+      e == 0 ? static_cast<float>(m) * 0x1p-9f : ldexpf(static_cast<float>(8 + m) * 0.125f, e - 7);
   return (code & 0x80u) ? -v : v;
 }
 __device__ __forceinline__ float E2m1ToFloat(uint32_t code) {

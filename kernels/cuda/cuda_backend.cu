@@ -1,10 +1,9 @@
-#include "kernels/cuda/cuda_backend.h"
-
 #include <algorithm>
 #include <cmath>
 #include <utility>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/paged_attention.h"
@@ -28,8 +27,7 @@ struct RopeFreqs {
 };
 
 __global__ void RopeTableKernel(const int32_t* positions, int64_t n, int pairs,
-                                const RopeFreqs* freqs, const float* freq_factors,
-                                float* cos_sin) {
+                                const RopeFreqs* freqs, const float* freq_factors, float* cos_sin) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n * pairs;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t t = i / pairs;
@@ -85,14 +83,14 @@ class CudaBackend final : public Backend {
   }
   void CopyIn(void* dst, const void* host_src, int64_t bytes) override {
     if (bytes > 0) {
-      KVSERVE_CUDA_CHECK(cudaMemcpy(dst, host_src, static_cast<size_t>(bytes),
-                                    cudaMemcpyHostToDevice));
+      KVSERVE_CUDA_CHECK(
+          cudaMemcpy(dst, host_src, static_cast<size_t>(bytes), cudaMemcpyHostToDevice));
     }
   }
   void CopyOut(void* host_dst, const void* src, int64_t bytes) override {
     if (bytes > 0) {
-      KVSERVE_CUDA_CHECK(cudaMemcpy(host_dst, src, static_cast<size_t>(bytes),
-                                    cudaMemcpyDeviceToHost));
+      KVSERVE_CUDA_CHECK(
+          cudaMemcpy(host_dst, src, static_cast<size_t>(bytes), cudaMemcpyDeviceToHost));
     }
   }
   bool Synchronize(std::string* error) override { return cuda::Synchronize(nullptr, error); }
@@ -136,7 +134,7 @@ class CudaBackend final : public Backend {
     KVSERVE_CUDA_CHECK(cudaStreamSynchronize(stream));
     KVSERVE_CUDA_CHECK(cudaMemcpy(freqs_, &host, sizeof(double) * pairs, cudaMemcpyHostToDevice));
     RopeTableKernel<<<GridFor(n * pairs), kThreads, 0, stream>>>(positions, n, pairs, freqs_,
-                                                                  rope.freq_factors, cos_sin);
+                                                                 rope.freq_factors, cos_sin);
     KVSERVE_CUDA_CHECK(cudaGetLastError());
   }
   void Rope(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim,
@@ -144,7 +142,7 @@ class CudaBackend final : public Backend {
     const int64_t total = n * num_heads * (head_dim / 2);
     if (total <= 0) return;
     RopeApplyKernel<<<GridFor(total), kThreads, 0, StreamOf(ctx)>>>(x, cos_sin, n, num_heads,
-                                                                     head_dim);
+                                                                    head_dim);
     KVSERVE_CUDA_CHECK(cudaGetLastError());
   }
   void SwiGlu(const float* gate, const float* up, int64_t n, float* out,

@@ -1,12 +1,11 @@
 // cuBLAS GEMM wrapper. Row-major y[n, rows] = x[n, cols] W^T is, in cuBLAS's column-major terms,
 // Y (rows x n) = op_T(W: cols x rows, ld cols) * X (cols x n, ld cols), ldc = rows.
-#include "kernels/cuda/gemm.h"
-
 #include <cublas_v2.h>
 
 #include <utility>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/gemm.h"
 
 namespace kvserve::kernels::cuda {
 namespace {
@@ -18,15 +17,15 @@ __global__ void RoundActivations(const float* x, int64_t n, bool bf16, uint16_t*
   }
 }
 
-#define KVSERVE_CUBLAS_CHECK(expr)                                                         \
-  do {                                                                                     \
-    const cublasStatus_t kvserve_st_ = (expr);                                             \
-    if (kvserve_st_ != CUBLAS_STATUS_SUCCESS) {                                            \
-      std::fprintf(stderr, "%s:%d: cuBLAS error %d (%s)\n", __FILE__, __LINE__,            \
-                   static_cast<int>(kvserve_st_), #expr);                                  \
-      std::fflush(stderr);                                                                 \
-      std::abort();                                                                        \
-    }                                                                                      \
+#define KVSERVE_CUBLAS_CHECK(expr)                                              \
+  do {                                                                          \
+    const cublasStatus_t kvserve_st_ = (expr);                                  \
+    if (kvserve_st_ != CUBLAS_STATUS_SUCCESS) {                                 \
+      std::fprintf(stderr, "%s:%d: cuBLAS error %d (%s)\n", __FILE__, __LINE__, \
+                   static_cast<int>(kvserve_st_), #expr);                       \
+      std::fflush(stderr);                                                      \
+      std::abort();                                                             \
+    }                                                                           \
   } while (0)
 
 }  // namespace
@@ -69,9 +68,9 @@ void Gemm::Release() {
 void Gemm::MatMul(const float* x, int64_t n, const WeightView& w, float* y, Stream stream) {
   if (n <= 0) return;
   KVSERVE_CUDA_REQUIRE(handle_ != nullptr, "cuda::Gemm::MatMul: not created");
-  KVSERVE_CUDA_REQUIRE(w.rows < (int64_t{1} << 31) && w.cols < (int64_t{1} << 31) &&
-                           n < (int64_t{1} << 31),
-                       "cuda::Gemm::MatMul: dimensions exceed int32");
+  KVSERVE_CUDA_REQUIRE(
+      w.rows < (int64_t{1} << 31) && w.cols < (int64_t{1} << 31) && n < (int64_t{1} << 31),
+      "cuda::Gemm::MatMul: dimensions exceed int32");
   auto h = static_cast<cublasHandle_t>(handle_);
   KVSERVE_CUBLAS_CHECK(cublasSetStream(h, stream));
   const float alpha = 1.0f, beta = 0.0f;

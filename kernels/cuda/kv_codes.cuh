@@ -23,7 +23,7 @@ inline constexpr int kValueBits = KvSchemeOf(F, R).value_bits;
 template <KvFormat F, KvRole R, int kC>
 struct RowCodes {
   static constexpr int kBits = kValueBits<F, R>;
-  static constexpr int kBytes = (kC * kBits + 7) / 8 > 0 ? (kC * kBits + 7) / 8 : 1;
+  static constexpr int kBytes = (kC * kBits + 7) / 8 > 0 ? (kC* kBits + 7) / 8 : 1;
   static constexpr int kWords = (kBytes + 3) / 4;
   uint32_t w[kWords];
   int shift;
@@ -182,8 +182,8 @@ __device__ __forceinline__ void Dequant(const RowCodes<F, R, kC>& c, const uint8
         x[i] = fmaf(q, Bf16BitsToFloat(LoadU16(p)), Bf16BitsToFloat(LoadU16(p + 2)));
       }
     } else if constexpr (F == KvFormat::kNvfp4) {
-      const uint32_t e = __ldg(region + l.token_param_offset + row_index * l.groups +
-                               d / kKvNvfp4Group);
+      const uint32_t e =
+          __ldg(region + l.token_param_offset + row_index * l.groups + d / kKvNvfp4Group);
       x[i] = E2m1ToFloat(code) * (E4m3ToFloat(e) * region_scale);
     }
   }

@@ -6,11 +6,10 @@
 // per-row and per-group passes with one warp per row or group. This file is compiled with
 // --fmad=false: every product and sum rounds on its own, as in the CPU encoder, and the only
 // fused multiply-adds are the explicit ones.
-#include "kernels/cuda/kv_quantize.h"
-
 #include <cfloat>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/kv_quantize.h"
 
 namespace kvserve::kernels::cuda {
 namespace {
@@ -141,9 +140,8 @@ struct Smem {
 
 // Per-channel keys (int8: symmetric; int4 / int2: with a zero point): EncodeKeyChannels.
 template <int kBits, bool kAsym>
-__device__ void EncodeKeyChannels(const float* x, int hd, int n, uint8_t* values,
-                                  int64_t row_bytes, uint8_t* head_param, uint8_t* params,
-                                  Smem& sm) {
+__device__ void EncodeKeyChannels(const float* x, int hd, int n, uint8_t* values, int64_t row_bytes,
+                                  uint8_t* head_param, uint8_t* params, Smem& sm) {
   constexpr float kQMax = kAsym ? static_cast<float>((1 << kBits) - 1) : 127.0f;
   float local = 0.0f;
   for (int d = threadIdx.x; d < hd; d += kThreads) {
@@ -225,8 +223,7 @@ __device__ void EncodeRows(const float* x, int hd, int n, uint8_t* values, int64
 
 // fp8 keys: centers per channel (FP16 times a power of two per head), then EncodeRows.
 __device__ void EncodeFp8Keys(const float* x, int hd, int n, uint8_t* values, int64_t row_bytes,
-                              uint8_t* unit_out, uint8_t* centers, uint8_t* row_scales,
-                              Smem& sm) {
+                              uint8_t* unit_out, uint8_t* centers, uint8_t* row_scales, Smem& sm) {
   float big = 0.0f;
   for (int d = threadIdx.x; d < hd; d += kThreads) {
     float lo, hi;
@@ -249,8 +246,8 @@ __device__ void EncodeFp8Keys(const float* x, int hd, int n, uint8_t* values, in
 
 // int4 / int2 values: BF16 {scale, min} per token and group of kKvIntValueGroup dims.
 template <int kBits>
-__device__ void EncodeValueGroups(const float* x, int hd, int n, uint8_t* values,
-                                  int64_t row_bytes, int groups, uint8_t* params) {
+__device__ void EncodeValueGroups(const float* x, int hd, int n, uint8_t* values, int64_t row_bytes,
+                                  int groups, uint8_t* params) {
   constexpr float kMaxCode = static_cast<float>((1 << kBits) - 1);
   constexpr int kPer = 8 / kBits;
   const int lane = threadIdx.x % 32;
@@ -272,7 +269,8 @@ __device__ void EncodeValueGroups(const float* x, int hd, int n, uint8_t* values
     const uint16_t sb = Bf16Up((hi - m) / kMaxCode);
     const float s = Bf16BitsToFloat(sb);
     if (lane == 0) {
-      uint16_t* p = reinterpret_cast<uint16_t*>(params + (static_cast<int64_t>(t) * groups + g) * 4);
+      uint16_t* p =
+          reinterpret_cast<uint16_t*>(params + (static_cast<int64_t>(t) * groups + g) * 4);
       p[0] = sb;
       p[1] = mb;
     }

@@ -1,9 +1,8 @@
 // Element-wise and row-wise operators of the forward pass (GEMM: gemm.cu).
-#include "kernels/cuda/ops.h"
-
 #include <cmath>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.h"
 
 namespace kvserve::kernels::cuda {
 namespace {
@@ -169,8 +168,8 @@ void ArgMaxRows(const float* logits, int64_t n, int64_t vocab, int32_t* ids, Str
 
 void CopyLogitsToHost(const float* logits, int64_t n, int64_t vocab, float* host, Stream stream) {
   if (n <= 0) return;
-  KVSERVE_CUDA_CHECK(cudaMemcpyAsync(host, logits, n * vocab * sizeof(float),
-                                     cudaMemcpyDeviceToHost, stream));
+  KVSERVE_CUDA_CHECK(
+      cudaMemcpyAsync(host, logits, n * vocab * sizeof(float), cudaMemcpyDeviceToHost, stream));
 }
 
 }  // namespace kvserve::kernels::cuda

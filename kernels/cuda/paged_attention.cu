@@ -5,18 +5,17 @@
 // block's *lane groups* (8, 16 or 32 lanes by head_dim) take whole KV blocks of the partition in
 // turn; inside a block a group walks the rows one by one, lane i owning dims [i kC, (i + 1) kC):
 // it loads the next row's codes before dequantizing the current one (in registers), reduces the
-// q.K dot products over its lanes with shuffles and keeps an online softmax (running max m, sum l and
-// unnormalised output acc, base 2) per query head. The group states are then merged (shuffles
+// q.K dot products over its lanes with shuffles and keeps an online softmax (running max m, sum l
+// and unnormalised output acc, base 2) per query head. The group states are then merged (shuffles
 // inside a warp, shared memory across warps). A token whose KV fits one partition is written to
 // `out` directly; otherwise each partition stores (m, l, acc) in the workspace and the combine
 // kernel merges them (flash-decoding). With h2o slot scores on, the partitions also keep each
 // logit and a third kernel adds the normalised probabilities into the per-slot scores.
-#include "kernels/cuda/paged_attention.h"
-
 #include <algorithm>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/kv_codes.cuh"
+#include "kernels/cuda/paged_attention.h"
 
 namespace kvserve::kernels::cuda {
 namespace {
@@ -119,8 +118,7 @@ __device__ __forceinline__ void MergeWeights(float m, float m2, float* w1, float
 // At least 3 resident thread blocks per SM (<= 168 registers per thread): enough loads in
 // flight to stream the KV at memory bandwidth.
 template <int kLanes, int kC>
-__global__ void __launch_bounds__(kThreads, 3)
-    PartitionKernel(const PartitionParams p) {
+__global__ void __launch_bounds__(kThreads, 3) PartitionKernel(const PartitionParams p) {
   const AttentionBatch& b = p.b;
   const KvRegionShape shape = p.cache.shape;
   const int hkv = shape.num_kv_heads, hd = shape.head_dim, bs = shape.block_size;
@@ -165,9 +163,10 @@ __global__ void __launch_bounds__(kThreads, 3)
     const KvLayerRegion reg = p.cache.regions[p.cache.block_layout[phys]];
     const uint8_t* base = p.cache.block_data[phys];
     const int nv = min(bs, kv_len - blk * bs);
-    float* logits = p.ws_logits == nullptr
-                        ? nullptr
-                        : p.ws_logits + (t * b.num_heads + h_base) * int64_t{b.max_kv_len} + blk * bs;
+    float* logits =
+        p.ws_logits == nullptr
+            ? nullptr
+            : p.ws_logits + (t * b.num_heads + h_base) * int64_t{b.max_kv_len} + blk * bs;
     device::DispatchFormat(reg.format, [&](auto fc) {
       ProcessBlock<decltype(fc)::value, kLanes, kC>(base + reg.k_offset, base + reg.v_offset, shape,
                                                     g, nv, d0, mask, st, logits, b.max_kv_len, nh);
@@ -240,8 +239,7 @@ __global__ void __launch_bounds__(kThreads, 3)
 }
 
 // out[t, h] = the merge of the partitions of tokens that had more than one.
-__global__ void __launch_bounds__(kThreads)
-    CombineKernel(const PartitionParams p) {
+__global__ void __launch_bounds__(kThreads) CombineKernel(const PartitionParams p) {
   const AttentionBatch& b = p.b;
   const int hd = p.cache.shape.head_dim, bs = p.cache.shape.block_size;
   const int64_t th = blockIdx.x;
@@ -277,8 +275,7 @@ __global__ void __launch_bounds__(kThreads) ScoreKernel(const PartitionParams p)
   const int32_t seq = b.token_seq[t];
   float* const row = b.seq_scores[seq];
   if (row == nullptr) return;  // uniform over the thread block
-  const int64_t head_stride =
-      b.seq_score_head_stride != nullptr ? b.seq_score_head_stride[seq] : 0;
+  const int64_t head_stride = b.seq_score_head_stride != nullptr ? b.seq_score_head_stride[seq] : 0;
   const int rows = head_stride > 0 ? p.cache.shape.num_kv_heads : 1;
   const int heads_per_row = b.num_heads / rows;
   const int kv_len = b.token_kv_len[t];
@@ -288,8 +285,8 @@ __global__ void __launch_bounds__(kThreads) ScoreKernel(const PartitionParams p)
       float sum = 0.0f;
       for (int h = r * heads_per_row; h < (r + 1) * heads_per_row; ++h) {
         const int64_t th = t * b.num_heads + h;
-        sum += exp2f(p.ws_logits[th * b.max_kv_len + s] - p.ws_final[2 * th]) /
-               p.ws_final[2 * th + 1];
+        sum +=
+            exp2f(p.ws_logits[th * b.max_kv_len + s] - p.ws_final[2 * th]) / p.ws_final[2 * th + 1];
       }
       atomicAdd(out + s, sum);
     }
@@ -395,9 +392,9 @@ void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache, 
     KVSERVE_CUDA_CHECK(cudaGetLastError());
   }
   if (scores) {
-    const dim3 score_grid(static_cast<unsigned>(batch.num_tokens),
-                          static_cast<unsigned>(std::min(64, (batch.max_kv_len + kThreads - 1) /
-                                                                 kThreads)));
+    const dim3 score_grid(
+        static_cast<unsigned>(batch.num_tokens),
+        static_cast<unsigned>(std::min(64, (batch.max_kv_len + kThreads - 1) / kThreads)));
     ScoreKernel<<<score_grid, kThreads, 0, stream>>>(p);
     KVSERVE_CUDA_CHECK(cudaGetLastError());
   }
@@ -408,7 +405,7 @@ void WriteKv(const float* k, const float* v, int64_t num_tokens, const int32_t* 
   if (num_tokens <= 0) return;
   KVSERVE_CUDA_REQUIRE(num_tokens < (int64_t{1} << 31), "cuda::WriteKv: too many tokens");
   WriteKvKernel<<<static_cast<unsigned>(num_tokens), 256, 0, stream>>>(k, v, slot_block,
-                                                                      slot_offset, cache);
+                                                                       slot_offset, cache);
   KVSERVE_CUDA_CHECK(cudaGetLastError());
 }
 

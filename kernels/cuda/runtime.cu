@@ -1,12 +1,11 @@
 // Device discovery, stream synchronization and the device KV arena.
-#include "kernels/cuda/runtime.h"
-
 #include <cstdio>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/runtime.h"
 
 namespace kvserve::kernels::cuda {
 namespace {
@@ -101,9 +100,9 @@ bool DeviceArena::Create(const ArenaSize& size, int64_t block_bytes, DeviceArena
   e = cudaMalloc(reinterpret_cast<void**>(&a.base_), static_cast<size_t>(want));
   if (e != cudaSuccess) {
     cudaGetLastError();
-    *error = "KV arena: cudaMalloc of " + std::to_string(want) + " bytes failed (" +
-             ErrorText(e) + "); the device had " + std::to_string(free_b) + " of " +
-             std::to_string(total_b) + " bytes free";
+    *error = "KV arena: cudaMalloc of " + std::to_string(want) + " bytes failed (" + ErrorText(e) +
+             "); the device had " + std::to_string(free_b) + " of " + std::to_string(total_b) +
+             " bytes free";
     return false;
   }
   e = cudaMalloc(reinterpret_cast<void**>(&a.block_pointers_),

@@ -35,7 +35,7 @@ bool Synchronize(Stream stream, std::string* error);
 
 // How big the KV arena is: a byte count, or a fraction of the device's free memory at start-up.
 struct ArenaSize {
-  int64_t bytes = 0;       // used when > 0
+  int64_t bytes = 0;           // used when > 0
   double free_fraction = 0.0;  // in (0, 1], used when bytes == 0
 };
 
@@ -62,7 +62,7 @@ class DeviceArena {
   uint8_t* base() const { return base_; }
   int64_t block_bytes() const { return block_bytes_; }
   int64_t num_blocks() const { return num_blocks_; }
-  int64_t bytes() const { return block_bytes_ * num_blocks_; }  // what the arena holds
+  int64_t bytes() const { return block_bytes_ * num_blocks_; }        // what the arena holds
   uint8_t* const* block_pointers() const { return block_pointers_; }  // device [num_blocks]
 
  private:

@@ -29,7 +29,8 @@ absl::Status CheckMetricsAddress(const std::string& address) {
   if (address.front() == '[') {
     return absl::InvalidArgumentError(absl::StrCat(
         "IPv6 addresses are not supported for /metrics (its HTTP server, civetweb, is built "
-        "without IPv6), got '", address, "'; use an IPv4 address such as 127.0.0.1:9464"));
+        "without IPv6), got '",
+        address, "'; use an IPv4 address such as 127.0.0.1:9464"));
   }
   return absl::OkStatus();
 }
@@ -96,8 +97,7 @@ std::vector<ConfigKey> BuildKeys() {
       [](const ServerConfig& c) { return c.auth_on_loopback; },
       "require an API key from loopback clients too"));
   keys.push_back(BoolKey(
-      "server.allow_unauthenticated",
-      [](ServerConfig& c, bool v) { c.allow_unauthenticated = v; },
+      "server.allow_unauthenticated", [](ServerConfig& c, bool v) { c.allow_unauthenticated = v; },
       [](const ServerConfig& c) { return c.allow_unauthenticated; },
       "serve a non-loopback address without API keys (otherwise a configuration error)"));
   keys.push_back(FloatKey(

@@ -86,9 +86,9 @@ std::string UnknownKeyMessage(const std::string& path) {
 // entry such as a file holding only "," (its parser then yields the same empty document forever
 // without consuming the token). A document that starts where the previous one did is that case.
 struct YamlDocumentScan {
-  int documents = 0;  // 0, 1, or 2 meaning "more than one"
-  YAML::Mark second;  // where the second document starts (or where the parser got stuck)
-  bool stuck = false; // the parser made no progress: malformed input at `second`
+  int documents = 0;   // 0, 1, or 2 meaning "more than one"
+  YAML::Mark second;   // where the second document starts (or where the parser got stuck)
+  bool stuck = false;  // the parser made no progress: malformed input at `second`
 };
 
 class DocumentStartRecorder : public YAML::EventHandler {
@@ -152,7 +152,8 @@ std::string MalformedAt(const std::string& where, const std::string& text, const
     found = absl::StrCat("'", text.substr(static_cast<size_t>(m.pos), 1), "'");
   }
   return absl::StrCat(where, ":", m.line + 1, ":", m.column + 1, ": malformed YAML: unexpected ",
-                      found, " (a ',' belongs inside a [...] or {...} collection; quote a value "
+                      found,
+                      " (a ',' belongs inside a [...] or {...} collection; quote a value "
                       "that contains one at its start)");
 }
 
@@ -366,14 +367,13 @@ absl::Status ConfigLoader::Validate() {
     return KeyError(set, absl::StrCat("is set but ", unset, " is not; set both or neither"));
   }
 
-  for (const auto& [key, value] :
-       std::vector<std::pair<std::string, std::string>>{{"model.path", c.model_path},
-                                                        {"model.tokenizer", c.tokenizer_path},
-                                                        {"model.chat_template",
-                                                         c.chat_template_path},
-                                                        {"server.api_keys_file", c.api_keys_file},
-                                                        {"server.tls.cert_file", c.tls.cert_file},
-                                                        {"server.tls.key_file", c.tls.key_file}}) {
+  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
+           {"model.path", c.model_path},
+           {"model.tokenizer", c.tokenizer_path},
+           {"model.chat_template", c.chat_template_path},
+           {"server.api_keys_file", c.api_keys_file},
+           {"server.tls.cert_file", c.tls.cert_file},
+           {"server.tls.key_file", c.tls.key_file}}) {
     absl::Status status = CheckFileExists(key, value);
     if (!status.ok()) return status;
   }

@@ -42,13 +42,13 @@ struct ServerConfig {
   std::map<std::string, std::string> origins;
 
   // model:
-  std::string model_path;       // model.path (relative paths resolve against the config file)
-  std::string tokenizer_path;   // model.tokenizer
+  std::string model_path;          // model.path (relative paths resolve against the config file)
+  std::string tokenizer_path;      // model.tokenizer
   std::string chat_template_path;  // model.chat_template ("" = the model's own template)
 
   // server:
-  std::string address = "127.0.0.1:50051";   // server.address
-  int64_t max_message_bytes = 4 << 20;       // server.max_message_bytes (responses)
+  std::string address = "127.0.0.1:50051";  // server.address
+  int64_t max_message_bytes = 4 << 20;      // server.max_message_bytes (responses)
   // server.max_request_bytes: largest request message gRPC accepts, bytes; 0 = derived from the
   // prompt limits (see DefaultMaxRequestBytes in server/grpc/request_validation.h).
   int64_t max_request_bytes = 0;
@@ -61,14 +61,14 @@ struct ServerConfig {
   // server.allow_unauthenticated: serve a non-loopback address without API keys (otherwise a
   // configuration error).
   bool allow_unauthenticated = false;
-  double handshake_timeout_seconds = 10;       // server.handshake_timeout_seconds
-  double max_connection_idle_seconds = 300;    // server.max_connection_idle_seconds (0 = off)
-  double keepalive_seconds = 60;               // server.keepalive_seconds (0 = off)
-  double keepalive_timeout_seconds = 20;       // server.keepalive_timeout_seconds
+  double handshake_timeout_seconds = 10;     // server.handshake_timeout_seconds
+  double max_connection_idle_seconds = 300;  // server.max_connection_idle_seconds (0 = off)
+  double keepalive_seconds = 60;             // server.keepalive_seconds (0 = off)
+  double keepalive_timeout_seconds = 20;     // server.keepalive_timeout_seconds
   TlsConfig tls;                             // server.tls.{cert_file,key_file}
 
   // limits:
-  int32_t default_max_tokens = 256;          // limits.default_max_tokens
+  int32_t default_max_tokens = 256;  // limits.default_max_tokens
   // limits.max_prompt_bytes: longest text prompt (Generate, Complete, Tokenize) accepted before
   // tokenizing, bytes; 0 = derived from the model (max_prompt_tokens x the longest piece).
   int64_t max_prompt_bytes = 0;
@@ -78,7 +78,7 @@ struct ServerConfig {
   int64_t min_watch_interval_ms = 100;  // metrics.min_watch_interval_ms (Memory.WatchStats)
 
   // logging:
-  std::string log_level = "info";            // logging.level: trace|debug|info|warn|error|off
+  std::string log_level = "info";  // logging.level: trace|debug|info|warn|error|off
 
   // kv_cache:, scheduler:, limits:, engine: map onto the engine options.
   engine::EngineOptions engine = DefaultEngineOptions();
@@ -103,8 +103,7 @@ absl::StatusOr<ServerConfig> LoadServerConfig(const std::string& path,
 // the first key the message names that the file or a --set override set ("x.yaml:9: "), else
 // with the file. nullopt when the message does not start with a key (a model file that cannot be
 // read, for example), which is not a config error.
-std::optional<std::string> LocateConfigError(const ServerConfig& config,
-                                             const absl::Status& error);
+std::optional<std::string> LocateConfigError(const ServerConfig& config, const absl::Status& error);
 
 // The effective configuration as YAML, every key with its value (loadable by LoadServerConfig).
 std::string FormatServerConfig(const ServerConfig& config);

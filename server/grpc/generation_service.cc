@@ -137,8 +137,7 @@ grpc::ServerUnaryReactor* GenerationService::Complete(grpc::CallbackServerContex
     LogRejected("Complete", stream.status());
     return FinishNow(context, stream.status());
   }
-  return StartCompleteCall(*std::move(stream), response,
-                           Info("Complete", prompt_tokens, *context));
+  return StartCompleteCall(*std::move(stream), response, Info("Complete", prompt_tokens, *context));
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Chat(
@@ -172,10 +171,10 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
   v1::TokenizeRequest message;
   if (absl::Status s = ParseRequest(*request, &message); !s.ok()) return FinishNow(context, s);
   if (static_cast<int64_t>(message.text().size()) > limits_.max_prompt_bytes) {
-    return FinishNow(context, absl::InvalidArgumentError(absl::StrCat(
-                                  "text: ", message.text().size(), " bytes; at most ",
-                                  limits_.max_prompt_bytes,
-                                  " are accepted (limits.max_prompt_bytes)")));
+    return FinishNow(
+        context, absl::InvalidArgumentError(absl::StrCat(
+                     "text: ", message.text().size(), " bytes; at most ", limits_.max_prompt_bytes,
+                     " are accepted (limits.max_prompt_bytes)")));
   }
   const engine::Tokenizer& tokenizer = engine_->tokenizer();
   // BOS: add_bos when set, else add_special when set, else what the vocabulary asks for; EOS
@@ -204,11 +203,10 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
   }
   if (!ids.empty()) size += 1 + VarintBytes(ids_bytes) + ids_bytes;
   if (options_.max_message_bytes > 0 && static_cast<int64_t>(size) > options_.max_message_bytes) {
-    return FinishNow(context,
-                     absl::ResourceExhaustedError(absl::StrCat(
-                         "the response would be ", size, " bytes (", ids.size(),
-                         " tokens), more than server.max_message_bytes (",
-                         options_.max_message_bytes, "); tokenize a shorter text")));
+    return FinishNow(context, absl::ResourceExhaustedError(absl::StrCat(
+                                  "the response would be ", size, " bytes (", ids.size(),
+                                  " tokens), more than server.max_message_bytes (",
+                                  options_.max_message_bytes, "); tokenize a shorter text")));
   }
   v1::TokenizeResponse out;
   out.mutable_token_ids()->Reserve(static_cast<int>(ids.size()));
@@ -274,8 +272,7 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   response->set_max_tokens_limit(limits_.max_tokens_limit);
   response->set_default_max_tokens(std::min(limits_.default_max_tokens, limits_.max_tokens_limit));
   const engine::Tokenizer& tokenizer = engine_->tokenizer();
-  response->set_tokenizer(tokenizer.kind() == engine::TokenizerKind::kByteLevelBpe ? "bpe"
-                                                                                   : "spm");
+  response->set_tokenizer(tokenizer.kind() == engine::TokenizerKind::kByteLevelBpe ? "bpe" : "spm");
   response->set_tokenizer_pre(tokenizer.pre());
   response->set_has_chat_template(chat_.chat_template != nullptr);
   for (int32_t id : tokenizer.end_of_generation_ids()) response->add_end_of_generation_ids(id);

@@ -95,8 +95,8 @@ class GenerationService final : public GenerationServiceBase {
   // Admit, parse, validate and submit. Fills *prompt_tokens. With `chat_only`, a prompt other
   // than `chat` is refused.
   absl::StatusOr<std::shared_ptr<engine::RequestStream>> Submit(
-      grpc::CallbackServerContext* context, const grpc::ByteBuffer& request,
-      int32_t* prompt_tokens, bool chat_only = false);
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer& request, int32_t* prompt_tokens,
+      bool chat_only = false);
   uint64_t NextSeed();
   CallInfo Info(const char* method, int32_t prompt_tokens,
                 const grpc::CallbackServerContext& context);

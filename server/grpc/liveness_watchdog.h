@@ -61,9 +61,10 @@ class LivenessWatchdog {
  public:
   // Samples with `sample` every `interval` (the first at once) and passes each result to
   // `report` (true: live). `clock` gives the time of each observation.
-  LivenessWatchdog(std::function<LivenessSample()> sample, std::function<void(bool)> report,
-                   absl::Duration stall_after, absl::Duration interval,
-                   std::function<absl::Time()> clock = [] { return absl::Now(); });
+  LivenessWatchdog(
+      std::function<LivenessSample()> sample, std::function<void(bool)> report,
+      absl::Duration stall_after, absl::Duration interval,
+      std::function<absl::Time()> clock = [] { return absl::Now(); });
   ~LivenessWatchdog();
   LivenessWatchdog(const LivenessWatchdog&) = delete;
   LivenessWatchdog& operator=(const LivenessWatchdog&) = delete;

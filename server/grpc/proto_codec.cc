@@ -150,7 +150,8 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
     code = static_cast<int>(grpc::StatusCode::UNKNOWN);
   }
   // Messages may echo request fields (a policy name, a stop string): escaped, as in the log.
-  return grpc::Status(static_cast<grpc::StatusCode>(code), SanitizeForLog(std::string(status.message())));
+  return grpc::Status(static_cast<grpc::StatusCode>(code),
+                      SanitizeForLog(std::string(status.message())));
 }
 
 v1::FinishReason ToProtoFinishReason(engine::FinishReason reason) {

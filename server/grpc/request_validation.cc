@@ -74,14 +74,15 @@ absl::Status FillChatPrompt(const v1::ChatPrompt& in, const engine::Tokenizer& t
                             const RequestLimits& limits, const ChatSettings* chat,
                             std::vector<int32_t>* prompt) {
   if (chat == nullptr || chat->chat_template == nullptr) {
-    return Invalid("chat", "the model has no chat template (tokenizer.chat_template) and the "
-                           "server sets none (model.chat_template)");
+    return Invalid("chat",
+                   "the model has no chat template (tokenizer.chat_template) and the "
+                   "server sets none (model.chat_template)");
   }
   if (in.messages().empty()) return Invalid("chat.messages", "must not be empty");
   if (in.messages_size() > kMaxChatMessages) {
-    return Invalid("chat.messages", absl::StrCat("at most ", kMaxChatMessages,
-                                                 " messages are accepted, got ",
-                                                 in.messages_size()));
+    return Invalid("chat.messages",
+                   absl::StrCat("at most ", kMaxChatMessages, " messages are accepted, got ",
+                                in.messages_size()));
   }
   const int64_t max_bytes = limits.max_prompt_bytes > 0
                                 ? limits.max_prompt_bytes
@@ -92,22 +93,22 @@ absl::Status FillChatPrompt(const v1::ChatPrompt& in, const engine::Tokenizer& t
   for (int i = 0; i < in.messages_size(); ++i) {
     const v1::ChatMessage& m = in.messages(i);
     if (m.role().empty() || m.role().size() > static_cast<size_t>(kMaxChatRoleBytes)) {
-      return Invalid(absl::StrCat("chat.messages[", i, "].role"),
-                     absl::StrCat("must be 1 to ", kMaxChatRoleBytes, " bytes, got ",
-                                  m.role().size()));
+      return Invalid(
+          absl::StrCat("chat.messages[", i, "].role"),
+          absl::StrCat("must be 1 to ", kMaxChatRoleBytes, " bytes, got ", m.role().size()));
     }
     for (const std::string* text : {&m.role(), &m.content()}) {
       if (const size_t bad = FindInvalidUtf8(*text); bad != std::string_view::npos) {
-        return Invalid(absl::StrCat("chat.messages[", i, "].",
-                                    text == &m.role() ? "role" : "content"),
-                       absl::StrCat("not valid UTF-8 (byte ", bad, ")"));
+        return Invalid(
+            absl::StrCat("chat.messages[", i, "].", text == &m.role() ? "role" : "content"),
+            absl::StrCat("not valid UTF-8 (byte ", bad, ")"));
       }
     }
     bytes += static_cast<int64_t>(m.role().size() + m.content().size());
     if (bytes > max_bytes) {
-      return Invalid("chat.messages", absl::StrCat("the messages hold more than ", max_bytes,
-                                                   " bytes; at most ", max_bytes,
-                                                   " are accepted (limits.max_prompt_bytes)"));
+      return Invalid("chat.messages",
+                     absl::StrCat("the messages hold more than ", max_bytes, " bytes; at most ",
+                                  max_bytes, " are accepted (limits.max_prompt_bytes)"));
     }
     engine::chat::ChatMessage message;
     message.role = m.role();
@@ -156,9 +157,8 @@ absl::Status FillPrompt(const v1::GenerateRequest& in, const engine::Tokenizer& 
                                     ? limits.max_prompt_bytes
                                     : DefaultMaxPromptBytes(limits.max_prompt_tokens, tokenizer);
       if (static_cast<int64_t>(in.text().size()) > max_bytes) {
-        return Invalid(field, absl::StrCat("the prompt has ", in.text().size(),
-                                           " bytes; at most ", max_bytes,
-                                           " are accepted (limits.max_prompt_bytes)"));
+        return Invalid(field, absl::StrCat("the prompt has ", in.text().size(), " bytes; at most ",
+                                           max_bytes, " are accepted (limits.max_prompt_bytes)"));
       }
       // Parsing already rejects non-UTF-8; this keeps the check when a caller builds the message
       // in process.
@@ -168,9 +168,9 @@ absl::Status FillPrompt(const v1::GenerateRequest& in, const engine::Tokenizer& 
       std::optional<std::vector<int32_t>> tokens = tokenizer.EncodeAtMost(
           in.text(), tokenizer.vocab().add_bos, static_cast<size_t>(limits.max_prompt_tokens));
       if (!tokens) {
-        return Invalid(field, absl::StrCat("the prompt has more than ", limits.max_prompt_tokens,
-                                           " tokens; at most ", limits.max_prompt_tokens,
-                                           " are accepted"));
+        return Invalid(
+            field, absl::StrCat("the prompt has more than ", limits.max_prompt_tokens,
+                                " tokens; at most ", limits.max_prompt_tokens, " are accepted"));
       }
       *prompt = *std::move(tokens);
       if (prompt->empty()) return Invalid(field, "the text gives no tokens");

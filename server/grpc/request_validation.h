@@ -67,11 +67,12 @@ inline constexpr int32_t kDefaultRetentionPriority = 35;
 // Validates `request` and builds the engine request: a text prompt longer than
 // limits.max_prompt_bytes is refused before tokenizing, and tokenizing stops once the prompt is
 // known to exceed limits.max_prompt_tokens, so the work is bounded by the limits, not by the
-// request; the text prompt is tokenized with `tokenizer` (BOS first when the vocabulary asks for it); unset sampling fields take the defaults
-// documented in generation.proto (an unset seed becomes `random_seed`); `deadline` is the call's
-// deadline (InfiniteFuture() for none). A `chat` prompt is rendered with `chat` (its messages'
-// text, up to limits.max_prompt_bytes in all, never parsed as control tokens unless the request
-// asks for it: Tokenizer::EncodeParts) and tokenized without BOS (the template writes it).
+// request; the text prompt is tokenized with `tokenizer` (BOS first when the vocabulary asks for
+// it); unset sampling fields take the defaults documented in generation.proto (an unset seed
+// becomes `random_seed`); `deadline` is the call's deadline (InfiniteFuture() for none). A `chat`
+// prompt is rendered with `chat` (its messages' text, up to limits.max_prompt_bytes in all, never
+// parsed as control tokens unless the request asks for it: Tokenizer::EncodeParts) and tokenized
+// without BOS (the template writes it).
 absl::StatusOr<engine::EngineRequest> BuildEngineRequest(const v1::GenerateRequest& request,
                                                          const engine::Tokenizer& tokenizer,
                                                          const RequestLimits& limits,

@@ -2,9 +2,10 @@
 //
 // A RequestStream calls its listener on the engine thread at the end of each step that pushed to
 // it. Serializing the message and starting the gRPC write from there would put the transport's
-// work, a sendmsg on loopback included, into every decode step, once per running stream. Instead the listener posts the call
-// here (a lock and a vector append; a call already posted is not posted again) and the pump's
-// thread runs the calls' Pump(), which takes every event pending by then into one message.
+// work, a sendmsg on loopback included, into every decode step, once per running stream. Instead
+// the listener posts the call here (a lock and a vector append; a call already posted is not posted
+// again) and the pump's thread runs the calls' Pump(), which takes every event pending by then into
+// one message.
 //
 // Thread-safety: Post from any thread. The pump outlives the calls that post to it: its owner
 // destroys it only after every call has ended; the destructor runs what is still posted, then

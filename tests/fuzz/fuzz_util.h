@@ -55,14 +55,14 @@ inline void WriteFile(const std::filesystem::path& path, std::string_view bytes)
 }  // namespace kvserve::fuzz
 
 // Aborts with a message when a property the target checks does not hold.
-#define FUZZ_CHECK(cond, ...)                                                   \
-  do {                                                                          \
-    if (!(cond)) {                                                              \
+#define FUZZ_CHECK(cond, ...)                                                          \
+  do {                                                                                 \
+    if (!(cond)) {                                                                     \
       std::fprintf(stderr, "%s:%d: property failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, "  " __VA_ARGS__);                                   \
-      std::fprintf(stderr, "\n");                                               \
-      std::abort();                                                             \
-    }                                                                           \
+      std::fprintf(stderr, "  " __VA_ARGS__);                                          \
+      std::fprintf(stderr, "\n");                                                      \
+      std::abort();                                                                    \
+    }                                                                                  \
   } while (0)
 
 #endif  // KVSERVE_TESTS_FUZZ_FUZZ_UTIL_H_

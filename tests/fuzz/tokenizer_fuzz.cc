@@ -52,8 +52,7 @@ bool IsWellFormedUtf8(std::string_view s) {
 }
 
 std::unique_ptr<Tokenizer> Load(const std::string& file, int32_t size) {
-  auto vocab =
-      kvserve::engine::ReadLlama2cTokenizer(kvserve::fuzz::ModelsDir() + "/" + file, size);
+  auto vocab = kvserve::engine::ReadLlama2cTokenizer(kvserve::fuzz::ModelsDir() + "/" + file, size);
   FUZZ_CHECK(vocab.ok(), "%s", std::string(vocab.status().message()).c_str());
   auto tokenizer = Tokenizer::Create(*std::move(vocab));
   FUZZ_CHECK(tokenizer.ok());

@@ -26,9 +26,8 @@ namespace {
 
 using testing::DeviceBuffer;
 
-constexpr KvFormat kAll[] = {KvFormat::kFp32, KvFormat::kFp16, KvFormat::kBf16,
-                             KvFormat::kFp8,  KvFormat::kInt8, KvFormat::kInt4,
-                             KvFormat::kNvfp4, KvFormat::kInt2};
+constexpr KvFormat kAll[] = {KvFormat::kFp32, KvFormat::kFp16, KvFormat::kBf16,  KvFormat::kFp8,
+                             KvFormat::kInt8, KvFormat::kInt4, KvFormat::kNvfp4, KvFormat::kInt2};
 
 // A layer's blocks in one host buffer (block b at b * block_bytes), layout i = formats[i], and
 // the same bytes on the device.
@@ -47,7 +46,8 @@ struct Pool {
       r.k_offset = 0;
       r.v_offset = static_cast<uint32_t>(KvRegionBytes(f, KvRole::kKey, s));
       regions.push_back(r);
-      block_bytes = std::max<int64_t>(block_bytes, r.v_offset + KvRegionBytes(f, KvRole::kValue, s));
+      block_bytes =
+          std::max<int64_t>(block_bytes, r.v_offset + KvRegionBytes(f, KvRole::kValue, s));
     }
     bytes.assign(static_cast<size_t>(capacity * block_bytes), 0xFF);  // NaN everywhere
     layout.assign(capacity, 0);
@@ -122,7 +122,8 @@ void RunAndCompare(const Config& cfg, std::mt19937& rng) {
         v[i] = n01(rng);
       }
       uint8_t* base = pool.host_ptrs[phys];
-      ASSERT_TRUE(cpu::QuantizeKvRegion(r.format, KvRole::kKey, k.data(), shape, bs, base + r.k_offset));
+      ASSERT_TRUE(
+          cpu::QuantizeKvRegion(r.format, KvRole::kKey, k.data(), shape, bs, base + r.k_offset));
       ASSERT_TRUE(
           cpu::QuantizeKvRegion(r.format, KvRole::kValue, v.data(), shape, bs, base + r.v_offset));
       const int nv = std::min(bs, lens[s] - static_cast<int>(b) * bs);
@@ -292,8 +293,10 @@ TEST(GpuPagedAttentionTest, AccumulatesSlotScores) {
       for (float& x : k) x = 2.0f * n01(rng);
       for (float& x : v) x = n01(rng);
       uint8_t* base = pool.host_ptrs[phys];
-      ASSERT_TRUE(cpu::QuantizeKvRegion(r.format, KvRole::kKey, k.data(), shape, bs, base + r.k_offset));
-      ASSERT_TRUE(cpu::QuantizeKvRegion(r.format, KvRole::kValue, v.data(), shape, bs, base + r.v_offset));
+      ASSERT_TRUE(
+          cpu::QuantizeKvRegion(r.format, KvRole::kKey, k.data(), shape, bs, base + r.k_offset));
+      ASSERT_TRUE(
+          cpu::QuantizeKvRegion(r.format, KvRole::kValue, v.data(), shape, bs, base + r.v_offset));
       cpu::DequantizeKvRegion(r.format, KvRole::kKey, base + r.k_offset, shape, bs, back.data());
       for (int j = 0; j < bs && b * bs + j < lens[sq]; ++j) {
         for (int g = 0; g < hkv; ++g) {
@@ -344,8 +347,8 @@ TEST(GpuPagedAttentionTest, AccumulatesSlotScores) {
   std::vector<int32_t> flat(tables[0]);
   flat.insert(flat.end(), tables[1].begin(), tables[1].end());
   DeviceBuffer<int32_t> d_flat(flat);
-  DeviceBuffer<const int32_t*> d_tables(std::vector<const int32_t*>{
-      d_flat.get(), d_flat.get() + tables[0].size()});
+  DeviceBuffer<const int32_t*> d_tables(
+      std::vector<const int32_t*>{d_flat.get(), d_flat.get() + tables[0].size()});
   DeviceBuffer<float> d_q(q), d_out(q.size());
   DeviceBuffer<int32_t> d_seq(token_seq), d_len(token_kv_len);
   DeviceBuffer<float> d_scores(std::vector<float>(expect.size(), 0.0f));
@@ -359,8 +362,7 @@ TEST(GpuPagedAttentionTest, AccumulatesSlotScores) {
   b.seq_block_tables = d_tables.get();
   b.scale = scale;
   b.max_kv_len = lens[1];
-  DeviceBuffer<float*> d_score_rows(
-      std::vector<float*>{d_scores.get(), d_scores.get() + stride});
+  DeviceBuffer<float*> d_score_rows(std::vector<float*>{d_scores.get(), d_scores.get() + stride});
   b.seq_scores = d_score_rows.get();
   b.workspace_bytes = PagedAttentionWorkspaceBytes(n, heads, hd, bs, b.max_kv_len, true);
   DeviceBuffer<uint8_t> ws(static_cast<size_t>(b.workspace_bytes));
@@ -398,7 +400,8 @@ TEST(GpuWriteKvTest, MatchesCpuBytes) {
     }
     Pool expect = pool;
     expect.host_ptrs.clear();
-    for (int b = 0; b < 12; ++b) expect.host_ptrs.push_back(expect.bytes.data() + b * pool.block_bytes);
+    for (int b = 0; b < 12; ++b)
+      expect.host_ptrs.push_back(expect.bytes.data() + b * pool.block_bytes);
     // The CPU op aborts on quantized blocks: give it only the token-writable slots.
     std::vector<int32_t> cb, co;
     std::vector<float> ck, cv;

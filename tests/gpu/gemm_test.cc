@@ -1,6 +1,8 @@
 // cuda::Gemm::MatMul against cpu::MatMul for F32, F16 and BF16 weights. With 16-bit weights the
 // GPU rounds the activations to the weight type (tensor cores), so the bound follows from the
 // activation rounding (half a unit in the last place: 2^-11 FP16, 2^-8 BF16).
+#include "kernels/cuda/gemm.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,7 +12,6 @@
 #include <vector>
 
 #include "kernels/cpu/ops.h"
-#include "kernels/cuda/gemm.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/kernels/kernel_test_util.h"
 
@@ -28,8 +29,8 @@ TEST(GpuGemmTest, MatchesCpuMatMul) {
   struct Shape {
     int64_t n, rows, cols;
   };
-  for (const Shape& s : {Shape{1, 32000, 288}, Shape{7, 768, 288}, Shape{64, 1024, 4096},
-                         Shape{3, 5, 13}}) {
+  for (const Shape& s :
+       {Shape{1, 32000, 288}, Shape{7, 768, 288}, Shape{64, 1024, 4096}, Shape{3, 5, 13}}) {
     for (DType dt : testing::kAllDTypes) {
       SCOPED_TRACE(std::string(DTypeName(dt)) + " n=" + std::to_string(s.n) +
                    " rows=" + std::to_string(s.rows) + " cols=" + std::to_string(s.cols));

@@ -14,11 +14,11 @@
 #include "kernels/cuda/runtime.h"
 
 // Skips the current test when the process sees no CUDA device.
-#define KVSERVE_REQUIRE_GPU()                                           \
-  do {                                                                  \
-    if (::kvserve::kernels::cuda::DeviceCount() == 0) {                 \
+#define KVSERVE_REQUIRE_GPU()                                            \
+  do {                                                                   \
+    if (::kvserve::kernels::cuda::DeviceCount() == 0) {                  \
       GTEST_SKIP() << "no CUDA device: the GPU tests run on a GPU host"; \
-    }                                                                   \
+    }                                                                    \
   } while (0)
 
 #define KVSERVE_ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr

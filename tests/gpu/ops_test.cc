@@ -1,4 +1,6 @@
 // The dense CUDA ops against their CPU twins on random data, outputs poisoned first.
+#include "kernels/cpu/ops.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -6,7 +8,6 @@
 #include <random>
 #include <vector>
 
-#include "kernels/cpu/ops.h"
 #include "kernels/cuda/ops.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/kernels/kernel_test_util.h"
@@ -98,8 +99,8 @@ TEST(GpuOpsTest, ArgMaxRowsPicksTheFirstLargest) {
   std::mt19937 rng(35);
   const int64_t vocab = 32000, n = 4;
   std::vector<float> logits = RandomFloats(rng, n * vocab, -10.0f, 10.0f);
-  logits[0 * vocab + 31999] = 50.0f;                                 // last
-  logits[1 * vocab + 3] = 60.0f;                                     // ties: the lower index
+  logits[0 * vocab + 31999] = 50.0f;  // last
+  logits[1 * vocab + 3] = 60.0f;      // ties: the lower index
   logits[1 * vocab + 20000] = 60.0f;
   logits[2 * vocab + 100] = std::numeric_limits<float>::quiet_NaN();  // NaN never wins
   logits[2 * vocab + 101] = 40.0f;

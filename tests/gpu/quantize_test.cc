@@ -21,9 +21,8 @@ namespace {
 
 using testing::DeviceBuffer;
 
-constexpr KvFormat kAll[] = {KvFormat::kFp32, KvFormat::kFp16, KvFormat::kBf16,
-                             KvFormat::kFp8,  KvFormat::kInt8, KvFormat::kInt4,
-                             KvFormat::kNvfp4, KvFormat::kInt2};
+constexpr KvFormat kAll[] = {KvFormat::kFp32, KvFormat::kFp16, KvFormat::kBf16,  KvFormat::kFp8,
+                             KvFormat::kInt8, KvFormat::kInt4, KvFormat::kNvfp4, KvFormat::kInt2};
 
 // Random rows with per-channel offsets and scales (keys have them), a few exact zeros and
 // values of both signs.
@@ -101,12 +100,13 @@ void CompareFormat(KvFormat src_format, KvFormat f, KvRole role, const KvRegionS
 TEST(GpuQuantizeTest, SameBytesAsCpuEveryFormatAndShape) {
   KVSERVE_REQUIRE_GPU();
   std::mt19937 rng(21);
-  const KvRegionShape shapes[] = {{16, 4, 8},  {16, 8, 128}, {8, 2, 12}, {32, 2, 64},
+  const KvRegionShape shapes[] = {{16, 4, 8},   {16, 8, 128}, {8, 2, 12}, {32, 2, 64},
                                   {16, 1, 256}, {64, 2, 96},  {16, 3, 80}};
   for (const KvRegionShape& s : shapes) {
     for (KvFormat f : kAll) {
       if (!KvFormatSupports(f, s)) continue;
-      for (KvRole role : {KvRole::kKey, KvRole::kValue}) CompareFormat(KvFormat::kFp32, f, role, s, rng);
+      for (KvRole role : {KvRole::kKey, KvRole::kValue})
+        CompareFormat(KvFormat::kFp32, f, role, s, rng);
     }
   }
 }
@@ -130,7 +130,7 @@ TEST(GpuQuantizeTest, RefusedInputsReportNotOk) {
   in[0 * elems + 3] = std::numeric_limits<float>::quiet_NaN();
   in[1 * elems + 16 * 64 + 5] = std::numeric_limits<float>::infinity();  // head 1, row 0
   in[2 * elems + 7] = 2.0f * kKvQuantMaxAbs;                             // too large to quantize
-  in[3 * elems + 15 * 64] = std::numeric_limits<float>::quiet_NaN();    // row 15: not read
+  in[3 * elems + 15 * 64] = std::numeric_limits<float>::quiet_NaN();     // row 15: not read
   const std::vector<int32_t> tokens = {16, 16, 16, 15, 0, 17};
   std::vector<uint8_t> src(reinterpret_cast<uint8_t*>(in.data()),
                            reinterpret_cast<uint8_t*>(in.data()) + in.size() * 4);

@@ -87,8 +87,7 @@ void RunCase(const Case& c, std::mt19937& rng) {
   for (int b = 0; b < num_blocks; ++b) {
     std::vector<float> k = testing::RandomFloats(rng, region_floats, -2.0f, 2.0f);
     std::vector<float> v = testing::RandomFloats(rng, region_floats);
-    ASSERT_TRUE(
-        QuantizeKvRegion(c.format, KvRole::kKey, k.data(), shape, bs, ptrs[b], key_basis));
+    ASSERT_TRUE(QuantizeKvRegion(c.format, KvRole::kKey, k.data(), shape, bs, ptrs[b], key_basis));
     ASSERT_TRUE(QuantizeKvRegion(c.format, KvRole::kValue, v.data(), shape, bs, ptrs[b] + k_bytes));
     DequantizeKvRegion(c.format, KvRole::kKey, ptrs[b], shape, bs, keys[b].data(), key_basis);
   }

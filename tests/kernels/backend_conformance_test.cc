@@ -43,21 +43,18 @@ const bool kCudaRegistered = (cuda::RegisterCudaBackend(), true);
 #else
 // Without a device backend, a second CPU backend stands in as a peer, so that the comparison
 // against the CPU (uploads, pointer arrays, tolerances) runs on every machine.
-const bool kTwinRegistered = RegisterBackend("cpu-twin", [](std::string*) {
-  return std::unique_ptr<Backend>(new cpu::CpuBackend);
-});
+const bool kTwinRegistered = RegisterBackend(
+    "cpu-twin", [](std::string*) { return std::unique_ptr<Backend>(new cpu::CpuBackend); });
 #endif
 
 constexpr double kUnit = 1.0 / (1 << 24);  // float's unit roundoff
 
-const DType kWeightTypes[] = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ4_0,
-                              DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ8_0,
-                              DType::kQ2_K, DType::kQ3_K, DType::kQ4_K, DType::kQ5_K,
-                              DType::kQ6_K};
+const DType kWeightTypes[] = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ4_0, DType::kQ4_1,
+                              DType::kQ5_0, DType::kQ5_1, DType::kQ8_0, DType::kQ2_K, DType::kQ3_K,
+                              DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
 // lowrank keys need a per-layer basis and are covered by kv_lowrank_test.cc.
-const KvFormat kKvFormats[] = {KvFormat::kFp32, KvFormat::kFp16, KvFormat::kBf16,
-                               KvFormat::kFp8,  KvFormat::kInt8, KvFormat::kInt4,
-                               KvFormat::kNvfp4, KvFormat::kInt2};
+const KvFormat kKvFormats[] = {KvFormat::kFp32, KvFormat::kFp16, KvFormat::kBf16,  KvFormat::kFp8,
+                               KvFormat::kInt8, KvFormat::kInt4, KvFormat::kNvfp4, KvFormat::kInt2};
 
 // ---- Running ops on any backend ------------------------------------------------------------
 
@@ -235,7 +232,8 @@ std::vector<double> MatMulTolerance(const MatMulCase& c, const HostWeight& w,
       double t = 0.0;
       for (int64_t b0 = 0; b0 < c.cols; b0 += bs) {
         double amax = 0.0;
-        for (int64_t j = b0; j < b0 + bs; ++j) amax = std::max(amax, std::fabs(double{x[i * c.cols + j]}));
+        for (int64_t j = b0; j < b0 + bs; ++j)
+          amax = std::max(amax, std::fabs(double{x[i * c.cols + j]}));
         for (int64_t j = b0; j < b0 + bs; ++j) {
           const double wx = std::fabs(w.values[r * c.cols + j] * double{x[i * c.cols + j]});
           t += IsQuantized(c.dtype)
@@ -279,8 +277,7 @@ TEST(BackendConformanceTest, MatMul) {
       one.n = 1;
       const std::vector<float> last(x.end() - c.cols, x.end());
       const std::vector<float> alone = RunMatMul(cpu.backend.get(), one, w, last, nullptr);
-      EXPECT_TRUE(std::equal(alone.begin(), alone.end(), got.end() - c.rows))
-          << "batch invariance";
+      EXPECT_TRUE(std::equal(alone.begin(), alone.end(), got.end() - c.rows)) << "batch invariance";
     }
     for (Peer& p : peers) {
       if (!p.backend->SupportsWeight(c.dtype)) continue;
@@ -324,7 +321,8 @@ TEST(BackendConformanceTest, EmbeddingGather) {
         return s.Get(out, static_cast<size_t>(n * dim));
       };
       std::vector<double> ref;
-      for (int32_t id : ids) ref.insert(ref.end(), w.values.begin() + id * dim, w.values.begin() + (id + 1) * dim);
+      for (int32_t id : ids)
+        ref.insert(ref.end(), w.values.begin() + id * dim, w.values.begin() + (id + 1) * dim);
       const std::vector<float> got = run(cpu.backend.get());
       ExpectNear(got, ref, {0.0}, "cpu vs reference");
       for (Peer& p : peers) {
@@ -506,7 +504,8 @@ struct HostPool {
       r.k_offset = 0;
       r.v_offset = static_cast<uint32_t>(KvRegionBytes(f, KvRole::kKey, s));
       regions.push_back(r);
-      block_bytes = std::max<int64_t>(block_bytes, r.v_offset + KvRegionBytes(f, KvRole::kValue, s));
+      block_bytes =
+          std::max<int64_t>(block_bytes, r.v_offset + KvRegionBytes(f, KvRole::kValue, s));
     }
     block_bytes = (block_bytes + 63) / 64 * 64;
     bytes.assign(static_cast<size_t>(num_blocks * block_bytes), 0);
@@ -517,10 +516,9 @@ struct HostPool {
   const KvLayerRegion& region(int b) const { return regions[layout[b]]; }
   testing::RefRegion Ref(int b, KvRole role) const {
     const KvLayerRegion& r = region(b);
-    return testing::RefRegion(r.format, role,
-                              bytes.data() + b * block_bytes +
-                                  (role == KvRole::kKey ? r.k_offset : r.v_offset),
-                              shape);
+    return testing::RefRegion(
+        r.format, role,
+        bytes.data() + b * block_bytes + (role == KvRole::kKey ? r.k_offset : r.v_offset), shape);
   }
 };
 
@@ -729,7 +727,8 @@ void CheckAttention(const AttentionCase& c, std::mt19937& rng, Backend* cpu,
   const KvRegionShape shape{bs, hkv, hd};
   std::normal_distribution<float> n01(0.0f, 1.0f);
   // Three sequences (one long enough for many blocks), blocks shuffled over the pool.
-  const std::vector<int> lens = {1 + static_cast<int>(rng() % 40), 150 + static_cast<int>(rng() % 200),
+  const std::vector<int> lens = {1 + static_cast<int>(rng() % 40),
+                                 150 + static_cast<int>(rng() % 200),
                                  1 + static_cast<int>(rng() % 70)};
   int total = 0;
   for (int l : lens) total += (l + bs - 1) / bs;
@@ -795,7 +794,8 @@ void CheckAttention(const AttentionCase& c, std::mt19937& rng, Backend* cpu,
     if (c.scores) {
       scores = s.Put(std::vector<float>(static_cast<size_t>(2 * score_floats), 0.0f));
       batch.seq_scores = s.Put(std::vector<float*>{scores, scores + score_floats, nullptr});
-      if (c.head_scores) batch.seq_score_head_stride = s.Put(std::vector<int64_t>{stride, stride, 0});
+      if (c.head_scores)
+        batch.seq_score_head_stride = s.Put(std::vector<int64_t>{stride, stride, 0});
     }
     b->PagedAttention(batch, dev.view, ExecContext{pool_threads});
     AttentionResult r;
@@ -822,10 +822,10 @@ void CheckAttention(const AttentionCase& c, std::mt19937& rng, Backend* cpu,
         for (int d = 0; d < hd; ++d) {
           const double kd = kr.Value(g, j % bs, d);
           sc[j] += qh[d] * kd;
-          m += std::fabs(qh[d]) * (std::fabs(kd) + 40 * std::fabs(kr.Step(g, j % bs, d)) +
-                                   std::fabs(kr.Center(g, d)));
-          vmag = std::max(vmag, std::fabs(vr.Value(g, j % bs, d)) +
-                                    40 * std::fabs(vr.Step(g, j % bs, d)));
+          m += std::fabs(qh[d]) *
+               (std::fabs(kd) + 40 * std::fabs(kr.Step(g, j % bs, d)) + std::fabs(kr.Center(g, d)));
+          vmag = std::max(
+              vmag, std::fabs(vr.Value(g, j % bs, d)) + 40 * std::fabs(vr.Step(g, j % bs, d)));
         }
         sc[j] *= scale;
         mag = std::max(mag, m * scale);

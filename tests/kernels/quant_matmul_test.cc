@@ -15,9 +15,8 @@
 namespace kvserve::kernels::cpu {
 namespace {
 
-const DType kQuantTypes[] = {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1,
-                             DType::kQ8_0, DType::kQ2_K, DType::kQ3_K, DType::kQ4_K,
-                             DType::kQ5_K, DType::kQ6_K};
+const DType kQuantTypes[] = {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ8_0,
+                             DType::kQ2_K, DType::kQ3_K, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
 const QuantKernel kPaths[] = {QuantKernel::kScalar, QuantKernel::kAvx2, QuantKernel::kAvx512Vnni};
 
 struct QuantMatrix {
@@ -36,7 +35,8 @@ QuantMatrix RandomQuant(std::mt19937& rng, DType t, int64_t rows, int64_t cols) 
                 std::vector<float>(rows * cols)};
   for (int64_t r = 0; r < rows; ++r) {
     QuantizeRow(t, raw.data() + r * cols, cols, m.bytes.data() + r * WeightRowBytes(t, cols));
-    DequantizeRow(t, m.bytes.data() + r * WeightRowBytes(t, cols), cols, m.values.data() + r * cols);
+    DequantizeRow(t, m.bytes.data() + r * WeightRowBytes(t, cols), cols,
+                  m.values.data() + r * cols);
   }
   return m;
 }
@@ -155,13 +155,17 @@ TEST(QuantMatMulTest, SimdPathsMatchScalarOnArbitraryBlocks) {
     // Offsets of the FP16 fields of a block.
     std::vector<int64_t> halves;
     switch (t) {
-      case DType::kQ4_1: case DType::kQ5_1: case DType::kQ4_K: case DType::kQ5_K:
+      case DType::kQ4_1:
+      case DType::kQ5_1:
+      case DType::kQ4_K:
+      case DType::kQ5_K:
         halves = {0, 2};
         break;
       case DType::kQ2_K:
         halves = {bb - 4, bb - 2};
         break;
-      case DType::kQ3_K: case DType::kQ6_K:
+      case DType::kQ3_K:
+      case DType::kQ6_K:
         halves = {bb - 2};
         break;
       default:

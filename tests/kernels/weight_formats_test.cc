@@ -10,18 +10,17 @@
 namespace kvserve::kernels {
 namespace {
 
-const DType kQuantTypes[] = {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1,
-                             DType::kQ8_0, DType::kQ2_K, DType::kQ3_K, DType::kQ4_K,
-                             DType::kQ5_K, DType::kQ6_K};
+const DType kQuantTypes[] = {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ8_0,
+                             DType::kQ2_K, DType::kQ3_K, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
 
 TEST(WeightFormatsTest, BlockSizesAreGgmls) {
   struct Expect {
     DType t;
     int64_t size, bytes;
-  } expect[] = {{DType::kQ4_0, 32, 18}, {DType::kQ4_1, 32, 20},  {DType::kQ5_0, 32, 22},
-                {DType::kQ5_1, 32, 24}, {DType::kQ8_0, 32, 34},  {DType::kQ2_K, 256, 84},
+  } expect[] = {{DType::kQ4_0, 32, 18},   {DType::kQ4_1, 32, 20},   {DType::kQ5_0, 32, 22},
+                {DType::kQ5_1, 32, 24},   {DType::kQ8_0, 32, 34},   {DType::kQ2_K, 256, 84},
                 {DType::kQ3_K, 256, 110}, {DType::kQ4_K, 256, 144}, {DType::kQ5_K, 256, 176},
-                {DType::kQ6_K, 256, 210}, {DType::kF16, 1, 2},    {DType::kF32, 1, 4}};
+                {DType::kQ6_K, 256, 210}, {DType::kF16, 1, 2},      {DType::kF32, 1, 4}};
   for (const Expect& e : expect) {
     EXPECT_EQ(DTypeBlockSize(e.t), e.size) << DTypeName(e.t);
     EXPECT_EQ(DTypeBlockBytes(e.t), e.bytes) << DTypeName(e.t);
@@ -47,8 +46,8 @@ TEST(WeightFormatsTest, Q4_0HandWorkedBlock) {
   float y[32];
   DequantizeRow(DType::kQ4_0, &b, 32, y);
   for (int j = 0; j < 16; ++j) {
-    EXPECT_EQ(y[j], 2.0f * (j - 8)) << j;           // low nibble: element j
-    EXPECT_EQ(y[j + 16], 2.0f * (7 - j)) << j;      // high nibble: element j + 16
+    EXPECT_EQ(y[j], 2.0f * (j - 8)) << j;       // low nibble: element j
+    EXPECT_EQ(y[j + 16], 2.0f * (7 - j)) << j;  // high nibble: element j + 16
   }
 }
 
@@ -67,9 +66,9 @@ TEST(WeightFormatsTest, Q4_KHandWorkedBlock) {
   float y[256];
   DequantizeRow(DType::kQ4_K, &b, 256, y);
   for (int l = 0; l < 32; ++l) {
-    EXPECT_EQ(y[l], 1.0f * (l % 16) - 1.0f) << l;           // low nibbles of qs[0, 32)
-    EXPECT_EQ(y[32 + l], 0.0f) << l;                        // high nibbles, scale 0
-    EXPECT_EQ(y[128 + l], 19.0f * (l % 16) - 2.5f) << l;    // low nibbles of qs[64, 96)
+    EXPECT_EQ(y[l], 1.0f * (l % 16) - 1.0f) << l;         // low nibbles of qs[0, 32)
+    EXPECT_EQ(y[32 + l], 0.0f) << l;                      // high nibbles, scale 0
+    EXPECT_EQ(y[128 + l], 19.0f * (l % 16) - 2.5f) << l;  // low nibbles of qs[64, 96)
   }
 }
 
@@ -78,8 +77,8 @@ TEST(WeightFormatsTest, Q6_KHandWorkedBlock) {
   std::memset(&b, 0, sizeof(b));
   b.d = FloatToFp16(0.25f);
   for (int s = 0; s < 16; ++s) b.scales[s] = static_cast<int8_t>(s - 8);
-  b.ql[0] = 0xA5;        // element 0: low nibble 5; element 64: high nibble 10
-  b.qh[0] = 0x32;        // element 0: bits 0-1 = 2; element 32: bits 2-3 = 0; element 64: 3
+  b.ql[0] = 0xA5;  // element 0: low nibble 5; element 64: high nibble 10
+  b.qh[0] = 0x32;  // element 0: bits 0-1 = 2; element 32: bits 2-3 = 0; element 64: 3
   float y[256];
   DequantizeRow(DType::kQ6_K, &b, 256, y);
   EXPECT_EQ(y[0], 0.25f * -8 * ((5 | (2 << 4)) - 32));    // scale 0
@@ -113,12 +112,28 @@ TEST(WeightFormatsTest, RoundTripOfEveryType) {
     // Relative RMS error of round-to-nearest at the type's bits per weight, with margin.
     double bound = 0.02;
     switch (t) {
-      case DType::kQ8_0: bound = 0.01; break;
-      case DType::kQ6_K: bound = 0.04; break;
-      case DType::kQ5_0: case DType::kQ5_1: case DType::kQ5_K: bound = 0.07; break;
-      case DType::kQ4_0: case DType::kQ4_1: case DType::kQ4_K: bound = 0.14; break;
-      case DType::kQ3_K: bound = 0.3; break;
-      default: bound = 0.5; break;  // Q2_K
+      case DType::kQ8_0:
+        bound = 0.01;
+        break;
+      case DType::kQ6_K:
+        bound = 0.04;
+        break;
+      case DType::kQ5_0:
+      case DType::kQ5_1:
+      case DType::kQ5_K:
+        bound = 0.07;
+        break;
+      case DType::kQ4_0:
+      case DType::kQ4_1:
+      case DType::kQ4_K:
+        bound = 0.14;
+        break;
+      case DType::kQ3_K:
+        bound = 0.3;
+        break;
+      default:
+        bound = 0.5;
+        break;  // Q2_K
     }
     EXPECT_LT(rel, bound) << DTypeName(t);
     EXPECT_GT(rel, 0.0) << DTypeName(t);

@@ -183,8 +183,7 @@ bool CondVar::WaitWithTimeout(Mutex* mu, absl::Duration timeout) {
   return timed_out;
 }
 bool CondVar::WaitWithDeadline(Mutex* mu, absl::Time deadline) {
-  KVSERVE_REAL(CondVarTimeFn,
-               "_ZN4absl7debian37CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE");
+  KVSERVE_REAL(CondVarTimeFn, "_ZN4absl7debian37CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE");
   __tsan_release(mu);
   const bool timed_out = real(this, mu, deadline);
   __tsan_acquire(mu);

@@ -404,8 +404,8 @@ TEST(SoakTest, RandomLoadWithFaultsKeepsEveryOutputAndLeaksNothing) {
     ASSERT_FALSE(BudgetFor(format).empty()) << "no KV budget worked out for " << format;
     ServerProcess server;
     std::vector<std::string> settings = {
-        "kv_cache.format=" + format, "kv_cache.budget_mb=" + BudgetFor(format),
-        "scheduler.policy=priority", "scheduler.stream_buffer_tokens=8",
+        "kv_cache.format=" + format,   "kv_cache.budget_mb=" + BudgetFor(format),
+        "scheduler.policy=priority",   "scheduler.stream_buffer_tokens=8",
         "metrics.address=127.0.0.1:0", "engine.threads=1"};
     for (const std::string& extra : FormatSettings(format)) settings.push_back(extra);
     ASSERT_TRUE(server.Start(settings)) << server.Stderr();
@@ -455,9 +455,9 @@ TEST(SoakTest, RandomLoadWithFaultsKeepsEveryOutputAndLeaksNothing) {
         ++mismatches;
         if (mismatches <= 5) {
           ADD_FAILURE() << format << " round " << round << ": " << prompts[c.prompt].label
-                        << " max_tokens " << c.max_tokens << " ignore_eos " << c.ignore_eos
-                        << ": " << c.ids.size() << " tokens differ from the reference ("
-                        << expected.size() << ")";
+                        << " max_tokens " << c.max_tokens << " ignore_eos " << c.ignore_eos << ": "
+                        << c.ids.size() << " tokens differ from the reference (" << expected.size()
+                        << ")";
         }
       }
       std::printf("%s round %d: %d of %zu completed requests differ from the reference\n",
@@ -488,7 +488,8 @@ TEST(SoakTest, RandomLoadWithFaultsKeepsEveryOutputAndLeaksNothing) {
         auto memory = v1::Memory::NewStub(server.Channel());
         grpc::ClientContext context;
         v1::FlushPrefixCacheResponse flushed;
-        ASSERT_TRUE(memory->FlushPrefixCache(&context, v1::FlushPrefixCacheRequest(), &flushed).ok());
+        ASSERT_TRUE(
+            memory->FlushPrefixCache(&context, v1::FlushPrefixCacheRequest(), &flushed).ok());
       }
       const v1::MemoryStats after = GetStats(server);
       EXPECT_EQ(after.used_bytes(), 0) << format << " round " << round;

@@ -32,9 +32,9 @@ ProcessResult Calibrate(const std::vector<std::string>& args) {
 TEST(CalibrateCliTest, WritesAFragmentTheServerConfigLoads) {
   ScratchDir dir;
   const std::string out = dir.path() + "/calibrated.yaml";
-  ProcessResult r = Calibrate({"--model", ModelPath(), "--text", EvalText(), "--budget-bits",
-                               "6", "--formats", "fp16,int4,int2", "--max-documents", "6",
-                               "--context", "256", "--threads", "1", "--out", out});
+  ProcessResult r = Calibrate({"--model", ModelPath(), "--text", EvalText(), "--budget-bits", "6",
+                               "--formats", "fp16,int4,int2", "--max-documents", "6", "--context",
+                               "256", "--threads", "1", "--out", out});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("budget 6 bits/element: chosen average"), std::string::npos) << r.out;
   EXPECT_NE(r.err.find("calibrate: layer 4 in int2: perplexity"), std::string::npos) << r.err;
@@ -61,8 +61,8 @@ TEST(CalibrateCliTest, WritesAFragmentTheServerConfigLoads) {
 
 TEST(CalibrateCliTest, BadFlagsAreUsageErrorsNamingTheFlag) {
   ScratchDir dir;
-  const std::vector<std::string> base = {"--model", ModelPath(), "--text", EvalText(),
-                                         "--max-documents", "2"};
+  const std::vector<std::string> base = {"--model",  ModelPath(),       "--text",
+                                         EvalText(), "--max-documents", "2"};
   auto run = [&](std::vector<std::string> extra) {
     std::vector<std::string> args = base;
     args.insert(args.end(), extra.begin(), extra.end());

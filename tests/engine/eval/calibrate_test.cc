@@ -167,7 +167,8 @@ TEST_F(CalibrateModelTest, BudgetIsMetAndMoreBitsNeverMeasureWorse) {
     previous = measured->perplexity();
   }
   // The extremes: 5 bits is every layer in int2, 16 bits leaves room for every layer in fp16.
-  EXPECT_EQ(ChooseCalibration(*s, 5.0)->layer_formats, std::vector<KvFormat>(kLayers, KvFormat::kInt2));
+  EXPECT_EQ(ChooseCalibration(*s, 5.0)->layer_formats,
+            std::vector<KvFormat>(kLayers, KvFormat::kInt2));
   EXPECT_LE(ChooseCalibration(*s, 16.0)->average_bits, 16.0);
   // Below int2 nothing fits: an error naming the smallest candidate.
   auto too_small = ChooseCalibration(*s, 4.9);

@@ -80,8 +80,7 @@ TEST(LowrankPerplexityTest, MissingOrBadSettingsAreNamed) {
   o.kv_lowrank_text = "";
   lm = LocalModel::Open(o);
   ASSERT_FALSE(lm.ok());
-  EXPECT_NE(lm.status().message().find("kv_cache.lowrank_text"), std::string::npos)
-      << lm.status();
+  EXPECT_NE(lm.status().message().find("kv_cache.lowrank_text"), std::string::npos) << lm.status();
   o.kv_lowrank_text = "/nonexistent/calibration.txt";
   lm = LocalModel::Open(o);
   ASSERT_FALSE(lm.ok());

@@ -9,8 +9,8 @@ namespace kvserve::engine {
 namespace {
 
 TEST(PerplexityTest, SplitDocumentsStripsLeadingWhitespaceAndDropsEmpty) {
-  const auto docs = SplitDocuments("\n A b.\n<|endoftext|>\nC d.\n<|endoftext|>\n \n",
-                                   "<|endoftext|>");
+  const auto docs =
+      SplitDocuments("\n A b.\n<|endoftext|>\nC d.\n<|endoftext|>\n \n", "<|endoftext|>");
   ASSERT_EQ(docs.size(), 2u);
   EXPECT_EQ(docs[0], "A b.\n");
   EXPECT_EQ(docs[1], "C d.\n");

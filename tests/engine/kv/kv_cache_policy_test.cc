@@ -29,7 +29,7 @@ TEST(KvCachePolicyTest, ColdEligibilityHandWorked) {
   // 100 tokens: window covers [68, 100); block 0 holds the sinks.
   EXPECT_FALSE(p->ColdEligible(0, 100));
   EXPECT_TRUE(p->ColdEligible(1, 100));
-  EXPECT_TRUE(p->ColdEligible(3, 100));  // [48, 64)
+  EXPECT_TRUE(p->ColdEligible(3, 100));   // [48, 64)
   EXPECT_FALSE(p->ColdEligible(4, 100));  // [64, 80) overlaps the window
   EXPECT_FALSE(p->ColdEligible(6, 100));  // partial
 }
@@ -145,10 +145,9 @@ TEST(KvCachePolicyTest, DemotionConvertsExactlyTheEligibleBlocks) {
                                        base + layout.regions[l].k_offset, shape, 16, out.data());
       for (size_t i = 0; i < region; ++i) {
         const float want = values[b][(2 * l) * region + i];
-        const float rounded = !cold ? want
-                              : l == 2
-                                  ? kernels::Fp16ToFloat(kernels::FloatToFp16(want))
-                                  : kernels::Bf16ToFloat(kernels::FloatToBf16(want));
+        const float rounded = !cold    ? want
+                              : l == 2 ? kernels::Fp16ToFloat(kernels::FloatToFp16(want))
+                                       : kernels::Bf16ToFloat(kernels::FloatToBf16(want));
         ASSERT_EQ(out[i], rounded) << "block " << b << " layer " << l << " at " << i;
       }
     }

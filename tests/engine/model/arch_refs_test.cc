@@ -49,7 +49,9 @@ std::vector<double> ArrayAfter(const std::string& json, const std::string& key, 
   return out;
 }
 
-std::vector<int32_t> Ids(const std::vector<double>& v) { return std::vector<int32_t>(v.begin(), v.end()); }
+std::vector<int32_t> Ids(const std::vector<double>& v) {
+  return std::vector<int32_t>(v.begin(), v.end());
+}
 
 class ArchRefsTest : public ::testing::TestWithParam<const char*> {};
 
@@ -116,8 +118,8 @@ TEST_P(ArchRefsTest, MatchesLlamaCppScoresAndGreedyTokens) {
     for (size_t s = 0; s < ref_tokens.size() && gaps[s] >= 0.1; ++s, ++compared) {
       ASSERT_EQ(greedy->tokens[s], ref_tokens[s]) << name << " '" << prompt << "' step " << s;
     }
-    std::printf("%s '%s': %zu greedy steps compared (first near-tie after)\n", name.c_str(),
-                prompt, compared);
+    std::printf("%s '%s': %zu greedy steps compared (first near-tie after)\n", name.c_str(), prompt,
+                compared);
   }
 }
 

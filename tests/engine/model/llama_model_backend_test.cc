@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/runtime/local_model.h"
 #include "engine/kv/sequence_kv.h"
 #include "engine/model/llama_model.h"
+#include "engine/runtime/local_model.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -129,7 +129,7 @@ TEST(LlamaModelBackendTest, EveryOpGoesThroughTheBackendAndLogitsAreUnchanged) {
   const int layers = lm->config().num_layers;
   EXPECT_EQ(counting.calls["EmbeddingGather"], 1);
   EXPECT_EQ(counting.calls["RopeTable"], 1);
-  EXPECT_EQ(counting.calls["MatMul"], 7 * layers + 1);  // + the classifier
+  EXPECT_EQ(counting.calls["MatMul"], 7 * layers + 1);   // + the classifier
   EXPECT_EQ(counting.calls["RmsNorm"], 2 * layers + 1);  // + the final norm of one row
   EXPECT_EQ(counting.calls["Rope"], 2 * layers);
   EXPECT_EQ(counting.calls["WriteKv"], layers);

@@ -163,8 +163,7 @@ TEST(EngineTest, EveryEventIsNotifiedToTheListener) {
   ASSERT_FALSE((*running)->WaitAndTake(&first, absl::Seconds(30)));
   ASSERT_FALSE(first.empty());
   (*engine)->AbortAll(absl::UnavailableError("test shutdown"));
-  EXPECT_EQ(CollectByListener(**running).final_event.status.code(),
-            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(CollectByListener(**running).final_event.status.code(), absl::StatusCode::kUnavailable);
 }
 
 TEST(EngineTest, DeadlineExceeded) {

@@ -52,12 +52,11 @@ TEST_P(GoldenTest, GreedyOnceUponATimeMatchesPublishedText) {
 
 INSTANTIATE_TEST_SUITE_P(
     Stories260K, GoldenTest,
-    ::testing::Values(GoldenCase{"gguf_fp32", "stories260K.gguf", "", kernels::KvFormat::kFp32},
-                      GoldenCase{"bin_fp32", "stories260K.bin", "tok512.bin",
-                                 kernels::KvFormat::kFp32},
-                      GoldenCase{"gguf_fp16", "stories260K.gguf", "", kernels::KvFormat::kFp16},
-                      GoldenCase{"bin_default_tokenizer", "stories260K.bin", "",
-                                 kernels::KvFormat::kFp32}),
+    ::testing::Values(
+        GoldenCase{"gguf_fp32", "stories260K.gguf", "", kernels::KvFormat::kFp32},
+        GoldenCase{"bin_fp32", "stories260K.bin", "tok512.bin", kernels::KvFormat::kFp32},
+        GoldenCase{"gguf_fp16", "stories260K.gguf", "", kernels::KvFormat::kFp16},
+        GoldenCase{"bin_default_tokenizer", "stories260K.bin", "", kernels::KvFormat::kFp32}),
     [](const ::testing::TestParamInfo<GoldenCase>& info) { return info.param.name; });
 
 TEST(GoldenTest, BabyLlamaLoadsAndGeneratesText) {

@@ -15,8 +15,7 @@ std::vector<float> LogProbs(const std::vector<double>& p) {
   return l;
 }
 
-std::map<int32_t, int> Draw(const SamplingParams& params, const std::vector<float>& logits,
-                            int n) {
+std::map<int32_t, int> Draw(const SamplingParams& params, const std::vector<float>& logits, int n) {
   Sampler s(params);
   std::map<int32_t, int> counts;
   for (int i = 0; i < n; ++i) {

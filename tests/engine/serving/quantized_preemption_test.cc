@@ -48,8 +48,8 @@ std::unique_ptr<LocalModel> Open(const KvCase& c, int64_t budget_bytes, int64_t 
 // 16 requests, several sharing a long prefix (so that prefix reuse happens, also past a recent
 // window of 37 tokens), with prompts of 4 to about 80 tokens and 40 to 72 generated tokens each.
 std::vector<GenerationRequest> MakeRequests(const Tokenizer& tok) {
-  const char* openings[] = {"Once upon a time",    "The little dog",     "Lily and Ben went",
-                            "One day, a big bird", "Tom had a red ball", "The sun was hot and",
+  const char* openings[] = {"Once upon a time",    "The little dog",      "Lily and Ben went",
+                            "One day, a big bird", "Tom had a red ball",  "The sun was hot and",
                             "Sara liked to sing",  "A cat sat on the mat"};
   const std::string shared =
       "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
@@ -101,13 +101,13 @@ TEST_P(QuantizedPreemptionTest, PreemptedChunkedAndCachedOutputEqualsTheRequestA
   EXPECT_EQ(loaded->ActiveKvBlocks(), 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Formats, QuantizedPreemptionTest,
-    ::testing::Values(KvCase{"fp16", 0, 0}, KvCase{"fp8", 0, 0}, KvCase{"int8", 0, 0},
-                      KvCase{"int4", 0, 0}, KvCase{"nvfp4", 0, 0}, KvCase{"int2", 0, 0},
-                      KvCase{"lowrank", 0, 0}, KvCase{"int4", 20, 4}, KvCase{"int8", 37, 0},
-                      KvCase{"fp8", 0, 18}),
-    CaseName);
+INSTANTIATE_TEST_SUITE_P(Formats, QuantizedPreemptionTest,
+                         ::testing::Values(KvCase{"fp16", 0, 0}, KvCase{"fp8", 0, 0},
+                                           KvCase{"int8", 0, 0}, KvCase{"int4", 0, 0},
+                                           KvCase{"nvfp4", 0, 0}, KvCase{"int2", 0, 0},
+                                           KvCase{"lowrank", 0, 0}, KvCase{"int4", 20, 4},
+                                           KvCase{"int8", 37, 0}, KvCase{"fp8", 0, 18}),
+                         CaseName);
 
 }  // namespace
 }  // namespace kvserve::engine

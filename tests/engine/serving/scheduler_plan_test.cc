@@ -90,8 +90,8 @@ class Harness {
     g.block_size = kBlock;
     // The FP32 block size, from a probe pool.
     BlockPool probe(g, 1 << 20);
-    const int64_t fp32_block = probe.layout(*probe.RegisterUniformLayout(kernels::KvFormat::kFp32))
-                                   .block_bytes;
+    const int64_t fp32_block =
+        probe.layout(*probe.RegisterUniformLayout(kernels::KvFormat::kFp32)).block_bytes;
     pool_ = std::make_unique<BlockPool>(g, o.budget_blocks * fp32_block);
     policy_ = std::make_unique<KvCachePolicy>(*KvCachePolicy::Create(pool_.get(), o.policy));
     KvCacheManagerOptions ko;
@@ -328,8 +328,7 @@ TEST(SchedulerPlanTest, APromptLargerThanTheWholeBudgetIsRefusedAndOthersRun) {
   h.RunToIdle();
   const Outcome refused = Drain(*big);
   EXPECT_EQ(refused.final.status.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_NE(refused.final.status.message().find("needs 3 KV blocks (9 tokens)"),
-            std::string::npos)
+  EXPECT_NE(refused.final.status.message().find("needs 3 KV blocks (9 tokens)"), std::string::npos)
       << refused.final.status;
   EXPECT_EQ(Drain(*small).tokens, Reference(Harness::Prompt(11, 3), 2));
 }

@@ -20,9 +20,9 @@ std::unique_ptr<LocalModel> OpenStories(int64_t budget_bytes, int64_t max_batch_
   return lm.ok() ? std::move(*lm) : nullptr;
 }
 
-const char* kPrompts[] = {"Once upon a time",      "The little dog",      "Lily and Ben went",
-                          "One day, a big bird",   "Tom had a red ball",  "The sun was hot and",
-                          "Sara liked to sing",    "A cat sat on the mat"};
+const char* kPrompts[] = {"Once upon a time",    "The little dog",      "Lily and Ben went",
+                          "One day, a big bird", "Tom had a red ball",  "The sun was hot and",
+                          "Sara liked to sing",  "A cat sat on the mat"};
 
 std::vector<GenerationRequest> MakeRequests(const Tokenizer& tok, int n) {
   std::vector<GenerationRequest> reqs(n);
@@ -156,7 +156,9 @@ GenerationRequest SystemPromptRequest(const Tokenizer& tok, const std::string& q
   GenerationRequest r;
   r.prompt = tok.Encode(
       "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
-      "park with her friends. One day, " + question, true);
+      "park with her friends. One day, " +
+          question,
+      true);
   r.max_tokens = 30;
   r.cache_salt = salt;
   return r;
@@ -189,7 +191,8 @@ TEST(PrefixReuseTest, ARequestEndingAfterItsFirstTokenStillCachesItsPrompt) {
   ASSERT_GE(full_blocks, 2);
   ASSERT_TRUE(lm->generator().Run({first}).ok());
   EXPECT_EQ(lm->prefix_index()->cached_blocks(), full_blocks);
-  ASSERT_TRUE(lm->generator().Run({SystemPromptRequest(lm->tokenizer(), "she found a ball.")}).ok());
+  ASSERT_TRUE(
+      lm->generator().Run({SystemPromptRequest(lm->tokenizer(), "she found a ball.")}).ok());
   EXPECT_GE(lm->generator().cached_prompt_tokens(), 32);
   EXPECT_EQ(lm->ActiveKvBlocks(), 0);
 }

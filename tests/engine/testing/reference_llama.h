@@ -80,7 +80,7 @@ inline void RefFeedForward(const engine::LayerWeights& lw, double eps, std::vect
 
 // Returns the logits [tokens.size()][vocab] of every position.
 inline std::vector<std::vector<double>> ReferenceLogits(const engine::LoadedModel& model,
-                                                         const std::vector<int32_t>& tokens) {
+                                                        const std::vector<int32_t>& tokens) {
   const engine::ModelConfig& c = model.config();
   const engine::ModelWeights& w = model.weights();
   const int dim = c.dim, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;

@@ -26,8 +26,8 @@ const Tokenizer& Tok512() {
 
 // Printable ASCII with a few multi-byte characters and stray bytes (byte fallback).
 std::string RandomText(std::mt19937& rng, int length) {
-  static const std::vector<std::string> kUnits = {"a", "b", "e", " ", "the", "Once", ".", "\n",
-                                                  "\xC3\xA9", "\xE2\x82\xAC", "\xFF", "z", "q"};
+  static const std::vector<std::string> kUnits = {
+      "a", "b", "e", " ", "the", "Once", ".", "\n", "\xC3\xA9", "\xE2\x82\xAC", "\xFF", "z", "q"};
   std::string out;
   while (static_cast<int>(out.size()) < length) out += kUnits[rng() % kUnits.size()];
   return out;

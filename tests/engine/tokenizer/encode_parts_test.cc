@@ -59,8 +59,8 @@ TEST(EncodePartsTest, MessageTextNeverBecomesControlTokens) {
   EXPECT_EQ(Count(all, header), 2);
   EncodeOptions special;
   special.parse_special = true;
-  EXPECT_EQ(all, tok.Encode(std::string(inert[0].text) + content + std::string(inert[2].text),
-                            special));
+  EXPECT_EQ(all,
+            tok.Encode(std::string(inert[0].text) + content + std::string(inert[2].text), special));
 }
 
 TEST(EncodePartsTest, TextBetweenControlTokensIsOnePieceAcrossParts) {

@@ -33,20 +33,21 @@ class ListenerSecurityConfigTest : public ::testing::Test {
 };
 
 TEST_F(ListenerSecurityConfigTest, NonLoopbackAddressWithoutKeysIsAnError) {
-  for (const std::string address : {"0.0.0.0:50051", "[::]:50051", "10.1.2.3:50051",
-                                    "example.com:50051", "128.0.0.1:1"}) {
+  for (const std::string address :
+       {"0.0.0.0:50051", "[::]:50051", "10.1.2.3:50051", "example.com:50051", "128.0.0.1:1"}) {
     SCOPED_TRACE(address);
     absl::StatusOr<ServerConfig> config = Load(
-        "model:\n"                            // 1
-        "  path: m.gguf\n"                    // 2
-        "server:\n"                           // 3
-        "  address: \"" + address + "\"\n");  // 4
+        "model:\n"          // 1
+        "  path: m.gguf\n"  // 2
+        "server:\n"         // 3
+        "  address: \"" +
+        address + "\"\n");  // 4
     ASSERT_FALSE(config.ok());
     EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(config.status().message(),
-                AllOf(HasSubstr(At(4) + " server.address: " + address), HasSubstr("loopback"),
-                      HasSubstr("server.api_keys_file"),
-                      HasSubstr("server.allow_unauthenticated")));
+    EXPECT_THAT(
+        config.status().message(),
+        AllOf(HasSubstr(At(4) + " server.address: " + address), HasSubstr("loopback"),
+              HasSubstr("server.api_keys_file"), HasSubstr("server.allow_unauthenticated")));
   }
 }
 
@@ -54,9 +55,8 @@ TEST_F(ListenerSecurityConfigTest, OverrideToEveryInterfaceWithoutKeysNamesTheFl
   absl::StatusOr<ServerConfig> config =
       Load("model:\n  path: m.gguf\n", {"server.address=0.0.0.0:0"});
   ASSERT_FALSE(config.ok());
-  EXPECT_THAT(config.status().message(),
-              AllOf(HasSubstr("--set server.address=0.0.0.0:0: "),
-                    HasSubstr("server.api_keys_file is not set")));
+  EXPECT_THAT(config.status().message(), AllOf(HasSubstr("--set server.address=0.0.0.0:0: "),
+                                               HasSubstr("server.api_keys_file is not set")));
 }
 
 TEST_F(ListenerSecurityConfigTest, KeysOrTheOptOutMakeANonLoopbackAddressValid) {

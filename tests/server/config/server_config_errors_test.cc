@@ -229,7 +229,8 @@ TEST_F(ServerConfigErrorTest, MalformedYaml) {
   EXPECT_THAT(Error("model: {path: m.gguf}\n---\nkv_cache: {format: fp16}\n"),
               HasSubstr(At(3) + " expected one YAML document, found more than one"));
   // A flow entry outside any flow collection (yaml-cpp 0.7's LoadAll never returns on these).
-  EXPECT_THAT(Error(","), HasSubstr(dir_.Path("bad.yaml") + ":1:1: malformed YAML: unexpected ','"));
+  EXPECT_THAT(Error(","),
+              HasSubstr(dir_.Path("bad.yaml") + ":1:1: malformed YAML: unexpected ','"));
   EXPECT_THAT(Error("\"x\","), HasSubstr("malformed YAML"));
   EXPECT_THAT(Error("model: {path: m.gguf}\n,\n"), HasSubstr("malformed YAML"));
   EXPECT_THAT(Error("model: {path: m.gguf}\n[a, b]: 1\n"),

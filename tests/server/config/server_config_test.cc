@@ -57,9 +57,8 @@ std::set<std::string> TableKeys() {
 
 std::vector<std::string> ShippedConfigs() {
   std::vector<std::string> files = {kSourceDir + "/configs/server.yaml"};
-  for (const char* preset :
-       {"fp16", "fp32-reference", "bf16", "low-memory", "high-throughput", "priority", "int8", "int4",
-        "nvfp4", "long-context"}) {
+  for (const char* preset : {"fp16", "fp32-reference", "bf16", "low-memory", "high-throughput",
+                             "priority", "int8", "int4", "nvfp4", "long-context"}) {
     files.push_back(kSourceDir + "/configs/presets/" + preset + ".yaml");
   }
   return files;
@@ -408,7 +407,8 @@ TEST(ServerConfigValuesTest, FormattedConfigLoadsBackUnchanged) {
   ASSERT_TRUE(first.ok()) << first.status();
 
   const std::string formatted = FormatServerConfig(*first);
-  EXPECT_THAT(formatted, HasSubstr("kv_cache:\n  format: bf16\n  layer_formats: \"0:fp32,3:fp16\"\n"));
+  EXPECT_THAT(formatted,
+              HasSubstr("kv_cache:\n  format: bf16\n  layer_formats: \"0:fp32,3:fp16\"\n"));
   EXPECT_THAT(formatted, HasSubstr("  window_format: fp32\n  budget_mb: 0.5\n"));
   EXPECT_THAT(formatted, HasSubstr("  tls:\n    cert_file: \""));
   // Paths are absolute after the first load, so the copy may live anywhere.

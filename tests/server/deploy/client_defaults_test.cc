@@ -37,10 +37,9 @@ std::map<std::string, double> ProtoDefaults() {
       const size_t d = comment.find("Default ");
       double value = 0;
       if (d != std::string::npos &&
-          absl::SimpleAtod(absl::StripSuffix(comment.substr(d + 8, comment.find('.', d + 9) -
-                                                                        d - 8),
-                                             "."),
-                           &value)) {
+          absl::SimpleAtod(
+              absl::StripSuffix(comment.substr(d + 8, comment.find('.', d + 9) - d - 8), "."),
+              &value)) {
         out[w[1]] = value;
       }
     }
@@ -77,8 +76,8 @@ TEST(ClientDefaultsTest, GenerateFlagsDefaultToTheApiDefaults) {
     ASSERT_TRUE(help.contains(flag)) << flag << " not in the help";
     double shown = 0;
     ASSERT_TRUE(absl::SimpleAtod(help.at(flag), &shown)) << flag << ": " << help.at(flag);
-    EXPECT_EQ(shown, value) << flag << ": the client's default " << help.at(flag)
-                            << ", the API's " << value;
+    EXPECT_EQ(shown, value) << flag << ": the client's default " << help.at(flag) << ", the API's "
+                            << value;
   }
   EXPECT_EQ(help.at("--max-tokens"), "0");
 }
@@ -88,9 +87,9 @@ TEST(ClientDefaultsTest, GenerateFlagsDefaultToTheApiDefaults) {
 TEST(ClientDefaultsTest, UnsetFlagsLeaveTheServerDefaults) {
   ServerProcess server;
   ASSERT_TRUE(server.Start({"limits.default_max_tokens=5", "logging.level=debug"}));
-  const ProcessResult r = RunProcess({KvserveBinary(), "client", "generate", "--addr",
-                                      server.address(), "--prompt", "Once upon a time", "--seed",
-                                      "7"});
+  const ProcessResult r =
+      RunProcess({KvserveBinary(), "client", "generate", "--addr", server.address(), "--prompt",
+                  "Once upon a time", "--seed", "7"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // The server's own sampling with the API defaults and the same seed gives the same text.
   auto stub = server.Stub();

@@ -673,11 +673,11 @@ std::string Sha256(const std::string& path) {
 // The alert rules are valid and behave as their unit tests say (deploy/prometheus/alerts_test.yml).
 TEST(DeployToolsTest, PromtoolUnitTestsTheAlertRules) {
   if (!Have("promtool")) GTEST_SKIP() << "promtool not installed (Debian package 'prometheus')";
-  const ProcessResult check = RunProcess({"/usr/bin/env", "promtool", "check", "rules",
-                                          Root() + "/deploy/prometheus/alerts.yml"});
+  const ProcessResult check = RunProcess(
+      {"/usr/bin/env", "promtool", "check", "rules", Root() + "/deploy/prometheus/alerts.yml"});
   EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
-  const ProcessResult test = RunProcess({"/usr/bin/env", "promtool", "test", "rules",
-                                         Root() + "/deploy/prometheus/alerts_test.yml"});
+  const ProcessResult test = RunProcess(
+      {"/usr/bin/env", "promtool", "test", "rules", Root() + "/deploy/prometheus/alerts_test.yml"});
   EXPECT_EQ(test.exit_code, 0) << test.out << test.err;
 }
 
@@ -694,8 +694,8 @@ TEST(DeployAlertsTest, RulesUseExportedMetrics) {
       size_t pos = 0;
       while ((pos = expr.find("kvserve_", pos)) != std::string::npos) {
         size_t end = pos;
-        while (end < expr.size() && (std::isalnum(static_cast<unsigned char>(expr[end])) ||
-                                     expr[end] == '_')) {
+        while (end < expr.size() &&
+               (std::isalnum(static_cast<unsigned char>(expr[end])) || expr[end] == '_')) {
           ++end;
         }
         std::string metric = expr.substr(pos, end - pos);

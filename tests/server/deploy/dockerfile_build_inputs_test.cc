@@ -141,8 +141,7 @@ std::string Relative(const fs::path& root, const fs::path& p) {
   return p.lexically_normal().lexically_relative(root).generic_string();
 }
 
-void AddInput(const fs::path& root, const fs::path& p, const std::string& why,
-              CMakeInputs& out) {
+void AddInput(const fs::path& root, const fs::path& p, const std::string& why, CMakeInputs& out) {
   const std::string rel = Relative(root, p);
   // The repository itself (include directories) or outside it (../shared).
   if (rel.empty() || rel == "." || absl::StartsWith(rel, "..")) return;
@@ -366,7 +365,8 @@ std::vector<std::string> MissingBuildInputs(const fs::path& root, const std::str
       if (builds) {
         auto it = stage_options.find(stage.name);
         if (it == stage_options.end()) {
-          problems.push_back("stage " + stage.name + " runs scripts/build.sh: no CMake options "
+          problems.push_back("stage " + stage.name +
+                             " runs scripts/build.sh: no CMake options "
                              "known for it (add them to the test)");
         } else {
           CMakeInputs inputs;
@@ -426,9 +426,9 @@ TEST(DockerfileBuildInputsTest, FindsTheIncludedAndGlobbedInputs) {
   const fs::path root = SourceDir();
   CMakeInputs cpu;
   CollectCMakeInputs(root, root / "CMakeLists.txt", ImageStages()["build"], cpu);
-  for (const char* p : {"CMakeLists.txt", "cmake/sanitizers.cmake", "proto/CMakeLists.txt",
-                        "proto/kvserve/v1", "kernels", "kernels/cpu", "engine", "server",
-                        "tools", "tools/kvserve_main.cc"}) {
+  for (const char* p :
+       {"CMakeLists.txt", "cmake/sanitizers.cmake", "proto/CMakeLists.txt", "proto/kvserve/v1",
+        "kernels", "kernels/cpu", "engine", "server", "tools", "tools/kvserve_main.cc"}) {
     EXPECT_TRUE(cpu.paths.contains(p)) << p << " not found among: " << absl::StrJoin(cpu.log, ", ");
   }
   // Tests, benchmarks, the TSan helper and the CUDA kernels are not read by this configuration.
@@ -445,19 +445,18 @@ TEST(DockerfileBuildInputsTest, FindsTheIncludedAndGlobbedInputs) {
 TEST(DockerfileBuildInputsTest, ReportsEachMissingCopy) {
   const fs::path root = SourceDir();
   const std::string dockerfile = ReadFile(root / "Dockerfile");
-  for (const char* copy :
-       {"COPY cmake cmake\n", "COPY proto proto\n", "COPY kernels kernels\n",
-        "COPY engine engine\n", "COPY server server\n", "COPY tools tools\n",
-        "COPY scripts scripts\n",
-        "COPY CMakeLists.txt ./\n", "COPY scripts/install-deps.sh scripts/install-deps.sh\n"}) {
+  for (const char* copy : {"COPY cmake cmake\n", "COPY proto proto\n", "COPY kernels kernels\n",
+                           "COPY engine engine\n", "COPY server server\n", "COPY tools tools\n",
+                           "COPY scripts scripts\n", "COPY CMakeLists.txt ./\n",
+                           "COPY scripts/install-deps.sh scripts/install-deps.sh\n"}) {
     ASSERT_TRUE(absl::StrContains(dockerfile, copy)) << copy;
     const std::string broken = absl::StrReplaceAll(dockerfile, {{copy, "\n"}});
     const std::vector<std::string> problems = MissingBuildInputs(root, broken, ImageStages());
     const std::string path = std::vector<std::string>(absl::StrSplit(copy, ' '))[1];
     bool named = false;
     for (const std::string& p : problems) named |= absl::StartsWith(p, path);
-    EXPECT_TRUE(named) << "without `" << absl::StripSuffix(copy, "\n") << "` nothing names "
-                       << path << ": " << absl::StrJoin(problems, "\n");
+    EXPECT_TRUE(named) << "without `" << absl::StripSuffix(copy, "\n") << "` nothing names " << path
+                       << ": " << absl::StrJoin(problems, "\n");
   }
 }
 

@@ -76,7 +76,9 @@ TEST(LivenessWatchdogTest, ReportsAWedgedEngineAndItsRecovery) {
   std::vector<bool> reports;
   {
     LivenessWatchdog watchdog(
-        [&] { return LivenessSample{steps.load(), absl::Seconds(steps.load()), 3}; },
+        [&] {
+          return LivenessSample{steps.load(), absl::Seconds(steps.load()), 3};
+        },
         [&](bool live) {
           absl::MutexLock lock(&mu);
           reports.push_back(live);

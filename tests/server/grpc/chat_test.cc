@@ -39,8 +39,8 @@ TEST(ChatTest, ConversationIsRenderedByTheTemplateAndGeneratedAsItsTokens) {
   ASSERT_TRUE(server.Start({"model.chat_template=" + path})) << server.Stderr();
   auto stub = server.Stub();
 
-  const std::vector<std::pair<std::string, std::string>> turns = {
-      {"system", "You tell stories."}, {"user", "  Once upon a time  "}};
+  const std::vector<std::pair<std::string, std::string>> turns = {{"system", "You tell stories."},
+                                                                  {"user", "  Once upon a time  "}};
   const v1::GenerateRequest chat = ChatRequest(turns, 24);
   v1::CompleteResponse chat_out;
   {
@@ -131,10 +131,10 @@ TEST(ChatTest, ErrorsNameWhatIsMissing) {
 TEST(ChatTest, TemplateErrorsAndBadMessagesAreInvalidArgument) {
   ServerProcess server;
   ScratchDir dir;
-  const std::string path = dir.Write(
-      "strict.jinja",
-      "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}"
-      "{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}");
+  const std::string path =
+      dir.Write("strict.jinja",
+                "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}"
+                "{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}");
   ASSERT_TRUE(server.Start({"model.chat_template=" + path})) << server.Stderr();
   auto stub = server.Stub();
   v1::CompleteResponse out;
@@ -143,8 +143,7 @@ TEST(ChatTest, TemplateErrorsAndBadMessagesAreInvalidArgument) {
     const grpc::Status s =
         stub->ChatComplete(&context, ChatRequest({{"system", "x"}, {"user", "y"}}, 4), &out);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_NE(s.error_message().find("first must be user"), std::string::npos)
-        << s.error_message();
+    EXPECT_NE(s.error_message().find("first must be user"), std::string::npos) << s.error_message();
   }
   {
     grpc::ClientContext context;
@@ -157,10 +156,9 @@ TEST(ChatTest, TemplateErrorsAndBadMessagesAreInvalidArgument) {
 TEST(ChatTest, UnparsableTemplateFileIsAConfigError) {
   ScratchDir dir;
   const std::string path = dir.Write("bad.jinja", "{% for m in messages %}{{ m }");
-  const ProcessResult r =
-      RunProcess({KvserveBinary(), "serve", "--config", SourceDir() + "/configs/server.yaml",
-                  "--set", "model.path=" + ModelPath(), "--set", "model.chat_template=" + path,
-                  "--check"});
+  const ProcessResult r = RunProcess(
+      {KvserveBinary(), "serve", "--config", SourceDir() + "/configs/server.yaml", "--set",
+       "model.path=" + ModelPath(), "--set", "model.chat_template=" + path, "--check"});
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("model.chat_template"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("bad.jinja"), std::string::npos) << r.err;

@@ -59,8 +59,8 @@ TEST(GrpcFaultsTest, KillNineMidStreamThenRestartOnTheSamePort) {
   int port = 0;
   for (int round = 0; round < 3; ++round) {
     ServerProcess server;
-    ASSERT_TRUE(server.Start(
-        {port == 0 ? "server.address=127.0.0.1:0" : absl::StrCat("server.address=127.0.0.1:", port)}))
+    ASSERT_TRUE(server.Start({port == 0 ? "server.address=127.0.0.1:0"
+                                        : absl::StrCat("server.address=127.0.0.1:", port)}))
         << "round " << round << ": " << server.Stderr();
     if (port == 0) port = server.port();
     ASSERT_EQ(server.port(), port);
@@ -108,10 +108,11 @@ bool WaitForCount(const ServerProcess& server, const std::string& needle, size_t
 }
 
 std::string ValidConfig(const std::string& extra) {
-  return absl::StrCat("model:\n  path: ", ModelPath(),
-                      "\nserver:\n  address: 127.0.0.1:0\n  drain_timeout_seconds: 10\nkv_cache:\n  format: fp32\n"
-                      "  budget_mb: 64\nengine:\n  threads: 1\nmetrics:\n  address: \"\"\n",
-                      extra);
+  return absl::StrCat(
+      "model:\n  path: ", ModelPath(),
+      "\nserver:\n  address: 127.0.0.1:0\n  drain_timeout_seconds: 10\nkv_cache:\n  format: fp32\n"
+      "  budget_mb: 64\nengine:\n  threads: 1\nmetrics:\n  address: \"\"\n",
+      extra);
 }
 
 // SIGHUP reloads the config: a broken file or an unreadable keys file keeps everything as it
@@ -146,8 +147,9 @@ TEST(GrpcFaultsTest, SighupReloadKeepsTheOldConfigOnABadFileAndRotatesKeys) {
 
   // A good reload: new key, debug logging; kv_cache.format changed too, which needs a restart.
   server.dir().Write("keys.txt", "key-two-def\n");
-  server.dir().Write("server.yaml", ValidConfig("logging:\n  level: debug\n")
-                                        .replace(ValidConfig("").find("fp32"), 4, "int8"));
+  server.dir().Write(
+      "server.yaml",
+      ValidConfig("logging:\n  level: debug\n").replace(ValidConfig("").find("fp32"), 4, "int8"));
   ASSERT_EQ(::kill(server.pid(), SIGHUP), 0);
   ASSERT_TRUE(WaitForCount(server, "config reloaded: applied logging.level", 1)) << server.Stderr();
   EXPECT_NE(server.Stderr().find("not applied (restart to apply): kv_cache.format"),

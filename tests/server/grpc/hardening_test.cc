@@ -33,8 +33,9 @@ using ::testing::Not;
 // `kvserve serve` on a minimal config plus `sets`, run to its exit (for configs that must fail).
 ProcessResult ServeExpectingExit(const std::vector<std::string>& sets) {
   ScratchDir dir;
-  const std::string config = dir.Write(
-      "server.yaml", absl::StrCat("model:\n  path: ", ModelPath(), "\nmetrics:\n  address: \"\"\n"));
+  const std::string config =
+      dir.Write("server.yaml",
+                absl::StrCat("model:\n  path: ", ModelPath(), "\nmetrics:\n  address: \"\"\n"));
   std::vector<std::string> argv = {KvserveBinary(), "serve", "--config", config};
   for (const std::string& s : sets) {
     argv.push_back("--set");
@@ -57,9 +58,9 @@ int64_t RssKiB(pid_t pid) {
 TEST(HardeningTest, EveryInterfaceWithoutKeysIsAConfigError) {
   const ProcessResult result = ServeExpectingExit({"server.address=0.0.0.0:0"});
   EXPECT_EQ(result.exit_code, 2) << result.err;
-  EXPECT_THAT(result.err, AllOf(HasSubstr("--set server.address=0.0.0.0:0"),
-                                HasSubstr("server.api_keys_file"),
-                                HasSubstr("server.allow_unauthenticated")));
+  EXPECT_THAT(result.err,
+              AllOf(HasSubstr("--set server.address=0.0.0.0:0"), HasSubstr("server.api_keys_file"),
+                    HasSubstr("server.allow_unauthenticated")));
   EXPECT_THAT(result.err, Not(HasSubstr("listening on")));
 }
 
@@ -68,9 +69,8 @@ TEST(HardeningTest, AllowUnauthenticatedStartsWithAWarning) {
   ASSERT_TRUE(server.Start({"server.address=0.0.0.0:0", "server.allow_unauthenticated=true"}));
   EXPECT_THAT(server.Stderr(), HasSubstr("no API keys are required"));
   EXPECT_THAT(server.Stderr(), HasSubstr("[warning]"));
-  auto stub = v1::Generation::NewStub(
-      grpc::CreateChannel(absl::StrCat("127.0.0.1:", server.port()),
-                          grpc::InsecureChannelCredentials()));
+  auto stub = v1::Generation::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", server.port()),
+                                                          grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   v1::ModelInfo info;
   EXPECT_TRUE(stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok());
@@ -119,9 +119,8 @@ TEST(HardeningTest, OversizedPromptsAndTokenizeCallsAreRefusedNamingTheLimit) {
     v1::CompleteResponse response;
     const grpc::Status status = stub->Complete(&context, GreedyRequest(big, 4), &response);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(status.error_message(),
-                AllOf(HasSubstr("text: the prompt has 30000 bytes"),
-                      HasSubstr("limits.max_prompt_bytes")));
+    EXPECT_THAT(status.error_message(), AllOf(HasSubstr("text: the prompt has 30000 bytes"),
+                                              HasSubstr("limits.max_prompt_bytes")));
   }
   {
     grpc::ClientContext context;
@@ -227,8 +226,8 @@ TEST(HardeningTest, TokenizeResponseIsSizedBeforeItIsBuilt) {
   v1::TokenizeResponse response;
   const grpc::Status status = stub->Tokenize(&context, request, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
-  EXPECT_THAT(status.error_message(),
-              AllOf(HasSubstr("the response would be"), HasSubstr("server.max_message_bytes (4096)")));
+  EXPECT_THAT(status.error_message(), AllOf(HasSubstr("the response would be"),
+                                            HasSubstr("server.max_message_bytes (4096)")));
   grpc::ClientContext small_context;
   request.set_text("Once upon a time");
   EXPECT_TRUE(stub->Tokenize(&small_context, request, &response).ok());
@@ -273,7 +272,8 @@ TEST(HardeningTest, FloodOfHugePromptsLeavesSmallRequestsServedAndMemoryBounded)
           refused.fetch_add(1);
         } else {
           absl::MutexLock lock(&other_mu);
-          if (other.empty()) other = absl::StrCat(status.error_code(), ": ", status.error_message());
+          if (other.empty())
+            other = absl::StrCat(status.error_code(), ": ", status.error_message());
         }
       }
     });
@@ -283,11 +283,10 @@ TEST(HardeningTest, FloodOfHugePromptsLeavesSmallRequestsServedAndMemoryBounded)
   while (refused.load() < 16 && absl::Now() < give_up) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  EXPECT_GE(refused.load(), 16) << "flood calls not refused by size; first other status: "
-                                << [&] {
-                                     absl::MutexLock lock(&other_mu);
-                                     return other;
-                                   }();
+  EXPECT_GE(refused.load(), 16) << "flood calls not refused by size; first other status: " << [&] {
+    absl::MutexLock lock(&other_mu);
+    return other;
+  }();
   auto stub = server.Stub();
   const StreamResult small = ReadStream(*stub, GreedyRequest("Once upon a time", 20));
   const int64_t rss_during = RssKiB(server.pid());
@@ -326,7 +325,8 @@ bool ClosedWithin(int fd, absl::Duration timeout) {
   char buffer[4096];
   while (absl::Now() < deadline) {
     pollfd p{fd, POLLIN, 0};
-    const int ready = poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now())));
+    const int ready =
+        poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now())));
     if (ready <= 0) continue;
     const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
     if (n <= 0) return true;

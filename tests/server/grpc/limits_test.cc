@@ -47,8 +47,8 @@ void Cancel(Stalled* call) {
 // until its deadline) while another connection is served at once.
 TEST(GrpcLimitsTest, StreamsPerConnectionAreLimited) {
   ServerProcess server;
-  ASSERT_TRUE(server.Start({"server.max_streams_per_connection=2",
-                            "scheduler.stream_buffer_tokens=16"}));
+  ASSERT_TRUE(
+      server.Start({"server.max_streams_per_connection=2", "scheduler.stream_buffer_tokens=16"}));
   auto hog = server.Channel(nullptr, SlowReaderArguments());
   Stalled a, b;
   OpenStalled(hog, 0, &a);

@@ -20,10 +20,14 @@ TEST(SanitizeForLogTest, ControlsAndEscapesAreEscaped) {
 
 TEST(SanitizeForLogTest, InvalidUtf8AndInvisibleControlsAreEscaped) {
   EXPECT_EQ(SanitizeForLog("\xFF\xC3"), "\\xff\\xc3");
-  EXPECT_EQ(SanitizeForLog("\xC0\xAF"), "\\xc0\\xaf");              // overlong '/'
-  EXPECT_EQ(SanitizeForLog("\xC2\x9B" "2J"), "\\u{009B}2J");       // C1 CSI
-  EXPECT_EQ(SanitizeForLog("a\xE2\x80\xAE" "b"), "a\\u{202E}b");   // right-to-left override
-  EXPECT_EQ(SanitizeForLog("\xE2\x80\xA8"), "\\u{2028}");          // line separator
+  EXPECT_EQ(SanitizeForLog("\xC0\xAF"), "\\xc0\\xaf");  // overlong '/'
+  EXPECT_EQ(SanitizeForLog("\xC2\x9B"
+                           "2J"),
+            "\\u{009B}2J");  // C1 CSI
+  EXPECT_EQ(SanitizeForLog("a\xE2\x80\xAE"
+                           "b"),
+            "a\\u{202E}b");                                // right-to-left override
+  EXPECT_EQ(SanitizeForLog("\xE2\x80\xA8"), "\\u{2028}");  // line separator
 }
 
 }  // namespace
