@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -29,6 +30,9 @@ class Engine::Impl {
     so.policy = options_.policy;
     so.max_running = options_.max_running_requests;
     so.max_batch_tokens = options_.max_batch_tokens;
+    so.max_step_time = absl::Microseconds(std::llround(options_.max_step_ms * 1000.0));
+    so.step_time_ratio = options_.step_time_ratio;
+    so.min_prefill_tokens = options_.min_prefill_tokens;
     so.end = EndRulesOf(local_->model());
     scheduler_ = std::make_unique<Scheduler>(kv_.get(), runner_.get(), &local_->tokenizer(), so);
     const int32_t context = local_->config().context_length;
@@ -242,6 +246,7 @@ class Engine::Impl {
     s.steps = c.steps;
     s.forward_time = c.forward_time;
     s.step_time = c.step_time;
+    s.histograms = scheduler_->histograms();
     absl::MutexLock lock(&stats_mu_);
     stats_ = s;
   }

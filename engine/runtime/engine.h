@@ -33,8 +33,13 @@ namespace kvserve::engine {
 struct EngineOptions {
   LocalModelOptions model;  // model, KV format, budget, block size, threads
   SchedulingPolicy policy = SchedulingPolicy::kFcfs;
-  int32_t max_running_requests = 64;   // sequences in one batch at most
-  int64_t max_batch_tokens = 512;      // tokens per forward step (decodes + prefill chunks)
+  int32_t max_running_requests = 64;  // sequences in one batch at most
+  int64_t max_batch_tokens = 512;     // tokens per forward step (decodes + prefill chunks)
+  // Step-time target (0 = step_time_ratio decides), its automatic form (0 with max_step_ms 0:
+  // off) and the prefill share no step goes without: SchedulerOptions.
+  double max_step_ms = 0;
+  double step_time_ratio = 2.0;
+  int64_t min_prefill_tokens = 16;
   int32_t max_waiting_requests = 256;  // queue bound; beyond it Submit is ResourceExhausted
   int32_t max_prompt_tokens = 0;       // 0 = the model's context - 1
   int32_t max_tokens_limit = 0;        // upper bound for a request's max_tokens; 0 = context
@@ -89,6 +94,9 @@ struct EngineStats {
   int64_t steps = 0;
   absl::Duration forward_time;  // total time inside the forward pass
   absl::Duration step_time;     // total time of steps (scheduling, forward, sampling, stats)
+  // Step time, prefill tokens per step, and the gap between consecutive tokens of a request by
+  // its priority (SchedulerHistograms).
+  SchedulerHistograms histograms;
 };
 
 // What Engine::FlushPrefixCache released.

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_format.h"
 #include "engine/sampling/sampler.h"
+#include "spdlog/spdlog.h"
 
 namespace kvserve::engine {
 
@@ -31,6 +32,7 @@ struct Scheduler::Sequence {
   absl::Time arrival;
   absl::Time first_scheduled = absl::InfiniteFuture();
   absl::Time first_token = absl::InfiniteFuture();
+  absl::Time last_token = absl::InfiniteFuture();
   int32_t cached_prompt_tokens = 0;  // served from the prefix cache at first admission
   bool admitted_once = false;
   bool done = false;
@@ -41,9 +43,24 @@ struct Scheduler::Sequence {
   int64_t slots() const { return processed - kv->evicted(); }
 };
 
+namespace {
+
+std::vector<double> SecondsBuckets() {
+  return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.5, 1, 2.5, 5};
+}
+
+}  // namespace
+
+SchedulerHistograms::SchedulerHistograms()
+    : step_seconds(SecondsBuckets()),
+      prefill_tokens({0, 1, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192}) {}
+
 Scheduler::Scheduler(KvCacheManager* kv, ModelRunner* runner, const Tokenizer* tokenizer,
                      SchedulerOptions options)
-    : kv_(kv), runner_(runner), output_(tokenizer, options.end), options_(options) {}
+    : kv_(kv), runner_(runner), output_(tokenizer, options.end), options_(options) {
+  if (options_.cost_model == nullptr) own_cost_model_ = std::make_unique<LinearStepCostModel>();
+  cost_model_ = options_.cost_model != nullptr ? options_.cost_model : own_cost_model_.get();
+}
 
 Scheduler::~Scheduler() = default;
 
@@ -121,7 +138,20 @@ void Scheduler::EmitToken(Sequence* s, int32_t token, absl::Time now) {
   s->tokens.push_back(token);
   ++s->generated;
   ++counters_.generated_tokens;
-  if (s->first_token == absl::InfiniteFuture()) s->first_token = now;
+  if (s->first_token == absl::InfiniteFuture()) {
+    s->first_token = now;
+  } else {
+    auto& gaps = histograms_.token_gap_seconds;
+    int32_t key = s->req.priority;
+    if (gaps.find(key) == gaps.end() &&
+        static_cast<int>(gaps.size()) >= SchedulerHistograms::kMaxPriorityLabels) {
+      key = SchedulerHistograms::kOtherPriority;
+    }
+    auto it = gaps.find(key);
+    if (it == gaps.end()) it = gaps.emplace(key, FixedHistogram(SecondsBuckets())).first;
+    it->second.Observe(absl::ToDoubleSeconds(now - s->last_token));
+  }
+  s->last_token = now;
   if (output_.Append(&s->out, r, token)) {
     Finish(s, FinishReason::kStop, absl::OkStatus(), now);
     return;
@@ -355,49 +385,103 @@ void Scheduler::ReserveSlots(Sequence* s, absl::Time now) {
   }
 }
 
+std::optional<absl::Duration> Scheduler::StepTarget() const {
+  if (step_shape_.decode_tokens == 0) return std::nullopt;  // no stream waits on this step
+  if (options_.max_step_time > absl::ZeroDuration()) return options_.max_step_time;
+  if (options_.step_time_ratio <= 0) return std::nullopt;
+  const int64_t batch = std::min<int64_t>(options_.max_running, num_running() + num_waiting());
+  StepShape full;
+  full.decode_tokens = std::max(batch, step_shape_.decode_tokens);
+  full.decode_context = step_shape_.decode_context * full.decode_tokens / step_shape_.decode_tokens;
+  const std::optional<absl::Duration> decode = cost_model_->Estimate(full);
+  if (!decode) return std::nullopt;
+  return *decode * options_.step_time_ratio;
+}
+
+int64_t Scheduler::PrefillWithinBudget(const Sequence* s, int64_t take, bool first_prefill,
+                                       int32_t top_decode_priority) const {
+  if (!step_target_ || !cost_model_->Estimate(step_shape_).has_value()) return take;
+  auto fits = [&](int64_t k) {
+    StepShape shape = step_shape_;
+    shape.AddPrefill(s->processed, k);
+    return *cost_model_->Estimate(shape) <= *step_target_;
+  };
+  // The largest k in [0, take] that fits (the estimate grows with k).
+  int64_t lo = 0;
+  int64_t hi = take;
+  if (!fits(0)) {
+    hi = 0;
+  } else {
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo + 1) / 2;
+      if (fits(mid)) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+  }
+  const bool guarded = first_prefill && s->req.priority >= top_decode_priority;
+  return guarded ? std::max(lo, std::min(take, options_.min_prefill_tokens)) : lo;
+}
+
 void Scheduler::PlanBatch() {
   batch_.Clear();
   chunk_seq_.clear();
+  step_shape_ = StepShape{};
+  SortRunning();
   int64_t budget = options_.max_batch_tokens;
   bool prefill_added = false;
-  for (int pass = 0; pass < 2 && budget > 0; ++pass) {
-    for (auto& p : running_) {
-      Sequence* s = p.get();
-      const bool decoding = s->pending() == 1;
-      if ((pass == 0) != decoding || budget <= 0) continue;
-      if (decoding && !s->stream->HasRoom()) continue;  // slow reader: wait for it
-      int64_t take = std::min(s->pending(), budget);
-      if (s->kv->token_eviction()) take = std::min<int64_t>(take, s->kv->MaxAppend());
-      if (!decoding) {
-        take = kv_->ChunkLimit(*s->kv, s->processed, s->tokens.size(), take, !prefill_added);
-        if (take == 0) continue;  // waits for a step with room for a whole block
-      }
-      ScheduledChunk c;
-      c.tokens = s->tokens;
-      c.start = s->processed;
-      c.count = take;
-      c.slot_offset = s->kv->evicted();
-      c.block_table = s->kv->block_table().data();
-      c.scores = s->kv->ScoresFor(s->slots() + take);
-      c.score_layer_stride = s->kv->score_layer_stride();
-      c.score_head_stride = s->kv->score_head_stride();
-      c.prefill = !decoding;
-      if (s->processed + take == static_cast<int64_t>(s->tokens.size())) c.sampler = &s->sampler;
-      batch_.chunks.push_back(c);
-      chunk_seq_.push_back(s);
-      batch_.num_tokens += take;
-      // Prefill tokens (a recomputation included); a prompt token counts also when a chunk
-      // boundary left it alone for this step, where it looks like a decode.
-      if (!decoding) {
-        batch_.num_prefill_tokens += take;
-        counters_.prompt_tokens += take;
-        prefill_added = true;
-      } else if (s->processed < static_cast<int64_t>(s->req.prompt.size())) {
-        ++counters_.prompt_tokens;
-      }
-      s->processed += take;
-      budget -= take;  // below zero after a first chunk stretched to a block's end
+  int32_t top_decode_priority = INT32_MIN;
+  auto add = [&](Sequence* s, int64_t take, bool decoding) {
+    ScheduledChunk c;
+    c.tokens = s->tokens;
+    c.start = s->processed;
+    c.count = take;
+    c.slot_offset = s->kv->evicted();
+    c.block_table = s->kv->block_table().data();
+    c.scores = s->kv->ScoresFor(s->slots() + take);
+    c.score_layer_stride = s->kv->score_layer_stride();
+    c.score_head_stride = s->kv->score_head_stride();
+    c.prefill = !decoding;
+    if (s->processed + take == static_cast<int64_t>(s->tokens.size())) c.sampler = &s->sampler;
+    batch_.chunks.push_back(c);
+    chunk_seq_.push_back(s);
+    batch_.num_tokens += take;
+    // Prefill tokens (a recomputation included); a prompt token counts also when a chunk
+    // boundary left it alone for this step, where it looks like a decode.
+    if (!decoding) {
+      batch_.num_prefill_tokens += take;
+      counters_.prompt_tokens += take;
+      step_shape_.AddPrefill(s->processed, take);
+      prefill_added = true;
+    } else {
+      if (s->processed < static_cast<int64_t>(s->req.prompt.size())) ++counters_.prompt_tokens;
+      step_shape_.AddDecode(s->processed);
+      top_decode_priority = std::max(top_decode_priority, s->req.priority);
     }
+    s->processed += take;
+    budget -= take;  // below zero after a first chunk stretched to a block's end
+  };
+  // Decodes first, in admission order.
+  for (auto& p : running_) {
+    Sequence* s = p.get();
+    if (budget <= 0) break;
+    if (s->pending() != 1 || !s->stream->HasRoom()) continue;  // slow reader: wait for it
+    add(s, 1, /*decoding=*/true);
+  }
+  // Then prefill chunks, highest priority first, under the token budget and the time target.
+  step_target_ = StepTarget();
+  for (Sequence* s : order_) {
+    if (budget <= 0) break;
+    if (s->pending() <= 1) continue;
+    int64_t take = std::min(s->pending(), budget);
+    if (s->kv->token_eviction()) take = std::min<int64_t>(take, s->kv->MaxAppend());
+    take = PrefillWithinBudget(s, take, !prefill_added, top_decode_priority);
+    if (take == 0) continue;
+    take = kv_->ChunkLimit(*s->kv, s->processed, s->tokens.size(), take, !prefill_added);
+    if (take == 0) continue;  // waits for a step with room for a whole block
+    add(s, take, /*decoding=*/false);
   }
 }
 
@@ -431,6 +515,7 @@ void Scheduler::AfterStep(absl::Time now) {
 void Scheduler::Update(const ScheduledBatch& batch, const StepOutput& output, absl::Time now) {
   counters_.forward_time += output.forward_time;
   ++counters_.steps;
+  histograms_.prefill_tokens.Observe(static_cast<double>(batch.num_prefill_tokens));
   if (!output.status.ok()) {
     for (auto& p : running_) {
       Finish(p.get(), FinishReason::kNone, absl::InternalError(output.status.message()), now);
@@ -445,7 +530,19 @@ void Scheduler::Update(const ScheduledBatch& batch, const StepOutput& output, ab
   RemoveFinished();
   // The consumers learn of the step's events together, after all of them are pushed.
   NotifyStreams();
-  counters_.step_time += absl::Now() - step_start_;
+  const absl::Duration step = absl::Now() - step_start_;
+  counters_.step_time += step;
+  histograms_.step_seconds.Observe(absl::ToDoubleSeconds(step));
+  if (spdlog::should_log(spdlog::level::trace)) {
+    const std::optional<absl::Duration> estimate = cost_model_->Estimate(step_shape_);
+    spdlog::trace(
+        "step {}: {} decode and {} prefill tokens ({} and {} slots attended), {} ms, "
+        "estimated {} ms",
+        counters_.steps, step_shape_.decode_tokens, step_shape_.prefill_tokens,
+        step_shape_.decode_context, step_shape_.prefill_context, absl::ToDoubleMilliseconds(step),
+        estimate ? absl::ToDoubleMilliseconds(*estimate) : -1.0);
+  }
+  if (output.status.ok()) cost_model_->Observe(step_shape_, step);
 }
 
 bool Scheduler::Step(absl::Time now) {

@@ -33,19 +33,24 @@
 #ifndef KVSERVE_ENGINE_SERVING_SCHEDULER_H_
 #define KVSERVE_ENGINE_SERVING_SCHEDULER_H_
 
+#include <climits>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "engine/common/histogram.h"
 #include "engine/kv/kv_cache_manager.h"
 #include "engine/serving/model_runner.h"
 #include "engine/serving/output_processor.h"
 #include "engine/serving/request.h"
 #include "engine/serving/request_stream.h"
+#include "engine/serving/step_cost_model.h"
 #include "engine/tokenizer/tokenizer.h"
 
 namespace kvserve::engine {
@@ -57,6 +62,33 @@ struct SchedulerOptions {
   int32_t max_running = 64;        // sequences in one batch at most
   int64_t max_batch_tokens = 512;  // tokens per forward step
   EndRules end;                    // EOS / BOS ids and the context length
+  // Time-aware step budget. A step holds every decode that can run, then prefill chunks, highest
+  // priority first, only while the cost model's estimate of the whole step stays within a target:
+  // a new request's TTFT is traded against the running streams' inter-token latency here. A step
+  // with no decode is not bounded (no stream waits on it). The target is `max_step_time` when set,
+  // else `step_time_ratio` times the estimated time of a decode-only step of the full batch (every
+  // running and waiting request, up to max_running, at the decodes' mean context), which follows
+  // the model and the machine; both zero: off (steps bounded by max_batch_tokens alone).
+  absl::Duration max_step_time = absl::ZeroDuration();
+  double step_time_ratio = 0;
+  // No prefill starves: the highest-priority prefill gets at least this many tokens in every
+  // step that runs decodes, even past the target, unless a decode in the step has a higher
+  // priority than it (a high-priority decode is never delayed by a lower-priority prefill).
+  int64_t min_prefill_tokens = 16;
+  // The step cost model (null: a LinearStepCostModel of the scheduler's own). Must outlive it.
+  StepCostModel* cost_model = nullptr;
+};
+
+// Distributions since the scheduler was created (exported as Prometheus histograms).
+struct SchedulerHistograms {
+  SchedulerHistograms();
+  FixedHistogram step_seconds;    // wall time of a step (Schedule to the end of Update)
+  FixedHistogram prefill_tokens;  // prefill tokens per step
+  // Time between consecutive tokens of a request, by its priority (at most kMaxPriorityLabels
+  // priorities; the rest are counted under kOtherPriority).
+  std::map<int32_t, FixedHistogram> token_gap_seconds;
+  static constexpr int kMaxPriorityLabels = 16;
+  static constexpr int32_t kOtherPriority = INT32_MIN;
 };
 
 // Counters since the scheduler was created.
@@ -117,6 +149,7 @@ class Scheduler {
   int32_t num_waiting() const { return static_cast<int32_t>(waiting_.size()); }
   bool idle() const { return running_.empty() && waiting_.empty(); }
   const SchedulerCounters& counters() const { return counters_; }
+  const SchedulerHistograms& histograms() const { return histograms_; }
   // Adds work the caller did for the step that just ran (publishing its statistics) to
   // counters().step_time.
   void AddStepTime(absl::Duration d) { counters_.step_time += d; }
@@ -136,6 +169,12 @@ class Scheduler {
   void ReserveStepSlots(absl::Time now);
   void ReserveSlots(Sequence* s, absl::Time now);
   void PlanBatch();
+  // The prefill tokens (at most `take`) a chunk of `s` may have in a step of shape `shape` under
+  // the time budget, given the highest priority of the step's decodes.
+  int64_t PrefillWithinBudget(const Sequence* s, int64_t take, bool first_prefill,
+                              int32_t top_decode_priority) const;
+  // The step-time target for the planned decodes (step_shape_); nullopt: no bound.
+  std::optional<absl::Duration> StepTarget() const;
   // Update's parts.
   void EmitToken(Sequence* s, int32_t token, absl::Time now);
   void AfterStep(absl::Time now);
@@ -164,6 +203,11 @@ class Scheduler {
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
   SchedulerCounters counters_;
+  SchedulerHistograms histograms_;
+  std::unique_ptr<StepCostModel> own_cost_model_;
+  StepCostModel* cost_model_;                  // options_.cost_model or own_cost_model_
+  StepShape step_shape_;                       // of the planned step
+  std::optional<absl::Duration> step_target_;  // of the planned step
   // The plan of the current step, and the sequence of each chunk.
   ScheduledBatch batch_;
   std::vector<Sequence*> chunk_seq_;

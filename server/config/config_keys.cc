@@ -232,6 +232,23 @@ std::vector<ConfigKey> BuildKeys() {
       },
       [](const ServerConfig& c) { return c.engine.max_batch_tokens; },
       "tokens per forward step (decodes plus prefill chunks)"));
+  keys.push_back(FloatKey(
+      "scheduler.max_step_ms", 0, 600000,
+      [](ServerConfig& c, double v) { c.engine.max_step_ms = v; },
+      [](const ServerConfig& c) { return c.engine.max_step_ms; },
+      "step-time target, ms: prefill chunks fill a step with decodes only up to it; 0 = "
+      "step_time_ratio decides"));
+  keys.push_back(FloatKey(
+      "scheduler.step_time_ratio", 0, 1000,
+      [](ServerConfig& c, double v) { c.engine.step_time_ratio = v; },
+      [](const ServerConfig& c) { return c.engine.step_time_ratio; },
+      "automatic step-time target: this many times a decode-only step of the full batch; 0 "
+      "(with max_step_ms 0) = no time bound"));
+  keys.push_back(IntKey(
+      "scheduler.min_prefill_tokens", 1, kMaxTokens,
+      [](ServerConfig& c, int64_t v) { c.engine.min_prefill_tokens = v; },
+      [](const ServerConfig& c) { return c.engine.min_prefill_tokens; },
+      "prefill tokens every step with decodes gets even past max_step_ms"));
   keys.push_back(IntKey(
       "scheduler.max_waiting_requests", 1, 1 << 20,
       [](ServerConfig& c, int64_t v) { c.engine.max_waiting_requests = static_cast<int32_t>(v); },

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -49,6 +50,25 @@ class FamilyBuilder {
 
   FamilyBuilder& Family(std::string name, std::string help, MetricType type) {
     out_->push_back(MetricFamily{std::move(name), std::move(help), type, {}});
+    return *this;
+  }
+  // A histogram from an engine FixedHistogram (cumulative buckets, +Inf last).
+  FamilyBuilder& AddHistogram(const engine::FixedHistogram& h,
+                              std::vector<ClientMetric::Label> labels = {}) {
+    ClientMetric m;
+    m.label = std::move(labels);
+    m.histogram.sample_count = static_cast<uint64_t>(h.count);
+    m.histogram.sample_sum = h.sum;
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < h.counts.size(); ++i) {
+      cumulative += static_cast<uint64_t>(h.counts[i]);
+      ClientMetric::Bucket bucket;
+      bucket.cumulative_count = cumulative;
+      bucket.upper_bound =
+          i < h.bounds.size() ? h.bounds[i] : std::numeric_limits<double>::infinity();
+      m.histogram.bucket.push_back(bucket);
+    }
+    out_->back().metric.push_back(std::move(m));
     return *this;
   }
   FamilyBuilder& Add(double value, std::vector<ClientMetric::Label> labels = {}) {
@@ -200,6 +220,22 @@ class EngineCollector final : public prometheus::Collectable {
              "statistics).",
              MetricType::Counter)
         .Add(absl::ToDoubleSeconds(s.step_time));
+    b.Family("kvserve_step_duration_seconds",
+             "Wall time of one engine step (planning, forward pass, sampling, streaming).",
+             MetricType::Histogram)
+        .AddHistogram(s.histograms.step_seconds);
+    b.Family("kvserve_step_prefill_tokens", "Prefill tokens computed in one engine step.",
+             MetricType::Histogram)
+        .AddHistogram(s.histograms.prefill_tokens);
+    b.Family("kvserve_token_gap_seconds",
+             "Time between consecutive generated tokens of a request, every gap counted, by the "
+             "request's priority (at most 16 priorities; the rest are \"other\").",
+             MetricType::Histogram);
+    for (const auto& [priority, h] : s.histograms.token_gap_seconds) {
+      b.AddHistogram(h, {{"priority", priority == engine::SchedulerHistograms::kOtherPriority
+                                          ? std::string("other")
+                                          : std::to_string(priority)}});
+    }
     return out;
   }
 

@@ -430,3 +430,155 @@ TEST(SchedulerPlanTest, CachedBytesAreExactAcrossLayouts) {
 
 }  // namespace
 }  // namespace kvserve::engine
+
+namespace kvserve::engine {
+namespace {
+
+// A step costs decode_ms per decode token and prefill_ms per prefill token (context ignored).
+class FakeCostModel : public StepCostModel {
+ public:
+  FakeCostModel(double decode_ms, double prefill_ms)
+      : decode_ms_(decode_ms), prefill_ms_(prefill_ms) {}
+  std::optional<absl::Duration> Estimate(const StepShape& s) const override {
+    return absl::Microseconds(
+        std::llround(1000 * (decode_ms_ * s.decode_tokens + prefill_ms_ * s.prefill_tokens)));
+  }
+  void Observe(const StepShape&, absl::Duration) override { ++observed; }
+  int observed = 0;
+
+ private:
+  double decode_ms_;
+  double prefill_ms_;
+};
+
+// Ten streams decode (10 ms by the fake model); a 100-token prompt arrives. Under a 20 ms target
+// each step takes 20 prefill tokens of it ((20 - 10) / 0.5), never more, until the prompt is in.
+TEST(SchedulerStepBudgetTest, PrefillFillsAStepOnlyUpToTheTimeTarget) {
+  FakeCostModel cost(1.0, 0.5);
+  Options o;
+  o.sched.max_step_time = absl::Milliseconds(20);
+  o.sched.min_prefill_tokens = 4;
+  o.sched.cost_model = &cost;
+  Harness h(o);
+  for (int i = 0; i < 10; ++i) h.Add(20 + i, 4, 50);
+  ASSERT_TRUE(h.Step());  // prefills only: no stream waits, so no bound
+  EXPECT_EQ(h.runner().steps[0].size(), 10u);
+  h.Add(10, 100, 2);
+  for (int step = 1; step <= 5; ++step) {
+    ASSERT_TRUE(h.Step());
+    const std::vector<ChunkRecord>& s = h.runner().steps[step];
+    ASSERT_EQ(s.size(), 11u);
+    const ChunkRecord& p = s.back();
+    EXPECT_EQ(p.request, 10);
+    EXPECT_EQ(p.start, 20 * (step - 1));
+    EXPECT_EQ(p.count, 20) << "step " << step;
+    EXPECT_EQ(p.sampled, step == 5);
+  }
+  EXPECT_EQ(cost.observed, 6);  // every step teaches the model
+  const FixedHistogram& prefill = h.sched().histograms().prefill_tokens;
+  EXPECT_EQ(prefill.count, 6);
+  EXPECT_EQ(prefill.sum, 40 + 5 * 20);
+}
+
+// Decodes alone exceed the target (30 ms against 20): the prompt still gets min_prefill_tokens
+// every step and gets its first token after ceil(100 / 8) = 13 steps.
+TEST(SchedulerStepBudgetTest, NoPrefillWaitsForever) {
+  FakeCostModel cost(3.0, 0.5);
+  Options o;
+  o.sched.max_step_time = absl::Milliseconds(20);
+  o.sched.min_prefill_tokens = 8;
+  o.sched.cost_model = &cost;
+  o.budget_blocks = 256;
+  Harness h(o);
+  for (int i = 0; i < 10; ++i) h.Add(20 + i, 4, 200);
+  ASSERT_TRUE(h.Step());
+  auto p = h.Add(10, 100, 1);
+  for (int step = 1; step <= 13; ++step) {
+    ASSERT_TRUE(h.Step());
+    EXPECT_EQ(h.runner().steps[step].back().count, step < 13 ? 8 : 4) << "step " << step;
+  }
+  const Outcome out = Drain(*p);
+  EXPECT_TRUE(out.final.status.ok()) << out.final.status;
+  EXPECT_EQ(out.tokens, Reference(Harness::Prompt(10, 100), 1));
+}
+
+// With high-priority streams decoding past the target, a low-priority prompt gets nothing until
+// they end; a prompt of their priority gets its minimum share.
+TEST(SchedulerStepBudgetTest, ALowPriorityPrefillNeverDelaysAHigherPriorityDecode) {
+  FakeCostModel cost(3.0, 0.5);
+  Options o;
+  o.sched.policy = SchedulingPolicy::kPriority;
+  o.sched.max_step_time = absl::Milliseconds(20);
+  o.sched.min_prefill_tokens = 8;
+  o.sched.cost_model = &cost;
+  Harness h(o);
+  for (int i = 0; i < 10; ++i) h.Add(20 + i, 4, 5, /*priority=*/5);
+  ASSERT_TRUE(h.Step());
+  h.Add(10, 40, 1, /*priority=*/0);
+  ASSERT_TRUE(h.Step());
+  EXPECT_EQ(h.runner().steps[1].size(), 10u);  // decodes only
+  h.Add(11, 40, 1, /*priority=*/5);
+  ASSERT_TRUE(h.Step());
+  ASSERT_EQ(h.runner().steps[2].size(), 11u);
+  EXPECT_EQ(h.runner().steps[2].back().request, 11);
+  EXPECT_EQ(h.runner().steps[2].back().count, 8);
+  // Once the high-priority streams end (5 tokens each), the low-priority prompt runs.
+  h.RunToIdle();
+  int64_t first_low = -1;
+  int64_t last_high_decode = -1;
+  for (size_t i = 0; i < h.runner().steps.size(); ++i) {
+    for (const ChunkRecord& c : h.runner().steps[i]) {
+      if (c.request == 10 && first_low < 0) first_low = static_cast<int64_t>(i);
+      if (c.request >= 20 && !c.prefill) last_high_decode = static_cast<int64_t>(i);
+    }
+  }
+  EXPECT_GT(first_low, last_high_decode);
+}
+
+// The automatic target: step_time_ratio times a decode-only step of the full batch. Four decodes
+// (4 ms) and one prompt running, nothing waiting: the full batch is 5 decodes, 5 ms, so the
+// target is 10 ms and the prompt gets (10 - 4) / 0.5 = 12 tokens a step.
+TEST(SchedulerStepBudgetTest, TheAutomaticTargetIsARatioOfAFullBatchDecodeStep) {
+  FakeCostModel cost(1.0, 0.5);
+  Options o;
+  o.sched.step_time_ratio = 2.0;
+  o.sched.min_prefill_tokens = 4;
+  o.sched.cost_model = &cost;
+  Harness h(o);
+  for (int i = 0; i < 4; ++i) h.Add(20 + i, 4, 50);
+  ASSERT_TRUE(h.Step());
+  h.Add(10, 60, 1);
+  ASSERT_TRUE(h.Step());
+  EXPECT_EQ(h.runner().steps[1].back().request, 10);
+  EXPECT_EQ(h.runner().steps[1].back().count, 12);
+}
+
+// Without a target (the default options) the prompt takes what max_batch_tokens leaves.
+TEST(SchedulerStepBudgetTest, WithoutATargetOnlyTheTokenBudgetBounds) {
+  FakeCostModel cost(1.0, 0.5);
+  Options o;
+  o.sched.cost_model = &cost;
+  o.sched.max_batch_tokens = 64;
+  Harness h(o);
+  for (int i = 0; i < 10; ++i) h.Add(20 + i, 4, 50);
+  ASSERT_TRUE(h.Step());
+  h.Add(10, 100, 1);
+  ASSERT_TRUE(h.Step());
+  EXPECT_EQ(h.runner().steps[1].back().count, 54);
+}
+
+// Every gap between two tokens of a request is counted once, under its priority.
+TEST(SchedulerStepBudgetTest, TokenGapsAreCountedByPriority) {
+  Options o;
+  Harness h(o);
+  h.Add(10, 4, 5, /*priority=*/3);
+  h.Add(11, 4, 3, /*priority=*/0);
+  h.RunToIdle();
+  const auto& gaps = h.sched().histograms().token_gap_seconds;
+  ASSERT_EQ(gaps.size(), 2u);
+  EXPECT_EQ(gaps.at(3).count, 4);
+  EXPECT_EQ(gaps.at(0).count, 2);
+}
+
+}  // namespace
+}  // namespace kvserve::engine

@@ -202,6 +202,9 @@ scheduler:
   policy: priority
   max_running_requests: 7
   max_batch_tokens: 300
+  max_step_ms: 150.5
+  step_time_ratio: 1.5
+  min_prefill_tokens: 24
   max_waiting_requests: 9
   stream_buffer_tokens: 33
 limits:
@@ -288,6 +291,9 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   EXPECT_EQ(c.engine.max_running_requests, 7);
   EXPECT_EQ(c.engine.max_batch_tokens, 300);
   EXPECT_EQ(c.engine.model.max_batch_tokens, 300);
+  EXPECT_EQ(c.engine.max_step_ms, 150.5);
+  EXPECT_EQ(c.engine.step_time_ratio, 1.5);
+  EXPECT_EQ(c.engine.min_prefill_tokens, 24);
   EXPECT_EQ(c.engine.max_waiting_requests, 9);
   EXPECT_EQ(c.engine.stream_buffer_tokens, 33);
   EXPECT_EQ(c.engine.max_prompt_tokens, 100);
@@ -334,6 +340,9 @@ TEST(ServerConfigValuesTest, MissingKeysTakeTheHeaderDefaults) {
   EXPECT_EQ(c.engine.policy, defaults.engine.policy);
   EXPECT_EQ(c.engine.max_running_requests, defaults.engine.max_running_requests);
   EXPECT_EQ(c.engine.max_batch_tokens, defaults.engine.max_batch_tokens);
+  EXPECT_EQ(c.engine.max_step_ms, defaults.engine.max_step_ms);
+  EXPECT_EQ(c.engine.step_time_ratio, defaults.engine.step_time_ratio);
+  EXPECT_EQ(c.engine.min_prefill_tokens, defaults.engine.min_prefill_tokens);
   EXPECT_EQ(c.engine.max_waiting_requests, defaults.engine.max_waiting_requests);
   EXPECT_EQ(c.engine.max_prompt_tokens, defaults.engine.max_prompt_tokens);
   EXPECT_EQ(c.engine.max_tokens_limit, defaults.engine.max_tokens_limit);
