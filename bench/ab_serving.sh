@@ -12,6 +12,8 @@
 #     --set kv_cache.format=fp16 --set kv_cache.budget_mb=512 -- \
 #     --num-requests 64 --concurrency 32 --input-len 128 --output-len 128
 # The bench client is always B's (one load generator for both). Reports: $OUT (default a temp dir).
+# CONFIG_A / CONFIG_B: the config file of each server (default configs/server.yaml; an older build
+# needs the config of its own tree, e.g. `git show REV:configs/server.yaml > /tmp/old.yaml`).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 a="$1"; b="$2"; model="$3"; rounds="$4"; shift 4
@@ -24,9 +26,9 @@ mkdir -p "$out"
 pid=""
 trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true' EXIT
 
-run_one() {  # run_one LABEL BINARY ROUND
-  local label="$1" bin="$2" round="$3" log="$out/server_$1_$3.log" addr=""
-  "$bin" serve --config "$root/configs/server.yaml" --set "model.path=$model" \
+run_one() {  # run_one LABEL BINARY ROUND CONFIG
+  local label="$1" bin="$2" round="$3" config="$4" log="$out/server_$1_$3.log" addr=""
+  "$bin" serve --config "$config" --set "model.path=$model" \
     --set server.address=127.0.0.1:0 --set metrics.address= --set logging.level=info \
     "${server_flags[@]}" 2> "$log" &
   pid=$!
@@ -42,8 +44,8 @@ run_one() {  # run_one LABEL BINARY ROUND
 }
 
 for r in $(seq 1 "$rounds"); do
-  run_one A "$a" "$r"
-  run_one B "$b" "$r"
+  run_one A "$a" "$r" "${CONFIG_A:-$root/configs/server.yaml}"
+  run_one B "$b" "$r" "${CONFIG_B:-$root/configs/server.yaml}"
 done
 
 /usr/bin/python3 - "$out" "$rounds" <<'PY'

@@ -45,8 +45,11 @@ bool SolveActive(const std::array<std::array<double, kN>, kN>& a, const std::arr
 }  // namespace
 
 std::array<double, kN> LinearStepCostModel::Features(const StepShape& s) {
-  return {1.0, static_cast<double>(s.decode_tokens), s.decode_context / 1024.0,
-          static_cast<double>(s.prefill_tokens), s.prefill_context / 1024.0};
+  // Every token pays the matmuls (tokens); a decode token pays its share of a batch too thin to
+  // use the weights well on top (decode_tokens), never less than a prefill token.
+  return {1.0, static_cast<double>(s.decode_tokens + s.prefill_tokens),
+          static_cast<double>(s.decode_tokens), s.decode_context / 1024.0,
+          s.prefill_context / 1024.0};
 }
 
 std::optional<absl::Duration> LinearStepCostModel::Estimate(const StepShape& shape) const {

@@ -3,8 +3,11 @@
 //
 // A step is described by its StepShape: how many decode and prefill tokens it computes and how
 // many KV slots they attend to in all (attention grows with context; the matmuls with tokens).
-// LinearStepCostModel fits  time = c0 + c1 * decode_tokens + c2 * decode_context
-//                                 + c3 * prefill_tokens + c4 * prefill_context
+// LinearStepCostModel fits  time = c0 + c1 * tokens + c2 * decode_tokens + c3 * decode_context
+//                                 + c4 * prefill_context
+// (tokens = decode + prefill tokens: a decode token costs c1 + c2, a prefill token c1, so a
+// decode token is never estimated cheaper than a prefill token, which also holds while only
+// prefill-heavy steps have been seen)
 // by least squares over the steps it has observed, older steps weighing less (exponential
 // forgetting, so that it follows changes in load and thermal state), with every coefficient kept
 // non-negative. It answers from the first observed step on: while the steps seen cannot tell the
