@@ -26,7 +26,8 @@ struct FixedHistogram {
   }
 
   std::vector<double> bounds;
-  std::vector<int64_t> counts;  // [bounds.size() + 1]: counts[i] = values in (bounds[i-1], bounds[i]]
+  std::vector<int64_t>
+      counts;  // [bounds.size() + 1]: counts[i] = values in (bounds[i-1], bounds[i]]
   int64_t count = 0;
   double sum = 0;
 };

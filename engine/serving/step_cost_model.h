@@ -28,7 +28,7 @@ namespace kvserve::engine {
 
 struct StepShape {
   int64_t decode_tokens = 0;
-  int64_t decode_context = 0;   // slots the decode tokens attend to, summed
+  int64_t decode_context = 0;  // slots the decode tokens attend to, summed
   int64_t prefill_tokens = 0;
   int64_t prefill_context = 0;  // slots the prefill tokens attend to, summed
 
@@ -71,7 +71,7 @@ class LinearStepCostModel : public StepCostModel {
 
   double forgetting_;
   std::array<std::array<double, kFeatures>, kFeatures> a_{};  // sum of w * x x^T
-  std::array<double, kFeatures> b_{};                          // sum of w * x y
+  std::array<double, kFeatures> b_{};                         // sum of w * x y
   std::array<double, kFeatures> theta_{};
   int64_t decode_only_steps_ = 0;
   int64_t prefill_steps_ = 0;

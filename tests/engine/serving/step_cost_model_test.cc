@@ -30,7 +30,8 @@ TEST(StepCostModelTest, NothingObservedNothingEstimated) {
 TEST(StepCostModelTest, RecoversALinearLawAndPredictsUnseenShapes) {
   LinearStepCostModel m(0.99);
   for (int i = 0; i < 200; ++i) {
-    const StepShape s = Shape(1 + i % 32, 50 + i, (i * 37) % 900, (i % 3 == 0) ? 0 : (i * 13) % 300);
+    const StepShape s =
+        Shape(1 + i % 32, 50 + i, (i * 37) % 900, (i % 3 == 0) ? 0 : (i * 13) % 300);
     m.Observe(s, absl::Microseconds(std::llround(LawMs(s) * 1000)));
   }
   const auto& c = m.coefficients();
