@@ -28,6 +28,7 @@ trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true' EXIT
 
 run_one() {  # run_one LABEL BINARY ROUND CONFIG
   local label="$1" bin="$2" round="$3" config="$4" log="$out/server_$1_$3.log" addr=""
+  : > "$log"  # exists before the server writes it (the wait loop reads it)
   "$bin" serve --config "$config" --set "model.path=$model" \
     --set server.address=127.0.0.1:0 --set metrics.address= --set logging.level=info \
     "${server_flags[@]}" 2> "$log" &

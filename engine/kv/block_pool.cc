@@ -206,7 +206,7 @@ KvPoolStats BlockPool::Stats() const {
   return s;
 }
 
-kernels::PagedKvLayerView BlockPool::LayerView(int layer) const {
+kernels::PagedKvLayerView BlockPool::LayerView(int layer) {
   kernels::PagedKvLayerView view;
   view.block_data = data_.data();
   view.block_layout = data_layout_.data();

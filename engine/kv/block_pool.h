@@ -115,8 +115,8 @@ class BlockPool {
   // budget holds).
   int64_t AvailableBlocks(LayoutId layout) const;
 
-  // The view of one layer that kernels read and write.
-  kernels::PagedKvLayerView LayerView(int layer) const;
+  // The view of one layer that kernels read and write (it writes block bytes: non-const).
+  kernels::PagedKvLayerView LayerView(int layer);
   // Bases of the lowrank layers, [num_layers][num_kv_heads][head_dim][key_rank] (see
   // engine/kv/lowrank_basis.h). Set once, before blocks of a lowrank layout are written.
   // InvalidArgument when the size does not match the geometry (key_rank 0 included).

@@ -68,7 +68,7 @@ void LlamaModel::EnsureScratch(int64_t n) {
   rope_.resize(capacity_ * (c.head_dim / 2 * 2));
 }
 
-absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, const BlockPool& kv, int64_t t0,
+absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, BlockPool& kv, int64_t t0,
                                    int64_t t1, kernels::ThreadPool* pool) {
   const ModelConfig& c = model_.config();
   const ModelWeights& w = weights_;
@@ -152,7 +152,7 @@ absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, const BlockPool& k
   return absl::OkStatus();
 }
 
-absl::Status LlamaModel::Forward(const ForwardBatch& batch, const BlockPool& kv, float* logits) {
+absl::Status LlamaModel::Forward(const ForwardBatch& batch, BlockPool& kv, float* logits) {
   const ModelConfig& c = model_.config();
   const int64_t n = batch.num_tokens();
   if (n == 0) return absl::OkStatus();

@@ -61,7 +61,7 @@ class LlamaModel {
 
   // logits: [batch.logits_rows.size(), vocab_size], written row by row.
   // InvalidArgument for an out-of-range token id or an inconsistent batch.
-  absl::Status Forward(const ForwardBatch& batch, const BlockPool& kv, float* logits);
+  absl::Status Forward(const ForwardBatch& batch, BlockPool& kv, float* logits);
 
  private:
   // A step is split into at most this many ranges of whole sequences, one per thread.
@@ -72,7 +72,7 @@ class LlamaModel {
   void EnsureScratch(int64_t n);
   // Tokens [t0, t1) of the batch through every layer (scratch rows [t0, t1)), kernels on `pool`.
   // InternalError when a K/V value cannot be stored (non-finite).
-  absl::Status RunLayers(const ForwardBatch& batch, const BlockPool& kv, int64_t t0, int64_t t1,
+  absl::Status RunLayers(const ForwardBatch& batch, BlockPool& kv, int64_t t0, int64_t t1,
                          kernels::ThreadPool* pool);
   // Splits the batch into ranges of whole sequences of about equal cost, one per thread:
   // returns the number of ranges P and cuts[0..P] (cuts[0] = 0, cuts[P] = n); 1 when the batch
