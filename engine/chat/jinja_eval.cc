@@ -1073,9 +1073,8 @@ class Evaluator {
   static std::optional<Value::Function> StringTransformMethod(const Value& obj,
                                                               const std::string& name) {
     using F = Value::Function;
-    const Value self = obj;
     if (name == "strip" || name == "lstrip" || name == "rstrip") {
-      return F([self, name](CallArgs& a) -> absl::StatusOr<Value> {
+      return F([self = obj, name](CallArgs& a) -> absl::StatusOr<Value> {
         Value chars = a.Get(0, "chars", Value::None());
         if (!chars.is_none() && !chars.is_string()) {
           return absl::InvalidArgumentError(name + " arg must be None or str");
@@ -1085,24 +1084,25 @@ class Evaluator {
       });
     }
     if (name == "split" || name == "rsplit") {
-      return F([self, name](CallArgs& a) -> absl::StatusOr<Value> {
+      return F([self = obj, name](CallArgs& a) -> absl::StatusOr<Value> {
         return Split(self, a.Get(0, "sep", Value::None()), a.Get(1, "maxsplit", Value::Int(-1)),
                      name == "rsplit");
       });
     }
     if (name == "replace") {
-      return F([self](CallArgs& a) -> absl::StatusOr<Value> {
+      return F([self = obj](CallArgs& a) -> absl::StatusOr<Value> {
         return Replace(self, a.Get(0, "old"), a.Get(1, "new"), a.Get(2, "count", Value::Int(-1)));
       });
     }
     if (name == "upper" || name == "lower" || name == "title" || name == "capitalize") {
-      return F([self, name](CallArgs&) { return CaseMap(self, name); });
+      return F([self = obj, name](CallArgs&) { return CaseMap(self, name); });
     }
     if (name == "splitlines") {
-      return F([self](CallArgs&) -> absl::StatusOr<Value> { return SplitLines(self.text()); });
+      return F(
+          [self = obj](CallArgs&) -> absl::StatusOr<Value> { return SplitLines(self.text()); });
     }
     if (name == "join") {
-      return F([self](CallArgs& a) -> absl::StatusOr<Value> {
+      return F([self = obj](CallArgs& a) -> absl::StatusOr<Value> {
         KVSERVE_ASSIGN_OR_RETURN(ValueList items, Iterate(a.Get(0, "iterable")));
         Text out;
         for (size_t i = 0; i < items.size(); ++i) {
@@ -1129,9 +1129,8 @@ class Evaluator {
   static std::optional<Value::Function> StringQueryMethod(const Value& obj,
                                                           const std::string& name) {
     using F = Value::Function;
-    const Value self = obj;
     if (name == "startswith" || name == "endswith") {
-      return F([self, name](CallArgs& a) -> absl::StatusOr<Value> {
+      return F([self = obj, name](CallArgs& a) -> absl::StatusOr<Value> {
         Value arg = a.Get(0, "prefix");
         ValueList options = arg.is_tuple() ? arg.list() : ValueList{arg};
         if (a.positional.size() > 1) {
@@ -1153,7 +1152,7 @@ class Evaluator {
       });
     }
     if (name == "find" || name == "count" || name == "index") {
-      return F([self, name](CallArgs& a) -> absl::StatusOr<Value> {
+      return F([self = obj, name](CallArgs& a) -> absl::StatusOr<Value> {
         Value sub = a.Get(0, "sub");
         if (!sub.is_string()) return absl::InvalidArgumentError(name + " takes a string");
         const std::string& s = self.str();
@@ -1175,7 +1174,7 @@ class Evaluator {
       });
     }
     if (name == "isspace" || name == "isdigit" || name == "isalpha" || name == "isalnum") {
-      return F([self, name](CallArgs&) -> absl::StatusOr<Value> {
+      return F([self = obj, name](CallArgs&) -> absl::StatusOr<Value> {
         const std::string& s = self.str();
         if (s.empty()) return Value::Bool(false);
         if (name == "isspace") {
@@ -1203,9 +1202,8 @@ class Evaluator {
   // dict methods: items/keys/values, get; mutating methods fail (values are immutable).
   static std::optional<Value::Function> DictMethod(const Value& obj, const std::string& name) {
     using F = Value::Function;
-    const Value self = obj;
     if (name == "items" || name == "keys" || name == "values") {
-      return F([self, name](CallArgs&) -> absl::StatusOr<Value> {
+      return F([self = obj, name](CallArgs&) -> absl::StatusOr<Value> {
         ValueList out;
         for (const auto& [k, v] : self.dict()) {
           if (name == "items") {
@@ -1218,7 +1216,7 @@ class Evaluator {
       });
     }
     if (name == "get") {
-      return F([self](CallArgs& a) -> absl::StatusOr<Value> {
+      return F([self = obj](CallArgs& a) -> absl::StatusOr<Value> {
         Value key = a.Get(0, "key");
         for (const auto& [k, v] : self.dict()) {
           if (k == key) return v;
@@ -1247,8 +1245,7 @@ class Evaluator {
       });
     }
     if (name == "index" || name == "count") {
-      const Value self = obj;
-      return F([self, name](CallArgs& a) -> absl::StatusOr<Value> {
+      return F([self = obj, name](CallArgs& a) -> absl::StatusOr<Value> {
         Value x = a.Get(0, "value");
         int64_t n = 0;
         for (size_t i = 0; i < self.list().size(); ++i) {

@@ -452,7 +452,7 @@ absl::Status JsonValue(const Value& v, int indent, int level, std::string& out);
 // Starts a new line indented `indent * level` spaces.
 void JsonNewline(int indent, int level, std::string& out) {
   out += '\n';
-  out.append(static_cast<size_t>(indent * level), ' ');
+  out.append(static_cast<size_t>(indent) * static_cast<size_t>(level), ' ');
 }
 
 // A float as Python's json writes it: NaN, Infinity, -Infinity or its repr.

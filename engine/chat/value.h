@@ -124,7 +124,9 @@ class Value {
   const Value* Find(std::string_view key) const;
   // Dict/namespace insert or replace.
   void Set(const Value& key, Value value) const;
-  void Set(std::string_view key, Value value) const { Set(Value::String(std::string(key)), value); }
+  void Set(std::string_view key, Value value) const {
+    Set(Value::String(std::string(key)), std::move(value));
+  }
 
   // Python truthiness (undefined is false).
   bool Truthy() const;

@@ -28,10 +28,14 @@
 #define KVSERVE_ASSIGN_OR_RETURN(lhs, expr) \
   KVSERVE_ASSIGN_OR_RETURN_IMPL_(KVSERVE_STATUS_CONCAT_(kvserve_statusor_, __LINE__), lhs, expr)
 
+// `statusor` is a variable name and `lhs` may be a declaration (`const int x`): neither can be
+// parenthesized. `expr` is.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define KVSERVE_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr) \
   auto statusor = (expr);                                   \
   if (!statusor.ok()) return std::move(statusor).status();  \
   lhs = std::move(statusor).value()
+// NOLINTEND(bugprone-macro-parentheses)
 
 namespace kvserve::internal {
 

@@ -166,7 +166,7 @@ absl::StatusOr<int64_t> KvCacheManager::Admit(KvSequence* seq, absl::Span<const 
 
 absl::Status KvCacheManager::AllocateSlots(KvSequence* seq, int64_t num_slots) {
   const int64_t blocks_before = seq->num_blocks();
-  const absl::Status st = Reserve(seq, num_slots, /*final_layouts=*/false);
+  absl::Status st = Reserve(seq, num_slots, /*final_layouts=*/false);
   // The peak moves only when blocks were added (or, under token eviction, copied).
   if (st.ok() && (seq->num_blocks() != blocks_before || seq->token_eviction())) seq->TrackPeak();
   return st;
@@ -274,7 +274,7 @@ absl::Status KvCacheManager::MakeRoom(KvSequence* seq, int64_t computed, int64_t
 absl::Status KvCacheManager::Demote(KvSequence* seq, int64_t computed) {
   if (!policy_->demotes()) return absl::OkStatus();
   const absl::Time start = absl::Now();
-  const absl::Status st = policy_->Demote(seq->kv_, computed - seq->evicted_);
+  absl::Status st = policy_->Demote(seq->kv_, computed - seq->evicted_);
   counters_.demotion_time += absl::Now() - start;
   return st;
 }

@@ -68,8 +68,8 @@ void LlamaModel::EnsureScratch(int64_t n) {
   rope_.resize(capacity_ * (c.head_dim / 2 * 2));
 }
 
-absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, BlockPool& kv, int64_t t0,
-                                   int64_t t1, kernels::ThreadPool* pool) {
+absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, BlockPool& kv, int64_t t0, int64_t t1,
+                                   kernels::ThreadPool* pool) {
   const ModelConfig& c = model_.config();
   const ModelWeights& w = weights_;
   const int64_t n = t1 - t0;
@@ -129,15 +129,7 @@ absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, BlockPool& kv, int
       return absl::InternalError(
           absl::StrFormat("non-finite or out-of-range K/V values in layer %d", l));
     }
-    if (!batch.seq_scores.empty() && !batch.seq_score_layer_stride.empty()) {
-      // Scores per layer: this layer's rows of each of the range's sequences.
-      for (int64_t t = t0; t < t1; ++t) {
-        const int32_t s = batch.seq[t];
-        if (batch.seq_scores[s] != nullptr) {
-          layer_scores_[s] = batch.seq_scores[s] + l * batch.seq_score_layer_stride[s];
-        }
-      }
-    }
+    PointLayerScores(batch, l, t0, t1);
     be.PagedAttention(ab, view, ctx);
     be.MatMul(att, n, lw.wo, xb, ctx);
     be.Add(x, xb, n * dim, ctx);
@@ -152,21 +144,20 @@ absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, BlockPool& kv, int
   return absl::OkStatus();
 }
 
-absl::Status LlamaModel::Forward(const ForwardBatch& batch, BlockPool& kv, float* logits) {
+void LlamaModel::PointLayerScores(const ForwardBatch& batch, int layer, int64_t t0, int64_t t1) {
+  if (batch.seq_scores.empty() || batch.seq_score_layer_stride.empty()) return;
+  // Scores per layer: this layer's rows of each of the range's sequences.
+  for (int64_t t = t0; t < t1; ++t) {
+    const int32_t s = batch.seq[t];
+    if (batch.seq_scores[s] != nullptr) {
+      layer_scores_[s] = batch.seq_scores[s] + layer * batch.seq_score_layer_stride[s];
+    }
+  }
+}
+
+absl::Status LlamaModel::MapBatch(const ForwardBatch& batch, const BlockPool& kv) {
   const ModelConfig& c = model_.config();
   const int64_t n = batch.num_tokens();
-  if (n == 0) return absl::OkStatus();
-  if (!backend_->host_memory()) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "backend \"%s\" keeps its data in device memory; this model runner needs a host-memory "
-        "backend",
-        std::string(backend_->name())));
-  }
-  if (static_cast<int64_t>(batch.positions.size()) != n ||
-      static_cast<int64_t>(batch.seq.size()) != n ||
-      static_cast<int64_t>(batch.kv_slot.size()) != n) {
-    return absl::InvalidArgumentError("forward batch: per-token vectors differ in length");
-  }
   const int block_size = kv.geometry().block_size;
   EnsureScratch(n);
   for (int64_t t = 0; t < n; ++t) {
@@ -199,6 +190,25 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, BlockPool& kv, float
     }
     layer_scores_.assign(batch.seq_scores.begin(), batch.seq_scores.end());
   }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::Forward(const ForwardBatch& batch, BlockPool& kv, float* logits) {
+  const ModelConfig& c = model_.config();
+  const int64_t n = batch.num_tokens();
+  if (n == 0) return absl::OkStatus();
+  if (!backend_->host_memory()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "backend \"%s\" keeps its data in device memory; this model runner needs a host-memory "
+        "backend",
+        std::string(backend_->name())));
+  }
+  if (static_cast<int64_t>(batch.positions.size()) != n ||
+      static_cast<int64_t>(batch.seq.size()) != n ||
+      static_cast<int64_t>(batch.kv_slot.size()) != n) {
+    return absl::InvalidArgumentError("forward batch: per-token vectors differ in length");
+  }
+  if (absl::Status st = MapBatch(batch, kv); !st.ok()) return st;
 
   // Logits rows are checked before anything runs. When they ascend (the usual order), each range
   // of sequences computes its own rows' logits.

@@ -70,6 +70,12 @@ class LlamaModel {
   static constexpr int64_t kMinTokensPerPart = 4;
 
   void EnsureScratch(int64_t n);
+  // Checks the batch's token ids, sequences, slots and score tables, sizes the scratch for it and
+  // fills the per-token KV slot mapping (slot_block_, slot_offset_, kv_len_) and layer_scores_.
+  absl::Status MapBatch(const ForwardBatch& batch, const BlockPool& kv);
+  // Points layer_scores_ of the sequences of tokens [t0, t1) at `layer`'s rows (when the batch
+  // asks for per-layer scores).
+  void PointLayerScores(const ForwardBatch& batch, int layer, int64_t t0, int64_t t1);
   // Tokens [t0, t1) of the batch through every layer (scratch rows [t0, t1)), kernels on `pool`.
   // InternalError when a K/V value cannot be stored (non-finite).
   absl::Status RunLayers(const ForwardBatch& batch, BlockPool& kv, int64_t t0, int64_t t1,

@@ -284,10 +284,11 @@ constexpr std::string_view kEndOfGenerationNames[] = {
     "<EOT>",
     "<|EOT|>",
     "<end_of_utterance>",
-    "<\xEF\xBD\x9C"
+    // DeepSeek's, in pieces so that no hex escape runs into the letters after it.
+    "<\xEF\xBD\x9C"  // NOLINT(bugprone-suspicious-missing-comma): one literal on purpose
     "end\xE2\x96\x81"
     "of\xE2\x96\x81"
-    "sentence\xEF\xBD\x9C>",  // DeepSeek
+    "sentence\xEF\xBD\x9C>",
 };
 
 }  // namespace

@@ -321,7 +321,9 @@ KVSERVE_TARGET_VNNI inline int32_t DotVnni(const Unpacked& u, const int8_t* x) {
 #endif
 
 // Output rows [r0, r1) of y for all n activation rows; every output summed in block order. T is
-// a compile-time constant, so Unpack's type switch folds away.
+// a compile-time constant, so Unpack's type switch folds away. NAME, ATTR and DOT are a function
+// name, an attribute and a template name: none can be parenthesized.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define KVSERVE_QUANT_ROWS(NAME, ATTR, DOT)                                                        \
   template <int QK, DType T>                                                                       \
   ATTR void NAME(const uint8_t* w, int64_t row_bytes, int64_t block_bytes, int64_t nb, int64_t r0, \
@@ -338,6 +340,7 @@ KVSERVE_TARGET_VNNI inline int32_t DotVnni(const Unpacked& u, const int8_t* x) {
       }                                                                                            \
     }                                                                                              \
   }
+// NOLINTEND(bugprone-macro-parentheses)
 
 KVSERVE_QUANT_ROWS(RowsScalar, , DotScalar)
 #if defined(KVSERVE_QUANT_X86)
@@ -350,9 +353,11 @@ template <int QK>
 using RowsFn = void (*)(const uint8_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
                         const ActBlock<QK>*, int64_t, float*, int64_t);
 
+// FN is a template name: it cannot be parenthesized.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define KVSERVE_QUANT_PICK(FN, QK, t)                                               \
   [&]() -> RowsFn<QK> {                                                             \
-    if constexpr (QK == kQK) {                                                      \
+    if constexpr ((QK) == kQK) {                                                    \
       switch (t) {                                                                  \
         case DType::kQ8_0:                                                          \
           return FN<QK, DType::kQ8_0>;                                              \
@@ -386,6 +391,7 @@ using RowsFn = void (*)(const uint8_t*, int64_t, int64_t, int64_t, int64_t, int6
     KVSERVE_KERNEL_CHECK(false, "QuantMatMul: block size does not match the type"); \
     return nullptr;                                                                 \
   }()
+// NOLINTEND(bugprone-macro-parentheses)
 
 #if defined(KVSERVE_QUANT_X86)
 #if defined(__clang__)

@@ -512,8 +512,8 @@ using VecNarrow = VecScalar;
 inline void PrefetchBytes(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
   const char* end = c + bytes;
-  for (c = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(c) & ~uintptr_t{63}); c < end;
-       c += 64) {
+  // Down to the start of c's 64-byte line, by pointer arithmetic (no integer-to-pointer cast).
+  for (c -= reinterpret_cast<uintptr_t>(c) & uintptr_t{63}; c < end; c += 64) {
 #if defined(__x86_64__) && defined(__GNUC__)
     asm volatile("prefetcht1 %0" : : "m"(*c));
 #else

@@ -143,7 +143,7 @@ std::vector<ConfigKey> BuildKeys() {
   keys.push_back(StringKey(
       "kv_cache.layer_formats",
       [](const std::string& v) { return engine::ParseLayerFormats(v).status(); },
-      [](ServerConfig& c, std::string v) {
+      [](ServerConfig& c, const std::string& v) {
         c.engine.model.kv_layer_formats = *engine::ParseLayerFormats(v);
       },
       [](const ServerConfig& c) {

@@ -129,7 +129,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, pu
     if (info_.tracker != nullptr) info_.tracker->Begin();
   }
 
-  void Start(std::shared_ptr<GenerateCall> self) {
+  void Start(const std::shared_ptr<GenerateCall>& self) {
     self_ = self;
     // May call the listener at once (events already pending): no lock of ours is held here.
     stream_->SetListener(PumpListener(self, info_.pump));
@@ -274,7 +274,7 @@ class CompleteCall final : public grpc::ServerUnaryReactor, public PumpTarget {
     if (info_.tracker != nullptr) info_.tracker->Begin();
   }
 
-  void Start(std::shared_ptr<CompleteCall> self) {
+  void Start(const std::shared_ptr<CompleteCall>& self) {
     self_ = self;
     stream_->SetListener(PumpListener(self, info_.pump));
   }

@@ -60,7 +60,8 @@ void LogRejected(const char* method, const absl::Status& status) {
 
 }  // namespace
 
-GenerationService::GenerationService(engine::Engine* engine, GenerationServiceOptions options)
+GenerationService::GenerationService(engine::Engine* engine,
+                                     const GenerationServiceOptions& options)
     : engine_(engine),
       options_(options),
       limits_{engine->max_prompt_tokens(), engine->max_tokens_limit(), options.default_max_tokens,

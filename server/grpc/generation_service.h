@@ -58,7 +58,7 @@ using GenerationServiceBase = v1::Generation::WithRawCallbackMethod_Generate<
 
 class GenerationService final : public GenerationServiceBase {
  public:
-  GenerationService(engine::Engine* engine, GenerationServiceOptions options);
+  GenerationService(engine::Engine* engine, const GenerationServiceOptions& options);
 
   // From now on every call fails with UNAVAILABLE ("the server is shutting down").
   void BeginDrain() { draining_.store(true, std::memory_order_release); }

@@ -94,7 +94,7 @@ class MemoryService::Watcher final : public grpc::ServerWriteReactor<v1::MemoryS
 };
 
 MemoryService::MemoryService(engine::Engine* engine, MemoryServiceOptions options)
-    : engine_(engine), options_(std::move(options)) {
+    : engine_(engine), options_(options) {
   ticker_ = std::thread([this] { TickLoop(); });
 }
 
