@@ -17,10 +17,11 @@ build_pkgs=(
   python3
   clang libclang-rt-14-dev clang-format clang-tidy
   nlohmann-json3-dev python3-jinja2
+  libboost-dev libssl-dev
 )
 runtime_pkgs=(
   libabsl20220623 libspdlog1.10 libfmt9 libyaml-cpp0.7 libgrpc++1.51 libgrpc29 libprotobuf32
-  libxxhash0 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 ca-certificates libicu72
+  libxxhash0 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 ca-certificates libicu72 libssl3
 )
 
 pkgs=("${build_pkgs[@]}")
