@@ -302,6 +302,38 @@ std::vector<ConfigKey> BuildKeys() {
       [](const ServerConfig& c) { return c.min_watch_interval_ms; },
       "smallest interval a Memory.WatchStats call may ask for, milliseconds"));
 
+  // http:
+  keys.push_back(StringKey(
+      "http.address", [](const std::string& v) {
+        return v.empty() ? absl::OkStatus() : CheckHostPort(v);
+      },
+      [](ServerConfig& c, std::string v) { c.http.address = std::move(v); },
+      [](const ServerConfig& c) { return c.http.address; },
+      "OpenAI-compatible HTTP API listen address, host:port; empty = off"));
+  keys.push_back(IntKey(
+      "http.threads", 1, 256, [](ServerConfig& c, int64_t v) { c.http.threads = static_cast<int32_t>(v); },
+      [](const ServerConfig& c) { return c.http.threads; }, "HTTP I/O threads"));
+  keys.push_back(IntKey(
+      "http.max_body_bytes", 0, int64_t{1} << 31,
+      [](ServerConfig& c, int64_t v) { c.http.max_body_bytes = v; },
+      [](const ServerConfig& c) { return c.http.max_body_bytes; },
+      "largest HTTP request body, bytes (413 beyond); 0 = derived from the prompt limits"));
+  keys.push_back(FloatKey(
+      "http.read_timeout_seconds", 0.1, 3600,
+      [](ServerConfig& c, double v) { c.http.read_timeout_seconds = v; },
+      [](const ServerConfig& c) { return c.http.read_timeout_seconds; },
+      "seconds a request's headers and body may take to arrive"));
+  keys.push_back(FloatKey(
+      "http.idle_timeout_seconds", 0.1, 86400,
+      [](ServerConfig& c, double v) { c.http.idle_timeout_seconds = v; },
+      [](const ServerConfig& c) { return c.http.idle_timeout_seconds; },
+      "seconds a keep-alive connection may wait for its next request"));
+  keys.push_back(IntKey(
+      "http.max_connections", 1, 1000000,
+      [](ServerConfig& c, int64_t v) { c.http.max_connections = static_cast<int32_t>(v); },
+      [](const ServerConfig& c) { return c.http.max_connections; },
+      "open HTTP connections at most; further ones are closed at once"));
+
   // logging:
   keys.push_back(EnumKey(
       "logging.level", {"trace", "debug", "info", "warn", "error", "off"},

@@ -403,6 +403,23 @@ absl::Status ConfigLoader::Validate() {
     return KeyError("metrics.address",
                     absl::StrCat("must differ from server.address (both are ", c.address, ")"));
   }
+  if (!c.http.address.empty() && !absl::EndsWith(c.http.address, ":0") &&
+      (c.http.address == c.address || c.http.address == c.metrics_address)) {
+    return KeyError("http.address",
+                    absl::StrCat("must differ from ",
+                                 c.http.address == c.address ? "server.address" : "metrics.address",
+                                 " (both are ", c.http.address, ")"));
+  }
+  // The HTTP API takes the same keys as gRPC, by the same rule (server/grpc/auth.h).
+  if (!c.http.address.empty() && !IsLoopbackAddress(c.http.address) && c.api_keys_file.empty() &&
+      !c.allow_unauthenticated) {
+    return KeyError("http.address",
+                    absl::StrCat(c.http.address,
+                                 " is not a loopback address and server.api_keys_file is not set: "
+                                 "anyone who can reach it could call every endpoint. Set "
+                                 "server.api_keys_file, listen on a loopback address, or set "
+                                 "server.allow_unauthenticated: true"));
+  }
   const int32_t limit = c.engine.max_tokens_limit;
   if (limit > 0 && c.default_max_tokens > limit) {
     // Blame the default when it was set explicitly, the limit otherwise.

@@ -35,6 +35,18 @@ inline engine::EngineOptions DefaultEngineOptions() {
   return options;
 }
 
+// http: the OpenAI-compatible HTTP API (server/http/http_server.h).
+struct HttpConfig {
+  std::string address = "127.0.0.1:8080";  // http.address ("" = off)
+  int32_t threads = 2;                      // http.threads: I/O threads
+  // http.max_body_bytes: largest request body read, bytes; 0 = derived from the prompt limits
+  // (twice the largest gRPC request message: JSON spends more bytes per token id).
+  int64_t max_body_bytes = 0;
+  double read_timeout_seconds = 30;  // http.read_timeout_seconds: a request's headers and body
+  double idle_timeout_seconds = 60;  // http.idle_timeout_seconds: keep-alive with no request
+  int32_t max_connections = 4096;    // http.max_connections: open connections at most
+};
+
 struct ServerConfig {
   std::string source;  // the file it was read from ("" for defaults only)
   // Where each key that was set got its value: "FILE:LINE" or "--set key=value". Keys left at
@@ -67,6 +79,7 @@ struct ServerConfig {
   double keepalive_timeout_seconds = 20;     // server.keepalive_timeout_seconds
   TlsConfig tls;                             // server.tls.{cert_file,key_file}
 
+  HttpConfig http;
   // limits:
   int32_t default_max_tokens = 256;  // limits.default_max_tokens
   // limits.max_prompt_bytes: longest text prompt (Generate, Complete, Tokenize) accepted before

@@ -143,6 +143,26 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
   memory_options.outcomes = &server->outcomes_;
   server->memory_service_ = std::make_unique<MemoryService>(engine, memory_options);
 
+  if (!config.http.address.empty()) {
+    HttpServerOptions http;
+    http.config = config.http;
+    http.tls = config.tls;
+    http.model_name = engine->config().name;
+    http.limits = server->service_->limits();
+    http.chat_template = options.chat_template;
+    http.chat = ChatSettings{options.chat_template.get(), options.bos_token, options.eos_token};
+    http.authenticator = server->authenticator_.get();
+    http.metrics = server->metrics_.get();
+    http.outcomes = &server->outcomes_;
+    http.max_message_bytes = config.max_message_bytes;
+    auto started = HttpServer::Start(http, engine);
+    if (!started.ok()) return started.status();
+    server->http_ = *std::move(started);
+    spdlog::info("OpenAI-compatible HTTP API on {}://{} (model '{}')",
+                 server->http_->tls() ? "https" : "http", server->http_->bound_address(),
+                 http.model_name);
+  }
+
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -227,6 +247,7 @@ void GrpcServer::SetHealthStatus(const std::string& service, bool serving) {
 
 void GrpcServer::BeginDrain() {
   if (service_ != nullptr) service_->BeginDrain();
+  if (http_ != nullptr) http_->BeginDrain();
   if (memory_service_ != nullptr) memory_service_->BeginDrain();
   if (server_ != nullptr && server_->GetHealthCheckService() != nullptr) {
     server_->GetHealthCheckService()->SetServingStatus(false);
@@ -239,9 +260,12 @@ void GrpcServer::Shutdown(absl::Duration grace) {
   BeginDrain();
   // gRPC's own Shutdown(deadline) waits for idle connections too (clients keep them open after
   // GOAWAY), so it would always take the whole grace: wait for our calls instead, then close.
-  if (!service_->WaitForCalls(grace)) {
+  const absl::Time deadline = absl::Now() + grace;
+  if (!service_->WaitForCalls(grace) ||
+      (http_ != nullptr && !http_->WaitForCalls(deadline - absl::Now()))) {
     spdlog::warn("calls still in flight after {}s: cancelling them", absl::ToDoubleSeconds(grace));
   }
+  if (http_ != nullptr) http_->Shutdown();
   server_->Shutdown(std::chrono::system_clock::now());
   server_->Wait();
 }

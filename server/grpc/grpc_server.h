@@ -1,6 +1,8 @@
 // The gRPC server of `kvserve serve`: the Generation and Memory services, standard health
-// checking (grpc.health.v1.Health) and server reflection, over plaintext or TLS; and, when
-// metrics.address is set, the Prometheus /metrics endpoint (server_metrics.h).
+// checking (grpc.health.v1.Health) and server reflection, over plaintext or TLS; when
+// http.address is set, the OpenAI-compatible HTTP API on the same engine, keys and certificate
+// (server/http/http_server.h); and, when metrics.address is set, the Prometheus /metrics
+// endpoint (server_metrics.h).
 //
 // Lifecycle: Start() binds and starts serving (health SERVING). BeginDrain() turns health to
 // NOT_SERVING and makes the services answer UNAVAILABLE to new calls while calls in flight go on.
@@ -24,6 +26,7 @@
 #include "server/grpc/auth.h"
 #include "server/grpc/generation_service.h"
 #include "server/grpc/memory_service.h"
+#include "server/http/http_server.h"
 #include "server/metrics/server_metrics.h"
 
 namespace kvserve::server {
@@ -46,6 +49,8 @@ class GrpcServer {
   int port() const { return port_; }
   bool tls() const { return tls_; }
   bool api_keys_required() const { return authenticator_ != nullptr; }
+  // The OpenAI-compatible HTTP API (http.address); null when it is off.
+  const HttpServer* http() const { return http_.get(); }
   // The port /metrics is served on; 0 when metrics are off.
   int metrics_port() const { return metrics_ != nullptr ? metrics_->port() : 0; }
 
@@ -71,6 +76,7 @@ class GrpcServer {
   std::unique_ptr<GenerationService> service_;
   std::unique_ptr<MemoryService> memory_service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<HttpServer> http_;
   std::string bound_address_;
   int port_ = 0;
   bool tls_ = false;
