@@ -107,6 +107,7 @@ Replica StartReplica(const std::string& binary, const std::string& config, const
       "--set",    "metrics.address=127.0.0.1:" + std::to_string(r.metrics_port),
       "--set",    "kv_cache.budget_mb=" + std::to_string(budget_mb),
       "--set",    "engine.threads=1",
+      "--set",    "http.address=",
       "--set",    "logging.level=warn"};
   std::fflush(stdout);
   r.pid = fork();

@@ -74,8 +74,8 @@ start_server() {
   shift
   local log_file="$work/server_${server_name:-main}.log"
   "$kvserve" serve --config "$root/configs/server.yaml" --set "model.path=$model" \
-    --set server.address=127.0.0.1:0 --set metrics.address= --set logging.level=info \
-    --set engine.threads=0 "$@" 2> "$log_file" &
+    --set server.address=127.0.0.1:0 --set metrics.address= --set http.address= \
+    --set logging.level=info --set engine.threads=0 "$@" 2> "$log_file" &
   server_pid=$!
   for _ in $(seq 1 600); do
     addr=$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$log_file" | head -1)

@@ -167,6 +167,9 @@ class Engine::Impl {
           flush_done_ = flush_requested_;
         }
         batch.swap(incoming_);
+        // They wait in the scheduler from now on: counted at once, so that requests arriving
+        // during the step see the queue bound they will meet (Submit).
+        waiting_count_ += static_cast<int64_t>(batch.size());
         if (!batch.empty()) engine_idle_ = false;
         if (abort_requested_) {
           for (Incoming& in : batch) {

@@ -69,7 +69,9 @@ Error GetInt(const json& obj, const char* key, int64_t lo, int64_t hi,
   const std::string range = absl::StrCat("must be an integer in [", lo, ", ", hi, "], got ");
   if (v->is_number_unsigned()) {
     const uint64_t u = v->get<uint64_t>();
-    if (u > static_cast<uint64_t>(hi)) return BadField(key, range + Shown(*v));
+    if (u > static_cast<uint64_t>(hi) || (lo > 0 && u < static_cast<uint64_t>(lo))) {
+      return BadField(key, range + Shown(*v));
+    }
     *out = static_cast<int64_t>(u);
     return std::nullopt;
   }

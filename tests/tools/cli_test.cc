@@ -89,7 +89,7 @@ TEST(ServeClientCliTest, SecondServerOnTheSamePortFailsWithExitCode1) {
   ScratchDir dir;
   const std::string config = dir.Write(
       "server.yaml", "model:\n  path: " + ModelPath() + "\nserver:\n  address: " + first.address() +
-                         "\nmetrics:\n  address: \"\"\n");
+                         "\nmetrics:\n  address: \"\"\nhttp:\n  address: \"\"\n");
   ProcessResult second =
       RunProcess({KvserveBinary(), "serve", "--config", config}, absl::Seconds(30));
   EXPECT_EQ(second.exit_code, 1) << second.err;

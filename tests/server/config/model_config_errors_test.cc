@@ -39,7 +39,7 @@ ProcessResult Serve(const ScratchDir& dir, const BadModelConfig& c, bool check, 
   const std::string text = "model:\n  path: " + ModelPath() + "\nkv_cache:\n" + c.kv_cache;
   *path = dir.Write(c.name + ".yaml", text);
   std::vector<std::string> argv = {KvserveBinary(), "serve", "--config", *path};
-  for (const char* set : {"server.address=127.0.0.1:0", "metrics.address="}) {
+  for (const char* set : {"server.address=127.0.0.1:0", "metrics.address=", "http.address="}) {
     argv.push_back("--set");
     argv.push_back(set);
   }

@@ -79,6 +79,8 @@ class ServerProcess {
 
   const std::string& address() const { return address_; }
   int port() const { return port_; }
+  // The OpenAI-compatible HTTP API's port (http.address is 127.0.0.1:0); 0 when it is off.
+  int http_port() const { return http_port_; }
   pid_t pid() const { return pid_; }
   const ScratchDir& dir() const { return dir_; }
 
@@ -106,6 +108,7 @@ class ServerProcess {
   int exit_code_ = -1;
   std::string address_;
   int port_ = 0;
+  int http_port_ = 0;
   std::thread reader_;
   mutable absl::Mutex mu_;
   std::string stderr_ ABSL_GUARDED_BY(mu_);

@@ -192,6 +192,8 @@ void ServerProcess::Reap() {
                                                                     "  threads: 1\n"
                                                                     "metrics:\n"
                                                                     "  address: \"\"\n"
+                                                                    "http:\n"
+                                                                    "  address: 127.0.0.1:0\n"
                                                                     "logging:\n"
                                                                     "  level: info\n"));
   std::vector<std::string> argv = {KvserveBinary(), "serve", "--config", config};
@@ -208,6 +210,10 @@ void ServerProcess::Reap() {
     if (std::regex_search(err, m, listening)) {
       port_ = std::stoi(m[2].str());
       address_ = absl::StrCat(m[1].str(), ":", port_);
+      std::smatch h;
+      if (std::regex_search(err, h, std::regex(R"(HTTP API on https?://[0-9.]+:([0-9]+))"))) {
+        http_port_ = std::stoi(h[1].str());
+      }
       return ::testing::AssertionSuccess();
     }
     bool closed;
