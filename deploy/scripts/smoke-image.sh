@@ -9,7 +9,7 @@
 #   - generation needs the API key mounted at /etc/kvserve/secrets/api-keys;
 #   - greedy generation returns the same text as the host build's offline `kvserve generate`
 #     (when build/kvserve exists; otherwise a non-empty completion);
-#   - GET /metrics counts the request (kvserve_requests_total{status="ok"} 1);
+#   - GET /metrics counts the request (kvserve_requests_total{status="ok",protocol="grpc"} 1);
 #   - SIGTERM drains and the server exits 0.
 #
 #   deploy/scripts/smoke-image.sh [--image kvserve:latest] [--models DIR]
@@ -122,7 +122,7 @@ if [[ -x "$root/build/kvserve" ]]; then
 fi
 
 metrics="$(curl -fsS "http://127.0.0.1:$metrics_port/metrics")" || fail "GET /metrics failed"
-echo "$metrics" | grep -E '^kvserve_requests_total\{status="ok"\} 1$' >/dev/null \
+echo "$metrics" | grep -E '^kvserve_requests_total\{status="ok",protocol="grpc"\} 1$' >/dev/null \
   || fail "/metrics does not count the request: $(echo "$metrics" | grep requests_total)"
 echo "smoke-image: metrics: $(echo "$metrics" | grep -c '^kvserve_') kvserve series, request counted"
 

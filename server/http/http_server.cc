@@ -241,8 +241,8 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
     if (gen_) {  // closed at shutdown with a request in flight
       gen_->CancelAll();
       for (Choice& c : gen_->choices) c.stream->SetListener([] {});
-      server_->calls().End();
     }
+    EndCall();
     server_->Unregister(id_);
   }
 
@@ -278,7 +278,16 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
         std::chrono::duration<double>(seconds));
   }
 
+  // The generation call is over once its last byte is written (or the connection is gone): a
+  // drain waits for that (WaitForCalls), not just for the engine.
+  void EndCall() {
+    if (!call_open_) return;
+    call_open_ = false;
+    server_->calls().End();
+  }
+
   void CloseNow() {
+    EndCall();
     beast::error_code ec;
     Lowest().socket().shutdown(tcp::socket::shutdown_both, ec);
     Lowest().close();
@@ -522,6 +531,7 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
     }
     gen_ = std::move(gen);
     server_->calls().Begin();
+    call_open_ = true;
     // The engine's events reach the session through a weak reference: this one keeps it alive
     // until the request ends, whatever the connection does meanwhile.
     self_ = this->shared_from_this();
@@ -744,9 +754,9 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
     const HttpServerOptions& options = server_->options();
     for (Choice& c : gen->choices) {
       c.stream->SetListener([] {});
-      if (c.final && options.metrics != nullptr) options.metrics->ObserveRequest(*c.final);
+      if (c.final && options.metrics != nullptr) options.metrics->ObserveRequest(*c.final, Protocol::kHttp);
     }
-    if (options.outcomes != nullptr) options.outcomes->Count(status.code());
+    if (options.outcomes != nullptr) options.outcomes->Count(status.code(), Protocol::kHttp);
     const OpenAiUsage usage = gen->Usage();
     const engine::StreamEvent* first = gen->choices.empty() || !gen->choices[0].final
                                            ? nullptr
@@ -760,7 +770,6 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
         first ? absl::ToDoubleMilliseconds(first->timings.total) : 0.0,
         status.ok() ? "" : absl::StrCat(" error=\"", absl::CHexEscape(status.message()), "\""),
         client_gone_ ? " (client gone)" : "");
-    server_->calls().End();
     if (client_gone_) CloseNow();
     // Every caller runs in a handler that holds the session, so this never destroys *this.
     self_.reset();
@@ -799,6 +808,7 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
   }
 
   void AfterResponse(beast::error_code ec) {
+    EndCall();
     if (ec || !keep_alive_ || closing_ || client_gone_) return CloseNow();
     if (reading_ahead_) {
       // The pending read continues the connection (OnReadAhead); bound the wait for it.
@@ -822,6 +832,7 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
   bool reading_ahead_ = false;
   bool client_gone_ = false;
   bool last_chunk_ = false;
+  bool call_open_ = false;  // counted in calls() until the response's last byte is written
   std::unique_ptr<Generation> gen_;
   std::shared_ptr<Session> self_;  // set while gen_ runs
   std::optional<http::response<http::empty_body>> header_;

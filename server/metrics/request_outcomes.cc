@@ -29,4 +29,8 @@ const char* RequestOutcomeName(RequestOutcome outcome) {
   return "failed";
 }
 
+const char* ProtocolName(Protocol protocol) {
+  return protocol == Protocol::kHttp ? "http" : "grpc";
+}
+
 }  // namespace kvserve::server

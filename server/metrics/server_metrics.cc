@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <exception>
 #include <limits>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -194,10 +195,14 @@ class EngineCollector final : public prometheus::Collectable {
              "by the client; deadline_exceeded: the call's deadline passed; failed: any other "
              "error).",
              MetricType::Counter);
-    for (int o = 0; o < kNumRequestOutcomes; ++o) {
-      const auto outcome = static_cast<RequestOutcome>(o);
-      b.Add(static_cast<double>(outcomes_->Get(outcome)),
-            {{"status", std::string(RequestOutcomeName(outcome))}});
+    for (int p = 0; p < kNumProtocols; ++p) {
+      const auto protocol = static_cast<Protocol>(p);
+      for (int o = 0; o < kNumRequestOutcomes; ++o) {
+        const auto outcome = static_cast<RequestOutcome>(o);
+        b.Add(static_cast<double>(outcomes_->Get(outcome, protocol)),
+              {{"status", std::string(RequestOutcomeName(outcome))},
+               {"protocol", ProtocolName(protocol)}});
+      }
     }
     b.Family("kvserve_running_requests", "Requests in the running batch.", MetricType::Gauge)
         .Add(s.running_requests);
@@ -247,23 +252,27 @@ class EngineCollector final : public prometheus::Collectable {
 ServerMetrics::ServerMetrics(engine::Engine* engine, const RequestOutcomes* outcomes)
     : registry_(std::make_shared<prometheus::Registry>()),
       collector_(std::make_shared<EngineCollector>(engine, outcomes)) {
-  ttft_ = &prometheus::BuildHistogram()
-               .Name("kvserve_time_to_first_token_seconds")
-               .Help("Time from a request's arrival to its first generated token.")
-               .Register(*registry_)
-               .Add({}, TtftBuckets());
-  inter_token_ = &prometheus::BuildHistogram()
-                      .Name("kvserve_inter_token_latency_seconds")
-                      .Help(
-                          "Time between consecutive generated tokens of a request (its mean "
-                          "gap, counted once per gap).")
-                      .Register(*registry_)
-                      .Add({}, InterTokenBuckets());
-  duration_ = &prometheus::BuildHistogram()
-                   .Name("kvserve_request_duration_seconds")
-                   .Help("Time from a request's arrival to its end.")
-                   .Register(*registry_)
-                   .Add({}, DurationBuckets());
+  auto& ttft = prometheus::BuildHistogram()
+                   .Name("kvserve_time_to_first_token_seconds")
+                   .Help("Time from a request's arrival to its first generated token.")
+                   .Register(*registry_);
+  auto& inter_token = prometheus::BuildHistogram()
+                          .Name("kvserve_inter_token_latency_seconds")
+                          .Help(
+                              "Time between consecutive generated tokens of a request (its mean "
+                              "gap, counted once per gap).")
+                          .Register(*registry_);
+  auto& duration = prometheus::BuildHistogram()
+                       .Name("kvserve_request_duration_seconds")
+                       .Help("Time from a request's arrival to its end.")
+                       .Register(*registry_);
+  for (int p = 0; p < kNumProtocols; ++p) {
+    const std::map<std::string, std::string> labels = {
+        {"protocol", ProtocolName(static_cast<Protocol>(p))}};
+    ttft_[p] = &ttft.Add(labels, TtftBuckets());
+    inter_token_[p] = &inter_token.Add(labels, InterTokenBuckets());
+    duration_[p] = &duration.Add(labels, DurationBuckets());
+  }
 }
 
 ServerMetrics::~ServerMetrics() = default;
@@ -283,10 +292,11 @@ absl::Status ServerMetrics::Serve(const std::string& address) {
   return absl::OkStatus();
 }
 
-void ServerMetrics::ObserveRequest(const engine::StreamEvent& final) {
+void ServerMetrics::ObserveRequest(const engine::StreamEvent& final, Protocol protocol) {
+  const int p = static_cast<int>(protocol);
   const int64_t tokens = final.usage.completion_tokens;
-  if (tokens > 0) ttft_->Observe(absl::ToDoubleSeconds(final.timings.time_to_first_token));
-  duration_->Observe(absl::ToDoubleSeconds(final.timings.total));
+  if (tokens > 0) ttft_[p]->Observe(absl::ToDoubleSeconds(final.timings.time_to_first_token));
+  duration_[p]->Observe(absl::ToDoubleSeconds(final.timings.total));
   if (tokens > 1) {
     const double gaps = static_cast<double>(tokens - 1);
     const double mean =
@@ -295,7 +305,7 @@ void ServerMetrics::ObserveRequest(const engine::StreamEvent& final) {
     std::vector<double> increments(bounds.size() + 1, 0.0);
     const size_t bucket = std::lower_bound(bounds.begin(), bounds.end(), mean) - bounds.begin();
     increments[bucket] = gaps;
-    inter_token_->ObserveMultiple(increments, mean * gaps);
+    inter_token_[p]->ObserveMultiple(increments, mean * gaps);
   }
 }
 

@@ -5,9 +5,10 @@
 //     into gauges (KV bytes by format, role and state, blocks, ratios, queue lengths) and
 //     counters (prefix cache queries and hits, evictions, preemptions, requests, tokens), so a
 //     scrape never sees a half-updated set;
-//   - the gRPC calls: ObserveRequest() records each finished request in the latency histograms
-//     (time to first token, inter-token latency, request duration), and `kvserve_requests_total`
-//     reads the calls' outcomes (request_outcomes.h) on every scrape.
+//   - the gRPC and HTTP calls: ObserveRequest() records each finished request in the latency
+//     histograms (time to first token, inter-token latency, request duration), and
+//     `kvserve_requests_total` reads the calls' outcomes (request_outcomes.h) on every scrape;
+//     all of them carry a `protocol` label, "grpc" or "http".
 // The engine never sees any of this: the server pulls from it.
 //
 // Thread-safety: ObserveRequest and scrapes run concurrently from any thread. The engine and the
@@ -49,7 +50,7 @@ class ServerMetrics {
   // Records a finished request (its final stream event) in the latency histograms. The
   // inter-token latency of a request with n > 1 generated tokens is its mean gap,
   // (total - time to first token) / (n - 1), counted once per gap.
-  void ObserveRequest(const engine::StreamEvent& final);
+  void ObserveRequest(const engine::StreamEvent& final, Protocol protocol = Protocol::kGrpc);
 
   // The text exposition of every metric, as a scrape returns it.
   std::string Render() const;
@@ -57,9 +58,10 @@ class ServerMetrics {
  private:
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<EngineCollector> collector_;
-  prometheus::Histogram* ttft_ = nullptr;
-  prometheus::Histogram* inter_token_ = nullptr;
-  prometheus::Histogram* duration_ = nullptr;
+  // Per protocol (the `protocol` label).
+  prometheus::Histogram* ttft_[kNumProtocols] = {};
+  prometheus::Histogram* inter_token_[kNumProtocols] = {};
+  prometheus::Histogram* duration_[kNumProtocols] = {};
   std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;
 };

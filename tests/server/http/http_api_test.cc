@@ -4,6 +4,7 @@
 // (its KV freed, seen through the Memory service), drain, and 500 concurrent streams.
 #include <signal.h>
 
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -418,6 +419,44 @@ TEST(HttpApiChatTest, ChatIsRenderedByTheTemplateAndEqualsGrpcChat) {
   }
   EXPECT_EQ(content, grpc_out.text());
   EXPECT_EQ(EventJson(events[events.size() - 2])["choices"][0]["finish_reason"], "length");
+}
+
+TEST(HttpApiMetricsTest, HttpRequestsAreCountedWithTheProtocolLabel) {
+  ServerProcess server;
+  ASSERT_TRUE(server.Start({"metrics.address=127.0.0.1:0"})) << server.Stderr();
+  std::smatch m;
+  const std::string err = server.Stderr();
+  ASSERT_TRUE(std::regex_search(err, m, std::regex(R"(metrics on http://[0-9.]+:([0-9]+))")))
+      << err;
+  const int metrics_port = std::stoi(m[1].str());
+  ASSERT_EQ(HttpCall(server.http_port(), "POST", "/v1/completions",
+                     json{{"prompt", kPrompt}, {"max_tokens", 5}, {"temperature", 0}}.dump())
+                .status,
+            200);
+  // A client that goes away mid-stream is counted as cancelled.
+  {
+    HttpStream stream;
+    ASSERT_TRUE(stream.Open(server.http_port(), "/v1/completions",
+                            json{{"prompt", kPrompt},
+                                 {"max_tokens", 2000},
+                                 {"ignore_eos", true},
+                                 {"stream", true}}
+                                .dump()));
+    ASSERT_TRUE(stream.NextEvent().has_value());
+  }
+  ASSERT_TRUE(server.WaitForStderr("(client gone)", absl::Seconds(10))) << server.Stderr();
+  const std::string page = HttpCall(metrics_port, "GET", "/metrics").body;
+  auto value = [&page](const std::string& series) {
+    const size_t at = page.find("\n" + series + " ");
+    EXPECT_NE(at, std::string::npos) << series << "\n" << page;
+    return at == std::string::npos ? -1.0 : std::stod(page.substr(at + series.size() + 2));
+  };
+  EXPECT_EQ(value(R"(kvserve_requests_total{status="ok",protocol="http"})"), 1);
+  EXPECT_EQ(value(R"(kvserve_requests_total{status="cancelled",protocol="http"})"), 1);
+  EXPECT_EQ(value(R"(kvserve_requests_total{status="ok",protocol="grpc"})"), 0);
+  EXPECT_EQ(value(R"(kvserve_time_to_first_token_seconds_count{protocol="http"})"), 2);
+  // The first request's 4 gaps, and those of what the second generated before it ended.
+  EXPECT_GE(value(R"(kvserve_inter_token_latency_seconds_count{protocol="http"})"), 4);
 }
 
 TEST(HttpApiConcurrencyTest, FiveHundredConcurrentStreamsAllComplete) {

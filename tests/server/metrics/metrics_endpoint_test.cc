@@ -89,17 +89,19 @@ TEST_F(MetricsEndpointTest, KvSeriesEqualGetStats) {
   EXPECT_EQ(m["kvserve_prefix_cache_hit_tokens_total"], s.prefix_hit_tokens());
   EXPECT_EQ(m[R"(kvserve_block_evictions_total{policy="lru"})"], s.evicted_blocks());
   EXPECT_EQ(m["kvserve_preemptions_total"], s.preemptions());
-  EXPECT_EQ(m[R"(kvserve_requests_total{status="ok"})"], 2);
+  EXPECT_EQ(m[R"(kvserve_requests_total{status="ok",protocol="grpc"})"], 2);
+  EXPECT_EQ(m[R"(kvserve_requests_total{status="ok",protocol="http"})"], 0);
   EXPECT_EQ(m["kvserve_running_requests"], 0);
   EXPECT_EQ(m["kvserve_waiting_requests"], 0);
   EXPECT_EQ(m["kvserve_generation_tokens_total"], 10);
   EXPECT_EQ(m["kvserve_prompt_tokens_total"], s.prompt_tokens());
   EXPECT_EQ(m[R"(kvserve_build_info{version="0.1.0"})"], 1);
   // Two requests of five tokens: two first tokens, eight gaps.
-  EXPECT_EQ(m["kvserve_time_to_first_token_seconds_count"], 2);
-  EXPECT_EQ(m["kvserve_request_duration_seconds_count"], 2);
-  EXPECT_EQ(m["kvserve_inter_token_latency_seconds_count"], 8);
-  EXPECT_EQ(m[R"(kvserve_request_duration_seconds_bucket{le="+Inf"})"], 2);
+  EXPECT_EQ(m[R"(kvserve_time_to_first_token_seconds_count{protocol="grpc"})"], 2);
+  EXPECT_EQ(m[R"(kvserve_request_duration_seconds_count{protocol="grpc"})"], 2);
+  EXPECT_EQ(m[R"(kvserve_inter_token_latency_seconds_count{protocol="grpc"})"], 8);
+  EXPECT_EQ(m[R"(kvserve_request_duration_seconds_bucket{protocol="grpc",le="+Inf"})"], 2);
+  EXPECT_EQ(m[R"(kvserve_request_duration_seconds_count{protocol="http"})"], 0);
 }
 
 TEST_F(MetricsEndpointTest, PromtoolAcceptsTheExposition) {

@@ -33,7 +33,7 @@ Counts Scraped(int port) {
   for (int o = 0; o < kNumRequestOutcomes; ++o) {
     const std::string series =
         absl::StrCat("kvserve_requests_total{status=\"",
-                     RequestOutcomeName(static_cast<RequestOutcome>(o)), "\"}");
+                     RequestOutcomeName(static_cast<RequestOutcome>(o)), "\",protocol=\"grpc\"}");
     EXPECT_EQ(m.count(series), 1u) << series;
     c[o] = static_cast<int64_t>(m[series]);
   }
