@@ -14,7 +14,8 @@
 #
 # The server reads /etc/kvserve/server.yaml (configs/server.yaml is baked in; mount your own over
 # it), finds models under /models (a volume) and API keys in /etc/kvserve/secrets/api-keys. It
-# listens on 0.0.0.0:50051 (gRPC) and 0.0.0.0:9464 (Prometheus /metrics); docs: deploy/README.md.
+# listens on 0.0.0.0:50051 (gRPC), 0.0.0.0:8080 (OpenAI-compatible HTTP) and 0.0.0.0:9464
+# (Prometheus /metrics); docs: deploy/README.md.
 
 ARG DEBIAN_IMAGE=debian:bookworm
 ARG CUDA_DEVEL_IMAGE=nvidia/cuda:12.4.1-devel-ubuntu22.04
@@ -68,7 +69,7 @@ LABEL org.opencontainers.image.title="kvserve" \
 USER 10001:10001
 VOLUME ["/models"]
 # gRPC (server.address) and Prometheus /metrics (metrics.address).
-EXPOSE 50051 9464
+EXPOSE 50051 9464 8080
 # gRPC health service (grpc.health.v1): healthy only while SERVING (not while draining).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
   CMD ["/usr/local/bin/kvserve", "client", "health", "--addr", "127.0.0.1:50051", "--timeout", "4"]
@@ -81,6 +82,7 @@ ENTRYPOINT ["/usr/local/bin/kvserve", "serve", "--config", "/etc/kvserve/server.
 CMD ["--set", "model.path=/models/stories260K.gguf", \
      "--set", "server.address=0.0.0.0:50051", \
      "--set", "metrics.address=0.0.0.0:9464", \
+     "--set", "http.address=0.0.0.0:8080", \
      "--set", "server.api_keys_file=/etc/kvserve/secrets/api-keys"]
 
 # ---- CUDA variant -----------------------------------------------------------------------------

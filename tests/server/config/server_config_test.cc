@@ -217,6 +217,13 @@ engine:
 metrics:
   address: "127.0.0.2:9100"
   min_watch_interval_ms: 250
+http:
+  address: "127.0.0.3:8181"
+  threads: 5
+  max_body_bytes: 123456
+  read_timeout_seconds: 4.5
+  idle_timeout_seconds: 9.5
+  max_connections: 77
 logging:
   level: debug
 token_eviction:
@@ -257,6 +264,12 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   EXPECT_TRUE(fs::equivalent(c.chat_template_path, dir.Path("chat/template.jinja")));
   EXPECT_EQ(c.address, "0.0.0.0:6000");
   EXPECT_EQ(c.max_message_bytes, 1048576);
+  EXPECT_EQ(c.http.address, "127.0.0.3:8181");
+  EXPECT_EQ(c.http.threads, 5);
+  EXPECT_EQ(c.http.max_body_bytes, 123456);
+  EXPECT_EQ(c.http.read_timeout_seconds, 4.5);
+  EXPECT_EQ(c.http.idle_timeout_seconds, 9.5);
+  EXPECT_EQ(c.http.max_connections, 77);
   EXPECT_EQ(c.max_request_bytes, 65536);
   EXPECT_EQ(c.max_streams_per_connection, 7);
   EXPECT_DOUBLE_EQ(c.drain_timeout_seconds, 2.5);

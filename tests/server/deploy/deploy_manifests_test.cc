@@ -34,6 +34,8 @@ std::string Root() { return SourceDir(); }
 constexpr double kGraceMarginSeconds = 5;
 // grpc.health.v1 service name of the liveness check (server/grpc/liveness_watchdog.h).
 constexpr char kLivenessService[] = "kvserve.liveness";
+// The HTTP API's port in every container (configs/server.yaml listens on 127.0.0.1:8080).
+constexpr int kHttpPort = 8080;
 // The per-token latency of one decoding request when the batch is full, and an allowance for the
 // prefill of the longest prompt, measured as deploy/README.md ("Drain and the longest request")
 // describes. The drain timeout must cover max_tokens such steps plus the prefill.
@@ -127,6 +129,7 @@ class DeployTest : public ::testing::Test {
     ASSERT_TRUE(c.ok()) << where << ": " << c.status();
     EXPECT_EQ(PortOf(c->address), grpc_port_) << where;
     EXPECT_EQ(PortOf(c->metrics_address), metrics_port_) << where;
+    EXPECT_EQ(c->http.address, "0.0.0.0:8080") << where << ": the HTTP API must be reachable";
     EXPECT_TRUE(absl::StartsWith(c->address, "0.0.0.0:"))
         << where << ": not reachable from outside";
     EXPECT_FALSE(c->api_keys_file.empty()) << where << ": every interface needs API keys";
@@ -232,7 +235,7 @@ TEST_F(DeployTest, ComposeReferencesResolveAndAgreeWithTheConfig) {
   for (const YAML::Node& p : kv["ports"]) {
     published.insert(PortOf(p.as<std::string>()));
   }
-  EXPECT_EQ(published, (std::set<int>{grpc_port_, metrics_port_}));
+  EXPECT_EQ(published, (std::set<int>{grpc_port_, metrics_port_, kHttpPort}));
   ExpectContainerSetsLoad(SetFlags(Strings(kv["command"])), "compose kvserve command");
   const std::vector<std::string> health = Strings(kv["healthcheck"]["test"]);
   EXPECT_EQ(health[2], "client");
@@ -355,6 +358,7 @@ TEST_P(KubernetesTest, ReferencesResolveAndAgreeWithTheConfig) {
   }
   EXPECT_EQ(ports["grpc"], grpc_port_);
   EXPECT_EQ(ports["metrics"], metrics_port_);
+  EXPECT_EQ(ports["http"], kHttpPort);
   const std::map<std::string, std::string> sets = SetFlags(Strings(c["args"]));
   ExpectContainerSetsLoad(sets, variant + " Deployment args");
 
@@ -540,7 +544,7 @@ TEST_P(KubernetesTest, ReferencesResolveAndAgreeWithTheConfig) {
       admitted.insert(port);
     }
   }
-  EXPECT_EQ(admitted, (std::set<std::string>{"grpc", "metrics"}));
+  EXPECT_EQ(admitted, (std::set<std::string>{"grpc", "http", "metrics"}));
   // The router's pods are among those admitted to gRPC.
   Objects router;
   Kustomize("deploy/envoy", router);
@@ -663,6 +667,76 @@ TEST_F(DeployTest, EnvoyHashesThePrefixHeaderOntoTheReplicas) {
 bool Have(const std::string& program) {
   return RunProcess({"/bin/sh", "-c", "command -v " + program}).exit_code == 0;
 }
+
+// The HTTP listener routes OpenAI-style bodies the same way: its Lua filter (run here in LuaJIT,
+// the runtime Envoy embeds) sets the prefix header from the body, the same for the same prefix
+// and salt, different otherwise, and never replaces a header the client sent.
+TEST_F(DeployTest, EnvoyHttpListenerHashesTheBodyPrefix) {
+  const YAML::Node envoy = Load("deploy/envoy/envoy.yaml");
+  YAML::Node listener;
+  for (const YAML::Node& l : envoy["static_resources"]["listeners"]) {
+    if (l["name"].as<std::string>() == "http") listener = l;
+  }
+  ASSERT_TRUE(listener) << "no http listener";
+  const YAML::Node hcm = listener["filter_chains"][0]["filters"][0]["typed_config"];
+  const YAML::Node route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"];
+  EXPECT_EQ(route["hash_policy"][0]["header"]["header_name"].as<std::string>(), kPrefixHashHeader);
+  EXPECT_EQ(route["retry_policy"]["retriable_status_codes"][0].as<int>(), 503);
+  YAML::Node cluster;
+  for (const YAML::Node& cl : envoy["static_resources"]["clusters"]) {
+    if (cl["name"].as<std::string>() == route["cluster"].as<std::string>()) cluster = cl;
+  }
+  ASSERT_TRUE(cluster);
+  EXPECT_EQ(cluster["lb_policy"].as<std::string>(), "RING_HASH");
+  EXPECT_EQ(cluster["health_checks"][0]["http_health_check"]["path"].as<std::string>(), "/health");
+  EXPECT_EQ(cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                   ["socket_address"]["port_value"]
+                       .as<int>(),
+            kHttpPort);
+  const YAML::Node lua = hcm["http_filters"][0];
+  ASSERT_EQ(lua["name"].as<std::string>(), "envoy.filters.http.lua");
+  const std::string code =
+      lua["typed_config"]["default_source_code"]["inline_string"].as<std::string>();
+  if (!Have("luajit")) GTEST_SKIP() << "luajit not installed (Debian package 'luajit')";
+  ScratchDir dir;
+  // A stand-in for Envoy's request handle: headers and a body; prints the header it ends with.
+  const std::string harness = R"(
+local function run(method, body, header)
+  local h = {[":method"] = method, ["x-kvserve-prefix-hash"] = header}
+  local headers = {get = function(_, k) return h[k] end, add = function(_, k, v) h[k] = v end}
+  local handle = {
+    headers = function() return headers end,
+    body = function()
+      return {length = function() return #body end,
+              getBytes = function(_, s, n) return string.sub(body, s + 1, s + n) end}
+    end}
+  envoy_on_request(handle)
+  return tostring(h["x-kvserve-prefix-hash"])
+end
+local sys = '{"model":"m","messages":[{"role":"system","content":"' .. string.rep("S", 600) .. '"}'
+print(run("POST", sys .. ',{"role":"user","content":"one"}]}'))
+print(run("POST", sys .. ',{"role":"user","content":"two"}],"max_tokens":5}'))
+print(run("POST", '{"model":"m","messages":[{"role":"user","content":"other"}]}'))
+print(run("POST", '{"prompt":"Once upon a time","cache_salt":"a"}'))
+print(run("POST", '{"prompt":"Once upon a time","cache_salt":"b"}'))
+print(run("POST", '{"prompt":"Once upon a time","cache_salt":"b"}', "from-client"))
+print(run("GET", '', nil))
+print(run("POST", '{"tokens":[1,2]}'))
+)";
+  const std::string script = dir.Write("route.lua", code + harness);
+  const ProcessResult r = RunProcess({"/usr/bin/env", "luajit", script});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<std::string> out = absl::StrSplit(r.out, '\n', absl::SkipEmpty());
+  ASSERT_EQ(out.size(), 8u) << r.out;
+  EXPECT_EQ(out[0].size(), 8u) << out[0];
+  EXPECT_EQ(out[0], out[1]) << "the same 512-byte prefix routes together";
+  EXPECT_NE(out[0], out[2]);
+  EXPECT_NE(out[3], out[4]) << "the cache salt takes part";
+  EXPECT_EQ(out[5], "from-client");
+  EXPECT_EQ(out[6], "nil");
+  EXPECT_EQ(out[7], "nil");
+}
+
 
 std::string Sha256(const std::string& path) {
   const ProcessResult r = RunProcess({"/usr/bin/sha256sum", path});
