@@ -8,7 +8,7 @@ dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 seconds="${1:-60}"
 parallel="${2:-1}"
 targets=(gguf_fuzz llama2c_model_fuzz llama2c_tokenizer_fuzz tokenizer_fuzz config_fuzz request_fuzz
-         chat_template_fuzz)
+         openai_request_fuzz chat_template_fuzz)
 root="$(cd "$dir/../.." && pwd)"
 build="${KVSERVE_FUZZ_BUILD_DIR:-$root/build-fuzz}"
 if [[ ! -f "$build/build.ninja" ]]; then
