@@ -17,7 +17,7 @@ build_pkgs=(
   python3
   clang libclang-rt-14-dev clang-format clang-tidy
   nlohmann-json3-dev python3-jinja2
-  libboost-dev libssl-dev luajit
+  libboost-dev libssl-dev luajit curl
 )
 runtime_pkgs=(
   libabsl20220623 libspdlog1.10 libfmt9 libyaml-cpp0.7 libgrpc++1.51 libgrpc29 libprotobuf32

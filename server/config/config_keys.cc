@@ -304,14 +304,14 @@ std::vector<ConfigKey> BuildKeys() {
 
   // http:
   keys.push_back(StringKey(
-      "http.address", [](const std::string& v) {
-        return v.empty() ? absl::OkStatus() : CheckHostPort(v);
-      },
+      "http.address",
+      [](const std::string& v) { return v.empty() ? absl::OkStatus() : CheckHostPort(v); },
       [](ServerConfig& c, std::string v) { c.http.address = std::move(v); },
       [](const ServerConfig& c) { return c.http.address; },
       "OpenAI-compatible HTTP API listen address, host:port; empty = off"));
   keys.push_back(IntKey(
-      "http.threads", 1, 256, [](ServerConfig& c, int64_t v) { c.http.threads = static_cast<int32_t>(v); },
+      "http.threads", 1, 256,
+      [](ServerConfig& c, int64_t v) { c.http.threads = static_cast<int32_t>(v); },
       [](const ServerConfig& c) { return c.http.threads; }, "HTTP I/O threads"));
   keys.push_back(IntKey(
       "http.max_body_bytes", 0, int64_t{1} << 31,

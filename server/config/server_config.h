@@ -38,7 +38,7 @@ inline engine::EngineOptions DefaultEngineOptions() {
 // http: the OpenAI-compatible HTTP API (server/http/http_server.h).
 struct HttpConfig {
   std::string address = "127.0.0.1:8080";  // http.address ("" = off)
-  int32_t threads = 2;                      // http.threads: I/O threads
+  int32_t threads = 2;                     // http.threads: I/O threads
   // http.max_body_bytes: largest request body read, bytes; 0 = derived from the prompt limits
   // (twice the largest gRPC request message: JSON spends more bytes per token id).
   int64_t max_body_bytes = 0;

@@ -158,10 +158,10 @@ struct Choice {
   std::shared_ptr<engine::RequestStream> stream;
   int32_t index = 0;
   int32_t prompt_index = 0;
-  std::string echo;          // completions with echo: the prompt's text, sent first
-  bool started = false;      // streaming: the first chunk (role, or echo) was sent
-  bool sent_final = false;   // streaming: the chunk with the finish_reason was sent
-  ChoiceOutput out;          // text and tokens gathered (streaming: since the last chunk)
+  std::string echo;         // completions with echo: the prompt's text, sent first
+  bool started = false;     // streaming: the first chunk (role, or echo) was sent
+  bool sent_final = false;  // streaming: the chunk with the finish_reason was sent
+  ChoiceOutput out;         // text and tokens gathered (streaming: since the last chunk)
   std::optional<engine::StreamEvent> final;  // the final event, payload removed
 };
 
@@ -305,20 +305,19 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
     const auto& config = server_->options().config;
     Lowest().expires_after(
         ToChrono(requests_ == 0 ? config.read_timeout_seconds : config.idle_timeout_seconds));
-    http::async_read(stream_, buffer_, *parser_,
-                     [self = this->shared_from_this()](beast::error_code ec, size_t) {
-                       self->OnRead(ec);
-                     });
+    http::async_read(
+        stream_, buffer_, *parser_,
+        [self = this->shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
   }
 
   void OnRead(beast::error_code ec) {
     if (ec == http::error::body_limit) {
       keep_alive_ = false;
-      return SendError(OpenAiError{413,
-                                   absl::StrCat("the request body is larger than ",
-                                                server_->max_body_bytes(),
-                                                " bytes (http.max_body_bytes)"),
-                                   "invalid_request_error", "", "request_too_large"});
+      return SendError(
+          OpenAiError{413,
+                      absl::StrCat("the request body is larger than ", server_->max_body_bytes(),
+                                   " bytes (http.max_body_bytes)"),
+                      "invalid_request_error", "", "request_too_large"});
     }
     if (ec == http::error::header_limit) {
       keep_alive_ = false;
@@ -376,8 +375,9 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
   }
 
   void MethodNotAllowed(const char* allowed) {
-    SendError(OpenAiError{405, absl::StrCat(std::string(request_.method_string()), " is not allowed on ",
-                                            SanitizeForLog(path_), "; use ", allowed),
+    SendError(OpenAiError{405,
+                          absl::StrCat(std::string(request_.method_string()), " is not allowed on ",
+                                       SanitizeForLog(path_), "; use ", allowed),
                           "invalid_request_error", "", "method_not_allowed"});
   }
 
@@ -401,11 +401,11 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
   }
 
   void ModelNotFound(const std::string& model) {
-    SendError(OpenAiError{404,
-                          absl::StrCat("the model '", SanitizeForLog(model),
-                                       "' does not exist; this server serves '",
-                                       server_->options().model_name, "'"),
-                          "invalid_request_error", "model", "model_not_found"});
+    SendError(OpenAiError{
+        404,
+        absl::StrCat("the model '", SanitizeForLog(model), "' does not exist; this server serves '",
+                     server_->options().model_name, "'"),
+        "invalid_request_error", "model", "model_not_found"});
   }
 
   // ---- tokenize / detokenize ----
@@ -439,23 +439,24 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
     if (!body || !CheckModel(*body)) return;
     auto prompt = body->find("prompt");
     if (prompt == body->end() || !prompt->is_string()) {
-      return SendError(OpenAiError{400, "prompt: must be a string", "invalid_request_error",
-                                   "prompt", ""});
+      return SendError(
+          OpenAiError{400, "prompt: must be a string", "invalid_request_error", "prompt", ""});
     }
     for (auto it = body->begin(); it != body->end(); ++it) {
       if (it.key() != "prompt" && it.key() != "model" && it.key() != "add_special_tokens") {
-        return SendError(OpenAiError{400, absl::StrCat("unknown field '", it.key().substr(0, 64), "'"),
+        return SendError(OpenAiError{400,
+                                     absl::StrCat("unknown field '", it.key().substr(0, 64), "'"),
                                      "invalid_request_error", it.key().substr(0, 64), ""});
       }
     }
     const std::string text = prompt->get<std::string>();
     const int64_t max_bytes = server_->options().limits.max_prompt_bytes;
     if (static_cast<int64_t>(text.size()) > max_bytes) {
-      return SendError(OpenAiError{400,
-                                   absl::StrCat("prompt: ", text.size(), " bytes; at most ",
-                                                max_bytes,
-                                                " are accepted (limits.max_prompt_bytes)"),
-                                   "invalid_request_error", "prompt", ""});
+      return SendError(
+          OpenAiError{400,
+                      absl::StrCat("prompt: ", text.size(), " bytes; at most ", max_bytes,
+                                   " are accepted (limits.max_prompt_bytes)"),
+                      "invalid_request_error", "prompt", ""});
     }
     bool special = true;
     if (auto it = body->find("add_special_tokens"); it != body->end() && !it->is_null()) {
@@ -511,11 +512,12 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
 
   void StartGeneration(OpenAiEndpoint endpoint) {
     if (server_->draining()) {
-      return SendError(OpenAiError{503, "the server is shutting down",
-                                   "service_unavailable_error", "", "draining"});
+      return SendError(OpenAiError{503, "the server is shutting down", "service_unavailable_error",
+                                   "", "draining"});
     }
     auto gen = std::make_unique<Generation>();
-    if (std::optional<OpenAiError> e = ParseOpenAiRequest(request_.body(), endpoint, &gen->request)) {
+    if (std::optional<OpenAiError> e =
+            ParseOpenAiRequest(request_.body(), endpoint, &gen->request)) {
       return SendError(*e);
     }
     const OpenAiRequest& r = gen->request;
@@ -616,10 +618,10 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
   void ReadAhead() {
     if (reading_ahead_ || buffer_.size() >= kReadAheadLimit) return;
     reading_ahead_ = true;
-    stream_.async_read_some(buffer_.prepare(4096), [self = this->shared_from_this()](
-                                                       beast::error_code ec, size_t n) {
-      self->OnReadAhead(ec, n);
-    });
+    stream_.async_read_some(buffer_.prepare(4096),
+                            [self = this->shared_from_this()](beast::error_code ec, size_t n) {
+                              self->OnReadAhead(ec, n);
+                            });
   }
 
   void OnReadAhead(beast::error_code ec, size_t n) {
@@ -658,8 +660,8 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
       c.out.text = c.echo + c.out.text;
       outs.push_back(c.out);
     }
-    std::string body = CompletionBody(endpoint, gen_->identity, outs, gen_->Usage(),
-                                      gen_->request.logprobs);
+    std::string body =
+        CompletionBody(endpoint, gen_->identity, outs, gen_->Usage(), gen_->request.logprobs);
     const int64_t max_bytes = server_->options().max_message_bytes;
     if (max_bytes > 0 && static_cast<int64_t>(body.size()) > max_bytes) {
       const absl::Status too_large = absl::ResourceExhaustedError(
@@ -754,18 +756,18 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
     const HttpServerOptions& options = server_->options();
     for (Choice& c : gen->choices) {
       c.stream->SetListener([] {});
-      if (c.final && options.metrics != nullptr) options.metrics->ObserveRequest(*c.final, Protocol::kHttp);
+      if (c.final && options.metrics != nullptr)
+        options.metrics->ObserveRequest(*c.final, Protocol::kHttp);
     }
     if (options.outcomes != nullptr) options.outcomes->Count(status.code(), Protocol::kHttp);
     const OpenAiUsage usage = gen->Usage();
-    const engine::StreamEvent* first = gen->choices.empty() || !gen->choices[0].final
-                                           ? nullptr
-                                           : &*gen->choices[0].final;
+    const engine::StreamEvent* first =
+        gen->choices.empty() || !gen->choices[0].final ? nullptr : &*gen->choices[0].final;
     spdlog::info(
         "HTTP {} {} finished: status={} choices={} prompt_tokens={} cached_tokens={} "
         "completion_tokens={} ttft_ms={:.1f} duration_ms={:.1f}{}{}",
-        gen->path, gen->identity.id, absl::StatusCodeToString(status.code()),
-        gen->choices.size(), usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens,
+        gen->path, gen->identity.id, absl::StatusCodeToString(status.code()), gen->choices.size(),
+        usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens,
         first ? absl::ToDoubleMilliseconds(first->timings.time_to_first_token) : 0.0,
         first ? absl::ToDoubleMilliseconds(first->timings.total) : 0.0,
         status.ok() ? "" : absl::StrCat(" error=\"", absl::CHexEscape(status.message()), "\""),
@@ -879,10 +881,10 @@ void HttpServer::Impl::Accept() {
 
 absl::Status HttpServer::Impl::Listen() {
   const HttpConfig& config = options_.config;
-  max_body_bytes_ = config.max_body_bytes > 0
-                        ? config.max_body_bytes
-                        : std::min<int64_t>(2 * DefaultMaxRequestBytes(options_.limits),
-                                            int64_t{1} << 31);
+  max_body_bytes_ =
+      config.max_body_bytes > 0
+          ? config.max_body_bytes
+          : std::min<int64_t>(2 * DefaultMaxRequestBytes(options_.limits), int64_t{1} << 31);
   if (options_.tls.enabled()) {
     auto cert = ReadFile("server.tls.cert_file", options_.tls.cert_file);
     if (!cert.ok()) return cert.status();
@@ -913,8 +915,8 @@ absl::Status HttpServer::Impl::Listen() {
   tcp::resolver resolver(ioc_);
   auto endpoints = resolver.resolve(host, port, ec);
   if (ec || endpoints.empty()) {
-    return absl::UnavailableError(absl::StrCat("cannot resolve ", config.address,
-                                               " (http.address): ", ec.message()));
+    return absl::UnavailableError(
+        absl::StrCat("cannot resolve ", config.address, " (http.address): ", ec.message()));
   }
   const tcp::endpoint endpoint = endpoints.begin()->endpoint();
   acceptor_.emplace(ioc_);
@@ -923,8 +925,8 @@ absl::Status HttpServer::Impl::Listen() {
   if (!ec) acceptor_->bind(endpoint, ec);
   if (!ec) acceptor_->listen(net::socket_base::max_listen_connections, ec);
   if (ec) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", config.address,
-                                               " (http.address): ", ec.message()));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", config.address, " (http.address): ", ec.message()));
   }
   port_ = acceptor_->local_endpoint().port();
   const size_t colon = config.address.rfind(':');

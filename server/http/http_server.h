@@ -2,9 +2,9 @@
 //
 //   GET  /v1/models             the served model
 //   POST /v1/completions        text completion (prompt: text, ids, or lists of them)
-//   POST /v1/chat/completions   chat, rendered by the model's chat template (or model.chat_template)
-//   GET  /health                200 while serving, 503 while draining (never authenticated)
-//   POST /tokenize, /detokenize token ids of a text and back
+//   POST /v1/chat/completions   chat, rendered by the model's chat template (or
+//   model.chat_template) GET  /health                200 while serving, 503 while draining (never
+//   authenticated) POST /tokenize, /detokenize token ids of a text and back
 //
 // Requests run the gRPC path's validation (openai_protocol.h turns the JSON into a
 // kvserve.v1.GenerateRequest; BuildEngineRequest checks it against the same limits), the same API
@@ -50,15 +50,15 @@ namespace kvserve::server {
 class ServerMetrics;
 
 struct HttpServerOptions {
-  HttpConfig config;  // http.* (address, threads, limits, timeouts)
-  TlsConfig tls;      // server.tls: the same certificate as gRPC
+  HttpConfig config;       // http.* (address, threads, limits, timeouts)
+  TlsConfig tls;           // server.tls: the same certificate as gRPC
   std::string model_name;  // the id /v1/models lists and requests may name
   RequestLimits limits;    // as the gRPC service checks them
   ChatSettings chat;       // the chat template (null: chat is refused naming model.chat_template)
   std::shared_ptr<const engine::chat::ChatTemplate> chat_template;  // keeps chat.chat_template
-  const ApiKeyAuthenticator* authenticator = nullptr;  // null: no key required
-  ServerMetrics* metrics = nullptr;                    // null: none
-  RequestOutcomes* outcomes = nullptr;                 // null: not counted
+  const ApiKeyAuthenticator* authenticator = nullptr;               // null: no key required
+  ServerMetrics* metrics = nullptr;                                 // null: none
+  RequestOutcomes* outcomes = nullptr;                              // null: not counted
   // server.max_message_bytes: a non-streaming response larger than this is refused (500 naming
   // the key), as over gRPC. 0: no bound.
   int64_t max_message_bytes = 0;

@@ -100,22 +100,16 @@ Error GetNumber(const json& obj, const char* key, double lo, double hi, bool lo_
 
 // Fields every endpoint takes, and those of one endpoint.
 constexpr std::string_view kCommonFields[] = {
-    "model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop",
-    "seed", "presence_penalty", "frequency_penalty", "logprobs", "logit_bias", "user", "store",
-    "metadata", "service_tier",
+    "model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
+    "presence_penalty", "frequency_penalty", "logprobs", "logit_bias", "user", "store", "metadata",
+    "service_tier",
     // kvserve's own
     "top_k", "min_p", "repetition_penalty", "ignore_eos", "priority", "cache_salt", "request_id",
     "retention", "token_eviction"};
 constexpr std::string_view kCompletionFields[] = {"prompt", "echo", "suffix", "best_of"};
-constexpr std::string_view kChatFields[] = {"messages",
-                                            "max_completion_tokens",
-                                            "top_logprobs",
-                                            "response_format",
-                                            "tools",
-                                            "tool_choice",
-                                            "parallel_tool_calls",
-                                            "add_generation_prompt",
-                                            "parse_special_tokens"};
+constexpr std::string_view kChatFields[] = {
+    "messages",    "max_completion_tokens", "top_logprobs",          "response_format",     "tools",
+    "tool_choice", "parallel_tool_calls",   "add_generation_prompt", "parse_special_tokens"};
 
 template <size_t N>
 bool In(std::string_view key, const std::string_view (&list)[N]) {
@@ -192,8 +186,8 @@ Error ParseStop(const json& body, v1::GenerateRequest* out) {
     return std::nullopt;
   }
   if (!v->is_array()) {
-    return BadField("stop", absl::StrCat("must be a string or an array of strings, got ",
-                                         Shown(*v)));
+    return BadField("stop",
+                    absl::StrCat("must be a string or an array of strings, got ", Shown(*v)));
   }
   for (size_t i = 0; i < v->size(); ++i) {
     if (!(*v)[i].is_string()) {
@@ -301,7 +295,8 @@ Error ParseKvserveFields(const json& body, v1::GenerateRequest* out) {
       }
     }
     s.reset();
-    if (Error e = GetString(*v, "policy", &s)) return BadField("token_eviction.policy", "must be a string");
+    if (Error e = GetString(*v, "policy", &s))
+      return BadField("token_eviction.policy", "must be a string");
     if (s) out->mutable_token_eviction()->set_policy(*s);
     i.reset();
     if (Error e = GetInt(*v, "budget_tokens", 0, std::numeric_limits<int32_t>::max(), &i)) {
@@ -387,9 +382,9 @@ Error ParseIds(const json& ids, const std::string& at, v1::GenerateRequest* out)
       return BadField(absl::StrCat(at, "[", i, "]"),
                       absl::StrCat("must be a token id, got ", Shown(t)));
     }
-    if (t.is_number_unsigned() ? t.get<uint64_t>() > std::numeric_limits<int32_t>::max()
-                               : (t.get<int64_t>() < 0 ||
-                                  t.get<int64_t>() > std::numeric_limits<int32_t>::max())) {
+    if (t.is_number_unsigned()
+            ? t.get<uint64_t>() > std::numeric_limits<int32_t>::max()
+            : (t.get<int64_t>() < 0 || t.get<int64_t>() > std::numeric_limits<int32_t>::max())) {
       return BadField(absl::StrCat(at, "[", i, "]"),
                       absl::StrCat("token id ", Shown(t), " is out of range"));
     }
@@ -437,8 +432,8 @@ Error ParseContent(const json& content, const std::string& at, std::string* out)
     return std::nullopt;
   }
   if (!content.is_array()) {
-    return BadField(at, absl::StrCat("must be a string or an array of text parts, got ",
-                                     TypeName(content)));
+    return BadField(
+        at, absl::StrCat("must be a string or an array of text parts, got ", TypeName(content)));
   }
   for (size_t j = 0; j < content.size(); ++j) {
     const json& part = content[j];
@@ -603,10 +598,10 @@ std::optional<OpenAiError> ParseOpenAiRequest(std::string_view body, OpenAiEndpo
     if (Error e = ParseMessages(parsed, base, out)) return e;
   }
   if (static_cast<int64_t>(out->prompts.size()) * out->n > kMaxOpenAiChoices) {
-    return BadField(endpoint == OpenAiEndpoint::kCompletions ? "prompt" : "n",
-                    absl::StrCat("at most ", kMaxOpenAiChoices,
-                                 " choices (prompts x n) per request, got ",
-                                 out->prompts.size() * static_cast<size_t>(out->n)));
+    return BadField(
+        endpoint == OpenAiEndpoint::kCompletions ? "prompt" : "n",
+        absl::StrCat("at most ", kMaxOpenAiChoices, " choices (prompts x n) per request, got ",
+                     out->prompts.size() * static_cast<size_t>(out->n)));
   }
   return std::nullopt;
 }

@@ -95,8 +95,8 @@ std::string_view OpenAiFinishReason(engine::FinishReason reason);
 // One choice's output so far, as the response builders take it.
 struct ChoiceOutput {
   int32_t index = 0;
-  std::string text;                 // the new text (streaming) or all of it
-  std::vector<int32_t> token_ids;   // the tokens of `text`
+  std::string text;                // the new text (streaming) or all of it
+  std::vector<int32_t> token_ids;  // the tokens of `text`
   engine::FinishReason finish_reason = engine::FinishReason::kNone;
   bool finished = false;
   // Per token when logprobs were asked for (aligned with token_ids), else empty.
@@ -114,7 +114,7 @@ struct OpenAiUsage {
 
 // The identity every object of one response carries.
 struct ResponseIdentity {
-  std::string id;  // "cmpl-..." or "chatcmpl-..."
+  std::string id;       // "cmpl-..." or "chatcmpl-..."
   int64_t created = 0;  // Unix seconds
   std::string model;
 };

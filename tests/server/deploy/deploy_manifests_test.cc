@@ -737,7 +737,6 @@ print(run("POST", '{"tokens":[1,2]}'))
   EXPECT_EQ(out[7], "nil");
 }
 
-
 std::string Sha256(const std::string& path) {
   const ProcessResult r = RunProcess({"/usr/bin/sha256sum", path});
   EXPECT_EQ(r.exit_code, 0) << r.err;

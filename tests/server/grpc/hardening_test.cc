@@ -33,10 +33,9 @@ using ::testing::Not;
 // `kvserve serve` on a minimal config plus `sets`, run to its exit (for configs that must fail).
 ProcessResult ServeExpectingExit(const std::vector<std::string>& sets) {
   ScratchDir dir;
-  const std::string config =
-      dir.Write("server.yaml",
-                absl::StrCat("model:\n  path: ", ModelPath(),
-                             "\nmetrics:\n  address: \"\"\nhttp:\n  address: \"\"\n"));
+  const std::string config = dir.Write(
+      "server.yaml", absl::StrCat("model:\n  path: ", ModelPath(),
+                                  "\nmetrics:\n  address: \"\"\nhttp:\n  address: \"\"\n"));
   std::vector<std::string> argv = {KvserveBinary(), "serve", "--config", config};
   for (const std::string& s : sets) {
     argv.push_back("--set");

@@ -91,9 +91,8 @@ TEST_F(HttpApiTest, ModelsListsTheServedModel) {
 }
 
 TEST_F(HttpApiTest, GreedyCompletionIsTheOfflineGreedyText) {
-  const HttpResponse r = Post("/v1/completions", {{"prompt", kPrompt},
-                                                  {"max_tokens", 24},
-                                                  {"temperature", 0}});
+  const HttpResponse r =
+      Post("/v1/completions", {{"prompt", kPrompt}, {"max_tokens", 24}, {"temperature", 0}});
   ASSERT_EQ(r.status, 200) << r.body;
   const json j = Parse(r.body);
   EXPECT_EQ(j["object"], "text_completion");
@@ -107,8 +106,7 @@ TEST_F(HttpApiTest, GreedyCompletionIsTheOfflineGreedyText) {
   ASSERT_EQ(tok.status, 200) << tok.body;
   EXPECT_EQ(j["usage"]["prompt_tokens"], Parse(tok.body)["count"]);
   EXPECT_EQ(j["usage"]["completion_tokens"], 24);
-  EXPECT_EQ(j["usage"]["total_tokens"],
-            j["usage"]["prompt_tokens"].get<int>() + 24);
+  EXPECT_EQ(j["usage"]["total_tokens"], j["usage"]["prompt_tokens"].get<int>() + 24);
 }
 
 TEST_F(HttpApiTest, CompletionEqualsGrpcGenerateForTokenIdPrompts) {
@@ -118,9 +116,8 @@ TEST_F(HttpApiTest, CompletionEqualsGrpcGenerateForTokenIdPrompts) {
   ASSERT_TRUE(grpc_out.status.ok()) << grpc_out.status.error_message();
   std::vector<int32_t> ids(grpc_request.token_ids().ids().begin(),
                            grpc_request.token_ids().ids().end());
-  const HttpResponse r = Post("/v1/completions", {{"prompt", ids},
-                                                  {"max_tokens", 30},
-                                                  {"temperature", 0}});
+  const HttpResponse r =
+      Post("/v1/completions", {{"prompt", ids}, {"max_tokens", 30}, {"temperature", 0}});
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(Parse(r.body)["choices"][0]["text"], grpc_out.text);
 }
@@ -173,27 +170,24 @@ TEST_F(HttpApiTest, StreamIsServerSentEventsEndingWithDone) {
 
 TEST_F(HttpApiTest, EchoSeedsNAndStopStrings) {
   // echo: the prompt's text first.
-  HttpResponse r = Post("/v1/completions", {{"prompt", kPrompt},
-                                            {"max_tokens", 10},
-                                            {"temperature", 0},
-                                            {"echo", true}});
+  HttpResponse r =
+      Post("/v1/completions",
+           {{"prompt", kPrompt}, {"max_tokens", 10}, {"temperature", 0}, {"echo", true}});
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(Parse(r.body)["choices"][0]["text"], kPrompt + ExpectedCompletion(10));
   // A stop string: the text ends before it, finish_reason stop.
   const std::string full = ExpectedCompletion(24);
   const size_t lily = full.find("Lily");
   ASSERT_NE(lily, std::string::npos) << full;
-  r = Post("/v1/completions", {{"prompt", kPrompt},
-                               {"max_tokens", 24},
-                               {"temperature", 0},
-                               {"stop", "Lily"}});
+  r = Post("/v1/completions",
+           {{"prompt", kPrompt}, {"max_tokens", 24}, {"temperature", 0}, {"stop", "Lily"}});
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(Parse(r.body)["choices"][0]["text"], full.substr(0, lily));
   EXPECT_EQ(Parse(r.body)["choices"][0]["finish_reason"], "stop");
   // n = 3 sampled with a seed: choice j uses seed + j, so the same request twice gives the same
   // choices, and a request with seed + 1 gives choice 1 as its choice 0.
-  const json sampled = {{"prompt", kPrompt}, {"max_tokens", 16}, {"temperature", 1.0},
-                        {"n", 3},           {"seed", 1234}};
+  const json sampled = {
+      {"prompt", kPrompt}, {"max_tokens", 16}, {"temperature", 1.0}, {"n", 3}, {"seed", 1234}};
   const json a = Parse(Post("/v1/completions", sampled).body);
   const json b = Parse(Post("/v1/completions", sampled).body);
   ASSERT_EQ(a["choices"].size(), 3u) << a.dump();
@@ -262,16 +256,16 @@ TEST(HttpApiLimitsTest, LargeBodiesAre413AndAFullQueueIs429) {
                             "scheduler.max_waiting_requests=1"}))
       << server.Stderr();
   const int port = server.http_port();
-  ExpectError(HttpCall(port, "POST", "/v1/completions",
-                       json{{"prompt", std::string(4096, 'a')}}.dump()),
-              413, "", "http.max_body_bytes");
+  ExpectError(
+      HttpCall(port, "POST", "/v1/completions", json{{"prompt", std::string(4096, 'a')}}.dump()),
+      413, "", "http.max_body_bytes");
   // One running, one waiting: the third is refused with 429.
-  const std::string long_request = json{{"prompt", kPrompt},
-                                        {"max_tokens", 2000},
-                                        {"ignore_eos", true},
-                                        {"temperature", 0},
-                                        {"stream", true}}
-                                       .dump();
+  const std::string long_request = json{
+      {"prompt", kPrompt},
+      {"max_tokens", 2000},
+      {"ignore_eos", true},
+      {"temperature", 0},
+      {"stream", true}}.dump();
   HttpStream running;
   ASSERT_TRUE(running.Open(port, "/v1/completions", long_request));
   ASSERT_TRUE(running.NextEvent().has_value());
@@ -289,12 +283,12 @@ TEST(HttpApiAuthTest, KeysAreRequiredLikeGrpcAndHealthIsOpen) {
   const int port = server.http_port();
   const std::string body = json{{"prompt", kPrompt}, {"max_tokens", 4}}.dump();
   ExpectError(HttpCall(port, "POST", "/v1/completions", body), 401, "", "");
-  ExpectError(HttpCall(port, "POST", "/v1/completions", body, {"Authorization: Bearer nope"}),
-              401, "", "");
+  ExpectError(HttpCall(port, "POST", "/v1/completions", body, {"Authorization: Bearer nope"}), 401,
+              "", "");
   ExpectError(HttpCall(port, "GET", "/v1/models"), 401, "", "");
-  EXPECT_EQ(HttpCall(port, "POST", "/v1/completions", body, {"Authorization: Bearer secret-two"})
-                .status,
-            200);
+  EXPECT_EQ(
+      HttpCall(port, "POST", "/v1/completions", body, {"Authorization: Bearer secret-two"}).status,
+      200);
   EXPECT_EQ(HttpCall(port, "GET", "/health").status, 200);
 }
 
@@ -436,12 +430,10 @@ TEST(HttpApiMetricsTest, HttpRequestsAreCountedWithTheProtocolLabel) {
   // A client that goes away mid-stream is counted as cancelled.
   {
     HttpStream stream;
-    ASSERT_TRUE(stream.Open(server.http_port(), "/v1/completions",
-                            json{{"prompt", kPrompt},
-                                 {"max_tokens", 2000},
-                                 {"ignore_eos", true},
-                                 {"stream", true}}
-                                .dump()));
+    ASSERT_TRUE(stream.Open(
+        server.http_port(), "/v1/completions",
+        json{{"prompt", kPrompt}, {"max_tokens", 2000}, {"ignore_eos", true}, {"stream", true}}
+            .dump()));
     ASSERT_TRUE(stream.NextEvent().has_value());
   }
   ASSERT_TRUE(server.WaitForStderr("(client gone)", absl::Seconds(10))) << server.Stderr();
@@ -459,17 +451,51 @@ TEST(HttpApiMetricsTest, HttpRequestsAreCountedWithTheProtocolLabel) {
   EXPECT_GE(value(R"(kvserve_inter_token_latency_seconds_count{protocol="http"})"), 4);
 }
 
+// With server.tls set, the HTTP port speaks HTTPS with the gRPC certificate (curl checks it).
+TEST(HttpApiTlsTest, HttpsWithTheServerCertificate) {
+  if (RunProcess({"/usr/bin/openssl", "version"}).exit_code != 0 ||
+      RunProcess({"/bin/sh", "-c", "command -v curl"}).exit_code != 0) {
+    GTEST_SKIP() << "openssl or curl is not installed; skipping the HTTPS test";
+  }
+  ServerProcess server;
+  const std::string cert = server.dir().path() + "/cert.pem";
+  const std::string key = server.dir().path() + "/key.pem";
+  ProcessResult gen =
+      RunProcess({"/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                  key, "-out", cert, "-days", "1", "-subj", "/CN=localhost", "-addext",
+                  "subjectAltName=IP:127.0.0.1,DNS:localhost"});
+  ASSERT_EQ(gen.exit_code, 0) << gen.err;
+  ASSERT_TRUE(server.Start({"server.tls.cert_file=" + cert, "server.tls.key_file=" + key}))
+      << server.Stderr();
+  EXPECT_TRUE(absl::StrContains(server.Stderr(), "HTTP API on https://")) << server.Stderr();
+  const std::string url = absl::StrCat("https://127.0.0.1:", server.http_port());
+  ProcessResult r =
+      RunProcess({"/usr/bin/env", "curl", "-sS", "--cacert", cert, url + "/v1/completions", "-d",
+                  json{{"prompt", kPrompt}, {"max_tokens", 12}, {"temperature", 0}}.dump()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Parse(r.out)["choices"][0]["text"], ExpectedCompletion(12));
+  // Streaming over TLS too.
+  r = RunProcess({"/usr/bin/env", "curl", "-sSN", "--cacert", cert, url + "/v1/completions", "-d",
+                  json{{"prompt", kPrompt}, {"max_tokens", 12}, {"stream", true}}.dump()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(absl::EndsWith(r.out, "data: [DONE]\n\n")) << r.out;
+  // Plain HTTP to the TLS port gets no HTTP response.
+  const HttpResponse plain =
+      HttpCall(server.http_port(), "GET", "/health", "", {}, absl::Seconds(5));
+  EXPECT_NE(plain.status, 200);
+}
+
 TEST(HttpApiConcurrencyTest, FiveHundredConcurrentStreamsAllComplete) {
   ServerProcess server;
   ASSERT_TRUE(server.Start({"scheduler.max_waiting_requests=1024"})) << server.Stderr();
   constexpr int kStreams = 500;
   std::vector<std::unique_ptr<HttpStream>> streams;
-  const std::string body = json{{"prompt", kPrompt},
-                                {"max_tokens", 8},
-                                {"ignore_eos", true},
-                                {"temperature", 0},
-                                {"stream", true}}
-                               .dump();
+  const std::string body = json{
+      {"prompt", kPrompt},
+      {"max_tokens", 8},
+      {"ignore_eos", true},
+      {"temperature", 0},
+      {"stream", true}}.dump();
   for (int i = 0; i < kStreams; ++i) {
     streams.push_back(std::make_unique<HttpStream>());
     ASSERT_TRUE(streams.back()->Open(server.http_port(), "/v1/completions", body)) << i;

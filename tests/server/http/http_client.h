@@ -14,7 +14,7 @@
 namespace kvserve::server::testing {
 
 struct HttpResponse {
-  int status = 0;  // 0: no response (connection failed or closed early)
+  int status = 0;                              // 0: no response (connection failed or closed early)
   std::map<std::string, std::string> headers;  // names lowercased
   std::string body;                            // de-chunked
   bool chunked = false;
@@ -65,8 +65,8 @@ class HttpStream {
   int status_ = 0;
   std::map<std::string, std::string> headers_;
   bool chunked_ = false;
-  std::string raw_;    // bytes not yet de-chunked
-  std::string body_;   // de-chunked
+  std::string raw_;      // bytes not yet de-chunked
+  std::string body_;     // de-chunked
   size_t consumed_ = 0;  // body_ bytes already returned as events
   bool complete_ = false;
 };

@@ -1,5 +1,3 @@
-#include "tests/server/http/http_client.h"
-
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -14,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "tests/server/http/http_client.h"
 
 namespace kvserve::server::testing {
 namespace {
@@ -83,9 +82,8 @@ size_t ParseHead(const std::string& raw, int* status, std::map<std::string, std:
   *status = std::atoi(status_line.substr(9, 3).c_str());
   while (line_end != std::string::npos) {
     const size_t next = head.find("\r\n", line_end + 2);
-    const std::string line = head.substr(line_end + 2, next == std::string::npos
-                                                           ? std::string::npos
-                                                           : next - line_end - 2);
+    const std::string line = head.substr(
+        line_end + 2, next == std::string::npos ? std::string::npos : next - line_end - 2);
     const size_t colon = line.find(':');
     if (colon != std::string::npos) {
       std::string value = line.substr(colon + 1);

@@ -24,8 +24,7 @@ TEST(OpenAiSdkTest, NodeSdkGetsWhatGrpcGives) {
     GTEST_SKIP() << "node is not installed; skipping the OpenAI SDK test";
   }
   const std::string dir = SourceDir() + "/tests/server/http/openai_sdk";
-  ASSERT_EQ(RunProcess({"/bin/sh", "-c", "test -d '" + dir + "/node_modules/openai'"}).exit_code,
-            0)
+  ASSERT_EQ(RunProcess({"/bin/sh", "-c", "test -d '" + dir + "/node_modules/openai'"}).exit_code, 0)
       << "the OpenAI SDK is not installed: run scripts/install-node-deps.sh";
 
   ServerProcess server;
@@ -34,8 +33,8 @@ TEST(OpenAiSdkTest, NodeSdkGetsWhatGrpcGives) {
       "chat.jinja",
       "{% for m in messages %}{{ m['role'] }}: {{ m['content'] | trim }}\n{% endfor %}"
       "{% if add_generation_prompt %}assistant:{% endif %}");
-  ASSERT_TRUE(server.Start({"model.chat_template=" + chat_template,
-                            "server.api_keys_file=" + keys, "server.auth_on_loopback=true"}))
+  ASSERT_TRUE(server.Start({"model.chat_template=" + chat_template, "server.api_keys_file=" + keys,
+                            "server.auth_on_loopback=true"}))
       << server.Stderr();
 
   // What gRPC gives for the same requests.
@@ -61,10 +60,10 @@ TEST(OpenAiSdkTest, NodeSdkGetsWhatGrpcGives) {
   chat.mutable_sampling()->set_temperature(0);
   const v1::CompleteResponse chat_out = call(chat, true);
 
-  const ProcessResult run = RunProcess(
-      {"/usr/bin/env", "node", dir + "/sdk_check.mjs",
-       absl::StrCat("http://127.0.0.1:", server.http_port(), "/v1"), "sdk-key", kPrompt},
-      absl::Seconds(120));
+  const ProcessResult run =
+      RunProcess({"/usr/bin/env", "node", dir + "/sdk_check.mjs",
+                  absl::StrCat("http://127.0.0.1:", server.http_port(), "/v1"), "sdk-key", kPrompt},
+                 absl::Seconds(120));
   ASSERT_EQ(run.exit_code, 0) << run.err << run.out;
   const json out = json::parse(run.out, nullptr, false);
   ASSERT_FALSE(out.is_discarded()) << run.out;
