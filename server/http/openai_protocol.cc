@@ -366,8 +366,7 @@ Error ParseLogprobs(const json& body, OpenAiEndpoint endpoint, OpenAiRequest* ou
     if (on.value_or(false)) out->logprobs = static_cast<int32_t>(top.value_or(0));
   }
   if (out->logprobs >= 0) {
-    return BadField(endpoint == OpenAiEndpoint::kCompletions ? "logprobs" : "logprobs",
-                    "log-probabilities are not supported by this server");
+    return BadField("logprobs", "log-probabilities are not supported by this server");
   }
   return std::nullopt;
 }
@@ -486,7 +485,7 @@ std::string JsonField(std::string_view proto, OpenAiEndpoint endpoint, int promp
                       int num_prompts) {
   absl::string_view rest(proto.data(), proto.size());
   if (absl::ConsumePrefix(&rest, "sampling.")) return std::string(rest);
-  const std::string prompt =
+  std::string prompt =
       num_prompts > 1 ? absl::StrCat("prompt[", prompt_index, "]") : std::string("prompt");
   if (absl::ConsumePrefix(&rest, "token_ids.ids")) return prompt + std::string(rest);
   if (rest == "token_ids" || rest == "text") return prompt;
