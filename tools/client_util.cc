@@ -204,6 +204,12 @@ void SetSamplingFromFlags(const FlagSet& flags, v1::SamplingParams* sampling) {
   if (flags.IsSet("repetition-penalty")) {
     sampling->set_repetition_penalty(static_cast<float>(flags.GetFloat("repetition-penalty")));
   }
+  if (flags.IsSet("presence-penalty")) {
+    sampling->set_presence_penalty(static_cast<float>(flags.GetFloat("presence-penalty")));
+  }
+  if (flags.IsSet("frequency-penalty")) {
+    sampling->set_frequency_penalty(static_cast<float>(flags.GetFloat("frequency-penalty")));
+  }
   if (flags.GetInt("seed") >= 0) sampling->set_seed(static_cast<uint64_t>(flags.GetInt("seed")));
 }
 

@@ -48,6 +48,8 @@ int RunGenerateCommand(const std::vector<std::string>& args) {
   request.sampling.top_p = static_cast<float>(flags.GetFloat("top-p"));
   request.sampling.min_p = static_cast<float>(flags.GetFloat("min-p"));
   request.sampling.repetition_penalty = static_cast<float>(flags.GetFloat("repetition-penalty"));
+  request.sampling.presence_penalty = static_cast<float>(flags.GetFloat("presence-penalty"));
+  request.sampling.frequency_penalty = static_cast<float>(flags.GetFloat("frequency-penalty"));
   int64_t seed = flags.GetInt("seed");
   if (seed < 0) seed = static_cast<int64_t>(std::random_device{}() & 0x7fffffff);
   request.sampling.seed = static_cast<uint64_t>(seed);

@@ -58,6 +58,9 @@ void AddSamplingFlags(FlagSet& flags, const char* seed_help, double top_p) {
   flags.Float("top-p", top_p, "nucleus sampling mass in (0, 1]");
   flags.Float("min-p", 0.0, "drop tokens below min-p times the top probability");
   flags.Float("repetition-penalty", 1.0, "penalty on tokens already seen; 1 = off");
+  flags.Float("presence-penalty", 0.0, "subtracted from generated tokens' logits, in [-2, 2]");
+  flags.Float("frequency-penalty", 0.0,
+              "subtracted from a generated token's logit per occurrence, in [-2, 2]");
   flags.Int("seed", -1, seed_help);
 }
 

@@ -20,8 +20,9 @@ void AddLocalModelFlags(FlagSet& flags);
 absl::StatusOr<engine::LocalModelOptions> LocalModelOptionsFromFlags(const FlagSet& flags);
 
 // Declares the sampling flags that `kvserve generate` and `kvserve client generate` share:
-// --temperature, --top-k, --top-p, --min-p, --repetition-penalty and --seed (-1 when not given;
-// `seed_help` says what the command does then). `top_p` is --top-p's default.
+// --temperature, --top-k, --top-p, --min-p, --repetition-penalty, --presence-penalty,
+// --frequency-penalty and --seed (-1 when not given; `seed_help` says what the command does
+// then). `top_p` is --top-p's default.
 void AddSamplingFlags(FlagSet& flags, const char* seed_help, double top_p = 0.9);
 
 }  // namespace kvserve::tools

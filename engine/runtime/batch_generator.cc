@@ -2,6 +2,7 @@
 
 #include <limits>
 #include <memory>
+#include <utility>
 
 #include "absl/strings/str_format.h"
 #include "engine/common/status_macros.h"
@@ -36,9 +37,11 @@ BatchGenerator::BatchGenerator(LlamaModel* model, BlockPool* pool, const KvCache
       prefix_index_(prefix_index),
       model_identity_(std::move(model_identity)) {}
 
-absl::StatusOr<std::vector<GenerationResult>> BatchGenerator::Run(
-    const std::vector<GenerationRequest>& requests, const TokenCallback& on_token) {
-  const ModelConfig& config = model_->config();
+namespace {
+
+// InvalidArgument naming the request (by index) and what is wrong with it.
+absl::Status ValidateRequests(const std::vector<GenerationRequest>& requests,
+                              const ModelConfig& config) {
   for (size_t i = 0; i < requests.size(); ++i) {
     const GenerationRequest& r = requests[i];
     if (r.prompt.empty()) {
@@ -59,8 +62,20 @@ absl::StatusOr<std::vector<GenerationResult>> BatchGenerator::Run(
       return absl::InvalidArgumentError(
           absl::StrFormat("request %d: max_tokens must be >= 1, got %d", i, r.max_tokens));
     }
+    if (r.logprobs < -1 || r.logprobs > kMaxTopLogprobs) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "request %d: logprobs must be in [-1, %d], got %d", i, kMaxTopLogprobs, r.logprobs));
+    }
     KVSERVE_RETURN_IF_ERROR(r.sampling.Validate());
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<GenerationResult>> BatchGenerator::Run(
+    const std::vector<GenerationRequest>& requests, const TokenCallback& on_token) {
+  KVSERVE_RETURN_IF_ERROR(ValidateRequests(requests, model_->config()));
 
   KvCacheManagerOptions ko;
   ko.prefix_index = prefix_index_;
@@ -92,6 +107,7 @@ absl::StatusOr<std::vector<GenerationResult>> BatchGenerator::Run(
           r.tokens.push_back(t);
           if (on_token) on_token(static_cast<int>(i), t);
         }
+        for (TokenLogprob& l : e.logprobs) r.logprobs.push_back(std::move(l));
         r.text += e.text;
         if (e.final) {
           r.finish_reason = e.finish_reason;

@@ -27,6 +27,8 @@ using GenerationRequest = EngineRequest;
 struct GenerationResult {
   std::vector<int32_t> tokens;  // generated tokens, the stop token excluded
   std::string text;             // their text (stop strings removed)
+  // With the request's logprobs >= 0: one entry per token of `tokens`, in the same order.
+  std::vector<TokenLogprob> logprobs;
   FinishReason finish_reason = FinishReason::kNone;
   int64_t peak_kv_blocks = 0;
   int32_t preemptions = 0;
@@ -47,8 +49,9 @@ class BatchGenerator {
 
   // Generates every request to completion, all admitted together. InvalidArgument for a bad
   // request (empty prompt, prompt not shorter than the model's context, token outside the
-  // vocabulary, max_tokens < 1, bad sampling parameter); ResourceExhausted when one sequence
-  // alone does not fit the KV budget. All KV blocks are released on return.
+  // vocabulary, max_tokens < 1, logprobs outside [-1, kMaxTopLogprobs], bad sampling
+  // parameter); ResourceExhausted when one sequence alone does not fit the KV budget. All KV
+  // blocks are released on return.
   absl::StatusOr<std::vector<GenerationResult>> Run(const std::vector<GenerationRequest>& requests,
                                                     const TokenCallback& on_token = nullptr);
 

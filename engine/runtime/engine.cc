@@ -90,6 +90,10 @@ class Engine::Impl {
             absl::StrFormat("retention.priority: must be in [0, 100], got %d", h.priority));
       }
     }
+    if (r.logprobs < -1 || r.logprobs > kMaxTopLogprobs) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "logprobs: must be in [-1, %d] (-1 = none), got %d", kMaxTopLogprobs, r.logprobs));
+    }
     KVSERVE_RETURN_IF_ERROR(
         token_eviction_->Resolve(r.token_eviction.policy, r.token_eviction.budget_tokens).status());
     return r.sampling.Validate();

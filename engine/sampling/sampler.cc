@@ -27,6 +27,14 @@ absl::Status SamplingParams::Validate() const {
     return absl::InvalidArgumentError(absl::StrFormat(
         "repetition_penalty must be a finite number > 0, got %g", repetition_penalty));
   }
+  if (!(presence_penalty >= -2.0f && presence_penalty <= 2.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("presence_penalty must be in [-2, 2], got %g", presence_penalty));
+  }
+  if (!(frequency_penalty >= -2.0f && frequency_penalty <= 2.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("frequency_penalty must be in [-2, 2], got %g", frequency_penalty));
+  }
   return absl::OkStatus();
 }
 
@@ -60,7 +68,8 @@ double Rng::Uniform() { return static_cast<double>(Next() >> 11) * 0x1.0p-53; }
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
 
-int32_t Sampler::Sample(absl::Span<float> logits, absl::Span<const int32_t> history) {
+void Sampler::ApplyPenalties(absl::Span<float> logits, absl::Span<const int32_t> history,
+                             size_t num_prompt_tokens) {
   const int32_t vocab = static_cast<int32_t>(logits.size());
   if (params_.repetition_penalty != 1.0f && !history.empty()) {
     seen_.assign(vocab, 0);
@@ -72,6 +81,28 @@ int32_t Sampler::Sample(absl::Span<float> logits, absl::Span<const int32_t> hist
       if (seen_[i]) logits[i] = logits[i] > 0 ? logits[i] / p : logits[i] * p;
     }
   }
+  if (params_.presence_penalty == 0.0f && params_.frequency_penalty == 0.0f) return;
+  const absl::Span<const int32_t> generated =
+      history.subspan(std::min(num_prompt_tokens, history.size()));
+  if (generated.empty()) return;
+  // Count, then penalise each distinct token once and zero its count again: the work is the
+  // number of generated tokens, not the vocabulary.
+  counts_.resize(vocab, 0);
+  for (int32_t t : generated) {
+    if (t >= 0 && t < vocab) ++counts_[t];
+  }
+  for (int32_t t : generated) {
+    if (t < 0 || t >= vocab || counts_[t] == 0) continue;
+    logits[t] -=
+        params_.frequency_penalty * static_cast<float>(counts_[t]) + params_.presence_penalty;
+    counts_[t] = 0;
+  }
+}
+
+int32_t Sampler::Sample(absl::Span<float> logits, absl::Span<const int32_t> history,
+                        size_t num_prompt_tokens) {
+  const int32_t vocab = static_cast<int32_t>(logits.size());
+  ApplyPenalties(logits, history, num_prompt_tokens);
   if (params_.temperature == 0.0f) {
     return vocab > 0 ? static_cast<int32_t>(kernels::cpu::ArgMax(logits.data(), vocab)) : 0;
   }

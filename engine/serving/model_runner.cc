@@ -29,8 +29,16 @@ StepOutput LlamaModelRunner::Execute(const ScheduledBatch& batch) {
   int64_t r = 0;
   for (const ScheduledChunk& c : batch.chunks) {
     if (c.sampler == nullptr) continue;
-    out.sampled.push_back(
-        c.sampler->Sample(absl::MakeSpan(logits_.data() + r * vocab, vocab), c.tokens));
+    const absl::Span<float> row = absl::MakeSpan(logits_.data() + r * vocab, vocab);
+    // Sampling modifies the row (penalties): log-probabilities are taken from a copy of it.
+    if (c.logprobs >= 0) raw_.assign(row.begin(), row.end());
+    const int32_t token =
+        c.sampler->Sample(row, c.tokens, static_cast<size_t>(c.num_prompt_tokens));
+    out.sampled.push_back(token);
+    if (c.logprobs >= 0) {
+      out.logprobs.resize(rows);
+      ComputeLogprobs(raw_, token, c.logprobs, &out.logprobs[r]);
+    }
     ++r;
   }
   return out;

@@ -19,6 +19,7 @@
 #include "engine/kv/block_pool.h"
 #include "engine/model/forward_batch.h"
 #include "engine/model/llama_model.h"
+#include "engine/sampling/logprobs.h"
 #include "engine/sampling/sampler.h"
 #include "engine/serving/output_processor.h"
 
@@ -27,6 +28,7 @@ namespace kvserve::engine {
 // One sequence's share of a step: tokens[start, start + count) of the sequence are computed.
 struct ScheduledChunk {
   absl::Span<const int32_t> tokens;  // the sequence's tokens so far (prompt + generated)
+  int64_t num_prompt_tokens = 0;     // tokens[0, num_prompt_tokens) are the prompt
   int64_t start = 0;
   int64_t count = 0;
   int64_t slot_offset = 0;               // token i's K/V go to slot i - slot_offset
@@ -39,6 +41,9 @@ struct ScheduledChunk {
   // Set when the chunk ends at the sequence's last token: the next token is sampled with it
   // (the sequence's tokens are its history).
   Sampler* sampler = nullptr;
+  // With a sampler: the log-probabilities wanted for the sampled token (EngineRequest::logprobs:
+  // -1 none, 0 its own, N also the top N).
+  int32_t logprobs = -1;
   bool prefill = false;  // a prompt chunk (or a recomputation), not a single decode token
 };
 
@@ -59,6 +64,9 @@ struct StepOutput {
   absl::Status status;  // not OK: the step failed (nothing sampled)
   // One token per chunk with a sampler, in chunk order.
   std::vector<int32_t> sampled;
+  // Empty when no chunk of the step asked for log-probabilities; else one entry per sampled
+  // token, filled for the chunks that asked (logprobs >= 0) and empty for the others.
+  std::vector<TokenLogprob> logprobs;
   absl::Duration forward_time;  // wall time of the forward pass
 };
 
@@ -89,6 +97,7 @@ class LlamaModelRunner : public ModelRunner {
   BlockPool* pool_;
   ForwardBatch forward_;       // scratch reused across steps
   std::vector<float> logits_;  // [rows][vocab]
+  std::vector<float> raw_;     // [vocab]: a row's logits before sampling, for log-probabilities
 };
 
 }  // namespace kvserve::engine

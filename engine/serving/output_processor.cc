@@ -15,8 +15,10 @@ bool OutputProcessor::EndsGeneration(const EngineRequest& r, int32_t token) cons
                            (r.stop_at_bos && token == rules_.bos_id));
 }
 
-bool OutputProcessor::Append(OutputState* out, const EngineRequest& r, int32_t token) const {
+bool OutputProcessor::Append(OutputState* out, const EngineRequest& r, int32_t token,
+                             const TokenLogprob* logprob) const {
   out->unsent_ids.push_back(token);
+  if (logprob != nullptr) out->unsent_logprobs.push_back(*logprob);
   out->unsent_text += out->detok.Feed(token);
   out->hold = 0;
   if (r.stop.empty()) return false;
@@ -47,6 +49,8 @@ bool OutputProcessor::Append(OutputState* out, const EngineRequest& r, int32_t t
 void OutputProcessor::TakeDelta(OutputState* out, StreamEvent* e) const {
   e->token_ids.assign(out->unsent_ids.begin(), out->unsent_ids.end());
   out->unsent_ids.clear();
+  e->logprobs.swap(out->unsent_logprobs);
+  out->unsent_logprobs.clear();
   e->text = out->unsent_text.substr(0, out->unsent_text.size() - out->hold);
   out->unsent_text.erase(0, out->unsent_text.size() - out->hold);
 }
@@ -55,6 +59,8 @@ void OutputProcessor::TakeFinal(OutputState* out, FinishReason reason, bool ok,
                                 StreamEvent* e) const {
   e->token_ids.assign(out->unsent_ids.begin(), out->unsent_ids.end());
   out->unsent_ids.clear();
+  e->logprobs.swap(out->unsent_logprobs);
+  out->unsent_logprobs.clear();
   if (ok) {
     e->text = std::move(out->unsent_text);
     if (reason != FinishReason::kStop) e->text += out->detok.Flush();

@@ -31,6 +31,7 @@ struct OutputState {
   StreamingDetokenizer detok;
   std::string unsent_text;  // decoded, not sent yet
   std::vector<int32_t> unsent_ids;
+  std::vector<TokenLogprob> unsent_logprobs;  // one per unsent id when the request asks for them
   size_t hold = 0;  // bytes at the end of unsent_text that may start a stop string
 };
 
@@ -47,13 +48,17 @@ class OutputProcessor {
   void StartSequence(OutputState* out, const std::vector<int32_t>& prompt) const;
   // True when `token` ends the request instead of being generated (never with ignore_eos).
   bool EndsGeneration(const EngineRequest& r, int32_t token) const;
-  // Appends a generated token to the unsent output. True when a stop string now appears in it:
-  // the unsent text is cut where the stop string starts, and the request ends (kStop).
-  bool Append(OutputState* out, const EngineRequest& r, int32_t token) const;
-  // Moves the unsent ids and text (less the held-back tail) into a (non-final) event.
+  // Appends a generated token, and its log-probabilities when not null (given for every token
+  // of a request that asks for them), to the unsent output. True when a stop string now appears
+  // in it: the unsent text is cut where the stop string starts, and the request ends (kStop).
+  bool Append(OutputState* out, const EngineRequest& r, int32_t token,
+              const TokenLogprob* logprob = nullptr) const;
+  // Moves the unsent ids, their log-probabilities and the text (less the held-back tail) into a
+  // (non-final) event.
   void TakeDelta(OutputState* out, StreamEvent* e) const;
-  // Fills a final event's ids and text: everything unsent, and for an OK ending other than a
-  // stop string whatever the detokenizer still holds; text is dropped on an error.
+  // Fills a final event's ids, log-probabilities and text: everything unsent, and for an OK
+  // ending other than a stop string whatever the detokenizer still holds; text is dropped on an
+  // error.
   void TakeFinal(OutputState* out, FinishReason reason, bool ok, StreamEvent* e) const;
 
  private:

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "engine/kv/eviction/block_eviction_policy.h"  // RetentionHint
+#include "engine/sampling/logprobs.h"
 #include "engine/sampling/sampler.h"
 
 namespace kvserve::engine {
@@ -39,6 +40,11 @@ struct EngineRequest {
   std::vector<RetentionHint> retention;
   TokenEvictionRequest token_eviction;
   absl::Time deadline = absl::InfiniteFuture();
+  // Log-probabilities of the generated tokens (engine/sampling/logprobs.h: of the raw model
+  // output, before penalties and temperature): -1 = none; 0 = each generated token's own; N in
+  // [1, kMaxTopLogprobs] = also the N most probable tokens of each step. Computed only for
+  // requests that ask.
+  int32_t logprobs = -1;
 };
 
 struct RequestUsage {
@@ -66,6 +72,9 @@ struct StreamEvent {
   // Tokens generated since the previous event: one or a few, held inline.
   absl::InlinedVector<int32_t, 6> token_ids;
   std::string text;  // their text: complete UTF-8 only, stop strings removed
+  // With EngineRequest::logprobs >= 0: one entry per token of token_ids, in the same order
+  // (logprobs[i].token_id == token_ids[i]); otherwise empty.
+  std::vector<TokenLogprob> logprobs;
   bool final = false;
   FinishReason finish_reason = FinishReason::kNone;
   absl::Status status;

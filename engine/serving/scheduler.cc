@@ -129,7 +129,7 @@ void Scheduler::Finish(Sequence* s, FinishReason reason, absl::Status status, ab
   PushEvent(s, std::move(e));
 }
 
-void Scheduler::EmitToken(Sequence* s, int32_t token, absl::Time now) {
+void Scheduler::EmitToken(Sequence* s, int32_t token, const TokenLogprob* logprob, absl::Time now) {
   const EngineRequest& r = s->req;
   if (output_.EndsGeneration(r, token)) {
     Finish(s, FinishReason::kEos, absl::OkStatus(), now);
@@ -152,7 +152,7 @@ void Scheduler::EmitToken(Sequence* s, int32_t token, absl::Time now) {
     it->second.Observe(absl::ToDoubleSeconds(now - s->last_token));
   }
   s->last_token = now;
-  if (output_.Append(&s->out, r, token)) {
+  if (output_.Append(&s->out, r, token, logprob)) {
     Finish(s, FinishReason::kStop, absl::OkStatus(), now);
     return;
   }
@@ -436,6 +436,7 @@ void Scheduler::PlanBatch() {
   auto add = [&](Sequence* s, int64_t take, bool decoding) {
     ScheduledChunk c;
     c.tokens = s->tokens;
+    c.num_prompt_tokens = static_cast<int64_t>(s->req.prompt.size());
     c.start = s->processed;
     c.count = take;
     c.slot_offset = s->kv->evicted();
@@ -444,7 +445,10 @@ void Scheduler::PlanBatch() {
     c.score_layer_stride = s->kv->score_layer_stride();
     c.score_head_stride = s->kv->score_head_stride();
     c.prefill = !decoding;
-    if (s->processed + take == static_cast<int64_t>(s->tokens.size())) c.sampler = &s->sampler;
+    if (s->processed + take == static_cast<int64_t>(s->tokens.size())) {
+      c.sampler = &s->sampler;
+      c.logprobs = s->req.logprobs;
+    }
     batch_.chunks.push_back(c);
     chunk_seq_.push_back(s);
     batch_.num_tokens += take;
@@ -523,7 +527,12 @@ void Scheduler::Update(const ScheduledBatch& batch, const StepOutput& output, ab
   } else {
     size_t r = 0;
     for (size_t i = 0; i < batch.chunks.size(); ++i) {
-      if (batch.chunks[i].sampler != nullptr) EmitToken(chunk_seq_[i], output.sampled[r++], now);
+      const ScheduledChunk& c = batch.chunks[i];
+      if (c.sampler == nullptr) continue;
+      const TokenLogprob* logprob =
+          c.logprobs >= 0 && r < output.logprobs.size() ? &output.logprobs[r] : nullptr;
+      EmitToken(chunk_seq_[i], output.sampled[r], logprob, now);
+      ++r;
     }
     AfterStep(now);
   }

@@ -138,7 +138,8 @@ class Scheduler {
   // until Update. An empty batch: nothing can run now (ended requests were notified).
   const ScheduledBatch& Schedule(absl::Time now);
   // Applies the executed step. `output.sampled` has one token per chunk of `batch` with a
-  // sampler; a failed step ends every running request with INTERNAL.
+  // sampler (and `output.logprobs` one entry per sampled token when a chunk asked for
+  // log-probabilities); a failed step ends every running request with INTERNAL.
   // REQUIRES: `batch` is the one the last Schedule returned, not empty.
   void Update(const ScheduledBatch& batch, const StepOutput& output, absl::Time now);
 
@@ -176,7 +177,8 @@ class Scheduler {
   // The step-time target for the planned decodes (step_shape_); nullopt: no bound.
   std::optional<absl::Duration> StepTarget() const;
   // Update's parts.
-  void EmitToken(Sequence* s, int32_t token, absl::Time now);
+  // `logprob`: the token's log-probabilities, when the request asks for them (else null).
+  void EmitToken(Sequence* s, int32_t token, const TokenLogprob* logprob, absl::Time now);
   void AfterStep(absl::Time now);
 
   // Pushes an event to the sequence's stream; NotifyStreams tells its consumer. Every public

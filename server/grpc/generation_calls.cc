@@ -93,7 +93,22 @@ void FillFinal(const engine::StreamEvent& e, Response* out) {
   out->set_preemptions(e.preemptions);
 }
 
-// The final event without its payload (tokens and text go into the messages).
+// Appends an event's per-token log-probabilities (aligned with its token ids).
+template <typename Response>
+void AddLogprobs(const engine::StreamEvent& e, Response* out) {
+  for (const engine::TokenLogprob& l : e.logprobs) {
+    v1::TokenLogprob* entry = out->add_logprobs();
+    entry->set_token_id(l.token_id);
+    entry->set_logprob(l.logprob);
+    for (const engine::TopLogprob& t : l.top) {
+      v1::TopLogprob* top = entry->add_top();
+      top->set_token_id(t.token_id);
+      top->set_logprob(t.logprob);
+    }
+  }
+}
+
+// The final event without its payload (tokens, log-probabilities and text go into the messages).
 engine::StreamEvent FinalSummary(engine::StreamEvent& e) {
   engine::StreamEvent summary;
   summary.final = true;
@@ -223,6 +238,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer>, pu
     v1::GenerateResponse message;
     for (engine::StreamEvent& e : events) {
       for (int32_t t : e.token_ids) message.add_token_ids(t);
+      AddLogprobs(e, &message);
       streamed_tokens_ += static_cast<int64_t>(e.token_ids.size());
       message.mutable_text()->append(e.text);
       if (e.final) final_ = FinalSummary(e);
@@ -322,6 +338,7 @@ class CompleteCall final : public grpc::ServerUnaryReactor, public PumpTarget {
       stream_->Take(&events);
       for (engine::StreamEvent& e : events) {
         for (int32_t t : e.token_ids) message_.add_token_ids(t);
+        AddLogprobs(e, &message_);
         message_.mutable_text()->append(e.text);
         if (e.final) final_ = FinalSummary(e);
       }

@@ -43,6 +43,8 @@ absl::Status FillSampling(const v1::SamplingParams& in, uint64_t random_seed,
   out->top_p = in.has_top_p() ? in.top_p() : 1.0f;
   out->min_p = in.has_min_p() ? in.min_p() : 0.0f;
   out->repetition_penalty = in.has_repetition_penalty() ? in.repetition_penalty() : 1.0f;
+  out->presence_penalty = in.has_presence_penalty() ? in.presence_penalty() : 0.0f;
+  out->frequency_penalty = in.has_frequency_penalty() ? in.frequency_penalty() : 0.0f;
   out->seed = in.has_seed() ? in.seed() : random_seed;
   // Written so that NaN fails every check.
   if (!(out->temperature >= 0.0f) || std::isinf(out->temperature)) {
@@ -61,6 +63,13 @@ absl::Status FillSampling(const v1::SamplingParams& in, uint64_t random_seed,
   if (!(out->repetition_penalty > 0.0f) || std::isinf(out->repetition_penalty)) {
     return Invalid("sampling.repetition_penalty",
                    absl::StrCat("must be a finite number > 0, got ", Num(out->repetition_penalty)));
+  }
+  for (const auto& [field, value] :
+       {std::pair<const char*, float>{"sampling.presence_penalty", out->presence_penalty},
+        std::pair<const char*, float>{"sampling.frequency_penalty", out->frequency_penalty}}) {
+    if (!(value >= -2.0f && value <= 2.0f)) {
+      return Invalid(field, absl::StrCat("must be in [-2, 2], got ", Num(value)));
+    }
   }
   // Anything the engine's own check adds is reported under the sampling message.
   if (absl::Status s = out->Validate(); !s.ok()) {
@@ -313,6 +322,13 @@ absl::StatusOr<engine::EngineRequest> BuildEngineRequest(const v1::GenerateReque
   }
   out.token_eviction.policy = request.token_eviction().policy();
   out.token_eviction.budget_tokens = request.token_eviction().budget_tokens();
+  if (request.has_logprobs()) {
+    if (request.logprobs() < 0 || request.logprobs() > engine::kMaxTopLogprobs) {
+      return Invalid("logprobs", absl::StrCat("must be in [0, ", engine::kMaxTopLogprobs, "], got ",
+                                              request.logprobs()));
+    }
+    out.logprobs = request.logprobs();
+  }
   out.deadline = deadline;
   return out;
 }

@@ -223,6 +223,51 @@ TEST(EngineTest, ValidationNamesTheField) {
   r = Greedy(**engine, "hi", 5);
   r.prompt.assign(3000, 5);
   EXPECT_NE((*engine)->Submit(r).status().message().find("prompt"), std::string::npos);
+  r = Greedy(**engine, "hi", 5);
+  r.sampling.presence_penalty = 2.5f;
+  EXPECT_NE((*engine)->Submit(r).status().message().find("presence_penalty"), std::string::npos);
+  r = Greedy(**engine, "hi", 5);
+  r.sampling.frequency_penalty = -3.0f;
+  EXPECT_NE((*engine)->Submit(r).status().message().find("frequency_penalty"), std::string::npos);
+  for (int32_t bad : {-2, kMaxTopLogprobs + 1}) {
+    r = Greedy(**engine, "hi", 5);
+    r.logprobs = bad;
+    EXPECT_EQ((*engine)->Submit(r).status().message().rfind("logprobs:", 0), 0u) << bad;
+  }
+}
+
+TEST(EngineTest, EveryEventCarriesTheLogprobsOfItsTokens) {
+  auto engine = Engine::Create(StoriesOptions());
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  for (int32_t logprobs : {-1, 0, 4}) {
+    EngineRequest r = Greedy(**engine, "Once upon a time", 30);
+    r.logprobs = logprobs;
+    r.stop = {"Lily"};  // the greedy story names her within 30 tokens
+    auto stream = (*engine)->Submit(r);
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    std::vector<StreamEvent> events;
+    bool done = false;
+    const absl::Time end = absl::Now() + absl::Seconds(60);
+    while (!done && absl::Now() < end) done = (*stream)->WaitAndTake(&events, absl::Seconds(1));
+    ASSERT_TRUE(done);
+    size_t tokens = 0;
+    for (const StreamEvent& e : events) {
+      tokens += e.token_ids.size();
+      if (e.final) {
+        EXPECT_EQ(e.finish_reason, FinishReason::kStop);
+      }
+      if (logprobs < 0) {
+        EXPECT_TRUE(e.logprobs.empty());
+        continue;
+      }
+      ASSERT_EQ(e.logprobs.size(), e.token_ids.size());
+      for (size_t i = 0; i < e.token_ids.size(); ++i) {
+        EXPECT_EQ(e.logprobs[i].token_id, e.token_ids[i]);
+        EXPECT_EQ(e.logprobs[i].top.size(), static_cast<size_t>(logprobs));
+      }
+    }
+    EXPECT_GT(tokens, 0u);
+  }
 }
 
 TEST(EngineTest, PriorityPolicyRunsHigherPriorityFirst) {

@@ -1,7 +1,9 @@
 #include "engine/sampling/sampler.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -20,7 +22,7 @@ std::map<int32_t, int> Draw(const SamplingParams& params, const std::vector<floa
   std::map<int32_t, int> counts;
   for (int i = 0; i < n; ++i) {
     std::vector<float> l = logits;
-    ++counts[s.Sample(absl::MakeSpan(l), {})];
+    ++counts[s.Sample(absl::MakeSpan(l), {}, 0)];
   }
   return counts;
 }
@@ -29,7 +31,7 @@ TEST(SamplerTest, GreedyTakesArgmaxAndLowestIdOnTies) {
   SamplingParams p;
   Sampler s(p);
   std::vector<float> l = {0.1f, 3.0f, -1.0f, 3.0f};
-  EXPECT_EQ(s.Sample(absl::MakeSpan(l), {}), 1);
+  EXPECT_EQ(s.Sample(absl::MakeSpan(l), {}, 0), 1);
 }
 
 TEST(SamplerTest, TemperatureOneFollowsTheDistribution) {
@@ -82,9 +84,101 @@ TEST(SamplerTest, RepetitionPenaltyDividesPositiveAndMultipliesNegative) {
   Sampler s(p);
   std::vector<float> l = {2.0f, 1.9f, -1.0f};
   std::vector<int32_t> history = {0, 2};
-  EXPECT_EQ(s.Sample(absl::MakeSpan(l), history), 1);
+  EXPECT_EQ(s.Sample(absl::MakeSpan(l), history, 0), 1);
   EXPECT_FLOAT_EQ(l[0], 2.0f / 1.2f);
   EXPECT_FLOAT_EQ(l[2], -1.2f);
+}
+
+// logit[t] -= frequency_penalty * count(t) + presence_penalty * (count(t) > 0), over the
+// generated tokens only, computed by hand.
+std::vector<float> PenalisedByHand(std::vector<float> logits, const std::vector<int32_t>& history,
+                                   size_t num_prompt, float presence, float frequency) {
+  std::map<int32_t, int> count;
+  for (size_t i = num_prompt; i < history.size(); ++i) ++count[history[i]];
+  for (const auto& [t, n] : count) {
+    logits[t] -= frequency * static_cast<float>(n) + presence;
+  }
+  return logits;
+}
+
+TEST(SamplerTest, PresenceAndFrequencyPenaltiesCountGeneratedTokensOnly) {
+  const std::vector<float> logits = {2.0f, 1.5f, -0.5f, 0.25f, 1.0f, -3.0f};
+  // Prompt: 0 0 1; generated: 2 2 2 3 0 (token 1 appears in the prompt only, 4 and 5 never).
+  const std::vector<int32_t> history = {0, 0, 1, 2, 2, 2, 3, 0};
+  const size_t num_prompt = 3;
+  for (const auto& [presence, frequency] : std::vector<std::pair<float, float>>{
+           {0.5f, 0.0f}, {0.0f, 0.3f}, {0.7f, 0.2f}, {-1.0f, -0.5f}, {2.0f, 2.0f}}) {
+    SamplingParams p;
+    p.presence_penalty = presence;
+    p.frequency_penalty = frequency;
+    Sampler s(p);
+    std::vector<float> l = logits;
+    const int32_t token = s.Sample(absl::MakeSpan(l), history, num_prompt);
+    const std::vector<float> want =
+        PenalisedByHand(logits, history, num_prompt, presence, frequency);
+    for (size_t i = 0; i < l.size(); ++i) {
+      EXPECT_FLOAT_EQ(l[i], want[i])
+          << "token " << i << " presence " << presence << " frequency " << frequency;
+    }
+    EXPECT_EQ(l[1], logits[1]) << "a prompt token is not penalised";
+    EXPECT_EQ(l[4], logits[4]);
+    EXPECT_EQ(token, std::max_element(want.begin(), want.end()) - want.begin());
+  }
+}
+
+TEST(SamplerTest, PenaltiesSteerGreedyDecoding) {
+  SamplingParams p;
+  p.frequency_penalty = 0.4f;
+  Sampler s(p);
+  // Token 0 leads by 1.0; generated three times it loses 1.2 and token 1 wins.
+  std::vector<float> l = {3.0f, 2.0f, 0.0f};
+  const std::vector<int32_t> history = {1, 0, 0, 0};
+  EXPECT_EQ(s.Sample(absl::MakeSpan(l), history, 1), 1);
+  // Twice it loses 0.8 only: token 0 stays ahead.
+  l = {3.0f, 2.0f, 0.0f};
+  EXPECT_EQ(s.Sample(absl::MakeSpan(l), {1, 0, 0}, 1), 0);
+  // The same tokens as prompt: no penalty.
+  l = {3.0f, 2.0f, 0.0f};
+  EXPECT_EQ(s.Sample(absl::MakeSpan(l), history, history.size()), 0);
+  EXPECT_EQ(l, (std::vector<float>{3.0f, 2.0f, 0.0f}));
+}
+
+TEST(SamplerTest, RepetitionPenaltyComesBeforePresenceAndFrequency) {
+  SamplingParams p;
+  p.repetition_penalty = 2.0f;
+  p.presence_penalty = 0.5f;
+  p.frequency_penalty = 0.25f;
+  Sampler s(p);
+  std::vector<float> l = {4.0f, -1.0f, 1.0f, 3.0f};
+  // Prompt 1; generated 0 0 2. The repetition penalty counts the prompt too.
+  s.Sample(absl::MakeSpan(l), {1, 0, 0, 2}, 1);
+  EXPECT_FLOAT_EQ(l[0], 4.0f / 2.0f - (0.25f * 2 + 0.5f));
+  EXPECT_FLOAT_EQ(l[1], -1.0f * 2.0f);
+  EXPECT_FLOAT_EQ(l[2], 1.0f / 2.0f - (0.25f + 0.5f));
+  EXPECT_FLOAT_EQ(l[3], 3.0f);
+}
+
+TEST(SamplerTest, ZeroPenaltiesLeaveSamplingUnchanged) {
+  // The same seed gives bitwise the same logits and draws whatever the history.
+  SamplingParams p;
+  p.temperature = 0.8f;
+  p.top_p = 0.9f;
+  p.seed = 11;
+  Sampler a(p);
+  p.presence_penalty = 0.0f;
+  p.frequency_penalty = -0.0f;
+  Sampler b(p);
+  std::vector<int32_t> history = {1, 2, 3};
+  for (int i = 0; i < 200; ++i) {
+    std::vector<float> la(32);
+    for (size_t j = 0; j < la.size(); ++j) la[j] = std::sin(static_cast<float>(i * 31 + j));
+    std::vector<float> lb = la;
+    const int32_t ta = a.Sample(absl::MakeSpan(la), {}, 0);
+    const int32_t tb = b.Sample(absl::MakeSpan(lb), history, 1);
+    ASSERT_EQ(ta, tb) << "draw " << i;
+    ASSERT_EQ(la, lb);
+    history.push_back(tb);
+  }
 }
 
 TEST(SamplerTest, SameSeedSameDrawsDifferentSeedDifferentDraws) {
@@ -97,7 +191,7 @@ TEST(SamplerTest, SameSeedSameDrawsDifferentSeedDifferentDraws) {
     std::vector<int32_t> out;
     for (int i = 0; i < 64; ++i) {
       std::vector<float> l = logits;
-      out.push_back(s.Sample(absl::MakeSpan(l), {}));
+      out.push_back(s.Sample(absl::MakeSpan(l), {}, 0));
     }
     return out;
   };
@@ -124,6 +218,18 @@ TEST(SamplerTest, ValidateNamesTheField) {
   p = {};
   p.repetition_penalty = 0;
   EXPECT_NE(p.Validate().message().find("repetition_penalty"), std::string::npos);
+  for (float bad : {2.5f, -2.01f, std::nanf("")}) {
+    p = {};
+    p.presence_penalty = bad;
+    EXPECT_NE(p.Validate().message().find("presence_penalty"), std::string::npos) << bad;
+    p = {};
+    p.frequency_penalty = bad;
+    EXPECT_NE(p.Validate().message().find("frequency_penalty"), std::string::npos) << bad;
+  }
+  p = {};
+  p.presence_penalty = -2.0f;
+  p.frequency_penalty = 2.0f;
+  EXPECT_TRUE(p.Validate().ok());
   EXPECT_TRUE(SamplingParams{}.Validate().ok());
 }
 

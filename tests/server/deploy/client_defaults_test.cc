@@ -66,7 +66,8 @@ std::map<std::string, std::string> HelpDefaults() {
 
 TEST(ClientDefaultsTest, GenerateFlagsDefaultToTheApiDefaults) {
   const std::map<std::string, double> proto = ProtoDefaults();
-  ASSERT_EQ(proto.size(), 5u) << "temperature, top_k, top_p, min_p, repetition_penalty";
+  ASSERT_EQ(proto.size(), 7u) << "temperature, top_k, top_p, min_p, repetition_penalty, "
+                                 "presence_penalty, frequency_penalty";
   const std::map<std::string, std::string> help = HelpDefaults();
   for (const auto& [field, value] : proto) {
     std::string flag = "--" + field;

@@ -59,6 +59,9 @@ TEST(RequestValidationTest, TextPromptWithDefaults) {
   EXPECT_EQ(built->sampling.top_k, 0);
   EXPECT_FLOAT_EQ(built->sampling.min_p, 0.0f);
   EXPECT_FLOAT_EQ(built->sampling.repetition_penalty, 1.0f);
+  EXPECT_EQ(built->sampling.presence_penalty, 0.0f);
+  EXPECT_EQ(built->sampling.frequency_penalty, 0.0f);
+  EXPECT_EQ(built->logprobs, -1);
   EXPECT_EQ(built->sampling.seed, 1234u);
   EXPECT_EQ(built->deadline, absl::InfiniteFuture());
   EXPECT_TRUE(built->id.empty());
@@ -76,6 +79,9 @@ TEST(RequestValidationTest, EverythingSetIsCarriedOver) {
   r.mutable_sampling()->set_min_p(0.1f);
   r.mutable_sampling()->set_repetition_penalty(1.2f);
   r.mutable_sampling()->set_seed(7);
+  r.mutable_sampling()->set_presence_penalty(-1.5f);
+  r.mutable_sampling()->set_frequency_penalty(2.0f);
+  r.set_logprobs(20);
   r.add_stop("ba");
   r.set_priority(3);
   r.set_cache_salt("tenant");
@@ -93,6 +99,9 @@ TEST(RequestValidationTest, EverythingSetIsCarriedOver) {
   EXPECT_EQ(built->max_tokens, 100);
   EXPECT_EQ(built->sampling.top_k, 5);
   EXPECT_EQ(built->sampling.seed, 7u);
+  EXPECT_EQ(built->sampling.presence_penalty, -1.5f);
+  EXPECT_EQ(built->sampling.frequency_penalty, 2.0f);
+  EXPECT_EQ(built->logprobs, 20);
   EXPECT_EQ(built->stop, std::vector<std::string>{"ba"});
   EXPECT_EQ(built->priority, 3);
   EXPECT_EQ(built->cache_salt, "tenant");
@@ -160,6 +169,19 @@ TEST(RequestValidationTest, EachBadFieldIsNamed) {
     r.mutable_sampling()->set_repetition_penalty(v);
     ExpectInvalid(r, "sampling.repetition_penalty");
   }
+  for (float v : {2.01f, -3.0f, std::nanf(""), INFINITY}) {
+    r = base();
+    r.mutable_sampling()->set_presence_penalty(v);
+    ExpectInvalid(r, "sampling.presence_penalty");
+    r = base();
+    r.mutable_sampling()->set_frequency_penalty(v);
+    ExpectInvalid(r, "sampling.frequency_penalty");
+  }
+  for (int v : {-1, 21}) {
+    r = base();
+    r.set_logprobs(v);
+    ExpectInvalid(r, "logprobs");
+  }
   r = base();
   r.add_stop("ok");
   r.add_stop(std::string(kMaxStopBytes + 1, 'x'));
@@ -195,6 +217,11 @@ TEST(RequestValidationTest, LimitsAreInclusive) {
   r.set_max_tokens(100);
   r.add_retention()->set_priority(100);
   r.add_retention()->set_priority(0);
+  r.mutable_sampling()->set_presence_penalty(2.0f);
+  r.mutable_sampling()->set_frequency_penalty(-2.0f);
+  r.set_logprobs(0);
+  EXPECT_TRUE(Build(r).ok());
+  r.set_logprobs(engine::kMaxTopLogprobs);
   EXPECT_TRUE(Build(r).ok());
 }
 

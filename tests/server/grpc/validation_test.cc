@@ -58,6 +58,17 @@ std::vector<BadCase> BadCases() {
       {"repetition_penalty negative",
        [](v1::GenerateRequest& r) { r.mutable_sampling()->set_repetition_penalty(-2); },
        "sampling.repetition_penalty:"},
+      {"presence_penalty above 2",
+       [](v1::GenerateRequest& r) { r.mutable_sampling()->set_presence_penalty(3); },
+       "sampling.presence_penalty:"},
+      {"frequency_penalty below -2",
+       [](v1::GenerateRequest& r) { r.mutable_sampling()->set_frequency_penalty(-2.5f); },
+       "sampling.frequency_penalty:"},
+      {"frequency_penalty NaN",
+       [nan](v1::GenerateRequest& r) { r.mutable_sampling()->set_frequency_penalty(nan); },
+       "sampling.frequency_penalty:"},
+      {"logprobs above 20", [](v1::GenerateRequest& r) { r.set_logprobs(21); }, "logprobs:"},
+      {"logprobs negative", [](v1::GenerateRequest& r) { r.set_logprobs(-1); }, "logprobs:"},
       {"text prompt too long",
        [](v1::GenerateRequest& r) {
          std::string text;
