@@ -171,8 +171,9 @@ class Engine::Impl {
           flush_done_ = flush_requested_;
         }
         batch.swap(incoming_);
-        // They wait in the scheduler from now on: counted at once, so that requests arriving
-        // during the step see the queue bound they will meet (Submit).
+        // They wait in the scheduler from now on: counted at once, and exactly again once the step
+        // has admitted what it can (below), so that a request arriving during a step meets the
+        // queue bound as it stands (Submit).
         waiting_count_ += static_cast<int64_t>(batch.size());
         if (!batch.empty()) engine_idle_ = false;
         if (abort_requested_) {
@@ -192,7 +193,10 @@ class Engine::Impl {
         scheduler_->Add(std::move(in.request), std::move(in.stream), in.arrival);
       }
       batch.clear();
-      worked = scheduler_->Step(absl::Now());
+      worked = scheduler_->Step(absl::Now(), [this] {
+        absl::MutexLock lock(&mu_);
+        waiting_count_ = scheduler_->num_waiting();
+      });
       // Part of the step's cost on this thread: counted in its time.
       const absl::Time publish_start = absl::Now();
       PublishStats();

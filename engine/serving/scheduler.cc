@@ -554,8 +554,9 @@ void Scheduler::Update(const ScheduledBatch& batch, const StepOutput& output, ab
   if (output.status.ok()) cost_model_->Observe(step_shape_, step);
 }
 
-bool Scheduler::Step(absl::Time now) {
+bool Scheduler::Step(absl::Time now, const std::function<void()>& after_schedule) {
   const ScheduledBatch& batch = Schedule(now);
+  if (after_schedule) after_schedule();
   if (batch.empty()) return false;
   const StepOutput output = runner_->Execute(batch);
   Update(batch, output, absl::Now());

@@ -36,6 +36,7 @@
 #include <climits>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -131,8 +132,10 @@ class Scheduler {
   void Add(EngineRequest request, std::shared_ptr<RequestStream> stream, absl::Time arrival);
 
   // One iteration: Schedule, the runner's Execute, Update. Returns false when there was nothing
-  // to do (no sequence could run: idle, or every running stream is full).
-  bool Step(absl::Time now);
+  // to do (no sequence could run: idle, or every running stream is full). `after_schedule`, when
+  // set, runs once the step is planned and before it executes: admission and preemption have
+  // settled the waiting queue (num_waiting) for the rest of the step.
+  bool Step(absl::Time now, const std::function<void()>& after_schedule = nullptr);
 
   // Plans the next step (see above). The batch stays valid, and its sequences' KV reserved,
   // until Update. An empty batch: nothing can run now (ended requests were notified).

@@ -161,6 +161,7 @@ struct Choice {
   std::string echo;         // completions with echo: the prompt's text, sent first
   bool started = false;     // streaming: the first chunk (role, or echo) was sent
   bool sent_final = false;  // streaming: the chunk with the finish_reason was sent
+  int64_t text_offset = 0;  // logprobs: bytes of the choice's token texts so far (echo included)
   ChoiceOutput out;         // text and tokens gathered (streaming: since the last chunk)
   std::optional<engine::StreamEvent> final;  // the final event, payload removed
 };
@@ -203,14 +204,33 @@ struct Generation {
   }
 };
 
+// Appends an event's log-probabilities to the choice, with the tokens' texts (raw bytes) and,
+// for completions, each token's byte offset in the choice's text.
+void AddLogprobs(const engine::StreamEvent& e, const engine::Tokenizer& tokenizer, Choice& c) {
+  for (const engine::TokenLogprob& lp : e.logprobs) {
+    std::string text = tokenizer.TokenBytes(lp.token_id);
+    c.out.text_offsets.push_back(static_cast<int32_t>(c.text_offset));
+    c.text_offset += static_cast<int64_t>(text.size());
+    c.out.token_texts.push_back(std::move(text));
+    c.out.token_logprobs.push_back(lp.logprob);
+    std::vector<std::pair<std::string, float>> top;
+    top.reserve(lp.top.size());
+    for (const engine::TopLogprob& t : lp.top) {
+      top.emplace_back(tokenizer.TokenBytes(t.token_id), t.logprob);
+    }
+    c.out.top_logprobs.push_back(std::move(top));
+  }
+}
+
 // Moves a stream's pending events into the choice. True when something new arrived.
-bool TakeEvents(Choice& c) {
+bool TakeEvents(Choice& c, const engine::Tokenizer& tokenizer) {
   std::vector<engine::StreamEvent> events;
   c.stream->Take(&events);
   if (events.empty()) return false;
   for (engine::StreamEvent& e : events) {
     c.out.token_ids.insert(c.out.token_ids.end(), e.token_ids.begin(), e.token_ids.end());
     c.out.text.append(e.text);
+    AddLogprobs(e, tokenizer, c);
     if (e.final) {
       c.out.finished = true;
       c.out.finish_reason = e.finish_reason;
@@ -590,6 +610,7 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
         c.stream = *std::move(stream);
         c.index = p * r.n + j;
         c.prompt_index = p;
+        c.text_offset = static_cast<int64_t>(echo.size());
         c.echo = std::move(echo);
         c.out.index = c.index;
         gen.choices.push_back(std::move(c));
@@ -642,7 +663,8 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
   // Takes the engine's events and writes what they call for. On the strand.
   void Pump() {
     if (!gen_ || writing_) return;
-    for (Choice& c : gen_->choices) TakeEvents(c);
+    const engine::Tokenizer& tokenizer = server_->engine()->tokenizer();
+    for (Choice& c : gen_->choices) TakeEvents(c, tokenizer);
     if (client_gone_) {
       if (gen_->AllFinal()) EndGeneration(absl::CancelledError("the client went away"));
       return;

@@ -217,11 +217,12 @@ Error ParseSampling(const json& body, v1::GenerateRequest* out) {
   // -1 means off, as in vLLM.
   if (Error e = GetInt(body, "top_k", -1, std::numeric_limits<int32_t>::max(), &i)) return e;
   if (i) s->set_top_k(*i < 0 ? 0 : static_cast<int32_t>(*i));
-  for (const char* key : {"presence_penalty", "frequency_penalty"}) {
-    d.reset();
-    if (Error e = GetNumber(body, key, -2, 2, false, &d)) return e;
-    if (d && *d != 0) return BadField(key, "only 0 is supported");
-  }
+  d.reset();
+  if (Error e = GetNumber(body, "presence_penalty", -2, 2, false, &d)) return e;
+  if (d) s->set_presence_penalty(static_cast<float>(*d));
+  d.reset();
+  if (Error e = GetNumber(body, "frequency_penalty", -2, 2, false, &d)) return e;
+  if (d) s->set_frequency_penalty(static_cast<float>(*d));
   return std::nullopt;
 }
 
@@ -365,9 +366,6 @@ Error ParseLogprobs(const json& body, OpenAiEndpoint endpoint, OpenAiRequest* ou
     }
     if (on.value_or(false)) out->logprobs = static_cast<int32_t>(top.value_or(0));
   }
-  if (out->logprobs >= 0) {
-    return BadField("logprobs", "log-probabilities are not supported by this server");
-  }
   return std::nullopt;
 }
 
@@ -495,6 +493,14 @@ std::string JsonField(std::string_view proto, OpenAiEndpoint endpoint, int promp
   return std::string(proto);
 }
 
+// A token's raw bytes as the API's `bytes` list (its text may be part of a UTF-8 character).
+std::vector<int> Bytes(const std::string& text) {
+  std::vector<int> out;
+  out.reserve(text.size());
+  for (const char ch : text) out.push_back(static_cast<unsigned char>(ch));
+  return out;
+}
+
 void AddLogprobsJson(OpenAiEndpoint endpoint, const ChoiceOutput& c, int32_t logprobs,
                      json* choice) {
   if (logprobs < 0 || c.token_logprobs.empty()) {
@@ -520,11 +526,13 @@ void AddLogprobsJson(OpenAiEndpoint endpoint, const ChoiceOutput& c, int32_t log
     json tops = json::array();
     if (i < c.top_logprobs.size()) {
       for (const auto& [token, value] : c.top_logprobs[i]) {
-        tops.push_back({{"token", token}, {"logprob", value}});
+        tops.push_back({{"token", token}, {"logprob", value}, {"bytes", Bytes(token)}});
       }
     }
-    content.push_back({{"token", i < c.token_texts.size() ? c.token_texts[i] : std::string()},
+    const std::string token = i < c.token_texts.size() ? c.token_texts[i] : std::string();
+    content.push_back({{"token", token},
                        {"logprob", c.token_logprobs[i]},
+                       {"bytes", Bytes(token)},
                        {"top_logprobs", std::move(tops)}});
   }
   (*choice)["logprobs"] = {{"content", std::move(content)}};
@@ -583,6 +591,7 @@ std::optional<OpenAiError> ParseOpenAiRequest(std::string_view body, OpenAiEndpo
   v1::GenerateRequest base;
   if (Error e = ParseCommon(parsed, endpoint, &base, out)) return e;
   if (Error e = ParseLogprobs(parsed, endpoint, out)) return e;
+  if (out->logprobs >= 0) base.set_logprobs(out->logprobs);
   if (endpoint == OpenAiEndpoint::kCompletions) {
     std::optional<bool> echo;
     if (Error e = GetBool(parsed, "echo", &echo)) return e;
