@@ -1,13 +1,18 @@
-// `kvserve bench`: the serving benchmark. Loads a running server over gRPC with a workload
+// `kvserve bench`: the serving benchmark. Loads a running server over gRPC, or over an
+// OpenAI-compatible HTTP API (--protocol openai: kvserve's or another server's), with a workload
 // (random, shared-prefix, long-context or a JSONL trace; docs/bench.md), at Poisson/gamma arrivals
 // or a fixed concurrency, and prints throughput and latency percentiles, the server's KV peak,
-// preemptions and prefix hit rate, and its own CPU time. --json FILE writes everything.
+// preemptions and prefix hit rate (from kvserve's gRPC Memory service), and its own CPU time.
+// --json FILE writes everything.
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -16,6 +21,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "tools/bench_openai.h"
 #include "tools/bench_runner.h"
 #include "tools/bench_workload.h"
 #include "tools/client_util.h"
@@ -46,11 +52,46 @@ void DrawProgress(int64_t done, int64_t total) {
   std::fflush(stderr);
 }
 
+// Every request in flight over HTTP holds a socket: lift the soft limit on open files to the hard
+// one, so that a run without a concurrency cap is not cut short at 1024.
+void RaiseOpenFileLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
+
+// --api-key, else $KVSERVE_API_KEY.
+std::string ApiKey(const FlagSet& flags) {
+  std::string key = flags.GetString("api-key");
+  if (key.empty()) {
+    if (const char* env = std::getenv("KVSERVE_API_KEY"); env != nullptr) key = env;
+  }
+  return key;
+}
+
 }  // namespace
 
 int RunBenchCommand(const std::vector<std::string>& args) {
   FlagSet flags("bench");
   AddConnectionFlags(flags);
+  flags.String("protocol", "grpc",
+               "grpc (kvserve's Generate stream at --addr) or openai (an OpenAI-compatible HTTP "
+               "API at --url)");
+  flags.String("url", "",
+               "openai: the server's base URL, http(s)://host:port (a trailing /v1 is fine; "
+               "https trusts the system's CAs or --tls-ca). --addr, when given too, is kvserve's "
+               "gRPC address for the Memory service, the model's limits and chat prompts' text");
+  flags.String("endpoint", "completions",
+               "openai: completions (/v1/completions) or chat (/v1/chat/completions)");
+  flags.String("model", "", "openai: the model to name (default: the first of GET /v1/models)");
+  flags.Int("vocab-size", 0,
+            "openai: the model's vocabulary, for random prompts; 0 = GetModelInfo with --addr, "
+            "else what /v1/models says");
+  flags.Int("context-length", 0,
+            "openai: the model's context in tokens; 0 = GetModelInfo with --addr, else what "
+            "/v1/models says (unknown: not checked)");
   flags.Int("num-requests", 100, "requests to send (not for --workload trace)");
   flags.Int("concurrency", 0, "requests in flight at most; 0 = no cap");
   flags.String("request-rate", "inf",
@@ -100,10 +141,61 @@ int RunBenchCommand(const std::vector<std::string>& args) {
     return PrepareContext(flags, context);
   };
 
-  auto channel = MakeChannel(flags);
-  if (!channel.ok()) return Fail(channel.status());
-  absl::StatusOr<ModelLimits> limits = FetchModelLimits(*channel, options.prepare_context);
-  if (!limits.ok()) return Fail(limits.status());
+  const std::string protocol = flags.GetString("protocol");
+  const bool openai = protocol == "openai";
+  if (!openai && protocol != "grpc") {
+    return Usage(flags, absl::StrCat("--protocol: '", protocol, "' is not grpc or openai"));
+  }
+  absl::StatusOr<OpenAiEndpoint> endpoint = ParseOpenAiEndpoint(flags.GetString("endpoint"));
+  if (!endpoint.ok()) return Usage(flags, std::string(endpoint.status().message()));
+  if (flags.GetInt("vocab-size") < 0) return Usage(flags, "--vocab-size must be >= 0");
+  if (flags.GetInt("context-length") < 0) return Usage(flags, "--context-length must be >= 0");
+  if (!openai) {
+    for (const char* name : {"url", "endpoint", "model", "vocab-size", "context-length"}) {
+      if (flags.IsSet(name)) {
+        return Usage(flags, absl::StrCat("--", name, " is for --protocol openai"));
+      }
+    }
+  } else if (flags.GetString("url").empty()) {
+    return Usage(flags, "--protocol openai needs --url http(s)://HOST:PORT");
+  }
+
+  // gRPC: the Generate stream and the Memory service. OpenAI: the HTTP API, and kvserve's gRPC
+  // services only when --addr is given.
+  std::shared_ptr<grpc::Channel> channel;
+  ModelLimits limits;
+  if (!openai || flags.IsSet("addr")) {
+    auto made = MakeChannel(flags);
+    if (!made.ok()) return Fail(made.status());
+    channel = *made;
+    absl::StatusOr<ModelLimits> fetched = FetchModelLimits(channel, options.prepare_context);
+    if (!fetched.ok()) return Fail(fetched.status());
+    limits = *fetched;
+  }
+  std::unique_ptr<OpenAiClient> client;
+  std::string model;
+  if (openai) {
+    OpenAiClientOptions o;
+    o.api_key = ApiKey(flags);
+    o.ca_file = flags.GetString("tls-ca");
+    o.timeout_s = flags.GetFloat("timeout");
+    o.threads = 2;
+    RaiseOpenFileLimit();
+    auto created = OpenAiClient::Create(flags.GetString("url"), o);
+    if (!created.ok()) return Fail(created.status());
+    client = std::move(*created);
+    auto choice = ChooseOpenAiModel(*client, flags.GetString("model"));
+    if (!choice.ok()) return Fail(choice.status());
+    model = choice->model;
+    if (channel == nullptr) limits = choice->limits;
+    if (flags.IsSet("vocab-size"))
+      limits.vocab_size = static_cast<int32_t>(flags.GetInt("vocab-size"));
+    if (flags.IsSet("context-length")) {
+      limits.context_length = static_cast<int32_t>(flags.GetInt("context-length"));
+    }
+    options.no_memory_channel_reason =
+        "the OpenAI API has no Memory service (give --addr, kvserve's gRPC address, to sample it)";
+  }
 
   std::vector<BenchRequest> requests;
   std::vector<BenchRequest> warm;
@@ -117,7 +209,7 @@ int RunBenchCommand(const std::vector<std::string>& args) {
     if (!in) return Fail(absl::NotFoundError(absl::StrCat("--trace: cannot read ", path)));
     std::stringstream text;
     text << in.rdbuf();
-    auto parsed = ParseTrace(text.str(), path, *limits, options.seed);
+    auto parsed = ParseTrace(text.str(), path, limits, options.seed);
     if (!parsed.ok()) return Fail(parsed.status());
     requests = std::move(*parsed);
     // Warm-up: the trace's first requests.
@@ -135,7 +227,7 @@ int RunBenchCommand(const std::vector<std::string>& args) {
     w.suffix_len = static_cast<int32_t>(flags.GetInt("suffix-len"));
     w.num_prefixes = static_cast<int32_t>(flags.GetInt("num-prefixes"));
     w.seed = options.seed;
-    auto generated = GenerateWorkload(w, *limits);
+    auto generated = GenerateWorkload(w, limits);
     if (!generated.ok()) return Usage(flags, std::string(generated.status().message()));
     requests = std::move(*generated);
     if (warmup > 0) {
@@ -143,11 +235,37 @@ int RunBenchCommand(const std::vector<std::string>& args) {
       // not find their prompts in the prefix cache.
       w.num_requests = warmup;
       w.seed = options.seed ^ 0x5EEDF00Dull;
-      auto warm_generated = GenerateWorkload(w, *limits);
+      auto warm_generated = GenerateWorkload(w, limits);
       if (!warm_generated.ok()) return Fail(warm_generated.status());
       warm = std::move(*warm_generated);
     }
   }
+
+  if (openai && *endpoint == OpenAiEndpoint::kChat) {
+    // Chat sends text: the text of the generated ids, from kvserve's Detokenize over gRPC or the
+    // server's POST /detokenize.
+    Detokenizer detokenize = [&](const std::vector<int32_t>& ids) {
+      return channel != nullptr ? DetokenizeOverGrpc(channel, options.prepare_context, ids)
+                                : client->Detokenize(model, ids);
+    };
+    for (std::vector<BenchRequest>* batch : {&requests, &warm}) {
+      if (absl::Status s = PromptIdsToText(*batch, detokenize); !s.ok()) {
+        return Fail(
+            absl::Status(s.code(), absl::StrCat(s.message(),
+                                                " (--endpoint chat sends text: a trace with "
+                                                "\"prompt\" text needs no detokenization)")));
+      }
+    }
+  }
+  std::unique_ptr<BenchSender> sender =
+      openai ? MakeOpenAiSender(client.get(), *endpoint, model, options)
+             : MakeGrpcSender(channel, options);
+  const std::string described =
+      openai
+          ? absl::StrCat("openai ", flags.GetString("endpoint"), ", ", flags.GetString("url"),
+                         ", model ", model.empty() ? "(none)" : model,
+                         channel != nullptr ? absl::StrCat("; gRPC ", flags.GetString("addr")) : "")
+          : absl::StrCat("grpc, ", flags.GetString("addr"));
 
   if (!warm.empty()) {
     for (BenchRequest& r : warm) r.arrival_s.reset();
@@ -155,28 +273,41 @@ int RunBenchCommand(const std::vector<std::string>& args) {
     warm_options.max_concurrency = 1;
     warm_options.request_rate = std::numeric_limits<double>::infinity();
     warm_options.stats_interval_ms = 0;
-    auto warm_report = RunBenchmark(*channel, warm, warm_options);
+    auto warm_report = RunBenchmark(*sender, channel, warm, warm_options);
     if (!warm_report.ok()) return Fail(warm_report.status());
   }
 
   if (isatty(STDERR_FILENO) && !flags.GetBool("no-progress")) options.progress = DrawProgress;
-  auto report = RunBenchmark(*channel, requests, options);
+  auto report = RunBenchmark(*sender, channel, requests, options);
   if (!report.ok()) return Fail(report.status());
+  report->protocol = described;
   std::fputs(FormatReport(*report).c_str(), stdout);
+  int64_t counted = 0;
+  for (const RequestRecord& r : report->records) counted += r.ok && !r.usage_reported ? 1 : 0;
+  if (counted > 0) {
+    std::fprintf(stderr,
+                 "kvserve bench: %lld responses carried no usage: their output tokens are the "
+                 "events carrying text, their prompt tokens the ids sent\n",
+                 static_cast<long long>(counted));
+  }
   std::fflush(stdout);
 
   if (const std::string json = flags.GetString("json"); !json.empty()) {
     std::vector<std::pair<std::string, std::string>> settings;
     for (const char* name :
-         {"addr", "num-requests", "concurrency", "request-rate", "burstiness", "workload", "trace",
-          "input-len", "output-len", "range-ratio", "prefix-len", "suffix-len", "num-prefixes",
-          "seed", "temperature", "warmup"}) {
+         {"protocol",     "addr",         "url",          "endpoint",    "model",
+          "num-requests", "concurrency",  "request-rate", "burstiness",  "workload",
+          "trace",        "input-len",    "output-len",   "range-ratio", "prefix-len",
+          "suffix-len",   "num-prefixes", "seed",         "temperature", "warmup"}) {
       // Every setting, given or default, so that a result file describes itself.
       const std::string n = name;
       std::string value;
       if (n == "burstiness" || n == "range-ratio" || n == "temperature") {
         value = absl::StrCat(flags.GetFloat(n));
-      } else if (n == "addr" || n == "request-rate" || n == "workload" || n == "trace") {
+      } else if (n == "model") {
+        value = model;  // the one named in the requests
+      } else if (n == "protocol" || n == "addr" || n == "url" || n == "endpoint" ||
+                 n == "request-rate" || n == "workload" || n == "trace") {
         value = flags.GetString(n);
       } else {
         value = absl::StrCat(flags.GetInt(n));

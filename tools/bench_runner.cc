@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -47,35 +48,29 @@ struct RunState {
 class StreamCall : public grpc::ClientReadReactor<v1::GenerateResponse> {
  public:
   StreamCall(v1::Generation::Stub* stub, v1::GenerateRequest request, RequestRecord* record,
-             Clock::time_point bench_start, std::shared_ptr<RunState> state)
+             StreamTimer timer, std::function<void()> done)
       : stub_(stub),
         request_(std::move(request)),
         record_(record),
-        bench_start_(bench_start),
-        state_(std::move(state)) {}
+        timer_(timer),
+        done_(std::move(done)) {}
   grpc::ClientContext* context() { return &context_; }
   void Go() {
-    start_ = Clock::now();
-    record_->start_s = Seconds(start_ - bench_start_);
-    last_ = start_;
+    timer_.Start(Clock::now());
     stub_->async()->Generate(&context_, &request_, this);
     StartRead(&message_);
     StartCall();
   }
 
+  // Fails the call without starting its stream (its context could not be prepared).
+  void FailUnstarted(const absl::Status& s) {
+    timer_.Start(Clock::now());
+    OnDone(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(s.message())));
+  }
+
   void OnReadDone(bool ok) override {
     if (!ok) return;  // OnDone follows
-    const Clock::time_point now = Clock::now();
-    if (message_.token_ids_size() > 0) {
-      if (record_->output_tokens == 0) {
-        record_->ttft_s = Seconds(now - start_);
-      } else {
-        record_->itl_s.push_back(Seconds(now - last_));
-      }
-      last_ = now;
-      record_->output_tokens += message_.token_ids_size();
-      ++record_->token_messages;
-    }
+    if (message_.token_ids_size() > 0) timer_.Output(Clock::now(), message_.token_ids_size());
     if (message_.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
       record_->prompt_tokens = message_.usage().prompt_tokens();
       record_->cached_prompt_tokens = message_.usage().cached_prompt_tokens();
@@ -87,18 +82,15 @@ class StreamCall : public grpc::ClientReadReactor<v1::GenerateResponse> {
   }
 
   void OnDone(const grpc::Status& status) override {
-    record_->e2e_s = Seconds(Clock::now() - start_);
+    timer_.Finish(Clock::now());
     record_->ok = status.ok();
     if (!status.ok()) {
       record_->error =
           absl::StrCat(GrpcCodeName(status.error_code()), ": ", status.error_message());
     }
-    {
-      absl::MutexLock lock(&state_->mu);
-      --state_->in_flight;
-      ++state_->finished;
-    }
+    std::function<void()> done = std::move(done_);
     delete this;
+    done();
   }
 
  private:
@@ -107,10 +99,43 @@ class StreamCall : public grpc::ClientReadReactor<v1::GenerateResponse> {
   v1::GenerateRequest request_;
   v1::GenerateResponse message_;
   RequestRecord* record_;
-  Clock::time_point bench_start_;
-  Clock::time_point start_;
-  Clock::time_point last_;
-  std::shared_ptr<RunState> state_;
+  StreamTimer timer_;
+  std::function<void()> done_;
+};
+
+// Each request as a Generate stream.
+class GrpcSender : public BenchSender {
+ public:
+  GrpcSender(const std::shared_ptr<grpc::Channel>& channel, BenchOptions options)
+      : stub_(v1::Generation::NewStub(channel)), options_(std::move(options)) {}
+
+  void Send(int64_t index, const BenchRequest& br, RequestRecord* record, StreamTimer timer,
+            std::function<void()> done) override {
+    v1::GenerateRequest request;
+    request.set_request_id(absl::StrCat("bench-", index));
+    if (!br.prompt_text.empty()) {
+      request.set_text(br.prompt_text);
+    } else {
+      request.mutable_token_ids()->mutable_ids()->Assign(br.prompt_ids.begin(),
+                                                         br.prompt_ids.end());
+    }
+    request.set_max_tokens(br.output_len);
+    request.set_ignore_eos(options_.ignore_eos);
+    request.mutable_sampling()->set_temperature(options_.temperature);
+    request.mutable_sampling()->set_seed(options_.seed + static_cast<uint64_t>(index));
+    auto* call = new StreamCall(stub_.get(), std::move(request), record, timer, std::move(done));
+    if (options_.prepare_context) {
+      if (absl::Status s = options_.prepare_context(call->context()); !s.ok()) {
+        call->FailUnstarted(s);
+        return;
+      }
+    }
+    call->Go();
+  }
+
+ private:
+  std::unique_ptr<v1::Generation::Stub> stub_;
+  BenchOptions options_;
 };
 
 // Samples Memory/GetStats until stopped; keeps the peaks.
@@ -213,6 +238,30 @@ void SummarizeReport(BenchReport& r) {
 
 }  // namespace
 
+void StreamTimer::Start(Clock::time_point now) {
+  start_ = now;
+  last_ = now;
+  record_->start_s = Seconds(now - bench_start_);
+}
+
+void StreamTimer::Output(Clock::time_point now, int32_t tokens) {
+  if (record_->token_messages == 0) {
+    record_->ttft_s = Seconds(now - start_);
+  } else {
+    record_->itl_s.push_back(Seconds(now - last_));
+  }
+  last_ = now;
+  record_->output_tokens += tokens;
+  ++record_->token_messages;
+}
+
+void StreamTimer::Finish(Clock::time_point now) { record_->e2e_s = Seconds(now - start_); }
+
+std::unique_ptr<BenchSender> MakeGrpcSender(const std::shared_ptr<grpc::Channel>& channel,
+                                            const BenchOptions& options) {
+  return std::make_unique<GrpcSender>(channel, options);
+}
+
 absl::StatusOr<ModelLimits> FetchModelLimits(const std::shared_ptr<grpc::Channel>& channel,
                                              const ContextPreparer& prepare_context) {
   grpc::ClientContext context;
@@ -237,7 +286,34 @@ absl::StatusOr<ModelLimits> FetchModelLimits(const std::shared_ptr<grpc::Channel
   return limits;
 }
 
+absl::StatusOr<std::string> DetokenizeOverGrpc(const std::shared_ptr<grpc::Channel>& channel,
+                                               const ContextPreparer& prepare_context,
+                                               const std::vector<int32_t>& ids) {
+  grpc::ClientContext context;
+  if (prepare_context) {
+    if (absl::Status s = prepare_context(&context); !s.ok()) return s;
+  }
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  v1::DetokenizeRequest request;
+  request.mutable_token_ids()->Assign(ids.begin(), ids.end());
+  v1::DetokenizeResponse response;
+  grpc::Status status = v1::Generation::NewStub(channel)->Detokenize(&context, request, &response);
+  if (!status.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                        absl::StrCat("Detokenize: ", status.error_message()));
+  }
+  return response.text();
+}
+
 absl::StatusOr<BenchReport> RunBenchmark(const std::shared_ptr<grpc::Channel>& channel,
+                                         const std::vector<BenchRequest>& requests,
+                                         const BenchOptions& options) {
+  std::unique_ptr<BenchSender> sender = MakeGrpcSender(channel, options);
+  return RunBenchmark(*sender, channel, requests, options);
+}
+
+absl::StatusOr<BenchReport> RunBenchmark(BenchSender& sender,
+                                         const std::shared_ptr<grpc::Channel>& memory_channel,
                                          const std::vector<BenchRequest>& requests,
                                          const BenchOptions& options) {
   if (options.max_concurrency < 0) {
@@ -261,9 +337,12 @@ absl::StatusOr<BenchReport> RunBenchmark(const std::shared_ptr<grpc::Channel>& c
   BenchReport report;
   report.num_requests = n;
   report.records.resize(static_cast<size_t>(n));
-  auto stub = v1::Generation::NewStub(channel);
-  StatsSampler sampler(channel, options.prepare_context, options.stats_interval_ms);
-  absl::StatusOr<v1::MemoryStats> before = sampler.Get();
+  std::optional<StatsSampler> sampler;
+  absl::StatusOr<v1::MemoryStats> before = absl::UnavailableError(options.no_memory_channel_reason);
+  if (memory_channel != nullptr) {
+    sampler.emplace(memory_channel, options.prepare_context, options.stats_interval_ms);
+    before = sampler->Get();
+  }
   auto state_ptr = std::make_shared<RunState>();
   RunState& state = *state_ptr;
   state.max_in_flight = options.max_concurrency;
@@ -287,7 +366,7 @@ absl::StatusOr<BenchReport> RunBenchmark(const std::shared_ptr<grpc::Channel>& c
 
   rusage usage_before{};
   getrusage(RUSAGE_SELF, &usage_before);
-  sampler.Start();
+  if (sampler) sampler->Start();
   const Clock::time_point start = Clock::now();
   for (int64_t i = 0; i < n; ++i) {
     const BenchRequest& br = requests[static_cast<size_t>(i)];
@@ -302,36 +381,17 @@ absl::StatusOr<BenchReport> RunBenchmark(const std::shared_ptr<grpc::Channel>& c
       ++state.in_flight;
       state.peak_in_flight = std::max(state.peak_in_flight, static_cast<int32_t>(state.in_flight));
     }
-    v1::GenerateRequest request;
-    request.set_request_id(absl::StrCat("bench-", i));
-    if (!br.prompt_text.empty()) {
-      request.set_text(br.prompt_text);
-    } else {
-      request.mutable_token_ids()->mutable_ids()->Assign(br.prompt_ids.begin(),
-                                                         br.prompt_ids.end());
-    }
-    request.set_max_tokens(br.output_len);
-    request.set_ignore_eos(options.ignore_eos);
-    request.mutable_sampling()->set_temperature(options.temperature);
-    request.mutable_sampling()->set_seed(options.seed + static_cast<uint64_t>(i));
-    auto* call = new StreamCall(stub.get(), std::move(request), &rec, start, state_ptr);
-    if (options.prepare_context) {
-      if (absl::Status s = options.prepare_context(call->context()); !s.ok()) {
-        delete call;  // never started
-        rec.error = absl::StrCat("INVALID_ARGUMENT: ", s.message());
-        absl::MutexLock lock(&state.mu);
-        --state.in_flight;
-        ++state.finished;
-        continue;
-      }
-    }
-    call->Go();
+    sender.Send(i, br, &rec, StreamTimer(&rec, start), [state_ptr] {
+      absl::MutexLock lock(&state_ptr->mu);
+      --state_ptr->in_flight;
+      ++state_ptr->finished;
+    });
   }
   { absl::MutexLock lock(&state.mu, absl::Condition(&state, &RunState::AllFinished)); }
   report.duration_s = Seconds(Clock::now() - start);
   rusage usage_after{};
   getrusage(RUSAGE_SELF, &usage_after);
-  sampler.Stop();
+  if (sampler) sampler->Stop();
   progress_stop = true;
   if (progress.joinable()) progress.join();
   if (options.progress) options.progress(n, n);
@@ -346,16 +406,17 @@ absl::StatusOr<BenchReport> RunBenchmark(const std::shared_ptr<grpc::Channel>& c
   // counters a moment to catch up with what the client saw (at most 2 s).
   int64_t completed = 0;
   for (const RequestRecord& rec : report.records) completed += rec.ok ? 1 : 0;
-  absl::StatusOr<v1::MemoryStats> after = sampler.Get();
+  absl::StatusOr<v1::MemoryStats> after = before;
+  if (sampler) after = sampler->Get();
   for (int i = 0; i < 40 && before.ok() && after.ok() &&
                   after->requests_finished() - before->requests_finished() < completed;
        ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    after = sampler.Get();
+    after = sampler->Get();
   }
-  if (before.ok() && after.ok()) {
-    sampler.Observe(*after);
-    ServerStatsSummary s = sampler.summary();
+  if (sampler && before.ok() && after.ok()) {
+    sampler->Observe(*after);
+    ServerStatsSummary s = sampler->summary();
     s.available = true;
     s.capacity_bytes = after->capacity_bytes();
     s.block_bytes = after->block_bytes();
@@ -386,6 +447,7 @@ std::string FormatReport(const BenchReport& r) {
   };
   auto f = [](double v, int digits) { return absl::StrFormat("%.*f", digits, v); };
   out += "================ Serving benchmark ================\n";
+  if (!r.protocol.empty()) line("Protocol:", r.protocol);
   line("Successful requests:", absl::StrCat(r.completed));
   line("Failed requests:", absl::StrCat(r.failed));
   for (const auto& [code, count] : r.errors)
@@ -445,6 +507,7 @@ std::string ReportToJson(const BenchReport& r,
   w.Key("settings").BeginObject();
   for (const auto& [k, v] : settings) w.Key(k).String(v);
   w.EndObject();
+  if (!r.protocol.empty()) w.Key("protocol").String(r.protocol);
   w.Key("duration_s").Number(r.duration_s);
   w.Key("num_requests").Int(r.num_requests);
   w.Key("completed").Int(r.completed);
@@ -517,6 +580,7 @@ std::string ReportToJson(const BenchReport& r,
     w.Key("cached_prompt_tokens").Int(rec.cached_prompt_tokens);
     w.Key("output_tokens").Int(rec.output_tokens);
     w.Key("token_messages").Int(rec.token_messages);
+    w.Key("usage_reported").Bool(rec.usage_reported);
     w.Key("expected_output_tokens").Int(rec.expected_output_tokens);
     w.Key("preemptions").Int(rec.preemptions);
     w.Key("server_queued_s").Number(rec.server_queued_s);

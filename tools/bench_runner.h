@@ -1,17 +1,23 @@
 // The serving benchmark's load generator: sends a workload (bench_workload.h) to a running server
-// over gRPC streams at Poisson/gamma arrival times or a fixed concurrency, times every token as it
-// arrives, samples the server's Memory service during the run, and summarizes (bench_stats.h).
+// at Poisson/gamma arrival times or a fixed concurrency, times every token as it arrives, samples
+// the server's Memory service during the run, and summarizes (bench_stats.h). The requests go
+// through a BenchSender: gRPC streams (MakeGrpcSender, here) or the OpenAI-compatible HTTP API
+// (MakeOpenAiSender, bench_openai.h); the dispatching, timing and report are the same for both.
 //
-// Timing: a request's clock starts when its stream is started. TTFT = until the first message
-// carrying tokens; ITL = the gaps between consecutive messages carrying tokens (a message carries
-// several tokens when the server produced them before the previous one was sent); TPOT = (E2E -
-// TTFT) / (output tokens - 1) per request; E2E = until the stream's final status.
+// Timing (StreamTimer): a request's clock starts when it is sent (its gRPC stream started, or its
+// HTTP connection opened). TTFT = until the first message carrying output (a gRPC message with
+// tokens, an SSE event with text); ITL = the gaps between consecutive messages carrying output
+// (a message carries several tokens when the server produced them before the previous one was
+// sent); TPOT = (E2E - TTFT) / (output tokens - 1) per request; E2E = until the stream's end (the
+// final gRPC status, or "[DONE]").
 //
-// Thread-safety: RunBenchmark blocks its caller; it uses gRPC's callback threads and two helper
-// threads of its own (Memory sampling, progress), all joined before it returns.
+// Thread-safety: RunBenchmark blocks its caller; it uses the sender's threads (gRPC's callback
+// threads, the HTTP client's) and two helper threads of its own (Memory sampling, progress), all
+// joined before it returns.
 #ifndef KVSERVE_TOOLS_BENCH_RUNNER_H_
 #define KVSERVE_TOOLS_BENCH_RUNNER_H_
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -40,6 +46,8 @@ struct BenchOptions {
   float temperature = 0.0f;        // sampling of every request (0 = greedy)
   bool ignore_eos = true;          // generate exactly output_len tokens
   int64_t stats_interval_ms = 50;  // Memory/GetStats sampling period; 0 = before and after only
+  // Why the Memory service is not sampled when RunBenchmark gets no channel for it.
+  std::string no_memory_channel_reason = "no Memory service to sample";
   ContextPreparer prepare_context;
   // Called about 5 times a second from a helper thread with (finished, total) requests.
   std::function<void(int64_t, int64_t)> progress;
@@ -55,14 +63,15 @@ struct RequestRecord {
   std::vector<double> itl_s;
   int32_t prompt_tokens = 0;         // the server's count (usage)
   int32_t cached_prompt_tokens = 0;  // prompt tokens served from the prefix cache
-  int32_t output_tokens = 0;         // tokens received
-  int32_t token_messages = 0;        // stream messages that carried tokens (itl_s has one fewer)
+  int32_t output_tokens = 0;         // tokens received (OpenAI: the usage's, see bench_openai.h)
+  bool usage_reported = true;        // false: the server sent no usage; output_tokens are counted
+  int32_t token_messages = 0;        // stream messages that carried output (itl_s has one fewer)
   int32_t expected_output_tokens = 0;
   int32_t preemptions = 0;
   double server_queued_s = 0;  // the server's own timings
   double server_ttft_s = 0;
   bool ok = false;
-  std::string error;  // "CODE: message" when !ok
+  std::string error;  // "CODE: message" when !ok (CODE: a gRPC / absl status code name)
 };
 
 // The server's Memory service over the run: peaks from samples, counters as after - before.
@@ -90,6 +99,7 @@ struct ServerStatsSummary {
 };
 
 struct BenchReport {
+  std::string protocol;  // what was measured, for the table and the JSON ("" = not shown)
   double duration_s = 0;
   int64_t num_requests = 0;
   int64_t completed = 0;
@@ -109,11 +119,60 @@ struct BenchReport {
   std::vector<RequestRecord> records;
 };
 
+// Times one request into its record, the same way for every protocol (above). Not thread-safe:
+// one request's events arrive one at a time.
+class StreamTimer {
+ public:
+  using Clock = std::chrono::steady_clock;
+  StreamTimer(RequestRecord* record, Clock::time_point bench_start)
+      : record_(record), bench_start_(bench_start) {}
+  // The request is sent: its clock starts (record->start_s).
+  void Start(Clock::time_point now);
+  // A message carrying output arrived at `now`, with `tokens` tokens (added to output_tokens).
+  void Output(Clock::time_point now, int32_t tokens);
+  // The stream ended (record->e2e_s).
+  void Finish(Clock::time_point now);
+
+ private:
+  RequestRecord* record_;
+  Clock::time_point bench_start_;
+  Clock::time_point start_;
+  Clock::time_point last_;
+};
+
+// Sends the benchmark's requests over one protocol.
+class BenchSender {
+ public:
+  virtual ~BenchSender() = default;
+  // Starts request `index`, to be timed by `timer` into `record`, and returns. Sets record->ok,
+  // or record->error ("CODE: message"), and the usage fields, then calls `done` exactly once, from
+  // any thread, when the record is final.
+  virtual void Send(int64_t index, const BenchRequest& request, RequestRecord* record,
+                    StreamTimer timer, std::function<void()> done) = 0;
+};
+
+// Sends each request as a Generate stream on `channel` (options: sampling, ignore_eos,
+// prepare_context).
+std::unique_ptr<BenchSender> MakeGrpcSender(const std::shared_ptr<grpc::Channel>& channel,
+                                            const BenchOptions& options);
+
 // Reads GetModelInfo into the limits the workload generators need.
 absl::StatusOr<ModelLimits> FetchModelLimits(const std::shared_ptr<grpc::Channel>& channel,
                                              const ContextPreparer& prepare_context);
 
-// Runs the workload. Failed requests are recorded, not fatal; InvalidArgument only for bad options.
+// Detokenize over gRPC: the text of `ids`.
+absl::StatusOr<std::string> DetokenizeOverGrpc(const std::shared_ptr<grpc::Channel>& channel,
+                                               const ContextPreparer& prepare_context,
+                                               const std::vector<int32_t>& ids);
+
+// Runs the workload through `sender`, sampling the Memory service over `memory_channel` (null:
+// no samples, and report.server says so). Failed requests are recorded, not fatal;
+// InvalidArgument only for bad options.
+absl::StatusOr<BenchReport> RunBenchmark(BenchSender& sender,
+                                         const std::shared_ptr<grpc::Channel>& memory_channel,
+                                         const std::vector<BenchRequest>& requests,
+                                         const BenchOptions& options);
+// The same over gRPC alone: MakeGrpcSender(channel) and the Memory service of `channel`.
 absl::StatusOr<BenchReport> RunBenchmark(const std::shared_ptr<grpc::Channel>& channel,
                                          const std::vector<BenchRequest>& requests,
                                          const BenchOptions& options);

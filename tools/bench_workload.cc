@@ -86,6 +86,12 @@ absl::StatusOr<std::vector<BenchRequest>> GenerateWorkload(const WorkloadOptions
     return absl::InvalidArgumentError(
         absl::StrCat("--range-ratio: ", o.range_ratio, " must be in [0, 1)"));
   }
+  if (limits.vocab_size == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--workload ", o.kind,
+                     " makes random token ids, but the model's vocabulary size is unknown (give "
+                     "--vocab-size)"));
+  }
   if (limits.vocab_size < 4) {
     return absl::InvalidArgumentError(
         absl::StrCat("the server's vocabulary of ", limits.vocab_size, " tokens is too small"));
@@ -139,6 +145,11 @@ absl::StatusOr<std::vector<BenchRequest>> GenerateWorkload(const WorkloadOptions
   }
   if (o.kind == "long-context") {
     if (o.output_len < 1) return absl::InvalidArgumentError("--output-len must be >= 1");
+    if (limits.context_length <= 0) {
+      return absl::InvalidArgumentError(
+          "--workload long-context needs the model's context length, which is unknown (give "
+          "--context-length)");
+    }
     int32_t hi = limits.context_length - o.output_len;
     if (limits.max_prompt_tokens > 0) hi = std::min(hi, limits.max_prompt_tokens);
     int32_t lo = std::max(1, limits.context_length / 2);
@@ -222,14 +233,22 @@ absl::StatusOr<std::vector<BenchRequest>> ParseTrace(std::string_view text,
       for (size_t i = 0; i < v.array.size(); ++i) {
         const JsonValue& e = v.array[i];
         if (e.kind != JsonValue::Kind::kNumber || e.number != std::floor(e.number) ||
-            e.number < 0 || e.number >= limits.vocab_size) {
-          return error(absl::StrCat("\"prompt_token_ids\"[", i, "] is not a token id in [0, ",
-                                    limits.vocab_size, ")"));
+            e.number < 0 || e.number > std::numeric_limits<int32_t>::max() ||
+            (limits.vocab_size > 0 && e.number >= limits.vocab_size)) {
+          return error(limits.vocab_size > 0
+                           ? absl::StrCat("\"prompt_token_ids\"[", i, "] is not a token id in [0, ",
+                                          limits.vocab_size, ")")
+                           : absl::StrCat("\"prompt_token_ids\"[", i, "] is not a token id"));
         }
         r.prompt_ids.push_back(static_cast<int32_t>(e.number));
       }
       prompt_len = static_cast<int64_t>(r.prompt_ids.size());
     } else {
+      if (limits.vocab_size < 4) {
+        return error(
+            "\"input_len\" makes random token ids, but the model's vocabulary size is unknown "
+            "(give --vocab-size)");
+      }
       absl::StatusOr<int64_t> n = integer("input_len", 1, 1 << 24);
       if (!n.ok()) return n.status();
       r.prompt_ids = tokens.Ids(static_cast<int32_t>(*n));

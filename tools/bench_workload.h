@@ -31,7 +31,7 @@ struct BenchRequest {
 
 // What the server says about its model (GetModelInfo); bounds the generated requests.
 struct ModelLimits {
-  int32_t vocab_size = 0;
+  int32_t vocab_size = 0;  // 0 = unknown (an OpenAI-compatible server may not say)
   int32_t bos_id = 1;
   int32_t eos_id = 2;
   int32_t context_length = 0;
@@ -54,7 +54,8 @@ struct WorkloadOptions {
 // Generates `options.num_requests` requests (not for "trace"). Prompts start with BOS; the other
 // ids are uniform over the vocabulary without BOS and EOS. InvalidArgument naming the option when
 // a request could not fit the model (prompt + output > context, prompt > max_prompt_tokens,
-// output > max_tokens_limit) or an option is out of range.
+// output > max_tokens_limit), an option is out of range, or the vocabulary size (long-context:
+// the context length) is unknown (0).
 absl::StatusOr<std::vector<BenchRequest>> GenerateWorkload(const WorkloadOptions& options,
                                                            const ModelLimits& limits);
 
@@ -65,6 +66,8 @@ absl::StatusOr<std::vector<BenchRequest>> GenerateWorkload(const WorkloadOptions
 //   "timestamp"         optional arrival in seconds from the start (>= 0, non-decreasing); given
 //                       on every line or on none
 // Lines starting with '#' are comments. Errors name the file and the line ("trace.jsonl:3: ...").
+// A vocabulary size of 0 in `limits` means unknown: token ids are then not bounded, and
+// "input_len" lines are refused.
 absl::StatusOr<std::vector<BenchRequest>> ParseTrace(std::string_view text,
                                                      std::string_view file_name,
                                                      const ModelLimits& limits, uint64_t seed);

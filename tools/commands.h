@@ -21,7 +21,8 @@ int RunClientCommand(const std::vector<std::string>& args);
 int RunClientChat(const std::vector<std::string>& args);
 // `kvserve mkmodel --shape tiny|110m|1b-gqa|custom ... --out FILE`: a synthetic GGUF model.
 int RunMkmodelCommand(const std::vector<std::string>& args);
-// `kvserve bench --addr HOST:PORT ...`: the serving benchmark (a gRPC load generator).
+// `kvserve bench --addr HOST:PORT ...` or `kvserve bench --protocol openai --url URL ...`: the
+// serving benchmark (a load generator over gRPC or an OpenAI-compatible HTTP API).
 int RunBenchCommand(const std::vector<std::string>& args);
 // `kvserve calibrate --model M --text T --budget-bits B [--out FILE]`: per-layer KV formats.
 int RunCalibrateCommand(const std::vector<std::string>& args);
