@@ -406,7 +406,8 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
             {"object", "model"},
             {"created", server_->created()},
             {"owned_by", "kvserve"},
-            {"max_model_len", server_->engine()->config().context_length}};
+            {"max_model_len", server_->engine()->config().context_length},
+            {"vocab_size", server_->engine()->config().vocab_size}};
   }
 
   void Models() {

@@ -4,6 +4,7 @@
 // (its KV freed, seen through the Memory service), drain, and 500 concurrent streams.
 #include <signal.h>
 
+#include <algorithm>
 #include <regex>
 #include <string>
 #include <vector>
@@ -207,6 +208,49 @@ TEST_F(HttpApiTest, EchoSeedsNAndStopStrings) {
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(Parse(r.body)["choices"][0]["text"], ExpectedCompletion(10));
   EXPECT_EQ(Parse(r.body)["usage"]["completion_tokens"], 20);
+}
+
+TEST_F(HttpApiTest, LogprobsAndPenaltiesReachTheEngine) {
+  // Greedy with logprobs: each token is its step's most probable one, so its logprob is the
+  // first of its top alternatives; the tokens' bytes spell the text; offsets add up.
+  HttpResponse r =
+      Post("/v1/completions",
+           {{"prompt", kPrompt}, {"max_tokens", 12}, {"temperature", 0}, {"logprobs", 3}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  json choice = Parse(r.body)["choices"][0];
+  const json& lp = choice["logprobs"];
+  ASSERT_EQ(lp["tokens"].size(), 12u) << r.body;
+  std::string spelled;
+  for (size_t i = 0; i < 12; ++i) {
+    EXPECT_EQ(lp["text_offset"][i], spelled.size());
+    spelled += lp["tokens"][i].get<std::string>();
+    ASSERT_EQ(lp["top_logprobs"][i].size(), 3u);
+    float best = -1e30f;
+    for (auto& [token, value] : lp["top_logprobs"][i].items())
+      best = std::max(best, value.get<float>());
+    EXPECT_FLOAT_EQ(lp["token_logprobs"][i].get<float>(), best);
+    EXPECT_LE(lp["token_logprobs"][i].get<float>(), 0.0f);
+  }
+  EXPECT_EQ(spelled, choice["text"]);
+  EXPECT_EQ(choice["text"], ExpectedCompletion(12));
+  // Penalties: the same output as gRPC with the same fields, and different from none.
+  v1::GenerateRequest penalised = GreedyRequest(kPrompt, 40);
+  penalised.mutable_sampling()->set_frequency_penalty(1.5f);
+  penalised.mutable_sampling()->set_presence_penalty(0.5f);
+  const StreamResult grpc_out = ReadStream(*server_.Stub(), penalised);
+  ASSERT_TRUE(grpc_out.status.ok()) << grpc_out.status.error_message();
+  r = Post("/v1/completions", {{"prompt", kPrompt},
+                               {"max_tokens", 40},
+                               {"temperature", 0},
+                               {"frequency_penalty", 1.5},
+                               {"presence_penalty", 0.5}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Parse(r.body)["choices"][0]["text"], grpc_out.text);
+  EXPECT_NE(grpc_out.text, ExpectedCompletion(40));
+  ExpectError(Post("/v1/completions", {{"prompt", kPrompt}, {"presence_penalty", 3}}), 400,
+              "presence_penalty", "[-2, 2]");
+  ExpectError(Post("/v1/completions", {{"prompt", kPrompt}, {"logprobs", 21}}), 400, "logprobs",
+              "logprobs: must be");
 }
 
 TEST_F(HttpApiTest, BadRequestsAre400NamingTheField) {
