@@ -2,8 +2,9 @@
 # The same workload over gRPC and over the OpenAI-compatible HTTP API of one server, side by side:
 # starts `kvserve serve` once on MODEL (both protocols on free loopback ports), then ROUNDS times
 # runs one `kvserve bench` over gRPC (Generate streams) and one over HTTP (streaming
-# /v1/completions, token-id prompts), alternating, and prints the medians of the rounds and the
-# ratios HTTP / gRPC (TTFT as a difference too).
+# /v1/completions, token-id prompts), alternating which goes first, and prints the medians of the
+# rounds and the ratios HTTP / gRPC (TTFT as a difference too). Both runs of a round send the same
+# prompts, so the prefix cache is off (prefix_cache.enabled=false): neither may find the other's.
 #
 #   bench/http_vs_grpc.sh BINARY MODEL ROUNDS [--set key=value ...] -- [bench flags ...]
 #   bench/http_vs_grpc.sh build/kvserve ../shared/models/stories260K.gguf 3 -- \
@@ -22,7 +23,7 @@ log="$out/server.log"
 : > "$log"
 "$bin" serve --config "$root/configs/server.yaml" --set "model.path=$model" \
   --set server.address=127.0.0.1:0 --set http.address=127.0.0.1:0 --set metrics.address= \
-  --set logging.level=info "${server_flags[@]}" 2> "$log" &
+  --set prefix_cache.enabled=false --set logging.level=info "${server_flags[@]}" 2> "$log" &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT
 addr="" url=""
@@ -34,11 +35,16 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 
+run_grpc() {
+  "$bin" bench --addr "$addr" --seed $((100 + $1)) --json "$out/grpc_$1.json" --no-progress \
+    "${bench_flags[@]}" > "$out/bench_grpc_$1.txt"
+}
+run_http() {
+  "$bin" bench --protocol openai --url "$url" --addr "$addr" --seed $((100 + $1)) \
+    --json "$out/http_$1.json" --no-progress "${bench_flags[@]}" > "$out/bench_http_$1.txt"
+}
 for r in $(seq 1 "$rounds"); do
-  "$bin" bench --addr "$addr" --seed $((100 + r)) --json "$out/grpc_$r.json" --no-progress \
-    "${bench_flags[@]}" > "$out/bench_grpc_$r.txt"
-  "$bin" bench --protocol openai --url "$url" --addr "$addr" --seed $((100 + r)) \
-    --json "$out/http_$r.json" --no-progress "${bench_flags[@]}" > "$out/bench_http_$r.txt"
+  if ((r % 2)); then run_grpc "$r"; run_http "$r"; else run_http "$r"; run_grpc "$r"; fi
 done
 
 /usr/bin/python3 - "$out" "$rounds" <<'PY'
@@ -51,6 +57,7 @@ for label in ("grpc", "http"):
     rows[label] = {
         "output tok/s": med(lambda x: x["output_throughput"]),
         "TTFT p50 ms": med(lambda x: x["ttft_ms"]["median"]),
+        "TPOT p50 ms": med(lambda x: x["tpot_ms"]["median"]),
         "ITL p50 ms": med(lambda x: x["itl_ms"]["median"]),
         "ITL p99 ms": med(lambda x: x["itl_ms"]["p99"]),
         "E2E p50 ms": med(lambda x: x["e2e_ms"]["median"]),

@@ -325,9 +325,29 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
     const auto& config = server_->options().config;
     Lowest().expires_after(
         ToChrono(requests_ == 0 ? config.read_timeout_seconds : config.idle_timeout_seconds));
-    http::async_read(
+    http::async_read_header(
         stream_, buffer_, *parser_,
-        [self = this->shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
+        [self = this->shared_from_this()](beast::error_code ec, size_t) { self->OnHeader(ec); });
+  }
+
+  // The headers are in (a Content-Length over the limit has already failed with body_limit):
+  // answer `Expect: 100-continue` so that the client sends its body now, then read the body.
+  void OnHeader(beast::error_code ec) {
+    if (ec) return OnRead(ec);
+    Lowest().expires_after(ToChrono(server_->options().config.read_timeout_seconds));
+    auto read_body = [self = this->shared_from_this()] {
+      http::async_read(
+          self->stream_, self->buffer_, *self->parser_,
+          [self](beast::error_code ec2, size_t) { self->OnRead(ec2); });
+    };
+    const auto expect = parser_->get()[http::field::expect];
+    if (!beast::iequals(expect, "100-continue") || parser_->is_done()) return read_body();
+    static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+    net::async_write(stream_, net::buffer(kContinue.data(), kContinue.size()),
+                     [self = this->shared_from_this(), read_body](beast::error_code ec2, size_t) {
+                       if (ec2) return self->CloseNow();
+                       read_body();
+                     });
   }
 
   void OnRead(beast::error_code ec) {

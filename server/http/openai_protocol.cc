@@ -563,6 +563,35 @@ json Envelope(OpenAiEndpoint endpoint, const ResponseIdentity& identity, bool ch
           {"system_fingerprint", nullptr}};
 }
 
+// A JSON string literal of `text`.
+std::string Quote(const std::string& text) {
+  return json(text).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+// ChunkEvent without log-probabilities: the event of nearly every streamed token, written
+// directly (the same object as the general path builds, without building a JSON tree).
+std::string PlainChunkEvent(OpenAiEndpoint endpoint, const ResponseIdentity& identity,
+                            const ChoiceOutput& choice) {
+  const bool completions = endpoint == OpenAiEndpoint::kCompletions;
+  std::string out = absl::StrCat(
+      "data: {\"id\":", Quote(identity.id), ",\"object\":\"",
+      completions ? "text_completion" : "chat.completion.chunk", "\",\"created\":",
+      identity.created, ",\"model\":", Quote(identity.model),
+      ",\"system_fingerprint\":null,\"choices\":[{\"index\":", choice.index, ",");
+  if (completions) {
+    absl::StrAppend(&out, "\"text\":", Quote(choice.text));
+  } else if (choice.text.empty()) {
+    absl::StrAppend(&out, "\"delta\":{}");
+  } else {
+    absl::StrAppend(&out, "\"delta\":{\"content\":", Quote(choice.text), "}");
+  }
+  const std::string_view finish = choice.finished ? OpenAiFinishReason(choice.finish_reason) : "";
+  absl::StrAppend(&out, ",\"logprobs\":null,\"finish_reason\":",
+                  finish.empty() ? std::string("null") : absl::StrCat("\"", std::string(finish), "\""),
+                  "}]}\n\n");
+  return out;
+}
+
 std::string Dump(const json& j) {
   // Output text is valid UTF-8 (the engine emits whole characters only); replace guards the rest.
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
@@ -716,6 +745,9 @@ std::string CompletionBody(OpenAiEndpoint endpoint, const ResponseIdentity& iden
 
 std::string ChunkEvent(OpenAiEndpoint endpoint, const ResponseIdentity& identity,
                        const ChoiceOutput& choice, int32_t logprobs, bool role_only) {
+  if (!role_only && (logprobs < 0 || choice.token_logprobs.empty())) {
+    return PlainChunkEvent(endpoint, identity, choice);
+  }
   json body = Envelope(endpoint, identity, /*chunk=*/true);
   json c = {{"index", choice.index}};
   if (endpoint == OpenAiEndpoint::kCompletions) {

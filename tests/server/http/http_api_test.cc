@@ -319,6 +319,41 @@ TEST(HttpApiLimitsTest, LargeBodiesAre413AndAFullQueueIs429) {
   ExpectError(refused, 429, "", "scheduler.max_waiting_requests");
 }
 
+// curl sends `Expect: 100-continue` before a large body and waits for the server's go-ahead
+// (here for up to 30 s): the server answers it at once, and refuses a body over the limit
+// before it is sent.
+TEST(HttpApiLimitsTest, ExpectContinueIsAnsweredAtOnce) {
+  if (RunProcess({"/bin/sh", "-c", "command -v curl"}).exit_code != 0) {
+    GTEST_SKIP() << "curl is not installed";
+  }
+  ServerProcess server;
+  ASSERT_TRUE(server.Start({"http.max_body_bytes=100000"})) << server.Stderr();
+  const std::string url = absl::StrCat("http://127.0.0.1:", server.http_port(), "/v1/completions");
+  // A valid body of about 20 KB: the prompt as token ids.
+  std::vector<int> ids(4000, 5);
+  ids[0] = 1;
+  const std::string body = server.dir().Write(
+      "body.json", json{{"prompt", ids}, {"max_tokens", 2}, {"temperature", 0}}.dump());
+  const absl::Time start = absl::Now();
+  ProcessResult r = RunProcess({"/usr/bin/env", "curl", "-sS", "-H", "Expect: 100-continue",
+                                "--expect100-timeout", "30", "-w", "\n%{http_code}", url,
+                                "--data-binary", "@" + body},
+                               absl::Seconds(60));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(absl::EndsWith(r.out, "\n400")) << r.out;  // 4000 ids: longer than the context
+  EXPECT_THAT(r.out, HasSubstr("the prompt has 4000 tokens"));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  // Over the limit: 413 before the body is sent.
+  std::vector<int> more(60000, 5);  // 120 KB
+  const std::string big = server.dir().Write("big.json", json{{"prompt", more}}.dump());
+  r = RunProcess({"/usr/bin/env", "curl", "-sS", "-H", "Expect: 100-continue",
+                  "--expect100-timeout", "30", "-w", "\n%{http_code}", url, "--data-binary",
+                  "@" + big},
+                 absl::Seconds(60));
+  EXPECT_TRUE(absl::EndsWith(r.out, "\n413")) << r.out << r.err;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
+}
+
 TEST(HttpApiAuthTest, KeysAreRequiredLikeGrpcAndHealthIsOpen) {
   ServerProcess server;
   const std::string keys = server.dir().Write("keys", "secret-one\nsecret-two\n");
