@@ -336,9 +336,8 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
     if (ec) return OnRead(ec);
     Lowest().expires_after(ToChrono(server_->options().config.read_timeout_seconds));
     auto read_body = [self = this->shared_from_this()] {
-      http::async_read(
-          self->stream_, self->buffer_, *self->parser_,
-          [self](beast::error_code ec2, size_t) { self->OnRead(ec2); });
+      http::async_read(self->stream_, self->buffer_, *self->parser_,
+                       [self](beast::error_code ec2, size_t) { self->OnRead(ec2); });
     };
     const auto expect = parser_->get()[http::field::expect];
     if (!beast::iequals(expect, "100-continue") || parser_->is_done()) return read_body();

@@ -573,11 +573,11 @@ std::string Quote(const std::string& text) {
 std::string PlainChunkEvent(OpenAiEndpoint endpoint, const ResponseIdentity& identity,
                             const ChoiceOutput& choice) {
   const bool completions = endpoint == OpenAiEndpoint::kCompletions;
-  std::string out = absl::StrCat(
-      "data: {\"id\":", Quote(identity.id), ",\"object\":\"",
-      completions ? "text_completion" : "chat.completion.chunk", "\",\"created\":",
-      identity.created, ",\"model\":", Quote(identity.model),
-      ",\"system_fingerprint\":null,\"choices\":[{\"index\":", choice.index, ",");
+  std::string out =
+      absl::StrCat("data: {\"id\":", Quote(identity.id), ",\"object\":\"",
+                   completions ? "text_completion" : "chat.completion.chunk",
+                   "\",\"created\":", identity.created, ",\"model\":", Quote(identity.model),
+                   ",\"system_fingerprint\":null,\"choices\":[{\"index\":", choice.index, ",");
   if (completions) {
     absl::StrAppend(&out, "\"text\":", Quote(choice.text));
   } else if (choice.text.empty()) {
@@ -586,9 +586,10 @@ std::string PlainChunkEvent(OpenAiEndpoint endpoint, const ResponseIdentity& ide
     absl::StrAppend(&out, "\"delta\":{\"content\":", Quote(choice.text), "}");
   }
   const std::string_view finish = choice.finished ? OpenAiFinishReason(choice.finish_reason) : "";
-  absl::StrAppend(&out, ",\"logprobs\":null,\"finish_reason\":",
-                  finish.empty() ? std::string("null") : absl::StrCat("\"", std::string(finish), "\""),
-                  "}]}\n\n");
+  absl::StrAppend(
+      &out, ",\"logprobs\":null,\"finish_reason\":",
+      finish.empty() ? std::string("null") : absl::StrCat("\"", std::string(finish), "\""),
+      "}]}\n\n");
   return out;
 }
 

@@ -335,10 +335,10 @@ TEST(HttpApiLimitsTest, ExpectContinueIsAnsweredAtOnce) {
   const std::string body = server.dir().Write(
       "body.json", json{{"prompt", ids}, {"max_tokens", 2}, {"temperature", 0}}.dump());
   const absl::Time start = absl::Now();
-  ProcessResult r = RunProcess({"/usr/bin/env", "curl", "-sS", "-H", "Expect: 100-continue",
-                                "--expect100-timeout", "30", "-w", "\n%{http_code}", url,
-                                "--data-binary", "@" + body},
-                               absl::Seconds(60));
+  ProcessResult r = RunProcess(
+      {"/usr/bin/env", "curl", "-sS", "-H", "Expect: 100-continue", "--expect100-timeout", "30",
+       "-w", "\n%{http_code}", url, "--data-binary", "@" + body},
+      absl::Seconds(60));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(absl::EndsWith(r.out, "\n400")) << r.out;  // 4000 ids: longer than the context
   EXPECT_THAT(r.out, HasSubstr("the prompt has 4000 tokens"));
@@ -346,10 +346,10 @@ TEST(HttpApiLimitsTest, ExpectContinueIsAnsweredAtOnce) {
   // Over the limit: 413 before the body is sent.
   std::vector<int> more(60000, 5);  // 120 KB
   const std::string big = server.dir().Write("big.json", json{{"prompt", more}}.dump());
-  r = RunProcess({"/usr/bin/env", "curl", "-sS", "-H", "Expect: 100-continue",
-                  "--expect100-timeout", "30", "-w", "\n%{http_code}", url, "--data-binary",
-                  "@" + big},
-                 absl::Seconds(60));
+  r = RunProcess(
+      {"/usr/bin/env", "curl", "-sS", "-H", "Expect: 100-continue", "--expect100-timeout", "30",
+       "-w", "\n%{http_code}", url, "--data-binary", "@" + big},
+      absl::Seconds(60));
   EXPECT_TRUE(absl::EndsWith(r.out, "\n413")) << r.out << r.err;
   EXPECT_LT(absl::Now() - start, absl::Seconds(20));
 }
