@@ -4,7 +4,7 @@
 #   tests/fuzz/run.sh TARGET SECONDS [libFuzzer flags...]
 #
 # TARGET is one of: gguf_fuzz llama2c_model_fuzz llama2c_tokenizer_fuzz tokenizer_fuzz config_fuzz
-# request_fuzz chat_template_fuzz. The fuzz build (clang, -DKVSERVE_FUZZ=ON) goes to ${KVSERVE_FUZZ_BUILD_DIR:-build-fuzz}
+# request_fuzz openai_request_fuzz chat_template_fuzz. The fuzz build (clang, -DKVSERVE_FUZZ=ON) goes to ${KVSERVE_FUZZ_BUILD_DIR:-build-fuzz}
 # and is configured and brought up to date first. Seeds: tests/fuzz/corpus/TARGET (committed) plus,
 # per target, the model fixtures in ../shared/models or the configs in configs/, copied into a
 # temporary seed folder at run time. Inputs the fuzzer finds are kept in
@@ -28,6 +28,7 @@ export KVSERVE_MODELS_DIR="$models"
 
 case "$target" in
   gguf_fuzz | llama2c_model_fuzz | llama2c_tokenizer_fuzz | tokenizer_fuzz | config_fuzz | request_fuzz) ;;
+  openai_request_fuzz) ;;
   chat_template_fuzz) ;;
   *)
     echo "run.sh: unknown target '$target'" >&2
@@ -80,6 +81,10 @@ case "$target" in
     max_len=16384
     ;;
   request_fuzz) ;;
+  openai_request_fuzz)
+    # JSON bodies: the request bodies and chunks of docs/http.md, the committed seeds cover them.
+    max_len=16384
+    ;;
   chat_template_fuzz)
     # The real chat templates (../shared/chat-templates), each followed by two messages.
     for f in "$root"/../shared/chat-templates/*.jinja; do
