@@ -108,8 +108,9 @@ void AddLogprobs(const engine::StreamEvent& e, Response* out) {
   }
 }
 
-// The final event without its payload (tokens, log-probabilities and text go into the messages).
-engine::StreamEvent FinalSummary(engine::StreamEvent& e) {
+}  // namespace
+
+engine::StreamEvent FinalSummary(const engine::StreamEvent& e) {
   engine::StreamEvent summary;
   summary.final = true;
   summary.finish_reason = e.finish_reason;
@@ -120,6 +121,8 @@ engine::StreamEvent FinalSummary(engine::StreamEvent& e) {
   summary.preemptions = e.preemptions;
   return summary;
 }
+
+namespace {
 
 // The listener of a call's stream: runs the call's Pump() on `pump`, or at once when there is no
 // pump. Holds only a weak reference (the engine may push to a stream whose call is gone).

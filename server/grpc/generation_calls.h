@@ -65,6 +65,10 @@ struct CallInfo {
   int64_t max_message_bytes = 0;
 };
 
+// The final event `e` without its payload (tokens, log-probabilities and text, which go into the
+// messages): finish reason, status, usage, timings, KV usage, preemptions.
+engine::StreamEvent FinalSummary(const engine::StreamEvent& e);
+
 // Streams `stream` to the client. The returned reactor belongs to gRPC until OnDone.
 grpc::ServerWriteReactor<grpc::ByteBuffer>* StartGenerateCall(
     std::shared_ptr<engine::RequestStream> stream, CallInfo info);

@@ -62,6 +62,9 @@ class GenerationService final : public GenerationServiceBase {
 
   // From now on every call fails with UNAVAILABLE ("the server is shutting down").
   void BeginDrain() { draining_.store(true, std::memory_order_release); }
+  // A fresh seed for a request that sets none (63 bits, never repeated by this server). The HTTP
+  // API draws from it too. Thread-safe.
+  uint64_t NextSeed();
   // The limits requests are checked against (derived values filled in).
   const RequestLimits& limits() const { return limits_; }
   // Waits until no Generate or Complete call is in flight (their last messages written), or the
@@ -97,7 +100,6 @@ class GenerationService final : public GenerationServiceBase {
   absl::StatusOr<std::shared_ptr<engine::RequestStream>> Submit(
       grpc::CallbackServerContext* context, const grpc::ByteBuffer& request, int32_t* prompt_tokens,
       bool chat_only = false);
-  uint64_t NextSeed();
   CallInfo Info(const char* method, int32_t prompt_tokens,
                 const grpc::CallbackServerContext& context);
 

@@ -78,13 +78,17 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
   if (absl::Status s = CheckTlsPair(config.tls); !s.ok()) return s;
 
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  std::string tls_cert_pem;  // also the HTTP API's
+  std::string tls_key_pem;
   if (config.tls.enabled()) {
     auto cert = ReadFile("server.tls.cert_file", config.tls.cert_file);
     if (!cert.ok()) return cert.status();
     auto key = ReadFile("server.tls.key_file", config.tls.key_file);
     if (!key.ok()) return key.status();
+    tls_cert_pem = *std::move(cert);
+    tls_key_pem = *std::move(key);
     grpc::SslServerCredentialsOptions ssl;
-    ssl.pem_key_cert_pairs.push_back({*std::move(key), *std::move(cert)});
+    ssl.pem_key_cert_pairs.push_back({tls_key_pem, tls_cert_pem});
     credentials = grpc::SslServerCredentials(ssl);
     server->tls_ = true;
   }
@@ -146,7 +150,9 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const ServerConfig
   if (!config.http.address.empty()) {
     HttpServerOptions http;
     http.config = config.http;
-    http.tls = config.tls;
+    http.tls_cert_pem = tls_cert_pem;
+    http.tls_key_pem = tls_key_pem;
+    http.next_seed = [service = server->service_.get()] { return service->NextSeed(); };
     http.model_name = engine->config().name;
     http.limits = server->service_->limits();
     http.chat_template = options.chat_template;

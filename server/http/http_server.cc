@@ -8,11 +8,8 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 #include <cstdint>
-#include <fstream>
 #include <memory>
 #include <optional>
-#include <random>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -49,22 +46,7 @@ constexpr size_t kHeaderLimit = 16 << 10;
 // this much; beyond it the connection is not read until the response ends.
 constexpr size_t kReadAheadLimit = 64 << 10;
 
-uint64_t SplitMix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
 std::string Hex(uint64_t v) { return absl::StrFormat("%016x", v); }
-
-absl::StatusOr<std::string> ReadFile(const std::string& key, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat(key, ": cannot read '", path, "'"));
-  std::stringstream contents;
-  contents << in.rdbuf();
-  return contents.str();
-}
 
 // host:port (or [v6]:port) into its parts.
 bool SplitHostPort(const std::string& address, std::string* host, std::string* port) {
@@ -92,10 +74,7 @@ class SessionBase {
 class HttpServer::Impl {
  public:
   Impl(const HttpServerOptions& options, engine::Engine* engine)
-      : options_(options),
-        engine_(engine),
-        seed_base_(std::random_device()() ^ (uint64_t{std::random_device()()} << 32)),
-        created_(absl::ToUnixSeconds(absl::Now())) {}
+      : options_(options), engine_(engine), created_(absl::ToUnixSeconds(absl::Now())) {}
 
   absl::Status Listen();
   void Accept();
@@ -108,13 +87,8 @@ class HttpServer::Impl {
   CallTracker& calls() { return calls_; }
   int64_t max_body_bytes() const { return max_body_bytes_; }
   int64_t created() const { return created_; }
-  uint64_t NextSeed() {
-    return SplitMix64(seed_base_ + seed_counter_.fetch_add(1, std::memory_order_relaxed)) >> 1;
-  }
-  std::string NextId(const char* prefix) {
-    const uint64_t n = id_counter_.fetch_add(1, std::memory_order_relaxed);
-    return absl::StrCat(prefix, Hex(SplitMix64((seed_base_ ^ 0x5bd1e995ull) + n)));
-  }
+  uint64_t NextSeed() { return options_.next_seed(); }
+  std::string NextId(const char* prefix) { return absl::StrCat(prefix, Hex(NextSeed())); }
   void Unregister(uint64_t id) {
     absl::MutexLock lock(&mu_);
     sessions_.erase(id);
@@ -129,10 +103,7 @@ class HttpServer::Impl {
 
   const HttpServerOptions options_;
   engine::Engine* const engine_;
-  const uint64_t seed_base_;
   const int64_t created_;
-  std::atomic<uint64_t> seed_counter_{0};
-  std::atomic<uint64_t> id_counter_{0};
   std::atomic<bool> draining_{false};
   CallTracker calls_;
   int64_t max_body_bytes_ = 0;
@@ -234,15 +205,7 @@ bool TakeEvents(Choice& c, const engine::Tokenizer& tokenizer) {
     if (e.final) {
       c.out.finished = true;
       c.out.finish_reason = e.finish_reason;
-      engine::StreamEvent summary;
-      summary.final = true;
-      summary.finish_reason = e.finish_reason;
-      summary.status = e.status;
-      summary.usage = e.usage;
-      summary.timings = e.timings;
-      summary.kv = e.kv;
-      summary.preemptions = e.preemptions;
-      c.final = std::move(summary);
+      c.final = FinalSummary(e);
     }
   }
   return true;
@@ -927,21 +890,19 @@ absl::Status HttpServer::Impl::Listen() {
       config.max_body_bytes > 0
           ? config.max_body_bytes
           : std::min<int64_t>(2 * DefaultMaxRequestBytes(options_.limits), int64_t{1} << 31);
-  if (options_.tls.enabled()) {
-    auto cert = ReadFile("server.tls.cert_file", options_.tls.cert_file);
-    if (!cert.ok()) return cert.status();
-    auto key = ReadFile("server.tls.key_file", options_.tls.key_file);
-    if (!key.ok()) return key.status();
+  if (!options_.tls_cert_pem.empty()) {
+    const std::string& cert = options_.tls_cert_pem;
+    const std::string& key = options_.tls_key_pem;
     ssl_.emplace(ssl::context::tls_server);
     ssl_->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
                       ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
     beast::error_code ec;
-    ssl_->use_certificate_chain(net::buffer(*cert), ec);
+    ssl_->use_certificate_chain(net::buffer(cert), ec);
     if (ec) {
       return absl::InvalidArgumentError(
           absl::StrCat("server.tls.cert_file: not a PEM certificate chain: ", ec.message()));
     }
-    ssl_->use_private_key(net::buffer(*key), ssl::context::pem, ec);
+    ssl_->use_private_key(net::buffer(key), ssl::context::pem, ec);
     if (ec) {
       return absl::InvalidArgumentError(absl::StrCat(
           "server.tls.key_file: not a PEM private key of the certificate: ", ec.message()));

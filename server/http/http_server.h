@@ -34,6 +34,8 @@
 #ifndef KVSERVE_SERVER_HTTP_HTTP_SERVER_H_
 #define KVSERVE_SERVER_HTTP_HTTP_SERVER_H_
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -50,8 +52,12 @@ namespace kvserve::server {
 class ServerMetrics;
 
 struct HttpServerOptions {
-  HttpConfig config;       // http.* (address, threads, limits, timeouts)
-  TlsConfig tls;           // server.tls: the same certificate as gRPC
+  HttpConfig config;  // http.* (address, threads, limits, timeouts)
+  // server.tls, as read by the gRPC server: the same certificate and key, PEM; "" = plaintext.
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
+  // Seeds of requests that set none, and the ids of responses: the gRPC service's NextSeed.
+  std::function<uint64_t()> next_seed;
   std::string model_name;  // the id /v1/models lists and requests may name
   RequestLimits limits;    // as the gRPC service checks them
   ChatSettings chat;       // the chat template (null: chat is refused naming model.chat_template)
