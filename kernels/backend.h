@@ -28,6 +28,7 @@
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/dtype.h"
 #include "kernels/kv_format.h"
+#include "kernels/rope_style.h"
 
 namespace kvserve::kernels {
 
@@ -38,14 +39,16 @@ struct ExecContext {
   void* stream = nullptr;
 };
 
-// The rotary embedding the Llama family uses: adjacent pairs (2i, 2i + 1) of each head rotated
-// by position * freq_scale * freq_base^(-2i / head_dim), divided by freq_factors[i] when given
-// (Llama 3.1's rope_freqs; linear scaling through freq_scale).
+// The rotary embedding: pair i of each head (i < head_dim / 2) is rotated by the angle
+// position * freq_scale * freq_base^(-2i / head_dim), divided by freq_factors[i] when given
+// (Llama 3.1's rope_freqs, Phi-3's rope_factors_short/long; linear scaling through freq_scale);
+// cos and sin are multiplied by attn_factor (Phi-3 LongRoPE's magnitude scaling; 1 elsewhere).
 struct RopeParams {
   int head_dim = 0;
   float freq_base = 10000.0f;
   float freq_scale = 1.0f;
   const float* freq_factors = nullptr;  // [head_dim / 2], or null
+  float attn_factor = 1.0f;
 };
 
 class Backend {
@@ -101,14 +104,18 @@ class Backend {
   // every layer: cos_sin [n, head_dim / 2, 2] = (cos, sin) of each pair's angle.
   virtual void RopeTable(const int32_t* positions, int64_t n, const RopeParams& rope,
                          float* cos_sin, const ExecContext& ctx) = 0;
-  // x [n, num_heads, head_dim] rotated in place by a RopeTable of the same n and head_dim.
+  // x [n, num_heads, head_dim] rotated in place by a RopeTable of the same n and head_dim, its
+  // pairs formed as `style` says.
   virtual void Rope(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim,
-                    const ExecContext& ctx) = 0;
+                    RopeStyle style, const ExecContext& ctx) = 0;
   // out[i] = silu(gate[i]) * up[i], i < n. out may alias gate.
   virtual void SwiGlu(const float* gate, const float* up, int64_t n, float* out,
                       const ExecContext& ctx) = 0;
   // x[i] += y[i], i < n (the residual connection).
   virtual void Add(float* x, const float* y, int64_t n, const ExecContext& ctx) = 0;
+  // x[t, c] += bias[c] for t < n, c < cols (a projection's bias, Qwen2's q/k/v).
+  virtual void AddBias(float* x, const float* bias, int64_t n, int64_t cols,
+                       const ExecContext& ctx) = 0;
   // Writes K and V into their slots in each block's format (quantize-on-write). Blocks in a
   // format that is not KvFormatTokenWritable are encoded whole: their block_size tokens come as
   // one run of consecutive tokens with offsets 0 .. block_size - 1. False when a value was

@@ -1,10 +1,12 @@
 #include "engine/model/gguf_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -109,6 +111,32 @@ absl::StatusOr<Vocabulary> IdsOnlyVocabulary(const GgufFile& file) {
   return vocab;
 }
 
+// What distinguishes the architectures served: everything else (the block structure, SwiGLU,
+// RMSNorm, GQA, tied or untied classifier) is common.
+struct ArchitectureInfo {
+  std::string_view name;
+  kernels::RopeStyle rope_style;
+  bool qkv_bias;       // blk.N.attn_{q,k,v}.bias required (optional for the others)
+  bool qk_norm;        // blk.N.attn_{q,k}_norm.weight: RMSNorm of each head
+  bool fused_qkv;      // blk.N.attn_qkv.weight holds the q, k and v rows
+  bool fused_gate_up;  // blk.N.ffn_up.weight holds the gate rows, then the up rows
+};
+
+constexpr ArchitectureInfo kArchitectures[] = {
+    {"llama", kernels::RopeStyle::kAdjacentPairs, false, false, false, false},
+    {"qwen2", kernels::RopeStyle::kNeox, true, false, false, false},
+    {"qwen3", kernels::RopeStyle::kNeox, false, true, false, false},
+    {"phi3", kernels::RopeStyle::kNeox, false, false, true, true},
+};
+
+std::string ArchitectureNames() {
+  std::string out;
+  for (const ArchitectureInfo& a : kArchitectures) {
+    absl::StrAppend(&out, out.empty() ? "" : ", ", Sv(a.name));
+  }
+  return out;
+}
+
 class GgufModel final : public LoadedModel {
  public:
   GgufModel(GgufFile file, bool ids_only_vocabulary)
@@ -123,29 +151,45 @@ class GgufModel final : public LoadedModel {
   absl::Status Error(std::string_view message) const {
     return absl::InvalidArgumentError(absl::StrCat(file_.name(), ": ", Sv(message)));
   }
-  absl::StatusOr<int> ReadDim(std::string_view key, int64_t max_value,
+  // The metadata key `suffix` of this architecture ("qwen2.block_count").
+  std::string Key(std::string_view suffix) const {
+    return absl::StrCat(Sv(arch_->name), ".", Sv(suffix));
+  }
+  absl::StatusOr<int> ReadDim(std::string_view suffix, int64_t max_value,
                               std::optional<int64_t> default_value = std::nullopt) const;
   absl::Status ReadConfig();
   // Parts of ReadConfig, in the order it runs them; each fills its fields of config_.
-  absl::Status ReadArchitecture();             // architecture (only llama) and name
+  absl::Status ReadArchitecture();             // architecture and name
   absl::Status ReadShape();                    // dims, layers, heads, context, head_dim
   absl::Status ReadNormAndRopeBase();          // rms_norm_eps, rope_freq_base
   absl::Status ReadRopeScaling();              // rope_freq_scale (none, linear or llama3)
   absl::Status RejectUnsupportedKeys() const;  // keys that change the math
+  absl::Status ReadLayer(int l, LayerWeights& w);
+  absl::Status ReadRopeFactors();
+  // Every tensor of the file must have been used: one that is not would change the model's math.
+  absl::Status RejectUnusedTensors() const;
   absl::StatusOr<const GgufTensorInfo*> Tensor(const std::string& name,
-                                               const std::vector<int64_t>& expected_ne) const;
+                                               const std::vector<int64_t>& expected_ne);
   absl::StatusOr<WeightView> Matrix(const std::string& name, int64_t rows, int64_t cols);
+  // Rows [row0, row0 + rows) of a matrix, as a view into it (fused tensors).
+  static WeightView RowRange(const WeightView& m, int64_t row0, int64_t rows);
   absl::StatusOr<const float*> Vector(const std::string& name, int64_t n);
+  // Vector(name, n) when the file has the tensor, else null.
+  absl::StatusOr<const float*> OptionalVector(const std::string& name, int64_t n);
   absl::StatusOr<const float*> OwnedF32(const GgufTensorInfo& info);
 
   GgufFile file_;
   bool ids_only_vocabulary_ = false;
+  const ArchitectureInfo* arch_ = nullptr;
+  int64_t original_context_ = 0;  // rope.scaling.original_context_length (Phi-3), or 0
+  std::vector<std::string> used_tensors_;
   std::vector<std::vector<float>> owned_f32_;
   std::vector<std::vector<uint16_t>> owned_u16_;
 };
 
-absl::StatusOr<int> GgufModel::ReadDim(std::string_view key, int64_t max_value,
+absl::StatusOr<int> GgufModel::ReadDim(std::string_view suffix, int64_t max_value,
                                        std::optional<int64_t> default_value) const {
+  const std::string key = Key(suffix);
   int64_t value = 0;
   if (default_value.has_value() && !file_.HasKey(key)) {
     value = *default_value;
@@ -155,7 +199,7 @@ absl::StatusOr<int> GgufModel::ReadDim(std::string_view key, int64_t max_value,
     value = *read;
   }
   if (value < 1 || value > max_value) {
-    return Error(absl::StrCat("metadata key '", Sv(key), "' = ", value, " is out of range [1, ",
+    return Error(absl::StrCat("metadata key '", key, "' = ", value, " is out of range [1, ",
                               max_value, "]"));
   }
   return static_cast<int>(value);
@@ -172,12 +216,17 @@ absl::Status GgufModel::ReadConfig() {
 absl::Status GgufModel::ReadArchitecture() {
   auto arch = file_.GetString("general.architecture");
   if (!arch.ok()) return Required(arch.status());
-  if (*arch != "llama") {
+  for (const ArchitectureInfo& a : kArchitectures) {
+    if (*arch == a.name) arch_ = &a;
+  }
+  if (arch_ == nullptr) {
     return absl::UnimplementedError(
-        absl::StrCat(file_.name(), ": architecture '", *arch, "' is not supported (only 'llama')"));
+        absl::StrCat(file_.name(), ": architecture '", *arch,
+                     "' is not supported (supported: ", ArchitectureNames(), ")"));
   }
   ModelConfig& c = config_;
   c.architecture = *arch;
+  c.rope_style = arch_->rope_style;
   if (auto name = file_.GetString("general.name"); name.ok()) {
     c.name = *name;
   } else {
@@ -188,61 +237,73 @@ absl::Status GgufModel::ReadArchitecture() {
 
 absl::Status GgufModel::ReadShape() {
   ModelConfig& c = config_;
-  KVSERVE_ASSIGN_OR_RETURN(c.dim, ReadDim("llama.embedding_length", kMaxModelDim));
-  KVSERVE_ASSIGN_OR_RETURN(c.hidden_dim, ReadDim("llama.feed_forward_length", kMaxHiddenDim));
-  KVSERVE_ASSIGN_OR_RETURN(c.num_layers, ReadDim("llama.block_count", kMaxLayers));
-  KVSERVE_ASSIGN_OR_RETURN(c.num_heads, ReadDim("llama.attention.head_count", kMaxHeads));
+  KVSERVE_ASSIGN_OR_RETURN(c.dim, ReadDim("embedding_length", kMaxModelDim));
+  KVSERVE_ASSIGN_OR_RETURN(c.hidden_dim, ReadDim("feed_forward_length", kMaxHiddenDim));
+  KVSERVE_ASSIGN_OR_RETURN(c.num_layers, ReadDim("block_count", kMaxLayers));
+  KVSERVE_ASSIGN_OR_RETURN(c.num_heads, ReadDim("attention.head_count", kMaxHeads));
   KVSERVE_ASSIGN_OR_RETURN(c.num_kv_heads,
-                           ReadDim("llama.attention.head_count_kv", kMaxHeads, c.num_heads));
-  KVSERVE_ASSIGN_OR_RETURN(c.context_length, ReadDim("llama.context_length", kMaxContext));
-  const bool explicit_head_dim = file_.HasKey("llama.attention.key_length");
+                           ReadDim("attention.head_count_kv", kMaxHeads, c.num_heads));
+  KVSERVE_ASSIGN_OR_RETURN(c.context_length, ReadDim("context_length", kMaxContext));
+  const bool explicit_head_dim = file_.HasKey(Key("attention.key_length"));
   if (!explicit_head_dim && c.dim % c.num_heads != 0) {
-    return Error(absl::StrCat("llama.embedding_length ", c.dim,
-                              " is not a multiple of llama.attention.head_count ", c.num_heads));
+    return Error(absl::StrCat(Key("embedding_length"), " ", c.dim, " is not a multiple of ",
+                              Key("attention.head_count"), " ", c.num_heads));
   }
   if (c.num_heads % c.num_kv_heads != 0) {
-    return Error(absl::StrCat("llama.attention.head_count ", c.num_heads,
-                              " is not a multiple of llama.attention.head_count_kv ",
+    return Error(absl::StrCat(Key("attention.head_count"), " ", c.num_heads,
+                              " is not a multiple of ", Key("attention.head_count_kv"), " ",
                               c.num_kv_heads));
   }
   c.head_dim = c.dim / c.num_heads;
   if (explicit_head_dim) {
-    KVSERVE_ASSIGN_OR_RETURN(c.head_dim, ReadDim("llama.attention.key_length", kMaxModelDim));
+    KVSERVE_ASSIGN_OR_RETURN(c.head_dim, ReadDim("attention.key_length", kMaxModelDim));
     KVSERVE_ASSIGN_OR_RETURN(const int value_length,
-                             ReadDim("llama.attention.value_length", kMaxModelDim, c.head_dim));
+                             ReadDim("attention.value_length", kMaxModelDim, c.head_dim));
     if (value_length != c.head_dim) {
-      return Error(absl::StrCat("llama.attention.value_length = ", value_length,
-                                " differs from llama.attention.key_length = ", c.head_dim,
+      return Error(absl::StrCat(Key("attention.value_length"), " = ", value_length,
+                                " differs from ", Key("attention.key_length"), " = ", c.head_dim,
                                 " (not supported)"));
     }
   }
   if (c.head_dim % 2 != 0) {
     return Error(absl::StrCat("head_dim ", c.head_dim, " is odd; RoPE needs pairs"));
   }
-  if (file_.HasKey("llama.rope.dimension_count")) {
+  if (file_.HasKey(Key("rope.dimension_count"))) {
     KVSERVE_ASSIGN_OR_RETURN(const int64_t rope_dims,
-                             file_.GetInteger("llama.rope.dimension_count"));
+                             file_.GetInteger(Key("rope.dimension_count")));
     if (rope_dims != c.head_dim) {
-      return Error(absl::StrCat("llama.rope.dimension_count = ", rope_dims, " but head_dim = ",
+      return Error(absl::StrCat(Key("rope.dimension_count"), " = ", rope_dims, " but head_dim = ",
                                 c.head_dim, " (partial rotary embeddings are not supported)"));
     }
+  }
+  // A sliding attention window shorter than the context (Phi-3 mini: 2047 of 4096) would change
+  // attention past the window; the context is limited to the window instead, so that every
+  // position is computed exactly.
+  if (file_.HasKey(Key("attention.sliding_window"))) {
+    KVSERVE_ASSIGN_OR_RETURN(const int64_t window,
+                             file_.GetInteger(Key("attention.sliding_window")));
+    if (window < 1) {
+      return Error(
+          absl::StrCat(Key("attention.sliding_window"), " = ", window, " must be positive"));
+    }
+    if (window < c.context_length) c.context_length = static_cast<int>(window);
   }
   return absl::OkStatus();
 }
 
 absl::Status GgufModel::ReadNormAndRopeBase() {
   ModelConfig& c = config_;
-  auto eps = file_.GetFloat("llama.attention.layer_norm_rms_epsilon");
+  const std::string eps_key = Key("attention.layer_norm_rms_epsilon");
+  auto eps = file_.GetFloat(eps_key);
   if (!eps.ok()) return Required(eps.status());
   if (!(*eps > 0.0 && *eps < 1.0)) {
-    return Error(
-        absl::StrCat("llama.attention.layer_norm_rms_epsilon = ", *eps, " is out of range (0, 1)"));
+    return Error(absl::StrCat(eps_key, " = ", *eps, " is out of range (0, 1)"));
   }
   c.rms_norm_eps = static_cast<float>(*eps);
-  if (file_.HasKey("llama.rope.freq_base")) {
-    KVSERVE_ASSIGN_OR_RETURN(const double base, file_.GetFloat("llama.rope.freq_base"));
+  if (file_.HasKey(Key("rope.freq_base"))) {
+    KVSERVE_ASSIGN_OR_RETURN(const double base, file_.GetFloat(Key("rope.freq_base")));
     if (!(base > 1.0 && std::isfinite(base))) {
-      return Error(absl::StrCat("llama.rope.freq_base = ", base, " must be finite and > 1"));
+      return Error(absl::StrCat(Key("rope.freq_base"), " = ", base, " must be finite and > 1"));
     }
     c.rope_freq_base = static_cast<float>(base);
   }
@@ -252,35 +313,53 @@ absl::Status GgufModel::ReadNormAndRopeBase() {
 absl::Status GgufModel::ReadRopeScaling() {
   ModelConfig& c = config_;
   // Rope scaling: none, linear (positions divided by the factor) or llama3 (frequency factors
-  // from rope_freqs.weight); anything else changes the math in ways not implemented here.
+  // from rope_freqs.weight); Phi-3's LongRoPE factors are tensors too (ReadRopeFactors).
+  // Anything else changes the math in ways not implemented here.
   std::string scaling = "none";
-  if (file_.HasKey("llama.rope.scaling.type")) {
-    KVSERVE_ASSIGN_OR_RETURN(scaling, file_.GetString("llama.rope.scaling.type"));
+  if (file_.HasKey(Key("rope.scaling.type"))) {
+    KVSERVE_ASSIGN_OR_RETURN(scaling, file_.GetString(Key("rope.scaling.type")));
   }
   if (scaling == "linear") {
-    KVSERVE_ASSIGN_OR_RETURN(const double factor, file_.GetFloat("llama.rope.scaling.factor"));
+    KVSERVE_ASSIGN_OR_RETURN(const double factor, file_.GetFloat(Key("rope.scaling.factor")));
     if (!(factor > 0.0 && std::isfinite(factor))) {
-      return Error(absl::StrCat("llama.rope.scaling.factor = ", factor, " must be finite and > 0"));
+      return Error(
+          absl::StrCat(Key("rope.scaling.factor"), " = ", factor, " must be finite and > 0"));
     }
     c.rope_freq_scale = static_cast<float>(1.0 / factor);
   } else if (scaling == "llama3") {
     if (file_.FindTensor("rope_freqs.weight") == nullptr) {
-      return Error("llama.rope.scaling.type 'llama3' needs the tensor 'rope_freqs.weight'");
+      return Error(
+          absl::StrCat(Key("rope.scaling.type"), " 'llama3' needs the tensor 'rope_freqs.weight'"));
     }
   } else if (scaling != "none") {
     return absl::UnimplementedError(absl::StrCat(
-        file_.name(), ": llama.rope.scaling.type '", scaling,
+        file_.name(), ": ", Key("rope.scaling.type"), " '", scaling,
         "' is not supported (supported: none, linear, llama3 with rope_freqs.weight)"));
+  }
+  // Magnitude scaling of the rotated queries and keys (cos and sin times the factor), as
+  // llama.cpp applies rope.scaling.attn_factor.
+  if (file_.HasKey(Key("rope.scaling.attn_factor"))) {
+    KVSERVE_ASSIGN_OR_RETURN(const double f, file_.GetFloat(Key("rope.scaling.attn_factor")));
+    if (!(f > 0.0 && std::isfinite(f))) {
+      return Error(
+          absl::StrCat(Key("rope.scaling.attn_factor"), " = ", f, " must be finite and > 0"));
+    }
+    c.rope_attn_factor = static_cast<float>(f);
+  }
+  if (file_.HasKey(Key("rope.scaling.original_context_length"))) {
+    KVSERVE_ASSIGN_OR_RETURN(original_context_,
+                             file_.GetInteger(Key("rope.scaling.original_context_length")));
   }
   return absl::OkStatus();
 }
 
 absl::Status GgufModel::RejectUnsupportedKeys() const {
-  for (std::string_view key :
-       {"llama.rope.scaling.attn_factor", "llama.rope.scaling.yarn_log_multiplier",
-        "llama.attention.logit_softcapping", "llama.final_logit_softcapping"}) {
+  for (std::string_view suffix : {"rope.scaling.yarn_log_multiplier", "attention.logit_softcapping",
+                                  "final_logit_softcapping", "attention.scale", "embedding_scale",
+                                  "residual_scale", "logit_scale"}) {
+    const std::string key = Key(suffix);
     if (file_.HasKey(key)) {
-      return absl::UnimplementedError(absl::StrCat(file_.name(), ": metadata key '", Sv(key),
+      return absl::UnimplementedError(absl::StrCat(file_.name(), ": metadata key '", key,
                                                    "' changes the model's math and is not "
                                                    "supported"));
     }
@@ -288,10 +367,14 @@ absl::Status GgufModel::RejectUnsupportedKeys() const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<const GgufTensorInfo*> GgufModel::Tensor(
-    const std::string& name, const std::vector<int64_t>& expected_ne) const {
+absl::StatusOr<const GgufTensorInfo*> GgufModel::Tensor(const std::string& name,
+                                                        const std::vector<int64_t>& expected_ne) {
   const GgufTensorInfo* info = file_.FindTensor(name);
-  if (info == nullptr) return Error(absl::StrCat("tensor '", name, "' is missing"));
+  if (info == nullptr) {
+    return Error(
+        absl::StrCat("tensor '", name, "' is missing (architecture '", Sv(arch_->name), "')"));
+  }
+  used_tensors_.push_back(name);
   if (info->ne != expected_ne) {
     return Error(absl::StrCat("tensor '", name, "' has shape ", NeString(info->ne), ", expected ",
                               NeString(expected_ne), " (ggml order, ne[0] = columns)"));
@@ -361,6 +444,11 @@ absl::StatusOr<const float*> GgufModel::Vector(const std::string& name, int64_t 
   return OwnedF32(*info);
 }
 
+absl::StatusOr<const float*> GgufModel::OptionalVector(const std::string& name, int64_t n) {
+  if (file_.FindTensor(name) == nullptr) return nullptr;
+  return Vector(name, n);
+}
+
 absl::Status GgufModel::Build() {
   KVSERVE_RETURN_IF_ERROR(ReadConfig());
   absl::StatusOr<Vocabulary> vocab = ReadGgufVocabulary(file_);
@@ -380,39 +468,117 @@ absl::Status GgufModel::Build() {
   }
   KVSERVE_ASSIGN_OR_RETURN(weights_.token_embedding,
                            Matrix("token_embd.weight", c.vocab_size, c.dim));
-  const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
   weights_.layers.resize(static_cast<size_t>(c.num_layers));
   for (int l = 0; l < c.num_layers; ++l) {
-    LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
-    const std::string p = absl::StrCat("blk.", l, ".");
-    KVSERVE_ASSIGN_OR_RETURN(w.attn_norm, Vector(p + "attn_norm.weight", c.dim));
-    KVSERVE_ASSIGN_OR_RETURN(w.wq, Matrix(p + "attn_q.weight", q_dim, c.dim));
-    KVSERVE_ASSIGN_OR_RETURN(w.wk, Matrix(p + "attn_k.weight", c.kv_dim(), c.dim));
-    KVSERVE_ASSIGN_OR_RETURN(w.wv, Matrix(p + "attn_v.weight", c.kv_dim(), c.dim));
-    KVSERVE_ASSIGN_OR_RETURN(w.wo, Matrix(p + "attn_output.weight", c.dim, q_dim));
-    KVSERVE_ASSIGN_OR_RETURN(w.ffn_norm, Vector(p + "ffn_norm.weight", c.dim));
-    KVSERVE_ASSIGN_OR_RETURN(w.w_gate, Matrix(p + "ffn_gate.weight", c.hidden_dim, c.dim));
-    KVSERVE_ASSIGN_OR_RETURN(w.w_down, Matrix(p + "ffn_down.weight", c.dim, c.hidden_dim));
-    KVSERVE_ASSIGN_OR_RETURN(w.w_up, Matrix(p + "ffn_up.weight", c.hidden_dim, c.dim));
+    KVSERVE_RETURN_IF_ERROR(ReadLayer(l, weights_.layers[static_cast<size_t>(l)]));
   }
   KVSERVE_ASSIGN_OR_RETURN(weights_.final_norm, Vector("output_norm.weight", c.dim));
-  if (file_.FindTensor("rope_freqs.weight") != nullptr) {
-    KVSERVE_ASSIGN_OR_RETURN(weights_.rope_freq_factors,
-                             Vector("rope_freqs.weight", c.head_dim / 2));
-    for (int i = 0; i < c.head_dim / 2; ++i) {
-      const float f = weights_.rope_freq_factors[i];
-      if (!(f > 0.0f && std::isfinite(f))) {
-        return Error(absl::StrCat("tensor 'rope_freqs.weight' element ", i, " = ", f,
-                                  " must be finite and > 0"));
-      }
-    }
-  }
+  KVSERVE_RETURN_IF_ERROR(ReadRopeFactors());
   if (file_.FindTensor("output.weight") != nullptr) {
     KVSERVE_ASSIGN_OR_RETURN(weights_.output, Matrix("output.weight", c.vocab_size, c.dim));
     c.tied_classifier = false;
   } else {
     weights_.output = weights_.token_embedding;
     c.tied_classifier = true;
+  }
+  return RejectUnusedTensors();
+}
+
+WeightView GgufModel::RowRange(const WeightView& m, int64_t row0, int64_t rows) {
+  WeightView v = m;
+  v.rows = rows;
+  v.data = static_cast<const uint8_t*>(m.data) + row0 * kernels::WeightRowBytes(m.dtype, m.cols);
+  return v;
+}
+
+absl::Status GgufModel::ReadLayer(int l, LayerWeights& w) {
+  const ModelConfig& c = config_;
+  const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
+  const int64_t kv_dim = c.kv_dim();
+  const std::string p = absl::StrCat("blk.", l, ".");
+  KVSERVE_ASSIGN_OR_RETURN(w.attn_norm, Vector(p + "attn_norm.weight", c.dim));
+  if (arch_->fused_qkv) {
+    KVSERVE_ASSIGN_OR_RETURN(const WeightView qkv,
+                             Matrix(p + "attn_qkv.weight", q_dim + 2 * kv_dim, c.dim));
+    w.wq = RowRange(qkv, 0, q_dim);
+    w.wk = RowRange(qkv, q_dim, kv_dim);
+    w.wv = RowRange(qkv, q_dim + kv_dim, kv_dim);
+  } else {
+    KVSERVE_ASSIGN_OR_RETURN(w.wq, Matrix(p + "attn_q.weight", q_dim, c.dim));
+    KVSERVE_ASSIGN_OR_RETURN(w.wk, Matrix(p + "attn_k.weight", kv_dim, c.dim));
+    KVSERVE_ASSIGN_OR_RETURN(w.wv, Matrix(p + "attn_v.weight", kv_dim, c.dim));
+  }
+  // Q/K/V biases: required by qwen2, taken when present elsewhere (as llama.cpp does).
+  for (auto [name, n, bias] :
+       {std::tuple{"attn_q.bias", q_dim, &w.bq}, std::tuple{"attn_k.bias", kv_dim, &w.bk},
+        std::tuple{"attn_v.bias", kv_dim, &w.bv}}) {
+    const std::string full = p + name;
+    if (arch_->qkv_bias) {
+      KVSERVE_ASSIGN_OR_RETURN(*bias, Vector(full, n));
+    } else {
+      KVSERVE_ASSIGN_OR_RETURN(*bias, OptionalVector(full, n));
+    }
+  }
+  if (arch_->qk_norm) {
+    KVSERVE_ASSIGN_OR_RETURN(w.q_norm, Vector(p + "attn_q_norm.weight", c.head_dim));
+    KVSERVE_ASSIGN_OR_RETURN(w.k_norm, Vector(p + "attn_k_norm.weight", c.head_dim));
+  }
+  KVSERVE_ASSIGN_OR_RETURN(w.wo, Matrix(p + "attn_output.weight", c.dim, q_dim));
+  KVSERVE_ASSIGN_OR_RETURN(w.ffn_norm, Vector(p + "ffn_norm.weight", c.dim));
+  if (arch_->fused_gate_up) {
+    KVSERVE_ASSIGN_OR_RETURN(const WeightView gate_up,
+                             Matrix(p + "ffn_up.weight", 2 * int64_t{c.hidden_dim}, c.dim));
+    w.w_gate = RowRange(gate_up, 0, c.hidden_dim);
+    w.w_up = RowRange(gate_up, c.hidden_dim, c.hidden_dim);
+  } else {
+    KVSERVE_ASSIGN_OR_RETURN(w.w_gate, Matrix(p + "ffn_gate.weight", c.hidden_dim, c.dim));
+    KVSERVE_ASSIGN_OR_RETURN(w.w_up, Matrix(p + "ffn_up.weight", c.hidden_dim, c.dim));
+  }
+  KVSERVE_ASSIGN_OR_RETURN(w.w_down, Matrix(p + "ffn_down.weight", c.dim, c.hidden_dim));
+  return absl::OkStatus();
+}
+
+absl::Status GgufModel::ReadRopeFactors() {
+  const ModelConfig& c = config_;
+  const int64_t pairs = c.head_dim / 2;
+  const bool has_long = file_.FindTensor("rope_factors_long.weight") != nullptr;
+  const bool has_short = file_.FindTensor("rope_factors_short.weight") != nullptr;
+  std::string name;
+  if (file_.FindTensor("rope_freqs.weight") != nullptr) {
+    name = "rope_freqs.weight";
+  } else if (has_long || has_short) {
+    // Phi-3 LongRoPE: the long factors when the context exceeds the original one, as llama.cpp
+    // chooses them for a context of the model's full length.
+    if (!has_long || !has_short) {
+      return Error("rope_factors_long.weight and rope_factors_short.weight come together");
+    }
+    const bool use_long = original_context_ > 0 && c.context_length > original_context_;
+    name = use_long ? "rope_factors_long.weight" : "rope_factors_short.weight";
+    // The other set is read (and checked) too: it is part of the model, unused at this context.
+    KVSERVE_RETURN_IF_ERROR(
+        Vector(use_long ? "rope_factors_short.weight" : "rope_factors_long.weight", pairs)
+            .status());
+  } else {
+    return absl::OkStatus();
+  }
+  KVSERVE_ASSIGN_OR_RETURN(weights_.rope_freq_factors, Vector(name, pairs));
+  for (int i = 0; i < pairs; ++i) {
+    const float f = weights_.rope_freq_factors[i];
+    if (!(f > 0.0f && std::isfinite(f))) {
+      return Error(
+          absl::StrCat("tensor '", name, "' element ", i, " = ", f, " must be finite and > 0"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GgufModel::RejectUnusedTensors() const {
+  for (const GgufTensorInfo& t : file_.tensors()) {
+    if (std::find(used_tensors_.begin(), used_tensors_.end(), t.name) == used_tensors_.end()) {
+      return absl::UnimplementedError(absl::StrCat(
+          file_.name(), ": tensor '", t.name, "' is not part of architecture '", Sv(arch_->name),
+          "' as implemented here (it would change the model's math)"));
+    }
   }
   return absl::OkStatus();
 }

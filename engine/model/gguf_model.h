@@ -1,23 +1,32 @@
-// Building a LoadedModel from a GGUF file of architecture `llama` (see LoadModel in model.h).
+// Building a LoadedModel from a GGUF file (see LoadModel in model.h) of architecture `llama`,
+// `qwen2`, `qwen3` or `phi3` (general.architecture; ARCH below).
 //
-// Hyper-parameters come from llama.* keys (embedding_length, feed_forward_length, block_count,
+// Hyper-parameters come from ARCH.* keys (embedding_length, feed_forward_length, block_count,
 // attention.head_count, attention.head_count_kv (default head_count), context_length,
+// attention.key_length / value_length (default embedding_length / head_count),
 // attention.layer_norm_rms_epsilon, rope.freq_base (default 10000), rope.dimension_count (must
-// equal head_dim when present)); the name from general.name (default: the file's stem).
+// equal head_dim when present), rope.scaling.type (none, linear with rope.scaling.factor, llama3),
+// rope.scaling.attn_factor, rope.scaling.original_context_length, attention.sliding_window (the
+// context is limited to the window)); the name from general.name (default: the file's stem).
 //
 // Tensors (ggml order ne = [cols, rows] maps to WeightView{rows, cols}): token_embd.weight,
 // blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_down,
 // ffn_up}.weight, output_norm.weight and output.weight (absent: the classifier is tied to the
-// embedding). Every shape is checked against the configuration.
-//   * Matrices stored as F32 / F16 / BF16 are viewed in place in the mapped file (copied into an
-//     owned buffer of the same type only when the data is misaligned for its type); Q8_0 matrices
-//     are dequantized at load into owned F32 buffers.
-//   * Norm vectors are always F32: other types are converted into owned buffers.
+// embedding); blk.N.attn_{q,k,v}.bias (required by qwen2, optional elsewhere);
+// blk.N.attn_{q,k}_norm.weight (qwen3); phi3's fused blk.N.attn_qkv.weight (q, k, v rows) and
+// blk.N.ffn_up.weight (gate rows, then up rows), split into row views without copying; rope
+// frequency factors rope_freqs.weight, or phi3's rope_factors_short/long.weight (long when
+// context_length exceeds rope.scaling.original_context_length). Every shape is checked against
+// the configuration, and a tensor the architecture does not use is an error.
+//   * Matrices stored as F32 / F16 / BF16 or a block-quantized type are viewed in place in the
+//     mapped file (F32/F16/BF16 are copied into an owned buffer of the same type only when the
+//     data is misaligned for its type).
+//   * Vectors (norms, biases, rope factors) are F32: other types are converted into owned buffers.
 //
 // Errors name the file and the key or tensor: InvalidArgument for a malformed or inconsistent
-// file (a missing key or tensor, a shape mismatch, a tensor type other than F32 / F16 / BF16 /
-// Q8_0); Unimplemented for an architecture other than `llama` or a tokenizer model other than
-// `llama`.
+// file (a missing key or tensor, a shape mismatch, an unsupported tensor type); Unimplemented
+// for another architecture, a metadata key or tensor that changes the math and is not
+// implemented, or a tokenizer model other than `llama` and `gpt2`.
 #ifndef KVSERVE_ENGINE_MODEL_GGUF_MODEL_H_
 #define KVSERVE_ENGINE_MODEL_GGUF_MODEL_H_
 

@@ -91,10 +91,10 @@ absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, BlockPool& kv, int
   float* rope = rope_.data() + t0 * (c.head_dim / 2 * 2);
   kernels::Backend& be = *backend_;
   const kernels::ExecContext ctx{pool};
-  be.RopeTable(
-      positions, n,
-      kernels::RopeParams{c.head_dim, c.rope_freq_base, c.rope_freq_scale, w.rope_freq_factors},
-      rope, ctx);
+  be.RopeTable(positions, n,
+               kernels::RopeParams{c.head_dim, c.rope_freq_base, c.rope_freq_scale,
+                                   w.rope_freq_factors, c.rope_attn_factor},
+               rope, ctx);
   be.EmbeddingGather(w.token_embedding, batch.tokens.data() + t0, n, x, ctx);
 
   kernels::AttentionBatch ab;
@@ -123,8 +123,17 @@ absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, BlockPool& kv, int
     be.MatMul(xb, n, lw.wq, q, ctx);
     be.MatMul(xb, n, lw.wk, k, ctx);
     be.MatMul(xb, n, lw.wv, v, ctx);
-    be.Rope(q, rope, n, c.num_heads, c.head_dim, ctx);
-    be.Rope(k, rope, n, c.num_kv_heads, c.head_dim, ctx);
+    if (lw.bq != nullptr) be.AddBias(q, lw.bq, n, q_dim, ctx);
+    if (lw.bk != nullptr) be.AddBias(k, lw.bk, n, kv_dim, ctx);
+    if (lw.bv != nullptr) be.AddBias(v, lw.bv, n, kv_dim, ctx);
+    if (lw.q_norm != nullptr) {
+      be.RmsNorm(q, lw.q_norm, n * c.num_heads, c.head_dim, c.rms_norm_eps, q, ctx);
+    }
+    if (lw.k_norm != nullptr) {
+      be.RmsNorm(k, lw.k_norm, n * c.num_kv_heads, c.head_dim, c.rms_norm_eps, k, ctx);
+    }
+    be.Rope(q, rope, n, c.num_heads, c.head_dim, c.rope_style, ctx);
+    be.Rope(k, rope, n, c.num_kv_heads, c.head_dim, c.rope_style, ctx);
     if (!be.WriteKv(kv_write, view, ctx)) {
       return absl::InternalError(
           absl::StrFormat("non-finite or out-of-range K/V values in layer %d", l));

@@ -2,7 +2,8 @@
 // (kernels/backend.h; the CPU backend by default).
 //
 // Forward() runs one step for a ForwardBatch: embeds the tokens, and for every layer computes
-// RMSNorm -> Q/K/V projections -> RoPE -> K/V written into their paged slots (in each block's
+// RMSNorm -> Q/K/V projections (+ biases, then per-head Q/K RMSNorm where the model has them)
+// -> RoPE (adjacent or NeoX pairs) -> K/V written into their paged slots (in each block's
 // format) -> paged attention (GQA, causal by kv slot) -> output projection + residual ->
 // RMSNorm -> SwiGLU feed-forward + residual; then the final norm and the classifier for the rows
 // in logits_rows only.

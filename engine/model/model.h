@@ -1,4 +1,8 @@
-// A loaded Llama-family model: hyper-parameters, weight views and vocabulary.
+// A loaded decoder-only transformer of the Llama family: hyper-parameters, weight views and
+// vocabulary. One description covers every architecture served (GGUF general.architecture
+// `llama`, `qwen2`, `qwen3`, `phi3`): they differ only in the optional parts below (q/k/v
+// biases, per-head q/k norms, the rope pairing, rope frequency factors); fused tensors (Phi-3's
+// attn_qkv and gate+up ffn_up) are split into row ranges at load, without copying.
 //
 // Weights are views into a memory-mapped file: F32, F16, BF16 and the block-quantized types of
 // kernels/weight_formats.h are used in place (norm vectors of other types are converted to F32). A
@@ -14,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "engine/tokenizer/vocabulary.h"
 #include "kernels/dtype.h"
+#include "kernels/rope_style.h"
 
 namespace kvserve::engine {
 
@@ -30,7 +35,9 @@ struct ModelConfig {
   int context_length = 0;  // tokens the model was trained for (or the file declares)
   float rms_norm_eps = 1e-5f;
   float rope_freq_base = 10000.0f;
-  float rope_freq_scale = 1.0f;  // linear rope scaling: 1 / rope.scaling.factor
+  float rope_freq_scale = 1.0f;   // linear rope scaling: 1 / rope.scaling.factor
+  float rope_attn_factor = 1.0f;  // cos and sin scaled by this (Phi-3 LongRoPE)
+  kernels::RopeStyle rope_style = kernels::RopeStyle::kAdjacentPairs;
   bool tied_classifier = false;  // output projection shares the token embedding
 
   int kv_dim() const { return num_kv_heads * head_dim; }
@@ -46,14 +53,21 @@ struct LayerWeights {
   kernels::WeightView w_gate;        // [hidden_dim, dim]   (llama2.c w1)
   kernels::WeightView w_down;        // [dim, hidden_dim]   (llama2.c w2)
   kernels::WeightView w_up;          // [hidden_dim, dim]   (llama2.c w3)
+  // Optional (null when the architecture has none):
+  const float* bq = nullptr;      // [num_heads * head_dim] query bias (Qwen2)
+  const float* bk = nullptr;      // [kv_dim] key bias
+  const float* bv = nullptr;      // [kv_dim] value bias
+  const float* q_norm = nullptr;  // [head_dim] RMSNorm of each query head (Qwen3)
+  const float* k_norm = nullptr;  // [head_dim] RMSNorm of each key head
 };
 
 struct ModelWeights {
-  kernels::WeightView token_embedding;       // [vocab_size, dim]
-  std::vector<LayerWeights> layers;          // [num_layers]
-  const float* final_norm = nullptr;         // [dim]
-  kernels::WeightView output;                // [vocab_size, dim] (== token_embedding when tied)
-  const float* rope_freq_factors = nullptr;  // [head_dim / 2] (rope_freqs.weight), or none
+  kernels::WeightView token_embedding;  // [vocab_size, dim]
+  std::vector<LayerWeights> layers;     // [num_layers]
+  const float* final_norm = nullptr;    // [dim]
+  kernels::WeightView output;           // [vocab_size, dim] (== token_embedding when tied)
+  // [head_dim / 2] (rope_freqs.weight, or Phi-3's rope_factors_short/long), or none.
+  const float* rope_freq_factors = nullptr;
 };
 
 class LoadedModel {
@@ -75,7 +89,8 @@ class LoadedModel {
 };
 
 // Loads a model file, detecting the format by its contents:
-//  * GGUF v3 (magic "GGUF"), architecture `llama`, tensors F32 / F16 / BF16 / Q4_0 / Q4_1 / Q5_0 /
+//  * GGUF v3 (magic "GGUF"), architecture `llama`, `qwen2`, `qwen3` or `phi3`, tensors F32 / F16 /
+//  BF16 / Q4_0 / Q4_1 / Q5_0 /
 //    Q5_1 / Q8_0 / Q2_K..Q6_K, vocabulary from tokenizer.ggml.* (model "llama"); `tokenizer_path`
 //    must be empty or is ignored with a warning. With `ids_only_vocabulary`, a vocabulary whose
 //    tokenizer model is not supported still loads (its token strings, no merges or scores) so that

@@ -57,12 +57,16 @@ void CpuBackend::RmsNorm(const float* x, const float* weight, int64_t n, int64_t
 void CpuBackend::RopeTable(const int32_t* positions, int64_t n, const RopeParams& rope,
                            float* cos_sin, const ExecContext& ctx) {
   cpu::RopeTable(positions, n, rope.head_dim, rope.freq_base, cos_sin, rope.freq_scale,
-                 rope.freq_factors);
+                 rope.freq_factors, rope.attn_factor);
 }
 
 void CpuBackend::Rope(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim,
-                      const ExecContext& ctx) {
-  cpu::RopeAdjacentPairsTable(x, cos_sin, n, num_heads, head_dim);
+                      RopeStyle style, const ExecContext& ctx) {
+  if (style == RopeStyle::kNeox) {
+    cpu::RopeNeoxTable(x, cos_sin, n, num_heads, head_dim);
+  } else {
+    cpu::RopeAdjacentPairsTable(x, cos_sin, n, num_heads, head_dim);
+  }
 }
 
 void CpuBackend::SwiGlu(const float* gate, const float* up, int64_t n, float* out,
@@ -72,6 +76,11 @@ void CpuBackend::SwiGlu(const float* gate, const float* up, int64_t n, float* ou
 
 void CpuBackend::Add(float* x, const float* y, int64_t n, const ExecContext& ctx) {
   cpu::AddInPlace(x, y, n);
+}
+
+void CpuBackend::AddBias(float* x, const float* bias, int64_t n, int64_t cols,
+                         const ExecContext& ctx) {
+  for (int64_t t = 0; t < n; ++t) cpu::AddInPlace(x + t * cols, bias, cols);
 }
 
 bool CpuBackend::WriteKv(const KvWrite& w, const PagedKvLayerView& cache, const ExecContext& ctx) {

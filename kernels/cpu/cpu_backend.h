@@ -40,11 +40,13 @@ class CpuBackend final : public Backend {
                const ExecContext& ctx) override;
   void RopeTable(const int32_t* positions, int64_t n, const RopeParams& rope, float* cos_sin,
                  const ExecContext& ctx) override;
-  void Rope(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim,
+  void Rope(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim, RopeStyle style,
             const ExecContext& ctx) override;
   void SwiGlu(const float* gate, const float* up, int64_t n, float* out,
               const ExecContext& ctx) override;
   void Add(float* x, const float* y, int64_t n, const ExecContext& ctx) override;
+  void AddBias(float* x, const float* bias, int64_t n, int64_t cols,
+               const ExecContext& ctx) override;
   bool WriteKv(const KvWrite& w, const PagedKvLayerView& cache, const ExecContext& ctx) override;
   void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache,
                       const ExecContext& ctx) override;

@@ -89,7 +89,7 @@ int64_t ArgMax(const float* x, int64_t n) {
 }
 
 void RopeTable(const int32_t* positions, int64_t n, int head_dim, float freq_base, float* cos_sin,
-               float freq_scale, const float* freq_factors) {
+               float freq_scale, const float* freq_factors, float attn_factor) {
   KVSERVE_KERNEL_CHECK(head_dim <= kMaxRopeHeadDim, "RopeTable: head_dim too large");
   const int pairs = head_dim / 2;
   double inv_freq[kMaxRopeHeadDim / 2];
@@ -104,8 +104,8 @@ void RopeTable(const int32_t* positions, int64_t n, int head_dim, float freq_bas
     float* cs = cos_sin + t * 2 * pairs;
     for (int i = 0; i < pairs; ++i) {
       const double angle = pos * inv_freq[i];
-      cs[2 * i] = static_cast<float>(std::cos(angle));
-      cs[2 * i + 1] = static_cast<float>(std::sin(angle));
+      cs[2 * i] = static_cast<float>(std::cos(angle) * attn_factor);
+      cs[2 * i + 1] = static_cast<float>(std::sin(angle) * attn_factor);
     }
   }
 }
@@ -126,6 +126,26 @@ void RopeAdjacentPairsTable(float* x, const float* cos_sin, int64_t n, int num_h
         const float b = xh[2 * i + 1];
         xh[2 * i] = a * c - b * s;
         xh[2 * i + 1] = a * s + b * c;
+      }
+    }
+  }
+}
+
+void RopeNeoxTable(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim) {
+  const int pairs = head_dim / 2;
+  const int64_t row = static_cast<int64_t>(num_heads) * head_dim;
+  for (int64_t t = 0; t < n; ++t) {
+    const float* cs = cos_sin + t * 2 * pairs;
+    float* xt = x + t * row;
+    for (int h = 0; h < num_heads; ++h) {
+      float* xh = xt + static_cast<int64_t>(h) * head_dim;
+      for (int i = 0; i < pairs; ++i) {
+        const float c = cs[2 * i];
+        const float s = cs[2 * i + 1];
+        const float a = xh[i];
+        const float b = xh[i + pairs];
+        xh[i] = a * c - b * s;
+        xh[i + pairs] = a * s + b * c;
       }
     }
   }

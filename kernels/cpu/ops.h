@@ -46,13 +46,17 @@ void RopeAdjacentPairs(float* x, const int32_t* positions, int64_t n, int num_he
 // (the queries and keys of every layer share their tokens' positions):
 // cos_sin[t][i] = (cos, sin) of positions[t] * freq_base^(-2i / head_dim), i < head_dim / 2,
 // times freq_scale (linear rope scaling) and divided by freq_factors[i] when given (Llama 3.1's
-// rope_freqs.weight, [head_dim / 2]).
+// rope_freqs.weight, [head_dim / 2]), both multiplied by attn_factor.
 void RopeTable(const int32_t* positions, int64_t n, int head_dim, float freq_base,
                float* cos_sin,  // cos_sin: [n, head_dim / 2, 2]
-               float freq_scale = 1.0f, const float* freq_factors = nullptr);
+               float freq_scale = 1.0f, const float* freq_factors = nullptr,
+               float attn_factor = 1.0f);
 // x [n, num_heads, head_dim] rotated in place by a RopeTable of the same n and head_dim; gives
 // exactly what RopeAdjacentPairs gives.
 void RopeAdjacentPairsTable(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim);
+// The same rotation with pair i formed by elements (i, i + head_dim / 2) of each head (GPT-NeoX's
+// layout: Qwen2, Qwen3, Phi-3); each pair is computed with the same operations as above.
+void RopeNeoxTable(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim);
 
 // out[i] = silu(gate[i]) * up[i] for i in [0, n). out may alias gate.
 void SwiGlu(const float* gate, const float* up, int64_t n, float* out);

@@ -27,7 +27,8 @@ struct RopeFreqs {
 };
 
 __global__ void RopeTableKernel(const int32_t* positions, int64_t n, int pairs,
-                                const RopeFreqs* freqs, const float* freq_factors, float* cos_sin) {
+                                const RopeFreqs* freqs, const float* freq_factors,
+                                float attn_factor, float* cos_sin) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n * pairs;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t t = i / pairs;
@@ -35,14 +36,15 @@ __global__ void RopeTableKernel(const int32_t* positions, int64_t n, int pairs,
     double inv = freqs->inv_freq[p];
     if (freq_factors != nullptr) inv /= freq_factors[p];
     const double angle = static_cast<double>(positions[t]) * inv;
-    cos_sin[2 * i] = static_cast<float>(cos(angle));
-    cos_sin[2 * i + 1] = static_cast<float>(sin(angle));
+    cos_sin[2 * i] = static_cast<float>(cos(angle) * attn_factor);
+    cos_sin[2 * i + 1] = static_cast<float>(sin(angle) * attn_factor);
   }
 }
 
-// x [n, num_heads, head_dim] rotated by the table: one thread per (token, head, pair).
+// x [n, num_heads, head_dim] rotated by the table: one thread per (token, head, pair). Pair p
+// is (2p, 2p + 1), or (p, p + head_dim / 2) with `neox`.
 __global__ void RopeApplyKernel(float* x, const float* cos_sin, int64_t n, int num_heads,
-                                int head_dim) {
+                                int head_dim, bool neox) {
   const int pairs = head_dim / 2;
   const int64_t total = n * num_heads * pairs;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -53,10 +55,12 @@ __global__ void RopeApplyKernel(float* x, const float* cos_sin, int64_t n, int n
     const float c = cos_sin[(t * pairs + p) * 2];
     const float s = cos_sin[(t * pairs + p) * 2 + 1];
     float* xh = x + th * head_dim;
-    const float a = xh[2 * p], b = xh[2 * p + 1];
+    const int i0 = neox ? p : 2 * p;
+    const int i1 = neox ? p + pairs : 2 * p + 1;
+    const float a = xh[i0], b = xh[i1];
     // Products rounded before the sum, as the CPU op computes them.
-    xh[2 * p] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
-    xh[2 * p + 1] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+    xh[i0] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+    xh[i1] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
   }
 }
 
@@ -133,16 +137,16 @@ class CudaBackend final : public Backend {
     // Synchronous with respect to earlier work on the stream that may still read freqs_.
     KVSERVE_CUDA_CHECK(cudaStreamSynchronize(stream));
     KVSERVE_CUDA_CHECK(cudaMemcpy(freqs_, &host, sizeof(double) * pairs, cudaMemcpyHostToDevice));
-    RopeTableKernel<<<GridFor(n * pairs), kThreads, 0, stream>>>(positions, n, pairs, freqs_,
-                                                                 rope.freq_factors, cos_sin);
+    RopeTableKernel<<<GridFor(n * pairs), kThreads, 0, stream>>>(
+        positions, n, pairs, freqs_, rope.freq_factors, rope.attn_factor, cos_sin);
     KVSERVE_CUDA_CHECK(cudaGetLastError());
   }
-  void Rope(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim,
+  void Rope(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim, RopeStyle style,
             const ExecContext& ctx) override {
     const int64_t total = n * num_heads * (head_dim / 2);
     if (total <= 0) return;
-    RopeApplyKernel<<<GridFor(total), kThreads, 0, StreamOf(ctx)>>>(x, cos_sin, n, num_heads,
-                                                                    head_dim);
+    RopeApplyKernel<<<GridFor(total), kThreads, 0, StreamOf(ctx)>>>(
+        x, cos_sin, n, num_heads, head_dim, style == RopeStyle::kNeox);
     KVSERVE_CUDA_CHECK(cudaGetLastError());
   }
   void SwiGlu(const float* gate, const float* up, int64_t n, float* out,
@@ -151,6 +155,10 @@ class CudaBackend final : public Backend {
   }
   void Add(float* x, const float* y, int64_t n, const ExecContext& ctx) override {
     cuda::AddInPlace(x, y, n, StreamOf(ctx));
+  }
+  void AddBias(float* x, const float* bias, int64_t n, int64_t cols,
+               const ExecContext& ctx) override {
+    cuda::AddBias(x, bias, n, cols, StreamOf(ctx));
   }
   bool WriteKv(const KvWrite& w, const PagedKvLayerView& cache, const ExecContext& ctx) override {
     cuda::WriteKv(w, cache, StreamOf(ctx));

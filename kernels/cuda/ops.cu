@@ -66,6 +66,13 @@ __global__ void AddKernel(float* x, const float* y, int64_t n) {
   }
 }
 
+__global__ void AddBiasKernel(float* x, const float* bias, int64_t n, int64_t cols) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n * cols;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    x[i] += bias[i % cols];
+  }
+}
+
 __global__ void GatherKernel(DType dtype, const void* table, int64_t vocab, int64_t dim,
                              const int32_t* ids, float* out) {
   const int64_t t = blockIdx.x;
@@ -149,6 +156,12 @@ void SwiGlu(const float* gate, const float* up, int64_t n, float* out, Stream st
 void AddInPlace(float* x, const float* y, int64_t n, Stream stream) {
   if (n <= 0) return;
   AddKernel<<<GridFor(n), kThreads, 0, stream>>>(x, y, n);
+  KVSERVE_CUDA_CHECK(cudaGetLastError());
+}
+
+void AddBias(float* x, const float* bias, int64_t n, int64_t cols, Stream stream) {
+  if (n <= 0 || cols <= 0) return;
+  AddBiasKernel<<<GridFor(n * cols), kThreads, 0, stream>>>(x, bias, n, cols);
   KVSERVE_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -26,6 +26,9 @@ void SwiGlu(const float* gate, const float* up, int64_t n, float* out, Stream st
 // x[i] += y[i].
 void AddInPlace(float* x, const float* y, int64_t n, Stream stream);
 
+// x[t, c] += bias[c] for t < n, c < cols.
+void AddBias(float* x, const float* bias, int64_t n, int64_t cols, Stream stream);
+
 // out[t, :] = table[ids[t], :] for a [vocab, dim] table of any DType. An id outside [0, vocab)
 // (a broken precondition the CPU op aborts on) yields a row of NaN.
 void EmbeddingGather(const WeightView& table, const int32_t* ids, int64_t n, float* out,

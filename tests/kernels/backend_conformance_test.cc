@@ -384,63 +384,105 @@ TEST(BackendConformanceTest, RopeTableAndRope) {
   std::mt19937 rng(4);
   std::normal_distribution<float> n01(0.0f, 1.0f);
   std::uniform_int_distribution<int32_t> pos_dist(0, 8191);
-  for (int head_dim : {8, 64, 128}) {
-    for (int heads : {1, 4}) {
-      for (float freq_scale : {1.0f, 0.25f}) {
-        for (bool factors : {false, true}) {
-          SCOPED_TRACE("head_dim=" + std::to_string(head_dim) + " heads=" + std::to_string(heads) +
-                       " scale=" + std::to_string(freq_scale) + (factors ? " factors" : ""));
-          const int64_t n = 5;
-          const int pairs = head_dim / 2;
-          std::vector<int32_t> pos(n);
-          for (int32_t& p : pos) p = pos_dist(rng);
-          pos[0] = 0;
-          std::vector<float> ff(static_cast<size_t>(pairs));
-          for (float& f : ff) f = 1.0f + 7.0f * std::fabs(n01(rng));
-          std::vector<float> x(static_cast<size_t>(n * heads * head_dim));
-          for (float& v : x) v = n01(rng);
-          auto run = [&](Backend* b, std::vector<float>* table) {
-            Scope s(b);
-            RopeParams rp{head_dim, 500000.0f, freq_scale, factors ? s.Put(ff) : nullptr};
-            float* cs = s.Put(std::vector<float>(static_cast<size_t>(n * pairs * 2), -9.0f));
-            b->RopeTable(s.Put(pos), n, rp, cs, ExecContext{});
-            float* xd = s.Put(x);
-            b->Rope(xd, cs, n, heads, head_dim, ExecContext{});
-            *table = s.Get(cs, static_cast<size_t>(n * pairs * 2));
-            return s.Get(xd, x.size());
-          };
-          std::vector<double> ref_cs(static_cast<size_t>(n * pairs * 2)), ref(x.size()),
-              tol(x.size());
-          for (int64_t t = 0; t < n; ++t) {
-            for (int i = 0; i < pairs; ++i) {
-              double inv = std::pow(500000.0, -2.0 * i / head_dim) * freq_scale;
-              if (factors) inv /= ff[i];
-              const double angle = pos[t] * inv;
-              const double c = std::cos(angle), sn = std::sin(angle);
-              ref_cs[(t * pairs + i) * 2] = c;
-              ref_cs[(t * pairs + i) * 2 + 1] = sn;
-              for (int h = 0; h < heads; ++h) {
-                const int64_t o = (t * heads + h) * head_dim + 2 * i;
-                const double a = x[o], bb = x[o + 1];
-                ref[o] = a * c - bb * sn;
-                ref[o + 1] = a * sn + bb * c;
-                tol[o] = tol[o + 1] = 8 * kUnit * (std::fabs(a) + std::fabs(bb)) + 1e-30;
+  for (RopeStyle style : {RopeStyle::kAdjacentPairs, RopeStyle::kNeox}) {
+    const bool neox = style == RopeStyle::kNeox;
+    for (int head_dim : {8, 64, 128}) {
+      for (int heads : {1, 4}) {
+        for (float freq_scale : {1.0f, 0.25f}) {
+          for (bool factors : {false, true}) {
+            // Frequency factors come with Phi-3's magnitude scaling in this case.
+            const float attn_factor = factors ? 1.1902f : 1.0f;
+            SCOPED_TRACE(std::string(neox ? "neox" : "adjacent") + " head_dim=" +
+                         std::to_string(head_dim) + " heads=" + std::to_string(heads) +
+                         " scale=" + std::to_string(freq_scale) + (factors ? " factors" : ""));
+            const int64_t n = 5;
+            const int pairs = head_dim / 2;
+            std::vector<int32_t> pos(n);
+            for (int32_t& p : pos) p = pos_dist(rng);
+            pos[0] = 0;
+            std::vector<float> ff(static_cast<size_t>(pairs));
+            for (float& f : ff) f = 1.0f + 7.0f * std::fabs(n01(rng));
+            std::vector<float> x(static_cast<size_t>(n * heads * head_dim));
+            for (float& v : x) v = n01(rng);
+            auto run = [&](Backend* b, std::vector<float>* table) {
+              Scope s(b);
+              RopeParams rp{head_dim, 500000.0f, freq_scale, factors ? s.Put(ff) : nullptr,
+                            attn_factor};
+              float* cs = s.Put(std::vector<float>(static_cast<size_t>(n * pairs * 2), -9.0f));
+              b->RopeTable(s.Put(pos), n, rp, cs, ExecContext{});
+              float* xd = s.Put(x);
+              b->Rope(xd, cs, n, heads, head_dim, style, ExecContext{});
+              *table = s.Get(cs, static_cast<size_t>(n * pairs * 2));
+              return s.Get(xd, x.size());
+            };
+            std::vector<double> ref_cs(static_cast<size_t>(n * pairs * 2)), ref(x.size()),
+                tol(x.size());
+            for (int64_t t = 0; t < n; ++t) {
+              for (int i = 0; i < pairs; ++i) {
+                double inv = std::pow(500000.0, -2.0 * i / head_dim) * freq_scale;
+                if (factors) inv /= ff[i];
+                const double angle = pos[t] * inv;
+                const double c = std::cos(angle) * attn_factor;
+                const double sn = std::sin(angle) * attn_factor;
+                ref_cs[(t * pairs + i) * 2] = c;
+                ref_cs[(t * pairs + i) * 2 + 1] = sn;
+                for (int h = 0; h < heads; ++h) {
+                  const int64_t base = (t * heads + h) * head_dim;
+                  const int64_t o0 = base + (neox ? i : 2 * i);
+                  const int64_t o1 = base + (neox ? i + pairs : 2 * i + 1);
+                  const double a = x[o0], bb = x[o1];
+                  ref[o0] = a * c - bb * sn;
+                  ref[o1] = a * sn + bb * c;
+                  tol[o0] = tol[o1] =
+                      8 * kUnit * attn_factor * (std::fabs(a) + std::fabs(bb)) + 1e-30;
+                }
               }
             }
-          }
-          std::vector<float> table;
-          const std::vector<float> got = run(cpu.backend.get(), &table);
-          ExpectNear(table, ref_cs, {2 * kUnit + 1e-12}, "cpu table vs reference");
-          ExpectNear(got, ref, tol, "cpu vs reference");
-          for (Peer& p : peers) {
-            std::vector<float> ptable;
-            std::vector<double> ptol = tol;
-            for (double& v : ptol) v = 2.0 * v + 1e-6;
-            ExpectNear(run(p.backend.get(), &ptable), ToDouble(got), ptol, p.name + " vs cpu");
-            ExpectNear(ptable, ToDouble(table), {1e-6}, p.name + " table vs cpu");
+            std::vector<float> table;
+            const std::vector<float> got = run(cpu.backend.get(), &table);
+            ExpectNear(table, ref_cs, {2 * kUnit * attn_factor + 1e-12}, "cpu table vs reference");
+            ExpectNear(got, ref, tol, "cpu vs reference");
+            for (Peer& p : peers) {
+              std::vector<float> ptable;
+              std::vector<double> ptol = tol;
+              for (double& v : ptol) v = 2.0 * v + 1e-6;
+              ExpectNear(run(p.backend.get(), &ptable), ToDouble(got), ptol, p.name + " vs cpu");
+              ExpectNear(ptable, ToDouble(table), {1e-6}, p.name + " table vs cpu");
+            }
           }
         }
       }
+    }
+  }
+}
+
+TEST(BackendConformanceTest, AddBias) {
+  Cpu cpu;
+  std::vector<Peer> peers = Peers();
+  std::mt19937 rng(6);
+  std::normal_distribution<float> n01(0.0f, 2.0f);
+  for (int64_t cols : {1, 13, 256}) {
+    for (int64_t n : {1, 5}) {
+      SCOPED_TRACE("n=" + std::to_string(n) + " cols=" + std::to_string(cols));
+      std::vector<float> x(static_cast<size_t>(n * cols)), bias(static_cast<size_t>(cols));
+      for (float& v : x) v = n01(rng);
+      for (float& v : bias) v = n01(rng);
+      auto run = [&](Backend* b) {
+        Scope s(b);
+        float* xd = s.Put(x);
+        b->AddBias(xd, s.Put(bias), n, cols, ExecContext{});
+        return s.Get(xd, x.size());
+      };
+      // One rounding of an exact sum: the nearest float of (double) x + bias.
+      std::vector<double> ref(x.size());
+      for (int64_t t = 0; t < n; ++t) {
+        for (int64_t c = 0; c < cols; ++c) {
+          ref[t * cols + c] = static_cast<float>(static_cast<double>(x[t * cols + c]) + bias[c]);
+        }
+      }
+      const std::vector<float> got = run(cpu.backend.get());
+      ExpectNear(got, ref, {0.0}, "cpu vs reference");
+      for (Peer& p : peers) ExpectNear(run(p.backend.get()), ref, {0.0}, p.name + " vs reference");
     }
   }
 }

@@ -1,7 +1,8 @@
-// The `llama`-architecture fixtures of ../shared/models/arch (random weights quantized by
-// llama.cpp's own quantizer: Q8_0, Q4_0, Q4_K_M; Llama 3.1 rope frequency factors; tied
-// embeddings) scored by kvserve against llama.cpp's own per-position scores and greedy outputs,
-// with the tolerances of that folder's README.
+// The fixtures of ../shared/models/arch (random weights quantized by llama.cpp's own quantizer:
+// Q8_0, Q4_0, Q4_K_M; `llama` with Llama 3.1 rope frequency factors and tied embeddings; `qwen3`
+// with per-head q/k norms, NeoX rope and head_dim 128 != embedding / heads) scored by kvserve
+// against llama.cpp's own per-position scores and greedy outputs, with the tolerances of that
+// folder's README.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -123,9 +124,10 @@ TEST_P(ArchRefsTest, MatchesLlamaCppScoresAndGreedyTokens) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Llama, ArchRefsTest,
+INSTANTIATE_TEST_SUITE_P(Fixtures, ArchRefsTest,
                          ::testing::Values("dev-smol-llama-Q8_0", "dev-smol-llama-Q4_0",
-                                           "dev-smol-llama-Q4_K_M", "dev-llama3-like-Q4_K_M"),
+                                           "dev-smol-llama-Q4_K_M", "dev-llama3-like-Q4_K_M",
+                                           "dev-qwen3-like-Q4_K_M"),
                          [](const ::testing::TestParamInfo<const char*>& info) {
                            std::string s = info.param;
                            for (char& c : s) {

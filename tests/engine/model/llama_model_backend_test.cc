@@ -66,9 +66,9 @@ class CountingBackend : public kernels::Backend {
     cpu_.RopeTable(positions, n, rope, cos_sin, ctx);
   }
   void Rope(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim,
-            const ExecContext& ctx) override {
+            kernels::RopeStyle style, const ExecContext& ctx) override {
     ++calls["Rope"];
-    cpu_.Rope(x, cos_sin, n, num_heads, head_dim, ctx);
+    cpu_.Rope(x, cos_sin, n, num_heads, head_dim, style, ctx);
   }
   void SwiGlu(const float* gate, const float* up, int64_t n, float* out,
               const ExecContext& ctx) override {
@@ -78,6 +78,11 @@ class CountingBackend : public kernels::Backend {
   void Add(float* x, const float* y, int64_t n, const ExecContext& ctx) override {
     ++calls["Add"];
     cpu_.Add(x, y, n, ctx);
+  }
+  void AddBias(float* x, const float* bias, int64_t n, int64_t cols,
+               const ExecContext& ctx) override {
+    ++calls["AddBias"];
+    cpu_.AddBias(x, bias, n, cols, ctx);
   }
   bool WriteKv(const KvWrite& w, const PagedKvLayerView& cache, const ExecContext& ctx) override {
     ++calls["WriteKv"];
