@@ -16,7 +16,7 @@ build_pkgs=(
   python3-grpcio python3-protobuf openssl prometheus
   python3
   clang libclang-rt-14-dev clang-format clang-tidy
-  nlohmann-json3-dev python3-jinja2
+  nlohmann-json3-dev python3-jinja2 python3-numpy
   libboost-dev libssl-dev luajit curl
 )
 runtime_pkgs=(

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "kernels/dtype.h"
+#include "kernels/weight_formats.h"
 
 namespace kvserve::engine {
 
@@ -198,39 +199,55 @@ absl::StatusOr<double> GgufFile::GetFloat(std::string_view key) const {
   return TypeError(key, *value, "f32 or f64");
 }
 
+std::optional<kernels::DType> GgmlKernelType(GgmlType t) {
+  using kernels::DType;
+  switch (t) {
+    case GgmlType::kF32:
+      return DType::kF32;
+    case GgmlType::kF16:
+      return DType::kF16;
+    case GgmlType::kBF16:
+      return DType::kBF16;
+    case GgmlType::kQ4_0:
+      return DType::kQ4_0;
+    case GgmlType::kQ4_1:
+      return DType::kQ4_1;
+    case GgmlType::kQ5_0:
+      return DType::kQ5_0;
+    case GgmlType::kQ5_1:
+      return DType::kQ5_1;
+    case GgmlType::kQ8_0:
+      return DType::kQ8_0;
+    case GgmlType::kQ2_K:
+      return DType::kQ2_K;
+    case GgmlType::kQ3_K:
+      return DType::kQ3_K;
+    case GgmlType::kQ4_K:
+      return DType::kQ4_K;
+    case GgmlType::kQ5_K:
+      return DType::kQ5_K;
+    case GgmlType::kQ6_K:
+      return DType::kQ6_K;
+    default:
+      return std::nullopt;
+  }
+}
+
 absl::Status DecodeToF32(GgmlType type, const uint8_t* src, int64_t n, float* out) {
   if (n == 0) return absl::OkStatus();
-  switch (type) {
-    case GgmlType::kF32:
-      std::memcpy(out, src, static_cast<size_t>(n) * sizeof(float));
-      return absl::OkStatus();
-    case GgmlType::kF16:
-    case GgmlType::kBF16:
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        out[i] = type == GgmlType::kF16 ? kernels::Fp16ToFloat(h) : kernels::Bf16ToFloat(h);
-      }
-      return absl::OkStatus();
-    case GgmlType::kQ8_0: {
-      if (n % kQ8_0BlockSize != 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("Q8_0 data of ", n, " elements is not a whole number of blocks"));
-      }
-      for (int64_t b = 0; b < n / kQ8_0BlockSize; ++b) {
-        const uint8_t* block = src + b * kQ8_0BlockBytes;
-        uint16_t d_bits;
-        std::memcpy(&d_bits, block, 2);
-        const float d = kernels::Fp16ToFloat(d_bits);
-        const auto* q = reinterpret_cast<const int8_t*>(block + 2);
-        for (int i = 0; i < kQ8_0BlockSize; ++i) out[b * kQ8_0BlockSize + i] = q[i] * d;
-      }
-      return absl::OkStatus();
-    }
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("cannot decode ", GgmlTypeLabel(static_cast<uint32_t>(type)), " to F32"));
+  const std::optional<kernels::DType> t = GgmlKernelType(type);
+  if (!t.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot decode ", GgmlTypeLabel(static_cast<uint32_t>(type)), " to F32"));
   }
+  const int64_t block = kernels::DTypeBlockSize(*t);
+  if (n % block != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(GgmlTypeLabel(static_cast<uint32_t>(type)),
+                                                   " data of ", n,
+                                                   " elements is not a whole number of blocks"));
+  }
+  kernels::DequantizeRow(*t, src, n, out);
+  return absl::OkStatus();
 }
 
 }  // namespace kvserve::engine

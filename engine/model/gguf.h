@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/common/mapped_file.h"
+#include "kernels/dtype.h"
 
 namespace kvserve::engine {
 
@@ -285,8 +286,12 @@ class GgufFile {
   std::map<std::string, size_t, std::less<>> tensor_index_;
 };
 
-// Decodes `n` elements of an F32 / F16 / BF16 / Q8_0 tensor's bytes into `out` (n floats). For
-// Q8_0, `n` must be a multiple of kQ8_0BlockSize. InvalidArgument for other types.
+// The kernels' type of a GGUF tensor type the kernels read in place (F32, F16, BF16, Q4_0, Q4_1,
+// Q5_0, Q5_1, Q8_0, Q2_K..Q6_K); nullopt for any other.
+std::optional<kernels::DType> GgmlKernelType(GgmlType t);
+
+// Decodes `n` elements of a tensor's bytes of any GgmlKernelType into `out` (n floats); `n` must
+// be a multiple of the type's block size. InvalidArgument for other types.
 absl::Status DecodeToF32(GgmlType type, const uint8_t* src, int64_t n, float* out);
 
 template <typename T>

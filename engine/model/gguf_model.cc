@@ -40,39 +40,7 @@ std::string NeString(const std::vector<int64_t>& ne) {
   return out + "]";
 }
 
-// The kernels' type for a GGUF tensor type usable in place; nullopt for any other.
-std::optional<DType> KernelType(GgmlType t) {
-  switch (t) {
-    case GgmlType::kF32:
-      return DType::kF32;
-    case GgmlType::kF16:
-      return DType::kF16;
-    case GgmlType::kBF16:
-      return DType::kBF16;
-    case GgmlType::kQ4_0:
-      return DType::kQ4_0;
-    case GgmlType::kQ4_1:
-      return DType::kQ4_1;
-    case GgmlType::kQ5_0:
-      return DType::kQ5_0;
-    case GgmlType::kQ5_1:
-      return DType::kQ5_1;
-    case GgmlType::kQ8_0:
-      return DType::kQ8_0;
-    case GgmlType::kQ2_K:
-      return DType::kQ2_K;
-    case GgmlType::kQ3_K:
-      return DType::kQ3_K;
-    case GgmlType::kQ4_K:
-      return DType::kQ4_K;
-    case GgmlType::kQ5_K:
-      return DType::kQ5_K;
-    case GgmlType::kQ6_K:
-      return DType::kQ6_K;
-    default:
-      return std::nullopt;
-  }
-}
+std::optional<DType> KernelType(GgmlType t) { return GgmlKernelType(t); }
 
 // A vocabulary of ids only: the file's token strings and types, for a tokenizer model this
 // build cannot run (see LoadGgufModel).

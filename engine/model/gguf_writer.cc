@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "kernels/dtype.h"
+#include "kernels/weight_formats.h"
 
 namespace kvserve::engine {
 namespace {
@@ -154,9 +155,24 @@ absl::StatusOr<std::vector<uint8_t>> EncodeFromF32(GgmlType type, absl::Span<con
       out.resize(n / kQ8_0BlockSize * kQ8_0BlockBytes);
       KVSERVE_RETURN_IF_ERROR(EncodeQ8_0(values, out.data()));
       return out;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("cannot encode F32 values as ", GgmlTypeLabel(static_cast<uint32_t>(type))));
+    default: {
+      // The other block-quantized types: the kernels' round-to-nearest quantizer.
+      const std::optional<kernels::DType> t = GgmlKernelType(type);
+      if (!t.has_value()) {
+        return absl::InvalidArgumentError(absl::StrCat("cannot encode F32 values as ",
+                                                       GgmlTypeLabel(static_cast<uint32_t>(type))));
+      }
+      const int64_t block = kernels::DTypeBlockSize(*t);
+      if (static_cast<int64_t>(n) % block != 0) {
+        return absl::InvalidArgumentError(absl::StrCat(GgmlTypeLabel(static_cast<uint32_t>(type)),
+                                                       " needs a multiple of ", block,
+                                                       " values, got ", n));
+      }
+      out.resize(
+          static_cast<size_t>(static_cast<int64_t>(n) / block * kernels::DTypeBlockBytes(*t)));
+      kernels::QuantizeRow(*t, values.data(), static_cast<int64_t>(n), out.data());
+      return out;
+    }
   }
 }
 

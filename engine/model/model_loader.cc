@@ -79,10 +79,10 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& model_
   }
   const ModelConfig& c = model->config();
   spdlog::info(
-      "loaded {} model '{}' from {}: dim {}, hidden {}, {} layers, {} heads ({} KV, head_dim "
+      "loaded {} model '{}' from {}: {}, dim {}, hidden {}, {} layers, {} heads ({} KV, head_dim "
       "{}), vocab {}, context {}, {} classifier, weights {}",
-      model->file_format(), c.name, model_path, c.dim, c.hidden_dim, c.num_layers, c.num_heads,
-      c.num_kv_heads, c.head_dim, c.vocab_size, c.context_length,
+      model->file_format(), c.name, model_path, c.architecture, c.dim, c.hidden_dim, c.num_layers,
+      c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size, c.context_length,
       c.tied_classifier ? "tied" : "separate", WeightTypes(*model));
   return model;
 }

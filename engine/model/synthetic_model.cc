@@ -1,9 +1,12 @@
 #include "engine/model/synthetic_model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <optional>
 #include <unordered_set>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -11,6 +14,7 @@
 #include "engine/common/status_macros.h"
 #include "engine/model/gguf_writer.h"
 #include "engine/model/model_limits.h"
+#include "kernels/weight_formats.h"
 
 namespace kvserve::engine {
 namespace {
@@ -122,22 +126,72 @@ absl::Status ValidateSyntheticSpec(const SyntheticModelSpec& s) {
   KVSERVE_RETURN_IF_ERROR(range("kv_heads", s.num_kv_heads, 1, s.num_heads));
   KVSERVE_RETURN_IF_ERROR(range("vocab", s.vocab_size, MinSyntheticVocabSize(), kMaxVocab));
   KVSERVE_RETURN_IF_ERROR(range("context", s.context_length, 1, kMaxContext));
-  if (s.dim % s.num_heads != 0) {
+  KVSERVE_RETURN_IF_ERROR(range("head_dim", s.explicit_head_dim, 0, kMaxModelDim));
+  const std::vector<std::string> archs = SyntheticArchNames();
+  if (std::find(archs.begin(), archs.end(), s.arch) == archs.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("architecture '", s.arch, "' is not one of: ", absl::StrJoin(archs, ", ")));
+  }
+  if (s.explicit_head_dim == 0 && s.dim % s.num_heads != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("dim = ", s.dim, " is not a multiple of heads = ", s.num_heads));
   }
   if (s.head_dim() % 2 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("head_dim = dim / heads = ", s.head_dim(),
-                                                   " is odd (rotary embeddings need pairs)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("head_dim = ", s.head_dim(), " is odd (rotary embeddings need pairs)"));
   }
   if (s.num_heads % s.num_kv_heads != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("heads = ", s.num_heads, " is not a multiple of kv_heads = ", s.num_kv_heads));
   }
-  if (s.weight_type != GgmlType::kF32 && s.weight_type != GgmlType::kF16) {
-    return absl::InvalidArgumentError("weight type must be F32 or F16");
+  const std::optional<kernels::DType> t = GgmlKernelType(s.weight_type);
+  if (!t.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "weight type ", GgmlTypeLabel(static_cast<uint32_t>(s.weight_type)), " is not supported"));
+  }
+  if (s.k_quant_mix && s.weight_type != GgmlType::kQ4_K && s.weight_type != GgmlType::kQ5_K) {
+    return absl::InvalidArgumentError("the K-quant mix needs weight type Q4_K or Q5_K");
+  }
+  // Every matrix's columns (dim, q_dim, hidden_dim) split into whole blocks; Q6_K too for a mix.
+  const int64_t block = std::max<int64_t>(kernels::DTypeBlockSize(*t), s.k_quant_mix ? 256 : 1);
+  const int64_t q_dim = static_cast<int64_t>(s.num_heads) * s.head_dim();
+  for (auto [field, cols] : {std::pair{"dim", int64_t{s.dim}}, std::pair{"heads * head_dim", q_dim},
+                             std::pair{"hidden_dim", int64_t{s.hidden_dim}}}) {
+    if (cols % block != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, " = ", cols, " is not a multiple of ", block, ", the block size of ",
+          GgmlTypeLabel(static_cast<uint32_t>(s.weight_type)), s.k_quant_mix ? " (and Q6_K)" : ""));
+    }
   }
   return absl::OkStatus();
+}
+
+std::vector<std::string> SyntheticArchNames() { return {"llama", "qwen2", "qwen3", "phi3"}; }
+
+absl::Status ParseSyntheticWeightType(std::string_view name, SyntheticModelSpec& spec) {
+  static constexpr std::pair<std::string_view, GgmlType> kTypes[] = {
+      {"f32", GgmlType::kF32},   {"f16", GgmlType::kF16},   {"bf16", GgmlType::kBF16},
+      {"q8_0", GgmlType::kQ8_0}, {"q4_0", GgmlType::kQ4_0}, {"q4_1", GgmlType::kQ4_1},
+      {"q5_0", GgmlType::kQ5_0}, {"q5_1", GgmlType::kQ5_1}, {"q2_k", GgmlType::kQ2_K},
+      {"q3_k", GgmlType::kQ3_K}, {"q4_k", GgmlType::kQ4_K}, {"q5_k", GgmlType::kQ5_K},
+      {"q6_k", GgmlType::kQ6_K}};
+  const std::string lower = absl::AsciiStrToLower(absl::string_view(name.data(), name.size()));
+  for (auto [n, t] : kTypes) {
+    if (lower == n) {
+      spec.weight_type = t;
+      spec.k_quant_mix = false;
+      return absl::OkStatus();
+    }
+  }
+  if (lower == "q4_k_m" || lower == "q5_k_m") {
+    spec.weight_type = lower == "q4_k_m" ? GgmlType::kQ4_K : GgmlType::kQ5_K;
+    spec.k_quant_mix = true;
+    return absl::OkStatus();
+  }
+  std::string known;
+  for (auto [n, t] : kTypes) absl::StrAppend(&known, std::string(n), ", ");
+  return absl::InvalidArgumentError(
+      absl::StrCat("weight type '", lower, "' is not one of ", known, "q4_k_m, q5_k_m"));
 }
 
 absl::StatusOr<Vocabulary> MakeSyntheticVocabulary(int32_t size, uint64_t seed) {
@@ -213,29 +267,81 @@ absl::StatusOr<Vocabulary> MakeSyntheticVocabulary(int32_t size, uint64_t seed) 
 int64_t SyntheticParameterCount(const SyntheticModelSpec& s) {
   const int64_t dim = s.dim, hidden = s.hidden_dim;
   const int64_t kv_dim = static_cast<int64_t>(s.head_dim()) * s.num_kv_heads;
-  const int64_t per_layer =
-      2 * dim + dim * dim /*q*/ + 2 * kv_dim * dim /*k, v*/ + dim * dim /*o*/ + 3 * hidden * dim;
+  const int64_t q_dim = static_cast<int64_t>(s.head_dim()) * s.num_heads;
+  int64_t per_layer = 2 * dim + q_dim * dim /*q*/ + 2 * kv_dim * dim /*k, v*/ + dim * q_dim /*o*/ +
+                      3 * hidden * dim;
+  if (s.arch == "qwen2") per_layer += q_dim + 2 * kv_dim;  // biases
+  if (s.arch == "qwen3") per_layer += 2 * s.head_dim();    // q/k norms
   const int64_t embeddings = static_cast<int64_t>(s.vocab_size) * dim;
   return (s.tie_embeddings ? 1 : 2) * embeddings + s.num_layers * per_layer + dim;
 }
+
+namespace {
+
+// llama.cpp's ftype number of a file of this spec (general.file_type; informational).
+uint32_t FileType(const SyntheticModelSpec& s) {
+  switch (s.weight_type) {
+    case GgmlType::kF32:
+      return 0;
+    case GgmlType::kF16:
+      return 1;
+    case GgmlType::kQ4_0:
+      return 2;
+    case GgmlType::kQ4_1:
+      return 3;
+    case GgmlType::kQ8_0:
+      return 7;
+    case GgmlType::kQ5_0:
+      return 8;
+    case GgmlType::kQ5_1:
+      return 9;
+    case GgmlType::kQ2_K:
+      return 10;
+    case GgmlType::kQ3_K:
+      return 12;
+    case GgmlType::kQ4_K:
+      return s.k_quant_mix ? 15 : 14;
+    case GgmlType::kQ5_K:
+      return s.k_quant_mix ? 17 : 16;
+    case GgmlType::kQ6_K:
+      return 18;
+    case GgmlType::kBF16:
+      return 32;
+    default:
+      return 0;
+  }
+}
+
+// llama.cpp's use_more_bits: the layers whose attn_v / ffn_down a K-quant mix keeps in Q6_K.
+bool UseMoreBits(int layer, int layers) {
+  return layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2;
+}
+
+}  // namespace
 
 absl::Status WriteSyntheticModel(const SyntheticModelSpec& s, const std::string& path) {
   KVSERVE_RETURN_IF_ERROR(ValidateSyntheticSpec(s));
   KVSERVE_ASSIGN_OR_RETURN(Vocabulary vocab, MakeSyntheticVocabulary(s.vocab_size, s.seed));
 
   GgufWriter w;
-  w.SetString("general.architecture", "llama");
+  const std::string& a = s.arch;
+  auto key = [&a](const char* suffix) { return absl::StrCat(a, ".", suffix); };
+  w.SetString("general.architecture", a);
   w.SetString("general.name", s.name);
-  w.SetU32("general.file_type", s.weight_type == GgmlType::kF16 ? 1 : 0);  // ggml ftype
-  w.SetU32("llama.context_length", static_cast<uint32_t>(s.context_length));
-  w.SetU32("llama.embedding_length", static_cast<uint32_t>(s.dim));
-  w.SetU32("llama.block_count", static_cast<uint32_t>(s.num_layers));
-  w.SetU32("llama.feed_forward_length", static_cast<uint32_t>(s.hidden_dim));
-  w.SetU32("llama.rope.dimension_count", static_cast<uint32_t>(s.head_dim()));
-  w.SetU32("llama.attention.head_count", static_cast<uint32_t>(s.num_heads));
-  w.SetU32("llama.attention.head_count_kv", static_cast<uint32_t>(s.num_kv_heads));
-  w.SetF32("llama.attention.layer_norm_rms_epsilon", s.rms_norm_eps);
-  w.SetF32("llama.rope.freq_base", s.rope_freq_base);
+  w.SetU32("general.file_type", FileType(s));
+  w.SetU32(key("context_length"), static_cast<uint32_t>(s.context_length));
+  w.SetU32(key("embedding_length"), static_cast<uint32_t>(s.dim));
+  w.SetU32(key("block_count"), static_cast<uint32_t>(s.num_layers));
+  w.SetU32(key("feed_forward_length"), static_cast<uint32_t>(s.hidden_dim));
+  w.SetU32(key("rope.dimension_count"), static_cast<uint32_t>(s.head_dim()));
+  w.SetU32(key("attention.head_count"), static_cast<uint32_t>(s.num_heads));
+  w.SetU32(key("attention.head_count_kv"), static_cast<uint32_t>(s.num_kv_heads));
+  if (s.explicit_head_dim > 0) {
+    w.SetU32(key("attention.key_length"), static_cast<uint32_t>(s.explicit_head_dim));
+    w.SetU32(key("attention.value_length"), static_cast<uint32_t>(s.explicit_head_dim));
+  }
+  w.SetF32(key("attention.layer_norm_rms_epsilon"), s.rms_norm_eps);
+  w.SetF32(key("rope.freq_base"), s.rope_freq_base);
   w.SetU32("general.alignment", 32);
 
   std::vector<std::string> tokens;
@@ -255,40 +361,85 @@ absl::Status WriteSyntheticModel(const SyntheticModelSpec& s, const std::string&
   w.SetBool("tokenizer.ggml.add_space_prefix", true);
 
   const int64_t dim = s.dim, hidden = s.hidden_dim, vocab_n = s.vocab_size;
-  const int64_t q_dim = dim;
+  const int64_t q_dim = static_cast<int64_t>(s.head_dim()) * s.num_heads;
   const int64_t kv_dim = static_cast<int64_t>(s.head_dim()) * s.num_kv_heads;
-  // A matrix of `rows` outputs over `cols` inputs (ggml order {cols, rows}).
-  auto matrix = [&](const std::string& name, int64_t rows, int64_t cols) -> absl::Status {
+  // The values of a matrix of `rows` outputs over `cols` inputs, uniform in +-sqrt(3 / cols).
+  auto values = [&](const std::string& name, int64_t rows, int64_t cols) {
     const float bound = static_cast<float>(std::sqrt(3.0 / static_cast<double>(cols)));
-    return w.AddTensor(name, {cols, rows}, s.weight_type,
-                       RandomValues(s.seed, name, rows * cols, bound));
+    return RandomValues(s.seed, name, rows * cols, bound);
   };
-  auto ones = [&](const std::string& name, int64_t n) {
-    return w.AddTensor(name, {n}, GgmlType::kF32, std::vector<float>(static_cast<size_t>(n), 1.0f));
+  // A matrix stored as `type` (ggml order {cols, rows}).
+  auto add_matrix = [&](const std::string& name, int64_t rows, int64_t cols, GgmlType type,
+                        const std::vector<float>& v) {
+    return w.AddTensor(name, {cols, rows}, type, v);
+  };
+  const GgmlType more_bits = s.k_quant_mix ? GgmlType::kQ6_K : s.weight_type;
+  auto vector = [&](const std::string& name, int64_t n, float center, float spread) {
+    std::vector<float> v = RandomValues(s.seed, name, n, spread);
+    for (float& x : v) x += center;
+    return w.AddTensor(name, {n}, GgmlType::kF32, v);
+  };
+  auto norm = [&](const std::string& name, int64_t n) {
+    return vector(name, n, 1.0f, s.random_norms ? 0.25f : 0.0f);
   };
   {  // Embeddings. Tied ones are also the output matrix: scaled like one (fan-in dim) so that
      // logits stay moderate; the first RMS norm rescales the rows anyway.
     const std::string name = "token_embd.weight";
     const float bound =
         s.tie_embeddings ? std::sqrt(3.0f / static_cast<float>(dim)) : std::sqrt(3.0f);
-    KVSERVE_RETURN_IF_ERROR(w.AddTensor(name, {dim, vocab_n}, s.weight_type,
-                                        RandomValues(s.seed, name, vocab_n * dim, bound)));
+    KVSERVE_RETURN_IF_ERROR(add_matrix(name, vocab_n, dim,
+                                       s.tie_embeddings ? more_bits : s.weight_type,
+                                       RandomValues(s.seed, name, vocab_n * dim, bound)));
   }
   for (int l = 0; l < s.num_layers; ++l) {
     const std::string p = absl::StrCat("blk.", l, ".");
-    KVSERVE_RETURN_IF_ERROR(ones(p + "attn_norm.weight", dim));
-    KVSERVE_RETURN_IF_ERROR(matrix(p + "attn_q.weight", q_dim, dim));
-    KVSERVE_RETURN_IF_ERROR(matrix(p + "attn_k.weight", kv_dim, dim));
-    KVSERVE_RETURN_IF_ERROR(matrix(p + "attn_v.weight", kv_dim, dim));
-    KVSERVE_RETURN_IF_ERROR(matrix(p + "attn_output.weight", dim, q_dim));
-    KVSERVE_RETURN_IF_ERROR(ones(p + "ffn_norm.weight", dim));
-    KVSERVE_RETURN_IF_ERROR(matrix(p + "ffn_gate.weight", hidden, dim));
-    KVSERVE_RETURN_IF_ERROR(matrix(p + "ffn_down.weight", dim, hidden));
-    KVSERVE_RETURN_IF_ERROR(matrix(p + "ffn_up.weight", hidden, dim));
+    const GgmlType v_type = UseMoreBits(l, s.num_layers) ? more_bits : s.weight_type;
+    KVSERVE_RETURN_IF_ERROR(norm(p + "attn_norm.weight", dim));
+    std::vector<float> wq = values(p + "attn_q.weight", q_dim, dim);
+    std::vector<float> wk = values(p + "attn_k.weight", kv_dim, dim);
+    std::vector<float> wv = values(p + "attn_v.weight", kv_dim, dim);
+    if (a == "phi3") {  // one matrix: q rows, k rows, v rows
+      std::vector<float> qkv = std::move(wq);
+      qkv.insert(qkv.end(), wk.begin(), wk.end());
+      qkv.insert(qkv.end(), wv.begin(), wv.end());
+      KVSERVE_RETURN_IF_ERROR(
+          add_matrix(p + "attn_qkv.weight", q_dim + 2 * kv_dim, dim, v_type, qkv));
+    } else {
+      KVSERVE_RETURN_IF_ERROR(add_matrix(p + "attn_q.weight", q_dim, dim, s.weight_type, wq));
+      KVSERVE_RETURN_IF_ERROR(add_matrix(p + "attn_k.weight", kv_dim, dim, s.weight_type, wk));
+      KVSERVE_RETURN_IF_ERROR(add_matrix(p + "attn_v.weight", kv_dim, dim, v_type, wv));
+    }
+    if (a == "qwen2") {  // biases of the size of the projections' outputs
+      KVSERVE_RETURN_IF_ERROR(vector(p + "attn_q.bias", q_dim, 0.0f, 0.5f));
+      KVSERVE_RETURN_IF_ERROR(vector(p + "attn_k.bias", kv_dim, 0.0f, 0.5f));
+      KVSERVE_RETURN_IF_ERROR(vector(p + "attn_v.bias", kv_dim, 0.0f, 0.5f));
+    }
+    if (a == "qwen3") {
+      KVSERVE_RETURN_IF_ERROR(vector(p + "attn_q_norm.weight", s.head_dim(), 1.0f, 0.25f));
+      KVSERVE_RETURN_IF_ERROR(vector(p + "attn_k_norm.weight", s.head_dim(), 1.0f, 0.25f));
+    }
+    KVSERVE_RETURN_IF_ERROR(add_matrix(p + "attn_output.weight", dim, q_dim, s.weight_type,
+                                       values(p + "attn_output.weight", dim, q_dim)));
+    KVSERVE_RETURN_IF_ERROR(norm(p + "ffn_norm.weight", dim));
+    std::vector<float> gate = values(p + "ffn_gate.weight", hidden, dim);
+    std::vector<float> up = values(p + "ffn_up.weight", hidden, dim);
+    if (a == "phi3") {  // one matrix: gate rows, then up rows
+      gate.insert(gate.end(), up.begin(), up.end());
+      KVSERVE_RETURN_IF_ERROR(
+          add_matrix(p + "ffn_up.weight", 2 * hidden, dim, s.weight_type, gate));
+    } else {
+      KVSERVE_RETURN_IF_ERROR(add_matrix(p + "ffn_gate.weight", hidden, dim, s.weight_type, gate));
+    }
+    KVSERVE_RETURN_IF_ERROR(add_matrix(p + "ffn_down.weight", dim, hidden, v_type,
+                                       values(p + "ffn_down.weight", dim, hidden)));
+    if (a != "phi3") {
+      KVSERVE_RETURN_IF_ERROR(add_matrix(p + "ffn_up.weight", hidden, dim, s.weight_type, up));
+    }
   }
-  KVSERVE_RETURN_IF_ERROR(ones("output_norm.weight", dim));
+  KVSERVE_RETURN_IF_ERROR(norm("output_norm.weight", dim));
   if (!s.tie_embeddings) {
-    KVSERVE_RETURN_IF_ERROR(matrix("output.weight", vocab_n, dim));
+    KVSERVE_RETURN_IF_ERROR(add_matrix("output.weight", vocab_n, dim, more_bits,
+                                       values("output.weight", vocab_n, dim)));
   }
   return w.WriteFile(path);
 }
