@@ -71,9 +71,8 @@ class Backend {
   // Waits for the ops enqueued so far; false with `error` set when one failed.
   virtual bool Synchronize(std::string* error) = 0;
 
-  // ---- What runs here
-  // ---------------------------------------------------------------------------- MatMul and
-  // EmbeddingGather over weights of type `t`.
+  // ---- What runs here ----------------------------------------------------------------------
+  // MatMul and EmbeddingGather over weights of type `t`.
   virtual bool SupportsWeight(DType t) const = 0;
   // PagedAttention over blocks in format `f`.
   virtual bool SupportsKvRead(KvFormat f) const = 0;
@@ -89,12 +88,17 @@ class Backend {
   // (WeightView::panels). The MatMul results of a prepared weight are the same float sequence
   // whatever the batch (batch invariance).
   virtual void PrepareWeight(WeightView* w, void* storage) const = 0;
+  // Names what PrepareWeight writes and where: backends with the same layout share one prepared
+  // copy of a model's weights (LoadedModel::PreparedWeights). Default: name().
+  virtual std::string prepared_weight_layout() const { return std::string(name()); }
 
   // ---- Ops (shapes in comments; all matrices row-major) ---------------------------------------
   // y[n, w.rows] = x[n, w.cols] * W^T.
   virtual void MatMul(const float* x, int64_t n, const WeightView& w, float* y,
                       const ExecContext& ctx) = 0;
   // out[t, :] = table[ids[t], :] for a [vocab, dim] table (dequantized). ids in [0, vocab).
+  // A table this backend prepared (`panels` set) may have no row-major `data` left (its file
+  // copy released): host-memory backends then read the rows from the panels.
   virtual void EmbeddingGather(const WeightView& table, const int32_t* ids, int64_t n, float* out,
                                const ExecContext& ctx) = 0;
   // out[n, dim] = x / sqrt(mean(x^2) + eps) * weight[dim]. out may alias x.

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -85,6 +86,20 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
   ::close(fd);
   ::mprotect(addr, static_cast<size_t>(size), PROT_READ);
   return MappedFile(path, bytes, size);
+}
+
+int64_t MappedFile::Release(const void* p, int64_t n) const {
+  if (data_ == nullptr || n <= 0) return 0;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto base = reinterpret_cast<uintptr_t>(data_);
+  uintptr_t begin = std::max(reinterpret_cast<uintptr_t>(p), base);
+  uintptr_t end = std::min(reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(n),
+                           base + static_cast<uintptr_t>(size_));
+  begin = (begin + page - 1) / page * page;
+  end = end / page * page;
+  if (end <= begin) return 0;
+  if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED) != 0) return 0;
+  return static_cast<int64_t>(end - begin);
 }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept

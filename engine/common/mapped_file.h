@@ -41,6 +41,11 @@ class MappedFile {
   // The path as given to Open().
   const std::string& path() const { return path_; }
 
+  // Returns the memory of the whole pages inside [p, p + n) to the system (the part of the range
+  // outside this file's bytes is ignored). Those bytes read as zeros afterwards: only for ranges
+  // nothing reads again (a weight matrix repacked elsewhere). Returns the bytes released.
+  int64_t Release(const void* p, int64_t n) const;
+
  private:
   MappedFile(std::string path, const uint8_t* data, int64_t size)
       : path_(std::move(path)), data_(data), size_(size) {}

@@ -229,6 +229,11 @@ class GgufFile {
   uint32_t alignment() const { return alignment_; }
   uint64_t data_offset() const { return data_offset_; }  // start of the data section, in bytes
   absl::Span<const uint8_t> bytes() const { return bytes_; }
+  // MappedFile::Release on the file this object read (Open or Parse of a MappedFile); nothing
+  // for caller-owned bytes. Returns the bytes released.
+  int64_t ReleaseBytes(const void* p, int64_t n) const {
+    return file_.has_value() ? file_->Release(p, n) : 0;
+  }
 
   // Metadata in file order.
   const std::vector<GgufKeyValue>& metadata() const { return metadata_; }

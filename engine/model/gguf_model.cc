@@ -115,6 +115,11 @@ class GgufModel final : public LoadedModel {
 
   absl::Status Build();
 
+ protected:
+  int64_t ReleaseFileBytes(const void* p, int64_t n) const override {
+    return file_.ReleaseBytes(p, n);
+  }
+
  private:
   absl::Status Error(std::string_view message) const {
     return absl::InvalidArgumentError(absl::StrCat(file_.name(), ": ", Sv(message)));

@@ -42,6 +42,9 @@ class Llama2cModel final : public LoadedModel {
 
   absl::Status Build(const std::string& tokenizer_path);
 
+ protected:
+  int64_t ReleaseFileBytes(const void* p, int64_t n) const override { return file_.Release(p, n); }
+
  private:
   absl::Status Error(std::string_view message) const {
     return absl::InvalidArgumentError(

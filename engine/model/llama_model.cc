@@ -15,34 +15,8 @@ LlamaModel::LlamaModel(const LoadedModel& model, kernels::ThreadPool* pool,
     : model_(model),
       pool_(pool),
       backend_(backend != nullptr ? backend : kernels::DefaultCpuBackend()),
-      weights_(model.weights()),
-      panels_(nullptr, BackendFree{backend_}) {
-  std::vector<kernels::WeightView*> matrices;
-  for (LayerWeights& lw : weights_.layers) {
-    for (kernels::WeightView* m :
-         {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.w_gate, &lw.w_down, &lw.w_up}) {
-      matrices.push_back(m);
-    }
-  }
-  matrices.push_back(&weights_.output);
-  // One allocation of backend memory (64-byte rounding keeps each matrix's prepared copy on its
-  // own cache lines).
-  std::vector<int64_t> offsets;
-  int64_t bytes = 0;
-  for (const kernels::WeightView* m : matrices) {
-    offsets.push_back(bytes);
-    bytes += (backend_->PreparedWeightBytes(*m) + 63) / 64 * 64;
-  }
-  // Not zeroed: PrepareWeight writes every byte it uses.
-  panels_.reset(backend_->Alloc(bytes));
-  KVSERVE_CHECK(panels_ != nullptr) << "backend " << backend_->name() << ": cannot allocate "
-                                    << bytes << " bytes for the prepared weights";
-  auto* base = static_cast<uint8_t*>(panels_.get());
-  for (size_t i = 0; i < matrices.size(); ++i) {
-    if (backend_->PreparedWeightBytes(*matrices[i]) == 0) continue;  // used in place
-    backend_->PrepareWeight(matrices[i], base + offsets[i]);
-  }
-}
+      prepared_(model.PreparedWeights(backend_)),
+      weights_(*prepared_) {}
 
 KvGeometry LlamaModel::KvGeometryFor(int block_size) const {
   const ModelConfig& c = model_.config();

@@ -14,7 +14,9 @@
 // prompt) runs its kernels on the pool instead. A range reads only the KV its own sequences
 // write: a block written in a step belongs to one sequence (shared blocks are copy-on-write).
 //
-// Batch invariance: the matrices are packed once into panels (kernels::cpu::PackWeightPanels),
+// Batch invariance: the matrices are packed once into panels (kernels::cpu::PackWeightPanels,
+// through LoadedModel::PreparedWeights: shared by every runner of the model, the file's copy
+// released),
 // whose MatMul sums every output in one fixed order, and attention and the other operators
 // compute each token from its own row and its sequence's KV only; so a token's logits are
 // bitwise the same whatever else is in the batch and however its prompt was chunked.
@@ -22,7 +24,8 @@
 // Backend: the runner keeps its scratch in host memory and the pool's blocks are host memory,
 // so the backend must be a host-memory one (Backend::host_memory(); Forward refuses others with
 // FailedPrecondition) that may be called from several threads at once, as the CPU backend may.
-// The weight matrices are prepared (Backend::PrepareWeight) once, in the constructor.
+// The weight matrices are prepared (Backend::PrepareWeight) once per model and backend layout
+// (LoadedModel::PreparedWeights), by the first runner constructed.
 //
 // Thread-safety: one Forward at a time per LlamaModel (it owns scratch buffers). The LoadedModel
 // and the backend must outlive it. The pool is only read through layer views; the caller
@@ -86,20 +89,13 @@ class LlamaModel {
   // is too small or cannot be split evenly (one long prompt), and then the kernels split.
   int SplitBySequence(const ForwardBatch& batch, int64_t* cuts);
 
-  // Frees backend memory.
-  struct BackendFree {
-    kernels::Backend* backend;
-    void operator()(void* p) const { backend->Free(p); }
-  };
-
   const LoadedModel& model_;
   kernels::ThreadPool* pool_;
   kernels::Backend* backend_;
   // The model's weights with every matrix prepared by the backend (the CPU: packed into MatMul
-  // panels, owned by panels_), so that each row of a batch is computed exactly as it would be
-  // alone.
-  ModelWeights weights_;
-  std::unique_ptr<void, BackendFree> panels_;
+  // panels), so that each row of a batch is computed exactly as it would be alone.
+  std::shared_ptr<const ModelWeights> prepared_;
+  const ModelWeights& weights_;
   int64_t capacity_ = 0;
   // Scratch, [capacity_, width] each.
   std::vector<float> x_, xb_, q_, k_, v_, att_, gate_, up_;

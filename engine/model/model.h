@@ -15,8 +15,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "engine/tokenizer/vocabulary.h"
+#include "kernels/backend.h"
 #include "kernels/dtype.h"
 #include "kernels/rope_style.h"
 
@@ -72,20 +75,45 @@ struct ModelWeights {
 
 class LoadedModel {
  public:
-  virtual ~LoadedModel() = default;
+  virtual ~LoadedModel();
   const ModelConfig& config() const { return config_; }
+  // The weight views. After PreparedWeights for a host-memory backend, each dense matrix that
+  // backend repacked has `panels` set to the repacked copy and `data` null: the file's copy was
+  // released (see PreparedWeights).
   const ModelWeights& weights() const { return weights_; }
+
+  // The weights with every matrix prepared by `backend` (Backend::PrepareWeight: the CPU packs
+  // dense matrices into MatMul panels; quantized ones are used in place), prepared on the first
+  // call and shared by every later caller whose backend has the same prepared_weight_layout().
+  // For a host-memory backend the file's copy of each repacked matrix is then released, so that
+  // the weights are held once (the embedding table, when tied to the classifier, is gathered
+  // from the panels); a later call for another layout is then a fatal error (load the model
+  // again). Device backends: the prepared copy is that backend's memory, freed through it when
+  // the model is destroyed; such a backend must outlive the model. Thread-safe; call it before
+  // sharing weights() between threads.
+  std::shared_ptr<const ModelWeights> PreparedWeights(kernels::Backend* backend) const;
   const Vocabulary& vocab() const { return vocab_; }
   const std::string& path() const { return path_; }
   // "gguf" or "llama2c".
   const std::string& file_format() const { return file_format_; }
 
  protected:
+  LoadedModel() = default;
+  // Returns the memory of [p, p + n) (whole pages inside it) when it is part of a file this model
+  // read and owns; the bytes read as zeros afterwards. Default: nothing.
+  virtual int64_t ReleaseFileBytes(const void* p, int64_t n) const { return 0; }
+
   ModelConfig config_;
-  ModelWeights weights_;
+  mutable ModelWeights weights_;  // views updated once by PreparedWeights (see weights())
   Vocabulary vocab_;
   std::string path_;
   std::string file_format_;
+
+ private:
+  struct Prepared;
+  mutable absl::Mutex prepared_mu_;
+  mutable std::vector<std::shared_ptr<Prepared>> prepared_ ABSL_GUARDED_BY(prepared_mu_);
+  mutable bool sources_released_ ABSL_GUARDED_BY(prepared_mu_) = false;
 };
 
 // Loads a model file, detecting the format by its contents:

@@ -31,6 +31,7 @@ class CpuBackend final : public Backend {
   // place (0 bytes).
   int64_t PreparedWeightBytes(const WeightView& w) const override;
   void PrepareWeight(WeightView* w, void* storage) const override;
+  std::string prepared_weight_layout() const override { return "cpu-panels"; }
 
   void MatMul(const float* x, int64_t n, const WeightView& w, float* y,
               const ExecContext& ctx) override;

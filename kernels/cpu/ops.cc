@@ -29,6 +29,28 @@ void GatherRows(const T* table, int64_t vocab, int64_t dim, const int32_t* ids, 
   }
 }
 
+// Rows of a matrix packed by PackWeightPanels: element (r, c) is at
+// panels[(r / P) * cols * P + c * P + r % P], P = kWeightPanelRows.
+template <class T>
+void GatherPanelRows(const T* panels, int64_t vocab, int64_t dim, const int32_t* ids, int64_t n,
+                     float* out) {
+  for (int64_t t = 0; t < n; ++t) {
+    KVSERVE_KERNEL_CHECK(ids[t] >= 0 && ids[t] < vocab, "EmbeddingGather: id out of range");
+    const int64_t r = ids[t];
+    const T* base = panels + r / kWeightPanelRows * dim * kWeightPanelRows + r % kWeightPanelRows;
+    float* o = out + t * dim;
+    for (int64_t c = 0; c < dim; ++c) {
+      if constexpr (std::is_same_v<T, float>) {
+        o[c] = base[c * kWeightPanelRows];
+      } else if constexpr (std::is_same_v<T, simd::Fp16>) {
+        o[c] = Fp16ToFloat(base[c * kWeightPanelRows].bits);
+      } else {
+        o[c] = Bf16ToFloat(base[c * kWeightPanelRows].bits);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) {
@@ -201,6 +223,22 @@ void AddInPlace(float* x, const float* y, int64_t n) {
 }
 
 void EmbeddingGather(const WeightView& table, const int32_t* ids, int64_t n, float* out) {
+  if (table.panels != nullptr && !IsQuantized(table.dtype)) {
+    switch (table.dtype) {
+      case DType::kF32:
+        GatherPanelRows(static_cast<const float*>(table.panels), table.rows, table.cols, ids, n,
+                        out);
+        return;
+      case DType::kF16:
+        GatherPanelRows(static_cast<const simd::Fp16*>(table.panels), table.rows, table.cols, ids,
+                        n, out);
+        return;
+      default:
+        GatherPanelRows(static_cast<const simd::Bf16*>(table.panels), table.rows, table.cols, ids,
+                        n, out);
+        return;
+    }
+  }
   switch (table.dtype) {
     case DType::kF32:
       GatherRows(static_cast<const float*>(table.data), table.rows, table.cols, ids, n, out);

@@ -131,8 +131,8 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(DequantReferenceTest, LlamaCppQuantizedTensorsDecodeAsTheReferenceDecodesThem) {
   const std::string arch = std::string(KVSERVE_MODELS_DIR) + "/arch/";
   int checked = 0;
-  for (const char* file_name : {"dev-smol-llama-Q8_0.gguf", "dev-smol-llama-Q4_0.gguf",
-                                "dev-smol-llama-Q4_K_M.gguf"}) {
+  for (const char* file_name :
+       {"dev-smol-llama-Q8_0.gguf", "dev-smol-llama-Q4_0.gguf", "dev-smol-llama-Q4_K_M.gguf"}) {
     const std::string path = arch + file_name;
     if (!std::ifstream(path).good()) continue;
     auto file = GgufFile::Open(path);
@@ -150,8 +150,8 @@ TEST(DequantReferenceTest, LlamaCppQuantizedTensorsDecodeAsTheReferenceDecodesTh
       ASSERT_EQ(want.size(), ours.size());
       int differ = 0;
       for (size_t i = 0; i < want.size(); ++i) differ += ours[i] != static_cast<float>(want[i]);
-      EXPECT_EQ(differ, 0) << file_name << " " << tensor << " ("
-                           << ref["type"].get<std::string>() << ")";
+      EXPECT_EQ(differ, 0) << file_name << " " << tensor << " (" << ref["type"].get<std::string>()
+                           << ")";
       ++checked;
     }
   }
@@ -253,8 +253,8 @@ TEST_P(ArchReferenceTest, LogLikelihoodsAndArgmaxMatchTheNumpyForwardPass) {
   const double mean = sum_diff / static_cast<double>(ids.size() - 1);
   EXPECT_LT(mean, mean_tol) << CaseName(ac);
   EXPECT_GT(confident, static_cast<int>(ids.size()) / 2) << CaseName(ac);
-  std::printf("%s: mean |dNLL| %.2e, max %.2e, top-1 %d/%d\n", CaseName(ac).c_str(), mean,
-              max_diff, agree, confident);
+  std::printf("%s: mean |dNLL| %.2e, max %.2e, top-1 %d/%d\n", CaseName(ac).c_str(), mean, max_diff,
+              agree, confident);
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -45,6 +45,7 @@ class CountingBackend : public kernels::Backend {
   void PrepareWeight(WeightView* w, void* storage) const override {
     cpu_.PrepareWeight(w, storage);
   }
+  std::string prepared_weight_layout() const override { return cpu_.prepared_weight_layout(); }
   void MatMul(const float* x, int64_t n, const WeightView& w, float* y,
               const ExecContext& ctx) override {
     ++calls["MatMul"];

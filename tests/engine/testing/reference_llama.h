@@ -8,12 +8,27 @@
 #include <vector>
 
 #include "engine/model/model.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/dtype.h"
 #include "kernels/weight_formats.h"
 
 namespace kvserve::testing {
 
 inline double WeightAt(const kernels::WeightView& w, int64_t r, int64_t c) {
+  if (w.data == nullptr) {
+    // Only the prepared copy is left (LoadedModel::PreparedWeights released the file's): read it
+    // from the panels of cpu::PackWeightPanels.
+    constexpr int64_t kP = kernels::cpu::kWeightPanelRows;
+    const int64_t i = r / kP * w.cols * kP + c * kP + r % kP;
+    switch (w.dtype) {
+      case kernels::DType::kF32:
+        return static_cast<const float*>(w.panels)[i];
+      case kernels::DType::kF16:
+        return kernels::Fp16ToFloat(static_cast<const uint16_t*>(w.panels)[i]);
+      default:
+        return kernels::Bf16ToFloat(static_cast<const uint16_t*>(w.panels)[i]);
+    }
+  }
   const int64_t i = r * w.cols + c;
   switch (w.dtype) {
     case kernels::DType::kF32:
