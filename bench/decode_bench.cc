@@ -5,13 +5,19 @@
 //
 //   decode_bench [--model PATH] [--tokens N] [--reps R] [--batches 1,8,32] [--kv-format F]
 //                [--recent-window N] [--sink-tokens N] [--threads N] [--mutex-checks 0]
+//                [--prompt-tokens N]
+// --prompt-tokens N: a prompt-processing line first: one sequence of an N-token prompt (the
+// first N tokens of the model's tokenization of a fixed text, padded with ids) and one generated
+// token, in prompt tokens/s (prefix cache off). The decode rows use short prompts.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/runtime/local_model.h"
@@ -28,6 +34,16 @@ double Median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
+// VmRSS of this process, MiB.
+double ResidentMiB() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  }
+  return -1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -36,7 +52,7 @@ int main(int argc, char** argv) {
   int tokens = 256, reps = 5;
   std::vector<int> batches = {1, 8, 32};
   std::string format = "fp32";
-  int recent_window = 0, sink_tokens = 0, threads = 0;
+  int recent_window = 0, sink_tokens = 0, threads = 0, prompt_tokens = 0;
   bool mutex_checks = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
@@ -56,6 +72,8 @@ int main(int argc, char** argv) {
       threads = std::stoi(value);
     } else if (flag == "--mutex-checks") {
       mutex_checks = value == "1";
+    } else if (flag == "--prompt-tokens") {
+      prompt_tokens = std::atoi(value.c_str());
     } else if (flag == "--batches") {
       batches.clear();
       for (absl::string_view b : absl::StrSplit(value, ',')) {
@@ -81,11 +99,19 @@ int main(int argc, char** argv) {
   o.kv_recent_window = recent_window;
   o.kv_sink_tokens = sink_tokens;
   o.num_threads = threads;
+  // Repeated runs of one long prompt must compute it each time.
+  if (prompt_tokens > 0) o.prefix_cache = false;
+  const auto load_start = std::chrono::steady_clock::now();
   auto lm = LocalModel::Open(o);
   if (!lm.ok()) {
     std::fprintf(stderr, "%s\n", std::string(lm.status().message()).c_str());
     return 1;
   }
+  const double load_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - load_start)
+          .count();
+  std::printf("load %.0f ms, RSS after load %.1f MiB (KV budget %.0f MiB)\n", load_ms,
+              ResidentMiB(), o.kv_budget_bytes / 1048576.0);
   const char* prompts[] = {"Once upon a time", "The little dog", "Lily and Ben went",
                            "One day, a big bird", "Tom had a red ball"};
   std::printf(
@@ -93,6 +119,39 @@ int main(int argc, char** argv) {
       "%d runs, mutex lock-order checks %s\n",
       model.c_str(), format.c_str(), recent_window, sink_tokens, tokens, reps,
       mutex_checks ? "on" : "off");
+  // The fixed long prompt of --prompt-tokens: a text's tokens, padded with ids when short.
+  std::vector<int32_t> long_prompt;
+  if (prompt_tokens > 0) {
+    std::string text;
+    for (int i = 0; i < 200; ++i) {
+      absl::StrAppend(&text, "Once upon a time, in a small town by the sea, a girl named Lily ",
+                      "found a box of old letters. ");
+    }
+    long_prompt = (*lm)->tokenizer().Encode(text, true);
+    const int32_t vocab = (*lm)->config().vocab_size;
+    for (int32_t i = 0; static_cast<int>(long_prompt.size()) < prompt_tokens; ++i) {
+      long_prompt.push_back(3 + (i * 7919) % (vocab - 3));
+    }
+    long_prompt.resize(static_cast<size_t>(prompt_tokens));
+    std::vector<GenerationRequest> one(1);
+    one[0].prompt = long_prompt;
+    one[0].max_tokens = 1;
+    one[0].ignore_eos = true;
+    one[0].sampling.temperature = 0;
+    std::vector<double> pps;
+    for (int r = 0; r < reps + 1; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      auto res = (*lm)->generator().Run(one);
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (!res.ok()) {
+        std::fprintf(stderr, "%s\n", std::string(res.status().message()).c_str());
+        return 1;
+      }
+      if (r > 0) pps.push_back(prompt_tokens / s);
+    }
+    std::printf("prompt processing: %d-token prompt, %.0f prompt tokens/s (median)\n",
+                prompt_tokens, Median(pps));
+  }
   std::printf("%-10s %14s %14s %10s %14s\n", "sequences", "tokens/s", "ms per step", "vs 1 seq",
               "demotion/step");
   double single = 0;

@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
   for (float& v : raw) v = normal(rng);
   for (float& v : x) v = normal(rng) * 20;
   for (DType t : {DType::kF16, DType::kQ8_0, DType::kQ6_K, DType::kQ5_K, DType::kQ4_K, DType::kQ4_0,
-                  DType::kQ3_K, DType::kQ2_K}) {
+                  DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ3_K, DType::kQ2_K}) {
     kvserve::kernels::WeightView w{t, nullptr, rows, cols, nullptr};
     std::vector<uint8_t> bytes(WeightBytes(w)), panels;
     if (t == DType::kF16) {
