@@ -62,8 +62,8 @@ std::shared_ptr<const ModelWeights> LoadedModel::PreparedWeights(kernels::Backen
   const bool host = backend->host_memory();
   if (bytes > 0) {
     // Not zeroed: PrepareWeight writes every byte it uses.
-    prepared->storage = host ? std::aligned_alloc(64, static_cast<size_t>(bytes))
-                             : backend->Alloc(bytes);
+    prepared->storage =
+        host ? std::aligned_alloc(64, static_cast<size_t>(bytes)) : backend->Alloc(bytes);
     if (!host) prepared->device_backend = backend;
     KVSERVE_CHECK(prepared->storage != nullptr)
         << "backend " << backend->name() << ": cannot allocate " << bytes

@@ -41,8 +41,9 @@ TEST_P(WeightMemoryTest, ResidentSetIsTheFileOnceAfterLoad) {
 
   const int kv_budget_mb = 16;
   ServerProcess server;
-  ASSERT_TRUE(server.Start({"model.path=" + model, absl::StrCat("kv_cache.budget_mb=", kv_budget_mb),
-                            "prefix_cache.enabled=false"}));
+  ASSERT_TRUE(
+      server.Start({"model.path=" + model, absl::StrCat("kv_cache.budget_mb=", kv_budget_mb),
+                    "prefix_cache.enabled=false"}));
   // One request, so that every weight has been read by a forward pass.
   {
     const StreamResult stream =
