@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # kvserve and llama.cpp side by side on the same GGUF files, same threads, in one run: prompt
-# processing (512-token prompt), single-sequence decode, and kvserve's 32-sequence decode; load
+# processing (512-token prompt), single-sequence decode and 32 sequences decoded together; load
 # time and RSS. llama.cpp is the prebuilt linux-x64 CPU build of the npm package
 # @fugood/llama.node (bench/llamacpp/package.json), installed into bench/llamacpp/node_modules.
 #
@@ -65,7 +65,8 @@ rows = dict(re.findall(r"^(\d+)\s+(\d+)\s", kv, re.M))
 print(f"| {name} | {t} | kvserve | {load.group(1)} | {float(load.group(2)):.0f} | {float(pp.group(1)):.0f} "
       f"| {rows.get('1', '?')} | {rows.get('32', '?')} |")
 print(f"| {name} | {t} | llama.cpp | {lc['load_ms']} | {lc['rss_mib']:.0f} (node) | "
-      f"{lc['prompt_tokens_per_s']:.0f} | {lc['decode_tokens_per_s']:.1f} | not measured |")
+      f"{lc['prompt_tokens_per_s']:.0f} | {lc['decode_tokens_per_s']:.1f} | "
+      f"{lc['decode32_tokens_per_s'] or 0:.0f} |")
 PY
     done
   done

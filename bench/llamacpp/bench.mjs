@@ -1,6 +1,7 @@
 // llama.cpp's numbers for one GGUF file, through @fugood/llama.node (llama.cpp built for
-// linux-x64 CPU): prompt processing of an N-token prompt and single-sequence greedy decode,
-// medians of R runs, as JSON on stdout.
+// linux-x64 CPU): prompt processing of an N-token prompt, single-sequence greedy decode and
+// 32 sequences decoded together (its parallel mode: 32 slots, one batch per step), medians of R
+// runs, as JSON on stdout.
 //
 //   node bench.mjs MODEL.gguf THREADS PROMPT_TOKENS DECODE_TOKENS REPS
 import { loadModel } from '@fugood/llama.node'
@@ -34,7 +35,35 @@ for (let r = 0; r < reps + 1; ++r) {
   pp.push(p.timings.prompt_per_second)
   tg.push(d.timings.predicted_per_second)
 }
+// 32 sequences at once: tokens/s over the wall time of all 32 (short prompts, so decode
+// dominates), as kvserve's decode_bench measures its 32-sequence row.
+const par = []
+{
+  // A context of its own: 32 slots of 256 tokens each.
+  const pctx = await loadModel({ model, n_ctx: 32 * 256, n_batch: 512, n_parallel: 32,
+    n_threads: threads, n_gpu_layers: 0 })
+  if (await pctx.parallel.enable({ n_parallel: 32, n_batch: 512 })) {
+    const prompts = ['Once upon a time', 'The little dog', 'Lily and Ben went',
+      'One day, a big bird', 'Tom had a red ball']
+    for (let r = 0; r < reps + 1; ++r) {
+      const start = Date.now()
+      const jobs = []
+      for (let i = 0; i < 32; ++i) {
+        const { promise } = await pctx.parallel.completion({ prompt: prompts[i % 5],
+          n_predict: decodeTokens, temperature: 0, top_k: 1, ignore_eos: true })
+        jobs.push(promise)
+      }
+      const results = await Promise.all(jobs)
+      const seconds = (Date.now() - start) / 1000
+      const generated = results.reduce((n, x) => n + (x.tokens_predicted ?? decodeTokens), 0)
+      if (r > 0) par.push(generated / seconds)
+    }
+    pctx.parallel.disable()
+  }
+  await pctx.release()
+}
 console.log(JSON.stringify({ engine: 'llama.cpp (@fugood/llama.node 1.7.15)', model, threads,
   load_ms: loadMs, prompt_tokens: promptN, prompt_tokens_per_s: median(pp),
-  decode_tokens: decodeTokens, decode_tokens_per_s: median(tg), rss_mib: process.memoryUsage().rss / 1048576 }))
+  decode_tokens: decodeTokens, decode_tokens_per_s: median(tg),
+  decode32_tokens_per_s: par.length ? median(par) : null, rss_mib: process.memoryUsage().rss / 1048576 }))
 await ctx.release()
