@@ -98,7 +98,9 @@ int64_t MappedFile::Release(const void* p, int64_t n) const {
   begin = (begin + page - 1) / page * page;
   end = end / page * page;
   if (end <= begin) return 0;
-  if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED) != 0) return 0;
+  // The address as an offset from data_ (this memory is ours: mapped in Open()).
+  auto* start = const_cast<uint8_t*>(data_) + (begin - base);
+  if (::madvise(start, end - begin, MADV_DONTNEED) != 0) return 0;
   return static_cast<int64_t>(end - begin);
 }
 

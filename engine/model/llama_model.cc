@@ -94,20 +94,7 @@ absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, BlockPool& kv, int
     const kernels::PagedKvLayerView view = kv.LayerView(l);
     // Attention block.
     be.RmsNorm(x, lw.attn_norm, n, dim, c.rms_norm_eps, xb, ctx);
-    be.MatMul(xb, n, lw.wq, q, ctx);
-    be.MatMul(xb, n, lw.wk, k, ctx);
-    be.MatMul(xb, n, lw.wv, v, ctx);
-    if (lw.bq != nullptr) be.AddBias(q, lw.bq, n, q_dim, ctx);
-    if (lw.bk != nullptr) be.AddBias(k, lw.bk, n, kv_dim, ctx);
-    if (lw.bv != nullptr) be.AddBias(v, lw.bv, n, kv_dim, ctx);
-    if (lw.q_norm != nullptr) {
-      be.RmsNorm(q, lw.q_norm, n * c.num_heads, c.head_dim, c.rms_norm_eps, q, ctx);
-    }
-    if (lw.k_norm != nullptr) {
-      be.RmsNorm(k, lw.k_norm, n * c.num_kv_heads, c.head_dim, c.rms_norm_eps, k, ctx);
-    }
-    be.Rope(q, rope, n, c.num_heads, c.head_dim, c.rope_style, ctx);
-    be.Rope(k, rope, n, c.num_kv_heads, c.head_dim, c.rope_style, ctx);
+    ProjectQkv(lw, xb, n, rope, q, k, v, ctx);
     if (!be.WriteKv(kv_write, view, ctx)) {
       return absl::InternalError(
           absl::StrFormat("non-finite or out-of-range K/V values in layer %d", l));
@@ -125,6 +112,26 @@ absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, BlockPool& kv, int
     be.Add(x, xb, n * dim, ctx);
   }
   return absl::OkStatus();
+}
+
+void LlamaModel::ProjectQkv(const LayerWeights& lw, const float* xb, int64_t n, const float* rope,
+                            float* q, float* k, float* v, const kernels::ExecContext& ctx) {
+  const ModelConfig& c = model_.config();
+  kernels::Backend& be = *backend_;
+  be.MatMul(xb, n, lw.wq, q, ctx);
+  be.MatMul(xb, n, lw.wk, k, ctx);
+  be.MatMul(xb, n, lw.wv, v, ctx);
+  if (lw.bq != nullptr) be.AddBias(q, lw.bq, n, int64_t{c.num_heads} * c.head_dim, ctx);
+  if (lw.bk != nullptr) be.AddBias(k, lw.bk, n, c.kv_dim(), ctx);
+  if (lw.bv != nullptr) be.AddBias(v, lw.bv, n, c.kv_dim(), ctx);
+  if (lw.q_norm != nullptr) {
+    be.RmsNorm(q, lw.q_norm, n * c.num_heads, c.head_dim, c.rms_norm_eps, q, ctx);
+  }
+  if (lw.k_norm != nullptr) {
+    be.RmsNorm(k, lw.k_norm, n * c.num_kv_heads, c.head_dim, c.rms_norm_eps, k, ctx);
+  }
+  be.Rope(q, rope, n, c.num_heads, c.head_dim, c.rope_style, ctx);
+  be.Rope(k, rope, n, c.num_kv_heads, c.head_dim, c.rope_style, ctx);
 }
 
 void LlamaModel::PointLayerScores(const ForwardBatch& batch, int layer, int64_t t0, int64_t t1) {

@@ -84,6 +84,10 @@ class LlamaModel {
   // InternalError when a K/V value cannot be stored (non-finite).
   absl::Status RunLayers(const ForwardBatch& batch, BlockPool& kv, int64_t t0, int64_t t1,
                          kernels::ThreadPool* pool);
+  // Q, K and V of n normed rows xb: projections, biases and per-head norms where the model has
+  // them, and the rotary embedding of the step's table `rope`.
+  void ProjectQkv(const LayerWeights& lw, const float* xb, int64_t n, const float* rope, float* q,
+                  float* k, float* v, const kernels::ExecContext& ctx);
   // Splits the batch into ranges of whole sequences of about equal cost, one per thread:
   // returns the number of ranges P and cuts[0..P] (cuts[0] = 0, cuts[P] = n); 1 when the batch
   // is too small or cannot be split evenly (one long prompt), and then the kernels split.

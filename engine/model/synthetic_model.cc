@@ -319,11 +319,30 @@ bool UseMoreBits(int layer, int layers) {
 
 }  // namespace
 
-absl::Status WriteSyntheticModel(const SyntheticModelSpec& s, const std::string& path) {
-  KVSERVE_RETURN_IF_ERROR(ValidateSyntheticSpec(s));
-  KVSERVE_ASSIGN_OR_RETURN(Vocabulary vocab, MakeSyntheticVocabulary(s.vocab_size, s.seed));
+namespace {
 
-  GgufWriter w;
+// The values of a matrix of `rows` outputs over `cols` inputs, uniform in +-sqrt(3 / cols).
+std::vector<float> MatrixValues(const SyntheticModelSpec& s, const std::string& name, int64_t rows,
+                                int64_t cols) {
+  const float bound = static_cast<float>(std::sqrt(3.0 / static_cast<double>(cols)));
+  return RandomValues(s.seed, name, rows * cols, bound);
+}
+
+// An F32 vector of `n` values uniform in center +- spread.
+absl::Status AddVector(const SyntheticModelSpec& s, GgufWriter& w, const std::string& name,
+                       int64_t n, float center, float spread) {
+  std::vector<float> v = RandomValues(s.seed, name, n, spread);
+  for (float& x : v) x += center;
+  return w.AddTensor(name, {n}, GgmlType::kF32, v);
+}
+
+absl::Status AddNorm(const SyntheticModelSpec& s, GgufWriter& w, const std::string& name,
+                     int64_t n) {
+  return AddVector(s, w, name, n, 1.0f, s.random_norms ? 0.25f : 0.0f);
+}
+
+// general.*, ARCH.* and tokenizer.ggml.* keys.
+void SetSyntheticMetadata(const SyntheticModelSpec& s, const Vocabulary& vocab, GgufWriter& w) {
   const std::string& a = s.arch;
   auto key = [&a](const char* suffix) { return absl::StrCat(a, ".", suffix); };
   w.SetString("general.architecture", a);
@@ -359,87 +378,88 @@ absl::Status WriteSyntheticModel(const SyntheticModelSpec& s, const std::string&
   w.SetU32("tokenizer.ggml.unknown_token_id", static_cast<uint32_t>(vocab.unk_id));
   w.SetBool("tokenizer.ggml.add_bos_token", true);
   w.SetBool("tokenizer.ggml.add_space_prefix", true);
+}
 
-  const int64_t dim = s.dim, hidden = s.hidden_dim, vocab_n = s.vocab_size;
+// The tensors of layer l.
+absl::Status AddSyntheticLayer(const SyntheticModelSpec& s, int l, GgufWriter& w) {
+  const std::string& a = s.arch;
+  const int64_t dim = s.dim, hidden = s.hidden_dim;
   const int64_t q_dim = static_cast<int64_t>(s.head_dim()) * s.num_heads;
   const int64_t kv_dim = static_cast<int64_t>(s.head_dim()) * s.num_kv_heads;
-  // The values of a matrix of `rows` outputs over `cols` inputs, uniform in +-sqrt(3 / cols).
-  auto values = [&](const std::string& name, int64_t rows, int64_t cols) {
-    const float bound = static_cast<float>(std::sqrt(3.0 / static_cast<double>(cols)));
-    return RandomValues(s.seed, name, rows * cols, bound);
-  };
   // A matrix stored as `type` (ggml order {cols, rows}).
-  auto add_matrix = [&](const std::string& name, int64_t rows, int64_t cols, GgmlType type,
-                        const std::vector<float>& v) {
+  auto add_matrix = [&w](const std::string& name, int64_t rows, int64_t cols, GgmlType type,
+                         const std::vector<float>& v) {
     return w.AddTensor(name, {cols, rows}, type, v);
   };
   const GgmlType more_bits = s.k_quant_mix ? GgmlType::kQ6_K : s.weight_type;
-  auto vector = [&](const std::string& name, int64_t n, float center, float spread) {
-    std::vector<float> v = RandomValues(s.seed, name, n, spread);
-    for (float& x : v) x += center;
-    return w.AddTensor(name, {n}, GgmlType::kF32, v);
-  };
-  auto norm = [&](const std::string& name, int64_t n) {
-    return vector(name, n, 1.0f, s.random_norms ? 0.25f : 0.0f);
-  };
+  const std::string p = absl::StrCat("blk.", l, ".");
+  const GgmlType v_type = UseMoreBits(l, s.num_layers) ? more_bits : s.weight_type;
+  KVSERVE_RETURN_IF_ERROR(AddNorm(s, w, p + "attn_norm.weight", dim));
+  std::vector<float> wq = MatrixValues(s, p + "attn_q.weight", q_dim, dim);
+  std::vector<float> wk = MatrixValues(s, p + "attn_k.weight", kv_dim, dim);
+  std::vector<float> wv = MatrixValues(s, p + "attn_v.weight", kv_dim, dim);
+  if (a == "phi3") {  // one matrix: q rows, k rows, v rows
+    std::vector<float> qkv = std::move(wq);
+    qkv.insert(qkv.end(), wk.begin(), wk.end());
+    qkv.insert(qkv.end(), wv.begin(), wv.end());
+    KVSERVE_RETURN_IF_ERROR(
+        add_matrix(p + "attn_qkv.weight", q_dim + 2 * kv_dim, dim, v_type, qkv));
+  } else {
+    KVSERVE_RETURN_IF_ERROR(add_matrix(p + "attn_q.weight", q_dim, dim, s.weight_type, wq));
+    KVSERVE_RETURN_IF_ERROR(add_matrix(p + "attn_k.weight", kv_dim, dim, s.weight_type, wk));
+    KVSERVE_RETURN_IF_ERROR(add_matrix(p + "attn_v.weight", kv_dim, dim, v_type, wv));
+  }
+  if (a == "qwen2") {  // biases of the size of the projections' outputs
+    KVSERVE_RETURN_IF_ERROR(AddVector(s, w, p + "attn_q.bias", q_dim, 0.0f, 0.5f));
+    KVSERVE_RETURN_IF_ERROR(AddVector(s, w, p + "attn_k.bias", kv_dim, 0.0f, 0.5f));
+    KVSERVE_RETURN_IF_ERROR(AddVector(s, w, p + "attn_v.bias", kv_dim, 0.0f, 0.5f));
+  }
+  if (a == "qwen3") {
+    KVSERVE_RETURN_IF_ERROR(AddVector(s, w, p + "attn_q_norm.weight", s.head_dim(), 1.0f, 0.25f));
+    KVSERVE_RETURN_IF_ERROR(AddVector(s, w, p + "attn_k_norm.weight", s.head_dim(), 1.0f, 0.25f));
+  }
+  KVSERVE_RETURN_IF_ERROR(add_matrix(p + "attn_output.weight", dim, q_dim, s.weight_type,
+                                     MatrixValues(s, p + "attn_output.weight", dim, q_dim)));
+  KVSERVE_RETURN_IF_ERROR(AddNorm(s, w, p + "ffn_norm.weight", dim));
+  std::vector<float> gate = MatrixValues(s, p + "ffn_gate.weight", hidden, dim);
+  std::vector<float> up = MatrixValues(s, p + "ffn_up.weight", hidden, dim);
+  if (a == "phi3") {  // one matrix: gate rows, then up rows
+    gate.insert(gate.end(), up.begin(), up.end());
+    KVSERVE_RETURN_IF_ERROR(add_matrix(p + "ffn_up.weight", 2 * hidden, dim, s.weight_type, gate));
+  } else {
+    KVSERVE_RETURN_IF_ERROR(add_matrix(p + "ffn_gate.weight", hidden, dim, s.weight_type, gate));
+  }
+  KVSERVE_RETURN_IF_ERROR(add_matrix(p + "ffn_down.weight", dim, hidden, v_type,
+                                     MatrixValues(s, p + "ffn_down.weight", dim, hidden)));
+  if (a != "phi3") {
+    KVSERVE_RETURN_IF_ERROR(add_matrix(p + "ffn_up.weight", hidden, dim, s.weight_type, up));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status WriteSyntheticModel(const SyntheticModelSpec& s, const std::string& path) {
+  KVSERVE_RETURN_IF_ERROR(ValidateSyntheticSpec(s));
+  KVSERVE_ASSIGN_OR_RETURN(Vocabulary vocab, MakeSyntheticVocabulary(s.vocab_size, s.seed));
+  GgufWriter w;
+  SetSyntheticMetadata(s, vocab, w);
+  const int64_t dim = s.dim, vocab_n = s.vocab_size;
+  const GgmlType more_bits = s.k_quant_mix ? GgmlType::kQ6_K : s.weight_type;
   {  // Embeddings. Tied ones are also the output matrix: scaled like one (fan-in dim) so that
      // logits stay moderate; the first RMS norm rescales the rows anyway.
     const std::string name = "token_embd.weight";
     const float bound =
         s.tie_embeddings ? std::sqrt(3.0f / static_cast<float>(dim)) : std::sqrt(3.0f);
-    KVSERVE_RETURN_IF_ERROR(add_matrix(name, vocab_n, dim,
-                                       s.tie_embeddings ? more_bits : s.weight_type,
-                                       RandomValues(s.seed, name, vocab_n * dim, bound)));
+    KVSERVE_RETURN_IF_ERROR(w.AddTensor(name, {dim, vocab_n},
+                                        s.tie_embeddings ? more_bits : s.weight_type,
+                                        RandomValues(s.seed, name, vocab_n * dim, bound)));
   }
-  for (int l = 0; l < s.num_layers; ++l) {
-    const std::string p = absl::StrCat("blk.", l, ".");
-    const GgmlType v_type = UseMoreBits(l, s.num_layers) ? more_bits : s.weight_type;
-    KVSERVE_RETURN_IF_ERROR(norm(p + "attn_norm.weight", dim));
-    std::vector<float> wq = values(p + "attn_q.weight", q_dim, dim);
-    std::vector<float> wk = values(p + "attn_k.weight", kv_dim, dim);
-    std::vector<float> wv = values(p + "attn_v.weight", kv_dim, dim);
-    if (a == "phi3") {  // one matrix: q rows, k rows, v rows
-      std::vector<float> qkv = std::move(wq);
-      qkv.insert(qkv.end(), wk.begin(), wk.end());
-      qkv.insert(qkv.end(), wv.begin(), wv.end());
-      KVSERVE_RETURN_IF_ERROR(
-          add_matrix(p + "attn_qkv.weight", q_dim + 2 * kv_dim, dim, v_type, qkv));
-    } else {
-      KVSERVE_RETURN_IF_ERROR(add_matrix(p + "attn_q.weight", q_dim, dim, s.weight_type, wq));
-      KVSERVE_RETURN_IF_ERROR(add_matrix(p + "attn_k.weight", kv_dim, dim, s.weight_type, wk));
-      KVSERVE_RETURN_IF_ERROR(add_matrix(p + "attn_v.weight", kv_dim, dim, v_type, wv));
-    }
-    if (a == "qwen2") {  // biases of the size of the projections' outputs
-      KVSERVE_RETURN_IF_ERROR(vector(p + "attn_q.bias", q_dim, 0.0f, 0.5f));
-      KVSERVE_RETURN_IF_ERROR(vector(p + "attn_k.bias", kv_dim, 0.0f, 0.5f));
-      KVSERVE_RETURN_IF_ERROR(vector(p + "attn_v.bias", kv_dim, 0.0f, 0.5f));
-    }
-    if (a == "qwen3") {
-      KVSERVE_RETURN_IF_ERROR(vector(p + "attn_q_norm.weight", s.head_dim(), 1.0f, 0.25f));
-      KVSERVE_RETURN_IF_ERROR(vector(p + "attn_k_norm.weight", s.head_dim(), 1.0f, 0.25f));
-    }
-    KVSERVE_RETURN_IF_ERROR(add_matrix(p + "attn_output.weight", dim, q_dim, s.weight_type,
-                                       values(p + "attn_output.weight", dim, q_dim)));
-    KVSERVE_RETURN_IF_ERROR(norm(p + "ffn_norm.weight", dim));
-    std::vector<float> gate = values(p + "ffn_gate.weight", hidden, dim);
-    std::vector<float> up = values(p + "ffn_up.weight", hidden, dim);
-    if (a == "phi3") {  // one matrix: gate rows, then up rows
-      gate.insert(gate.end(), up.begin(), up.end());
-      KVSERVE_RETURN_IF_ERROR(
-          add_matrix(p + "ffn_up.weight", 2 * hidden, dim, s.weight_type, gate));
-    } else {
-      KVSERVE_RETURN_IF_ERROR(add_matrix(p + "ffn_gate.weight", hidden, dim, s.weight_type, gate));
-    }
-    KVSERVE_RETURN_IF_ERROR(add_matrix(p + "ffn_down.weight", dim, hidden, v_type,
-                                       values(p + "ffn_down.weight", dim, hidden)));
-    if (a != "phi3") {
-      KVSERVE_RETURN_IF_ERROR(add_matrix(p + "ffn_up.weight", hidden, dim, s.weight_type, up));
-    }
-  }
-  KVSERVE_RETURN_IF_ERROR(norm("output_norm.weight", dim));
+  for (int l = 0; l < s.num_layers; ++l) KVSERVE_RETURN_IF_ERROR(AddSyntheticLayer(s, l, w));
+  KVSERVE_RETURN_IF_ERROR(AddNorm(s, w, "output_norm.weight", dim));
   if (!s.tie_embeddings) {
-    KVSERVE_RETURN_IF_ERROR(add_matrix("output.weight", vocab_n, dim, more_bits,
-                                       values("output.weight", vocab_n, dim)));
+    KVSERVE_RETURN_IF_ERROR(w.AddTensor("output.weight", {dim, vocab_n}, more_bits,
+                                        MatrixValues(s, "output.weight", vocab_n, dim)));
   }
   return w.WriteFile(path);
 }
