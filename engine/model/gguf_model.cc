@@ -1,6 +1,5 @@
 #include "engine/model/gguf_model.h"
 
-#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -10,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -39,8 +39,6 @@ std::string NeString(const std::vector<int64_t>& ne) {
   for (size_t i = 0; i < ne.size(); ++i) absl::StrAppend(&out, i ? ", " : "", ne[i]);
   return out + "]";
 }
-
-std::optional<DType> KernelType(GgmlType t) { return GgmlKernelType(t); }
 
 // A vocabulary of ids only: the file's token strings and types, for a tokenizer model this
 // build cannot run (see LoadGgufModel).
@@ -155,7 +153,7 @@ class GgufModel final : public LoadedModel {
   bool ids_only_vocabulary_ = false;
   const ArchitectureInfo* arch_ = nullptr;
   int64_t original_context_ = 0;  // rope.scaling.original_context_length (Phi-3), or 0
-  std::vector<std::string> used_tensors_;
+  absl::flat_hash_set<std::string> used_tensors_;
   std::vector<std::vector<float>> owned_f32_;
   std::vector<std::vector<uint16_t>> owned_u16_;
 };
@@ -347,12 +345,12 @@ absl::StatusOr<const GgufTensorInfo*> GgufModel::Tensor(const std::string& name,
     return Error(
         absl::StrCat("tensor '", name, "' is missing (architecture '", Sv(arch_->name), "')"));
   }
-  used_tensors_.push_back(name);
+  used_tensors_.insert(name);
   if (info->ne != expected_ne) {
     return Error(absl::StrCat("tensor '", name, "' has shape ", NeString(info->ne), ", expected ",
                               NeString(expected_ne), " (ggml order, ne[0] = columns)"));
   }
-  const std::optional<DType> type = KernelType(info->type);
+  const std::optional<DType> type = GgmlKernelType(info->type);
   if (!type.has_value()) {
     return Error(absl::StrCat("tensor '", name, "' has unsupported type ",
                               GgmlTypeLabel(static_cast<uint32_t>(info->type)),
@@ -369,7 +367,7 @@ absl::StatusOr<const GgufTensorInfo*> GgufModel::Tensor(const std::string& name,
 
 absl::StatusOr<const float*> GgufModel::OwnedF32(const GgufTensorInfo& info) {
   std::vector<float> values(static_cast<size_t>(info.num_elements));
-  kernels::DequantizeRow(*KernelType(info.type), info.data, info.num_elements, values.data());
+  kernels::DequantizeRow(*GgmlKernelType(info.type), info.data, info.num_elements, values.data());
   owned_f32_.push_back(std::move(values));
   return owned_f32_.back().data();
 }
@@ -402,7 +400,7 @@ absl::StatusOr<WeightView> GgufModel::Matrix(const std::string& name, int64_t ro
       }
       return view;
     default:  // block-quantized: used in place (blocks are read with unaligned-safe loads)
-      view.dtype = *KernelType(info->type);
+      view.dtype = *GgmlKernelType(info->type);
       view.data = info->data;
       return view;
   }
@@ -547,7 +545,7 @@ absl::Status GgufModel::ReadRopeFactors() {
 
 absl::Status GgufModel::RejectUnusedTensors() const {
   for (const GgufTensorInfo& t : file_.tensors()) {
-    if (std::find(used_tensors_.begin(), used_tensors_.end(), t.name) == used_tensors_.end()) {
+    if (!used_tensors_.contains(t.name)) {
       return absl::UnimplementedError(absl::StrCat(
           file_.name(), ": tensor '", t.name, "' is not part of architecture '", Sv(arch_->name),
           "' as implemented here (it would change the model's math)"));

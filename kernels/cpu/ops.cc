@@ -132,9 +132,14 @@ void RopeTable(const int32_t* positions, int64_t n, int head_dim, float freq_bas
   }
 }
 
-void RopeAdjacentPairsTable(float* x, const float* cos_sin, int64_t n, int num_heads,
-                            int head_dim) {
+namespace {
+
+// Pair i of each head is elements (i * kStride, i * kStride + offset): adjacent pairs with
+// kStride 2 and offset 1, NeoX halves with kStride 1 and offset head_dim / 2.
+template <int kStride>
+void RopeTableApply(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim) {
   const int pairs = head_dim / 2;
+  const int offset = kStride == 2 ? 1 : pairs;
   const int64_t row = static_cast<int64_t>(num_heads) * head_dim;
   for (int64_t t = 0; t < n; ++t) {
     const float* cs = cos_sin + t * 2 * pairs;
@@ -144,33 +149,25 @@ void RopeAdjacentPairsTable(float* x, const float* cos_sin, int64_t n, int num_h
       for (int i = 0; i < pairs; ++i) {
         const float c = cs[2 * i];
         const float s = cs[2 * i + 1];
-        const float a = xh[2 * i];
-        const float b = xh[2 * i + 1];
-        xh[2 * i] = a * c - b * s;
-        xh[2 * i + 1] = a * s + b * c;
+        float* p0 = xh + kStride * i;
+        const float a = p0[0];
+        const float b = p0[offset];
+        p0[0] = a * c - b * s;
+        p0[offset] = a * s + b * c;
       }
     }
   }
 }
 
+}  // namespace
+
+void RopeAdjacentPairsTable(float* x, const float* cos_sin, int64_t n, int num_heads,
+                            int head_dim) {
+  RopeTableApply<2>(x, cos_sin, n, num_heads, head_dim);
+}
+
 void RopeNeoxTable(float* x, const float* cos_sin, int64_t n, int num_heads, int head_dim) {
-  const int pairs = head_dim / 2;
-  const int64_t row = static_cast<int64_t>(num_heads) * head_dim;
-  for (int64_t t = 0; t < n; ++t) {
-    const float* cs = cos_sin + t * 2 * pairs;
-    float* xt = x + t * row;
-    for (int h = 0; h < num_heads; ++h) {
-      float* xh = xt + static_cast<int64_t>(h) * head_dim;
-      for (int i = 0; i < pairs; ++i) {
-        const float c = cs[2 * i];
-        const float s = cs[2 * i + 1];
-        const float a = xh[i];
-        const float b = xh[i + pairs];
-        xh[i] = a * c - b * s;
-        xh[i + pairs] = a * s + b * c;
-      }
-    }
-  }
+  RopeTableApply<1>(x, cos_sin, n, num_heads, head_dim);
 }
 
 void RopeAdjacentPairs(float* x, const int32_t* positions, int64_t n, int num_heads, int head_dim,
