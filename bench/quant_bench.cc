@@ -3,7 +3,9 @@
 // Reports medians and the achieved rate of weight streaming (weight bytes read per second).
 //
 //   quant_bench [--model PATH] [--rows R] [--cols C] [--n N] [--reps K] [--steps S]
-//               [--threads T]
+//               [--threads T] [--path avx512vnni|avx2|scalar]
+// --path picks the quantized MatMul kernel of the micro-benchmark (default: the best this CPU
+// runs); the model decode always uses the best.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -40,6 +42,8 @@ int main(int argc, char** argv) {
   std::string model_path = std::string(KVSERVE_MODELS_DIR) + "/arch/dev-smol-llama-Q4_K_M.gguf";
   int64_t rows = 4096, cols = 4096, n = 1;
   int reps = 21, steps = 128, threads = 1;
+  namespace cpu = kvserve::kernels::cpu;
+  cpu::QuantKernel path = cpu::BestQuantKernel();
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     const char* v = argv[i + 1];
@@ -57,14 +61,28 @@ int main(int argc, char** argv) {
       steps = std::atoi(v);
     else if (a == "--threads")
       threads = std::atoi(v);
-    else {
+    else if (a == "--path") {
+      const std::string name = v;
+      bool found = false;
+      for (cpu::QuantKernel k :
+           {cpu::QuantKernel::kAvx512Vnni, cpu::QuantKernel::kAvx2, cpu::QuantKernel::kScalar}) {
+        if (name == cpu::QuantKernelName(k)) {
+          path = k;
+          found = true;
+        }
+      }
+      if (!found || !cpu::QuantKernelSupported(path)) {
+        std::fprintf(stderr, "--path %s: not a quantized kernel this CPU runs\n", v);
+        return 2;
+      }
+    } else {
       std::fprintf(stderr, "unknown flag %s\n", a.c_str());
       return 2;
     }
   }
   kvserve::kernels::ThreadPool pool(threads);
   std::printf("quantized MatMul: path %s, W [%lld, %lld], n = %lld, %d thread(s), median of %d\n",
-              kvserve::kernels::cpu::QuantKernelName(kvserve::kernels::cpu::BestQuantKernel()),
+              cpu::QuantKernelName(path),
               static_cast<long long>(rows), static_cast<long long>(cols), static_cast<long long>(n),
               threads, reps);
   std::printf("%-6s %12s %12s %10s\n", "type", "weight MB", "us/call", "GB/s");
@@ -94,7 +112,11 @@ int main(int argc, char** argv) {
     std::vector<double> us;
     for (int k = 0; k < reps; ++k) {
       const auto t0 = Clock::now();
-      kvserve::kernels::cpu::MatMul(x.data(), n, w, y.data(), &pool);
+      if (t == DType::kF16) {
+        cpu::MatMul(x.data(), n, w, y.data(), &pool);
+      } else {
+        cpu::QuantMatMulWith(path, x.data(), n, w, y.data(), &pool);
+      }
       us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
     }
     const double med = Median(us);
