@@ -82,9 +82,8 @@ int main(int argc, char** argv) {
   }
   kvserve::kernels::ThreadPool pool(threads);
   std::printf("quantized MatMul: path %s, W [%lld, %lld], n = %lld, %d thread(s), median of %d\n",
-              cpu::QuantKernelName(path),
-              static_cast<long long>(rows), static_cast<long long>(cols), static_cast<long long>(n),
-              threads, reps);
+              cpu::QuantKernelName(path), static_cast<long long>(rows),
+              static_cast<long long>(cols), static_cast<long long>(n), threads, reps);
   std::printf("%-6s %12s %12s %10s\n", "type", "weight MB", "us/call", "GB/s");
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.0f, 0.05f);

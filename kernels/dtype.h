@@ -42,10 +42,8 @@ struct WeightView {
   const void* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
-  // Optional: the same matrix prepared by the CPU backend (same dtype): dense types repacked by
-  // cpu::PackWeightPanels (every output a sum in one fixed order, whatever the batch), quantized
-  // types the same blocks in row-major order, copied into huge-page memory. The CPU MatMul and
-  // EmbeddingGather use it when set.
+  // Optional: the same matrix repacked by cpu::PackWeightPanels (same dtype). The CPU MatMul
+  // uses it when set; it makes every output a sum in one fixed order, whatever the batch.
   const void* panels = nullptr;
 };
 

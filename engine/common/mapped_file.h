@@ -4,9 +4,10 @@
 // that is truncated, rewritten or deleted afterwards can neither fault a reader (SIGBUS past the
 // new end of a file mapping) nor change what it reads. MappedFile owns that memory and unmaps it
 // when destroyed. It is movable, not copyable; moving keeps the address, so pointers into data()
-// stay valid for as long as some MappedFile owns the memory. The bytes are immutable (PROT_READ)
-// and safe to read from any number of threads. An empty file gives data() == nullptr and
-// size() == 0.
+// stay valid for as long as some MappedFile owns the memory. The memory is 2 MiB-aligned and
+// advised as transparent huge pages (weights used in place are streamed once per decode step). The
+// bytes are immutable (PROT_READ) and safe to read from any number of threads. An empty file gives
+// data() == nullptr and size() == 0.
 #ifndef KVSERVE_ENGINE_COMMON_MAPPED_FILE_H_
 #define KVSERVE_ENGINE_COMMON_MAPPED_FILE_H_
 

@@ -5,7 +5,6 @@
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/paged_attention.h"
-#include "kernels/weight_formats.h"
 
 namespace kvserve::kernels::cpu {
 
@@ -30,20 +29,13 @@ void CpuBackend::CopyOut(void* host_dst, const void* src, int64_t bytes) {
 }
 
 int64_t CpuBackend::PreparedWeightBytes(const WeightView& w) const {
-  return IsQuantized(w.dtype) ? WeightRowBytes(w.dtype, w.cols) * w.rows : WeightPanelBytes(w);
+  return IsQuantized(w.dtype) ? 0 : WeightPanelBytes(w);
 }
 
 void CpuBackend::PrepareWeight(WeightView* w, void* storage) const {
   // Quantized matrices are used in place: their MatMul is batch-invariant without panels.
-  if (IsQuantized(w->dtype)) {
-    // The blocks as they are (their MatMul is batch-invariant without panels), copied out of the
-    // file mapping into the prepared storage, which is backed by 2 MiB pages: the hardware
-    // prefetchers stop at every 4 KiB page of a file mapping, and decode streams every weight
-    // once per token (1b-gqa Q4_K_M on one core: 8.9 GB/s from the file's pages, 9.7 from here).
-    std::memcpy(storage, w->data, static_cast<size_t>(WeightRowBytes(w->dtype, w->cols) * w->rows));
-  } else {
-    PackWeightPanels(*w, storage);
-  }
+  if (IsQuantized(w->dtype)) return;
+  PackWeightPanels(*w, storage);
   w->panels = storage;
 }
 

@@ -251,11 +251,8 @@ void EmbeddingGather(const WeightView& table, const int32_t* ids, int64_t n, flo
       for (int64_t t = 0; t < n; ++t) {
         KVSERVE_KERNEL_CHECK(ids[t] >= 0 && ids[t] < table.rows,
                              "EmbeddingGather: id out of range");
-        DequantizeRow(
-            table.dtype,
-            static_cast<const uint8_t*>(table.panels != nullptr ? table.panels : table.data) +
-                ids[t] * row_bytes,
-            table.cols, out + t * table.cols);
+        DequantizeRow(table.dtype, static_cast<const uint8_t*>(table.data) + ids[t] * row_bytes,
+                      table.cols, out + t * table.cols);
       }
       return;
     }

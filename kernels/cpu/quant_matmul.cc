@@ -438,7 +438,7 @@ void Run(QuantKernel k, const float* x, int64_t n, const WeightView& w, float* y
   if (static_cast<int64_t>(acts.size()) < n * nb) acts.resize(static_cast<size_t>(n * nb));
   for (int64_t i = 0; i < n; ++i) QuantizeActs<QK>(x + i * w.cols, w.cols, acts.data() + i * nb);
   const ActBlock<QK>* xq = acts.data();
-  const auto* base = static_cast<const uint8_t*>(w.panels != nullptr ? w.panels : w.data);
+  const auto* base = static_cast<const uint8_t*>(w.data);
   const int64_t block_bytes = DTypeBlockBytes(w.dtype);
   const int64_t row_bytes = nb * block_bytes;
   // One dispatch per row range: a per-type SIMD kernel where there is one (it may leave a few
