@@ -272,8 +272,9 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (cuda::DeviceCount() == 0) {
-    std::printf("no CUDA device: nothing to measure\n");
+  std::string no_device;
+  if (cuda::DeviceCount(&no_device) == 0) {
+    std::printf("%s: nothing to measure\n", no_device.c_str());
     return 0;
   }
   cuda::DeviceInfo info;

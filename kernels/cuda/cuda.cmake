@@ -7,9 +7,13 @@
 # Few translation units on purpose: the kernels build for every architecture in
 # KVSERVE_CUDA_ARCHS, and CI compiles them on every run.
 set(KVSERVE_CUDA_ARCHS "80;90" CACHE STRING "CUDA architectures the kernels are compiled for")
-if(NOT CMAKE_CUDA_ARCHITECTURES)
+# -DCMAKE_CUDA_ARCHITECTURES (the Dockerfile's CUDA_ARCHITECTURES) overrides the default list.
+if(CMAKE_CUDA_ARCHITECTURES)
+  set(KVSERVE_CUDA_ARCHS "${CMAKE_CUDA_ARCHITECTURES}")
+else()
   set(CMAKE_CUDA_ARCHITECTURES ${KVSERVE_CUDA_ARCHS})
 endif()
+message(STATUS "CUDA kernels for architectures: ${KVSERVE_CUDA_ARCHS}")
 if(KVSERVE_CCACHE AND KVSERVE_CCACHE_PROGRAM AND NOT CMAKE_CUDA_COMPILER_LAUNCHER)
   set(CMAKE_CUDA_COMPILER_LAUNCHER ${KVSERVE_CCACHE_PROGRAM})
 endif()

@@ -202,8 +202,9 @@ class CudaBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> CreateCudaBackend(std::string* error) {
-  if (DeviceCount() == 0) {
-    if (error != nullptr) *error = "no CUDA device";
+  std::string none;
+  if (DeviceCount(&none) == 0) {
+    if (error != nullptr) *error = none;
     return nullptr;
   }
   Gemm gemm;

@@ -190,6 +190,9 @@ __device__ __forceinline__ void Dequant(const RowCodes<F, R, kC>& c, const uint8
 }
 
 // Calls fn(std::integral_constant<KvFormat, f>{}) for the runtime format f (uniform per block).
+// A block of any other format (lowrank, which is CPU-only, or a byte that is no format) is a
+// broken precondition: the kernel traps, so the launch fails loudly (the host's next CUDA check
+// aborts) instead of leaving that block out of the attention.
 template <class Fn>
 __device__ __forceinline__ void DispatchFormat(KvFormat f, Fn&& fn) {
   switch (f) {
@@ -217,6 +220,8 @@ __device__ __forceinline__ void DispatchFormat(KvFormat f, Fn&& fn) {
     case KvFormat::kInt2:
       fn(std::integral_constant<KvFormat, KvFormat::kInt2>{});
       break;
+    default:
+      __trap();
   }
 }
 

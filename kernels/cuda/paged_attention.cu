@@ -350,6 +350,9 @@ void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache, 
   KVSERVE_CUDA_REQUIRE(s.num_kv_heads > 0 && batch.num_heads % s.num_kv_heads == 0,
                        "cuda::PagedAttention: num_heads must be a multiple of num_kv_heads");
   KVSERVE_CUDA_REQUIRE(batch.max_kv_len >= 1, "cuda::PagedAttention: max_kv_len must be >= 1");
+  KVSERVE_CUDA_REQUIRE(
+      cache.key_basis == nullptr,
+      "cuda::PagedAttention: lowrank key blocks are CPU-only (a key basis was given)");
   const int splits = MaxSplits(s.block_size, batch.max_kv_len);
   KVSERVE_CUDA_REQUIRE(splits <= 65535, "cuda::PagedAttention: context too long");
   const bool scores = batch.seq_scores != nullptr;

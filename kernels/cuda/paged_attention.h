@@ -11,7 +11,8 @@
 // same computation (token_kv_len expresses causality, as on the CPU).
 //
 // Formats: fp32, fp16, bf16, fp8, int8, int4, nvfp4 and int2. The experimental lowrank key
-// format (which needs the pool's per-head basis) is CPU-only; a device pool must not hold it.
+// format (which needs the pool's per-head basis) is CPU-only: a key basis is refused, and a block
+// of any format not listed here traps the kernel (a loud launch failure, never a skipped block).
 #ifndef KVSERVE_KERNELS_CUDA_PAGED_ATTENTION_H_
 #define KVSERVE_KERNELS_CUDA_PAGED_ATTENTION_H_
 

@@ -23,12 +23,25 @@ __global__ void FillBlockPointers(uint8_t* base, int64_t block_bytes, int64_t n,
 
 }  // namespace
 
-int DeviceCount() {
+std::string CudaVersions() {
+  auto text = [](int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); };
+  int driver = 0, runtime = 0;
+  cudaDriverGetVersion(&driver);  // 0 when no driver is loaded
+  cudaRuntimeGetVersion(&runtime);
+  return (driver > 0 ? "driver supports CUDA " + text(driver)
+                     : std::string("no CUDA driver loaded")) +
+         ", this build's runtime is CUDA " + text(runtime);
+}
+
+int DeviceCount(std::string* why) {
   int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
     cudaGetLastError();  // clear the sticky "no driver / no device" error
+    if (why != nullptr) *why = ErrorText(e) + " (" + CudaVersions() + ")";
     return 0;
   }
+  if (n == 0 && why != nullptr) *why = "no CUDA device (" + CudaVersions() + ")";
   return n;
 }
 

@@ -16,8 +16,15 @@ namespace kvserve::kernels::cuda {
 // A CUDA stream (cudaStream_t); nullptr is the legacy default stream.
 using Stream = CUstream_st*;
 
-// Number of CUDA devices usable by this process (0 when there is no driver or no device).
-int DeviceCount();
+// Number of CUDA devices usable by this process: 0 when there is no driver, no device, or a
+// driver too old for this build's runtime. Then `why`, when given, says which, with the CUDA
+// error and the driver's and the runtime's CUDA versions (e.g. "cudaErrorInsufficientDriver: CUDA
+// driver version is insufficient for CUDA runtime version (driver supports CUDA 12.2, this build's
+// runtime is CUDA 13.0)").
+int DeviceCount(std::string* why = nullptr);
+// "driver supports CUDA X.Y, this build's runtime is CUDA A.B" ("no CUDA driver loaded, ..."
+// when there is none).
+std::string CudaVersions();
 
 struct DeviceInfo {
   std::string name;

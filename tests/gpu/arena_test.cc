@@ -13,12 +13,16 @@ namespace kvserve::kernels::cuda {
 namespace {
 
 TEST(GpuArenaTest, ReportsTheDevice) {
-  if (DeviceCount() == 0) {
+  std::string why;
+  if (DeviceCount(&why) == 0) {
+    // The reason names the CUDA versions, so that a driver older than the runtime is told apart
+    // from a machine with no GPU.
+    EXPECT_NE(why.find("this build's runtime is CUDA"), std::string::npos) << why;
     DeviceInfo info;
     std::string error;
     EXPECT_FALSE(QueryDevice(0, &info, &error));
     EXPECT_FALSE(error.empty());
-    GTEST_SKIP() << "no CUDA device";
+    GTEST_SKIP() << why;
   }
   DeviceInfo info;
   std::string error;

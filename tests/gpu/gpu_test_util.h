@@ -9,16 +9,18 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/runtime.h"
 
-// Skips the current test when the process sees no CUDA device.
-#define KVSERVE_REQUIRE_GPU()                                            \
-  do {                                                                   \
-    if (::kvserve::kernels::cuda::DeviceCount() == 0) {                  \
-      GTEST_SKIP() << "no CUDA device: the GPU tests run on a GPU host"; \
-    }                                                                    \
+// Skips the current test when the process sees no CUDA device, saying why.
+#define KVSERVE_REQUIRE_GPU()                                                \
+  do {                                                                       \
+    std::string kvserve_no_gpu;                                              \
+    if (::kvserve::kernels::cuda::DeviceCount(&kvserve_no_gpu) == 0) {       \
+      GTEST_SKIP() << kvserve_no_gpu << ": the GPU tests run on a GPU host"; \
+    }                                                                        \
   } while (0)
 
 #define KVSERVE_ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
