@@ -1,21 +1,17 @@
 // LoadedModel::PreparedWeights: the backend-prepared copy of a model's weights, prepared once and
 // shared, with the file's copy of every repacked matrix released (weights held once).
-#include <sys/mman.h>
-
 #include <cstdlib>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "engine/common/huge_pages.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/model.h"
 #include "kernels/backend.h"
 #include "kernels/weight_formats.h"
 
 namespace kvserve::engine {
-// Host storage is allocated in whole 2 MiB pages and advised as huge pages: the weights are
-// streamed once per decode step, and 4 KiB pages stop the hardware prefetchers at every page.
-constexpr size_t kHugePage = size_t{2} << 20;
 
 struct LoadedModel::Prepared {
   std::string layout;
@@ -67,11 +63,12 @@ std::shared_ptr<const ModelWeights> LoadedModel::PreparedWeights(kernels::Backen
   const bool host = backend->host_memory();
   if (bytes > 0) {
     // Not zeroed: PrepareWeight writes every byte it uses.
-    const size_t host_bytes = (static_cast<size_t>(bytes) + kHugePage - 1) / kHugePage * kHugePage;
-    prepared->storage = host ? std::aligned_alloc(kHugePage, host_bytes) : backend->Alloc(bytes);
+    // Host memory in whole huge pages (engine/common/huge_pages.h).
+    const size_t host_bytes = RoundUpToHugePages(static_cast<size_t>(bytes));
+    prepared->storage =
+        host ? std::aligned_alloc(kHugePageBytes, host_bytes) : backend->Alloc(bytes);
     if (!host) prepared->device_backend = backend;
-    // Advice only: without transparent huge pages the memory works the same, more slowly.
-    if (host && prepared->storage != nullptr) madvise(prepared->storage, host_bytes, MADV_HUGEPAGE);
+    if (host && prepared->storage != nullptr) AdviseHugePages(prepared->storage, host_bytes);
     KVSERVE_CHECK(prepared->storage != nullptr)
         << "backend " << backend->name() << ": cannot allocate " << bytes
         << " bytes for the prepared weights of " << path_;
