@@ -2,11 +2,11 @@
 #
 # Targets:
 #   runtime (default)  CPU server on debian:bookworm
-#   runtime-cuda       the same server, built where the CUDA kernels (kernels/cuda) are built too;
-#                      the toolkit comes from an nvidia/cuda devel image (build argument
-#                      CUDA_DEVEL_IMAGE). It checks that the CUDA kernels build. The kvserve binary
-#                      does not use the GPU: its forward pass runs on the CPU in every image, so
-#                      run it without a GPU (deploy/README.md).
+#   runtime-cuda       the same server with the CUDA backend (engine.device: cuda): the module
+#                      libkvserve_cuda.so beside the binary and the toolkit's cuBLAS libraries,
+#                      built from an nvidia/cuda devel image (build argument CUDA_DEVEL_IMAGE).
+#                      Run it with a GPU and the NVIDIA container runtime; with engine.device:
+#                      cpu (the default) it serves on the CPU and loads no CUDA library.
 #
 #   deploy/scripts/build-image.sh                      # buildah, no Docker engine needed
 #   docker build -t kvserve:latest .                   # with Docker
@@ -98,11 +98,18 @@ RUN --mount=type=cache,target=/root/.cache/ccache,sharing=locked \
       -DKVSERVE_NATIVE=OFF -DKVSERVE_CUDA=ON \
       "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES}" -DCMAKE_CUDA_RUNTIME_LIBRARY=Static \
       -DKVSERVE_BUILD_TESTS=OFF -DKVSERVE_BUILD_BENCH=OFF \
- && strip /build/kvserve
+ && strip /build/kvserve /build/libkvserve_cuda.so
 
 FROM runtime AS runtime-cuda
-# The server's forward pass runs on the CPU: no GPU is requested or used by this binary.
-COPY --from=build-cuda /build/kvserve /usr/local/bin/kvserve
+# engine.device: cuda loads /usr/local/bin/libkvserve_cuda.so, which needs the toolkit's cuBLAS
+# (the CUDA runtime is linked in statically); the driver comes from the host (NVIDIA container
+# runtime).
+USER root
+COPY --from=cuda-toolkit /usr/local/cuda/lib64/libcublas.so* /usr/local/cuda/lib64/libcublasLt.so* \
+     /usr/local/lib/
+RUN ldconfig
+USER 10001:10001
+COPY --from=build-cuda /build/kvserve /build/libkvserve_cuda.so /usr/local/bin/
 
 # The last stage is the default target of `docker build`.
 FROM runtime AS default

@@ -5,7 +5,9 @@
 //
 //   decode_bench [--model PATH] [--tokens N] [--reps R] [--batches 1,8,32] [--kv-format F]
 //                [--recent-window N] [--sink-tokens N] [--threads N] [--mutex-checks 0]
-//                [--prompt-tokens N]
+//                [--prompt-tokens N] [--device cpu|cuda] [--kv-budget-mb N]
+// --device cuda: the forward pass and the KV pool on the GPU (builds with CUDA; the module
+// libkvserve_cuda.so is looked for beside this binary, or at $KVSERVE_CUDA_MODULE).
 // --prompt-tokens N: a prompt-processing line first: one sequence of an N-token prompt (the
 // first N tokens of the model's tokenization of a fixed text, padded with ids) and one generated
 // token, in prompt tokens/s (prefix cache off). The decode rows use short prompts.
@@ -21,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/runtime/local_model.h"
+#include "kernels/backend.h"
 #include "spdlog/spdlog.h"
 
 namespace {
@@ -53,6 +56,8 @@ int main(int argc, char** argv) {
   std::vector<int> batches = {1, 8, 32};
   std::string format = "fp32";
   int recent_window = 0, sink_tokens = 0, threads = 0, prompt_tokens = 0;
+  std::string device = "cpu";
+  int64_t budget_mb = 256;
   bool mutex_checks = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
@@ -70,6 +75,10 @@ int main(int argc, char** argv) {
       sink_tokens = std::stoi(value);
     } else if (flag == "--threads") {
       threads = std::stoi(value);
+    } else if (flag == "--device") {
+      device = value;
+    } else if (flag == "--kv-budget-mb") {
+      budget_mb = std::stoll(value);
     } else if (flag == "--mutex-checks") {
       mutex_checks = value == "1";
     } else if (flag == "--prompt-tokens") {
@@ -88,6 +97,9 @@ int main(int argc, char** argv) {
   // As `kvserve serve` does (tools/kvserve_main.cc); --mutex-checks 1 keeps Abseil's lock-order
   // checks.
   if (!mutex_checks) absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#if defined(KVSERVE_CUDA_MODULE)
+  kvserve::kernels::RegisterCudaModule(KVSERVE_CUDA_MODULE);
+#endif
   LocalModelOptions o;
   o.model_path = model;
   const auto parsed = kvserve::kernels::ParseKvFormat(format);
@@ -99,6 +111,8 @@ int main(int argc, char** argv) {
   o.kv_recent_window = recent_window;
   o.kv_sink_tokens = sink_tokens;
   o.num_threads = threads;
+  o.device = device;
+  o.kv_budget_bytes = budget_mb << 20;
   // Repeated runs of one long prompt must compute it each time.
   if (prompt_tokens > 0) o.prefix_cache = false;
   const auto load_start = std::chrono::steady_clock::now();
@@ -115,9 +129,9 @@ int main(int argc, char** argv) {
   const char* prompts[] = {"Once upon a time", "The little dog", "Lily and Ben went",
                            "One day, a big bird", "Tom had a red ball"};
   std::printf(
-      "model %s, KV %s (recent window %d, sinks %d), %d generated tokens per sequence, median of "
-      "%d runs, mutex lock-order checks %s\n",
-      model.c_str(), format.c_str(), recent_window, sink_tokens, tokens, reps,
+      "model %s, device %s, KV %s (recent window %d, sinks %d), %d generated tokens per sequence, "
+      "median of %d runs, mutex lock-order checks %s\n",
+      model.c_str(), device.c_str(), format.c_str(), recent_window, sink_tokens, tokens, reps,
       mutex_checks ? "on" : "off");
   // The fixed long prompt of --prompt-tokens: a text's tokens, padded with ids when short.
   std::vector<int32_t> long_prompt;

@@ -1,6 +1,11 @@
 #include "kernels/backend.h"
 
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <filesystem>
 #include <mutex>
+#include <system_error>
 #include <utility>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -73,6 +78,43 @@ std::unique_ptr<Backend> CreateBackend(std::string_view name, std::string* error
 Backend* DefaultCpuBackend() {
   static cpu::CpuBackend* backend = new cpu::CpuBackend;
   return backend;
+}
+
+bool RegisterBackendModule(std::string name, std::string path, std::string symbol) {
+  return RegisterBackend(
+      std::move(name),
+      [path = std::move(path),
+       symbol = std::move(symbol)](std::string* error) -> std::unique_ptr<Backend> {
+        // Loaded once and never unloaded: backends it made may live until exit.
+        void* module = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+        if (module == nullptr) {
+          const char* why = dlerror();
+          *error = "cannot load " + path + ": " + (why != nullptr ? why : "unknown error");
+          return nullptr;
+        }
+        using Create = Backend* (*)(std::string*);
+        auto create = reinterpret_cast<Create>(dlsym(module, symbol.c_str()));
+        if (create == nullptr) {
+          *error = path + " has no " + symbol;
+          return nullptr;
+        }
+        return std::unique_ptr<Backend>(create(error));
+      });
+}
+
+void RegisterCudaModule(const std::string& fallback_path) {
+  constexpr char kFile[] = "libkvserve_cuda.so";
+  std::string path = fallback_path;
+  if (const char* env = std::getenv("KVSERVE_CUDA_MODULE"); env != nullptr && *env != '\0') {
+    path = env;
+  } else {
+    std::error_code ec;
+    const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (!ec && std::filesystem::exists(exe.parent_path() / kFile, ec)) {
+      path = (exe.parent_path() / kFile).string();
+    }
+  }
+  RegisterBackendModule("cuda", path, "kvserve_create_cuda_backend");
 }
 
 }  // namespace kvserve::kernels

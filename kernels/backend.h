@@ -70,6 +70,9 @@ class Backend {
   virtual void CopyOut(void* host_dst, const void* src, int64_t bytes) = 0;
   // Waits for the ops enqueued so far; false with `error` set when one failed.
   virtual bool Synchronize(std::string* error) = 0;
+  // Bytes of this backend's memory free now (a device's free memory), or -1 when it does not
+  // say (host memory).
+  virtual int64_t FreeMemoryBytes() const { return -1; }
 
   // ---- What runs here ----------------------------------------------------------------------
   // MatMul and EmbeddingGather over weights of type `t`.
@@ -140,6 +143,16 @@ using BackendFactory = std::function<std::unique_ptr<Backend>(std::string* error
 // Registers a factory under `name`; false when the name is taken. "cpu" is always registered.
 // Thread-safe.
 bool RegisterBackend(std::string name, BackendFactory factory);
+// Registers `name` as a backend that lives in a shared module (a backend whose libraries, such as
+// the CUDA runtime and cuBLAS, should be loaded only when it is asked for): the first
+// CreateBackend(name) loads `path` and calls its extern "C" function `symbol`, of type
+// `Backend* (std::string* error)` (null with *error set when the backend cannot run). A module that
+// cannot be loaded makes CreateBackend fail naming the path and the loader's error.
+bool RegisterBackendModule(std::string name, std::string path, std::string symbol);
+// Registers "cuda" as the module libkvserve_cuda.so (kernels/cuda/cuda_module.cc): the file named
+// by $KVSERVE_CUDA_MODULE when set, else the one beside the running binary when there is one,
+// else `fallback_path` (where the build wrote it).
+void RegisterCudaModule(const std::string& fallback_path);
 // Registered names, "cpu" first, then in registration order.
 std::vector<std::string> BackendNames();
 // A new backend by name; null with `error` set when the name is unknown or the backend cannot

@@ -7,6 +7,9 @@
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 #include "tools/commands.h"
+#if defined(KVSERVE_CUDA_MODULE)
+#include "kernels/backend.h"
+#endif
 
 namespace {
 
@@ -39,6 +42,10 @@ int main(int argc, char** argv) {
   // lock. Release builds of Abseil turn it off; so do we. The tests keep it on, and the TSan build
   // checks the locking for real (docs/reliability.md).
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#if defined(KVSERVE_CUDA_MODULE)
+  // Registered, not loaded: the module and the CUDA libraries load when a command asks for cuda.
+  kvserve::kernels::RegisterCudaModule(KVSERVE_CUDA_MODULE);
+#endif
   if (argc < 2) {
     std::fputs(kUsage, stderr);
     return 2;

@@ -20,6 +20,10 @@ void AddLocalModelFlags(FlagSet& flags) {
   flags.Int("kv-budget-mb", 256, "KV cache budget in MiB");
   flags.Int("block-size", 16, "tokens per KV block");
   flags.Int("threads", 0, "worker threads; 0 = all CPUs");
+  flags.String(
+      "device", "cpu",
+      "where the forward pass and KV pool run: cpu, or cuda (builds with CUDA; F32/F16/BF16 "
+      "weights, fp32/fp16/bf16 KV)");
   flags.Int("lowrank-rank", 0, "lowrank format: coefficients per key (1..head_dim)");
   flags.String("lowrank-text", "", "lowrank format: calibration text whose keys give the basis");
   flags.Required("model");
@@ -47,6 +51,11 @@ absl::StatusOr<engine::LocalModelOptions> LocalModelOptionsFromFlags(const FlagS
   options.kv_budget_bytes = flags.GetInt("kv-budget-mb") << 20;
   options.block_size = static_cast<int>(flags.GetInt("block-size"));
   options.num_threads = static_cast<int>(flags.GetInt("threads"));
+  options.device = flags.GetString("device");
+  if (options.device != "cpu" && options.device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device: must be cpu or cuda, got '", options.device, "'"));
+  }
   options.kv_lowrank_rank = static_cast<int32_t>(flags.GetInt("lowrank-rank"));
   options.kv_lowrank_text = flags.GetString("lowrank-text");
   return options;

@@ -11,8 +11,8 @@
 namespace kvserve::tools {
 
 // Declares --model (required), --tokenizer, --kv-format, --layer-formats, --recent-window,
-// --sink-tokens, --window-format, --kv-budget-mb, --block-size, --threads, --lowrank-rank and
-// --lowrank-text.
+// --sink-tokens, --window-format, --kv-budget-mb, --block-size, --threads, --device, --lowrank-rank
+// and --lowrank-text.
 void AddLocalModelFlags(FlagSet& flags);
 
 // Reads them back after a successful Parse. InvalidArgument naming the flag for an unknown

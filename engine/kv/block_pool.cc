@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_format.h"
 #include "engine/common/status_macros.h"
+#include "kernels/backend.h"
 
 namespace kvserve::engine {
 namespace {
@@ -14,8 +15,10 @@ constexpr size_t kBlockAlign = 64;
 
 }  // namespace
 
-BlockPool::BlockPool(const KvGeometry& geometry, int64_t budget_bytes)
-    : geometry_(geometry), budget_bytes_(budget_bytes) {
+BlockPool::BlockPool(const KvGeometry& geometry, int64_t budget_bytes, kernels::Backend* memory)
+    : geometry_(geometry),
+      budget_bytes_(budget_bytes),
+      device_(memory != nullptr && !memory->host_memory() ? memory : nullptr) {
   KVSERVE_CHECK(geometry.num_layers > 0 && geometry.num_kv_heads > 0 && geometry.head_dim > 0 &&
                 geometry.block_size > 0)
       << "bad KV geometry";
@@ -24,8 +27,24 @@ BlockPool::BlockPool(const KvGeometry& geometry, int64_t budget_bytes)
 }
 
 BlockPool::~BlockPool() {
-  for (uint8_t* p : data_) {
-    if (p != nullptr) ::operator delete[](p, std::align_val_t(kBlockAlign));
+  for (uint8_t* p : data_) FreeBytes(p);
+}
+
+uint8_t* BlockPool::AllocBytes(int64_t bytes) {
+  if (device_ != nullptr) return static_cast<uint8_t*>(device_->Alloc(bytes));
+  try {
+    return static_cast<uint8_t*>(::operator new[](bytes, std::align_val_t(kBlockAlign)));
+  } catch (const std::bad_alloc&) {
+    return nullptr;
+  }
+}
+
+void BlockPool::FreeBytes(uint8_t* p) {
+  if (p == nullptr) return;
+  if (device_ != nullptr) {
+    device_->Free(p);
+  } else {
+    ::operator delete[](p, std::align_val_t(kBlockAlign));
   }
 }
 
@@ -97,8 +116,9 @@ bool BlockPool::ReclaimBytes(int64_t needed, LayoutId keep) {
     while (!list.empty() && allocated_bytes_ + needed > budget_bytes_) {
       const BlockId id = list.back();
       list.pop_back();
-      ::operator delete[](data_[id], std::align_val_t(kBlockAlign));
+      FreeBytes(data_[id]);
       data_[id] = nullptr;
+      ++view_version_;
       meta_[id].has_bytes = false;
       allocated_bytes_ -= layouts_[l].block_bytes;
       spare_ids_.push_back(id);
@@ -121,20 +141,21 @@ absl::StatusOr<BlockId> BlockPool::Allocate(LayoutId layout) {
           absl::StrFormat("KV block pool exhausted: %d of %d bytes in use by %d blocks",
                           used_bytes_, budget_bytes_, used_blocks_));
     }
-    uint8_t* p = nullptr;
-    try {
-      p = static_cast<uint8_t*>(::operator new[](bytes, std::align_val_t(kBlockAlign)));
-    } catch (const std::bad_alloc&) {
+    uint8_t* p = AllocBytes(bytes);
+    if (p == nullptr) {
       return absl::ResourceExhaustedError(
-          absl::StrFormat("out of host memory allocating a %d-byte KV block", bytes));
+          absl::StrFormat("out of %s memory allocating a %d-byte KV block",
+                          device_ != nullptr ? std::string(device_->name()) : "host", bytes));
     }
     id = NewId();
     data_[id] = p;
+    ++view_version_;
     meta_[id].has_bytes = true;
     allocated_bytes_ += bytes;
   }
   meta_[id].ref_count = 1;
   meta_[id].layout = layout;
+  if (data_layout_[id] != layout) ++view_version_;
   data_layout_[id] = layout;
   ++used_blocks_;
   ++used_by_layout_[layout];

@@ -14,6 +14,13 @@
 // another layout needs the budget. allocated_bytes() is therefore exactly the sum of live heap
 // allocations made for block bytes, and never exceeds budget_bytes().
 //
+// Device memory: a pool built with a backend whose memory is not the host's (Backend::host_memory()
+// false, e.g. "cuda") takes every block's bytes from that backend (Alloc/Free), sized per layout
+// as on the host, so a mixed-format pool keeps the quantized formats' savings. Its block_data()
+// pointers and LayerView's block_data entries are then device addresses that host code must not
+// dereference; the arrays of LayerView (block pointers, layouts, regions) stay host arrays, which
+// a device model runner uploads when view_version() changes.
+//
 // Thread-safety: not thread-safe; owned and driven by the engine thread. Views handed to kernels
 // stay valid until the next Allocate/Release call.
 #ifndef KVSERVE_ENGINE_KV_BLOCK_POOL_H_
@@ -27,6 +34,10 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/kv_format.h"
+
+namespace kvserve::kernels {
+class Backend;
+}  // namespace kvserve::kernels
 
 namespace kvserve::engine {
 
@@ -84,8 +95,10 @@ struct KvPoolStats {
 
 class BlockPool {
  public:
-  // REQUIRES: geometry fields positive; budget_bytes > 0.
-  BlockPool(const KvGeometry& geometry, int64_t budget_bytes);
+  // REQUIRES: geometry fields positive; budget_bytes > 0. `memory`: where block bytes live; null
+  // or a host-memory backend = the host heap, else that backend's memory (it must outlive the
+  // pool).
+  BlockPool(const KvGeometry& geometry, int64_t budget_bytes, kernels::Backend* memory = nullptr);
   ~BlockPool();
   BlockPool(const BlockPool&) = delete;
   BlockPool& operator=(const BlockPool&) = delete;
@@ -123,7 +136,13 @@ class BlockPool {
   absl::Status SetKeyBasis(std::vector<float> basis);
   // Layer `layer`'s basis [num_kv_heads][head_dim][key_rank], or null when none was set.
   const float* key_basis(int layer) const;
-  // Raw bytes of a block (for copy-on-write, demotion and tests), read-only and writable.
+  // True when block bytes are host memory (no device backend).
+  bool host_memory() const { return device_ == nullptr; }
+  // Changes whenever a LayerView array entry changes (block bytes allocated or returned, a block's
+  // layout); a device runner re-uploads the arrays when it differs from the one it uploaded.
+  uint64_t view_version() const { return view_version_; }
+  // Raw bytes of a block (for demotion, compaction and tests), read-only and writable. Device
+  // addresses in a device pool (see host_memory()).
   const uint8_t* block_data(BlockId id) const { return data_[id]; }
   uint8_t* mutable_block_data(BlockId id) { return data_[id]; }
 
@@ -146,6 +165,8 @@ class BlockPool {
 
   BlockId NewId();
   bool ReclaimBytes(int64_t needed, LayoutId keep);
+  uint8_t* AllocBytes(int64_t bytes);
+  void FreeBytes(uint8_t* p);
 
   KvGeometry geometry_;
   int64_t budget_bytes_;
@@ -161,6 +182,8 @@ class BlockPool {
   std::vector<std::vector<BlockId>> free_by_layout_;  // free ids that still hold bytes
   std::vector<int64_t> used_by_layout_;               // blocks with a reference, per layout
 
+  kernels::Backend* device_ = nullptr;  // null: host heap
+  uint64_t view_version_ = 0;
   int64_t allocated_bytes_ = 0;
   int64_t used_blocks_ = 0;
   int64_t used_bytes_ = 0;

@@ -42,8 +42,8 @@ void LlamaModel::EnsureScratch(int64_t n) {
   rope_.resize(capacity_ * (c.head_dim / 2 * 2));
 }
 
-absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, BlockPool& kv, int64_t t0, int64_t t1,
-                                   kernels::ThreadPool* pool) {
+absl::Status LlamaModel::RunLayers(const StepBuffers& b, const ForwardBatch& batch, int64_t t0,
+                                   int64_t t1, kernels::ThreadPool* pool) {
   const ModelConfig& c = model_.config();
   const ModelWeights& w = weights_;
   const int64_t n = t1 - t0;
@@ -51,36 +51,37 @@ absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, BlockPool& kv, int
   const int64_t hidden = c.hidden_dim;
   const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
   const int64_t kv_dim = c.kv_dim();
-  float* x = x_.data() + t0 * dim;
-  float* xb = xb_.data() + t0 * std::max(dim, q_dim);
-  float* q = q_.data() + t0 * q_dim;
-  float* k = k_.data() + t0 * kv_dim;
-  float* v = v_.data() + t0 * kv_dim;
-  float* att = att_.data() + t0 * q_dim;
-  float* gate = gate_.data() + t0 * hidden;
-  float* up = up_.data() + t0 * hidden;
-  const int32_t* positions = batch.positions.data() + t0;
-  const int32_t* slot_block = slot_block_.data() + t0;
-  const int32_t* slot_offset = slot_offset_.data() + t0;
-  float* rope = rope_.data() + t0 * (c.head_dim / 2 * 2);
+  float* x = b.x + t0 * dim;
+  float* xb = b.xb + t0 * std::max(dim, q_dim);
+  float* q = b.q + t0 * q_dim;
+  float* k = b.k + t0 * kv_dim;
+  float* v = b.v + t0 * kv_dim;
+  float* att = b.att + t0 * q_dim;
+  float* gate = b.gate + t0 * hidden;
+  float* up = b.up + t0 * hidden;
+  const int32_t* positions = b.positions + t0;
+  const int32_t* slot_block = b.slot_block + t0;
+  const int32_t* slot_offset = b.slot_offset + t0;
+  float* rope = b.rope + t0 * (c.head_dim / 2 * 2);
   kernels::Backend& be = *backend_;
   const kernels::ExecContext ctx{pool};
   be.RopeTable(positions, n,
                kernels::RopeParams{c.head_dim, c.rope_freq_base, c.rope_freq_scale,
                                    w.rope_freq_factors, c.rope_attn_factor},
                rope, ctx);
-  be.EmbeddingGather(w.token_embedding, batch.tokens.data() + t0, n, x, ctx);
+  be.EmbeddingGather(w.token_embedding, b.tokens + t0, n, x, ctx);
 
   kernels::AttentionBatch ab;
   ab.num_tokens = n;
   ab.num_heads = c.num_heads;
   ab.q = q;
   ab.out = att;
-  ab.token_seq = batch.seq.data() + t0;
-  ab.token_kv_len = kv_len_.data() + t0;
-  ab.seq_block_tables = batch.block_tables.data();
+  ab.token_seq = b.seq + t0;
+  ab.token_kv_len = b.kv_len + t0;
+  ab.seq_block_tables = b.block_tables;
   ab.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  if (!batch.seq_scores.empty()) {
+  ab.max_kv_len = b.max_kv_len;
+  if (b.scores) {
     // layer_scores_ holds one pointer per sequence; a range writes only its own sequences'.
     ab.seq_scores = layer_scores_.data();
     if (!batch.seq_score_head_stride.empty()) {
@@ -91,7 +92,7 @@ absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, BlockPool& kv, int
 
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w.layers[l];
-    const kernels::PagedKvLayerView view = kv.LayerView(l);
+    const kernels::PagedKvLayerView& view = b.views[l];
     // Attention block.
     be.RmsNorm(x, lw.attn_norm, n, dim, c.rms_norm_eps, xb, ctx);
     ProjectQkv(lw, xb, n, rope, q, k, v, ctx);
@@ -99,7 +100,7 @@ absl::Status LlamaModel::RunLayers(const ForwardBatch& batch, BlockPool& kv, int
       return absl::InternalError(
           absl::StrFormat("non-finite or out-of-range K/V values in layer %d", l));
     }
-    PointLayerScores(batch, l, t0, t1);
+    if (b.scores) PointLayerScores(batch, l, t0, t1);
     be.PagedAttention(ab, view, ctx);
     be.MatMul(att, n, lw.wo, xb, ctx);
     be.Add(x, xb, n * dim, ctx);
@@ -150,6 +151,7 @@ absl::Status LlamaModel::MapBatch(const ForwardBatch& batch, const BlockPool& kv
   const int64_t n = batch.num_tokens();
   const int block_size = kv.geometry().block_size;
   EnsureScratch(n);
+  max_kv_len_ = 0;
   for (int64_t t = 0; t < n; ++t) {
     const int32_t id = batch.tokens[t];
     if (id < 0 || id >= c.vocab_size) {
@@ -165,6 +167,7 @@ absl::Status LlamaModel::MapBatch(const ForwardBatch& batch, const BlockPool& kv
     slot_block_[t] = batch.block_tables[s][slot / block_size];
     slot_offset_[t] = slot % block_size;
     kv_len_[t] = slot + 1;
+    max_kv_len_ = std::max(max_kv_len_, slot + 1);
   }
 
   if (!batch.seq_scores.empty()) {
@@ -183,22 +186,51 @@ absl::Status LlamaModel::MapBatch(const ForwardBatch& batch, const BlockPool& kv
   return absl::OkStatus();
 }
 
+LlamaModel::StepBuffers LlamaModel::HostStepBuffers(const ForwardBatch& batch, BlockPool& kv) {
+  const int num_layers = model_.config().num_layers;
+  StepBuffers b;
+  b.x = x_.data();
+  b.xb = xb_.data();
+  b.q = q_.data();
+  b.k = k_.data();
+  b.v = v_.data();
+  b.att = att_.data();
+  b.gate = gate_.data();
+  b.up = up_.data();
+  b.rope = rope_.data();
+  b.tokens = batch.tokens.data();
+  b.positions = batch.positions.data();
+  b.seq = batch.seq.data();
+  b.slot_block = slot_block_.data();
+  b.slot_offset = slot_offset_.data();
+  b.kv_len = kv_len_.data();
+  b.block_tables = batch.block_tables.data();
+  b.max_kv_len = max_kv_len_;
+  b.scores = !batch.seq_scores.empty();
+  views_.resize(num_layers);
+  for (int l = 0; l < num_layers; ++l) views_[l] = kv.LayerView(l);
+  b.views = views_.data();
+  return b;
+}
+
 absl::Status LlamaModel::Forward(const ForwardBatch& batch, BlockPool& kv, float* logits) {
   const ModelConfig& c = model_.config();
   const int64_t n = batch.num_tokens();
   if (n == 0) return absl::OkStatus();
-  if (!backend_->host_memory()) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "backend \"%s\" keeps its data in device memory; this model runner needs a host-memory "
-        "backend",
-        std::string(backend_->name())));
-  }
   if (static_cast<int64_t>(batch.positions.size()) != n ||
       static_cast<int64_t>(batch.seq.size()) != n ||
       static_cast<int64_t>(batch.kv_slot.size()) != n) {
     return absl::InvalidArgumentError("forward batch: per-token vectors differ in length");
   }
+  if (kv.host_memory() != backend_->host_memory()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "the KV pool's blocks are %s memory but backend \"%s\" %s",
+        kv.host_memory() ? "host" : "device", std::string(backend_->name()),
+        backend_->host_memory() ? "reads host memory" : "reads its own device memory"));
+  }
   if (absl::Status st = MapBatch(batch, kv); !st.ok()) return st;
+  if (!backend_->host_memory()) return ForwardOnDevice(batch, kv, logits);
+  const StepBuffers b = HostStepBuffers(batch, kv);
 
   // Logits rows are checked before anything runs. When they ascend (the usual order), each range
   // of sequences computes its own rows' logits.
@@ -214,7 +246,7 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, BlockPool& kv, float
   // Tokens [t0, t1) through every layer; sequences never straddle two such ranges that run at
   // once, so a range reads only KV it writes itself (or blocks nobody writes this step).
   auto run_layers = [&](int64_t t0, int64_t t1, kernels::ThreadPool* pool) {
-    return RunLayers(batch, kv, t0, t1, pool);
+    return RunLayers(b, batch, t0, t1, pool);
   };
   // The final norm and the classifier for logits rows [r0, r1).
   auto classify = [&](int64_t r0, int64_t r1, kernels::ThreadPool* pool) {
@@ -303,6 +335,209 @@ int LlamaModel::SplitBySequence(const ForwardBatch& batch, int64_t* cuts) {
     if ((cost_[cuts[p + 1]] - cost_[cuts[p]]) * parts > total * 5 / 4) return 1;
   }
   return parts;
+}
+
+}  // namespace kvserve::engine
+
+namespace kvserve::engine {
+
+LlamaModel::DeviceBuffer::~DeviceBuffer() {
+  if (backend != nullptr) backend->Free(data);
+}
+
+bool LlamaModel::DeviceBuffer::Reserve(kernels::Backend* be, int64_t need) {
+  backend = be;
+  if (need <= bytes) return true;
+  backend->Free(data);
+  bytes = std::max(need, bytes * 2);
+  data = backend->Alloc(bytes);
+  if (data == nullptr) bytes = 0;
+  return data != nullptr;
+}
+
+absl::Status LlamaModel::UploadPoolViews(BlockPool& kv) {
+  const int num_layers = model_.config().num_layers;
+  const kernels::PagedKvLayerView host0 = kv.LayerView(0);
+  const int64_t ids = kv.num_block_ids();
+  const int layouts = kv.num_layouts();
+  const bool fresh = views_uploaded_ && uploaded_view_version_ == kv.view_version() &&
+                     uploaded_ids_ == ids && uploaded_layouts_ == layouts;
+  if (!fresh) {
+    // [block pointers][block layouts][regions, layer-major], each part 256-byte aligned.
+    auto round = [](int64_t v) { return (v + 255) / 256 * 256; };
+    const int64_t ptr_bytes = round(std::max<int64_t>(ids, 1) * sizeof(uint8_t*));
+    const int64_t layout_bytes = round(std::max<int64_t>(ids, 1) * sizeof(uint16_t));
+    const int64_t region_bytes =
+        round(int64_t{num_layers} * layouts * static_cast<int64_t>(sizeof(kernels::KvLayerRegion)));
+    if (!device_views_.Reserve(backend_, ptr_bytes + layout_bytes + region_bytes)) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "backend \"%s\": out of memory for the KV pool's block arrays", backend_->name()));
+    }
+    auto* base = static_cast<uint8_t*>(device_views_.data);
+    if (ids > 0) {
+      backend_->CopyIn(base, host0.block_data, ids * static_cast<int64_t>(sizeof(uint8_t*)));
+      backend_->CopyIn(base + ptr_bytes, host0.block_layout,
+                       ids * static_cast<int64_t>(sizeof(uint16_t)));
+    }
+    for (int l = 0; l < num_layers; ++l) {
+      const kernels::PagedKvLayerView view = kv.LayerView(l);
+      backend_->CopyIn(
+          base + ptr_bytes + layout_bytes +
+              int64_t{l} * layouts * static_cast<int64_t>(sizeof(kernels::KvLayerRegion)),
+          view.regions, layouts * static_cast<int64_t>(sizeof(kernels::KvLayerRegion)));
+    }
+    views_.resize(num_layers);
+    for (int l = 0; l < num_layers; ++l) {
+      kernels::PagedKvLayerView& v = views_[l];
+      v.block_data = reinterpret_cast<uint8_t* const*>(base);
+      v.block_layout = reinterpret_cast<const uint16_t*>(base + ptr_bytes);
+      v.regions = reinterpret_cast<const kernels::KvLayerRegion*>(base + ptr_bytes + layout_bytes) +
+                  int64_t{l} * layouts;
+      v.shape = host0.shape;
+      v.key_basis = nullptr;
+    }
+    views_uploaded_ = true;
+    uploaded_view_version_ = kv.view_version();
+    uploaded_ids_ = ids;
+    uploaded_layouts_ = layouts;
+  }
+  return absl::OkStatus();
+}
+
+void LlamaModel::FillStaging(const ForwardBatch& batch, const BlockPool& kv) {
+  const int64_t n = batch.num_tokens();
+  // Per-token integers and the block tables: one host staging array, one upload.
+  const int block_size = kv.geometry().block_size;
+  const int64_t num_seqs = static_cast<int64_t>(batch.block_tables.size());
+  table_len_.assign(num_seqs, 0);
+  for (int64_t t = 0; t < n; ++t) {
+    const int32_t s = batch.seq[t];
+    table_len_[s] = std::max(table_len_[s], batch.kv_slot[t] / block_size + 1);
+  }
+  staging_.clear();
+  auto append = [&](const int32_t* p, int64_t count) {
+    staging_.insert(staging_.end(), p, p + count);
+  };
+  append(batch.tokens.data(), n);
+  append(batch.positions.data(), n);
+  append(batch.seq.data(), n);
+  append(slot_block_.data(), n);
+  append(slot_offset_.data(), n);
+  append(kv_len_.data(), n);
+  table_at_.resize(num_seqs);
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    table_at_[s] = static_cast<int64_t>(staging_.size());
+    append(batch.block_tables[s], table_len_[s]);
+  }
+}
+
+absl::StatusOr<LlamaModel::StepBuffers> LlamaModel::StageOnDevice(const ForwardBatch& batch,
+                                                                  const BlockPool& kv) {
+  const ModelConfig& c = model_.config();
+  const int64_t n = batch.num_tokens();
+  const int64_t rows = static_cast<int64_t>(batch.logits_rows.size());
+
+  FillStaging(batch, kv);
+  const int64_t num_seqs = static_cast<int64_t>(batch.block_tables.size());
+  const int64_t int_bytes = (static_cast<int64_t>(staging_.size()) * 4 + 255) / 256 * 256;
+  const int64_t ptr_bytes = (std::max<int64_t>(num_seqs, 1) * 8 + 255) / 256 * 256;
+
+  // Float scratch: the host path's buffers for n tokens, the final-normed rows and the logits.
+  const int64_t dim = c.dim;
+  const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
+  const int64_t widths[] = {dim,          std::max(dim, q_dim), q_dim,
+                            c.kv_dim(),   c.kv_dim(),           q_dim,
+                            c.hidden_dim, c.hidden_dim,         c.head_dim / 2 * 2};
+  int64_t floats = 0;
+  int64_t float_at[9];
+  for (int i = 0; i < 9; ++i) {
+    float_at[i] = floats;
+    floats += (n * widths[i] + 63) / 64 * 64;
+  }
+  const int64_t final_at = floats;
+  floats += (rows * dim + 63) / 64 * 64;
+  const int64_t logits_at = floats;
+  floats += rows * weights_.output.rows;
+  if (!device_scratch_.Reserve(backend_, int_bytes + ptr_bytes + floats * 4)) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "backend \"%s\": out of memory for a %d-token step's activations", backend_->name(), n));
+  }
+  auto* base = static_cast<uint8_t*>(device_scratch_.data);
+  auto* ints = reinterpret_cast<int32_t*>(base);
+  auto* tables = reinterpret_cast<const int32_t**>(base + int_bytes);
+  auto* f = reinterpret_cast<float*>(base + int_bytes + ptr_bytes);
+  backend_->CopyIn(ints, staging_.data(), static_cast<int64_t>(staging_.size()) * 4);
+  table_ptrs_.resize(std::max<int64_t>(num_seqs, 1));
+  for (int64_t s = 0; s < num_seqs; ++s) table_ptrs_[s] = ints + table_at_[s];
+  backend_->CopyIn(tables, table_ptrs_.data(), num_seqs * 8);
+
+  StepBuffers b;
+  b.x = f + float_at[0];
+  b.xb = f + float_at[1];
+  b.q = f + float_at[2];
+  b.k = f + float_at[3];
+  b.v = f + float_at[4];
+  b.att = f + float_at[5];
+  b.gate = f + float_at[6];
+  b.up = f + float_at[7];
+  b.rope = f + float_at[8];
+  b.tokens = ints;
+  b.positions = ints + n;
+  b.seq = ints + 2 * n;
+  b.slot_block = ints + 3 * n;
+  b.slot_offset = ints + 4 * n;
+  b.kv_len = ints + 5 * n;
+  b.block_tables = tables;
+  b.max_kv_len = max_kv_len_;
+  b.views = views_.data();
+  b.final_rows = f + final_at;
+  b.logits = f + logits_at;
+  return b;
+}
+
+absl::Status LlamaModel::ForwardOnDevice(const ForwardBatch& batch, BlockPool& kv, float* logits) {
+  const ModelConfig& c = model_.config();
+  const std::string name(backend_->name());
+  if (std::any_of(batch.seq_scores.begin(), batch.seq_scores.end(),
+                  [](const float* p) { return p != nullptr; })) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "backend \"%s\" does not accumulate attention scores (token eviction); run token "
+        "eviction on the cpu device",
+        name));
+  }
+  for (int l = 0; l < c.num_layers; ++l) {
+    if (kv.key_basis(l) != nullptr) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("backend \"%s\" does not read lowrank KV blocks", name));
+    }
+  }
+  const int64_t n = batch.num_tokens();
+  const int64_t rows = static_cast<int64_t>(batch.logits_rows.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t t = batch.logits_rows[r];
+    if (t < 0 || t >= n) return absl::InvalidArgumentError("logits row outside the batch");
+  }
+  KVSERVE_RETURN_IF_ERROR(UploadPoolViews(kv));
+  KVSERVE_ASSIGN_OR_RETURN(const StepBuffers b, StageOnDevice(batch, kv));
+  KVSERVE_RETURN_IF_ERROR(RunLayers(b, batch, 0, n, nullptr));
+  const kernels::ExecContext ctx{nullptr};
+  const int64_t dim = c.dim;
+  float* final_rows = b.final_rows;
+  float* device_logits = b.logits;
+  for (int64_t r = 0; r < rows; ++r) {
+    backend_->RmsNorm(b.x + batch.logits_rows[r] * dim, weights_.final_norm, 1, dim, c.rms_norm_eps,
+                      final_rows + r * dim, ctx);
+  }
+  if (rows > 0) {
+    backend_->MatMul(final_rows, rows, weights_.output, device_logits, ctx);
+    backend_->CopyOut(logits, device_logits, rows * weights_.output.rows * 4);
+  }
+  std::string error;
+  if (!backend_->Synchronize(&error)) {
+    return absl::InternalError(
+        absl::StrFormat("backend \"%s\": the forward step failed: %s", name, error));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace kvserve::engine

@@ -21,11 +21,15 @@
 // compute each token from its own row and its sequence's KV only; so a token's logits are
 // bitwise the same whatever else is in the batch and however its prompt was chunked.
 //
-// Backend: the runner keeps its scratch in host memory and the pool's blocks are host memory,
-// so the backend must be a host-memory one (Backend::host_memory(); Forward refuses others with
-// FailedPrecondition) that may be called from several threads at once, as the CPU backend may.
-// The weight matrices are prepared (Backend::PrepareWeight) once per model and backend layout
-// (LoadedModel::PreparedWeights), by the first runner constructed.
+// Backend: a host-memory backend (Backend::host_memory(), the CPU) runs on host scratch and a
+// host pool, and may be called from several threads at once. A device backend runs the same layer
+// loop on device scratch over a pool whose blocks are its memory (BlockPool with that backend):
+// each step uploads the token data, block tables and (when they changed) the pool's arrays,
+// and copies the logits back (ForwardOnDevice); attention scores (token eviction) and lowrank
+// blocks are refused there. A pool whose memory does not match the backend's is refused with
+// FailedPrecondition. The weights are prepared (Backend::PrepareWeight; for a device, uploaded)
+// once per model and backend layout (LoadedModel::PreparedWeights), by the first runner
+// constructed.
 //
 // Thread-safety: one Forward at a time per LlamaModel (it owns scratch buffers). The LoadedModel
 // and the backend must outlive it. The pool is only read through layer views; the caller
@@ -73,7 +77,54 @@ class LlamaModel {
   // Fewer tokens per range than this leave the matmuls too little reuse of each weight.
   static constexpr int64_t kMinTokensPerPart = 4;
 
+  // Where a step's buffers are: the host scratch below, or the device scratch.
+  struct StepBuffers {
+    float* x = nullptr;  // [n, dim]
+    float* xb = nullptr;
+    float* q = nullptr;
+    float* k = nullptr;
+    float* v = nullptr;
+    float* att = nullptr;
+    float* gate = nullptr;
+    float* up = nullptr;
+    float* rope = nullptr;
+    const int32_t* tokens = nullptr;  // [n] each
+    const int32_t* positions = nullptr;
+    const int32_t* seq = nullptr;
+    const int32_t* slot_block = nullptr;
+    const int32_t* slot_offset = nullptr;
+    const int32_t* kv_len = nullptr;
+    const int32_t* const* block_tables = nullptr;  // [sequences]
+    int max_kv_len = 0;                            // host value
+    bool scores = false;  // attention scores accumulated (host only: layer_scores_)
+    const kernels::PagedKvLayerView* views = nullptr;  // [num_layers]
+    float* final_rows = nullptr;  // device only: [logits rows, dim], then the logits
+    float* logits = nullptr;
+  };
+  // One allocation of the backend's memory, regrown (not preserved) on demand.
+  struct DeviceBuffer {
+    ~DeviceBuffer();
+    // False when the backend cannot allocate `need` bytes.
+    bool Reserve(kernels::Backend* be, int64_t need);
+    kernels::Backend* backend = nullptr;
+    void* data = nullptr;
+    int64_t bytes = 0;
+  };
+
   void EnsureScratch(int64_t n);
+  // Forward for a device backend: uploads the step's integers, block tables and (when they
+  // changed) the pool's block arrays, runs the layers and the classifier on the device and copies
+  // the logits back.
+  absl::Status ForwardOnDevice(const ForwardBatch& batch, BlockPool& kv, float* logits);
+  absl::Status UploadPoolViews(BlockPool& kv);
+  // The host path's buffers for the mapped batch (the pool's layer views included).
+  StepBuffers HostStepBuffers(const ForwardBatch& batch, BlockPool& kv);
+  // Uploads the step's integers and block tables into the device scratch (grown as needed) and
+  // lays out its activations there.
+  absl::StatusOr<StepBuffers> StageOnDevice(const ForwardBatch& batch, const BlockPool& kv);
+  // Fills staging_ with the per-token integers and then each sequence's block table (the blocks
+  // the step reads), table_at_ with where each table starts.
+  void FillStaging(const ForwardBatch& batch, const BlockPool& kv);
   // Checks the batch's token ids, sequences, slots and score tables, sizes the scratch for it and
   // fills the per-token KV slot mapping (slot_block_, slot_offset_, kv_len_) and layer_scores_.
   absl::Status MapBatch(const ForwardBatch& batch, const BlockPool& kv);
@@ -82,7 +133,7 @@ class LlamaModel {
   void PointLayerScores(const ForwardBatch& batch, int layer, int64_t t0, int64_t t1);
   // Tokens [t0, t1) of the batch through every layer (scratch rows [t0, t1)), kernels on `pool`.
   // InternalError when a K/V value cannot be stored (non-finite).
-  absl::Status RunLayers(const ForwardBatch& batch, BlockPool& kv, int64_t t0, int64_t t1,
+  absl::Status RunLayers(const StepBuffers& b, const ForwardBatch& batch, int64_t t0, int64_t t1,
                          kernels::ThreadPool* pool);
   // Q, K and V of n normed rows xb: projections, biases and per-head norms where the model has
   // them, and the rotary embedding of the step's table `rope`.
@@ -111,6 +162,19 @@ class LlamaModel {
   std::vector<int64_t> cost_;
   std::vector<uint8_t> cut_ok_;
   std::vector<float*> layer_scores_;  // per sequence: where the current layer adds its scores
+  int max_kv_len_ = 0;                // of the mapped batch
+  std::vector<kernels::PagedKvLayerView> views_;  // [num_layers]: this step's (host or device)
+  // Device backends only.
+  DeviceBuffer device_scratch_;  // a step's integers, block-table pointers and activations
+  DeviceBuffer device_views_;    // the pool's block pointers, layouts and regions
+  bool views_uploaded_ = false;
+  uint64_t uploaded_view_version_ = 0;
+  int64_t uploaded_ids_ = -1;
+  int uploaded_layouts_ = -1;
+  std::vector<int32_t> staging_;            // host copy of what one step uploads
+  std::vector<int32_t> table_len_;          // blocks of each sequence's table the step reads
+  std::vector<const int32_t*> table_ptrs_;  // device addresses of the uploaded tables
+  std::vector<int64_t> table_at_;           // where each table starts in staging_
 };
 
 }  // namespace kvserve::engine

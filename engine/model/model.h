@@ -88,8 +88,9 @@ class LoadedModel {
   // For a host-memory backend the file's copy of each repacked matrix is then released, so that
   // the weights are held once (the embedding table, when tied to the classifier, is gathered
   // from the panels); a later call for another layout is then a fatal error (load the model
-  // again). Device backends: the prepared copy is that backend's memory, freed through it when
-  // the model is destroyed; such a backend must outlive the model. Thread-safe; call it before
+  // again). Device backends: every tensor (matrices, norms, biases, rope factors) is uploaded into
+  // one allocation of that backend's memory, freed through it when the model is destroyed; such a
+  // backend must outlive the model, and the host copy stays. Thread-safe; call it before
   // sharing weights() between threads.
   std::shared_ptr<const ModelWeights> PreparedWeights(kernels::Backend* backend) const;
   const Vocabulary& vocab() const { return vocab_; }
@@ -111,6 +112,8 @@ class LoadedModel {
 
  private:
   struct Prepared;
+  // PreparedWeights for a device backend: every tensor copied into one allocation of its memory.
+  void UploadToDevice(kernels::Backend* backend, Prepared& prepared) const;
   mutable absl::Mutex prepared_mu_;
   mutable std::vector<std::shared_ptr<Prepared>> prepared_ ABSL_GUARDED_BY(prepared_mu_);
   mutable bool sources_released_ ABSL_GUARDED_BY(prepared_mu_) = false;

@@ -31,6 +31,77 @@ struct LoadedModel::Prepared {
 
 LoadedModel::~LoadedModel() = default;
 
+void LoadedModel::UploadToDevice(kernels::Backend* backend, Prepared& prepared) const {
+  // Every tensor the forward pass reads goes into one allocation of the backend's memory: the
+  // matrices (prepared by the backend where it repacks them, else copied as they are in the
+  // file), the norms, biases and rope factors. The host copies stay (they are the file's bytes).
+  ModelWeights& w = prepared.weights;
+  const ModelConfig& c = config_;
+  const int64_t q_dim = int64_t{c.num_heads} * c.head_dim;
+  struct Vector {
+    const float** p;
+    int64_t floats;
+  };
+  std::vector<Vector> vectors;
+  std::vector<kernels::WeightView*> matrices;
+  for (LayerWeights& lw : w.layers) {
+    for (kernels::WeightView* m :
+         {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.w_gate, &lw.w_down, &lw.w_up}) {
+      matrices.push_back(m);
+    }
+    vectors.push_back({&lw.attn_norm, c.dim});
+    vectors.push_back({&lw.ffn_norm, c.dim});
+    vectors.push_back({&lw.bq, q_dim});
+    vectors.push_back({&lw.bk, c.kv_dim()});
+    vectors.push_back({&lw.bv, c.kv_dim()});
+    vectors.push_back({&lw.q_norm, c.head_dim});
+    vectors.push_back({&lw.k_norm, c.head_dim});
+  }
+  vectors.push_back({&w.final_norm, c.dim});
+  vectors.push_back({&w.rope_freq_factors, c.head_dim / 2});
+  const bool tied = w.output.data == w.token_embedding.data;
+  matrices.push_back(&w.token_embedding);
+  if (!tied) matrices.push_back(&w.output);
+  auto round = [](int64_t b) { return (b + 255) / 256 * 256; };
+  int64_t bytes = 0;
+  std::vector<int64_t> data_at, panels_at, vector_at;
+  for (const kernels::WeightView* m : matrices) {
+    KVSERVE_CHECK(m->data != nullptr)
+        << path_ << ": a matrix has no file copy left to upload to " << backend->name();
+    data_at.push_back(bytes);
+    bytes += round(kernels::WeightRowBytes(m->dtype, m->cols) * m->rows);
+    panels_at.push_back(bytes);
+    bytes += round(backend->PreparedWeightBytes(*m));
+  }
+  for (const Vector& v : vectors) {
+    vector_at.push_back(bytes);
+    if (*v.p != nullptr) bytes += round(v.floats * static_cast<int64_t>(sizeof(float)));
+  }
+  prepared.storage = backend->Alloc(bytes);
+  prepared.device_backend = backend;
+  KVSERVE_CHECK(prepared.storage != nullptr)
+      << "backend " << backend->name() << ": cannot allocate " << bytes
+      << " bytes of device memory for the weights of " << path_;
+  auto* base = static_cast<uint8_t*>(prepared.storage);
+  for (size_t i = 0; i < matrices.size(); ++i) {
+    kernels::WeightView* m = matrices[i];
+    if (backend->PreparedWeightBytes(*m) > 0) backend->PrepareWeight(m, base + panels_at[i]);
+    backend->CopyIn(base + data_at[i], m->data,
+                    kernels::WeightRowBytes(m->dtype, m->cols) * m->rows);
+    m->data = base + data_at[i];
+  }
+  if (tied) {
+    w.output.data = w.token_embedding.data;
+    w.output.panels = w.token_embedding.panels;
+  }
+  for (size_t i = 0; i < vectors.size(); ++i) {
+    const Vector& v = vectors[i];
+    if (*v.p == nullptr) continue;
+    backend->CopyIn(base + vector_at[i], *v.p, v.floats * static_cast<int64_t>(sizeof(float)));
+    *v.p = reinterpret_cast<const float*>(base + vector_at[i]);
+  }
+}
+
 std::shared_ptr<const ModelWeights> LoadedModel::PreparedWeights(kernels::Backend* backend) const {
   const std::string layout = backend->prepared_weight_layout();
   absl::MutexLock lock(&prepared_mu_);
@@ -45,6 +116,11 @@ std::shared_ptr<const ModelWeights> LoadedModel::PreparedWeights(kernels::Backen
   prepared->layout = layout;
   prepared->weights = weights_;
   ModelWeights& w = prepared->weights;
+  if (!backend->host_memory()) {
+    UploadToDevice(backend, *prepared);
+    prepared_.push_back(prepared);
+    return std::shared_ptr<const ModelWeights>(prepared, &prepared->weights);
+  }
   std::vector<kernels::WeightView*> matrices;
   for (LayerWeights& lw : w.layers) {
     for (kernels::WeightView* m :

@@ -94,8 +94,15 @@ class Engine::Impl {
       return absl::InvalidArgumentError(absl::StrFormat(
           "logprobs: must be in [-1, %d] (-1 = none), got %d", kMaxTopLogprobs, r.logprobs));
     }
-    KVSERVE_RETURN_IF_ERROR(
-        token_eviction_->Resolve(r.token_eviction.policy, r.token_eviction.budget_tokens).status());
+    KVSERVE_ASSIGN_OR_RETURN(
+        ResolvedTokenEviction eviction,
+        token_eviction_->Resolve(r.token_eviction.policy, r.token_eviction.budget_tokens));
+    if (eviction.budget_tokens > 0 && !local_->kv_pool().host_memory()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "token_eviction: compacting a sequence's KV runs on the host; engine.device \"%s\" "
+          "does not evict tokens (leave token_eviction.policy at none)",
+          local_->backend()->name()));
+    }
     return r.sampling.Validate();
   }
 
@@ -307,6 +314,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   KVSERVE_ASSIGN_OR_RETURN(
       std::unique_ptr<TokenEvictionSettings> token_eviction,
       TokenEvictionSettings::Create(options.token_eviction, local->config().context_length));
+  if (!local->kv_pool().host_memory() && options.token_eviction.policy != "none" &&
+      !options.token_eviction.policy.empty()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "token_eviction.policy: \"%s\" compacts KV on the host; engine.device \"%s\" does not "
+        "evict tokens yet (use policy none there)",
+        options.token_eviction.policy, local->backend()->name()));
+  }
   return std::unique_ptr<Engine>(
       new Engine(std::make_unique<Impl>(options, std::move(local), std::move(token_eviction))));
 }

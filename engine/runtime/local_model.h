@@ -44,6 +44,14 @@ struct LocalModelOptions {
   int64_t max_batch_tokens = 512;  // per forward step
   // Prefix reuse across requests (full blocks, chained hashes, verified hits).
   bool prefix_cache = true;
+  // Where the forward pass and the KV pool run (YAML engine.device): "cpu", or a registered
+  // device backend ("cuda" in builds with CUDA). On a device, the weights are uploaded once and
+  // the pool's blocks are device memory; features that work on block bytes on the host
+  // (demotion to a cheaper format, lowrank keys, token eviction) are refused with an error naming
+  // their key. kv_budget_bytes 0 on a device: device_memory_fraction of the device's free memory
+  // after the weights are uploaded.
+  std::string device = "cpu";
+  double device_memory_fraction = 0.85;
   std::string prefix_hash = "xxh3_128";  // xxh3_128 | xxh64 | sha256
   std::string block_eviction = "lru";    // lru | priority | slru
 };
@@ -72,9 +80,14 @@ class LocalModel {
   BatchGenerator& generator() { return *generator_; }
   kernels::ThreadPool& threads() { return *threads_; }
   const LocalModelOptions& options() const { return options_; }
+  // The backend the forward pass runs on (kernels::DefaultCpuBackend() for device "cpu").
+  kernels::Backend* backend() const { return model_->backend(); }
 
  private:
   LocalModelOptions options_;
+  // A device backend (null for "cpu"); declared first so that it is destroyed last, after the
+  // pool's blocks and the uploaded weights it holds.
+  std::unique_ptr<kernels::Backend> device_;
   std::unique_ptr<LoadedModel> loaded_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<kernels::ThreadPool> threads_;

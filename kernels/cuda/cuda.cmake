@@ -61,3 +61,13 @@ add_library(kvserve_kernels_cuda_blas STATIC ${CMAKE_CURRENT_LIST_DIR}/gemm.cu
     ${CMAKE_CURRENT_LIST_DIR}/cuda_backend.cu)
 kvserve_cuda_target_options(kvserve_kernels_cuda_blas)
 target_link_libraries(kvserve_kernels_cuda_blas PUBLIC kvserve_kernels_cuda CUDA::cublas)
+
+# The loadable module of the "cuda" backend (cuda_module.cc): built beside the kvserve binary,
+# which loads it only when device cuda is asked for (kernels::RegisterBackendModule).
+add_library(kvserve_cuda MODULE ${CMAKE_CURRENT_LIST_DIR}/cuda_module.cc)
+kvserve_cuda_target_options(kvserve_cuda)
+target_link_libraries(kvserve_cuda PRIVATE kvserve_kernels_cuda_blas)
+set_target_properties(kvserve_cuda PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}
+    CXX_VISIBILITY_PRESET hidden CUDA_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON)
+# Static archives linked into the module must be position-independent.
+set_target_properties(kvserve_kernels PROPERTIES POSITION_INDEPENDENT_CODE ON)

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <utility>
 
 #include "kernels/cuda/common.cuh"
@@ -66,7 +67,19 @@ __global__ void RopeApplyKernel(float* x, const float* cos_sin, int64_t n, int n
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(Gemm gemm) : gemm_(std::move(gemm)) {}
+  explicit CudaBackend(Gemm gemm) : gemm_(std::move(gemm)) {
+    // Allocations come from the device's stream-ordered memory pool, which keeps freed memory
+    // for reuse (release threshold: never): a KV block allocated in a step, or a scratch buffer
+    // regrown, costs no cudaMalloc and no device synchronization once the pool has grown.
+    int device = 0;
+    cudaMemPool_t pool = nullptr;
+    if (cudaGetDevice(&device) == cudaSuccess &&
+        cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {
+      uint64_t keep = UINT64_MAX;
+      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);
+      pooled_ = true;
+    }
+  }
   ~CudaBackend() override {
     if (workspace_ != nullptr) cudaFree(workspace_);
     if (freqs_ != nullptr) cudaFree(freqs_);
@@ -77,13 +90,22 @@ class CudaBackend final : public Backend {
   bool host_memory() const override { return false; }
   void* Alloc(int64_t bytes) override {
     void* p = nullptr;
-    if (cudaMalloc(&p, static_cast<size_t>(std::max<int64_t>(bytes, 1))) != cudaSuccess) {
+    const size_t size = static_cast<size_t>(std::max<int64_t>(bytes, 1));
+    // Ordered on the legacy default stream, which every op and copy here uses.
+    const cudaError_t err = pooled_ ? cudaMallocAsync(&p, size, nullptr) : cudaMalloc(&p, size);
+    if (err != cudaSuccess) {
+      cudaGetLastError();  // an out-of-memory result is the caller's to report, not sticky
       return nullptr;
     }
     return p;
   }
   void Free(void* p) override {
-    if (p != nullptr) cudaFree(p);
+    if (p == nullptr) return;
+    if (pooled_) {
+      cudaFreeAsync(p, nullptr);
+    } else {
+      cudaFree(p);
+    }
   }
   void CopyIn(void* dst, const void* host_src, int64_t bytes) override {
     if (bytes > 0) {
@@ -98,6 +120,11 @@ class CudaBackend final : public Backend {
     }
   }
   bool Synchronize(std::string* error) override { return cuda::Synchronize(nullptr, error); }
+  int64_t FreeMemoryBytes() const override {
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) return -1;
+    return static_cast<int64_t>(free_bytes);
+  }
 
   bool SupportsWeight(DType t) const override { return !IsQuantized(t); }
   bool SupportsKvRead(KvFormat f) const override { return f != KvFormat::kLowrank; }
@@ -194,6 +221,7 @@ class CudaBackend final : public Backend {
   }
 
   Gemm gemm_;
+  bool pooled_ = false;  // Alloc/Free through the default memory pool
   void* workspace_ = nullptr;
   int64_t workspace_bytes_ = 0;
   RopeFreqs* freqs_ = nullptr;

@@ -170,14 +170,15 @@ std::vector<ConfigKey> BuildKeys() {
       },
       "format of the recent window and sink tokens"));
   keys.push_back(FloatKey(
-      "kv_cache.budget_mb", 0.001, 4194304,
+      "kv_cache.budget_mb", 0, 4194304,
       [](ServerConfig& c, double v) {
         c.engine.model.kv_budget_bytes = static_cast<int64_t>(std::llround(v * kBytesPerMiB));
       },
       [](const ServerConfig& c) {
         return static_cast<double>(c.engine.model.kv_budget_bytes) / kBytesPerMiB;
       },
-      "byte budget of the KV block pool, MiB (fractions allowed)"));
+      "byte budget of the KV block pool, MiB (fractions allowed); 0 on a device = "
+      "engine.device_memory_fraction of its free memory"));
   keys.push_back(IntKey(
       "kv_cache.block_size", 1, 1024,
       [](ServerConfig& c, int64_t v) { c.engine.model.block_size = static_cast<int>(v); },
@@ -289,6 +290,18 @@ std::vector<ConfigKey> BuildKeys() {
       [](ServerConfig& c, int64_t v) { c.engine.model.num_threads = static_cast<int>(v); },
       [](const ServerConfig& c) { return c.engine.model.num_threads; },
       "compute threads of the forward pass; 0 = all online CPUs"));
+  keys.push_back(EnumKey(
+      "engine.device", {"cpu", "cuda"},
+      [](ServerConfig& c, const std::string& v) { c.engine.model.device = v; },
+      [](const ServerConfig& c) { return c.engine.model.device; },
+      "where the forward pass and the KV pool run: cpu, or cuda (the first GPU; builds with "
+      "CUDA)"));
+  keys.push_back(FloatKey(
+      "engine.device_memory_fraction", 0.01, 1,
+      [](ServerConfig& c, double v) { c.engine.model.device_memory_fraction = v; },
+      [](const ServerConfig& c) { return c.engine.model.device_memory_fraction; },
+      "on a device with kv_cache.budget_mb 0: share of its free memory (after the weights) "
+      "given to the KV pool"));
 
   // metrics:
   keys.push_back(StringKey(

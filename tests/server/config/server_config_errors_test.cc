@@ -117,8 +117,10 @@ TEST_F(ServerConfigErrorTest, OutOfRange) {
               HasSubstr(At(3) + " kv_cache.block_size: must be in [1, 1024], got 0"));
   EXPECT_THAT(Error("model: {path: m.gguf}\nkv_cache:\n  block_size: 2048\n"),
               HasSubstr(At(3) + " kv_cache.block_size: must be in [1, 1024], got 2048"));
-  EXPECT_THAT(Error("model: {path: m.gguf}\nkv_cache:\n  budget_mb: 0\n"),
-              HasSubstr(At(3) + " kv_cache.budget_mb: must be in [0.001, 4194304], got 0"));
+  EXPECT_THAT(Error("model: {path: m.gguf}\nkv_cache:\n  budget_mb: -1\n"),
+              HasSubstr(At(3) + " kv_cache.budget_mb: must be in [0, 4194304], got -1"));
+  EXPECT_THAT(Error("model: {path: m.gguf}\nengine:\n  device_memory_fraction: 0\n"),
+              HasSubstr(At(3) + " engine.device_memory_fraction: must be in [0.01, 1], got 0"));
   EXPECT_THAT(Error("model: {path: m.gguf}\nengine:\n  threads: -1\n"),
               HasSubstr(At(3) + " engine.threads: must be in [0, 1024], got -1"));
   EXPECT_THAT(Error("model: {path: m.gguf}\nserver:\n  drain_timeout_seconds: -0.5\n"),
@@ -215,6 +217,27 @@ TEST_F(ServerConfigErrorTest, InconsistentLimitsAndAuth) {
               HasSubstr(At(3) + " limits.max_tokens: limits.default_max_tokens (256)"));
   EXPECT_THAT(Error("model: {path: m.gguf}\nserver:\n  auth_on_loopback: true\n"),
               HasSubstr(At(3) + " server.auth_on_loopback: is true but server.api_keys_file"));
+}
+
+TEST_F(ServerConfigErrorTest, WhatADeviceDoesNotRunYetIsRefusedNamingTheKey) {
+  EXPECT_THAT(Error("model: {path: m.gguf}\nkv_cache:\n  budget_mb: 0\n"),
+              HasSubstr(At(3) + " kv_cache.budget_mb: 0 (a share of free device memory) needs "
+                                "engine.device: cuda"));
+  EXPECT_THAT(Error("model: {path: m.gguf}\nengine:\n  device: tpu\n"),
+              HasSubstr(At(3) + " engine.device: must be one of cpu, cuda; got 'tpu'"));
+  const std::string cuda = "model: {path: m.gguf}\nengine:\n  device: cuda\n";
+  EXPECT_THAT(Error(cuda + "kv_cache:\n  format: int4\n"),
+              HasSubstr(At(5) + " kv_cache.format: int4: engine.device cuda stores fp32, fp16 or "
+                                "bf16 blocks only"));
+  EXPECT_THAT(Error(cuda + "kv_cache:\n  format: fp16\n  layer_formats: \"0:int8\"\n"),
+              HasSubstr(At(6) + " kv_cache.layer_formats: layer 0 int8: engine.device cuda"));
+  EXPECT_THAT(Error(cuda + "kv_cache:\n  format: bf16\n  recent_window: 64\n"),
+              HasSubstr(At(6) + " kv_cache.recent_window: demoting blocks from "
+                                "kv_cache.window_format to kv_cache.format runs on the host"));
+  EXPECT_THAT(Error(cuda + "kv_cache:\n  format: fp16\ntoken_eviction:\n  policy: h2o\n"
+                           "  budget_tokens: 256\n"),
+              HasSubstr(At(7) + " token_eviction.policy: h2o: token eviction compacts KV on the "
+                                "host"));
 }
 
 TEST_F(ServerConfigErrorTest, MalformedYaml) {

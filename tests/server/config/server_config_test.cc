@@ -214,6 +214,8 @@ limits:
   max_prompt_bytes: 4096
 engine:
   threads: 3
+  device: cpu
+  device_memory_fraction: 0.5
 metrics:
   address: "127.0.0.2:9100"
   min_watch_interval_ms: 250
@@ -313,6 +315,8 @@ TEST(ServerConfigValuesTest, EveryKeyLandsInItsField) {
   EXPECT_EQ(c.engine.max_tokens_limit, 200);
   EXPECT_EQ(c.default_max_tokens, 50);
   EXPECT_EQ(c.engine.model.num_threads, 3);
+  EXPECT_EQ(c.engine.model.device, "cpu");
+  EXPECT_EQ(c.engine.model.device_memory_fraction, 0.5);
   EXPECT_EQ(c.metrics_address, "127.0.0.2:9100");
   EXPECT_EQ(c.min_watch_interval_ms, 250);
   EXPECT_EQ(c.log_level, "debug");
