@@ -121,7 +121,9 @@ INSTANTIATE_TEST_SUITE_P(Formats, DeviceForwardTest,
                          // The formats written token by token (the others are written whole,
                          // through demotion, which runs on the host).
                          ::testing::Values(KvFormat::kFp32, KvFormat::kFp16, KvFormat::kBf16),
-                         [](const auto& info) { return std::string(kernels::KvFormatName(info.param)); });
+                         [](const auto& info) {
+                           return std::string(kernels::KvFormatName(info.param));
+                         });
 
 TEST(DeviceForwardTest, WeightsAndBlocksAreDeviceMemoryAndFreedWithTheirOwners) {
   EmulatedDeviceBackend device;

@@ -32,8 +32,8 @@ class EmulatedDeviceBackend final : public kernels::Backend {
   static constexpr size_t kArenaBytes = size_t{1} << 30;  // reserved, not committed
 
   EmulatedDeviceBackend() {
-    void* p = mmap(nullptr, kArenaBytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+    void* p =
+        mmap(nullptr, kArenaBytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) std::abort();
     arena_ = static_cast<uint8_t*>(p);
   }
@@ -81,12 +81,12 @@ class EmulatedDeviceBackend final : public kernels::Backend {
     std::memcpy(host_dst, src, static_cast<size_t>(bytes));
   }
   bool Synchronize(std::string* error) override { return true; }
-  int64_t FreeMemoryBytes() const override {
-    return capacity_ > 0 ? capacity_ - live_bytes_ : -1;
-  }
+  int64_t FreeMemoryBytes() const override { return capacity_ > 0 ? capacity_ - live_bytes_ : -1; }
 
   bool SupportsWeight(kernels::DType t) const override { return !kernels::IsQuantized(t); }
-  bool SupportsKvRead(kernels::KvFormat f) const override { return f != kernels::KvFormat::kLowrank; }
+  bool SupportsKvRead(kernels::KvFormat f) const override {
+    return f != kernels::KvFormat::kLowrank;
+  }
   bool SupportsKvWrite(kernels::KvFormat f) const override {
     return kernels::KvFormatTokenWritable(f);
   }
