@@ -134,6 +134,22 @@ class Backend {
   // optional accumulated scores.
   virtual void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache,
                               const ExecContext& ctx) = 0;
+
+  // ---- Whole-region KV encoding (what a device pool needs for the formats written whole) ------
+  // True when ConvertKvRegions can encode into `dst`. Default: no.
+  virtual bool SupportsKvConvert(KvFormat dst) const { return false; }
+  // For r < count: reads rows [0, tokens) of every KV head of the `role` region src[r] (format
+  // src_format: fp32, fp16 or bf16; an fp32 region is [num_kv_heads][block_size][head_dim]
+  // floats) and encodes them into the region dst[r] in dst_format, exactly as
+  // cpu::QuantizeKvRegion encodes the same floats. src and dst are HOST arrays of addresses in
+  // this backend's memory; no source overlaps a destination. False when a value was refused (not
+  // finite, or beyond a quantized format's range): those regions are then unspecified. Lowrank
+  // is not a destination. Synchronous.
+  virtual bool ConvertKvRegions(KvFormat src_format, const uint8_t* const* src, KvFormat dst_format,
+                                uint8_t* const* dst, KvRole role, const KvRegionShape& shape,
+                                int tokens, int64_t count, const ExecContext& ctx) {
+    return false;
+  }
 };
 
 // ---- Registry ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ void AddLocalModelFlags(FlagSet& flags) {
   flags.String(
       "device", "cpu",
       "where the forward pass and KV pool run: cpu, or cuda (builds with CUDA; F32/F16/BF16 "
-      "weights, fp32/fp16/bf16 KV)");
+      "weights)");
   flags.Int("lowrank-rank", 0, "lowrank format: coefficients per key (1..head_dim)");
   flags.String("lowrank-text", "", "lowrank format: calibration text whose keys give the basis");
   flags.Required("model");

@@ -138,6 +138,8 @@ class BlockPool {
   const float* key_basis(int layer) const;
   // True when block bytes are host memory (no device backend).
   bool host_memory() const { return device_ == nullptr; }
+  // The device backend whose memory holds the blocks, or null (host memory).
+  kernels::Backend* device() const { return device_; }
   // Changes whenever a LayerView array entry changes (block bytes allocated or returned, a block's
   // layout); a device runner re-uploads the arrays when it differs from the one it uploaded.
   uint64_t view_version() const { return view_version_; }

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_format.h"
 #include "engine/common/status_macros.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/kv_quantize.h"
 
 namespace kvserve::engine {
@@ -148,6 +149,7 @@ bool KvCachePolicy::WrittenWhole(LayoutId layout) const {
 
 absl::Status KvCachePolicy::Demote(SequenceKv& seq, int64_t tokens) const {
   if (!demotes()) return absl::OkStatus();
+  if (!pool_->host_memory()) return DemoteOnDevice(seq, tokens);
   const KvGeometry& g = pool_->geometry();
   const kernels::KvRegionShape shape = g.RegionShape();
   const BlockLayout& hot = pool_->layout(write_layout_);
@@ -197,6 +199,115 @@ absl::Status KvCachePolicy::Demote(SequenceKv& seq, int64_t tokens) const {
     }
     seq.set_demoted_blocks(b + 1);
   }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// One group of ConvertKvRegions calls: regions of one role with the same source and destination
+// formats.
+struct ConvertGroup {
+  kernels::KvFormat from, to;
+  kernels::KvRole role;
+  std::vector<const uint8_t*> src;
+  std::vector<uint8_t*> dst;
+};
+
+// Adds region (src -> dst) to the group of its formats and role.
+void AddRegion(std::vector<ConvertGroup>& groups, kernels::KvFormat from, kernels::KvFormat to,
+               kernels::KvRole role, const uint8_t* src, uint8_t* dst) {
+  for (ConvertGroup& g : groups) {
+    if (g.from == from && g.to == to && g.role == role) {
+      g.src.push_back(src);
+      g.dst.push_back(dst);
+      return;
+    }
+  }
+  groups.push_back(ConvertGroup{from, to, role, {src}, {dst}});
+}
+
+bool RunGroups(kernels::Backend& device, const std::vector<ConvertGroup>& groups,
+               const kernels::KvRegionShape& shape) {
+  bool ok = true;
+  for (const ConvertGroup& g : groups) {
+    ok &= device.ConvertKvRegions(
+        g.from, g.src.data(), g.to, const_cast<uint8_t* const*>(g.dst.data()), g.role, shape,
+        shape.block_size, static_cast<int64_t>(g.src.size()), kernels::ExecContext{});
+  }
+  return ok;
+}
+
+}  // namespace
+
+absl::Status KvCachePolicy::DemoteOnDevice(SequenceKv& seq, int64_t tokens) const {
+  kernels::Backend& device = *pool_->device();
+  const KvGeometry& g = pool_->geometry();
+  const kernels::KvRegionShape shape = g.RegionShape();
+  const BlockLayout& hot = pool_->layout(write_layout_);
+  const BlockLayout& cold = pool_->layout(cold_layout_);
+  // Every layer's K and V of one block as fp32 regions, in device memory (outside the budget, as
+  // the host's float copy is).
+  const int64_t region_bytes =
+      kernels::KvRegionBytes(kernels::KvFormat::kFp32, kernels::KvRole::kKey, shape);
+  uint8_t* floats = nullptr;
+  const std::vector<BlockId>& table = seq.block_table();
+  for (int64_t b = seq.demoted_blocks(); b < static_cast<int64_t>(table.size()); ++b) {
+    if (pool_->layout_of(table[b]) != write_layout_) {
+      seq.set_demoted_blocks(b + 1);
+      continue;
+    }
+    if (!ColdEligible(b, tokens)) {
+      if (b * g.block_size < config_.sink_tokens) {
+        seq.set_demoted_blocks(b + 1);
+        continue;
+      }
+      break;
+    }
+    if (floats == nullptr) {
+      floats = static_cast<uint8_t*>(device.Alloc(2 * g.num_layers * region_bytes));
+      if (floats == nullptr) {
+        return absl::ResourceExhaustedError(absl::StrFormat(
+            "backend \"%s\": out of memory for a block's floats while demoting", device.name()));
+      }
+    }
+    // Read the whole block into floats, free it, then write the cold copy (so the budget needs
+    // no room for both at once).
+    std::vector<ConvertGroup> read, write;
+    const uint8_t* src = pool_->block_data(table[b]);
+    for (int l = 0; l < g.num_layers; ++l) {
+      const kernels::KvLayerRegion& r = hot.regions[l];
+      uint8_t* k = floats + (2 * l) * region_bytes;
+      AddRegion(read, r.format, kernels::KvFormat::kFp32, kernels::KvRole::kKey, src + r.k_offset,
+                k);
+      AddRegion(read, r.format, kernels::KvFormat::kFp32, kernels::KvRole::kValue, src + r.v_offset,
+                k + region_bytes);
+    }
+    bool ok = RunGroups(device, read, shape);
+    absl::StatusOr<BlockId> fresh = ok ? seq.ReplaceBlock(b, cold_layout_) : BlockId{0};
+    if (!fresh.ok()) {
+      device.Free(floats);
+      return fresh.status();
+    }
+    if (ok) {
+      uint8_t* dst = pool_->mutable_block_data(*fresh);
+      for (int l = 0; l < g.num_layers; ++l) {
+        const kernels::KvLayerRegion& r = cold.regions[l];
+        const uint8_t* k = floats + (2 * l) * region_bytes;
+        AddRegion(write, kernels::KvFormat::kFp32, r.format, kernels::KvRole::kKey, k,
+                  dst + r.k_offset);
+        AddRegion(write, kernels::KvFormat::kFp32, r.format, kernels::KvRole::kValue,
+                  k + region_bytes, dst + r.v_offset);
+      }
+      ok = RunGroups(device, write, shape);
+    }
+    if (!ok) {
+      device.Free(floats);
+      return absl::InternalError(
+          absl::StrFormat("non-finite K/V values in block %d (demotion on %s)", b, device.name()));
+    }
+    seq.set_demoted_blocks(b + 1);
+  }
+  device.Free(floats);
   return absl::OkStatus();
 }
 

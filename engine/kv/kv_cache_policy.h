@@ -83,6 +83,11 @@ class KvCachePolicy {
   absl::Status Demote(SequenceKv& seq, int64_t tokens) const;
 
  private:
+  // Demote for a pool in device memory: the same blocks in the same order, each re-encoded by the
+  // device (Backend::ConvertKvRegions) through a float copy in device memory, so the cold bytes
+  // are those the host would write.
+  absl::Status DemoteOnDevice(SequenceKv& seq, int64_t tokens) const;
+
   BlockPool* pool_ = nullptr;
   KvCachePolicyConfig config_;
   LayoutId write_layout_ = 0;

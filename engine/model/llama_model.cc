@@ -100,6 +100,7 @@ absl::Status LlamaModel::RunLayers(const StepBuffers& b, const ForwardBatch& bat
       return absl::InternalError(
           absl::StrFormat("non-finite or out-of-range K/V values in layer %d", l));
     }
+    if (b.whole_blocks) KVSERVE_RETURN_IF_ERROR(WriteWholeBlocks(l, k, v, ctx));
     if (b.scores) PointLayerScores(batch, l, t0, t1);
     be.PagedAttention(ab, view, ctx);
     be.MatMul(att, n, lw.wo, xb, ctx);
@@ -438,6 +439,7 @@ absl::StatusOr<LlamaModel::StepBuffers> LlamaModel::StageOnDevice(const ForwardB
   const int64_t rows = static_cast<int64_t>(batch.logits_rows.size());
 
   FillStaging(batch, kv);
+  KVSERVE_RETURN_IF_ERROR(PlanWholeBlocks(kv, n));
   const int64_t num_seqs = static_cast<int64_t>(batch.block_tables.size());
   const int64_t int_bytes = (static_cast<int64_t>(staging_.size()) * 4 + 255) / 256 * 256;
   const int64_t ptr_bytes = (std::max<int64_t>(num_seqs, 1) * 8 + 255) / 256 * 256;
@@ -492,7 +494,144 @@ absl::StatusOr<LlamaModel::StepBuffers> LlamaModel::StageOnDevice(const ForwardB
   b.views = views_.data();
   b.final_rows = f + final_at;
   b.logits = f + logits_at;
+  b.whole_blocks = !whole_.block.empty();
+  if (b.whole_blocks && !PlaceWholeBlocks(ints + whole_at_)) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("backend \"%s\": out of memory staging %d whole KV blocks",
+                        backend_->name(), whole_.block.size()));
+  }
   return b;
+}
+
+absl::Status LlamaModel::PlanWholeBlocks(const BlockPool& kv, int64_t n) {
+  whole_.first_token.clear();
+  whole_.block.clear();
+  const int bs = kv.geometry().block_size;
+  auto written_whole = [&](BlockId id) {
+    for (const kernels::KvLayerRegion& r : kv.layout(kv.layout_of(id)).regions) {
+      if (!kernels::KvFormatTokenWritable(r.format)) return true;
+    }
+    return false;
+  };
+  for (int64_t t = 0; t < n;) {
+    const BlockId id = slot_block_[t];
+    if (!written_whole(id)) {
+      ++t;
+      continue;
+    }
+    // A whole-block format is written as one run: block_size tokens, offsets 0 .. block_size - 1.
+    bool whole = t + bs <= n;
+    for (int i = 0; whole && i < bs; ++i) {
+      whole = slot_block_[t + i] == id && slot_offset_[t + i] == i;
+    }
+    if (!whole) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "batch token %d: KV block %d is in a format written whole, but the batch does not "
+          "write its %d slots in one run",
+          t, id, bs));
+    }
+    whole_.first_token.push_back(t);
+    whole_.block.push_back(id);
+    t += bs;
+  }
+  whole_at_ = static_cast<int64_t>(staging_.size());
+  for (size_t j = 0; j < whole_.block.size(); ++j) {
+    for (int i = 0; i < bs; ++i) staging_.push_back(static_cast<int32_t>(j));
+  }
+  for (size_t j = 0; j < whole_.block.size(); ++j) {
+    for (int i = 0; i < bs; ++i) staging_.push_back(i);
+  }
+  return absl::OkStatus();
+}
+
+bool LlamaModel::PlaceWholeBlocks(const int32_t* slots) {
+  const kernels::KvRegionShape shape = views_.front().shape;
+  const int64_t runs = static_cast<int64_t>(whole_.block.size());
+  whole_.slot_block = slots;
+  whole_.slot_offset = slots + runs * shape.block_size;
+  whole_.region_bytes =
+      kernels::KvRegionBytes(kernels::KvFormat::kFp32, kernels::KvRole::kKey, shape);
+  // [staging blocks: K then V region each][block pointers][layouts (zeros)][the fp32 region]
+  const int64_t blocks_bytes = runs * 2 * whole_.region_bytes;
+  const int64_t ptr_at = blocks_bytes;
+  const int64_t layout_at = ptr_at + (runs * 8 + 255) / 256 * 256;
+  const int64_t region_at = layout_at + (runs * 2 + 255) / 256 * 256;
+  const int64_t need = region_at + static_cast<int64_t>(sizeof(kernels::KvLayerRegion));
+  if (!device_whole_.Reserve(backend_, need)) return false;
+  auto* base = static_cast<uint8_t*>(device_whole_.data);
+  std::vector<uint8_t*> ptrs(static_cast<size_t>(runs));
+  for (int64_t j = 0; j < runs; ++j) ptrs[j] = base + j * 2 * whole_.region_bytes;
+  const std::vector<uint16_t> layouts(static_cast<size_t>(runs), 0);
+  kernels::KvLayerRegion region;
+  region.format = kernels::KvFormat::kFp32;
+  region.k_offset = 0;
+  region.v_offset = static_cast<uint32_t>(whole_.region_bytes);
+  backend_->CopyIn(base + ptr_at, ptrs.data(), runs * 8);
+  backend_->CopyIn(base + layout_at, layouts.data(), runs * 2);
+  backend_->CopyIn(base + region_at, &region, sizeof(region));
+  whole_.staging.block_data = reinterpret_cast<uint8_t* const*>(base + ptr_at);
+  whole_.staging.block_layout = reinterpret_cast<const uint16_t*>(base + layout_at);
+  whole_.staging.regions = reinterpret_cast<const kernels::KvLayerRegion*>(base + region_at);
+  whole_.staging.shape = shape;
+  whole_.staging.key_basis = nullptr;
+  return true;
+}
+
+namespace {
+
+// The staging regions of one layer whose blocks store it in `format`, and where they go.
+struct FormatRegions {
+  kernels::KvFormat format;
+  std::vector<const uint8_t*> k_src, v_src;
+  std::vector<uint8_t*> k_dst, v_dst;
+};
+
+}  // namespace
+
+absl::Status LlamaModel::WriteWholeBlocks(int layer, const float* k, const float* v,
+                                          const kernels::ExecContext& ctx) {
+  const ModelConfig& c = model_.config();
+  const BlockPool& kv = *step_pool_;
+  const int bs = kv.geometry().block_size;
+  const int64_t kv_dim = c.kv_dim();
+  const int64_t runs = static_cast<int64_t>(whole_.block.size());
+  auto* staging = static_cast<uint8_t*>(device_whole_.data);
+  const std::string error =
+      absl::StrFormat("non-finite or out-of-range K/V values in layer %d", layer);
+  // Each run's rows of this layer into its fp32 staging block (token by token: fp32 is
+  // token-writable), then, per format, every run's staging regions encoded into its block.
+  std::vector<FormatRegions> groups;
+  for (int64_t j = 0; j < runs; ++j) {
+    const int64_t t = whole_.first_token[j];
+    const kernels::KvWrite w{k + t * kv_dim, v + t * kv_dim, bs, whole_.slot_block + j * bs,
+                             whole_.slot_offset + j * bs};
+    if (!backend_->WriteKv(w, whole_.staging, ctx)) return absl::InternalError(error);
+    const BlockId id = whole_.block[j];
+    const kernels::KvLayerRegion& r = kv.layout(kv.layout_of(id)).regions[layer];
+    if (kernels::KvFormatTokenWritable(r.format)) continue;  // WriteKv wrote it
+    auto it = std::find_if(groups.begin(), groups.end(),
+                           [&](const FormatRegions& g) { return g.format == r.format; });
+    if (it == groups.end())
+      it = groups.insert(groups.end(), FormatRegions{r.format, {}, {}, {}, {}});
+    uint8_t* block = const_cast<uint8_t*>(kv.block_data(id));
+    const uint8_t* src = staging + j * 2 * whole_.region_bytes;
+    it->k_src.push_back(src);
+    it->k_dst.push_back(block + r.k_offset);
+    it->v_src.push_back(src + whole_.region_bytes);
+    it->v_dst.push_back(block + r.v_offset);
+  }
+  const kernels::KvRegionShape shape = whole_.staging.shape;
+  for (const FormatRegions& g : groups) {
+    const auto count = static_cast<int64_t>(g.k_src.size());
+    if (!backend_->ConvertKvRegions(kernels::KvFormat::kFp32, g.k_src.data(), g.format,
+                                    g.k_dst.data(), kernels::KvRole::kKey, shape, bs, count, ctx) ||
+        !backend_->ConvertKvRegions(kernels::KvFormat::kFp32, g.v_src.data(), g.format,
+                                    g.v_dst.data(), kernels::KvRole::kValue, shape, bs, count,
+                                    ctx)) {
+      return absl::InternalError(error);
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status LlamaModel::ForwardOnDevice(const ForwardBatch& batch, BlockPool& kv, float* logits) {
@@ -518,6 +657,7 @@ absl::Status LlamaModel::ForwardOnDevice(const ForwardBatch& batch, BlockPool& k
     if (t < 0 || t >= n) return absl::InvalidArgumentError("logits row outside the batch");
   }
   KVSERVE_RETURN_IF_ERROR(UploadPoolViews(kv));
+  step_pool_ = &kv;
   KVSERVE_ASSIGN_OR_RETURN(const StepBuffers b, StageOnDevice(batch, kv));
   KVSERVE_RETURN_IF_ERROR(RunLayers(b, batch, 0, n, nullptr));
   const kernels::ExecContext ctx{nullptr};

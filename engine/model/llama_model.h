@@ -100,6 +100,19 @@ class LlamaModel {
     const kernels::PagedKvLayerView* views = nullptr;  // [num_layers]
     float* final_rows = nullptr;  // device only: [logits rows, dim], then the logits
     float* logits = nullptr;
+    bool whole_blocks = false;  // device only: whole_ holds blocks this step writes whole
+  };
+  // Device only: the blocks a step writes whole (their layout has a format that is not written
+  // token by token). Their rows go to fp32 staging regions through WriteKv and are then encoded
+  // into the block by Backend::ConvertKvRegions, layer by layer, as the host's WriteKv encodes a
+  // whole block.
+  struct WholeBlocks {
+    std::vector<int64_t> first_token;      // [runs]: the run's first token in the batch
+    std::vector<BlockId> block;            // [runs]
+    const int32_t* slot_block = nullptr;   // device [runs * block_size]: the run's staging index
+    const int32_t* slot_offset = nullptr;  // device [runs * block_size]: 0 .. block_size - 1
+    kernels::PagedKvLayerView staging;     // device arrays: [runs] fp32 staging blocks
+    int64_t region_bytes = 0;              // of one fp32 K or V region
   };
   // One allocation of the backend's memory, regrown (not preserved) on demand.
   struct DeviceBuffer {
@@ -125,6 +138,15 @@ class LlamaModel {
   // Fills staging_ with the per-token integers and then each sequence's block table (the blocks
   // the step reads), table_at_ with where each table starts.
   void FillStaging(const ForwardBatch& batch, const BlockPool& kv);
+  // Finds the runs of whole_ among the batch's n tokens (InvalidArgument when a block that must be
+  // written whole is not) and appends their staging slots to staging_.
+  absl::Status PlanWholeBlocks(const BlockPool& kv, int64_t n);
+  // Points whole_'s arrays into the device scratch (the staging slots at `slots`, uploaded with
+  // staging_) and uploads the staging view; false when the device is out of memory.
+  bool PlaceWholeBlocks(const int32_t* slots);
+  // After layer `layer`'s WriteKv: the whole blocks' rows of that layer through staging.
+  absl::Status WriteWholeBlocks(int layer, const float* k, const float* v,
+                                const kernels::ExecContext& ctx);
   // Checks the batch's token ids, sequences, slots and score tables, sizes the scratch for it and
   // fills the per-token KV slot mapping (slot_block_, slot_offset_, kv_len_) and layer_scores_.
   absl::Status MapBatch(const ForwardBatch& batch, const BlockPool& kv);
@@ -175,6 +197,10 @@ class LlamaModel {
   std::vector<int32_t> table_len_;          // blocks of each sequence's table the step reads
   std::vector<const int32_t*> table_ptrs_;  // device addresses of the uploaded tables
   std::vector<int64_t> table_at_;           // where each table starts in staging_
+  WholeBlocks whole_;
+  int64_t whole_at_ = 0;                  // where whole_'s staging slots start in staging_
+  DeviceBuffer device_whole_;             // fp32 staging blocks and the staging view's arrays
+  const BlockPool* step_pool_ = nullptr;  // the pool of the step in flight (device path)
 };
 
 }  // namespace kvserve::engine

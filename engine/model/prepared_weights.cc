@@ -85,6 +85,8 @@ void LoadedModel::UploadToDevice(kernels::Backend* backend, Prepared& prepared) 
   auto* base = static_cast<uint8_t*>(prepared.storage);
   for (size_t i = 0; i < matrices.size(); ++i) {
     kernels::WeightView* m = matrices[i];
+    // A host backend's panels (if another runner prepared them) mean nothing here.
+    m->panels = nullptr;
     if (backend->PreparedWeightBytes(*m) > 0) backend->PrepareWeight(m, base + panels_at[i]);
     backend->CopyIn(base + data_at[i], m->data,
                     kernels::WeightRowBytes(m->dtype, m->cols) * m->rows);

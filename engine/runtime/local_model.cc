@@ -81,12 +81,13 @@ absl::Status CheckDeviceSupport(const LocalModelOptions& options, const LoadedMo
     }
   }
   auto check_format = [&](kernels::KvFormat f, const std::string& key) -> absl::Status {
-    if (device.SupportsKvRead(f) && device.SupportsKvWrite(f)) return absl::OkStatus();
+    if (device.SupportsKvRead(f) && (device.SupportsKvWrite(f) || device.SupportsKvConvert(f))) {
+      return absl::OkStatus();
+    }
     return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: %s blocks are encoded whole and re-encoded on the host (demotion), which "
-        "engine.device "
-        "\"%s\" does not run yet; use fp32, fp16 or bf16 there, or engine.device: cpu",
-        key, kernels::KvFormatName(f), dev));
+        "%s: engine.device \"%s\" cannot store %s blocks; use another format or engine.device: "
+        "cpu",
+        key, dev, kernels::KvFormatName(f)));
   };
   KVSERVE_RETURN_IF_ERROR(check_format(options.kv_format, "kv_cache.format"));
   for (const auto& [layer, format] : options.kv_layer_formats) {
@@ -173,13 +174,6 @@ absl::StatusOr<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOpt
   policy.sink_tokens = options.kv_sink_tokens;
   policy.window_format = options.kv_window_format;
   KVSERVE_ASSIGN_OR_RETURN(lm->kv_policy_, KvCachePolicy::Create(lm->kv_pool_.get(), policy));
-  if (lm->device_ != nullptr && lm->kv_policy_.demotes()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "kv_cache.recent_window / kv_cache.sink_tokens: demoting blocks to kv_cache.format runs "
-        "on the host, which engine.device \"%s\" does not do yet; use one format (no window) or "
-        "engine.device: cpu",
-        lm->device_->name()));
-  }
   lm->model_identity_ = options.model_path + "|" + lm->loaded_->config().name;
   if (options.prefix_cache) {
     KVSERVE_ASSIGN_OR_RETURN(PrefixHashAlgorithm hash,

@@ -46,10 +46,11 @@ struct LocalModelOptions {
   bool prefix_cache = true;
   // Where the forward pass and the KV pool run (YAML engine.device): "cpu", or a registered
   // device backend ("cuda" in builds with CUDA). On a device, the weights are uploaded once and
-  // the pool's blocks are device memory; features that work on block bytes on the host
-  // (demotion to a cheaper format, lowrank keys, token eviction) are refused with an error naming
-  // their key. kv_budget_bytes 0 on a device: device_memory_fraction of the device's free memory
-  // after the weights are uploaded.
+  // the pool's blocks are device memory; the formats written whole are encoded there
+  // (Backend::ConvertKvRegions, demotion included); what works on block bytes on the host
+  // (lowrank keys, token eviction) and weight types the device has no kernels for are refused
+  // with an error naming the key or type. kv_budget_bytes 0 on a device: device_memory_fraction
+  // of the device's free memory after the weights are uploaded.
   std::string device = "cpu";
   double device_memory_fraction = 0.85;
   std::string prefix_hash = "xxh3_128";  // xxh3_128 | xxh64 | sha256

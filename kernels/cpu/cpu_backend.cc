@@ -2,7 +2,9 @@
 
 #include <cstring>
 #include <new>
+#include <vector>
 
+#include "kernels/cpu/kv_quantize.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/paged_attention.h"
 
@@ -90,6 +92,21 @@ bool CpuBackend::WriteKv(const KvWrite& w, const PagedKvLayerView& cache, const 
 void CpuBackend::PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache,
                                 const ExecContext& ctx) {
   cpu::PagedAttention(batch, cache, ctx.pool);
+}
+
+bool CpuBackend::ConvertKvRegions(KvFormat src_format, const uint8_t* const* src,
+                                  KvFormat dst_format, uint8_t* const* dst, KvRole role,
+                                  const KvRegionShape& shape, int tokens, int64_t count,
+                                  const ExecContext& ctx) {
+  if (!KvFormatTokenWritable(src_format) || dst_format == KvFormat::kLowrank) return false;
+  std::vector<float> floats(static_cast<size_t>(shape.num_kv_heads) * shape.block_size *
+                            shape.head_dim);
+  bool ok = true;
+  for (int64_t r = 0; r < count; ++r) {
+    DequantizeKvRegion(src_format, role, src[r], shape, tokens, floats.data());
+    ok &= QuantizeKvRegion(dst_format, role, floats.data(), shape, tokens, dst[r]);
+  }
+  return ok;
 }
 
 }  // namespace kvserve::kernels::cpu

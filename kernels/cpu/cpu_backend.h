@@ -51,6 +51,11 @@ class CpuBackend final : public Backend {
   bool WriteKv(const KvWrite& w, const PagedKvLayerView& cache, const ExecContext& ctx) override;
   void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache,
                       const ExecContext& ctx) override;
+  // Dequantize then QuantizeKvRegion, region by region (every format but lowrank).
+  bool SupportsKvConvert(KvFormat dst) const override { return dst != KvFormat::kLowrank; }
+  bool ConvertKvRegions(KvFormat src_format, const uint8_t* const* src, KvFormat dst_format,
+                        uint8_t* const* dst, KvRole role, const KvRegionShape& shape, int tokens,
+                        int64_t count, const ExecContext& ctx) override;
 };
 
 }  // namespace kvserve::kernels::cpu

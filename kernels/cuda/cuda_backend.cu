@@ -1,11 +1,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <utility>
+#include <vector>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/kv_quantize.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/paged_attention.h"
 #include "kernels/cuda/runtime.h"
@@ -82,6 +85,7 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     if (workspace_ != nullptr) cudaFree(workspace_);
+    if (convert_ != nullptr) cudaFree(convert_);
     if (freqs_ != nullptr) cudaFree(freqs_);
   }
 
@@ -191,6 +195,54 @@ class CudaBackend final : public Backend {
     cuda::WriteKv(w, cache, StreamOf(ctx));
     return true;
   }
+  bool SupportsKvConvert(KvFormat dst) const override { return dst != KvFormat::kLowrank; }
+  bool ConvertKvRegions(KvFormat src_format, const uint8_t* const* src, KvFormat dst_format,
+                        uint8_t* const* dst, KvRole role, const KvRegionShape& shape, int tokens,
+                        int64_t count, const ExecContext& ctx) override {
+    if (count <= 0) return true;
+    if (!KvFormatTokenWritable(src_format) || dst_format == KvFormat::kLowrank ||
+        !KvFormatSupports(dst_format, shape) ||
+        int64_t{shape.block_size} * shape.head_dim > kQuantizeMaxHeadElems) {
+      return false;
+    }
+    // One upload of [src pointers][dst pointers][tokens][ok], one launch, one copy of ok back.
+    const int64_t ptr_bytes = count * static_cast<int64_t>(sizeof(uint8_t*));
+    const int64_t need = 2 * ptr_bytes + count * 4 + count;
+    const cudaStream_t stream = StreamOf(ctx);
+    if (need > convert_bytes_) {
+      if (convert_ != nullptr) {
+        KVSERVE_CUDA_CHECK(cudaStreamSynchronize(stream));
+        KVSERVE_CUDA_CHECK(cudaFree(convert_));
+        convert_ = nullptr;
+      }
+      KVSERVE_CUDA_CHECK(cudaMalloc(&convert_, static_cast<size_t>(need)));
+      convert_bytes_ = need;
+    }
+    std::vector<uint8_t> host(static_cast<size_t>(need - count), 0);
+    std::memcpy(host.data(), src, static_cast<size_t>(ptr_bytes));
+    std::memcpy(host.data() + ptr_bytes, dst, static_cast<size_t>(ptr_bytes));
+    for (int64_t r = 0; r < count; ++r) {
+      std::memcpy(host.data() + 2 * ptr_bytes + 4 * r, &tokens, 4);
+    }
+    auto* base = static_cast<uint8_t*>(convert_);
+    KVSERVE_CUDA_CHECK(
+        cudaMemcpyAsync(base, host.data(), host.size(), cudaMemcpyHostToDevice, stream));
+    KvRegionRefs s, d;
+    s.ptrs = reinterpret_cast<const uint8_t* const*>(base);
+    d.ptrs = reinterpret_cast<const uint8_t* const*>(base + ptr_bytes);
+    uint8_t* ok = base + 2 * ptr_bytes + 4 * count;
+    cuda::ConvertKvRegions(src_format, s, dst_format, role, shape,
+                           reinterpret_cast<const int32_t*>(base + 2 * ptr_bytes), d, count, ok,
+                           stream);
+    std::vector<uint8_t> oks(static_cast<size_t>(count), 0);
+    KVSERVE_CUDA_CHECK(cudaMemcpyAsync(oks.data(), ok, oks.size(), cudaMemcpyDeviceToHost, stream));
+    KVSERVE_CUDA_CHECK(cudaStreamSynchronize(stream));
+    for (uint8_t v : oks) {
+      if (v != 1) return false;
+    }
+    return true;
+  }
+
   void PagedAttention(const AttentionBatch& batch, const PagedKvLayerView& cache,
                       const ExecContext& ctx) override {
     if (batch.num_tokens <= 0) return;
@@ -221,7 +273,9 @@ class CudaBackend final : public Backend {
   }
 
   Gemm gemm_;
-  bool pooled_ = false;  // Alloc/Free through the default memory pool
+  bool pooled_ = false;      // Alloc/Free through the default memory pool
+  void* convert_ = nullptr;  // ConvertKvRegions' pointer, token and flag arrays
+  int64_t convert_bytes_ = 0;
   void* workspace_ = nullptr;
   int64_t workspace_bytes_ = 0;
   RopeFreqs* freqs_ = nullptr;

@@ -437,36 +437,14 @@ absl::Status ConfigLoader::Validate() {
                     "set a budget in MiB");
   }
   if (m.device != "cpu") {
-    // What the device does not run yet, refused before the model loads (LocalModel::Open
-    // checks the same against the backend).
-    auto token_writable = [](kernels::KvFormat f) { return kernels::KvFormatTokenWritable(f); };
-    const std::string why = absl::StrCat(
-        "engine.device ", m.device,
-        " stores fp32, fp16 or bf16 blocks only (the other formats are encoded whole and "
-        "re-encoded on the host)");
-    if (!token_writable(m.kv_format)) {
-      return KeyError("kv_cache.format",
-                      absl::StrCat(std::string(kernels::KvFormatName(m.kv_format)), ": ", why));
-    }
+    // What the device does not run yet, refused before the model loads (LocalModel::Open checks
+    // the formats again against the backend).
+    const std::string why =
+        absl::StrCat("engine.device ", m.device, " does not store lowrank keys (CPU only)");
+    if (m.kv_format == kernels::KvFormat::kLowrank) return KeyError("kv_cache.format", why);
     for (const auto& [layer, format] : m.kv_layer_formats) {
-      if (!token_writable(format)) {
-        return KeyError("kv_cache.layer_formats",
-                        absl::StrCat("layer ", layer, " ",
-                                     std::string(kernels::KvFormatName(format)), ": ", why));
-      }
-    }
-    if (m.kv_recent_window > 0 || m.kv_sink_tokens > 0) {
-      const std::string key =
-          m.kv_recent_window > 0 ? "kv_cache.recent_window" : "kv_cache.sink_tokens";
-      if (!token_writable(m.kv_window_format)) {
-        return KeyError(
-            "kv_cache.window_format",
-            absl::StrCat(std::string(kernels::KvFormatName(m.kv_window_format)), ": ", why));
-      }
-      if (m.kv_window_format != m.kv_format) {
-        return KeyError(key, absl::StrCat("demoting blocks from kv_cache.window_format to "
-                                          "kv_cache.format runs on the host; engine.device ",
-                                          m.device, " does not do it yet (set it to 0)"));
+      if (format == kernels::KvFormat::kLowrank) {
+        return KeyError("kv_cache.layer_formats", absl::StrCat("layer ", layer, ": ", why));
       }
     }
     if (c.engine.token_eviction.policy != "none") {

@@ -926,6 +926,86 @@ TEST(BackendConformanceTest, PagedAttention) {
 
 // ---- Registry ---------------------------------------------------------------------------------
 
+// ---- ConvertKvRegions
+// ----------------------------------------------------------------------------
+
+// Whole regions from fp32 and fp16 into every format a backend converts to: the encoded regions
+// must decode (DequantizeKvRegion, on the host) to exactly what the CPU encoder's bytes decode to.
+void CheckConvert(Backend* b) {
+  const KvRegionShape shape{16, 2, 64, 0};
+  std::mt19937 rng(7);
+  std::normal_distribution<float> n01(0.0f, 1.5f);
+  const int64_t floats = int64_t{shape.num_kv_heads} * shape.block_size * shape.head_dim;
+  constexpr int kRegions = 3;
+  for (KvFormat src : {KvFormat::kFp32, KvFormat::kFp16}) {
+    for (int fi = 0; fi < kNumKvFormats; ++fi) {
+      const auto dst = static_cast<KvFormat>(fi);
+      if (dst == KvFormat::kLowrank || !b->SupportsKvConvert(dst) ||
+          !KvFormatSupports(dst, shape)) {
+        continue;
+      }
+      for (KvRole role : {KvRole::kKey, KvRole::kValue}) {
+        SCOPED_TRACE(std::string(b->name()) + ": " + std::string(KvFormatName(src)) + " -> " +
+                     std::string(KvFormatName(dst)) + (role == KvRole::kKey ? " keys" : " values"));
+        Scope s(b);
+        const int64_t src_bytes = KvRegionBytes(src, role, shape);
+        const int64_t dst_bytes = KvRegionBytes(dst, role, shape);
+        std::vector<const uint8_t*> in;
+        std::vector<uint8_t*> out;
+        std::vector<std::vector<uint8_t>> want;
+        for (int r = 0; r < kRegions; ++r) {
+          std::vector<float> x(static_cast<size_t>(floats));
+          for (float& v : x) v = n01(rng);
+          std::vector<uint8_t> region(static_cast<size_t>(src_bytes));
+          ASSERT_TRUE(
+              cpu::QuantizeKvRegion(src, role, x.data(), shape, shape.block_size, region.data()));
+          // What the CPU encodes from the floats the source region holds.
+          std::vector<float> held(static_cast<size_t>(floats));
+          cpu::DequantizeKvRegion(src, role, region.data(), shape, shape.block_size, held.data());
+          std::vector<uint8_t> expect(static_cast<size_t>(dst_bytes));
+          ASSERT_TRUE(cpu::QuantizeKvRegion(dst, role, held.data(), shape, shape.block_size,
+                                            expect.data()));
+          want.push_back(expect);
+          in.push_back(s.Put(region));
+          out.push_back(static_cast<uint8_t*>(s.New(dst_bytes)));
+        }
+        ASSERT_TRUE(b->ConvertKvRegions(src, in.data(), dst, out.data(), role, shape,
+                                        shape.block_size, kRegions, ExecContext{}));
+        for (int r = 0; r < kRegions; ++r) {
+          const std::vector<uint8_t> got = s.Get(out[r], static_cast<size_t>(dst_bytes));
+          std::vector<float> got_values(static_cast<size_t>(floats)),
+              want_values(static_cast<size_t>(floats));
+          cpu::DequantizeKvRegion(dst, role, got.data(), shape, shape.block_size,
+                                  got_values.data());
+          cpu::DequantizeKvRegion(dst, role, want[r].data(), shape, shape.block_size,
+                                  want_values.data());
+          ASSERT_EQ(std::memcmp(got_values.data(), want_values.data(), floats * sizeof(float)), 0)
+              << "region " << r << " decodes differently";
+        }
+      }
+    }
+  }
+  // A value no quantized format takes is refused.
+  if (b->SupportsKvConvert(KvFormat::kInt8)) {
+    Scope s(b);
+    std::vector<float> x(static_cast<size_t>(floats), 1.0f);
+    x[5] = std::nanf("");
+    const auto* in = reinterpret_cast<const uint8_t*>(s.Put(x));
+    uint8_t* out =
+        static_cast<uint8_t*>(s.New(KvRegionBytes(KvFormat::kInt8, KvRole::kValue, shape)));
+    EXPECT_FALSE(b->ConvertKvRegions(KvFormat::kFp32, &in, KvFormat::kInt8, &out, KvRole::kValue,
+                                     shape, shape.block_size, 1, ExecContext{}));
+  }
+}
+
+TEST(BackendConformanceTest, ConvertKvRegions) {
+  Cpu cpu;
+  ASSERT_NE(cpu.backend, nullptr);
+  EXPECT_TRUE(cpu.backend->SupportsKvConvert(KvFormat::kInt4));
+  CheckConvert(cpu.backend.get());
+  for (Peer& p : Peers()) CheckConvert(p.backend.get());
+}
+
 TEST(BackendRegistryTest, CpuIsFirstAndAlwaysThere) {
   const std::vector<std::string> names = BackendNames();
   ASSERT_FALSE(names.empty());

@@ -56,12 +56,11 @@ struct Planned {
 };
 void Build(Side& side, const std::vector<Planned>& plan, ForwardBatch& b) {
   b.Clear();
-  for (auto& s : side.seqs) b.block_tables.push_back(nullptr);
   for (const Planned& p : plan) {
     SequenceKv& kv = *side.seqs[p.seq];
     ASSERT_TRUE(kv.Reserve(p.pos + 1).ok());
   }
-  for (int s = 0; s < 3; ++s) b.block_tables[s] = side.seqs[s]->block_table().data();
+  for (const auto& s : side.seqs) b.block_tables.push_back(s->block_table().data());
   for (const Planned& p : plan) b.Add(p.token, p.pos, p.seq, p.pos, p.logits);
 }
 

@@ -3,8 +3,11 @@
 // name "emulated-device": the host cannot touch its memory outside its calls, so a generation that
 // completes and equals the CPU's shows that the whole serving path (scheduler, prefix reuse,
 // preemption, sampling) keeps block bytes and activations on the device. What the device does
-// not run is refused at open with an error naming the key or the tensor type.
+// not run (lowrank keys, token eviction, quantized weights) is refused at open with an error naming
+// the key or the tensor type.
+#include <map>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -71,26 +74,71 @@ std::vector<std::vector<int32_t>> GenerateAll(LocalModel& lm) {
   return tokens;
 }
 
-TEST(DeviceTest, GenerationOnTheDeviceEqualsTheCpus) {
-  auto cpu = LocalModel::Open(Stories("cpu"));
+// A KV configuration: the cold format, per-layer overrides, and the window kept hot.
+struct KvCase {
+  const char* name;
+  kernels::KvFormat format;
+  std::map<int, kernels::KvFormat> layers;
+  int32_t recent_window = 0;
+  int32_t sink_tokens = 0;
+};
+
+void PrintTo(const KvCase& kv, std::ostream* os) { *os << kv.name; }
+
+LocalModelOptions WithKv(LocalModelOptions o, const KvCase& kv) {
+  o.kv_format = kv.format;
+  o.kv_layer_formats = kv.layers;
+  o.kv_recent_window = kv.recent_window;
+  o.kv_sink_tokens = kv.sink_tokens;
+  return o;
+}
+
+class DeviceGenerationTest : public ::testing::TestWithParam<KvCase> {};
+
+// The device encodes the formats written whole (a prefill's full blocks, and demotion out of the
+// window) with ConvertKvRegions: the same bytes as the host, so the same tokens.
+TEST_P(DeviceGenerationTest, GenerationOnTheDeviceEqualsTheCpus) {
+  const KvCase& kv = GetParam();
+  auto cpu = LocalModel::Open(WithKv(Stories("cpu"), kv));
   ASSERT_TRUE(cpu.ok()) << cpu.status();
-  LocalModelOptions o = Stories(kDevice);
-  o.kv_format = kernels::KvFormat::kFp16;
-  auto dev = LocalModel::Open(o);
+  auto dev = LocalModel::Open(WithKv(Stories(kDevice), kv));
   ASSERT_TRUE(dev.ok()) << dev.status();
   EXPECT_EQ((*dev)->backend()->name(), kDevice);
   EXPECT_FALSE((*dev)->kv_pool().host_memory());
-  LocalModelOptions c = Stories("cpu");
-  c.kv_format = kernels::KvFormat::kFp16;
-  auto cpu16 = LocalModel::Open(c);
-  ASSERT_TRUE(cpu16.ok());
-  const auto want = GenerateAll(**cpu16);
+  const auto want = GenerateAll(**cpu);
   ASSERT_EQ(want.size(), 4u);
   EXPECT_EQ(GenerateAll(**dev), want);
-  // Again: the prompts are now in the prefix cache, reused from device blocks.
+  // Again: what the prefix cache holds (full cold blocks) is reused from device blocks, as much
+  // as on the host.
+  EXPECT_EQ(GenerateAll(**cpu), want);
   EXPECT_EQ(GenerateAll(**dev), want);
-  EXPECT_GT((*dev)->generator().cached_prompt_tokens(), 0);
-  // The published continuation, from the device (../shared/models/README.md).
+  EXPECT_EQ((*dev)->generator().cached_prompt_tokens(), (*cpu)->generator().cached_prompt_tokens());
+  if (kv.sink_tokens == 0) EXPECT_GT((*dev)->generator().cached_prompt_tokens(), 0);
+  const auto* device = dynamic_cast<const testing::EmulatedDeviceBackend*>((*dev)->backend());
+  ASSERT_NE(device, nullptr);
+  if (kernels::KvFormatTokenWritable(kv.format) && kv.layers.empty()) {
+    EXPECT_EQ(device->convert_calls(), 0);
+  } else {
+    EXPECT_GT(device->convert_calls(), 0) << "no block was encoded whole on the device";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Kv, DeviceGenerationTest,
+    ::testing::Values(KvCase{"fp16", kernels::KvFormat::kFp16, {}},
+                      KvCase{"int8", kernels::KvFormat::kInt8, {}},
+                      KvCase{"int4_window", kernels::KvFormat::kInt4, {}, 32, 4},
+                      KvCase{"mixed_layers",
+                             kernels::KvFormat::kFp8,
+                             {{0, kernels::KvFormat::kFp16}, {3, kernels::KvFormat::kNvfp4}},
+                             16,
+                             0}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(DeviceTest, ThePublishedContinuationComesFromTheDevice) {
+  auto dev = LocalModel::Open(Stories(kDevice));
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  // From ../shared/models/README.md.
   GenerationRequest r;
   r.prompt = (*dev)->tokenizer().Encode("Once upon a time", true);
   r.max_tokens = 30;
@@ -142,23 +190,17 @@ TEST(DeviceTest, WhatTheDeviceDoesNotRunIsRefusedAtOpen) {
   EXPECT_THAT(st.message(), HasSubstr("cpu"));
 
   o = Stories(kDevice);
-  o.kv_format = kernels::KvFormat::kInt8;
+  o.kv_format = kernels::KvFormat::kLowrank;
   st = LocalModel::Open(o).status();
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(st.message(), HasSubstr("kv_cache.format: int8 blocks are encoded whole"));
+  EXPECT_THAT(std::string(st.message()),
+              HasSubstr("kv_cache.format: engine.device \"emulated-device\" cannot store "
+                        "lowrank blocks"));
 
   o = Stories(kDevice);
-  o.kv_layer_formats = {{2, kernels::KvFormat::kInt4}};
+  o.kv_layer_formats = {{2, kernels::KvFormat::kLowrank}};
   st = LocalModel::Open(o).status();
-  EXPECT_THAT(st.message(), HasSubstr("kv_cache.layer_formats (layer 2): int4"));
-
-  o = Stories(kDevice);
-  o.kv_format = kernels::KvFormat::kFp16;
-  o.kv_window_format = kernels::KvFormat::kFp32;
-  o.kv_recent_window = 32;
-  st = LocalModel::Open(o).status();
-  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(st.message()), HasSubstr("demoting blocks"));
+  EXPECT_THAT(std::string(st.message()), HasSubstr("kv_cache.layer_formats (layer 2)"));
 
   o = Stories(kDevice);
   o.model_path = std::string(KVSERVE_MODELS_DIR) + "/arch/dev-smol-llama-Q8_0.gguf";

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
@@ -162,6 +163,8 @@ class EmulatedDeviceBackend final : public kernels::Backend {
     Open open(this);
     cpu_.AddBias(x, bias, n, cols, Serial(ctx));
   }
+  // As the CUDA backend: rows of blocks in formats that are not written token by token are left
+  // untouched (the engine encodes those blocks whole through ConvertKvRegions).
   bool WriteKv(const kernels::KvWrite& w, const kernels::PagedKvLayerView& cache,
                const kernels::ExecContext& ctx) override {
     Device(w.k, "WriteKv k");
@@ -170,8 +173,42 @@ class EmulatedDeviceBackend final : public kernels::Backend {
     Device(w.slot_offset, "WriteKv slot_offset");
     View(cache, "WriteKv");
     Open open(this);
-    return cpu_.WriteKv(w, cache, Serial(ctx));
+    const int64_t row = int64_t{cache.shape.num_kv_heads} * cache.shape.head_dim;
+    std::vector<float> k, v;
+    std::vector<int32_t> blocks, offsets;
+    for (int64_t t = 0; t < w.num_tokens; ++t) {
+      const int32_t phys = w.slot_block[t];
+      if (!kernels::KvFormatTokenWritable(cache.regions[cache.block_layout[phys]].format)) continue;
+      k.insert(k.end(), w.k + t * row, w.k + (t + 1) * row);
+      v.insert(v.end(), w.v + t * row, w.v + (t + 1) * row);
+      blocks.push_back(phys);
+      offsets.push_back(w.slot_offset[t]);
+    }
+    const kernels::KvWrite kept{k.data(), v.data(), static_cast<int64_t>(blocks.size()),
+                                blocks.data(), offsets.data()};
+    return cpu_.WriteKv(kept, cache, Serial(ctx));
   }
+  bool SupportsKvConvert(kernels::KvFormat dst) const override {
+    return dst != kernels::KvFormat::kLowrank;
+  }
+  bool ConvertKvRegions(kernels::KvFormat src_format, const uint8_t* const* src,
+                        kernels::KvFormat dst_format, uint8_t* const* dst, kernels::KvRole role,
+                        const kernels::KvRegionShape& shape, int tokens, int64_t count,
+                        const kernels::ExecContext& ctx) override {
+    Host(src, "ConvertKvRegions src array");
+    Host(dst, "ConvertKvRegions dst array");
+    const int64_t src_bytes = kernels::KvRegionBytes(src_format, role, shape);
+    const int64_t dst_bytes = kernels::KvRegionBytes(dst_format, role, shape);
+    for (int64_t r = 0; r < count; ++r) {
+      Device(src[r], src_bytes, "ConvertKvRegions source region");
+      Device(dst[r], dst_bytes, "ConvertKvRegions destination region");
+    }
+    ++convert_calls_;
+    Open open(this);
+    return cpu_.ConvertKvRegions(src_format, src, dst_format, dst, role, shape, tokens, count,
+                                 Serial(ctx));
+  }
+  int64_t convert_calls() const { return convert_calls_; }
   void PagedAttention(const kernels::AttentionBatch& batch, const kernels::PagedKvLayerView& cache,
                       const kernels::ExecContext& ctx) override {
     Device(batch.q, "PagedAttention q");
@@ -244,6 +281,7 @@ class EmulatedDeviceBackend final : public kernels::Backend {
   int64_t live_bytes_ = 0;
   int64_t capacity_ = 0;
   int64_t op_calls_ = 0;
+  int64_t convert_calls_ = 0;
 };
 
 }  // namespace kvserve::testing

@@ -220,20 +220,24 @@ TEST_F(ServerConfigErrorTest, InconsistentLimitsAndAuth) {
 }
 
 TEST_F(ServerConfigErrorTest, WhatADeviceDoesNotRunYetIsRefusedNamingTheKey) {
+  // Quantized formats, windows and sinks are fine on a device (encoded there whole).
+  const absl::StatusOr<ServerConfig> quantized = LoadServerConfig(
+      dir_.Write("good.yaml",
+                 "model: {path: m.gguf}\nengine:\n  device: cuda\nkv_cache:\n  format: int4\n"
+                 "  recent_window: 64\n  sink_tokens: 4\n"));
+  EXPECT_TRUE(quantized.ok()) << quantized.status();
   EXPECT_THAT(Error("model: {path: m.gguf}\nkv_cache:\n  budget_mb: 0\n"),
               HasSubstr(At(3) + " kv_cache.budget_mb: 0 (a share of free device memory) needs "
                                 "engine.device: cuda"));
   EXPECT_THAT(Error("model: {path: m.gguf}\nengine:\n  device: tpu\n"),
               HasSubstr(At(3) + " engine.device: must be one of cpu, cuda; got 'tpu'"));
   const std::string cuda = "model: {path: m.gguf}\nengine:\n  device: cuda\n";
-  EXPECT_THAT(Error(cuda + "kv_cache:\n  format: int4\n"),
-              HasSubstr(At(5) + " kv_cache.format: int4: engine.device cuda stores fp32, fp16 or "
-                                "bf16 blocks only"));
-  EXPECT_THAT(Error(cuda + "kv_cache:\n  format: fp16\n  layer_formats: \"0:int8\"\n"),
-              HasSubstr(At(6) + " kv_cache.layer_formats: layer 0 int8: engine.device cuda"));
-  EXPECT_THAT(Error(cuda + "kv_cache:\n  format: bf16\n  recent_window: 64\n"),
-              HasSubstr(At(6) + " kv_cache.recent_window: demoting blocks from "
-                                "kv_cache.window_format to kv_cache.format runs on the host"));
+  EXPECT_THAT(
+      Error(cuda + "kv_cache:\n  format: lowrank\n"),
+      HasSubstr(At(5) + " kv_cache.format: engine.device cuda does not store lowrank keys"));
+  EXPECT_THAT(Error(cuda + "kv_cache:\n  format: int4\n  layer_formats: \"0:lowrank\"\n"),
+              HasSubstr(At(6) + " kv_cache.layer_formats: layer 0: engine.device cuda does not "
+                                "store lowrank keys"));
   EXPECT_THAT(Error(cuda + "kv_cache:\n  format: fp16\ntoken_eviction:\n  policy: h2o\n"
                            "  budget_tokens: 256\n"),
               HasSubstr(At(7) + " token_eviction.policy: h2o: token eviction compacts KV on the "
