@@ -2,11 +2,12 @@
 # The GPU check: runs the GPU tests and the GPU kernel benchmark from a carried folder of
 # binaries (bench/gpu/build.sh makes it) and prints the benchmark's table (attention bandwidth as
 # a share of the device's peak); then the server's own binary on the GPU: `kvserve generate
-# --device cuda` on stories260K against the CPU's greedy text (exact, fp32/fp16/bf16 KV), and
-# decode throughput of a 1b-gqa F16 model at 1 and 32 sequences on the GPU and on the CPU. Each
-# binary runs on its own (a crash in one does not hide the others), each under a time limit; on
-# an H100 the whole check takes a few minutes (the limits add up to 8). Exit status: 0 passed, 1 a test, a
-# comparison or a benchmark failed, 2 binaries missing, 3 no GPU visible (nothing was checked).
+# --device cuda` on stories260K against the CPU's greedy text (exact for fp32/fp16/bf16 KV;
+# int8 and int4 reported), and decode throughput of a 1b-gqa F16 model at 1 and 32 sequences on
+# the GPU and on the CPU. Each binary runs on its own (a crash in one does not hide the others),
+# each under a time limit; the limits add up to 8 minutes, and on an H100 the whole check takes a
+# few. Exit status: 0 passed, 1 a test, a comparison or a benchmark failed, 2 binaries missing,
+# 3 no GPU visible (nothing was checked).
 #
 #   bench/gpu/check.sh [BIN_DIR]      BIN_DIR defaults to build-gpu/bin
 #   env: KVSERVE_GPU_BENCH_ARGS       extra arguments for gpu_kernels_bench (e.g. --quick)
