@@ -402,15 +402,22 @@ absl::StatusOr<BenchReport> RunBenchmark(BenchSender& sender,
     report.peak_concurrency = state.peak_in_flight;
   }
 
-  // The engine counts a request as finished just after it sends the last message: give the
-  // counters a moment to catch up with what the client saw (at most 2 s).
+  // The engine counts a request as finished, and its tokens as generated, just after it sends
+  // the last message, and publishes its counters between steps: give them a moment to catch up
+  // with what the client saw (at most 2 s).
   int64_t completed = 0;
-  for (const RequestRecord& rec : report.records) completed += rec.ok ? 1 : 0;
+  int64_t received_tokens = 0;
+  for (const RequestRecord& rec : report.records) {
+    completed += rec.ok ? 1 : 0;
+    received_tokens += rec.ok ? rec.output_tokens : 0;
+  }
   absl::StatusOr<v1::MemoryStats> after = before;
   if (sampler) after = sampler->Get();
-  for (int i = 0; i < 40 && before.ok() && after.ok() &&
-                  after->requests_finished() - before->requests_finished() < completed;
-       ++i) {
+  auto behind = [&] {
+    return after->requests_finished() - before->requests_finished() < completed ||
+           after->generated_tokens() - before->generated_tokens() < received_tokens;
+  };
+  for (int i = 0; i < 40 && before.ok() && after.ok() && behind(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     after = sampler->Get();
   }
