@@ -147,6 +147,20 @@ bool KvCachePolicy::WrittenWhole(LayoutId layout) const {
   return false;
 }
 
+int64_t KvCachePolicy::NextToDemote(SequenceKv& seq, int64_t tokens) const {
+  const std::vector<BlockId>& table = seq.block_table();
+  for (int64_t b = seq.demoted_blocks(); b < static_cast<int64_t>(table.size()); ++b) {
+    // Blocks already cold, and sink blocks (hot for good), are passed for good; a block not yet
+    // eligible stops the walk (later blocks may become eligible as the sequence grows).
+    if (pool_->layout_of(table[b]) == write_layout_) {
+      if (ColdEligible(b, tokens)) return b;
+      if (b * pool_->geometry().block_size >= config_.sink_tokens) return -1;
+    }
+    seq.set_demoted_blocks(b + 1);
+  }
+  return -1;
+}
+
 absl::Status KvCachePolicy::Demote(SequenceKv& seq, int64_t tokens) const {
   if (!demotes()) return absl::OkStatus();
   if (!pool_->host_memory()) return DemoteOnDevice(seq, tokens);
@@ -158,19 +172,7 @@ absl::Status KvCachePolicy::Demote(SequenceKv& seq, int64_t tokens) const {
   const size_t region_floats = static_cast<size_t>(g.num_kv_heads) * g.block_size * g.head_dim;
   std::vector<float> block;  // every layer's K and V of one block
   const std::vector<BlockId>& table = seq.block_table();
-  for (int64_t b = seq.demoted_blocks(); b < static_cast<int64_t>(table.size()); ++b) {
-    if (pool_->layout_of(table[b]) != write_layout_) {
-      seq.set_demoted_blocks(b + 1);
-      continue;
-    }
-    if (!ColdEligible(b, tokens)) {
-      // Sink blocks stay hot for good; later blocks may become eligible as the sequence grows.
-      if (b * g.block_size < config_.sink_tokens) {
-        seq.set_demoted_blocks(b + 1);
-        continue;
-      }
-      break;
-    }
+  for (int64_t b = NextToDemote(seq, tokens); b >= 0; b = NextToDemote(seq, tokens)) {
     // Read the whole block, free it, then write the cold copy (so the budget needs no room for
     // both at once).
     block.resize(2 * g.num_layers * region_floats);
@@ -251,18 +253,7 @@ absl::Status KvCachePolicy::DemoteOnDevice(SequenceKv& seq, int64_t tokens) cons
       kernels::KvRegionBytes(kernels::KvFormat::kFp32, kernels::KvRole::kKey, shape);
   uint8_t* floats = nullptr;
   const std::vector<BlockId>& table = seq.block_table();
-  for (int64_t b = seq.demoted_blocks(); b < static_cast<int64_t>(table.size()); ++b) {
-    if (pool_->layout_of(table[b]) != write_layout_) {
-      seq.set_demoted_blocks(b + 1);
-      continue;
-    }
-    if (!ColdEligible(b, tokens)) {
-      if (b * g.block_size < config_.sink_tokens) {
-        seq.set_demoted_blocks(b + 1);
-        continue;
-      }
-      break;
-    }
+  for (int64_t b = NextToDemote(seq, tokens); b >= 0; b = NextToDemote(seq, tokens)) {
     if (floats == nullptr) {
       floats = static_cast<uint8_t*>(device.Alloc(2 * g.num_layers * region_bytes));
       if (floats == nullptr) {

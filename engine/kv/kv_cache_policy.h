@@ -87,6 +87,9 @@ class KvCachePolicy {
   // device (Backend::ConvertKvRegions) through a float copy in device memory, so the cold bytes
   // are those the host would write.
   absl::Status DemoteOnDevice(SequenceKv& seq, int64_t tokens) const;
+  // The next block of `seq` to demote, or -1; moves seq's demoted_blocks past the blocks that
+  // need no demotion (already cold, or sinks).
+  int64_t NextToDemote(SequenceKv& seq, int64_t tokens) const;
 
   BlockPool* pool_ = nullptr;
   KvCachePolicyConfig config_;

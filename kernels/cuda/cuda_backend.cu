@@ -209,15 +209,7 @@ class CudaBackend final : public Backend {
     const int64_t ptr_bytes = count * static_cast<int64_t>(sizeof(uint8_t*));
     const int64_t need = 2 * ptr_bytes + count * 4 + count;
     const cudaStream_t stream = StreamOf(ctx);
-    if (need > convert_bytes_) {
-      if (convert_ != nullptr) {
-        KVSERVE_CUDA_CHECK(cudaStreamSynchronize(stream));
-        KVSERVE_CUDA_CHECK(cudaFree(convert_));
-        convert_ = nullptr;
-      }
-      KVSERVE_CUDA_CHECK(cudaMalloc(&convert_, static_cast<size_t>(need)));
-      convert_bytes_ = need;
-    }
+    Grow(&convert_, &convert_bytes_, need, stream);
     std::vector<uint8_t> host(static_cast<size_t>(need - count), 0);
     std::memcpy(host.data(), src, static_cast<size_t>(ptr_bytes));
     std::memcpy(host.data() + ptr_bytes, dst, static_cast<size_t>(ptr_bytes));
@@ -252,15 +244,7 @@ class CudaBackend final : public Backend {
       const int64_t need = PagedAttentionWorkspaceBytes(
           b.num_tokens, b.num_heads, cache.shape.head_dim, cache.shape.block_size, b.max_kv_len,
           b.seq_scores != nullptr);
-      if (need > workspace_bytes_) {
-        if (workspace_ != nullptr) {
-          KVSERVE_CUDA_CHECK(cudaStreamSynchronize(stream));
-          KVSERVE_CUDA_CHECK(cudaFree(workspace_));
-          workspace_ = nullptr;
-        }
-        KVSERVE_CUDA_CHECK(cudaMalloc(&workspace_, static_cast<size_t>(need)));
-        workspace_bytes_ = need;
-      }
+      Grow(&workspace_, &workspace_bytes_, need, stream);
       b.workspace = workspace_;
       b.workspace_bytes = workspace_bytes_;
     }
@@ -268,6 +252,18 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  // *p holds at least `need` bytes afterwards (contents not kept): freed once the stream's work
+  // that may read it is done, then allocated again.
+  static void Grow(void** p, int64_t* bytes, int64_t need, cudaStream_t stream) {
+    if (need <= *bytes) return;
+    if (*p != nullptr) {
+      KVSERVE_CUDA_CHECK(cudaStreamSynchronize(stream));
+      KVSERVE_CUDA_CHECK(cudaFree(*p));
+      *p = nullptr;
+    }
+    KVSERVE_CUDA_CHECK(cudaMalloc(p, static_cast<size_t>(need)));
+    *bytes = need;
+  }
   static cudaStream_t StreamOf(const ExecContext& ctx) {
     return static_cast<cudaStream_t>(ctx.stream);
   }
