@@ -436,7 +436,21 @@ void Run(QuantKernel k, const float* x, int64_t n, const WeightView& w, float* y
   const int64_t nb = w.cols / QK;
   thread_local std::vector<ActBlock<QK>> acts;
   if (static_cast<int64_t>(acts.size()) < n * nb) acts.resize(static_cast<size_t>(n * nb));
-  for (int64_t i = 0; i < n; ++i) QuantizeActs<QK>(x + i * w.cols, w.cols, acts.data() + i * nb);
+  for (int64_t i = 0; i < n; ++i) {
+    ActBlock<QK>* xi = acts.data() + i * nb;
+#if defined(KVSERVE_QUANT_X86)
+    if (k == QuantKernel::kAvx512Vnni || k == QuantKernel::kAvx2) {
+      const bool vnni = k == QuantKernel::kAvx512Vnni;
+      if constexpr (QK == kQK_K) {
+        (vnni ? x86_vnni::QuantizeActsK : x86_avx2::QuantizeActsK)(x + i * w.cols, nb, xi);
+      } else {
+        (vnni ? x86_vnni::QuantizeActs32 : x86_avx2::QuantizeActs32)(x + i * w.cols, nb, xi);
+      }
+      continue;
+    }
+#endif
+    QuantizeActs<QK>(x + i * w.cols, w.cols, xi);
+  }
   const ActBlock<QK>* xq = acts.data();
   const auto* base = static_cast<const uint8_t*>(w.data);
   const int64_t block_bytes = DTypeBlockBytes(w.dtype);

@@ -143,6 +143,70 @@ TEST(QuantMatMulTest, EmbeddingGatherDequantizesTheGatheredRows) {
 // scales and mins of 63, ...), with finite FP16 scales; activations include an all-zero block
 // and single spikes. Row counts leave tails after the SIMD kernels' groups of rows. Every path
 // must give the scalar path's bits, and each row the same bits alone as in the batch.
+// The SIMD paths quantize K-type activations with vector code; the codes must be the scalar
+// ones: products exactly halfway between two integers rounded to even (rounding half away
+// from zero gives other codes), magnitudes that tie between -m and m, and a block that is all
+// zero.
+TEST(QuantMatMulTest, SimdActivationCodesMatchScalarOnTiesAndHalves) {
+  std::mt19937 rng(8);
+  for (DType t : {DType::kQ4_K, DType::kQ6_K, DType::kQ2_K}) {
+    const int64_t cols = 1024, rows = 16;
+    const QuantMatrix w = RandomQuant(rng, t, rows, cols);
+    std::vector<float> x = RandomX(rng, cols);
+    // Block 0: -2 at 37 comes before +2 at 200, so iscale = -127 / -2 = 63.5, and k / 127
+    // scales to k / 2: 0.5, 1.5, 2.5 and -0.5 sit exactly halfway.
+    for (int64_t j = 0; j < 256; ++j) x[j] = std::clamp(x[j], -1.9f, 1.9f);
+    x[37] = -2.0f;
+    x[200] = 2.0f;
+    x[1] = 1.0f / 127;
+    x[2] = 3.0f / 127;
+    x[3] = 5.0f / 127;
+    x[4] = -1.0f / 127;
+    // Block 1: +2 first, then -2.
+    for (int64_t j = 256; j < 512; ++j) x[j] = std::clamp(x[j], -1.9f, 1.9f);
+    x[300] = 2.0f;
+    x[301] = -2.0f;
+    // Block 2: all zero.
+    std::fill(x.begin() + 512, x.begin() + 768, 0.0f);
+    std::vector<float> scalar(rows), simd(rows);
+    QuantMatMulWith(QuantKernel::kScalar, x.data(), 1, w.view(), scalar.data(), nullptr);
+    for (QuantKernel k : {QuantKernel::kAvx2, QuantKernel::kAvx512Vnni}) {
+      if (!QuantKernelSupported(k)) continue;
+      QuantMatMulWith(k, x.data(), 1, w.view(), simd.data(), nullptr);
+      EXPECT_EQ(0, std::memcmp(scalar.data(), simd.data(), rows * 4))
+          << DTypeName(t) << " " << QuantKernelName(k);
+    }
+  }
+}
+
+// The same for 32-element activation blocks, which round half away from zero: with amax = 127
+// the scale is 1, so 0.5, 2.5, -0.5 and -2.5 are exactly halfway.
+TEST(QuantMatMulTest, SimdActivationCodesMatchScalarOnHalvesOf32Blocks) {
+  std::mt19937 rng(9);
+  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ5_1}) {
+    const int64_t cols = 256, rows = 16;
+    const QuantMatrix w = RandomQuant(rng, t, rows, cols);
+    std::vector<float> x = RandomX(rng, cols);
+    x[0] = 127.0f;
+    x[1] = 0.5f;
+    x[2] = 2.5f;
+    x[3] = -0.5f;
+    x[4] = -2.5f;
+    x[40] = -1.0f;  // block 1: -1 and 1 tie
+    x[41] = 1.0f;
+    for (int64_t j = 32; j < 64; ++j) x[j] = std::clamp(x[j], -0.9f, 0.9f);
+    std::fill(x.begin() + 64, x.begin() + 96, 0.0f);  // block 2: all zero
+    std::vector<float> scalar(rows), simd(rows);
+    QuantMatMulWith(QuantKernel::kScalar, x.data(), 1, w.view(), scalar.data(), nullptr);
+    for (QuantKernel k : {QuantKernel::kAvx2, QuantKernel::kAvx512Vnni}) {
+      if (!QuantKernelSupported(k)) continue;
+      QuantMatMulWith(k, x.data(), 1, w.view(), simd.data(), nullptr);
+      EXPECT_EQ(0, std::memcmp(scalar.data(), simd.data(), rows * 4))
+          << DTypeName(t) << " " << QuantKernelName(k);
+    }
+  }
+}
+
 TEST(QuantMatMulTest, SimdPathsMatchScalarOnArbitraryBlocks) {
   std::mt19937 rng(7);
   std::uniform_int_distribution<int> byte(0, 255);
