@@ -8,10 +8,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "engine/common/huge_pages.h"
 
 namespace kvserve::engine {
@@ -34,6 +37,37 @@ absl::Status ErrnoError(int err, const std::string& what, const std::string& pat
 }
 
 }  // namespace
+
+// The background collapse, started once; a mutex of its own so that a const MappedFile can start
+// it and release ranges while it runs.
+struct MappedFile::HugePages {
+  absl::Mutex mu;
+  std::unique_ptr<HugePageCollapser> collapser ABSL_GUARDED_BY(mu);
+  std::vector<HugePageCollapser::Range> released ABSL_GUARDED_BY(mu);  // before the collapser
+};
+
+MappedFile::MappedFile() = default;
+
+MappedFile::MappedFile(std::string path, const uint8_t* data, int64_t size)
+    : path_(std::move(path)),
+      data_(data),
+      size_(size),
+      huge_(data != nullptr ? std::make_unique<HugePages>() : nullptr) {}
+
+void MappedFile::StartHugePages() const {
+  if (huge_ == nullptr) return;
+  absl::MutexLock lock(&huge_->mu);
+  if (huge_->collapser == nullptr) {
+    huge_->collapser = std::make_unique<HugePageCollapser>(
+        const_cast<uint8_t*>(data_), static_cast<size_t>(size_), huge_->released);
+  }
+}
+
+void MappedFile::WaitForHugePages() const {
+  if (huge_ == nullptr) return;
+  absl::MutexLock lock(&huge_->mu);
+  if (huge_->collapser != nullptr) huge_->collapser->Wait();
+}
 
 absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -60,10 +94,10 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
   // rewrites, so a model file changed under a running server could crash it or change its
   // weights. The copy costs one read of the file at load and no page-cache sharing between
   // processes.
-  // The memory starts on a 2 MiB boundary and is advised as huge pages: decode streams every
-  // weight once per token, and with 4 KiB pages the hardware prefetchers stop at every page (a
-  // 1b-gqa Q4_K_M decode on one core: 8.9 GB/s against 9.7 GB/s from huge pages). Advice only:
-  // without transparent huge pages the bytes are the same.
+  // The memory starts on a 2 MiB boundary so that StartHugePages() can collapse it into huge
+  // pages: decode streams every weight once per token, and with 4 KiB pages the hardware
+  // prefetchers stop at every page (a 1b-gqa Q4_K_M decode on one core: 8.9 GB/s against
+  // 9.7 GB/s from huge pages). It is read into ordinary pages first (engine/common/huge_pages.h).
   const size_t length = static_cast<size_t>(size);
   const size_t reserved_bytes = length + kHugePageBytes;
   void* reserved =
@@ -83,7 +117,6 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
   uint8_t* last = first + reserved_bytes;
   if (bytes > first) ::munmap(first, static_cast<size_t>(bytes - first));
   if (last > end) ::munmap(end, static_cast<size_t>(last - end));
-  AdviseHugePages(bytes, length);
   int64_t done = 0;
   while (done < size) {
     const ssize_t n = ::pread(fd, bytes + done, static_cast<size_t>(size - done), done);
@@ -117,6 +150,15 @@ int64_t MappedFile::Release(const void* p, int64_t n) const {
   if (end <= begin) return 0;
   // The address as an offset from data_ (this memory is ours: mapped in Open()).
   auto* start = const_cast<uint8_t*>(data_) + (begin - base);
+  {
+    // Never collapsed into huge pages afterwards (that would fill the range again).
+    absl::MutexLock lock(&huge_->mu);
+    if (huge_->collapser != nullptr) {
+      huge_->collapser->Exclude(start, end - begin);
+    } else {
+      huge_->released.emplace_back(start, end - begin);
+    }
+  }
   if (::madvise(start, end - begin, MADV_DONTNEED) != 0) return 0;
   return static_cast<int64_t>(end - begin);
 }
@@ -124,7 +166,8 @@ int64_t MappedFile::Release(const void* p, int64_t n) const {
 MappedFile::MappedFile(MappedFile&& other) noexcept
     : path_(std::move(other.path_)),
       data_(std::exchange(other.data_, nullptr)),
-      size_(std::exchange(other.size_, 0)) {}
+      size_(std::exchange(other.size_, 0)),
+      huge_(std::move(other.huge_)) {}
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
@@ -132,6 +175,7 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
     path_ = std::move(other.path_);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    huge_ = std::move(other.huge_);
   }
   return *this;
 }
@@ -139,6 +183,7 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
 MappedFile::~MappedFile() { Reset(); }
 
 void MappedFile::Reset() {
+  huge_.reset();  // the collapser stops before the memory goes
   if (data_ != nullptr) {
     ::munmap(const_cast<uint8_t*>(data_), static_cast<size_t>(size_));
   }

@@ -231,6 +231,13 @@ class GgufFile {
   absl::Span<const uint8_t> bytes() const { return bytes_; }
   // MappedFile::Release on the file this object read (Open or Parse of a MappedFile); nothing
   // for caller-owned bytes. Returns the bytes released.
+  // MappedFile::StartHugePages / WaitForHugePages.
+  void StartHugePages() const {
+    if (file_.has_value()) file_->StartHugePages();
+  }
+  void WaitForHugePages() const {
+    if (file_.has_value()) file_->WaitForHugePages();
+  }
   int64_t ReleaseBytes(const void* p, int64_t n) const {
     return file_.has_value() ? file_->Release(p, n) : 0;
   }

@@ -117,6 +117,8 @@ class GgufModel final : public LoadedModel {
   int64_t ReleaseFileBytes(const void* p, int64_t n) const override {
     return file_.ReleaseBytes(p, n);
   }
+  void StartFileHugePages() const override { file_.StartHugePages(); }
+  void WaitForFileHugePages() const override { file_.WaitForHugePages(); }
 
  private:
   absl::Status Error(std::string_view message) const {

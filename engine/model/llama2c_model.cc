@@ -44,6 +44,8 @@ class Llama2cModel final : public LoadedModel {
 
  protected:
   int64_t ReleaseFileBytes(const void* p, int64_t n) const override { return file_.Release(p, n); }
+  void StartFileHugePages() const override { file_.StartHugePages(); }
+  void WaitForFileHugePages() const override { file_.WaitForHugePages(); }
 
  private:
   absl::Status Error(std::string_view message) const {

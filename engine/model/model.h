@@ -93,6 +93,9 @@ class LoadedModel {
   // backend must outlive the model, and the host copy stays. Thread-safe; call it before
   // sharing weights() between threads.
   std::shared_ptr<const ModelWeights> PreparedWeights(kernels::Backend* backend) const;
+  // Blocks until the weights prepared so far are in huge pages: PreparedWeights collapses them
+  // in the background (engine/common/huge_pages.h). For benchmarks that time decode.
+  void WaitForHugePages() const;
   const Vocabulary& vocab() const { return vocab_; }
   const std::string& path() const { return path_; }
   // "gguf" or "llama2c".
@@ -103,6 +106,10 @@ class LoadedModel {
   // Returns the memory of [p, p + n) (whole pages inside it) when it is part of a file this model
   // read and owns; the bytes read as zeros afterwards. Default: nothing.
   virtual int64_t ReleaseFileBytes(const void* p, int64_t n) const { return 0; }
+  // Starts collapsing the file this model read into huge pages (MappedFile::StartHugePages),
+  // once its weights are prepared and the repacked ranges released. Default: nothing.
+  virtual void StartFileHugePages() const {}
+  virtual void WaitForFileHugePages() const {}
 
   ModelConfig config_;
   mutable ModelWeights weights_;  // views updated once by PreparedWeights (see weights())

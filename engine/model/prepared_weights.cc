@@ -1,6 +1,7 @@
 // LoadedModel::PreparedWeights: the backend-prepared copy of a model's weights, prepared once and
 // shared, with the file's copy of every repacked matrix released (weights held once).
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,9 +19,11 @@ struct LoadedModel::Prepared {
   ModelWeights weights;
   // The prepared bytes: host memory (std::free) or the backend's (Backend::Free).
   void* storage = nullptr;
-  kernels::Backend* device_backend = nullptr;  // frees storage when not host memory
+  kernels::Backend* device_backend = nullptr;     // frees storage when not host memory
+  std::unique_ptr<HugePageCollapser> huge_pages;  // host storage, once written
 
   ~Prepared() {
+    huge_pages.reset();  // stops before the memory goes
     if (device_backend != nullptr) {
       device_backend->Free(storage);
     } else {
@@ -30,6 +33,16 @@ struct LoadedModel::Prepared {
 };
 
 LoadedModel::~LoadedModel() = default;
+
+void LoadedModel::WaitForHugePages() const {
+  {
+    absl::MutexLock lock(&prepared_mu_);
+    for (const std::shared_ptr<Prepared>& p : prepared_) {
+      if (p->huge_pages != nullptr) p->huge_pages->Wait();
+    }
+  }
+  WaitForFileHugePages();
+}
 
 void LoadedModel::UploadToDevice(kernels::Backend* backend, Prepared& prepared) const {
   // Every tensor the forward pass reads goes into one allocation of the backend's memory: the
@@ -138,15 +151,11 @@ std::shared_ptr<const ModelWeights> LoadedModel::PreparedWeights(kernels::Backen
     offsets.push_back(bytes);
     bytes += (backend->PreparedWeightBytes(*m) + 63) / 64 * 64;
   }
-  const bool host = backend->host_memory();
+  // Host memory (a device backend returned above) in whole huge pages. Not zeroed:
+  // PrepareWeight writes every byte it uses.
+  const size_t host_bytes = RoundUpToHugePages(static_cast<size_t>(bytes));
   if (bytes > 0) {
-    // Not zeroed: PrepareWeight writes every byte it uses.
-    // Host memory in whole huge pages (engine/common/huge_pages.h).
-    const size_t host_bytes = RoundUpToHugePages(static_cast<size_t>(bytes));
-    prepared->storage =
-        host ? std::aligned_alloc(kHugePageBytes, host_bytes) : backend->Alloc(bytes);
-    if (!host) prepared->device_backend = backend;
-    if (host && prepared->storage != nullptr) AdviseHugePages(prepared->storage, host_bytes);
+    prepared->storage = std::aligned_alloc(kHugePageBytes, host_bytes);
     KVSERVE_CHECK(prepared->storage != nullptr)
         << "backend " << backend->name() << ": cannot allocate " << bytes
         << " bytes for the prepared weights of " << path_;
@@ -162,13 +171,13 @@ std::shared_ptr<const ModelWeights> LoadedModel::PreparedWeights(kernels::Backen
     backend->PrepareWeight(m, base + offsets[i]);
     // Released at once (the peak stays near one copy), except the tied embedding table, which
     // the embedding gather reads until it reads the panels.
-    if (host && !(tied && m == &w.output)) {
+    if (!(tied && m == &w.output)) {
       ReleaseFileBytes(source, source_bytes);
       m->data = nullptr;
       sources_released_ = true;
     }
   }
-  if (host && tied && w.output.panels != nullptr) {
+  if (tied && w.output.panels != nullptr) {
     const void* source = w.output.data;
     w.token_embedding.panels = w.output.panels;
     ReleaseFileBytes(source,
@@ -177,7 +186,12 @@ std::shared_ptr<const ModelWeights> LoadedModel::PreparedWeights(kernels::Backen
     w.token_embedding.data = nullptr;
     sources_released_ = true;
   }
-  if (host) weights_ = w;  // weights() now shows what is left: the prepared views
+  weights_ = w;  // weights() now shows what is left: the prepared views
+  // Both copies are final now: into huge pages in the background (engine/common/huge_pages.h).
+  if (prepared->storage != nullptr) {
+    prepared->huge_pages = std::make_unique<HugePageCollapser>(prepared->storage, host_bytes);
+  }
+  StartFileHugePages();
   prepared_.push_back(prepared);
   return std::shared_ptr<const ModelWeights>(prepared, &prepared->weights);
 }
