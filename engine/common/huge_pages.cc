@@ -15,6 +15,25 @@ constexpr int kMadvCollapse = 25;  // Linux's value; older headers lack the name
 
 }  // namespace
 
+void* AllocateHugeAligned(size_t bytes) {
+  const size_t reserved = bytes + kHugePageBytes;
+  void* p = ::mmap(nullptr, reserved, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+  // Keep the aligned [start, start + bytes) of the reservation, then populate it.
+  auto* first = static_cast<uint8_t*>(p);
+  const size_t misalign = reinterpret_cast<uintptr_t>(first) % kHugePageBytes;
+  uint8_t* start = first + (misalign == 0 ? 0 : kHugePageBytes - misalign);
+  if (start > first) ::munmap(first, static_cast<size_t>(start - first));
+  uint8_t* end = start + bytes;
+  if (first + reserved > end) ::munmap(end, static_cast<size_t>(first + reserved - end));
+  ::madvise(start, bytes, MADV_POPULATE_WRITE);
+  return start;
+}
+
+void FreeHugeAligned(void* p, size_t bytes) {
+  if (p != nullptr) ::munmap(p, bytes);
+}
+
 HugePageCollapser::HugePageCollapser(void* p, size_t bytes, const std::vector<Range>& excluded)
     : base_(static_cast<uint8_t*>(p)) {
   const auto first = reinterpret_cast<uintptr_t>(p);
@@ -44,7 +63,9 @@ void HugePageCollapser::Exclude(const void* p, size_t n) {
   const uintptr_t b = (first + page - 1) / page * page;
   const uintptr_t e = (first + n) / page * page;
   // As an offset from the pointer given (no integer-to-pointer cast).
-  if (b < e) ::madvise(const_cast<uint8_t*>(static_cast<const uint8_t*>(p)) + (b - first), e - b, MADV_NOHUGEPAGE);
+  if (b < e)
+    ::madvise(const_cast<uint8_t*>(static_cast<const uint8_t*>(p)) + (b - first), e - b,
+              MADV_NOHUGEPAGE);
 }
 
 void HugePageCollapser::Wait() {

@@ -98,25 +98,15 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
   // pages: decode streams every weight once per token, and with 4 KiB pages the hardware
   // prefetchers stop at every page (a 1b-gqa Q4_K_M decode on one core: 8.9 GB/s against
   // 9.7 GB/s from huge pages). It is read into ordinary pages first (engine/common/huge_pages.h).
-  const size_t length = static_cast<size_t>(size);
-  const size_t reserved_bytes = length + kHugePageBytes;
-  void* reserved =
-      ::mmap(nullptr, reserved_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (reserved == MAP_FAILED) {
+  // Whole 2 MiB pages, populated before the read (engine/common/huge_pages.h); the tail past the
+  // file's end reads as zeros.
+  const size_t mapped = RoundUpToHugePages(static_cast<size_t>(size));
+  auto* bytes = static_cast<uint8_t*>(AllocateHugeAligned(mapped));
+  if (bytes == nullptr) {
     const int err = errno;
     ::close(fd);
     return ErrnoError(err, absl::StrCat("cannot allocate ", size, " bytes for the file"), path);
   }
-  // Keep [bytes, bytes + length) and unmap the rest of the reservation, so that the destructor's
-  // munmap(data_, size_) returns everything.
-  auto* first = static_cast<uint8_t*>(reserved);
-  const size_t misalign = reinterpret_cast<uintptr_t>(first) % kHugePageBytes;
-  uint8_t* bytes = first + (misalign == 0 ? 0 : kHugePageBytes - misalign);
-  const auto page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-  uint8_t* end = bytes + (length + page - 1) / page * page;
-  uint8_t* last = first + reserved_bytes;
-  if (bytes > first) ::munmap(first, static_cast<size_t>(bytes - first));
-  if (last > end) ::munmap(end, static_cast<size_t>(last - end));
   int64_t done = 0;
   while (done < size) {
     const ssize_t n = ::pread(fd, bytes + done, static_cast<size_t>(size - done), done);
@@ -124,7 +114,7 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
     if (n <= 0) {
       const int err = errno;
       ::close(fd);
-      ::munmap(bytes, static_cast<size_t>(size));
+      FreeHugeAligned(bytes, mapped);
       if (n == 0) {
         return absl::DataLossError(absl::StrCat(path, ": the file shrank while it was read (", size,
                                                 " bytes at open, ", done, " read)"));
@@ -134,7 +124,7 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
     done += n;
   }
   ::close(fd);
-  ::mprotect(bytes, static_cast<size_t>(size), PROT_READ);
+  ::mprotect(bytes, mapped, PROT_READ);
   return MappedFile(path, bytes, size);
 }
 
@@ -185,7 +175,7 @@ MappedFile::~MappedFile() { Reset(); }
 void MappedFile::Reset() {
   huge_.reset();  // the collapser stops before the memory goes
   if (data_ != nullptr) {
-    ::munmap(const_cast<uint8_t*>(data_), static_cast<size_t>(size_));
+    FreeHugeAligned(const_cast<uint8_t*>(data_), RoundUpToHugePages(static_cast<size_t>(size_)));
   }
   data_ = nullptr;
   size_ = 0;

@@ -17,8 +17,9 @@ namespace kvserve::engine {
 struct LoadedModel::Prepared {
   std::string layout;
   ModelWeights weights;
-  // The prepared bytes: host memory (std::free) or the backend's (Backend::Free).
+  // The prepared bytes: host memory (AllocateHugeAligned) or the backend's (Backend::Free).
   void* storage = nullptr;
+  size_t host_bytes = 0;                          // the host allocation's size
   kernels::Backend* device_backend = nullptr;     // frees storage when not host memory
   std::unique_ptr<HugePageCollapser> huge_pages;  // host storage, once written
 
@@ -27,7 +28,7 @@ struct LoadedModel::Prepared {
     if (device_backend != nullptr) {
       device_backend->Free(storage);
     } else {
-      std::free(storage);
+      FreeHugeAligned(storage, host_bytes);
     }
   }
 };
@@ -151,11 +152,11 @@ std::shared_ptr<const ModelWeights> LoadedModel::PreparedWeights(kernels::Backen
     offsets.push_back(bytes);
     bytes += (backend->PreparedWeightBytes(*m) + 63) / 64 * 64;
   }
-  // Host memory (a device backend returned above) in whole huge pages. Not zeroed:
-  // PrepareWeight writes every byte it uses.
+  // Host memory (a device backend returned above) in whole huge pages.
   const size_t host_bytes = RoundUpToHugePages(static_cast<size_t>(bytes));
   if (bytes > 0) {
-    prepared->storage = std::aligned_alloc(kHugePageBytes, host_bytes);
+    prepared->storage = AllocateHugeAligned(host_bytes);
+    prepared->host_bytes = host_bytes;
     KVSERVE_CHECK(prepared->storage != nullptr)
         << "backend " << backend->name() << ": cannot allocate " << bytes
         << " bytes for the prepared weights of " << path_;
