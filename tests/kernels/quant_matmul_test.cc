@@ -143,6 +143,19 @@ TEST(QuantMatMulTest, EmbeddingGatherDequantizesTheGatheredRows) {
 // scales and mins of 63, ...), with finite FP16 scales; activations include an all-zero block
 // and single spikes. Row counts leave tails after the SIMD kernels' groups of rows. Every path
 // must give the scalar path's bits, and each row the same bits alone as in the batch.
+// One activation row through every SIMD path this CPU has: the outputs are the scalar path's,
+// bit for bit.
+void ExpectSimdPathsMatchScalar(const QuantMatrix& w, const std::vector<float>& x) {
+  std::vector<float> scalar(w.rows), simd(w.rows);
+  QuantMatMulWith(QuantKernel::kScalar, x.data(), 1, w.view(), scalar.data(), nullptr);
+  for (QuantKernel k : {QuantKernel::kAvx2, QuantKernel::kAvx512Vnni}) {
+    if (!QuantKernelSupported(k)) continue;
+    QuantMatMulWith(k, x.data(), 1, w.view(), simd.data(), nullptr);
+    EXPECT_EQ(0, std::memcmp(scalar.data(), simd.data(), scalar.size() * 4))
+        << DTypeName(w.t) << " " << QuantKernelName(k);
+  }
+}
+
 // The SIMD paths quantize K-type activations with vector code; the codes must be the scalar
 // ones: products exactly halfway between two integers rounded to even (rounding half away
 // from zero gives other codes), magnitudes that tie between -m and m, and a block that is all
@@ -168,14 +181,7 @@ TEST(QuantMatMulTest, SimdActivationCodesMatchScalarOnTiesAndHalves) {
     x[301] = -2.0f;
     // Block 2: all zero.
     std::fill(x.begin() + 512, x.begin() + 768, 0.0f);
-    std::vector<float> scalar(rows), simd(rows);
-    QuantMatMulWith(QuantKernel::kScalar, x.data(), 1, w.view(), scalar.data(), nullptr);
-    for (QuantKernel k : {QuantKernel::kAvx2, QuantKernel::kAvx512Vnni}) {
-      if (!QuantKernelSupported(k)) continue;
-      QuantMatMulWith(k, x.data(), 1, w.view(), simd.data(), nullptr);
-      EXPECT_EQ(0, std::memcmp(scalar.data(), simd.data(), rows * 4))
-          << DTypeName(t) << " " << QuantKernelName(k);
-    }
+    ExpectSimdPathsMatchScalar(w, x);
   }
 }
 
@@ -196,14 +202,7 @@ TEST(QuantMatMulTest, SimdActivationCodesMatchScalarOnHalvesOf32Blocks) {
     x[41] = 1.0f;
     for (int64_t j = 32; j < 64; ++j) x[j] = std::clamp(x[j], -0.9f, 0.9f);
     std::fill(x.begin() + 64, x.begin() + 96, 0.0f);  // block 2: all zero
-    std::vector<float> scalar(rows), simd(rows);
-    QuantMatMulWith(QuantKernel::kScalar, x.data(), 1, w.view(), scalar.data(), nullptr);
-    for (QuantKernel k : {QuantKernel::kAvx2, QuantKernel::kAvx512Vnni}) {
-      if (!QuantKernelSupported(k)) continue;
-      QuantMatMulWith(k, x.data(), 1, w.view(), simd.data(), nullptr);
-      EXPECT_EQ(0, std::memcmp(scalar.data(), simd.data(), rows * 4))
-          << DTypeName(t) << " " << QuantKernelName(k);
-    }
+    ExpectSimdPathsMatchScalar(w, x);
   }
 }
 

@@ -16,17 +16,9 @@
 namespace kvserve::server::testing {
 namespace {
 
-int64_t StatusKiB(pid_t pid, const std::string& field) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1));
-  }
-  return -1;
-}
-
-int64_t SmapsRollupKiB(pid_t pid, const std::string& field) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/smaps_rollup"));
+// A "Field:   N kB" line of /proc/PID/FILE, in KiB; -1 when absent.
+int64_t ProcKiB(pid_t pid, const std::string& file, const std::string& field) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/", file));
   std::string line;
   while (std::getline(in, line)) {
     if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1));
@@ -64,11 +56,11 @@ TEST_P(WeightMemoryTest, ResidentSetIsTheFileOnceAfterLoad) {
   int64_t huge = -1;
   for (int i = 0, steady = 0; i < 100 && steady < 3; ++i) {
     absl::SleepFor(absl::Milliseconds(300));
-    const int64_t now = SmapsRollupKiB(server.pid(), "AnonHugePages");
+    const int64_t now = ProcKiB(server.pid(), "smaps_rollup", "AnonHugePages");
     steady = now == huge ? steady + 1 : 0;
     huge = now;
   }
-  const int64_t rss = StatusKiB(server.pid(), "VmRSS") * 1024;
+  const int64_t rss = ProcKiB(server.pid(), "status", "VmRSS") * 1024;
   const int64_t bound = file_bytes * 11 / 10 + (int64_t{kv_budget_mb} + 64) * 1024 * 1024;
   RecordProperty("rss_bytes", std::to_string(rss));
   std::printf(
