@@ -20,20 +20,9 @@ bench_flags=("$@")
 out="${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/kvserve-http-grpc.XXXXXX")}"
 mkdir -p "$out"
 log="$out/server.log"
-: > "$log"
-"$bin" serve --config "$root/configs/server.yaml" --set "model.path=$model" \
-  --set server.address=127.0.0.1:0 --set http.address=127.0.0.1:0 --set metrics.address= \
-  --set prefix_cache.enabled=false --set logging.level=info "${server_flags[@]}" 2> "$log" &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true' EXIT
-addr="" url=""
-for _ in $(seq 1 600); do
-  addr=$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -1)
-  url=$(sed -n 's/.*HTTP API on \(http:\/\/[0-9.]*:[0-9]*\).*/\1/p' "$log" | head -1)
-  [[ -n "$addr" && -n "$url" ]] && break
-  kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
-  sleep 0.1
-done
+# shellcheck source=bench/serve_both_protocols.sh
+source "$root/bench/serve_both_protocols.sh"
+start_both_protocols "$bin" "$model" "$log" "${server_flags[@]}"
 
 run_grpc() {
   "$bin" bench --addr "$addr" --seed $((100 + $1)) --json "$out/grpc_$1.json" --no-progress \

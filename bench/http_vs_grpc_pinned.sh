@@ -12,18 +12,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="$1" model="$2" rounds="$3" conc="$4" reqs="$5"
 out="$(mktemp -d "${TMPDIR:-/tmp}/kvserve-pinned.XXXXXX")"
 log="$out/server.log"
-"$bin" serve --config "$root/configs/server.yaml" --set "model.path=$model" \
-  --set server.address=127.0.0.1:0 --set http.address=127.0.0.1:0 --set metrics.address= \
-  --set prefix_cache.enabled=false --set logging.level=info --set engine.threads=1 2> "$log" &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true' EXIT
-addr="" url=""
-for _ in $(seq 1 600); do
-  addr=$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -1)
-  url=$(sed -n 's/.*HTTP API on \(http:\/\/[0-9.]*:[0-9]*\).*/\1/p' "$log" | head -1)
-  [[ -n "$addr" && -n "$url" ]] && break
-  sleep 0.1
-done
+# shellcheck source=bench/serve_both_protocols.sh
+source "$root/bench/serve_both_protocols.sh"
+start_both_protocols "$bin" "$model" "$log" --set engine.threads=1
 # The engine thread: the kvserve thread with the most CPU after a short warm-up.
 "$bin" bench --addr $addr --no-progress --num-requests 20 --concurrency 1 --input-len 128 --output-len 128 >/dev/null 2>&1
 eng=$(ps -L -p $pid -o tid=,time=,comm= | sort -k2 -r | head -1 | awk '{print $1}')

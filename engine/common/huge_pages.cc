@@ -73,11 +73,6 @@ void HugePageCollapser::Wait() {
   mu_.Await(absl::Condition(&done_));
 }
 
-int64_t HugePageCollapser::collapsed() const {
-  absl::MutexLock lock(&mu_);
-  return collapsed_;
-}
-
 void HugePageCollapser::Run() {
   for (uintptr_t page = begin_; page < end_; page += kHugePageBytes) {
     absl::MutexLock lock(&mu_);
@@ -87,9 +82,8 @@ void HugePageCollapser::Run() {
     if (skip) continue;
     // Under the lock, so that Exclude() returns only once this page is done.
     if (::madvise(base_ + (page - reinterpret_cast<uintptr_t>(base_)), kHugePageBytes,
-                  kMadvCollapse) == 0) {
-      ++collapsed_;
-    } else if (errno == EINVAL) {
+                  kMadvCollapse) != 0 &&
+        errno == EINVAL) {
       break;  // a kernel without MADV_COLLAPSE: the advice stays, for khugepaged
     }
     // Other errors (no free huge page now, EAGAIN): that page keeps its small pages.

@@ -60,8 +60,6 @@ class HugePageCollapser {
   void Exclude(const void* p, size_t n);
   // Blocks until every page has been tried. For tests and benchmarks.
   void Wait();
-  // Pages collapsed so far.
-  int64_t collapsed() const;
 
  private:
   void Run();
@@ -72,7 +70,6 @@ class HugePageCollapser {
   std::vector<std::pair<uintptr_t, uintptr_t>> excluded_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
-  int64_t collapsed_ ABSL_GUARDED_BY(mu_) = 0;
   std::thread thread_;
 };
 
